@@ -1,0 +1,199 @@
+"""`resbench table` and `resbench plot`: turn a folder of finished runs into the seed's tables and figures.
+
+The table reproduces seed-results.md character for character when given the seed's figures, so a
+reproduction can be diffed against the specification; `--compare reference` writes each
+published figure and our difference beside our own, inside the same cell:
+`0.921 (ref 0.923, −0.002)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resbench.errors import ResbenchError
+from resbench.reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
+
+HEADER = ("Depth", "Width", "# Params", "val/acc", "tst/acc", "tst/nll", "misc")
+ALIGN = ("-:", "-:", "-:", ":-:", ":-:", ":-:", ":-")
+METRICS = ("val_acc", "tst_acc", "tst_nll")
+# Settings that legitimately differ between the seeds of one table row.
+PER_RUN_SETTINGS = frozenset({"seed", "save", "data_root", "device"})
+MINUS = "\u2212"
+
+
+# ---------------------------------------------------------------- reading run folders
+
+def find_summaries(runs_dir: Path) -> list[dict]:
+    """Every finished run (a folder with summary.json) below `runs_dir`, in path order."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ResbenchError(f"no such runs folder: {runs_dir}")
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("summary.json"))]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The evaluation records of one run (metrics.jsonl), oldest first; empty if none yet."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- grouping runs into rows
+
+@dataclass
+class Row:
+    """One table row: one configuration, aggregated over the runs (seeds) that share it."""
+
+    data_name: str
+    depth: int
+    width: int
+    precision: str
+    summaries: list[dict] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, int, int, str]:
+        return (self.data_name, self.depth, self.width, self.precision)
+
+    @property
+    def params(self) -> int:
+        return self.summaries[0]["params"]
+
+    def values(self, metric: str) -> list[float]:
+        return [float(s[metric]) for s in self.summaries]
+
+    def hours(self) -> float:
+        return statistics.fmean(self.values("wall_seconds")) / 3600
+
+
+def group_rows(summaries: list[dict]) -> dict[str, list[Row]]:
+    """Rows per dataset, datasets and rows in the seed's order (unknown ones after)."""
+    rows: dict[tuple[str, int, int, str], Row] = {}
+    for s in summaries:
+        key = (s["data_name"], int(s["depth"]), int(s["width"]), s["precision"])
+        rows.setdefault(key, Row(*key)).summaries.append(s)
+    by_dataset: dict[str, list[Row]] = {}
+    for row in sorted(rows.values(), key=lambda r: (dataset_sort_key(r.data_name),
+                                                     config_sort_key(r.depth, r.width, r.precision))):
+        by_dataset.setdefault(row.data_name, []).append(row)
+    return by_dataset
+
+
+def mixed_settings(row: Row) -> list[str]:
+    """Training settings (other than seed and paths) that differ between the runs of one row.
+
+    Averaging runs trained differently would silently blur the table, so the caller warns.
+    """
+    configs = [s.get("config", {}) for s in row.summaries]
+    keys = set().union(*configs) - PER_RUN_SETTINGS
+    return sorted(k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1)
+
+
+# ---------------------------------------------------------------- formatting cells
+
+def format_stat(values: list[float]) -> str:
+    """`0.923` for one run, `0.923 ± 0.002` (mean ± sample std) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def format_difference(ours: float, published: float) -> str:
+    """Signed difference of the figures as printed (3 decimals), with a true minus sign."""
+    diff = round(ours, 3) - published
+    return f"{diff:+.3f}".replace("-0.000", "+0.000").replace("-", MINUS)
+
+
+def metric_cell(row: Row, metric: str, ref: ReferenceRow | None) -> str:
+    ours = format_stat(row.values(metric))
+    if ref is None:
+        return ours
+    published = getattr(ref, metric)
+    mean = statistics.fmean(row.values(metric))
+    return f"{ours} (ref {published:.3f}, {format_difference(mean, published)})"
+
+
+def misc_cell(row: Row, show_precision: bool, ref: ReferenceRow | None) -> str:
+    """Precision and wall time (as the seed does for its fp32/fp16 pairs), run count, failures."""
+    parts = []
+    if show_precision:
+        hours = f"{row.hours():.1f} hrs"
+        if ref is not None:
+            hours += f"; ref {ref.wall_min / 60:.1f} hrs"
+        parts.append(f"{row.precision} ({hours})")
+    if len(row.summaries) > 1:
+        parts.append(f"n={len(row.summaries)}")
+    diverged = sum(s.get("status") == "diverged" for s in row.summaries)
+    if diverged:
+        parts.append(f"{diverged} diverged")
+    return ", ".join(parts)
+
+
+def shows_precision(row: Row, rows: list[Row]) -> bool:
+    """The seed names precision and hours on its depth-18 rows; we also do wherever it is not plain fp32."""
+    siblings = {r.precision for r in rows if (r.depth, r.width) == (row.depth, row.width)}
+    return row.depth == 18 or siblings != {"fp32"}
+
+
+def row_cells(row: Row, previous: Row | None, rows: list[Row], ref: ReferenceRow | None) -> list[str]:
+    """The 7 cells of a row; a precision variant right below its fp32 row leaves Depth/Width/# Params blank."""
+    same_config = previous is not None and (previous.depth, previous.width) == (row.depth, row.width)
+    config = ["", "", ""] if same_config else [str(row.depth), str(row.width), f"{row.params / 1e6:.2f} M"]
+    metrics = [metric_cell(row, m, ref) for m in METRICS]
+    return [*config, *metrics, misc_cell(row, shows_precision(row, rows), ref)]
+
+
+# ---------------------------------------------------------------- tables
+
+def render_lines(cells: list[list[str]]) -> list[str]:
+    """Header, alignment row and body, right-aligned to the seed's column widths (wider if a cell needs it)."""
+    widths = [max(len(c[i]) for c in [list(HEADER), *cells]) for i in range(len(HEADER) - 1)]
+
+    def line(row: list[str] | tuple[str, ...]) -> str:
+        padded = [cell.rjust(w) for cell, w in zip(row, widths)]
+        return ("| " + " | ".join([*padded, row[-1]])).rstrip()
+
+    return [line(HEADER), line(ALIGN), *(line(c) for c in cells)]
+
+
+def render_table(rows: list[Row], compare: bool = False) -> str:
+    """One `### <data_name>` section in the seed's markdown format."""
+    refs = reference_lookup() if compare else {}
+    cells = [row_cells(row, rows[i - 1] if i else None, rows, refs.get(row.key)) for i, row in enumerate(rows)]
+    return "\n".join([f"### {rows[0].data_name}", *render_lines(cells)])
+
+
+def render_tables(summaries: list[dict], compare: bool = False) -> str:
+    """All dataset sections, separated by a blank line as in seed-results.md."""
+    return "\n\n".join(render_table(rows, compare) for rows in group_rows(summaries).values())
+
+
+def run_table(args: argparse.Namespace) -> int:
+    summaries = find_summaries(args.runs_dir)
+    if not summaries:
+        raise ResbenchError(f"no finished runs (summary.json) below {args.runs_dir}")
+    for rows in group_rows(summaries).values():
+        for row in rows:
+            if mixed := mixed_settings(row):
+                print(f"warning: {row.data_name} R{row.depth}x{row.width} {row.precision} averages runs "
+                      f"with different {', '.join(mixed)}", file=sys.stderr)
+    print(render_tables(summaries, compare=args.compare == "reference"))
+    return 0
+
+
+def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`resbench table RUNS_DIR [--compare reference]`."""
+    p = subparsers.add_parser("table", help="print finished runs as markdown tables in the seed's format",
+                              description="Print the finished runs below RUNS_DIR as markdown tables in the "
+                                          "format of seed-results.md (mean ± std over seeds).")
+    p.add_argument("runs_dir", type=Path, help="folder searched recursively for summary.json")
+    p.add_argument("--compare", choices=["reference"], default=None,
+                   help="write the published figure and our difference beside each of ours: "
+                        "`ours (ref published, ours-published)`")
+    p.set_defaults(func=run_table)
+    return p
