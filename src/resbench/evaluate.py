@@ -1,0 +1,150 @@
+"""Placeholder header until the trainer's evaluate.py lands; the calibration code below is this branch's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resbench.errors import ResbenchError
+
+# ---------------------------------------------------------------- calibration (resbench eval)
+# Accuracy and NLL say how good the best-val checkpoint is; ECE and Brier say whether its confidence
+# can be trusted, and temperature scaling shows how much of the miscalibration one scalar removes.
+
+ECE_BINS = 15
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of `labels` under softmax(logits / temperature), in float64."""
+    return F.cross_entropy(logits.double() / temperature, labels).item()
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE over `n_bins` equal-width confidence bins (lo, hi]: sum over bins of |B|/N * |acc(B) - conf(B)|."""
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == labels).double()
+    bins = (torch.ceil(confidence.double() * n_bins).long() - 1).clamp(0, n_bins - 1)
+    gap = torch.bincount(bins, weights=correct - confidence.double(), minlength=n_bins)
+    return (gap.abs().sum() / len(labels)).item()
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over examples of the summed squared error between the probabilities and the one-hot label."""
+    onehot = F.one_hot(labels, probs.shape[1]).double()
+    return ((probs.double() - onehot) ** 2).sum(dim=1).mean().item()
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T > 0 minimising the NLL of softmax(logits / T), found by LBFGS on log T (which keeps T positive)."""
+    logits, labels = logits.detach().double().cpu(), labels.cpu()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return log_t.exp().item()
+
+
+def calibration_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> dict[str, float]:
+    """Accuracy, NLL, ECE (15 bins) and Brier score of softmax(logits / temperature)."""
+    logits, labels = logits.detach().double().cpu(), labels.cpu()
+    probs = torch.softmax(logits / temperature, dim=1)
+    return {
+        "acc": (probs.argmax(dim=1) == labels).double().mean().item(),
+        "nll": nll(logits, labels, temperature),
+        "ece": expected_calibration_error(probs, labels),
+        "brier": brier_score(probs, labels),
+    }
+
+
+# ---------------------------------------------------------------- resbench eval
+
+def load_run_config(run_dir: Path) -> dict:
+    """The training configuration saved beside a checkpoint; it fixes the model and dataset to rebuild."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise ResbenchError(f"no config.json beside the checkpoint in {run_dir}")
+    return json.loads(path.read_text())
+
+
+def load_checkpoint_model(ckpt: Path, config: dict, device: str) -> torch.nn.Module:
+    """Rebuild the run's network and load its best-val weights, in inference mode."""
+    from resbench.data import DATASETS
+    from resbench.models import resnet
+
+    spec = DATASETS[config["data_name"]]
+    model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
+                   image_size=spec.image_size)
+    model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+    return model.to(device).eval()
+
+
+def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperature_scaling: bool,
+                        device: str) -> dict:
+    """All `resbench eval` figures for one checkpoint: metrics at T=1, and after temperature scaling if asked."""
+    from resbench.data import load_splits
+
+    ckpt = Path(ckpt)
+    if not ckpt.is_file():
+        raise ResbenchError(f"no such checkpoint: {ckpt}")
+    config = load_run_config(ckpt.parent)
+    model = load_checkpoint_model(ckpt, config, device)
+    splits = load_splits(config["data_name"], data_root or config["data_root"], device)
+    images, labels = getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels")
+    logits = predict_logits(model, images)
+    report = {"ckpt": str(ckpt), "data_name": config["data_name"], "split": split, "n": len(labels),
+              **calibration_metrics(logits, labels)}
+    if temperature_scaling:
+        val_logits = logits if split == "val" else predict_logits(model, splits.val_images)
+        temperature = fit_temperature(val_logits, splits.val_labels)
+        report["temperature_scaling"] = {
+            "temperature": temperature,
+            "val_nll_before": nll(val_logits, splits.val_labels.cpu()),
+            "val_nll_after": nll(val_logits, splits.val_labels.cpu(), temperature),
+            **calibration_metrics(logits, labels, temperature),
+        }
+    return report
+
+
+def format_eval_report(report: dict) -> str:
+    """A small aligned text table: one column at T=1 and, if fitted, one at the fitted temperature."""
+    scaled = report.get("temperature_scaling")
+    lines = [f"{report['ckpt']}: {report['data_name']} {report['split']} split, {report['n']} images"]
+    lines.append(f"{'':6}{'T=1':>10}" + (f"{'T=%.3f' % scaled['temperature']:>10}" if scaled else ""))
+    for name in ("acc", "nll", "ece", "brier"):
+        lines.append(f"{name:6}{report[name]:10.4f}" + (f"{scaled[name]:10.4f}" if scaled else ""))
+    if scaled:
+        lines.append(f"val nll {scaled['val_nll_before']:.4f} -> {scaled['val_nll_after']:.4f} "
+                     f"after temperature scaling")
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    report = evaluate_checkpoint(args.ckpt, args.data_root, args.split, args.temperature_scaling, args.device)
+    print(json.dumps(report, indent=2) if args.json else format_eval_report(report))
+    return 0
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`resbench eval --ckpt RUN_DIR/best.pt [--split test] [--temperature_scaling] [--json]`."""
+    p = subparsers.add_parser("eval", help="accuracy, NLL, ECE and Brier score of a checkpoint",
+                              description="Evaluate a run's checkpoint (model settings from the run "
+                                          "folder's config.json): accuracy, NLL, ECE (15 bins), Brier score.")
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint, e.g. RUN_DIR/best.pt")
+    p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
+    p.add_argument("--temperature_scaling", action="store_true",
+                   help="also report the metrics after fitting one temperature T on the validation NLL")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=run_eval)
+    return p
