@@ -197,3 +197,96 @@ def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         "`ours (ref published, ours-published)`")
     p.set_defaults(func=run_table)
     return p
+
+
+# ---------------------------------------------------------------- plots
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; plots are an optional extra of the package."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ResbenchError("plots need matplotlib: pip install 'resbench[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def find_run_dirs(runs_dir: Path) -> dict[str, list[Path]]:
+    """Run folders with evaluation records (finished or not), per dataset named in their config.json."""
+    by_dataset: dict[str, list[Path]] = {}
+    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
+        config = json.loads((metrics.parent / "config.json").read_text())
+        by_dataset.setdefault(config["data_name"], []).append(metrics.parent)
+    return dict(sorted(by_dataset.items(), key=lambda item: dataset_sort_key(item[0])))
+
+
+def plot_curves(plt, data_name: str, run_dirs: list[Path], path: Path) -> None:
+    """Validation accuracy and training loss against iterations, one line per run."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run_dir in run_dirs:
+        records = read_metrics(run_dir)
+        iters = [r["iter"] for r in records]
+        acc_ax.plot(iters, [r["val_acc"] for r in records], label=run_dir.name)
+        loss_ax.plot(iters, [r["trn_loss"] for r in records], label=run_dir.name)
+    acc_ax.set(title=f"{data_name}: validation accuracy", xlabel="iteration", ylabel="val/acc")
+    loss_ax.set(title=f"{data_name}: training loss", xlabel="iteration", ylabel="trn/loss", yscale="log")
+    acc_ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
+    """Our final test accuracy (mean, std as error bar) beside the published one, per configuration."""
+    refs = reference_lookup()
+    labels = [f"R{r.depth}x{r.width} {r.precision}" for r in rows]
+    ours = [statistics.fmean(r.values("tst_acc")) for r in rows]
+    errors = [statistics.stdev(r.values("tst_acc")) if len(r.summaries) > 1 else 0.0 for r in rows]
+    published = [refs[r.key].tst_acc if r.key in refs else float("nan") for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
+    ax.bar([i - 0.2 for i in x], ours, width=0.4, yerr=errors, label="ours")
+    ax.bar([i + 0.2 for i in x], published, width=0.4, label="published")
+    ax.set_xticks(list(x), labels, rotation=30, ha="right")
+    ax.set(title=f"{rows[0].data_name}: test accuracy of the best-val checkpoint", ylabel="tst/acc")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(runs_dir: Path, out_dir: Path) -> list[Path]:
+    """Per dataset: `<name>_curves.png` (every run) and `<name>_vs_reference.png` (finished runs)."""
+    plt = pyplot()
+    run_dirs = find_run_dirs(runs_dir)
+    if not run_dirs:
+        raise ResbenchError(f"no runs (metrics.jsonl) below {runs_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for data_name, dirs in run_dirs.items():
+        written.append(out_dir / f"{data_name}_curves.png")
+        plot_curves(plt, data_name, dirs, written[-1])
+    for data_name, rows in group_rows(find_summaries(runs_dir)).items():
+        written.append(out_dir / f"{data_name}_vs_reference.png")
+        plot_vs_reference(plt, rows, written[-1])
+    return written
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    for path in write_plots(args.runs_dir, args.out or args.runs_dir / "plots"):
+        print(path)
+    return 0
+
+
+def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`resbench plot RUNS_DIR [--out DIR]`."""
+    p = subparsers.add_parser("plot", help="PNG figures: learning curves and ours vs the published accuracy",
+                              description="Write PNG figures for the runs below RUNS_DIR: per dataset, "
+                                          "validation accuracy and training loss against iterations, and "
+                                          "our test accuracy beside the published one. Needs matplotlib.")
+    p.add_argument("runs_dir", type=Path, help="folder searched recursively for run folders")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/plots)")
+    p.set_defaults(func=run_plot)
+    return p

@@ -1,0 +1,204 @@
+"""`resbench sweep`: train every configuration of a grid, skipping finished runs and resuming broken ones.
+
+Each run is a `python -m resbench train ... --save <runs_dir>/<data_name>/<run name>` subprocess, so
+a crash or out-of-memory in one run cannot take the others down, several can share one device
+(`--jobs`), and re-running the same sweep after an interruption continues where it stopped: the
+folder name is derived from the configuration, finished folders hold summary.json, and the
+trainer resumes a folder it finds half done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from resbench.errors import ResbenchError
+from resbench.reference import reference_rows
+
+GRID_AXES = {"data_name": "--data_name", "resnet_depth": "--resnet_depth", "resnet_width": "--resnet_width",
+             "precision": None, "seed": "--seed"}
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"]}
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of the sweep: its folder and the train flags (without --save)."""
+
+    data_name: str
+    save: Path
+    flags: tuple[str, ...]
+
+    @property
+    def state(self) -> str:
+        """'finished' (skipped), 'resume' (folder exists, no summary yet) or 'new'."""
+        if (self.save / "summary.json").exists():
+            return "finished"
+        return "resume" if self.save.exists() else "new"
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "resbench", "train", *self.flags, "--save", str(self.save)]
+
+
+# ---------------------------------------------------------------- grids
+
+def seed_grid() -> list[list[str]]:
+    """The 26 rows of seed-results.md, as train flags (trainer defaults give the seed's recipe)."""
+    return [["--data_name", row.data_name, "--resnet_depth", str(row.depth), "--resnet_width", str(row.width),
+             *PRECISION_FLAGS[row.precision]] for row in reference_rows()]
+
+
+def flag_value(value: object) -> str:
+    """A TOML value as the train CLI spells it (booleans are `true`/`false`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def as_list(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def toml_grid(path: Path) -> list[list[str]]:
+    """The cartesian product of a user grid file's axes, each with the `[flags]` table appended."""
+    import tomllib
+
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ResbenchError(f"cannot read grid {path}: {exc}") from None
+    fixed = spec.pop("flags", {})
+    unknown = set(spec) - set(GRID_AXES)
+    if unknown:
+        raise ResbenchError(f"grid {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                            f"allowed: {', '.join(GRID_AXES)} and a [flags] table")
+    if "data_name" not in spec:
+        raise ResbenchError(f"grid {path}: data_name is required")
+    axes = {key: as_list(spec[key]) for key in GRID_AXES if key in spec}
+    bad = set(axes.get("precision", [])) - set(PRECISION_FLAGS)
+    if bad:
+        raise ResbenchError(f"grid {path}: precision must be one of {', '.join(PRECISION_FLAGS)}, not {bad.pop()}")
+    fixed_flags = [part for key, value in fixed.items() for part in (f"--{key}", flag_value(value))]
+    return [axis_flags(dict(zip(axes, values))) + fixed_flags for values in itertools.product(*axes.values())]
+
+
+def axis_flags(point: dict) -> list[str]:
+    """Train flags for one point of the grid."""
+    flags = []
+    for key, value in point.items():
+        flags += PRECISION_FLAGS[value] if key == "precision" else [GRID_AXES[key], flag_value(value)]
+    return flags
+
+
+def load_grid(grid: str) -> list[list[str]]:
+    return seed_grid() if grid == "seed" else toml_grid(Path(grid))
+
+
+# ---------------------------------------------------------------- planning
+
+def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str]) -> list[PlannedRun]:
+    """Each grid point with its run folder; points that map to the same folder run once."""
+    from resbench.train import default_run_name, parse_train_config
+
+    runs: dict[Path, PlannedRun] = {}
+    for point in grid:
+        flags = (*point, *extra_flags)
+        config = parse_train_config(list(flags))
+        save = Path(runs_dir) / config.data_name / default_run_name(config)
+        runs.setdefault(save, PlannedRun(config.data_name, save, flags))
+    return list(runs.values())
+
+
+def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool) -> str:
+    """What the sweep will run, resume and skip: printed before anything starts."""
+    states = [run.state for run in runs]
+    counts = ", ".join(f"{states.count(s)} {label}" for s, label in
+                       (("new", "to run"), ("resume", "to resume"), ("finished", "finished (skipped)")))
+    lines = [f"sweep: {len(runs)} runs: {counts}; {jobs} at a time"]
+    for run, state in zip(runs, states):
+        lines.append(f"  {'skip' if state == 'finished' else state:7} {run.save}")
+        if show_commands and state != "finished":
+            lines.append("          " + " ".join(run.command[1:]))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- running
+
+def child_env() -> dict[str, str]:
+    """The environment of a train subprocess: it must import this same resbench, installed or not."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def execute(run: PlannedRun) -> str | None:
+    """Train one run, its output appended to <save>/stdout.log; the reason it failed, or None."""
+    run.save.mkdir(parents=True, exist_ok=True)
+    with open(run.save / "stdout.log", "a") as log:
+        code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    if code != 0:
+        return f"exit status {code}"
+    return None if run.state == "finished" else "no summary.json written"
+
+
+def execute_all(runs: list[PlannedRun], jobs: int) -> list[tuple[PlannedRun, str]]:
+    """Run the runs `jobs` at a time, reporting each as it ends; the failed ones with their reasons."""
+    lock, done, failures = threading.Lock(), itertools.count(1), []
+
+    def job(run: PlannedRun) -> None:
+        reason = execute(run)
+        with lock:
+            status = "ok" if reason is None else f"FAILED ({reason}, see {run.save / 'stdout.log'})"
+            print(f"[{next(done)}/{len(runs)}] {run.save}: {status}", flush=True)
+            if reason is not None:
+                failures.append((run, reason))
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(job, runs))
+    return failures
+
+
+def train_flags(remainder: list[str]) -> list[str]:
+    """Train flags given after `--` (argparse keeps the separator in a REMAINDER argument)."""
+    if remainder and remainder[0] != "--":
+        raise ResbenchError(f"unexpected argument {remainder[0]!r}; put train flags after `--`")
+    return remainder[1:]
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise ResbenchError("--jobs must be at least 1")
+    runs = plan_runs(load_grid(args.grid), args.runs_dir, train_flags(args.train_flags))
+    print(describe_plan(runs, args.jobs, show_commands=args.dry_run), flush=True)
+    todo = [run for run in runs if run.state != "finished"]
+    if args.dry_run or not todo:
+        return 0
+    failures = execute_all(todo, args.jobs)
+    print(f"sweep: {len(todo) - len(failures)} of {len(todo)} runs finished", flush=True)
+    for run, reason in failures:
+        print(f"  failed: {run.save} ({reason})")
+    return 1 if failures else 0
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`resbench sweep [--grid seed|FILE.toml] [--runs_dir DIR] [--jobs N] [--dry-run] [-- TRAIN FLAGS]`."""
+    p = subparsers.add_parser(
+        "sweep", help="train a grid of configurations (skips finished runs, resumes broken ones)",
+        description="Train every configuration of a grid, each in <runs_dir>/<data_name>/<run name>. "
+                    "Train flags after `--` are passed to every run, e.g. `-- --optim_ni 2000`.")
+    p.add_argument("--grid", default="seed",
+                   help="`seed` (the 26 rows of seed-results.md) or a TOML file with lists data_name, "
+                        "resnet_depth, resnet_width, precision (fp32/fp16), seed and a [flags] table")
+    p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time on the one device")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                   help="print the plan (and the train commands) without running anything")
+    p.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- followed by train flags for every run")
+    p.set_defaults(func=run_sweep)
+    return p

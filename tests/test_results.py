@@ -1,0 +1,157 @@
+"""Results: `resbench table`, `plot`, `sweep` and `eval` (issue 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from resbench.evaluate import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
+from resbench.reference import reference_rows
+from resbench.report import render_tables
+
+# ---------------------------------------------------------------- hand-written summaries and golden tables
+
+SEED_CIFAR10 = """\
+### CIFAR10_x32
+| Depth | Width | # Params | val/acc | tst/acc | tst/nll | misc
+|    -: |    -: |       -: |     :-: |     :-: |     :-: | :-
+|    20 |     1 |   0.27 M |   0.923 |   0.924 |   0.278 |
+|    20 |     2 |   1.08 M |   0.947 |   0.944 |   0.212 |
+|    20 |     4 |   4.30 M |   0.954 |   0.948 |   0.193 |
+|    32 |     1 |   0.47 M |   0.932 |   0.931 |   0.289 |
+|    44 |     1 |   0.66 M |   0.936 |   0.933 |   0.297 |
+|    56 |     1 |   0.86 M |   0.937 |   0.934 |   0.304 |
+|    18 |     1 |  11.17 M |   0.952 |   0.948 |   0.199 | fp32 (0.6 hrs)
+|       |       |          |   0.953 |   0.951 |   0.193 | fp16 (0.4 hrs)"""
+
+SEEDS_AND_COMPARE = """\
+### CIFAR10_x32
+| Depth | Width | # Params |                           val/acc |                           tst/acc |                           tst/nll | misc
+|    -: |    -: |       -: |                               :-: |                               :-: |                               :-: | :-
+|    20 |     1 |   0.27 M | 0.923 ± 0.002 (ref 0.923, +0.000) | 0.920 ± 0.006 (ref 0.924, −0.004) | 0.300 ± 0.000 (ref 0.278, +0.022) | n=3
+|    18 |     1 |  11.17 M |         0.950 (ref 0.952, −0.002) |         0.948 (ref 0.948, +0.000) |         0.199 (ref 0.199, +0.000) | fp32 (0.5 hrs; ref 0.6 hrs)
+
+### Digits_x32
+| Depth | Width | # Params | val/acc | tst/acc | tst/nll | misc
+|    -: |    -: |       -: |     :-: |     :-: |     :-: | :-
+|     8 |     1 |   0.08 M |   0.500 |   0.400 |   1.500 |"""
+
+
+def summary(data_name: str, depth: int, width: int, precision: str, params: int, val_acc: float,
+            tst_acc: float, tst_nll: float, wall_seconds: float = 60.0, seed: int = 42) -> dict:
+    """A summary.json as the trainer writes it (only the fields the table reads, plus config)."""
+    return {"data_name": data_name, "depth": depth, "width": width, "precision": precision, "params": params,
+            "val_acc": val_acc, "tst_acc": tst_acc, "tst_nll": tst_nll, "wall_seconds": wall_seconds,
+            "status": "finished", "config": {"seed": seed, "optim_ni": 48000}}
+
+
+def seed_summaries(data_name: str) -> list[dict]:
+    """The seed's own figures as summaries, in a scrambled order (the table must restore the seed's)."""
+    rows = [r for r in reference_rows() if r.data_name == data_name][::-1]
+    return [summary(r.data_name, r.depth, r.width, r.precision, r.params, r.val_acc, r.tst_acc, r.tst_nll,
+                    wall_seconds=r.wall_min * 60) for r in rows]
+
+
+def seeds_and_compare_summaries() -> list[dict]:
+    return [
+        summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5),
+        *(summary("CIFAR10_x32", 20, 1, "fp32", 272_464, val, tst, 0.3, seed=seed)
+          for seed, val, tst in ((1, 0.921, 0.914), (2, 0.923, 0.920), (3, 0.925, 0.926))),
+        summary("CIFAR10_x32", 18, 1, "fp32", 11_173_952, 0.95, 0.948, 0.199, wall_seconds=1800),
+    ]
+
+
+def write_runs(runs_dir: Path, summaries: list[dict]) -> None:
+    for i, s in enumerate(summaries):
+        run = runs_dir / s["data_name"] / f"run{i}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(s))
+
+
+def test_reference_table_is_the_seed_table():
+    rows = reference_rows()
+    assert len(rows) == 26
+    assert (rows[0].data_name, rows[0].params, rows[0].tst_nll) == ("CIFAR10_x32", 272_464, 0.278)
+    assert (rows[-1].precision, rows[-1].wall_min) == ("fp16", 66.9)
+
+
+def test_table_of_the_seed_figures_is_the_seed_table():
+    assert render_tables(seed_summaries("CIFAR10_x32")) == SEED_CIFAR10
+
+
+def test_table_mean_std_and_compare_reference():
+    assert render_tables(seeds_and_compare_summaries(), compare=True) == SEEDS_AND_COMPARE
+
+
+def test_table_cli_prints_tables_and_warns_on_mixed_settings(tmp_path, run_cli):
+    summaries = seed_summaries("TinyImageNet200_x64") + seed_summaries("CIFAR10_x32")
+    summaries[0]["config"]["optim_ni"] = 2000
+    summaries.append(dict(summaries[0], config={"seed": 7, "optim_ni": 48000}))
+    write_runs(tmp_path, summaries)
+    proc = run_cli("table", tmp_path, check=True)
+    cifar, tiny = proc.stdout.rstrip("\n").split("\n\n")
+    assert cifar == SEED_CIFAR10
+    assert tiny.startswith("### TinyImageNet200_x64\n")
+    assert "fp16 (1.1 hrs), n=2" in tiny
+    assert "averages runs with different optim_ni" in proc.stderr
+
+
+def test_table_cli_errors_without_runs(tmp_path, run_cli):
+    proc = run_cli("table", tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: no finished runs (summary.json) below {tmp_path}"
+
+
+# ---------------------------------------------------------------- calibration by hand
+
+def random_predictions(n: int = 600, classes: int = 7, sharpness: float = 3.0):
+    """Overconfident logits: right about half the time, with large margins."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    logits = torch.randn(n, classes, generator=g) * sharpness
+    logits[torch.arange(n), labels] += 2.0
+    return logits, labels
+
+
+def numpy_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy, NLL, 15-bin ECE and Brier score written out loop by loop."""
+    z = logits - logits.max(1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    conf, pred = probs.max(1), probs.argmax(1)
+    ece = 0.0
+    for b in range(15):
+        in_bin = (conf > b / 15) & (conf <= (b + 1) / 15)
+        if in_bin.any():
+            ece += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean() - conf[in_bin].mean())
+    onehot = np.eye(logits.shape[1])[labels]
+    return {"acc": (pred == labels).mean(), "nll": -np.log(probs[np.arange(len(labels)), labels]).mean(),
+            "ece": ece, "brier": ((probs - onehot) ** 2).sum(1).mean()}
+
+
+def test_calibration_metrics_match_numpy():
+    logits, labels = random_predictions()
+    ours = calibration_metrics(logits, labels)
+    expected = numpy_metrics(logits.double().numpy(), labels.numpy())
+    assert ours == pytest.approx(expected, abs=1e-9)
+    assert 0.1 < ours["ece"] < 0.9  # really miscalibrated, so the comparison means something
+
+
+def test_ece_and_brier_of_perfect_predictions_are_zero():
+    labels = torch.tensor([0, 1, 2, 1])
+    probs = torch.nn.functional.one_hot(labels, 3).double()
+    assert expected_calibration_error(probs, labels) == 0.0
+    assert brier_score(probs, labels) == 0.0
+
+
+def test_fit_temperature_minimises_nll():
+    logits, labels = random_predictions()
+    t = fit_temperature(logits, labels)
+    grid = np.linspace(0.2, 10, 2000)
+    best = grid[np.argmin([nll(logits, labels, g) for g in grid])]
+    assert t > 1.5  # overconfident logits are softened
+    assert t == pytest.approx(best, abs=0.01)
+    assert nll(logits, labels, t) < nll(logits, labels)
