@@ -155,3 +155,48 @@ def test_fit_temperature_minimises_nll():
     assert t > 1.5  # overconfident logits are softened
     assert t == pytest.approx(best, abs=0.01)
     assert nll(logits, labels, t) < nll(logits, labels)
+
+
+# ---------------------------------------------------------------- plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_pngs(paths: list[Path]) -> None:
+    from PIL import Image
+
+    for path in paths:
+        assert path.read_bytes()[:8] == PNG_MAGIC, path
+        with Image.open(path) as image:
+            image.verify()
+            assert image.size[0] > 300 and image.size[1] > 200
+
+
+def write_hand_run(run: Path, s: dict, n_evals: int = 4) -> None:
+    """A run folder as the trainer leaves it: config.json, metrics.jsonl and (if finished) summary.json."""
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data_name": s["data_name"], "resnet_depth": s["depth"]}))
+    records = [{"iter": 100 * (i + 1), "trn_loss": 2.0 / (i + 1), "val_acc": 0.2 * i} for i in range(n_evals)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "summary.json").write_text(json.dumps(s))
+
+
+def test_plot_writes_curves_and_reference_figures(tmp_path, run_cli):
+    for i, s in enumerate(seeds_and_compare_summaries()):
+        write_hand_run(tmp_path / "runs" / s["data_name"] / f"run{i}", s)
+    proc = run_cli("plot", tmp_path / "runs", "--out", tmp_path / "figs", check=True)
+    expected = {f"{name}_{kind}.png" for name in ("CIFAR10_x32", "Digits_x32") for kind in ("curves", "vs_reference")}
+    assert {p.name for p in (tmp_path / "figs").iterdir()} == expected
+    assert sorted(proc.stdout.split()) == sorted(str(tmp_path / "figs" / name) for name in expected)
+    assert_pngs(list((tmp_path / "figs").iterdir()))
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from resbench.errors import ResbenchError
+    from resbench.report import pyplot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    with pytest.raises(ResbenchError, match=r"pip install 'resbench\[plot\]'"):
+        pyplot()

@@ -24,7 +24,8 @@ from resbench.reference import reference_rows
 
 GRID_AXES = {"data_name": "--data_name", "resnet_depth": "--resnet_depth", "resnet_width": "--resnet_width",
              "precision": None, "seed": "--seed"}
-PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"]}
+# fp16 as the seed means it: mixed precision, which the trainer runs as bf16 where fp16 is unsupported.
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"], "bf16": ["--mixed_precision", "bf16"]}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -194,7 +195,7 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     "Train flags after `--` are passed to every run, e.g. `-- --optim_ni 2000`.")
     p.add_argument("--grid", default="seed",
                    help="`seed` (the 26 rows of seed-results.md) or a TOML file with lists data_name, "
-                        "resnet_depth, resnet_width, precision (fp32/fp16), seed and a [flags] table")
+                        "resnet_depth, resnet_width, precision (fp32/fp16/bf16), seed and a [flags] table")
     p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time on the one device")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
