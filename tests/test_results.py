@@ -200,3 +200,134 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     with pytest.raises(ResbenchError, match=r"pip install 'resbench\[plot\]'"):
         pyplot()
+
+
+# ---------------------------------------------------------------- sweep planning
+
+def plan_lines(stdout: str) -> list[tuple[str, str]]:
+    """(state, folder) for every run the sweep lists."""
+    return [tuple(line.split()[:2]) for line in stdout.splitlines() if line.startswith("  ") and
+            line.split()[0] in ("new", "resume", "skip")]
+
+
+def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, run_cli):
+    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry-run", "--", "--optim_ni", "2000",
+                   check=True)
+    runs = plan_lines(proc.stdout)
+    assert len(runs) == 26 and {state for state, _ in runs} == {"new"}
+    folders = [Path(folder) for _, folder in runs]
+    assert folders[0] == tmp_path / "CIFAR10_x32" / "R20x1-b256-i2k-lr0.1-wd0.001-s42"
+    assert sum(f.name.endswith(("-fp16", "-bf16")) for f in folders) == 4
+    assert [f.parent.name for f in folders].count("TinyImageNet200_x64") == 5
+    assert "train --data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --optim_ni 2000" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # a dry run creates nothing
+
+
+DIGITS_GRID = """\
+data_name = ["Digits_x32"]
+resnet_depth = [8]
+seed = [1, 2]
+
+[flags]
+optim_ni = 30
+eval_every = 15
+batch_size = 64
+device = "cpu"
+"""
+
+
+def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("[1, 2]", "[1, 2, 3]"))
+    runs_dir = tmp_path / "runs"
+    finished = runs_dir / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s1"
+    started = runs_dir / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s2"
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text("{}")
+    started.mkdir()
+    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry-run", check=True)
+    assert plan_lines(proc.stdout) == [("skip", str(finished)), ("resume", str(started)),
+                                       ("new", str(runs_dir / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s3"))]
+    assert "3 runs: 1 to run, 1 to resume, 1 finished (skipped)" in proc.stdout
+
+
+def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('data_name = ["Digits_x32"]\nlearning_rate = [0.1]\n')
+    proc = run_cli("sweep", "--grid", grid, "--dry-run")
+    assert proc.returncode == 2
+    assert "unknown key(s) learning_rate" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_reports_failed_runs(tmp_path, run_cli):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
+    proc = run_cli("sweep", "--grid", grid, "--runs_dir", tmp_path / "runs", "--", "--optim_lr", "-1")
+    assert proc.returncode == 1
+    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b64-i30-lr-1-wd0.001-s1"
+    assert f"failed: {run} (exit status 2)" in proc.stdout
+    assert "--optim_lr must be a positive number" in (run / "stdout.log").read_text()
+
+
+# ---------------------------------------------------------------- real runs: sweep, table, plot, eval
+
+@pytest.fixture(scope="module")
+def digits_runs(tmp_path_factory) -> Path:
+    """Two short real Digits_x32 runs (seeds 1 and 2) trained by a `--jobs 2` sweep."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "grid.toml").write_text(DIGITS_GRID)
+    proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(root / "grid.toml"),
+                           "--runs_dir", str(root / "runs"), "--jobs", "2"],
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "sweep: 2 of 2 runs finished" in proc.stdout
+    return root / "runs"
+
+
+def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, run_cli):
+    runs = sorted((digits_runs / "Digits_x32").iterdir())
+    assert [r.name for r in runs] == ["R8x1-b64-i30-lr0.1-wd0.001-s1", "R8x1-b64-i30-lr0.1-wd0.001-s2"]
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        assert (run / "stdout.log").stat().st_size > 0
+    proc = run_cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
+    assert {state for state, _ in plan_lines(proc.stdout)} == {"skip"}
+
+
+def test_table_and_plot_of_real_runs(digits_runs, tmp_path, run_cli):
+    summaries = [json.loads(p.read_text()) for p in sorted(digits_runs.rglob("summary.json"))]
+    acc = [s["tst_acc"] for s in summaries]
+    table = run_cli("table", digits_runs, check=True).stdout.splitlines()
+    assert table[0] == "### Digits_x32"
+    assert table[3].startswith(f"|     8 |     1 |   {summaries[0]['params'] / 1e6:.2f} M | ")
+    assert f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1):.3f}" in table[3] and table[3].endswith("| n=2")
+    run_cli("plot", digits_runs, "--out", tmp_path, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Digits_x32_curves.png", "Digits_x32_vs_reference.png"]
+    assert_pngs(list(tmp_path.iterdir()))
+
+
+def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
+    from resbench.data import load_splits
+    from resbench.evaluate import predict_logits
+    from resbench.models import resnet
+
+    run = digits_runs / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s1"
+    summary = json.loads((run / "summary.json").read_text())
+    report = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--json", "--temperature_scaling",
+                                check=True).stdout)
+    model = resnet(8, 1, num_classes=10, image_size=32)
+    model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
+    splits = load_splits("Digits_x32", "unused")
+    by_hand = numpy_metrics(predict_logits(model, splits.test_images).double().numpy(), splits.test_labels.numpy())
+    assert {k: report[k] for k in by_hand} == pytest.approx(by_hand, abs=1e-5)
+    assert report["acc"] == pytest.approx(summary["tst_acc"], abs=1e-6)
+    assert report["nll"] == pytest.approx(summary["tst_nll"], abs=1e-4)
+    scaled = report["temperature_scaling"]
+    assert scaled["temperature"] > 0 and scaled["val_nll_after"] < scaled["val_nll_before"]
+    val = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--split", "val", "--json", check=True).stdout)
+    assert val["acc"] == pytest.approx(summary["val_acc"], abs=1e-6)

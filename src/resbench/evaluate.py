@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from resbench.errors import ResbenchError
+from .errors import ResbenchError
 
 # ---------------------------------------------------------------- calibration (resbench eval)
 # Accuracy and NLL say how good the best-val checkpoint is; ECE and Brier say whether its confidence
@@ -78,8 +78,8 @@ def load_run_config(run_dir: Path) -> dict:
 
 def load_checkpoint_model(ckpt: Path, config: dict, device: str) -> torch.nn.Module:
     """Rebuild the run's network and load its best-val weights, in inference mode."""
-    from resbench.data import DATASETS
-    from resbench.models import resnet
+    from .data import DATASETS
+    from .models import resnet
 
     spec = DATASETS[config["data_name"]]
     model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
@@ -91,7 +91,7 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: str) -> torch.nn.Mod
 def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperature_scaling: bool,
                         device: str) -> dict:
     """All `resbench eval` figures for one checkpoint: metrics at T=1, and after temperature scaling if asked."""
-    from resbench.data import load_splits
+    from .data import load_splits
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():

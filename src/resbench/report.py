@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resbench.errors import ResbenchError
-from resbench.reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
+from .errors import ResbenchError
+from .reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
 
 HEADER = ("Depth", "Width", "# Params", "val/acc", "tst/acc", "tst/nll", "misc")
 ALIGN = ("-:", "-:", "-:", ":-:", ":-:", ":-:", ":-")

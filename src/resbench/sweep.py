@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from resbench.errors import ResbenchError
-from resbench.reference import reference_rows
+from .errors import ResbenchError
+from .reference import reference_rows
 
 GRID_AXES = {"data_name": "--data_name", "resnet_depth": "--resnet_depth", "resnet_width": "--resnet_width",
              "precision": None, "seed": "--seed"}
@@ -105,7 +105,7 @@ def load_grid(grid: str) -> list[list[str]]:
 
 def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str]) -> list[PlannedRun]:
     """Each grid point with its run folder; points that map to the same folder run once."""
-    from resbench.train import default_run_name, parse_train_config
+    from .train import default_run_name, parse_train_config
 
     runs: dict[Path, PlannedRun] = {}
     for point in grid:
