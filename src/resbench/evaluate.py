@@ -1,15 +1,45 @@
-"""Placeholder header until the trainer's evaluate.py lands; the calibration code below is this branch's."""
+"""Evaluation: accuracy and NLL of a model on a whole split, in large inference-mode batches."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .data import to_model_input
 from .errors import ResbenchError
+
+EVAL_BATCH_SIZE = 1024
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+                   autocast: contextlib.AbstractContextManager | None = None) -> torch.Tensor:
+    """float32 logits (N, C) for uint8 NHWC `images`, with BatchNorm in inference mode."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        with autocast or contextlib.nullcontext():
+            outputs.append(model(to_model_input(images[start:start + batch_size])).float())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+    """Accuracy and mean negative log-likelihood over the whole split."""
+    logits = predict_logits(model, images, autocast=autocast)
+    return {
+        "acc": (logits.argmax(1) == labels).float().mean().item(),
+        "nll": F.cross_entropy(logits, labels).item(),
+    }
+
 
 # ---------------------------------------------------------------- calibration (resbench eval)
 # Accuracy and NLL say how good the best-val checkpoint is; ECE and Brier say whether its confidence

@@ -103,16 +103,26 @@ def load_grid(grid: str) -> list[list[str]]:
 
 # ---------------------------------------------------------------- planning
 
+def run_folder_name(flags: list[str]) -> tuple[str, str]:
+    """(data_name, run name) of a train command, parsed by the train CLI itself so the names agree."""
+    from .cli import build_parser, config_from_args
+    from .train import default_run_name
+
+    config = config_from_args(build_parser().parse_args(["train", *flags]))
+    try:
+        return config.data_name, default_run_name(config)
+    except ValueError as exc:  # e.g. --mixed_precision fp16 without CUDA
+        raise ResbenchError(f"train {' '.join(flags)}: {exc}") from None
+
+
 def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str]) -> list[PlannedRun]:
     """Each grid point with its run folder; points that map to the same folder run once."""
-    from .train import default_run_name, parse_train_config
-
     runs: dict[Path, PlannedRun] = {}
     for point in grid:
         flags = (*point, *extra_flags)
-        config = parse_train_config(list(flags))
-        save = Path(runs_dir) / config.data_name / default_run_name(config)
-        runs.setdefault(save, PlannedRun(config.data_name, save, flags))
+        data_name, name = run_folder_name(list(flags))
+        save = Path(runs_dir) / data_name / name
+        runs.setdefault(save, PlannedRun(data_name, save, flags))
     return list(runs.values())
 
 

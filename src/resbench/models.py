@@ -1,0 +1,162 @@
+"""Residual networks for 32×32 and 64×64 images, initialised exactly as the reference.
+
+Two families share one implementation:
+- CIFAR-style (depth 6n+2: 20, 32, 44, 56, 110, ...): 16 base planes, 3 stages of n BasicBlocks.
+- ImageNet-style (depth 18, 34, 50, 101, 152): 64 base planes, 4 stages.
+Both use a single 3×3 stride-1 stem with no max-pool, because the inputs are tiny.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# Normalisation constants of the reference (applied inside the model on [0, 1] images).
+IMAGE_MEAN = (0.48145466, 0.45782750, 0.40821073)
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+
+IMAGENET_STYLE_DEPTHS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def he_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """Flax's `he_normal`: a truncated normal (±2σ) rescaled so the variance is exactly 2/fan_in.
+
+    PyTorch's kaiming_normal_ is untruncated; the reference (JAX) truncates, so we follow it.
+    """
+    fan_in = weight[0].numel()
+    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978  # std of N(0,1) truncated to [-2, 2]
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+def conv_bn(in_planes: int, out_planes: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, kernel_size, stride, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_planes),
+    )
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv_bn(in_planes, planes, 3, stride)
+        self.conv2 = conv_bn(planes, planes, 3)
+        self.shortcut = shortcut(in_planes, planes, stride)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv2[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.conv1(x))
+        return torch.relu(self.conv2(out) + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = conv_bn(in_planes, planes, 1)
+        self.conv2 = conv_bn(planes, planes, 3, stride)
+        self.conv3 = conv_bn(planes, planes * self.expansion, 1)
+        self.shortcut = shortcut(in_planes, planes * self.expansion, stride)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv3[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.conv1(x))
+        out = torch.relu(self.conv2(out))
+        return torch.relu(self.conv3(out) + self.shortcut(x))
+
+
+def shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """Identity when shapes match, else a strided 1×1 projection with BN."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return conv_bn(in_planes, out_planes, 1, stride)
+
+
+class ResNet(nn.Module):
+    """Stem → stages of residual blocks → global average pool → bias-free linear head.
+
+    Takes float images in [0, 1], NCHW, and normalises them itself, so that data can stay as raw
+    uint8 on the device until the last moment.
+    """
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], blocks_per_stage: tuple[int, ...],
+                 base_planes: int, width: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        # The stem has `base_planes` channels whatever the width (as in the reference), so for
+        # width > 1 the first block of stage 1 widens the features through a projection shortcut.
+        self.stem = nn.Sequential(conv_bn(3, base_planes, 3), nn.ReLU(inplace=True))
+        stages, in_planes = [], base_planes
+        for i, num_blocks in enumerate(blocks_per_stage):
+            planes = base_planes * width * 2**i
+            strides = [1 if i == 0 else 2] + [1] * (num_blocks - 1)
+            stage = []
+            for stride in strides:
+                stage.append(block(in_planes, planes, stride))
+                in_planes = planes * block.expansion
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(in_planes, num_classes, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                he_normal_(module.weight)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(module.last_bn().weight)  # zero-init residual: each block starts as identity
+        nn.init.zeros_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def valid_depths() -> str:
+    return "6n+2 (20, 32, 44, 56, 110, ...) or " + ", ".join(map(str, IMAGENET_STYLE_DEPTHS))
+
+
+def resnet(depth: int, width: int = 1, num_classes: int = 10, image_size: int = 32) -> ResNet:
+    """Build the reference ResNet of `depth` and channel multiplier `width`.
+
+    `image_size` is accepted for 32 and 64; the architecture is the same for both (the stem has no
+    downsampling and the head pools globally), it only guards against unsupported inputs.
+    """
+    if image_size not in (32, 64):
+        raise ValueError(f"image_size must be 32 or 64, got {image_size}")
+    if width < 1:
+        raise ValueError(f"resnet width must be a positive integer, got {width}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    if depth in IMAGENET_STYLE_DEPTHS:
+        kind, blocks = IMAGENET_STYLE_DEPTHS[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        return ResNet(block, blocks, base_planes=64, width=width, num_classes=num_classes)
+    if depth >= 8 and (depth - 2) % 6 == 0:
+        n = (depth - 2) // 6
+        return ResNet(BasicBlock, (n, n, n), base_planes=16, width=width, num_classes=num_classes)
+    raise ValueError(f"unsupported resnet depth {depth}: use {valid_depths()}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

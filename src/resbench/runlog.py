@@ -1,0 +1,108 @@
+"""The files of a run folder, each written so that a crash never leaves half of one.
+
+    log.txt        human-readable: environment, every setting, parameter count, one line per evaluation
+    config.json    the settings, as `resbench train --resume` reads them back
+    metrics.jsonl  one JSON record per evaluation
+    last.pt        full training state at the last evaluation (or signal), for resuming
+    best.pt        plain state_dict of the best-validation model
+    summary.json   the results of the finished run; its presence means "done"
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__, checkpoint
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def is_done(self) -> bool:
+        return self.file("summary.json").is_file()
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads(self.file("summary.json").read_text())
+
+    def load_last(self, device: torch.device) -> dict[str, Any] | None:
+        """The saved training state, or None for a new run."""
+        if not self.file("last.pt").is_file():
+            return None
+        return checkpoint.load_checkpoint(self.file("last.pt"), map_location=device)
+
+    def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(self.file("config.json"), vars(cfg))
+        except OSError as exc:
+            raise checkpoint.CheckpointError(
+                f"cannot write the run folder {self.path} ({exc.strerror}); choose a writable --save folder"
+            ) from None
+        self.file("metrics.jsonl").write_text("")
+        lines = ["# resbench run", f"# started with: {' '.join(sys.argv)}"]
+        lines += [f"# {key}: {value}" for key, value in self.environment(device).items()]
+        lines += [f"# precision: {precision}", f"# params: {params:,}"]
+        lines += [f"--{key} {value}" for key, value in vars(cfg).items()]
+        checkpoint.write_text(self.file("log.txt"), "\n".join(lines) + "\n")
+
+    def log(self, line: str) -> None:
+        """Print a line (above any progress bar) and append it to log.txt."""
+        tqdm.write(line)
+        with open(self.file("log.txt"), "a") as f:
+            f.write(line + "\n")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.file("metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
+        """On resume: metrics.jsonl becomes exactly the records up to the checkpoint."""
+        checkpoint.write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+
+    def save_last(self, state: dict[str, Any]) -> None:
+        checkpoint.save_checkpoint(state, self.file("last.pt"))
+
+    def save_best(self, state_dict: dict[str, torch.Tensor]) -> None:
+        checkpoint.save_checkpoint(state_dict, self.file("best.pt"))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        checkpoint.write_json(self.file("summary.json"), summary)
+        self.log(f"{summary['status']}: best val/acc {summary['val_acc']} at iteration {summary['best_iter']}, "
+                 f"tst/acc {summary['tst_acc']}, tst/nll {summary['tst_nll']}; summary in "
+                 f"{self.file('summary.json')}")
+
+    @staticmethod
+    def format_record(r: dict[str, Any]) -> str:
+        line = (f"[iter {r['iter']:>6}] trn/loss {r['trn_loss']:.4f}, trn/lr {r['trn_lr']:.4f}, "
+                f"trn/w_norm {r['w_norm']:.3f}, trn/g_norm {r['g_norm']:.3f}, "
+                f"val/acc {r['val_acc']:.4f}, val/nll {r['val_nll']:.4f}, best/val/acc {r['best_val_acc']:.4f}")
+        if "tst_acc" in r:
+            line += f", tst/acc {r['tst_acc']:.4f}, tst/nll {r['tst_nll']:.4f}"
+        return line
+
+    @staticmethod
+    def device_name(device: torch.device) -> str:
+        if device.type == "cuda":
+            return torch.cuda.get_device_name(device)
+        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+    @staticmethod
+    def versions() -> dict[str, str]:
+        return {"resbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "cuda": torch.version.cuda or "none"}
+
+    def environment(self, device: torch.device) -> dict[str, str]:
+        return {"host": platform.node(), "platform": platform.platform(), "device": self.device_name(device),
+                **self.versions()}

@@ -1,0 +1,425 @@
+"""The training loop: one run of the reference recipe, readable top to bottom in `train()`.
+
+Where each number of a results table comes from:
+- val_acc: `evaluate()` on the validation split every `eval_every` iterations and at the last;
+  the best one is kept (`RunState.best_val_acc`).
+- tst_acc, tst_nll: `evaluate()` on the test split, run only when val_acc improves, so they are
+  the test figures of the best-validation checkpoint (`best.pt`).
+- params: `count_parameters()` of the model built by `models.resnet()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint, data, models
+from .evaluate import evaluate
+from .runlog import RunFolder
+
+PROGRESS_EVERY = 50  # iterations between progress updates (each one synchronises with the device)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run, named as the reference's flags; defaults are the seed's command."""
+
+    data_name: str = "CIFAR10_x32"
+    resnet_depth: int = 20
+    resnet_width: int = 1
+    batch_size: int = 256
+    optim_ni: int = 48_000
+    optim_lr: float = 0.1
+    optim_momentum: float = 0.9
+    optim_weight_decay: float = 0.001
+    optim_label_smoothing: float = 0.0
+    optim_global_clipping: float | None = None  # max global gradient norm; None = no clipping
+    seed: int = 42
+    data_root: str = "./data"
+    save: str | None = None  # run folder; None = runs/<data_name>/<default_run_name()>
+    mixed_precision: str = "false"  # false | true (fp16 on CUDA, bf16 elsewhere) | fp16 | bf16
+    eval_every: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False
+
+    @property
+    def precision(self) -> str:
+        return precision_for(self.mixed_precision, resolve_device(self.device))
+
+
+# Settings that do not change a single number of the results; a run may resume with them changed.
+RESUMABLE_CHANGES = {"data_root", "save", "device", "compile"}
+
+
+class ConfigError(ValueError):
+    """A setting is impossible; the message names the flag and what to use instead."""
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite; the run stops as the reference does."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was checkpointed and the run can resume."""
+
+
+@dataclass
+class RunState:
+    """Everything besides model and optimiser that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    best_val_acc: float = -1.0
+    best_iter: int = 0
+    tst_acc: float | None = None  # test figures of the best-validation model
+    tst_nll: float | None = None
+    loss_sum: float = 0.0  # training loss summed since the last evaluation
+    loss_count: int = 0
+    train_seconds: float = 0.0  # time spent in training steps (evaluation excluded)
+    wall_seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject impossible settings up front, each with one line naming the flag and the fix."""
+    try:
+        check_settings(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    data.dataset_spec(cfg.data_name)
+    models.resnet(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
+    positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+    if not cfg.optim_lr > 0 or not math.isfinite(cfg.optim_lr):
+        raise ValueError(f"--optim_lr must be a positive number, got {cfg.optim_lr}")
+    if not 0 <= cfg.optim_momentum < 1:
+        raise ValueError(f"--optim_momentum must be in [0, 1), got {cfg.optim_momentum}")
+    if not 0 <= cfg.optim_weight_decay < 1:
+        raise ValueError(f"--optim_weight_decay must be in [0, 1), got {cfg.optim_weight_decay}")
+    if not 0 <= cfg.optim_label_smoothing < 1:
+        raise ValueError(f"--optim_label_smoothing must be in [0, 1), got {cfg.optim_label_smoothing}")
+    if cfg.optim_global_clipping is not None and not cfg.optim_global_clipping > 0:
+        raise ValueError(f"--optim_global_clipping must be positive, got {cfg.optim_global_clipping}")
+    num_train = data.DATASETS[cfg.data_name].num_train
+    if cfg.batch_size > num_train:
+        raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
+                         f"{cfg.data_name} ({num_train} images)")
+    precision_for(cfg.mixed_precision, resolve_device(cfg.device))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def precision_for(mixed_precision: str, device: torch.device) -> str:
+    """fp32 | fp16 | bf16. `true` means fp16 with loss scaling on CUDA and bf16 elsewhere."""
+    choice = mixed_precision.lower()
+    if choice in ("false", "fp32"):
+        return "fp32"
+    if choice == "true":
+        return "fp16" if device.type == "cuda" else "bf16"
+    if choice == "fp16" and device.type != "cuda":
+        raise ValueError("--mixed_precision fp16 needs a CUDA device; use bf16 (or false) on "
+                         f"{device.type}")
+    if choice in ("fp16", "bf16"):
+        return choice
+    raise ValueError(f"--mixed_precision must be false, true, fp16 or bf16, got {mixed_precision!r}")
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """A folder name that tells the settings apart, e.g. R20x1-b256-i48k-lr0.1-wd0.001-s42."""
+    ni = f"{cfg.optim_ni // 1000}k" if cfg.optim_ni % 1000 == 0 else str(cfg.optim_ni)
+    name = (f"R{cfg.resnet_depth}x{cfg.resnet_width}-b{cfg.batch_size}-i{ni}-lr{cfg.optim_lr:g}"
+            f"-wd{cfg.optim_weight_decay:g}-s{cfg.seed}")
+    if cfg.optim_momentum != 0.9:
+        name += f"-m{cfg.optim_momentum:g}"
+    if cfg.optim_label_smoothing:
+        name += f"-ls{cfg.optim_label_smoothing:g}"
+    if cfg.optim_global_clipping is not None:
+        name += f"-clip{cfg.optim_global_clipping:g}"
+    if cfg.precision != "fp32":
+        name += f"-{cfg.precision}"
+    return name
+
+
+def run_folder_of(cfg: TrainConfig) -> Path:
+    return Path(cfg.save) if cfg.save else Path("runs") / cfg.data_name / default_run_name(cfg)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up from 0 over floor(0.1·ni) steps, then cosine to 0 over floor(0.9·ni) steps.
+
+    `step` counts updates from 0, as optax does: the first update uses lr 0.
+    """
+    warmup, decay = int(0.1 * cfg.optim_ni), int(0.9 * cfg.optim_ni)
+    if step < warmup:
+        return cfg.optim_lr * step / warmup
+    progress = min(step - warmup, decay) / max(decay, 1)
+    return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def global_norm(tensors: list[torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in tensors])).item()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
+               autocast: contextlib.AbstractContextManager, measure_grad_norm: bool = False,
+               ) -> tuple[torch.Tensor, float | None]:
+    """One SGD update. Returns the (device) loss, and the gradient norm when asked for."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim_label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    grad_norm = None
+    if cfg.optim_global_clipping is not None or measure_grad_norm:
+        scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        if cfg.optim_global_clipping is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim_global_clipping)
+        if measure_grad_norm:
+            grad_norm = global_norm([p.grad for p in params])
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), grad_norm
+
+
+def epochs_per_minute(history: list[dict[str, Any]], batch_size: int, num_train: int,
+                      window: int = 5000) -> float:
+    """Throughput over the last `window` iterations (the whole run if shorter), wall clock."""
+    if not history:
+        return float("nan")
+    last = history[-1]
+    start = {"iter": 0, "elapsed_s": 0.0}
+    for record in history:
+        if record["iter"] <= last["iter"] - window:
+            start = record
+    minutes = (last["elapsed_s"] - start["elapsed_s"]) / 60
+    epochs = (last["iter"] - start["iter"]) * batch_size / num_train
+    return epochs / minutes if minutes > 0 else float("nan")
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a checkpoint is written."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
+    validate_config(cfg)
+    device = resolve_device(cfg.device)
+    precision = precision_for(cfg.mixed_precision, device)
+    run = RunFolder(run_folder_of(cfg))
+    if run.is_done():
+        print(f"{run.path} already holds a {run.summary()['status']} run; not retraining it. "
+              "Use another --save folder to train again.", file=sys.stderr)
+        return run.summary()
+    resume_from = run.load_last(device)
+    if resume_from is not None:
+        check_same_config(resume_from["config"], dataclasses.asdict(cfg), run.path)
+
+    spec = data.dataset_spec(cfg.data_name)
+    splits = data.load_splits(cfg.data_name, cfg.data_root, device)
+    torch.manual_seed(cfg.seed)
+    model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
+    model = model.to(device, memory_format=torch.channels_last)
+    params = models.count_parameters(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim_momentum,
+                                weight_decay=cfg.optim_weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = autocast_for(precision, device)
+    step_model = torch.compile(model) if cfg.compile else model
+    batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed)
+
+    state = RunState()
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scaler.load_state_dict(resume_from["scaler"])
+        state = RunState(**resume_from["state"])
+        run.rewrite_metrics(state.history)
+    else:
+        run.start(cfg, params, device, precision)
+    run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {cfg.optim_ni} "
+            f"on {device} ({precision}), {params:,} trainable parameters")
+
+    def save_last() -> None:
+        run.save_last({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                       "state": dataclasses.asdict(state)})
+
+    bar = tqdm(total=cfg.optim_ni, initial=state.step, disable=not sys.stderr.isatty(),
+               dynamic_ncols=True, unit="it")
+    loss_sum = torch.zeros((), device=device)  # accumulated on the device: no sync per step
+    sync(device)
+    session_start = interval_start = time.perf_counter()
+    wall_at_session_start, interval_first_step = state.wall_seconds, state.step
+    with StopSignals() as signals:
+        for step in range(state.step, cfg.optim_ni):
+            images, labels = batches.batch(step)
+            is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
+            loss, grad_norm = train_step(step_model, optimizer, scaler, images, labels,
+                                         learning_rate(step, cfg), cfg, autocast, measure_grad_norm=is_eval)
+            loss_sum += loss
+            state.loss_count += 1
+            state.step = step + 1
+
+            if is_eval or state.step % PROGRESS_EVERY == 0 or signals.received is not None:
+                # A logging point: the only place the loop waits for the device.
+                state.loss_sum += loss_sum.item()
+                loss_sum.zero_()
+                now = time.perf_counter()
+                state.train_seconds += now - interval_start
+                state.wall_seconds = wall_at_session_start + now - session_start
+                speed = (state.step - interval_first_step) * cfg.batch_size / max(now - interval_start, 1e-9)
+                interval_start, interval_first_step = now, state.step
+                if not math.isfinite(state.loss_sum):
+                    bar.close()
+                    run.finish(final_summary(cfg, run, state, params, device, precision, "diverged"))
+                    raise TrainingDiverged(
+                        f"training loss became {state.loss_sum} by iteration {state.step}; stopped as the "
+                        f"reference does. Best so far: val_acc {state.best_val_acc:.4f} at iteration "
+                        f"{state.best_iter} ({run.path / 'best.pt'}). Try a lower --optim_lr or "
+                        "--optim_global_clipping")
+                bar.update(state.step - bar.n)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate(step, cfg):.4f}",
+                                img_s=f"{speed:.0f}")
+
+            if is_eval:
+                record = evaluation_record(cfg, model, splits, state, grad_norm, autocast, step,
+                                           batches.steps_per_epoch)
+                if record["val_acc"] > state.best_val_acc:
+                    state.best_val_acc, state.best_iter = record["val_acc"], state.step
+                    test = evaluate(model, splits.test_images, splits.test_labels, autocast)
+                    state.tst_acc, state.tst_nll = test["acc"], test["nll"]
+                    record.update(tst_acc=test["acc"], tst_nll=test["nll"])
+                    run.save_best(model.state_dict())
+                record["best_val_acc"] = state.best_val_acc
+                sync(device)
+                state.wall_seconds = wall_at_session_start + time.perf_counter() - session_start
+                record["elapsed_s"] = state.wall_seconds
+                state.history.append(record)
+                state.loss_sum, state.loss_count = 0.0, 0
+                run.append_metrics(record)
+                save_last()
+                run.log(run.format_record(record))
+                interval_start = time.perf_counter()  # evaluation time is not training time
+
+            if signals.received is not None and state.step < cfg.optim_ni:
+                save_last()
+                bar.close()
+                raise Interrupted(f"stopped by signal {signals.received} at iteration {state.step}; "
+                                  f"the state is saved in {run.path}: run the same command again to resume")
+    bar.close()
+    summary = final_summary(cfg, run, state, params, device, precision, "finished")
+    run.finish(summary)
+    return summary
+
+
+def evaluation_record(cfg: TrainConfig, model: torch.nn.Module, splits: data.Splits, state: RunState,
+                      grad_norm: float | None, autocast: contextlib.AbstractContextManager,
+                      step: int, steps_per_epoch: int) -> dict[str, Any]:
+    """Validation figures plus the training statistics the reference logs at each evaluation."""
+    val = evaluate(model, splits.val_images, splits.val_labels, autocast)
+    return {
+        "iter": state.step,
+        "epoch": state.step / steps_per_epoch,
+        "trn_loss": state.loss_sum / max(state.loss_count, 1),
+        "trn_lr": learning_rate(step, cfg),
+        "w_norm": global_norm([p.detach() for p in model.parameters()]),
+        "g_norm": grad_norm,
+        "val_acc": val["acc"],
+        "val_nll": val["nll"],
+    }
+
+
+def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
+    differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
+                 for key in sorted(set(saved) | set(wanted))
+                 if key not in RESUMABLE_CHANGES and saved.get(key) != wanted.get(key)]
+    if differing:
+        raise checkpoint.CheckpointError(
+            f"{path} holds a run with other settings ({'; '.join(differing)}); "
+            "use another --save folder, or the saved settings to resume it")
+
+
+def final_summary(cfg: TrainConfig, run: RunFolder, state: RunState, params: int, device: torch.device,
+                  precision: str, status: str) -> dict[str, Any]:
+    num_train = data.DATASETS[cfg.data_name].num_train
+    return {
+        "status": status,
+        "data_name": cfg.data_name,
+        "depth": cfg.resnet_depth,
+        "width": cfg.resnet_width,
+        "precision": precision,
+        "params": params,
+        "val_acc": state.best_val_acc if state.best_val_acc >= 0 else None,
+        "tst_acc": state.tst_acc,
+        "tst_nll": state.tst_nll,
+        "best_iter": state.best_iter,
+        "iterations": state.step,
+        "wall_seconds": state.wall_seconds,
+        "images_per_sec": state.step * cfg.batch_size / state.train_seconds if state.train_seconds else None,
+        "epochs_per_min": epochs_per_minute(state.history, cfg.batch_size, num_train),
+        "device": run.device_name(device),
+        "versions": run.versions(),
+        "config": dataclasses.asdict(cfg),
+    }

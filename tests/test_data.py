@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from resbench.data import DATASETS, PAD, DataFileError, TrainBatches, crop_flip, load_splits
+
+
+def test_crop_flip_matches_pad_then_slice():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (6, 5, 7, 3), dtype=torch.uint8)
+    dy = torch.tensor([0, 8, 4, 3, 0, 8])
+    dx = torch.tensor([0, 8, 4, 1, 8, 0])
+    flip = torch.tensor([False, True, False, True, True, False])
+    out = crop_flip(images, dy, dx, flip)
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (PAD,) * 4).permute(0, 2, 3, 1)
+    for i in range(6):
+        expected = padded[i, dy[i]:dy[i] + 5, dx[i]:dx[i] + 7]
+        if flip[i]:
+            expected = expected.flip(1)
+        assert torch.equal(out[i], expected)
+    assert torch.equal(out[2], images[2])  # offset 4 and no flip is the identity
+    assert (out[0, :PAD, :] == 0).all() and (out[0, :, :PAD] == 0).all()  # zero fill
+
+
+def test_train_batches_offsets_within_4_and_flip_half_the_time():
+    # Every pixel is non-zero and encodes its column, so the crop offset and the flip can be read back.
+    n, size = 512, 32
+    cols = torch.arange(1, size + 1, dtype=torch.uint8)
+    images = cols.view(1, 1, size, 1).expand(n, size, size, 3).contiguous()
+    batches = TrainBatches(images, torch.zeros(n, dtype=torch.long), batch_size=256, seed=0)
+    shifts, flips = [], []
+    for step in range(4):
+        x, _ = batches.batch(step)
+        assert x.shape == (256, 3, size, size) and x.dtype == torch.float32
+        row = (x[:, 0, size // 2] * 255).round().long()  # B×W, zero where padding shows
+        for r in row:
+            nz = r[r > 0]
+            increasing = bool((nz[1:] > nz[:-1]).all())
+            flips.append(not increasing)
+            first = nz.min().item() if increasing else nz.max().item()
+            start = (r > 0).nonzero()[0].item()
+            shift = start - (first - 1) if increasing else start - (size - first)
+            shifts.append(shift)
+    shifts = torch.tensor(shifts)
+    assert shifts.abs().max() <= PAD
+    assert set(shifts.tolist()) == set(range(-PAD, PAD + 1))
+    assert 0.4 < sum(flips) / len(flips) < 0.6
+
+
+def test_batches_are_a_pure_function_of_seed_and_step():
+    images = torch.randint(0, 256, (1024, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.arange(1024)
+    a = TrainBatches(images, labels, 256, seed=1)
+    b = TrainBatches(images, labels, 256, seed=1)
+    xa, ya = a.batch(9)
+    for step in (0, 5, 9):
+        xb, yb = b.batch(step)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a.batch(0)[1], a.batch(4)[1])  # a new permutation each epoch
+
+
+def test_each_epoch_is_a_permutation():
+    labels = torch.arange(1024)
+    batches = TrainBatches(torch.zeros(1024, 4, 4, 3, dtype=torch.uint8), labels, 256, seed=3)
+    seen = torch.cat([batches.batch(s)[1] for s in range(4)])
+    assert torch.equal(seen.sort().values, labels)
+
+
+def test_ranks_share_the_global_batch():
+    images = torch.randint(0, 256, (512, 8, 8, 3), dtype=torch.uint8)
+    labels = torch.arange(512)
+    whole = TrainBatches(images, labels, 256, seed=5).batch(3)
+    parts = [TrainBatches(images, labels, 256, seed=5, rank=r, world_size=2).batch(3) for r in range(2)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole[0])
+    assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
+
+
+def write_prepared(root, name, train_n, test_n, size=32, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True)
+    for split, n in (("train", train_n), ("test", test_n)):
+        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", rng.integers(0, classes, n).astype(np.int64))
+    return folder
+
+
+def test_prepared_layout_splits_in_file_order(tmp_path):
+    folder = write_prepared(tmp_path, "CIFAR10_x32", 50_000, 10_000)
+    splits = load_splits("CIFAR10_x32", tmp_path)
+    train_images = np.load(folder / "train_images.npy")
+    assert splits.train_images.shape == (40_960, 32, 32, 3) and splits.val_images.shape == (9_040, 32, 32, 3)
+    assert np.array_equal(splits.val_images[:3].numpy(), train_images[40_960:40_963])
+    assert splits.test_labels.dtype == torch.int64 and len(splits.test_labels) == 10_000
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(DataFileError, match=r"CIFAR100_x32.*train_images\.npy.*resbench data download"):
+        load_splits("CIFAR100_x32", tmp_path)
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("truncated", "truncated or not a valid .npy"),
+    ("dtype", "expected uint8"),
+    ("labels", r"labels in \[10, 10\], expected \[0, 9\]"),
+    ("count", "expected 10000 integer labels"),
+])
+def test_bad_files_are_named(tmp_path, fault, message):
+    folder = write_prepared(tmp_path, "CIFAR10_x32", 50_000, 10_000)
+    if fault == "truncated":
+        data = (folder / "test_images.npy").read_bytes()
+        (folder / "test_images.npy").write_bytes(data[: len(data) // 2])
+    elif fault == "dtype":
+        np.save(folder / "test_images.npy", np.zeros((10_000, 32, 32, 3), np.float32))
+    elif fault == "labels":
+        np.save(folder / "test_labels.npy", np.full(10_000, 10, np.int64))
+    else:
+        np.save(folder / "test_labels.npy", np.zeros(9_999, np.int64))
+    with pytest.raises(DataFileError, match=message):
+        load_splits("CIFAR10_x32", tmp_path)
+
+
+def test_digits_demo_splits():
+    splits = load_splits("Digits_x32", "unused")
+    spec = DATASETS["Digits_x32"]
+    assert len(splits.train_images) == spec.num_train == 1280
+    assert len(splits.val_images) + len(splits.train_images) + len(splits.test_images) == 1797
+    assert splits.train_images.dtype == torch.uint8 and splits.train_images.shape[1:] == (32, 32, 3)
+    assert set(splits.test_labels.tolist()) == set(range(10))

@@ -1,0 +1,68 @@
+import csv
+import importlib.resources
+import math
+
+import pytest
+import torch
+
+from resbench.data import DATASETS
+from resbench.models import Bottleneck, BasicBlock, count_parameters, resnet
+
+
+def seed_rows():
+    text = importlib.resources.files("resbench").joinpath("reference_results.tsv").read_text()
+    return list(csv.DictReader([line for line in text.splitlines() if not line.startswith("#")], delimiter="\t"))
+
+
+@pytest.mark.parametrize("row", seed_rows(), ids=lambda r: f"{r['data_name']}-R{r['depth']}x{r['width']}-{r['precision']}")
+def test_parameter_count_matches_reference(row):
+    spec = DATASETS[row["data_name"]]
+    model = resnet(int(row["depth"]), int(row["width"]), spec.num_classes, spec.image_size)
+    assert count_parameters(model) == int(row["params"])
+
+
+def test_all_26_rows_are_checked():
+    assert len(seed_rows()) == 26
+
+
+@pytest.mark.parametrize("depth", [8, 20, 110, 18, 34, 50])
+def test_forward_shapes(depth):
+    model = resnet(depth, 1, num_classes=7, image_size=64).eval()
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("depth", [0, 19, 21, 100])
+def test_unsupported_depth_is_refused(depth):
+    with pytest.raises(ValueError, match="unsupported resnet depth"):
+        resnet(depth)
+
+
+@pytest.mark.parametrize("depth", [20, 50])
+def test_zero_init_residual_and_zero_classifier(depth):
+    model = resnet(depth)
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert blocks
+    for block in blocks:
+        assert torch.all(block.last_bn().weight == 0)
+        for bn in [m for m in block.modules() if isinstance(m, torch.nn.BatchNorm2d) and m is not block.last_bn()]:
+            assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    assert model.fc.bias is None and torch.all(model.fc.weight == 0)
+    # A freshly built network is the identity function at every block: every output is 0 logits.
+    assert torch.all(model.eval()(torch.rand(2, 3, 32, 32)) == 0)
+
+
+def test_convs_are_he_normal_without_bias():
+    torch.manual_seed(0)
+    model = resnet(18)
+    for conv in [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]:
+        assert conv.bias is None
+        fan_in = conv.weight[0].numel()
+        if conv.weight.numel() >= 20_000:
+            std = conv.weight.std().item()
+            assert std == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
+            assert conv.weight.abs().max().item() <= 2 * math.sqrt(2 / fan_in) / 0.8796 + 1e-6  # truncated at 2σ
+
+
+def test_batchnorm_settings():
+    for bn in [m for m in resnet(20).modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+        assert bn.eps == 1e-5 and bn.momentum == 0.1

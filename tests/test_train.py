@@ -1,0 +1,145 @@
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, cli_env
+from resbench.models import resnet
+from resbench.train import TrainConfig, default_run_name, learning_rate, train_step, validate_config, ConfigError
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = TrainConfig(optim_ni=48_000, optim_lr=0.1)
+    assert learning_rate(0, cfg) == 0.0
+    assert learning_rate(2_400, cfg) == pytest.approx(0.05)
+    assert learning_rate(4_800, cfg) == pytest.approx(0.1)  # the end of warm-up: the peak
+    assert learning_rate(4_800 + 21_600, cfg) == pytest.approx(0.05)  # half way through the cosine
+    assert learning_rate(47_999, cfg) == pytest.approx(0.0, abs=1e-8)
+    assert learning_rate(48_000, cfg) == 0.0
+    lrs = [learning_rate(s, cfg) for s in range(0, 48_000, 100)]
+    peak = lrs.index(max(lrs))
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+
+
+def test_schedule_floors_the_warmup_length():
+    cfg = TrainConfig(optim_ni=15, optim_lr=1.0)  # warm-up floor(1.5) = 1 step, cosine floor(13.5) = 13
+    assert learning_rate(0, cfg) == 0.0
+    assert learning_rate(1, cfg) == 1.0
+    assert learning_rate(14, cfg) == pytest.approx(0.0, abs=1e-12)
+
+
+def sgd_reference_step(params, grads, bufs, lr, momentum, wd):
+    """The recipe's update, written out: g += wd·p; buf = g + m·buf; p -= lr·buf."""
+    for p, g, b in zip(params, grads, bufs):
+        g = g + wd * p
+        b.mul_(momentum).add_(g)
+        p.sub_(lr * b)
+
+
+def test_weight_decay_and_momentum_on_every_parameter():
+    torch.manual_seed(0)
+    model = resnet(8, num_classes=3)
+    with torch.no_grad():  # make every parameter non-zero so decay shows everywhere
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    cfg = TrainConfig(optim_weight_decay=0.01, optim_momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    expected = [p.detach().clone() for p in model.parameters()]
+    bufs = [torch.zeros_like(p) for p in expected]
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    for lr in (0.05, 0.1):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        sgd_reference_step(expected, grads, bufs, lr, 0.9, 0.01)
+        train_step(model, optimizer, scaler, x, y, lr, cfg, torch.autocast("cpu", enabled=False))
+    for name_p, e in zip(model.named_parameters(), expected):
+        torch.testing.assert_close(name_p[1].detach(), e, rtol=1e-5, atol=1e-6, msg=name_p[0])
+    assert len(optimizer.param_groups) == 1
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01  # one group: BN, convs and classifier alike
+
+
+def test_gradient_clipping_bounds_the_update():
+    torch.manual_seed(0)
+    model = resnet(8, num_classes=3)
+    cfg = TrainConfig(optim_global_clipping=1e-3, optim_weight_decay=0.0, optim_momentum=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    _, gnorm = train_step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                          torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,)), 1.0, cfg,
+                          torch.autocast("cpu", enabled=False), measure_grad_norm=True)
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert gnorm == pytest.approx(1e-3, rel=1e-4) and step.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(data_name="MNIST"), "unknown data_name 'MNIST'"),
+    (dict(resnet_depth=21), "unsupported resnet depth 21"),
+    (dict(resnet_width=0), "width must be a positive integer"),
+    (dict(batch_size=0), "--batch_size must be a positive integer"),
+    (dict(data_name="Digits_x32", batch_size=4096), "larger than the training split"),
+    (dict(optim_ni=-5), "--optim_ni must be a positive integer"),
+    (dict(mixed_precision="maybe"), "--mixed_precision must be"),
+    (dict(mixed_precision="fp16", device="cpu"), "fp16 needs a CUDA device"),
+])
+def test_bad_settings_are_refused(change, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(TrainConfig(**change))
+
+
+def test_default_run_name():
+    assert default_run_name(TrainConfig()) == "R20x1-b256-i48k-lr0.1-wd0.001-s42"
+    cfg = TrainConfig(resnet_depth=18, optim_ni=500, mixed_precision="bf16", device="cpu")
+    assert default_run_name(cfg) == "R18x1-b256-i500-lr0.1-wd0.001-s42-bf16"
+
+
+SEED_COMMAND = ("--data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --batch_size 256 --optim_ni 48000 "
+                "--optim_lr 0.1 --optim_momentum 0.9 --optim_weight_decay 0.0010").split()
+
+
+def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "CIFAR10_x32"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 50_000), ("test", 10_000)):
+        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", rng.integers(0, 10, n))
+    # The seed's command as printed, run from the checkout's root, with a short run appended.
+    command = [sys.executable, "scripts_cifar/SGDM.py", *SEED_COMMAND, "--optim_ni=3",
+               "--data_root", str(tmp_path / "data"), "--save", str(tmp_path / "run")]
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt", "config.json", "last.pt", "log.txt", "metrics.jsonl", "summary.json"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["iterations"] == 3 and summary["params"] == 272_464
+    assert summary["precision"] == "fp32" and summary["config"]["optim_weight_decay"] == 0.001
+    for key in ("val_acc", "tst_acc", "tst_nll", "best_iter", "wall_seconds", "images_per_sec", "epochs_per_min",
+                "device", "versions", "data_name", "depth", "width"):
+        assert summary[key] is not None, key
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records] == [3]  # eval_every 1000 > 3: one evaluation, at the last iteration
+    assert 0.0 <= summary["val_acc"] <= 1.0 and math.isfinite(summary["tst_nll"])
+    state_dict = torch.load(run / "best.pt", weights_only=True)
+    resnet(20).load_state_dict(state_dict)
+    log = (run / "log.txt").read_text()
+    assert "--optim_weight_decay 0.001" in log and "272,464" in log and "torch:" in log and "[iter      3]" in log
+
+
+def test_digits_demo_learns(tmp_path, run_cli):
+    """A broken trainer (no augmentation sense, wrong schedule, wrong init) cannot reach 0.9 here."""
+    proc = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
+                   "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tst_acc"] >= 0.9, proc.stdout
+    assert summary["val_acc"] >= 0.9
+    again = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
+                    "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
+    assert "not retraining" in again.stderr
