@@ -117,10 +117,19 @@ def random_predictions(n: int = 600, classes: int = 7, sharpness: float = 3.0):
     return logits, labels
 
 
+def numpy_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+
+def numpy_nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    return -np.log(numpy_probs(logits, temperature)[np.arange(len(labels)), labels]).mean()
+
+
 def numpy_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy, NLL, 15-bin ECE and Brier score written out loop by loop."""
-    z = logits - logits.max(1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    probs = numpy_probs(logits)
     conf, pred = probs.max(1), probs.argmax(1)
     ece = 0.0
     for b in range(15):
@@ -128,7 +137,7 @@ def numpy_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         if in_bin.any():
             ece += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean() - conf[in_bin].mean())
     onehot = np.eye(logits.shape[1])[labels]
-    return {"acc": (pred == labels).mean(), "nll": -np.log(probs[np.arange(len(labels)), labels]).mean(),
+    return {"acc": (pred == labels).mean(), "nll": numpy_nll(logits, labels),
             "ece": ece, "brier": ((probs - onehot) ** 2).sum(1).mean()}
 
 
@@ -150,10 +159,12 @@ def test_ece_and_brier_of_perfect_predictions_are_zero():
 def test_fit_temperature_minimises_nll():
     logits, labels = random_predictions()
     t = fit_temperature(logits, labels)
+    np_logits, np_labels = logits.double().numpy(), labels.numpy()
     grid = np.linspace(0.2, 10, 2000)
-    best = grid[np.argmin([nll(logits, labels, g) for g in grid])]
+    best = grid[np.argmin([numpy_nll(np_logits, np_labels, g) for g in grid])]
     assert t > 1.5  # overconfident logits are softened
     assert t == pytest.approx(best, abs=0.01)
+    assert nll(logits, labels, t) == pytest.approx(numpy_nll(np_logits, np_labels, t), abs=1e-12)
     assert nll(logits, labels, t) < nll(logits, labels)
 
 
@@ -229,9 +240,9 @@ resnet_depth = [8]
 seed = [1, 2]
 
 [flags]
-optim_ni = 30
-eval_every = 15
-batch_size = 64
+optim_ni = 10
+eval_every = 5
+batch_size = 32
 device = "cpu"
 """
 
@@ -240,14 +251,14 @@ def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("[1, 2]", "[1, 2, 3]"))
     runs_dir = tmp_path / "runs"
-    finished = runs_dir / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s1"
-    started = runs_dir / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s2"
+    finished = runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
+    started = runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s2"
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
     started.mkdir()
     proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry-run", check=True)
     assert plan_lines(proc.stdout) == [("skip", str(finished)), ("resume", str(started)),
-                                       ("new", str(runs_dir / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s3"))]
+                                       ("new", str(runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s3"))]
     assert "3 runs: 1 to run, 1 to resume, 1 finished (skipped)" in proc.stdout
 
 
@@ -264,7 +275,7 @@ def test_sweep_reports_failed_runs(tmp_path, run_cli):
     grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
     proc = run_cli("sweep", "--grid", grid, "--runs_dir", tmp_path / "runs", "--", "--optim_lr", "-1")
     assert proc.returncode == 1
-    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b64-i30-lr-1-wd0.001-s1"
+    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr-1-wd0.001-s1"
     assert f"failed: {run} (exit status 2)" in proc.stdout
     assert "--optim_lr must be a positive number" in (run / "stdout.log").read_text()
 
@@ -291,7 +302,7 @@ def digits_runs(tmp_path_factory) -> Path:
 
 def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, run_cli):
     runs = sorted((digits_runs / "Digits_x32").iterdir())
-    assert [r.name for r in runs] == ["R8x1-b64-i30-lr0.1-wd0.001-s1", "R8x1-b64-i30-lr0.1-wd0.001-s2"]
+    assert [r.name for r in runs] == ["R8x1-b32-i10-lr0.1-wd0.001-s1", "R8x1-b32-i10-lr0.1-wd0.001-s2"]
     for run in runs:
         assert json.loads((run / "summary.json").read_text())["status"] == "finished"
         assert (run / "stdout.log").stat().st_size > 0
@@ -316,7 +327,7 @@ def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
     from resbench.evaluate import predict_logits
     from resbench.models import resnet
 
-    run = digits_runs / "Digits_x32" / "R8x1-b64-i30-lr0.1-wd0.001-s1"
+    run = digits_runs / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
     summary = json.loads((run / "summary.json").read_text())
     report = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--json", "--temperature_scaling",
                                 check=True).stdout)
