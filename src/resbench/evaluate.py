@@ -106,7 +106,7 @@ def load_run_config(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_checkpoint_model(ckpt: Path, config: dict, device: str) -> torch.nn.Module:
+def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> torch.nn.Module:
     """Rebuild the run's network and load its best-val weights, in inference mode."""
     from .data import DATASETS
     from .models import resnet
@@ -119,27 +119,41 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: str) -> torch.nn.Mod
 
 
 def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperature_scaling: bool,
-                        device: str) -> dict:
-    """All `resbench eval` figures for one checkpoint: metrics at T=1, and after temperature scaling if asked."""
+                        device: str = "auto") -> dict:
+    """All `resbench eval` figures for one checkpoint: metrics at T=1, and after temperature scaling if asked.
+
+    Computed in float32 whatever the run's precision (the checkpoint holds float32 weights), so
+    an fp16/bf16 run's figures can differ from its summary.json in the third decimal.
+    """
     from .data import load_splits
+    from .train import resolve_device
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ResbenchError(f"no such checkpoint: {ckpt}")
     config = load_run_config(ckpt.parent)
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:
+        raise ResbenchError(str(exc)) from None
     model = load_checkpoint_model(ckpt, config, device)
     splits = load_splits(config["data_name"], data_root or config["data_root"], device)
-    images, labels = getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels")
-    logits = predict_logits(model, images)
+
+    def predictions(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels of one split, on the CPU where the metrics are computed."""
+        logits = predict_logits(model, getattr(splits, f"{name}_images"))
+        return logits.cpu(), getattr(splits, f"{name}_labels").cpu()
+
+    logits, labels = predictions(split)
     report = {"ckpt": str(ckpt), "data_name": config["data_name"], "split": split, "n": len(labels),
               **calibration_metrics(logits, labels)}
     if temperature_scaling:
-        val_logits = logits if split == "val" else predict_logits(model, splits.val_images)
-        temperature = fit_temperature(val_logits, splits.val_labels)
+        val_logits, val_labels = (logits, labels) if split == "val" else predictions("val")
+        temperature = fit_temperature(val_logits, val_labels)
         report["temperature_scaling"] = {
             "temperature": temperature,
-            "val_nll_before": nll(val_logits, splits.val_labels.cpu()),
-            "val_nll_after": nll(val_logits, splits.val_labels.cpu(), temperature),
+            "val_nll_before": nll(val_logits, val_labels),
+            "val_nll_after": nll(val_logits, val_labels, temperature),
             **calibration_metrics(logits, labels, temperature),
         }
     return report
@@ -174,7 +188,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
     p.add_argument("--temperature_scaling", action="store_true",
                    help="also report the metrics after fitting one temperature T on the validation NLL")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run_eval)
     return p

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -33,7 +34,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 class PlannedRun:
     """One training run of the sweep: its folder and the train flags (without --save)."""
 
-    data_name: str
     save: Path
     flags: tuple[str, ...]
 
@@ -103,14 +103,17 @@ def load_grid(grid: str) -> list[list[str]]:
 
 # ---------------------------------------------------------------- planning
 
-def run_folder_name(flags: list[str]) -> tuple[str, str]:
-    """(data_name, run name) of a train command, parsed by the train CLI itself so the names agree."""
+def run_folder(runs_dir: Path, flags: list[str]) -> Path:
+    """<runs_dir>/<data_name>/<run name> of a train command, parsed by the train CLI itself so names agree."""
     from .cli import build_parser, config_from_args
     from .train import default_run_name
 
-    config = config_from_args(build_parser().parse_args(["train", *flags]))
+    args, unknown = build_parser().parse_known_args(["train", *flags])
+    if unknown:
+        raise ResbenchError(f"unknown train flag(s): {' '.join(unknown)}")
+    config = config_from_args(args)
     try:
-        return config.data_name, default_run_name(config)
+        return Path(runs_dir) / config.data_name / default_run_name(config)
     except ValueError as exc:  # e.g. --mixed_precision fp16 without CUDA
         raise ResbenchError(f"train {' '.join(flags)}: {exc}") from None
 
@@ -120,9 +123,8 @@ def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str]) -> 
     runs: dict[Path, PlannedRun] = {}
     for point in grid:
         flags = (*point, *extra_flags)
-        data_name, name = run_folder_name(list(flags))
-        save = Path(runs_dir) / data_name / name
-        runs.setdefault(save, PlannedRun(data_name, save, flags))
+        save = run_folder(runs_dir, list(flags))
+        runs.setdefault(save, PlannedRun(save, flags))
     return list(runs.values())
 
 
@@ -135,7 +137,7 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool) -> str
     for run, state in zip(runs, states):
         lines.append(f"  {'skip' if state == 'finished' else state:7} {run.save}")
         if show_commands and state != "finished":
-            lines.append("          " + " ".join(run.command[1:]))
+            lines.append("          resbench " + shlex.join(run.command[3:]))
     return "\n".join(lines)
 
 
