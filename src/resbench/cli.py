@@ -32,6 +32,7 @@ FLAG_HELP = {
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
     "compile": "torch.compile the model (true/false)",
+    "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
 }
 
 
