@@ -1,0 +1,7 @@
+"""``python -m resbench``."""
+
+import sys
+
+from resbench.cli import main
+
+sys.exit(main())
