@@ -456,7 +456,7 @@ def test_unsafe_archive_members_are_refused(tmp_path, make, kind):
     with pytest.raises(fetch.DataError, match=f"refusing unsafe archive {archive.name}: member"):
         fetch.safe_extract(archive, dest)
 
-    assert _all_files(tmp_path) == before  # nothing extracted, inside or outside
+    assert _all_files(tmp_path) == before and not dest.exists()  # nothing extracted, inside or outside
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
 
 
@@ -479,6 +479,17 @@ def test_prepare_refuses_archive_with_dotdot_member(tmp_path, monkeypatch, close
         fetch.prepare_dataset("CIFAR10_x32", tmp_path / "data")
 
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "data" / "CIFAR10_x32").exists()
+
+
+def test_damaged_archive_without_verification_is_reported(tmp_path, monkeypatch, cifar10, closed_url, capfd):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0][: len(cifar10[0]) // 2])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+
+    with pytest.raises(fetch.DataError, match="cifar-10-python.tar.gz is damaged .*delete it and download again"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
+
+    assert "warning: --no-verify" in capfd.readouterr().err
+    assert not (tmp_path / "CIFAR10_x32").exists()
 
 
 # ----------------------------------------------------------------------------- atomic preparation and status
@@ -542,3 +553,15 @@ def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, run_cli, cif
     assert placed.exists()
     assert forced.returncode == 0, forced.stderr
     assert "warning" in forced.stderr and fetch.is_complete(tmp_path, "CIFAR10_x32")
+
+
+def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
+    for filename, archive in [("cifar-10-python.tar.gz", cifar10[0]), ("cifar-100-python.tar.gz", cifar100[0]),
+                              ("tiny-imagenet-200.zip", tiny[0])]:
+        _place(tmp_path, filename, archive)
+
+    proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no-verify", "--mirror", "http://127.0.0.1:9/")
+
+    assert proc.returncode == 0, proc.stderr
+    assert all(row["complete"] for row in fetch.dataset_status(tmp_path))
+    assert proc.stderr.count("preparing") == 3  # one pass per archive: both TinyImageNet sizes together

@@ -53,6 +53,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Sequence
@@ -324,18 +325,21 @@ class Archive:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        if zipfile.is_zipfile(self.path):
-            zf = zipfile.ZipFile(self.path)
-            members = _zip_members(zf)
-            self._open: Callable[[str], IO[bytes]] = zf.open
-            self._handle: zipfile.ZipFile | tarfile.TarFile = zf
-        elif tarfile.is_tarfile(self.path):
-            tar = tarfile.open(self.path)
-            members = _tar_members(tar)
-            self._open = lambda name: tar.extractfile(name)  # type: ignore[return-value]
-            self._handle = tar
-        else:
-            raise DataError(f"{self.path} is neither a tar nor a zip archive; delete it and download again")
+        try:
+            if zipfile.is_zipfile(self.path):
+                zf = zipfile.ZipFile(self.path)
+                members = _zip_members(zf)
+                self._open: Callable[[str], IO[bytes]] = zf.open
+                self._handle: zipfile.ZipFile | tarfile.TarFile = zf
+            elif tarfile.is_tarfile(self.path):
+                tar = tarfile.open(self.path)
+                members = _tar_members(tar)
+                self._open = lambda name: tar.extractfile(name)  # type: ignore[return-value]
+                self._handle = tar
+            else:
+                raise DataError(f"{self.path} is neither a tar nor a zip archive; delete it and download again")
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
+            raise DataError(f"{self.path} is damaged ({err}); delete it and download again") from None
         for member in members:
             if problem := _member_problem(member):
                 self.close()
@@ -369,10 +373,10 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,
     re-checked after resolving so that nothing is written outside ``dest``.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
     written = []
     with Archive(Path(archive)) as ar:
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
         for name in ar.files if names is None else names:
             target = (root / name).resolve()
             if not target.is_relative_to(root):
