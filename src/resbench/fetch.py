@@ -398,6 +398,9 @@ def _numpy_reconstruct() -> Callable:
     return _reconstruct
 
 
+_NUMPY_RECONSTRUCT = _numpy_reconstruct()
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches only: dict/list/str/bytes/int and numpy arrays, nothing callable.
 
@@ -406,8 +409,8 @@ class _CifarUnpickler(pickle.Unpickler):
     """
 
     _ALLOWED: dict[tuple[str, str], object] = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
-        ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("numpy.core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
         **{(module, t.__name__): t for module in ("builtins", "__builtin__") for t in (dict, list, str, bytes, int)},
@@ -434,17 +437,16 @@ def _load_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndar
     return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _cifar_reader(folder: str, train: Sequence[str], test: Sequence[str], label_key: bytes) -> Reader:
+def _cifar_reader(folder: str, train: Sequence[str], test: str, label_key: bytes) -> Reader:
     """A reader for one CIFAR tarball (the two differ only in member names and label key)."""
 
     def read(archive: Path, sizes: Sequence[int]) -> dict[int, Splits]:
         if list(sizes) != [32]:
             raise ValueError(f"CIFAR images are 32x32, not {sizes}")
         with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".extract-") as scratch:
-            members = [f"{folder}/{name}" for name in (*train, *test)]
-            safe_extract(archive, scratch, members)
+            safe_extract(archive, scratch, [f"{folder}/{name}" for name in (*train, test)])
             train_parts = [_load_cifar_batch(Path(scratch, folder, name), label_key) for name in train]
-            test_images, test_labels = _load_cifar_batch(Path(scratch, folder, test[0]), label_key)
+            test_images, test_labels = _load_cifar_batch(Path(scratch, folder, test), label_key)
         return {32: {
             "train_images.npy": np.concatenate([images for images, _ in train_parts]),
             "train_labels.npy": np.concatenate([labels for _, labels in train_parts]),
@@ -460,17 +462,23 @@ def _cifar_reader(folder: str, train: Sequence[str], test: Sequence[str], label_
 _TINY_ROOT = "tiny-imagenet-200"
 
 
+def _train_image_wnid(member: str) -> str | None:
+    """The wnid of a ``tiny-imagenet-200/train/<wnid>/images/*.JPEG`` member, else None."""
+    parts = member.split("/")
+    is_image = len(parts) == 5 and parts[:2] == [_TINY_ROOT, "train"] and parts[3] == "images"
+    return parts[2] if is_image and parts[4].endswith(".JPEG") else None
+
+
 def _tiny_train_order(files: Iterable[str], wnids: list[str]) -> list[tuple[str, int]]:
     """(member, class id) of the training images in round-robin class order (see module doc)."""
     class_id = {wnid: i for i, wnid in enumerate(wnids)}
     per_class: list[list[str]] = [[] for _ in wnids]
     for name in files:
-        parts = name.split("/")
-        if len(parts) == 5 and parts[:2] == [_TINY_ROOT, "train"] and parts[3] == "images" \
-                and parts[4].endswith(".JPEG"):
-            if parts[2] not in class_id:
-                raise DataError(f"training image {name} belongs to no class in wnids.txt")
-            per_class[class_id[parts[2]]].append(name)
+        if (wnid := _train_image_wnid(name)) is None:
+            continue
+        if wnid not in class_id:
+            raise DataError(f"training image {name} belongs to no class in wnids.txt")
+        per_class[class_id[wnid]].append(name)
     for i, names in enumerate(per_class):
         if not names:
             raise DataError(f"no training images for class {wnids[i]} in the TinyImageNet archive")
@@ -486,7 +494,10 @@ def _tiny_test_order(annotations: str, wnids: list[str]) -> list[tuple[str, int]
     for line in annotations.splitlines():
         if not line.strip():
             continue
-        filename, wnid = line.split("\t")[:2]
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DataError(f"malformed line in val_annotations.txt: {line!r}; is the archive genuine?")
+        filename, wnid = fields[:2]
         if wnid not in class_id:
             raise DataError(f"val_annotations.txt labels {filename} with {wnid}, which is not in wnids.txt")
         pairs.append((f"{_TINY_ROOT}/val/images/{filename}", class_id[wnid]))
@@ -534,8 +545,8 @@ class _Spec:
 
 _SPECS: dict[str, _Spec] = {
     "CIFAR10_x32": _Spec(32, 10, _cifar_reader(
-        "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels")),
-    "CIFAR100_x32": _Spec(32, 100, _cifar_reader("cifar-100-python", ["train"], ["test"], b"fine_labels")),
+        "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels")),
+    "CIFAR100_x32": _Spec(32, 100, _cifar_reader("cifar-100-python", ["train"], "test", b"fine_labels")),
     "TinyImageNet200_x32": _Spec(32, 200, _read_tinyimagenet),
     "TinyImageNet200_x64": _Spec(64, 200, _read_tinyimagenet),
 }
@@ -559,9 +570,11 @@ def _inspect(folder: Path, spec: _Spec) -> tuple[str | None, dict[str, int]]:
             return f"{split} files missing or unreadable ({err.__class__.__name__})", counts
         size = spec.image_size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
-            return f"{split}_images.npy is {images.dtype} {images.shape}, expected uint8 N x {size} x {size} x 3", counts
+            expected = f"uint8 N x {size} x {size} x 3"
+            return f"{split}_images.npy is {images.dtype} {images.shape}, expected {expected}", counts
         if not np.issubdtype(labels.dtype, np.integer) or labels.shape != images.shape[:1] or not len(labels):
-            return f"{split}_labels.npy is {labels.dtype} {labels.shape}, expected {len(images)} integer labels", counts
+            expected = f"{len(images)} integer labels"
+            return f"{split}_labels.npy is {labels.dtype} {labels.shape}, expected {expected}", counts
         if labels.min() < 0 or labels.max() >= spec.num_classes:
             return f"{split}_labels.npy has labels outside 0..{spec.num_classes - 1}", counts
         counts[split] = len(images)
