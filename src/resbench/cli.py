@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__
+from . import __version__, fetch
 from .checkpoint import CheckpointError
 from .data import DataFileError
 from .train import ConfigError, Interrupted, TrainConfig, TrainingDiverged, train
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resbench {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
+    fetch.add_data_parser(subparsers)
     return parser
 
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataFileError, CheckpointError) as exc:
+    except (ConfigError, DataFileError, fetch.DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

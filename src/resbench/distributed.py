@@ -95,6 +95,11 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, distributed, models
+from . import checkpoint, data, distributed, fetch, models
 from .evaluate import evaluate
 from .runlog import RunFolder
 
@@ -292,6 +292,7 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
         check_same_config(resume_from["config"], dataclasses.asdict(cfg), run.path)
 
     spec = data.dataset_spec(cfg.data_name)
+    ensure_prepared(cfg, world)
     splits = data.load_splits(cfg.data_name, cfg.data_root, device)
     torch.manual_seed(cfg.seed)
     model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
@@ -394,6 +395,17 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
     summary = final_summary(cfg, run, state, params, device, precision, "finished")
     run.finish(summary)
     return summary
+
+
+def ensure_prepared(cfg: TrainConfig, world: distributed.World) -> None:
+    """Fetch and prepare a missing dataset before training, as `resbench data download` would."""
+    if not data.missing_prepared_files(cfg.data_name, cfg.data_root):
+        return
+    if world.is_main:
+        print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
+              file=sys.stderr)
+        fetch.prepare_dataset(cfg.data_name, cfg.data_root)
+    distributed.barrier(world)
 
 
 def evaluation_record(cfg: TrainConfig, model: torch.nn.Module, splits: data.Splits, state: RunState,
