@@ -102,6 +102,7 @@ def test_missing_files_are_named(tmp_path):
 @pytest.mark.parametrize("fault, message", [
     ("truncated", "truncated or not a valid .npy"),
     ("dtype", "expected uint8"),
+    ("short", "needs more than 40960"),
     ("labels", r"labels in \[10, 10\], expected \[0, 9\]"),
     ("count", "expected 10000 integer labels"),
 ])
@@ -112,6 +113,9 @@ def test_bad_files_are_named(tmp_path, fault, message):
         (folder / "test_images.npy").write_bytes(data[: len(data) // 2])
     elif fault == "dtype":
         np.save(folder / "test_images.npy", np.zeros((10_000, 32, 32, 3), np.float32))
+    elif fault == "short":
+        np.save(folder / "train_images.npy", np.zeros((40_960, 32, 32, 3), np.uint8))
+        np.save(folder / "train_labels.npy", np.zeros(40_960, np.int64))
     elif fault == "labels":
         np.save(folder / "test_labels.npy", np.full(10_000, 10, np.int64))
     else:

@@ -9,7 +9,7 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__
+from . import __version__, fetch
 from .checkpoint import CheckpointError
 from .data import DataFileError
 from .errors import ResbenchError
@@ -36,6 +36,7 @@ FLAG_HELP = {
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
     "compile": "torch.compile the model (true/false)",
+    "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
 }
 
 
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resbench {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
+    fetch.add_data_parser(subparsers)
     for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_plot_parser):
         add_parser(subparsers)
     return parser
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataFileError, CheckpointError, ResbenchError) as exc:
+    except (ConfigError, DataFileError, fetch.DataError, CheckpointError, ResbenchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

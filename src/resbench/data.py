@@ -27,22 +27,21 @@ class DatasetSpec:
     num_classes: int
     image_size: int
     num_train: int  # the first `num_train` images of the training file; the rest is validation
-    train_file_size: int  # images in train_images.npy
-    test_file_size: int
 
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("CIFAR10_x32", 10, 32, 40_960, 50_000, 10_000),
-        DatasetSpec("CIFAR100_x32", 100, 32, 40_960, 50_000, 10_000),
-        DatasetSpec("TinyImageNet200_x32", 200, 32, 81_920, 100_000, 10_000),
-        DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920, 100_000, 10_000),
+        DatasetSpec("CIFAR10_x32", 10, 32, 40_960),
+        DatasetSpec("CIFAR100_x32", 100, 32, 40_960),
+        DatasetSpec("TinyImageNet200_x32", 200, 32, 81_920),
+        DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920),
         # Offline demo: scikit-learn's 1,797 bundled 8×8 digits, upsampled to 32×32 RGB.
-        DatasetSpec("Digits_x32", 10, 32, 1_280, 1_497, 300),
+        DatasetSpec("Digits_x32", 10, 32, 1_280),
     )
 }
 DEMO_DATASET = "Digits_x32"
+DEMO_TEST_SIZE = 300
 PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
 
 
@@ -85,6 +84,11 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
     else:
         train_x, train_y, test_x, test_y = read_prepared(spec, data_root)
     n = spec.num_train
+    if len(train_x) <= n:
+        raise DataFileError(
+            f"{prepared_dir(name, data_root) / 'train_images.npy'} holds {len(train_x)} images; {name} needs "
+            f"more than {n} (the first {n} train, the rest validate); prepare it again"
+        )
     as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     return Splits(
         as_tensor(train_x[:n]), as_tensor(train_y[:n]).long(),
@@ -93,8 +97,11 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
     )
 
 
-def read_prepared(spec: DatasetSpec, data_root: str | Path) -> tuple[np.ndarray, ...]:
-    """Read and check `<data_root>/<name>/{train,test}_{images,labels}.npy` (the reference layout)."""
+def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | None = None) -> tuple[np.ndarray, ...]:
+    """Read and check `<data_root>/<name>/{train,test}_{images,labels}.npy` (the reference layout).
+
+    `mmap_mode="r"` checks a dataset without reading the images (as `resbench data list` does).
+    """
     missing = missing_prepared_files(spec.name, data_root)
     if missing:
         raise DataFileError(
@@ -103,27 +110,27 @@ def read_prepared(spec: DatasetSpec, data_root: str | Path) -> tuple[np.ndarray,
         )
     folder = prepared_dir(spec.name, data_root)
     arrays = []
-    for split, count in (("train", spec.train_file_size), ("test", spec.test_file_size)):
-        images = load_npy(folder / f"{split}_images.npy")
-        labels = load_npy(folder / f"{split}_labels.npy")
-        check_images(folder / f"{split}_images.npy", images, count, spec.image_size)
-        check_labels(folder / f"{split}_labels.npy", labels, count, spec.num_classes)
+    for split in ("train", "test"):
+        images = load_npy(folder / f"{split}_images.npy", mmap_mode)
+        labels = load_npy(folder / f"{split}_labels.npy", mmap_mode)
+        check_images(folder / f"{split}_images.npy", images, spec.image_size)
+        check_labels(folder / f"{split}_labels.npy", labels, len(images), spec.num_classes)
         arrays += [images, labels]
     return tuple(arrays)
 
 
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataFileError(f"{path} is truncated or not a valid .npy file ({exc}); prepare it again") from None
 
 
-def check_images(path: Path, images: np.ndarray, count: int, size: int) -> None:
-    expected = (count, size, size, 3)
-    if images.dtype != np.uint8 or images.shape != expected:
+def check_images(path: Path, images: np.ndarray, size: int) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3) or not len(images):
         raise DataFileError(
-            f"{path} holds {images.dtype} {images.shape}, expected uint8 {expected} (NHWC); prepare it again"
+            f"{path} holds {images.dtype} {images.shape}, expected uint8 (N, {size}, {size}, 3) NHWC images; "
+            "prepare it again"
         )
 
 
@@ -154,7 +161,7 @@ def digits_arrays() -> tuple[np.ndarray, ...]:
     big = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
     images = (big.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
     labels = digits.target[order].astype(np.int64)
-    n_train = DATASETS[DEMO_DATASET].train_file_size
+    n_train = len(labels) - DEMO_TEST_SIZE
     return images[:n_train], labels[:n_train], images[n_train:], labels[n_train:]
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import to_model_input
+from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
 
 EVAL_BATCH_SIZE = 1024
@@ -32,13 +33,18 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = EVA
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
-    """Accuracy and mean negative log-likelihood over the whole split."""
-    logits = predict_logits(model, images, autocast=autocast)
-    return {
-        "acc": (logits.argmax(1) == labels).float().mean().item(),
-        "nll": F.cross_entropy(logits, labels).item(),
-    }
+             autocast: contextlib.AbstractContextManager | None = None, world: World = World()) -> dict[str, float]:
+    """Accuracy and mean negative log-likelihood over the whole split.
+
+    In a data-parallel run each rank scores its share and the sums are added up across ranks.
+    """
+    part = shard(len(images), world)
+    logits = predict_logits(model, images[part], autocast=autocast)
+    labels = labels[part]
+    sums = torch.stack([(logits.argmax(1) == labels).sum().float(),
+                        F.cross_entropy(logits, labels, reduction="sum")])
+    correct, nll = (all_reduce_sum(sums, world) / len(images)).tolist()
+    return {"acc": correct, "nll": nll}
 
 
 # ---------------------------------------------------------------- calibration (resbench eval)

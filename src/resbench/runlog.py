@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,9 +24,24 @@ from tqdm import tqdm
 from . import __version__, checkpoint
 
 
+def writer_only(method: Callable[..., None]) -> Callable[..., None]:
+    """Make a write method a no-op on processes that do not own the run folder."""
+
+    @functools.wraps(method)
+    def write(self: RunFolder, *args: Any, **kwargs: Any) -> None:
+        if self.writer:
+            method(self, *args, **kwargs)
+
+    return write
+
+
 class RunFolder:
-    def __init__(self, path: str | Path):
+    """The run's files. Only one process writes them: in a data-parallel run the others pass
+    `writer=False` and every write below becomes a no-op for them."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -42,6 +58,7 @@ class RunFolder:
             return None
         return checkpoint.load_checkpoint(self.file("last.pt"), map_location=device)
 
+    @writer_only
     def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -57,26 +74,32 @@ class RunFolder:
         lines += [f"--{key} {value}" for key, value in vars(cfg).items()]
         checkpoint.write_text(self.file("log.txt"), "\n".join(lines) + "\n")
 
+    @writer_only
     def log(self, line: str) -> None:
         """Print a line (above any progress bar) and append it to log.txt."""
         tqdm.write(line)
         with open(self.file("log.txt"), "a") as f:
             f.write(line + "\n")
 
+    @writer_only
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    @writer_only
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
         """On resume: metrics.jsonl becomes exactly the records up to the checkpoint."""
         checkpoint.write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
 
+    @writer_only
     def save_last(self, state: dict[str, Any]) -> None:
         checkpoint.save_checkpoint(state, self.file("last.pt"))
 
+    @writer_only
     def save_best(self, state_dict: dict[str, torch.Tensor]) -> None:
         checkpoint.save_checkpoint(state_dict, self.file("best.pt"))
 
+    @writer_only
     def finish(self, summary: dict[str, Any]) -> None:
         checkpoint.write_json(self.file("summary.json"), summary)
         self.log(f"{summary['status']}: best val/acc {summary['val_acc']} at iteration {summary['best_iter']}, "

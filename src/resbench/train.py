@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, models
+from . import checkpoint, data, distributed, fetch, models
 from .evaluate import evaluate
 from .runlog import RunFolder
 
@@ -52,6 +52,7 @@ class TrainConfig:
     eval_every: int = 1000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
 
     @property
     def precision(self) -> str:
@@ -120,6 +121,12 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
                          f"{cfg.data_name} ({num_train} images)")
     precision_for(cfg.mixed_precision, resolve_device(cfg.device))
+    world_size = distributed.launched_world().world_size
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} does not split evenly over {world_size} processes; "
+                         f"use a multiple of {world_size}")
+    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+        raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -266,8 +273,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
     validate_config(cfg)
     device = resolve_device(cfg.device)
+    world = distributed.init_world(device)
+    try:
+        return train_in_world(cfg, distributed.local_device(device, world), world)
+    finally:
+        distributed.shutdown(world)
+
+
+def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.World) -> dict[str, Any]:
     precision = precision_for(cfg.mixed_precision, device)
-    run = RunFolder(run_folder_of(cfg))
+    run = RunFolder(run_folder_of(cfg), writer=world.is_main)
     if run.is_done():
         print(f"{run.path} already holds a {run.summary()['status']} run; not retraining it. "
               "Use another --save folder to train again.", file=sys.stderr)
@@ -277,6 +292,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         check_same_config(resume_from["config"], dataclasses.asdict(cfg), run.path)
 
     spec = data.dataset_spec(cfg.data_name)
+    ensure_prepared(cfg, world)
     splits = data.load_splits(cfg.data_name, cfg.data_root, device)
     torch.manual_seed(cfg.seed)
     model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
@@ -286,8 +302,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                 weight_decay=cfg.optim_weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
-    step_model = torch.compile(model) if cfg.compile else model
-    batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed)
+    parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
+    step_model = torch.compile(parallel_model) if cfg.compile else parallel_model
+    batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
+                                world.rank, world.world_size)
 
     state = RunState()
     if resume_from is not None:
@@ -306,12 +324,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                        "state": dataclasses.asdict(state)})
 
-    bar = tqdm(total=cfg.optim_ni, initial=state.step, disable=not sys.stderr.isatty(),
+    bar = tqdm(total=cfg.optim_ni, initial=state.step, disable=not (sys.stderr.isatty() and world.is_main),
                dynamic_ncols=True, unit="it")
     loss_sum = torch.zeros((), device=device)  # accumulated on the device: no sync per step
     sync(device)
     session_start = interval_start = time.perf_counter()
     wall_at_session_start, interval_first_step = state.wall_seconds, state.step
+    stop = False
     with StopSignals() as signals:
         for step in range(state.step, cfg.optim_ni):
             images, labels = batches.batch(step)
@@ -322,10 +341,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             state.loss_count += 1
             state.step = step + 1
 
-            if is_eval or state.step % PROGRESS_EVERY == 0 or signals.received is not None:
+            # A single process may stop at any step; ranks agree on stopping at logging points only.
+            signal_now = signals.received is not None and not world.distributed
+            if is_eval or state.step % PROGRESS_EVERY == 0 or signal_now:
                 # A logging point: the only place the loop waits for the device.
-                state.loss_sum += loss_sum.item()
+                state.loss_sum += distributed.all_reduce_sum(loss_sum, world).item() / world.world_size
                 loss_sum.zero_()
+                stop = distributed.any_rank(signals.received is not None, world, device)
                 now = time.perf_counter()
                 state.train_seconds += now - interval_start
                 state.wall_seconds = wall_at_session_start + now - session_start
@@ -344,11 +366,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                                 img_s=f"{speed:.0f}")
 
             if is_eval:
+                distributed.average_bn_statistics(model, world)
                 record = evaluation_record(cfg, model, splits, state, grad_norm, autocast, step,
-                                           batches.steps_per_epoch)
+                                           batches.steps_per_epoch, world)
                 if record["val_acc"] > state.best_val_acc:
                     state.best_val_acc, state.best_iter = record["val_acc"], state.step
-                    test = evaluate(model, splits.test_images, splits.test_labels, autocast)
+                    test = evaluate(model, splits.test_images, splits.test_labels, autocast, world)
                     state.tst_acc, state.tst_nll = test["acc"], test["nll"]
                     record.update(tst_acc=test["acc"], tst_nll=test["nll"])
                     run.save_best(model.state_dict())
@@ -363,10 +386,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 run.log(run.format_record(record))
                 interval_start = time.perf_counter()  # evaluation time is not training time
 
-            if signals.received is not None and state.step < cfg.optim_ni:
+            if stop and state.step < cfg.optim_ni:
                 save_last()
                 bar.close()
-                raise Interrupted(f"stopped by signal {signals.received} at iteration {state.step}; "
+                raise Interrupted(f"stopped by a signal at iteration {state.step}; "
                                   f"the state is saved in {run.path}: run the same command again to resume")
     bar.close()
     summary = final_summary(cfg, run, state, params, device, precision, "finished")
@@ -374,11 +397,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+def ensure_prepared(cfg: TrainConfig, world: distributed.World) -> None:
+    """Fetch and prepare a missing dataset before training, as `resbench data download` would."""
+    if not data.missing_prepared_files(cfg.data_name, cfg.data_root):
+        return
+    if world.is_main:
+        print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
+              file=sys.stderr)
+        fetch.prepare_dataset(cfg.data_name, cfg.data_root)
+    distributed.barrier(world)
+
+
 def evaluation_record(cfg: TrainConfig, model: torch.nn.Module, splits: data.Splits, state: RunState,
                       grad_norm: float | None, autocast: contextlib.AbstractContextManager,
-                      step: int, steps_per_epoch: int) -> dict[str, Any]:
+                      step: int, steps_per_epoch: int, world: distributed.World) -> dict[str, Any]:
     """Validation figures plus the training statistics the reference logs at each evaluation."""
-    val = evaluate(model, splits.val_images, splits.val_labels, autocast)
+    val = evaluate(model, splits.val_images, splits.val_labels, autocast, world)
     return {
         "iter": state.step,
         "epoch": state.step / steps_per_epoch,
@@ -420,6 +454,7 @@ def final_summary(cfg: TrainConfig, run: RunFolder, state: RunState, params: int
         "images_per_sec": state.step * cfg.batch_size / state.train_seconds if state.train_seconds else None,
         "epochs_per_min": epochs_per_minute(state.history, cfg.batch_size, num_train),
         "device": run.device_name(device),
+        "world_size": distributed.launched_world().world_size,
         "versions": run.versions(),
         "config": dataclasses.asdict(cfg),
     }

@@ -1,0 +1,132 @@
+"""Data-parallel training on CPU: 2 gloo ranks on 127.0.0.1 against one process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import cli_env
+from resbench import distributed
+from resbench.data import TrainBatches
+from resbench.models import resnet
+from resbench.train import TrainConfig, train_step
+
+CFG = TrainConfig(optim_momentum=0.9, optim_weight_decay=0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toy_data():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8, generator=generator)
+    return images, torch.randint(0, 10, (64,), generator=generator)
+
+
+def new_model_and_optimizer():
+    torch.manual_seed(0)
+    model = resnet(8).to(memory_format=torch.channels_last)  # as train() builds it
+    with torch.no_grad():  # a non-trivial start: zero-init layers would hide errors in the gradient
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model, torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
+
+
+def rank_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = distributed.init_world(torch.device("cpu"))
+    model, optimizer = new_model_and_optimizer()
+    ddp = distributed.wrap(model, torch.device("cpu"), world, sync_bn=False)
+    batches = TrainBatches(*toy_data(), batch_size=32, seed=7, rank=world.rank, world_size=2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    for step in range(3):
+        train_step(ddp, optimizer, scaler, *batches.batch(step), 0.1, CFG, torch.autocast("cpu", enabled=False))
+    running_means = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    distributed.average_bn_statistics(model, world)
+    torch.save({"params": [p.detach() for p in model.parameters()], "running_means": running_means,
+                "averaged": [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]},
+               f"{out}/rank{rank}.pt")
+    distributed.shutdown(world)
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
+    mp.spawn(rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+    # One process, the same global batches, BatchNorm statistics per half as on the two ranks.
+    model, optimizer = new_model_and_optimizer()
+    batches = TrainBatches(*toy_data(), batch_size=32, seed=7)
+    for step in range(3):
+        images, labels = batches.batch(step)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1
+        optimizer.zero_grad()
+        halves = [torch.nn.functional.cross_entropy(model(images[s]), labels[s]) for s in (slice(0, 16), slice(16, 32))]
+        (sum(halves) / 2).backward()
+        optimizer.step()
+
+    for p, p0, p1 in zip(model.parameters(), ranks[0]["params"], ranks[1]["params"]):
+        assert torch.equal(p0, p1)  # the ranks stay in lock step
+        # Equal up to the order of floating-point sums (all-reduce vs one backward pass).
+        torch.testing.assert_close(p.detach(), p0, rtol=1e-3, atol=2e-5)
+    for m0, m1, avg in zip(ranks[0]["running_means"], ranks[1]["running_means"], ranks[0]["averaged"]):
+        torch.testing.assert_close(avg, (m0 + m1) / 2)
+    assert not all(torch.equal(m0, m1) for m0, m1 in zip(ranks[0]["running_means"], ranks[1]["running_means"]))
+
+
+def torchrun(save, *extra):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "resbench", "train", "--data_name", "Digits_x32", "--resnet_depth", "8",
+               "--batch_size", "32", "--optim_ni", "240", "--eval_every", "80", "--device", "cpu",
+               "--save", str(save), *extra]
+    env = cli_env() | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def test_two_rank_run_writes_one_folder_and_resumes_after_a_kill(tmp_path):
+    whole = torchrun(tmp_path / "whole")
+    output = whole.communicate(timeout=300)[0]
+    assert whole.returncode == 0, output
+    assert output.count("finished: best val/acc") == 1  # only rank 0 reports and writes
+    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["iterations"] == 240
+
+    killed = torchrun(tmp_path / "killed")
+    deadline = time.time() + 240
+    while not (tmp_path / "killed" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists()
+    resumed = torchrun(tmp_path / "killed")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert "resuming at iteration" in output
+
+    again = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    for key in ("val_acc", "tst_acc", "tst_nll", "best_iter"):
+        assert again[key] == summary[key], key
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batch_must_split_evenly(monkeypatch):
+    from resbench.train import ConfigError, validate_config
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
+        validate_config(TrainConfig(batch_size=256))

@@ -1,0 +1,583 @@
+"""Offline tests of resbench.fetch: small archives in the official formats, served from 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import socket
+import tarfile
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resbench import fetch
+
+PER_BATCH = 20
+
+
+# ----------------------------------------------------------------------------- archive builders
+
+
+def _pickle_like_official(obj: dict) -> bytes:
+    """Pickle with bytes keys and the numpy-1 module name that the official batches use."""
+    return pickle.dumps(obj, protocol=3).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+def _planar_rows(images: np.ndarray) -> np.ndarray:
+    """HWC images -> official CIFAR rows: 1024 R, 1024 G, 1024 B, each row-major 32x32."""
+    return np.concatenate([images[..., c].reshape(len(images), 1024) for c in range(3)], axis=1)
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _cifar_batch(rng: np.random.Generator, label_key: bytes, classes: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    images = rng.integers(0, 256, (PER_BATCH, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, classes, PER_BATCH)
+    batch = {b"batch_label": b"batch", b"data": _planar_rows(images), label_key: labels.tolist(),
+             b"filenames": [b"img%d.png" % i for i in range(PER_BATCH)]}
+    return batch, images, labels
+
+
+@pytest.fixture(scope="module")
+def cifar10():
+    """(archive bytes, train images, train labels, test images, test labels) of a mini CIFAR-10."""
+    rng = np.random.default_rng(10)
+    members, parts = {}, []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch, images, labels = _cifar_batch(rng, b"labels", 10)
+        members[f"cifar-10-batches-py/{name}"] = _pickle_like_official(batch)
+        parts.append((images, labels))
+    members["cifar-10-batches-py/batches.meta"] = _pickle_like_official({b"label_names": [b"x"] * 10})
+    train_images = np.concatenate([images for images, _ in parts[:5]])
+    train_labels = np.concatenate([labels for _, labels in parts[:5]])
+    return _tar_gz(members), train_images, train_labels, *parts[5]
+
+
+@pytest.fixture(scope="module")
+def cifar100():
+    """(archive bytes, {split: (images, fine labels)}) of a mini CIFAR-100 with distinct coarse labels."""
+    rng = np.random.default_rng(100)
+    members, expected = {}, {}
+    for split in ("train", "test"):
+        batch, images, labels = _cifar_batch(rng, b"fine_labels", 100)
+        batch[b"coarse_labels"] = (labels // 5 + 1).tolist()
+        members[f"cifar-100-python/{split}"] = _pickle_like_official(batch)
+        expected[split] = (images, labels)
+    members["cifar-100-python/meta"] = _pickle_like_official({b"fine_label_names": [b"x"] * 100})
+    return _tar_gz(members), expected
+
+
+TINY_WNIDS = ["n03", "n01", "n02"]  # deliberately not sorted: class id = line index
+TINY_TRAIN_COUNTS = {"n03": 3, "n01": 2, "n02": 3}
+TINY_VAL = {"val_3.JPEG": "n02", "val_0.JPEG": "n03", "val_4.JPEG": "n01", "val_1.JPEG": "n01", "val_2.JPEG": "n02"}
+
+
+def _jpeg(rng: np.random.Generator, gray: bool = False) -> bytes:
+    img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    img = img.convert("L") if gray else img
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(zip bytes, {member name: JPEG bytes}) of a 3-class TinyImageNet; one image is grayscale."""
+    rng = np.random.default_rng(200)
+    root = "tiny-imagenet-200"
+    jpegs = {}
+    for wnid, count in TINY_TRAIN_COUNTS.items():
+        for i in reversed(range(count)):  # stored out of order: the reader must sort
+            jpegs[f"{root}/train/{wnid}/images/{wnid}_{i}.JPEG"] = _jpeg(rng, gray=(wnid, i) == ("n01", 1))
+    for filename in TINY_VAL:
+        jpegs[f"{root}/val/images/{filename}"] = _jpeg(rng)
+    other = {
+        f"{root}/wnids.txt": "\n".join(TINY_WNIDS) + "\n",
+        f"{root}/words.txt": "".join(f"{w}\tthing {w}\n" for w in TINY_WNIDS),
+        f"{root}/val/val_annotations.txt": "".join(f"{f}\t{w}\t0\t0\t63\t63\n" for f, w in TINY_VAL.items()),
+        f"{root}/train/n01/n01_boxes.txt": "n01_0.JPEG\t0\t0\t63\t63\n",
+        f"{root}/test/images/test_0.JPEG": _jpeg(rng),
+    }
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in {**other, **jpegs}.items():
+            zf.writestr(name, data)
+    return buffer.getvalue(), jpegs
+
+
+# ----------------------------------------------------------------------------- local HTTP server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Serves server.files; can ignore Range, cut the first responses short, or stall."""
+
+    def do_GET(self):  # noqa: N802 (http.server naming)
+        server = self.server
+        data = server.files.get(self.path)
+        requested = self.headers.get("Range")
+        if data is None:
+            server.log.append((self.path, requested, 404))
+            self.send_error(404)
+            return
+        start = int(requested.removeprefix("bytes=").split("-")[0]) if requested and server.honor_range else 0
+        status = 206 if start else 200
+        server.log.append((self.path, requested, status))
+        body = data[start:]
+        self.send_response(status)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if server.stall:
+            self.wfile.write(body[:10])
+            self.wfile.flush()
+            time.sleep(server.stall)
+        elif server.drops:
+            server.drops -= 1
+            self.wfile.write(body[: len(body) // 2])  # then the connection closes
+        else:
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """A file server on 127.0.0.1 with a random port; `server.url` ends with a slash."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.files, httpd.log = {}, []
+    httpd.honor_range, httpd.drops, httpd.stall = True, 0, 0
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def closed_url():
+    """A URL on 127.0.0.1 where nothing listens (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def _use_archive(monkeypatch, filename: str, data: bytes, base_url: str, md5: str | None = None) -> None:
+    """Point every dataset using `filename` at base_url, expecting the md5 of `data` (or `md5`)."""
+    for name, source in fetch.SOURCES.items():
+        if source.filename == filename:
+            new = fetch.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest())
+            monkeypatch.setitem(fetch.SOURCES, name, new)
+
+
+def _place(data_root: Path, filename: str, data: bytes) -> Path:
+    path = data_root / "downloads" / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _all_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _load(folder: Path) -> dict[str, np.ndarray]:
+    return {name.removesuffix(".npy"): np.load(folder / name, allow_pickle=False) for name in fetch.SPLIT_FILES}
+
+
+# ----------------------------------------------------------------------------- round trips
+
+
+def test_cifar10_round_trip_is_pixel_exact(tmp_path, monkeypatch, server, cifar10):
+    archive, train_images, train_labels, test_images, test_labels = cifar10
+    server.files["/cifar-10-python.tar.gz"] = archive
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url)
+
+    folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert folder == tmp_path / "CIFAR10_x32"
+    arrays = _load(folder)
+    assert arrays["train_images"].dtype == np.uint8 and arrays["train_images"].shape == (5 * PER_BATCH, 32, 32, 3)
+    assert arrays["train_labels"].dtype == np.int64
+    np.testing.assert_array_equal(arrays["train_images"], train_images)  # batches 1..5 in order
+    np.testing.assert_array_equal(arrays["train_labels"], train_labels)
+    np.testing.assert_array_equal(arrays["test_images"], test_images)
+    np.testing.assert_array_equal(arrays["test_labels"], test_labels)
+    # planar layout, spelled out: row[1] is R at (0, 1), row[32] is R at (1, 0), row[1024] is G at (0, 0)
+    row = _planar_rows(train_images[:1])[0]
+    image = arrays["train_images"][0]
+    assert (image[0, 1, 0], image[1, 0, 0], image[0, 0, 1], image[0, 0, 2]) == (row[1], row[32], row[1024], row[2048])
+    # a second call is a no-op: no network, nothing rewritten
+    mtime = (folder / "train_images.npy").stat().st_mtime_ns
+    assert fetch.prepare_dataset("CIFAR10_x32", tmp_path) == folder
+    assert len(server.log) == 1 and (folder / "train_images.npy").stat().st_mtime_ns == mtime
+    assert _all_files(tmp_path) == sorted(["downloads/cifar-10-python.tar.gz"]
+                                          + [f"CIFAR10_x32/{f}" for f in fetch.SPLIT_FILES])
+
+
+def test_cifar100_uses_fine_labels(tmp_path, monkeypatch, cifar100, closed_url):
+    archive, expected = cifar100
+    _place(tmp_path, "cifar-100-python.tar.gz", archive)
+    _use_archive(monkeypatch, "cifar-100-python.tar.gz", archive, closed_url)
+
+    arrays = _load(fetch.prepare_dataset("CIFAR100_x32", tmp_path))
+
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(arrays[f"{split}_images"], expected[split][0])
+        np.testing.assert_array_equal(arrays[f"{split}_labels"], expected[split][1])
+
+
+def test_tinyimagenet_both_variants_from_one_decode(tmp_path, monkeypatch, server, tiny, closed_url):
+    archive, jpegs = tiny
+    server.files["/tiny-imagenet-200.zip"] = archive
+    _use_archive(monkeypatch, "tiny-imagenet-200.zip", archive, closed_url)  # only the mirror works
+    opened = []
+    real_open = fetch.Image.open
+    monkeypatch.setattr(fetch.Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+
+    x32, x64 = fetch.prepare_datasets(["TinyImageNet200_x32", "TinyImageNet200_x64"], tmp_path, mirror=server.url)
+
+    assert len(server.log) == 1
+    assert len(opened) == sum(TINY_TRAIN_COUNTS.values()) + len(TINY_VAL)  # each JPEG decoded once
+    big, small = _load(x64), _load(x32)
+    # round robin over classes in wnids order (n03, n01, n02), each class's files sorted;
+    # n01 has only two images, so it drops out of the last round
+    order = [("n03", 0), ("n01", 0), ("n02", 0), ("n03", 1), ("n01", 1), ("n02", 1), ("n03", 2), ("n02", 2)]
+    np.testing.assert_array_equal(big["train_labels"], [TINY_WNIDS.index(w) for w, _ in order])
+    expected_train = [f"tiny-imagenet-200/train/{w}/images/{w}_{i}.JPEG" for w, i in order]
+    expected_test = [f"tiny-imagenet-200/val/images/{f}" for f in sorted(TINY_VAL)]
+    np.testing.assert_array_equal(big["test_labels"], [TINY_WNIDS.index(TINY_VAL[f]) for f in sorted(TINY_VAL)])
+    for split, names in (("train", expected_train), ("test", expected_test)):
+        decoded = np.stack([np.asarray(Image.open(io.BytesIO(jpegs[n])).convert("RGB")) for n in names])
+        np.testing.assert_array_equal(big[f"{split}_images"], decoded)
+        assert big[f"{split}_images"].shape[1:] == (64, 64, 3) and small[f"{split}_images"].shape[1:] == (32, 32, 3)
+        np.testing.assert_array_equal(small[f"{split}_labels"], big[f"{split}_labels"])
+        box_mean = big[f"{split}_images"].reshape(-1, 32, 2, 32, 2, 3).astype(float).mean(axis=(2, 4))
+        assert np.abs(small[f"{split}_images"] - box_mean).max() <= 1.0
+    gray = big["train_images"][order.index(("n01", 1))]
+    assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def test_checksum_mismatch_leaves_nothing_behind(tmp_path, monkeypatch, server, cifar10):
+    archive = cifar10[0]
+    server.files["/cifar-10-python.tar.gz"] = archive
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url, md5="0" * 32)
+
+    with pytest.raises(fetch.DataError) as excinfo:
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    message = str(excinfo.value)
+    assert "cifar-10-python.tar.gz" in message and "0" * 32 in message
+    assert hashlib.md5(archive).hexdigest() in message
+    assert _all_files(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
+
+
+def test_placed_archive_with_wrong_checksum_is_refused_but_kept(tmp_path, monkeypatch, cifar10, closed_url):
+    placed = _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url, md5="f" * 32)
+
+    with pytest.raises(fetch.DataError, match="checksum mismatch for cifar-10-python.tar.gz"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert placed.exists() and not (tmp_path / "CIFAR10_x32").exists()
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch, closed_url):
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    members = {f"cifar-10-batches-py/{n}": pickle.dumps({b"data": Payload()})
+               for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]}
+    archive = _tar_gz(members)
+    _place(tmp_path, "cifar-10-python.tar.gz", archive)
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
+
+    with pytest.raises(fetch.DataError, match=r"cannot read CIFAR batch data_batch_1 \(forbidden global"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "CIFAR10_x32").exists()
+
+
+# ----------------------------------------------------------------------------- download robustness
+
+
+def test_dropped_download_resumes_with_range(tmp_path, server):
+    data = os.urandom(300_000)
+    server.files["/blob.bin"] = data
+    server.drops = 1
+    dest = tmp_path / "blob.bin"
+    md5 = hashlib.md5(data).hexdigest()
+
+    with pytest.raises(fetch.DataError, match="could not download"):
+        fetch.download(server.url + "blob.bin", dest, md5, tries=1)
+    part = tmp_path / "blob.bin.part"
+    assert part.stat().st_size == len(data) // 2 and not dest.exists()
+
+    fetch.download(server.url + "blob.bin", dest, md5, tries=1)
+
+    assert server.log[1] == ("/blob.bin", f"bytes={len(data) // 2}-", 206)
+    assert dest.read_bytes() == data and not part.exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(tmp_path, server):
+    data = os.urandom(300_000)
+    server.files["/blob.bin"] = data
+    server.honor_range, server.drops = False, 1
+    dest = tmp_path / "blob.bin"
+
+    fetch.download(server.url + "blob.bin", dest, hashlib.md5(data).hexdigest(), tries=2, backoff=0)
+
+    assert [(r, s) for _, r, s in server.log] == [(None, 200), (f"bytes={len(data) // 2}-", 200)]
+    assert dest.read_bytes() == data
+
+
+def test_stalled_server_times_out(tmp_path, server):
+    server.files["/blob.bin"] = os.urandom(1000)
+    server.stall = 5
+    start = time.monotonic()
+
+    with pytest.raises(fetch.DataError, match="could not download .*timed out"):
+        fetch.download(server.url + "blob.bin", tmp_path / "blob.bin", None, timeout=0.3, tries=1)
+
+    assert time.monotonic() - start < 3
+
+
+def test_missing_file_is_not_retried(tmp_path, server):
+    start = time.monotonic()
+    with pytest.raises(fetch.DataError, match="404"):
+        fetch.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=4, backoff=10)
+    assert time.monotonic() - start < 5 and len(server.log) == 1
+
+
+# ----------------------------------------------------------------------------- offline and mirrors
+
+
+def test_placed_archive_needs_no_network(tmp_path, monkeypatch, cifar10, closed_url):
+    archive = cifar10[0]
+    _place(tmp_path, "cifar-10-python.tar.gz", archive)
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(fetch.urllib.request, "urlopen", no_network)
+    folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path, mirror=closed_url)
+
+    np.testing.assert_array_equal(np.load(folder / "test_labels.npy"), cifar10[4])
+
+
+def test_local_mirror_folder(tmp_path, monkeypatch, cifar10, closed_url):
+    archive = cifar10[0]
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "cifar-10-python.tar.gz").write_bytes(archive)
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
+    root = tmp_path / "data"
+
+    with pytest.raises(fetch.DataError, match="not found in mirror folder"):
+        fetch.prepare_dataset("CIFAR100_x32", root, mirror=str(mirror))
+    folder = fetch.prepare_dataset("CIFAR10_x32", root, mirror=str(mirror))
+
+    assert fetch.is_complete(root, "CIFAR10_x32") and folder.is_dir()
+    assert (root / "downloads" / "cifar-10-python.tar.gz").read_bytes() == archive
+
+
+# ----------------------------------------------------------------------------- archive safety
+
+
+def _evil_tar(tmp_path: Path, kind: str) -> Path:
+    info = tarfile.TarInfo({"dotdot": "../evil.txt", "absolute": str(tmp_path / "evil.txt")}.get(kind, "evil-link"))
+    if kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, "../../evil.txt"
+    elif kind == "abs-symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, str(tmp_path / "evil.txt")
+    elif kind == "hardlink":
+        info.type, info.linkname = tarfile.LNKTYPE, "../evil.txt"
+    else:
+        info.size = 4
+    path = tmp_path / "archives" / f"{kind}.tar"
+    path.parent.mkdir(exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        safe = tarfile.TarInfo("ok/fine.txt")
+        safe.size = 4
+        tar.addfile(safe, io.BytesIO(b"fine"))
+        tar.addfile(info, io.BytesIO(b"evil") if info.isfile() else None)
+    return path
+
+
+def _evil_zip(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "archives" / f"{kind}.zip"
+    path.parent.mkdir(exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ok/fine.txt", b"fine")
+        if kind == "symlink":
+            info = zipfile.ZipInfo("ok/evil-link")
+            info.external_attr = 0o120777 << 16
+            zf.writestr(info, "../../evil.txt")
+        else:
+            zf.writestr(zipfile.ZipInfo({"dotdot": "../evil.txt", "absolute": "/evil.txt"}[kind]), b"evil")
+    return path
+
+
+@pytest.mark.parametrize("make, kind", [
+    (_evil_tar, "dotdot"), (_evil_tar, "absolute"), (_evil_tar, "symlink"), (_evil_tar, "abs-symlink"),
+    (_evil_tar, "hardlink"), (_evil_zip, "dotdot"), (_evil_zip, "absolute"), (_evil_zip, "symlink"),
+])
+def test_unsafe_archive_members_are_refused(tmp_path, make, kind):
+    archive = make(tmp_path, kind)
+    dest = tmp_path / "out" / "dest"
+    before = _all_files(tmp_path)
+
+    with pytest.raises(fetch.DataError, match=f"refusing unsafe archive {archive.name}: member"):
+        fetch.safe_extract(archive, dest)
+
+    assert _all_files(tmp_path) == before and not dest.exists()  # nothing extracted, inside or outside
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
+
+
+def test_safe_extract_writes_only_requested_members(tmp_path, cifar10):
+    archive = tmp_path / "c.tar.gz"
+    archive.write_bytes(cifar10[0])
+
+    written = fetch.safe_extract(archive, tmp_path / "dest", ["cifar-10-batches-py/test_batch"])
+
+    assert written == [(tmp_path / "dest" / "cifar-10-batches-py" / "test_batch").resolve()]
+    assert _all_files(tmp_path / "dest") == ["cifar-10-batches-py/test_batch"]
+
+
+def test_prepare_refuses_archive_with_dotdot_member(tmp_path, monkeypatch, closed_url):
+    archive = _tar_gz({"cifar-10-batches-py/test_batch": b"x", "../escaped": b"x"})
+    _place(tmp_path / "data", "cifar-10-python.tar.gz", archive)
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
+
+    with pytest.raises(fetch.DataError, match="refusing unsafe archive .*'../escaped'"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path / "data")
+
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "data" / "CIFAR10_x32").exists()
+
+
+def test_damaged_archive_without_verification_is_reported(tmp_path, monkeypatch, cifar10, closed_url, capfd):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0][: len(cifar10[0]) // 2])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+
+    with pytest.raises(fetch.DataError, match="cifar-10-python.tar.gz is damaged .*delete it and download again"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
+
+    assert "warning: --no-verify" in capfd.readouterr().err
+    assert not (tmp_path / "CIFAR10_x32").exists()
+
+
+# ----------------------------------------------------------------------------- atomic preparation and status
+
+
+def test_interrupted_preparation_leaves_no_dataset(tmp_path, monkeypatch, cifar10, closed_url):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    real_save, saved = np.save, []
+
+    def save_then_crash(path, array, **kwargs):
+        if saved:
+            raise KeyboardInterrupt
+        saved.append(path)
+        real_save(path, array, **kwargs)
+
+    monkeypatch.setattr(fetch.np, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert saved and sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
+    monkeypatch.setattr(fetch.np, "save", real_save)
+    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    assert fetch.is_complete(tmp_path, "CIFAR10_x32")
+
+
+def test_data_list_reports_complete_missing_and_damaged(tmp_path, monkeypatch, run_cli, cifar10, closed_url):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    damaged = tmp_path / "TinyImageNet200_x64"
+    damaged.mkdir()
+    for split in ("train", "test"):
+        np.save(damaged / f"{split}_images.npy", np.zeros((4, 32, 32, 3), np.uint8))  # wrong size for _x64
+        np.save(damaged / f"{split}_labels.npy", np.zeros(4, np.int64))
+
+    status = {row["name"]: row for row in fetch.dataset_status(tmp_path)}
+    proc = run_cli("data", "list", "--data_root", tmp_path)
+
+    assert status["CIFAR10_x32"]["complete"] and (status["CIFAR10_x32"]["train"], status["CIFAR10_x32"]["test"]) == (100, 20)
+    assert status["CIFAR10_x32"]["bytes"] > 100 * 3072
+    assert not status["CIFAR100_x32"]["present"] and not status["CIFAR100_x32"]["complete"]
+    assert status["TinyImageNet200_x64"]["present"] and not status["TinyImageNet200_x64"]["complete"]
+    assert "(N, 64, 64, 3)" in status["TinyImageNet200_x64"]["problem"]
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[2:]}
+    assert lines["CIFAR10_x32"][1:4] == ["complete", "100", "20"]
+    assert lines["CIFAR100_x32"][1] == "missing" and lines["TinyImageNet200_x32"][1] == "missing"
+    assert lines["TinyImageNet200_x64"][1] == "damaged"
+
+
+def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, run_cli, cifar10):
+    placed = _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])  # tiny archive: not the official md5
+
+    refused = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path)
+    forced = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path, "--no-verify")
+
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith(
+        "error: checksum mismatch for cifar-10-python.tar.gz: expected md5 c58f30108f718f92721af3b95e74349a")
+    assert placed.exists()
+    assert forced.returncode == 0, forced.stderr
+    assert "warning" in forced.stderr and fetch.is_complete(tmp_path, "CIFAR10_x32")
+
+
+def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
+    for filename, archive in [("cifar-10-python.tar.gz", cifar10[0]), ("cifar-100-python.tar.gz", cifar100[0]),
+                              ("tiny-imagenet-200.zip", tiny[0])]:
+        _place(tmp_path, filename, archive)
+
+    proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no-verify", "--mirror", "http://127.0.0.1:9/")
+
+    assert proc.returncode == 0, proc.stderr
+    assert all(row["complete"] for row in fetch.dataset_status(tmp_path))
+    assert proc.stderr.count("preparing") == 3  # one pass per archive: both TinyImageNet sizes together
+
+
+def test_train_prepares_a_missing_dataset_itself(tmp_path, monkeypatch, server, cifar10, capfd):
+    from resbench import data
+    from resbench.train import TrainConfig, train
+
+    archive = cifar10[0]
+    server.files["/cifar-10-python.tar.gz"] = archive
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url)
+    # The mini archive has 50 training images: split them 32/18 instead of 40,960/9,040.
+    monkeypatch.setitem(data.DATASETS, "CIFAR10_x32", data.DatasetSpec("CIFAR10_x32", 10, 32, 32))
+    summary = train(TrainConfig(data_name="CIFAR10_x32", resnet_depth=8, batch_size=16, optim_ni=2,
+                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run")))
+    assert summary["status"] == "finished"
+    np.testing.assert_array_equal(np.load(tmp_path / "data" / "CIFAR10_x32" / "test_labels.npy"), cifar10[4])
+    assert "fetching and preparing it now" in capfd.readouterr().err
