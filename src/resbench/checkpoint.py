@@ -2,37 +2,68 @@
 
 A crash at any instant leaves either the previous file or the new one, never half of one.
 Checkpoints are read with `weights_only=True`, so a file that would need pickled code is refused.
+A write that fails (full disk, no permission) becomes one CheckpointError naming the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 
 class CheckpointError(Exception):
-    """A checkpoint is unreadable, unsafe, or from another configuration."""
+    """A checkpoint or run folder is unreadable, unwritable, unsafe, or from another configuration."""
+
+
+@contextlib.contextmanager
+def write_errors_named(path: str | Path) -> Iterator[None]:
+    """Turn an OSError while writing into `path` into one CheckpointError that says what to do."""
+    try:
+        yield
+    except OSError as exc:
+        raise CheckpointError(write_error_message(Path(path), exc)) from None
+
+
+def write_error_message(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk or use another --save folder; the previous checkpoint is intact"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make that folder writable or use another --save folder"
+    elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        fix = "a file stands where a folder is needed: --save must name a folder"
+    else:
+        fix = "use another --save folder"
+    return f"cannot write {path} ({exc.strerror or exc}); {fix}"
 
 
 def atomic_write(path: str | Path, write: Any) -> None:
     """Call `write(file)` on a temporary file beside `path`, fsync it, and rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with write_errors_named(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append to a log file; lines are appended, so a crash loses at most the last one."""
+    with write_errors_named(path), open(path, "a") as f:
+        f.write(text)
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
@@ -63,3 +94,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}); "
                               "delete it to start over") from None
+
+
+def rng_states() -> dict[str, Any]:
+    """torch's global generators (CPU, and every CUDA device), as tensors a weights-only load accepts.
+
+    The training data and augmentation do not use them (they are a pure function of (seed, step),
+    see `data.TrainBatches`); saving them keeps anything else drawn from torch's global RNG exact.
+    """
+    states: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch_cpu"])
+    cuda = states.get("torch_cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)

@@ -37,6 +37,7 @@ FLAG_HELP = {
     "device": "auto | cpu | cuda | cuda:N",
     "compile": "torch.compile the model (true/false)",
     "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
+    "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (true/false; slower)",
 }
 
 
@@ -70,10 +71,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if not args.resume:
         return TrainConfig(**given)
     saved_path = Path(args.resume) / "config.json"
+    if not saved_path.is_file():
+        raise CheckpointError(f"cannot resume {args.resume}: it is not a run folder (no config.json); "
+                              "pass the --save folder of an earlier run")
     try:
         saved = json.loads(saved_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot resume {args.resume}: {saved_path} is unreadable ({exc})") from None
+        raise CheckpointError(f"cannot resume {args.resume}: {saved_path} is unreadable ({exc}); "
+                              "delete the folder to start over") from None
     changed = {k: v for k, v in given.items() if v != args.parser.get_default(k)}
     unknown = set(saved) - set(given)
     if unknown:

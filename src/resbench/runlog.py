@@ -3,7 +3,7 @@
     log.txt        human-readable: environment, every setting, parameter count, one line per evaluation
     config.json    the settings, as `resbench train --resume` reads them back
     metrics.jsonl  one JSON record per evaluation
-    last.pt        full training state at the last evaluation (or signal), for resuming
+    last.pt        full training state at the last evaluation (or signal), for resuming exactly
     best.pt        plain state_dict of the best-validation model
     summary.json   the results of the finished run; its presence means "done"
 """
@@ -14,6 +14,7 @@ import functools
 import json
 import platform
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +23,8 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, checkpoint
+
+LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}  # what last.pt holds
 
 
 def writer_only(method: Callable[..., None]) -> Callable[..., None]:
@@ -56,18 +59,25 @@ class RunFolder:
         """The saved training state, or None for a new run."""
         if not self.file("last.pt").is_file():
             return None
-        return checkpoint.load_checkpoint(self.file("last.pt"), map_location=device)
+        saved = checkpoint.load_checkpoint(self.file("last.pt"), map_location=device)
+        missing = LAST_KEYS - set(saved) if isinstance(saved, dict) else LAST_KEYS
+        if missing:
+            raise checkpoint.CheckpointError(
+                f"{self.file('last.pt')} is not a resbench training checkpoint (it lacks {sorted(missing)}); "
+                "delete it to start over, or use another --save folder")
+        return saved
+
+    def ensure_writable(self) -> None:
+        """Create the folder and try a write now, so a bad --save fails before any training."""
+        with checkpoint.write_errors_named(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.path).close()
 
     @writer_only
     def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(self.file("config.json"), vars(cfg))
-        except OSError as exc:
-            raise checkpoint.CheckpointError(
-                f"cannot write the run folder {self.path} ({exc.strerror}); choose a writable --save folder"
-            ) from None
-        self.file("metrics.jsonl").write_text("")
+        self.ensure_writable()
+        checkpoint.write_json(self.file("config.json"), vars(cfg))
+        checkpoint.write_text(self.file("metrics.jsonl"), "")
         lines = ["# resbench run", f"# started with: {' '.join(sys.argv)}"]
         lines += [f"# {key}: {value}" for key, value in self.environment(device).items()]
         lines += [f"# precision: {precision}", f"# params: {params:,}"]
@@ -78,13 +88,11 @@ class RunFolder:
     def log(self, line: str) -> None:
         """Print a line (above any progress bar) and append it to log.txt."""
         tqdm.write(line)
-        with open(self.file("log.txt"), "a") as f:
-            f.write(line + "\n")
+        checkpoint.append_text(self.file("log.txt"), line + "\n")
 
     @writer_only
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.file("metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        checkpoint.append_text(self.file("metrics.jsonl"), json.dumps(record) + "\n")
 
     @writer_only
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
@@ -113,6 +121,8 @@ class RunFolder:
                 f"val/acc {r['val_acc']:.4f}, val/nll {r['val_nll']:.4f}, best/val/acc {r['best_val_acc']:.4f}")
         if "tst_acc" in r:
             line += f", tst/acc {r['tst_acc']:.4f}, tst/nll {r['tst_nll']:.4f}"
+        if r.get("skipped_steps"):
+            line += f", skipped steps (fp16 overflow) {r['skipped_steps']}"
         return line
 
     @staticmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
@@ -53,6 +54,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
+    deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
 
     @property
     def precision(self) -> str:
@@ -77,7 +79,10 @@ class Interrupted(Exception):
 
 @dataclass
 class RunState:
-    """Everything besides model and optimiser that a resumed run needs to continue exactly."""
+    """Everything besides model, optimiser, scaler and RNGs that a resumed run needs to continue exactly.
+
+    The data order and augmentation need nothing here: batch t is a pure function of (seed, t).
+    """
 
     step: int = 0
     best_val_acc: float = -1.0
@@ -86,6 +91,10 @@ class RunState:
     tst_nll: float | None = None
     loss_sum: float = 0.0  # training loss summed since the last evaluation
     loss_count: int = 0
+    # Loss summed since the last logging point, kept apart from `loss_sum` so that an interruption
+    # does not change how the sum is rounded (a resumed run logs the very same trn_loss).
+    loss_unlogged: float = 0.0
+    skipped_steps: int = 0  # fp16 updates the loss scaler skipped (gradients not finite)
     train_seconds: float = 0.0  # time spent in training steps (evaluation excluded)
     wall_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
@@ -169,6 +178,8 @@ def default_run_name(cfg: TrainConfig) -> str:
         name += f"-clip{cfg.optim_global_clipping:g}"
     if cfg.precision != "fp32":
         name += f"-{cfg.precision}"
+    if cfg.deterministic:
+        name += "-det"
     return name
 
 
@@ -188,6 +199,19 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def configure_determinism(enabled: bool) -> None:
+    """Ask for deterministic kernels, so a CUDA run resumes bit for bit (CPU runs already do).
+
+    Must run before CUDA initialises: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -202,8 +226,11 @@ def global_norm(tensors: list[torch.Tensor]) -> float:
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
                autocast: contextlib.AbstractContextManager, measure_grad_norm: bool = False,
-               ) -> tuple[torch.Tensor, float | None]:
-    """One SGD update. Returns the (device) loss, and the gradient norm when asked for."""
+               skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
+    """One SGD update. Returns the (device) loss, and the gradient norm when asked for.
+
+    With loss scaling on, adds 1 to the device counter `skipped` when the scaler skips the update.
+    """
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
@@ -220,6 +247,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         if measure_grad_norm:
             grad_norm = global_norm([p.grad for p in params])
     scaler.step(optimizer)
+    if skipped is not None and scaler.is_enabled():
+        # Read on the device, without a sync; the per-step record is gone after update().
+        skipped += sum(scaler._found_inf_per_device(optimizer).values())
     scaler.update()
     return loss.detach(), grad_norm
 
@@ -272,6 +302,7 @@ def sync(device: torch.device) -> None:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
     validate_config(cfg)
+    configure_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)
     world = distributed.init_world(device)
     try:
@@ -287,6 +318,7 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
         print(f"{run.path} already holds a {run.summary()['status']} run; not retraining it. "
               "Use another --save folder to train again.", file=sys.stderr)
         return run.summary()
+    run.ensure_writable()
     resume_from = run.load_last(device)
     if resume_from is not None:
         check_same_config(resume_from["config"], dataclasses.asdict(cfg), run.path)
@@ -309,24 +341,44 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
 
     state = RunState()
     if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        scaler.load_state_dict(resume_from["scaler"])
-        state = RunState(**resume_from["state"])
+        state = restore_training_state(resume_from, model, optimizer, scaler, run.file("last.pt"))
         run.rewrite_metrics(state.history)
     else:
         run.start(cfg, params, device, precision)
     run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {cfg.optim_ni} "
             f"on {device} ({precision}), {params:,} trainable parameters")
 
+    def fold_skipped() -> None:
+        state.skipped_steps += int(skipped.item())
+        skipped.zero_()
+
+    def stop_if_diverged(value: float, what: str) -> None:
+        """End the run on a non-finite loss or weight, before it can overwrite a good checkpoint."""
+        if math.isfinite(value):
+            return
+        bar.close()
+        run.finish(final_summary(cfg, run, state, params, device, precision, "diverged"))
+        raise TrainingDiverged(
+            f"{what} became {value} by iteration {state.step}; stopped as the reference does. The last "
+            f"good checkpoints are kept; best so far: val_acc {state.best_val_acc:.4f} at iteration "
+            f"{state.best_iter} ({run.path / 'best.pt'}). Try a lower --optim_lr or --optim_global_clipping")
+
+    def check_weights() -> None:
+        stop_if_diverged(global_norm([p.detach() for p in model.parameters()]), "the weight norm")
+
     def save_last() -> None:
+        state.loss_unlogged = loss_sum.item()
+        fold_skipped()
+        stop_if_diverged(state.loss_sum + state.loss_unlogged, "the training loss")
+        check_weights()
         run.save_last({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                       "state": dataclasses.asdict(state)})
+                       "state": dataclasses.asdict(state), "rng": checkpoint.rng_states()})
 
     bar = tqdm(total=cfg.optim_ni, initial=state.step, disable=not (sys.stderr.isatty() and world.is_main),
                dynamic_ncols=True, unit="it")
-    loss_sum = torch.zeros((), device=device)  # accumulated on the device: no sync per step
+    loss_sum = torch.full((), state.loss_unlogged, device=device)  # summed on the device: no sync per step
+    skipped = torch.zeros((), device=device)
     sync(device)
     session_start = interval_start = time.perf_counter()
     wall_at_session_start, interval_first_step = state.wall_seconds, state.step
@@ -335,32 +387,28 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
         for step in range(state.step, cfg.optim_ni):
             images, labels = batches.batch(step)
             is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
-            loss, grad_norm = train_step(step_model, optimizer, scaler, images, labels,
-                                         learning_rate(step, cfg), cfg, autocast, measure_grad_norm=is_eval)
+            loss, grad_norm = train_step(step_model, optimizer, scaler, images, labels, learning_rate(step, cfg),
+                                         cfg, autocast, measure_grad_norm=is_eval, skipped=skipped)
             loss_sum += loss
             state.loss_count += 1
             state.step = step + 1
 
             # A single process may stop at any step; ranks agree on stopping at logging points only.
-            signal_now = signals.received is not None and not world.distributed
-            if is_eval or state.step % PROGRESS_EVERY == 0 or signal_now:
-                # A logging point: the only place the loop waits for the device.
-                state.loss_sum += distributed.all_reduce_sum(loss_sum, world).item() / world.world_size
-                loss_sum.zero_()
+            logging_point = is_eval or state.step % PROGRESS_EVERY == 0
+            if logging_point or (signals.received is not None and not world.distributed):
+                # The only place the loop waits for the device. The loss is folded into the state at
+                # logging points only, signal or not, so a resumed run rounds its sum the same way.
+                if logging_point:
+                    state.loss_sum += distributed.all_reduce_sum(loss_sum, world).item() / world.world_size
+                    loss_sum.zero_()
+                    fold_skipped()
+                    stop_if_diverged(state.loss_sum, "the training loss")
                 stop = distributed.any_rank(signals.received is not None, world, device)
                 now = time.perf_counter()
                 state.train_seconds += now - interval_start
                 state.wall_seconds = wall_at_session_start + now - session_start
                 speed = (state.step - interval_first_step) * cfg.batch_size / max(now - interval_start, 1e-9)
                 interval_start, interval_first_step = now, state.step
-                if not math.isfinite(state.loss_sum):
-                    bar.close()
-                    run.finish(final_summary(cfg, run, state, params, device, precision, "diverged"))
-                    raise TrainingDiverged(
-                        f"training loss became {state.loss_sum} by iteration {state.step}; stopped as the "
-                        f"reference does. Best so far: val_acc {state.best_val_acc:.4f} at iteration "
-                        f"{state.best_iter} ({run.path / 'best.pt'}). Try a lower --optim_lr or "
-                        "--optim_global_clipping")
                 bar.update(state.step - bar.n)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate(step, cfg):.4f}",
                                 img_s=f"{speed:.0f}")
@@ -369,6 +417,7 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
                 distributed.average_bn_statistics(model, world)
                 record = evaluation_record(cfg, model, splits, state, grad_norm, autocast, step,
                                            batches.steps_per_epoch, world)
+                stop_if_diverged(record["w_norm"], "the weight norm")
                 if record["val_acc"] > state.best_val_acc:
                     state.best_val_acc, state.best_iter = record["val_acc"], state.step
                     test = evaluate(model, splits.test_images, splits.test_labels, autocast, world)
@@ -422,7 +471,25 @@ def evaluation_record(cfg: TrainConfig, model: torch.nn.Module, splits: data.Spl
         "g_norm": grad_norm,
         "val_acc": val["acc"],
         "val_nll": val["nll"],
+        "skipped_steps": state.skipped_steps,
     }
+
+
+def restore_training_state(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: torch.amp.GradScaler, path: Path) -> RunState:
+    """Load last.pt into the freshly built objects; a checkpoint of another model is a clear error."""
+    try:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        state = RunState(**saved["state"])
+        checkpoint.restore_rng_states(saved["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit this model and these settings ({detail}); "
+            "delete it to start over, or use another --save folder") from None
+    return state
 
 
 def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
@@ -450,6 +517,7 @@ def final_summary(cfg: TrainConfig, run: RunFolder, state: RunState, params: int
         "tst_nll": state.tst_nll,
         "best_iter": state.best_iter,
         "iterations": state.step,
+        "skipped_steps": state.skipped_steps,
         "wall_seconds": state.wall_seconds,
         "images_per_sec": state.step * cfg.batch_size / state.train_seconds if state.train_seconds else None,
         "epochs_per_min": epochs_per_minute(state.history, cfg.batch_size, num_train),

@@ -1,0 +1,394 @@
+"""Never lose a run: resume exactly, fail clearly, load safely (issue 4).
+
+The kill tests train real subprocesses on the offline Digits_x32 demo and compare the resumed run,
+bit for bit, with one uninterrupted run of the same seed.
+"""
+
+import contextlib
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli_env
+from resbench import checkpoint, train as train_module
+from resbench.checkpoint import CheckpointError
+from resbench.cli import main
+from resbench.models import resnet
+from resbench.runlog import RunFolder
+from resbench.train import (TrainConfig, TrainingDiverged, check_same_config, configure_determinism,
+                            default_run_name, train, train_step)
+
+RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "60",
+            "--eval_every", "20"]
+SUMMARY_KEYS = ("val_acc", "tst_acc", "tst_nll", "best_iter", "iterations", "skipped_steps")
+
+
+def start_training(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "resbench", "train", *map(str, args)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll the run folder until `condition()` holds; fail if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended early:\n{proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.02)
+
+
+def finish_training(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "resbench", "train", *map(str, args)], env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def outcome(folder: Path) -> dict:
+    """What must not depend on interruptions: results, metrics without timing, final and best weights."""
+    summary = json.loads((folder / "summary.json").read_text())
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        del record["elapsed_s"]
+    return {"summary": {key: summary[key] for key in SUMMARY_KEYS}, "records": records,
+            "last": checkpoint.load_checkpoint(folder / "last.pt")["model"],
+            "best": checkpoint.load_checkpoint(folder / "best.pt")}
+
+
+def assert_same_outcome(resumed: dict, reference: dict) -> None:
+    assert resumed["summary"] == reference["summary"]
+    assert resumed["records"] == reference["records"]
+    for name in ("last", "best"):
+        assert resumed[name].keys() == reference[name].keys()
+        for key, tensor in reference[name].items():
+            assert torch.equal(resumed[name][key], tensor), f"{name}.pt {key}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The uninterrupted run that every interrupted one must match."""
+    folder = tmp_path_factory.mktemp("reference")
+    finish_training(*RUN_ARGS, "--save", folder)
+    return outcome(folder)
+
+
+def records_in(folder: Path) -> int:
+    metrics = folder / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+
+
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU time the run has used: a measure of its progress that other load on the machine does not skew."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def halfway_to_the_third_evaluation(folder: Path, proc: subprocess.Popen) -> None:
+    """Wait until about iteration 45 of 60 (evaluations at 20, 40, 60), by the run's own CPU time.
+
+    A quarter of an interval, not a half, leaves room for this poller being scheduled late on a busy machine.
+    """
+    wait_until(lambda: records_in(folder) >= 1, proc)
+    first = cpu_seconds(proc)
+    wait_until(lambda: records_in(folder) >= 2, proc)
+    second = cpu_seconds(proc)
+    wait_until(lambda: cpu_seconds(proc) >= second + (second - first) / 4, proc)
+
+
+def test_sigkill_right_after_a_checkpoint_then_rerun_matches(tmp_path, reference):
+    folder = tmp_path / "run"
+    proc = start_training(*RUN_ARGS, "--save", folder)
+    wait_until(lambda: (folder / "last.pt").is_file(), proc)
+    kill_and_resume(proc, folder, reference)
+
+
+def test_sigkill_between_evaluations_then_rerun_matches(tmp_path, reference):
+    folder = tmp_path / "run"
+    proc = start_training(*RUN_ARGS, "--save", folder)
+    halfway_to_the_third_evaluation(folder, proc)
+    kill_and_resume(proc, folder, reference)
+
+
+def kill_and_resume(proc: subprocess.Popen, folder: Path, reference: dict) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (folder / "summary.json").exists()
+    at = checkpoint.load_checkpoint(folder / "last.pt")["state"]["step"]
+    resumed = finish_training(*RUN_ARGS, "--save", folder)  # the same command again
+    assert f"resuming at iteration {at} of 60" in resumed.stdout
+    assert_same_outcome(outcome(folder), reference)
+
+
+def test_sigterm_saves_mid_interval_and_resume_matches(tmp_path, reference):
+    folder = tmp_path / "run"
+    proc = start_training(*RUN_ARGS, "--save", folder)
+    halfway_to_the_third_evaluation(folder, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    saved = checkpoint.load_checkpoint(folder / "last.pt")["state"]
+    assert 40 < saved["step"] < 60, "last.pt holds the iteration the signal arrived at"
+    assert f"at iteration {saved['step']}" in stderr
+
+    resumed = finish_training("--resume", folder)  # from the saved configuration
+    assert f"resuming at iteration {saved['step']} of 60" in resumed.stdout
+    assert_same_outcome(outcome(folder), reference)
+    again = finish_training("--resume", folder)
+    assert "not retraining" in again.stderr
+
+
+# In-process runs: tiny, to exercise the loop's guards in a few seconds each.
+
+def tiny_config(folder: Path, **changes) -> TrainConfig:
+    settings = dict(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=6, eval_every=3,
+                    device="cpu", save=str(folder))
+    return TrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture
+def unfinished_run(tmp_path) -> TrainConfig:
+    """A run folder with a last.pt at the final iteration but no summary.json (as if killed at the end)."""
+    cfg = tiny_config(tmp_path / "run")
+    train(cfg)
+    (tmp_path / "run" / "summary.json").unlink()
+    return cfg
+
+
+def test_resuming_with_other_settings_lists_them(unfinished_run, capsys):
+    code = main(["train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
+                 "--optim_ni", "6", "--eval_every", "3", "--save", unfinished_run.save,
+                 "--optim_lr", "0.2", "--seed", "7", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "optim_lr: saved 0.1, now 0.2" in err and "seed: saved 42, now 7" in err
+    assert "batch_size" not in err and "device" not in err
+
+
+def test_deterministic_is_a_setting_that_changes_the_run():
+    cfg = TrainConfig(deterministic=True)
+    assert default_run_name(cfg).endswith("-det")
+    with pytest.raises(CheckpointError, match="deterministic: saved False, now True"):
+        check_same_config(vars(TrainConfig()), vars(cfg), Path("run"))
+
+
+def test_deterministic_mode_sets_every_switch(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        configure_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, benchmark
+
+
+def test_resume_restores_the_global_rng(unfinished_run):
+    last = Path(unfinished_run.save) / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    assert torch.equal(saved["rng"]["torch_cpu"], torch.get_rng_state())  # training draws nothing from it
+    saved["rng"]["torch_cpu"] = torch.manual_seed(1234).get_state()
+    checkpoint.save_checkpoint(saved, last)
+    torch.manual_seed(0)
+    train(unfinished_run)
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(1234).get_state())
+
+
+def model_of(path: Path) -> dict:
+    saved = checkpoint.load_checkpoint(path)
+    return saved.get("model", saved)
+
+
+@pytest.mark.parametrize("poisoned_update, cause", [(5, "the training loss"), (6, "the weight norm")])
+def test_divergence_stops_clearly_and_keeps_the_good_checkpoints(tmp_path, monkeypatch, capsys,
+                                                                   poisoned_update, cause):
+    """Update 5 makes the loss NaN from step 6 on; update 6 (just before the evaluation at 6) only the
+    weights: either way the run stops, exit status 1, and last.pt/best.pt keep the finite state of 3."""
+    real_step, updates = train_step, []
+
+    def poisoning_step(model, *args, **kwargs):
+        result = real_step(model, *args, **kwargs)
+        updates.append(1)
+        if len(updates) == poisoned_update:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(math.nan)
+        return result
+
+    monkeypatch.setattr(train_module, "train_step", poisoning_step)
+    cfg = tiny_config(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match=f"{cause} became nan by iteration 6"):
+        train(cfg)
+    run = RunFolder(cfg.save)
+    assert checkpoint.load_checkpoint(run.file("last.pt"))["state"]["step"] == 3
+    for name in ("last.pt", "best.pt"):
+        assert all(t.isfinite().all() for t in model_of(run.file(name)).values()), name
+    assert run.summary()["status"] == "diverged"
+
+    (tmp_path / "run2").mkdir()
+    updates.clear()
+    code = main(["train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
+                 "--optim_ni", "6", "--eval_every", "3", "--device", "cpu", "--save", str(tmp_path / "run2")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"error: {cause} became nan") and "Traceback" not in err
+
+
+@contextlib.contextmanager
+def overflowing_gradients(model: torch.nn.Module):
+    """Make one gradient infinite, as an fp16 overflow does."""
+    hook = next(model.parameters()).register_hook(lambda grad: torch.full_like(grad, math.inf))
+    yield
+    hook.remove()
+
+
+def test_loss_scaler_skips_are_counted_not_fatal(tmp_path, monkeypatch):
+    """fp16 needs CUDA, so on CPU: a loss scaler that is on, and gradients that overflow at updates 2 and 4."""
+    real_scaler, real_step, updates = torch.amp.GradScaler, train_step, []
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real_scaler(device, enabled=True))
+
+    def overflowing_step(model, *args, **kwargs):
+        updates.append(1)
+        with overflowing_gradients(model) if len(updates) in (2, 4) else contextlib.nullcontext():
+            return real_step(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", overflowing_step)
+    cfg = tiny_config(tmp_path / "run")
+    summary = train(cfg)
+    run = RunFolder(cfg.save)
+    records = [json.loads(line) for line in run.file("metrics.jsonl").read_text().splitlines()]
+    assert summary["status"] == "finished" and summary["skipped_steps"] == 2
+    assert [r["skipped_steps"] for r in records] == [1, 2]
+    assert "skipped steps (fp16 overflow) 2" in run.file("log.txt").read_text()
+
+
+def test_train_step_counts_a_skipped_update():
+    torch.manual_seed(0)
+    model = resnet(8, num_classes=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    skipped = torch.zeros(())
+    x, y, cfg = torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)), TrainConfig()
+    no_autocast = torch.autocast("cpu", enabled=False)
+    before = [p.detach().clone() for p in model.parameters()]
+    with overflowing_gradients(model):
+        train_step(model, optimizer, scaler, x, y, 0.1, cfg, no_autocast, skipped=skipped)
+    assert skipped.item() == 1 and all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    train_step(model, optimizer, scaler, x, y, 0.1, cfg, no_autocast, skipped=skipped)
+    assert skipped.item() == 1
+
+
+# Loading safely.
+
+class Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_needing_pickled_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "run").mkdir()
+    torch.save({"model": Payload(marker)}, tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match="was refused: it needs more than tensors"):
+        RunFolder(tmp_path / "run").load_last(torch.device("cpu"))
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error(unfinished_run):
+    last = Path(unfinished_run.save) / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        train(unfinished_run)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(unfinished_run):
+    last = Path(unfinished_run.save) / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    saved["model"] = resnet(14).state_dict()
+    checkpoint.save_checkpoint(saved, last)
+    with pytest.raises(CheckpointError, match="does not fit this model.*Unexpected key"):
+        train(unfinished_run)
+
+
+def test_a_weights_file_is_not_a_training_checkpoint(unfinished_run):
+    folder = Path(unfinished_run.save)
+    (folder / "best.pt").replace(folder / "last.pt")
+    with pytest.raises(CheckpointError, match="not a resbench training checkpoint"):
+        train(unfinished_run)
+
+
+# Writing safely.
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run = RunFolder(tmp_path)
+    run.save_last({"step": torch.tensor(1)})
+
+    def write_half_then_fail(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", write_half_then_fail)
+    with pytest.raises(CheckpointError, match=rf"cannot write {tmp_path}/last.pt \(No space left on device\).*"
+                                              "previous checkpoint is intact"):
+        run.save_last({"step": torch.tensor(2)})
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(run.file("last.pt")) == {"step": torch.tensor(1)}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
+    with pytest.raises(CheckpointError, match=r"\(Permission denied\); make that folder writable"):
+        RunFolder(tmp_path).save_best({})
+    monkeypatch.setattr(checkpoint, "open", refuse, raising=False)
+    with pytest.raises(CheckpointError, match="Permission denied"):
+        RunFolder(tmp_path).log("a line")
+
+
+# Bad input: one line, the problem and the fix, exit status 2, no traceback.
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_name", "MNIST"], "unknown data_name 'MNIST': choose one of CIFAR10_x32"),
+    (["--resnet_depth", "21"], "unsupported resnet depth 21: use"),
+    (["--resnet_width", "0"], "width must be a positive integer"),
+    (["--batch_size", "2000"], "larger than the training split"),
+    (["--optim_ni", "0"], "--optim_ni must be a positive integer"),
+    (["--save", "{tmp}/a-file"], "a file stands where a folder is needed"),
+    (["--resume", "{tmp}"], "it is not a run folder (no config.json)"),
+    (["--data_name", "CIFAR10_x32", "--data_root", "{tmp}/data"], "train_labels.npy has labels in [10, 10]"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
+    (tmp_path / "a-file").write_text("")
+    mislabelled = tmp_path / "data" / "CIFAR10_x32"  # a prepared dataset whose labels are out of range
+    mislabelled.mkdir(parents=True)
+    for split in ("train", "test"):
+        np.save(mislabelled / f"{split}_images.npy", np.zeros((5, 32, 32, 3), np.uint8))
+        np.save(mislabelled / f"{split}_labels.npy", np.full(5, 10))
+    base = ["--data_name", "Digits_x32", "--device", "cpu", "--save", str(tmp_path / "run")]
+    code = main(["train", *base, *(a.format(tmp=tmp_path) for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--optim_nii", "5"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --optim_nii" in capsys.readouterr().err
