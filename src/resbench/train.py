@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, models
+from . import checkpoint, data, hotpath, models
 from .evaluate import evaluate
 from .runlog import RunFolder
 
@@ -51,7 +51,7 @@ class TrainConfig:
     mixed_precision: str = "false"  # false | true (fp16 on CUDA, bf16 elsewhere) | fp16 | bf16
     eval_every: int = 1000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False
+    compile: str = "auto"  # auto | true | false; auto: where the run repays the compile time
 
     @property
     def precision(self) -> str:
@@ -120,6 +120,7 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
                          f"{cfg.data_name} ({num_train} images)")
     precision_for(cfg.mixed_precision, resolve_device(cfg.device))
+    hotpath.parse_compile(cfg.compile)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -267,6 +268,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     validate_config(cfg)
     device = resolve_device(cfg.device)
     precision = precision_for(cfg.mixed_precision, device)
+    hotpath.warn_if_slow_precision(precision, device)
     run = RunFolder(run_folder_of(cfg))
     if run.is_done():
         print(f"{run.path} already holds a {run.summary()['status']} run; not retraining it. "
@@ -280,13 +282,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     splits = data.load_splits(cfg.data_name, cfg.data_root, device)
     torch.manual_seed(cfg.seed)
     model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = hotpath.prepare_model(model, device)
     params = models.count_parameters(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim_momentum,
-                                weight_decay=cfg.optim_weight_decay)
+    optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = hotpath.step_model_of(model, hotpath.use_compile(cfg.compile, device, cfg.optim_ni), device)
     batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed)
 
     state = RunState()
