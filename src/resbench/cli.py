@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 from . import __version__
+from .bench import add_bench_parser
 from .checkpoint import CheckpointError
 from .data import DataFileError
 from .train import ConfigError, Interrupted, TrainConfig, TrainingDiverged, train
@@ -31,7 +32,7 @@ FLAG_HELP = {
     "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
-    "compile": "torch.compile the model (true/false)",
+    "compile": "auto | true | false: torch.compile the training step (auto: only for runs long enough to repay the compile time)",
 }
 
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resbench {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
+    add_bench_parser(subparsers)
     return parser
 
 
