@@ -112,7 +112,7 @@ def test_compile_choice_follows_the_run_length():
         validate_config(TrainConfig(compile="sometimes", device="cpu"))
 
 
-def test_bf16_on_a_cpu_without_amx_warns(monkeypatch):
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
     monkeypatch.setattr(hotpath, "cpu_has_fast_bf16", lambda: False)
     assert "SLOWER" in hotpath.slow_precision_warning("bf16", torch.device("cpu"))
     assert hotpath.slow_precision_warning("fp32", torch.device("cpu")) is None
