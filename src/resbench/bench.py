@@ -102,29 +102,31 @@ def plain_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBat
     return Trainer("plain eager", step)
 
 
-def timed_windows(trainers: list[Trainer], device: torch.device, warmup: int, iters: int,
-                  windows: int) -> dict[str, list[float]]:
-    """Seconds per window of `iters` steps for each trainer, windows interleaved across trainers.
+def timed_windows(trainers: list[Trainer], device: torch.device, warmup: int, iters: int, windows: int,
+                  probe: Callable[[], float]) -> tuple[dict[str, list[float]], list[float]]:
+    """Seconds per window of `iters` steps for each trainer, and one `probe()` per round.
 
-    Interleaving puts every trainer under the same background load; the window ends with one
+    Trainers' windows are interleaved, and the probe (the matmul peak) runs in every round, so
+    all of them see the same background load on a shared machine. A window ends with one
     synchronisation (reading the accumulated loss), as a logging point of the training loop does.
     """
-    step = 0
     for trainer in trainers:
         for i in range(warmup):
             trainer.step(i)
         sync(device)
     seconds: dict[str, list[float]] = {t.name: [] for t in trainers}
-    for _ in range(windows):
+    probes = []
+    for window in range(windows):
+        first = window * iters
         for trainer in trainers:
             loss_sum = torch.zeros((), device=device)
             start = time.perf_counter()
-            for i in range(step, step + iters):
+            for i in range(first, first + iters):
                 loss_sum += trainer.step(i)
             loss_sum.item()
             seconds[trainer.name].append(time.perf_counter() - start)
-        step += iters
-    return seconds
+        probes.append(probe())
+    return seconds, probes
 
 
 def step_flops(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches) -> float:
@@ -138,7 +140,7 @@ def step_flops(cfg: TrainConfig, device: torch.device, batches: data.TrainBatche
     return float(counter.get_total_flops())
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, tf32: bool, reps: int = 5) -> float:
+def matmul_peak(device: torch.device, dtype: torch.dtype, tf32: bool, reps: int = 2) -> float:
     """FLOP/s of the best of `reps` square matrix products: the device's practical ceiling.
 
     `tf32`: let the fp32 product use TF32 tensor cores, as cuDNN's fp32 convolutions do by default.
@@ -178,9 +180,10 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def summarise(seconds: list[float], iters: int, batch_size: int) -> dict[str, Any]:
+    """Median and spread over windows; images/s and ms/step both from the median window time."""
     rates = [iters * batch_size / s for s in seconds]
     return {
-        "images_per_sec": statistics.median(rates),
+        "images_per_sec": iters * batch_size / statistics.median(seconds),
         "images_per_sec_min": min(rates),
         "images_per_sec_max": max(rates),
         "ms_per_step": 1000 * statistics.median(seconds) / iters,
@@ -199,13 +202,18 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool)
         trainers.append(plain_trainer(cfg, device, batches))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    seconds = timed_windows(trainers, device, warmup, iters, windows)
-    elapsed = time.perf_counter() - start
-    memory = peak_memory_bytes(device)
-    flops_per_image = step_flops(cfg, device, batches) / cfg.batch_size
     dtype, tf32, peak_name = peak_dtype(precision, device)
-    peak = matmul_peak(device, dtype, tf32)
+    memory: list[int] = []
+
+    def probe() -> float:
+        memory.append(peak_memory_bytes(device))  # read before the matrices add to it
+        return matmul_peak(device, dtype, tf32)
+
+    start = time.perf_counter()
+    seconds, peaks = timed_windows(trainers, device, warmup, iters, windows, probe)
+    elapsed = time.perf_counter() - start
+    flops_per_image = step_flops(cfg, device, batches) / cfg.batch_size
+    peak = statistics.median(peaks)
     results = {t.name: summarise(seconds[t.name], iters, cfg.batch_size) for t in trainers}
     main = results[trainers[0].name]
     record = {
@@ -218,10 +226,10 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool)
         "warmup": warmup, "iters": iters, "windows": windows,
         **main,
         "minutes_per_48k_iters": 48_000 * main["ms_per_step"] / 60_000,
-        "peak_memory_mb": memory / 2**20,
+        "peak_memory_mb": memory[0] / 2**20,  # training's peak, reached in warm-up and window 1
         "gflop_per_image": flops_per_image / 1e9,
         "achieved_tflops": main["images_per_sec"] * flops_per_image / 1e12,
-        "matmul_peak_tflops": peak / 1e12,
+        "matmul_peak_tflops": peak / 1e12,  # median over the windows' rounds
         "matmul_peak_dtype": peak_name,
         "fraction_of_peak": main["images_per_sec"] * flops_per_image / peak,
         "bench_seconds": elapsed,
