@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the speed work, for one lent CUDA GPU (about 4 minutes on an H100).
 #
-#   bash benchmarks/gpu_check.sh [OUT_DIR]      # from anywhere; OUT_DIR defaults to ./gpu_check_out
+#   bash benchmarks/gpu_check.sh [OUT_DIR]      # from anywhere; OUT_DIR defaults to /tmp/resbench_gpu_check
 #
 # Prints one JSON record per `resbench bench` configuration (each also saved in OUT_DIR), then
 # runs the tests marked `cuda`. Targets on an H100: depth 20 width 1 fp32 > 80,000 images/s,
@@ -10,7 +10,7 @@ set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-OUT=${1:-gpu_check_out}
+OUT=${1:-/tmp/resbench_gpu_check}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
