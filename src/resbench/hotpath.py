@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 # Iterations from which `--compile auto` compiles: the compile time divided by the time it saves
-# per step, with a margin. CPU (2 cores, depth 20, batch 256): 50-90 s to compile, >= 0.2 s saved
-# per step, so it pays after ~450 steps. CUDA (H100, depth 20): ~10-20 s to compile and capture,
-# 2.6 ms saved per step, so it pays after ~8,000 steps.
+# per step, with a margin. CPU (2 cores, depth 20, batch 256): 50-90 s to compile, 0.11 s saved
+# per step (350 -> 239 ms), so it pays after ~550 steps. CUDA (H100, depth 20): ~10-20 s to
+# compile and capture, 2.3 ms saved per step, so it pays after ~8,000 steps.
 COMPILE_MIN_ITERS = {"cpu": 1_000, "cuda": 10_000}
 COMPILE_MODE = {"cuda": "reduce-overhead"}  # other devices: torch.compile's default mode
 COMPILE_CHOICES = ("auto", "true", "false")
