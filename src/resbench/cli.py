@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 
 from . import __version__, fetch
+from .bench import add_bench_parser
 from .checkpoint import CheckpointError
 from .data import DataFileError
 from .errors import ResbenchError
@@ -35,7 +36,7 @@ FLAG_HELP = {
     "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
-    "compile": "torch.compile the model (true/false)",
+    "compile": "auto | true | false: torch.compile the training step (auto: only for runs long enough to repay the compile time)",
     "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
     "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (true/false; slower)",
 }
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
     fetch.add_data_parser(subparsers)
-    for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_plot_parser):
+    for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_plot_parser, add_bench_parser):
         add_parser(subparsers)
     return parser
 

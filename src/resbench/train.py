@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import checkpoint, data, distributed, fetch, models
+from . import checkpoint, data, distributed, fetch, hotpath, models
 from .evaluate import evaluate
 from .runlog import RunFolder
 
@@ -52,7 +52,7 @@ class TrainConfig:
     mixed_precision: str = "false"  # false | true (fp16 on CUDA, bf16 elsewhere) | fp16 | bf16
     eval_every: int = 1000
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False
+    compile: str = "auto"  # auto | true | false; auto: where the run repays the compile time
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
     deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
 
@@ -136,6 +136,7 @@ def check_settings(cfg: TrainConfig) -> None:
                          f"use a multiple of {world_size}")
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
+    hotpath.parse_compile(cfg.compile)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -313,6 +314,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.World) -> dict[str, Any]:
     precision = precision_for(cfg.mixed_precision, device)
+    hotpath.warn_if_slow_precision(precision, device)
     run = RunFolder(run_folder_of(cfg), writer=world.is_main)
     if run.is_done():
         print(f"{run.path} already holds a {run.summary()['status']} run; not retraining it. "
@@ -328,14 +330,13 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
     splits = data.load_splits(cfg.data_name, cfg.data_root, device)
     torch.manual_seed(cfg.seed)
     model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = hotpath.prepare_model(model, device)
     params = models.count_parameters(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=cfg.optim_momentum,
-                                weight_decay=cfg.optim_weight_decay)
+    optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
     parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
-    step_model = torch.compile(parallel_model) if cfg.compile else parallel_model
+    step_model = hotpath.step_model_of(parallel_model, hotpath.use_compile(cfg.compile, device, cfg.optim_ni), device)
     batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
                                 world.rank, world.world_size)
 

@@ -1,0 +1,144 @@
+"""The fast hot path trains the same model as the plain one, and `resbench bench` reports sanely."""
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from resbench import hotpath
+from resbench.models import resnet
+from resbench.train import ConfigError, TrainConfig, train_step, validate_config
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+STEPS = 3
+
+
+def batches(device: torch.device, count: int = STEPS, batch_size: int = 16):
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.rand(batch_size, 3, 32, 32, generator=gen).to(device),
+             torch.randint(0, 10, (batch_size,), generator=gen).to(device)) for _ in range(count)]
+
+
+def trained_weights(device: torch.device, channels_last: bool, fused: bool, compiled: bool,
+                    precision: str = "fp32", depth: int = 8) -> list[torch.Tensor]:
+    """Weights after STEPS training steps with the chosen hot-path options."""
+    torch.manual_seed(0)
+    model = resnet(depth)
+    model = hotpath.prepare_model(model, device) if channels_last else model.to(device)
+    kernel = {"fused": True} if fused else {"foreach": False}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=1e-3, **kernel)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = (torch.autocast(device.type, dtype=torch.float16) if precision == "fp16"
+                else contextlib.nullcontext())
+    step_model = hotpath.step_model_of(model, compiled, device)
+    cfg = TrainConfig()
+    for i, (x, y) in enumerate(batches(device)):
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        train_step(step_model, optimizer, scaler, x, y, 0.1 * (i + 1), cfg, autocast)
+    return [p.detach().float().cpu() for p in model.parameters()]
+
+
+def assert_close_weights(a: list[torch.Tensor], b: list[torch.Tensor], atol: float) -> None:
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=atol)
+
+
+def test_fused_sgd_matches_the_plain_update():
+    cpu = torch.device("cpu")
+    plain = trained_weights(cpu, channels_last=False, fused=False, compiled=False)
+    assert_close_weights(trained_weights(cpu, channels_last=False, fused=True, compiled=False), plain, atol=1e-6)
+
+
+def test_channels_last_matches_nchw():
+    cpu = torch.device("cpu")
+    plain = trained_weights(cpu, channels_last=False, fused=False, compiled=False)
+    assert_close_weights(trained_weights(cpu, channels_last=True, fused=False, compiled=False), plain, atol=1e-5)
+
+
+def test_compiled_step_matches_eager():
+    """One compile of a depth-8 model: the slowest test here (tens of seconds on 2 cores)."""
+    cpu = torch.device("cpu")
+    eager = trained_weights(cpu, channels_last=True, fused=True, compiled=False)
+    assert_close_weights(trained_weights(cpu, channels_last=True, fused=True, compiled=True), eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda])])
+def test_loss_scaler_skips_a_step_with_an_infinite_gradient(device):
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = hotpath.prepare_model(resnet(8), device)
+    optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, device)
+    scaler = torch.amp.GradScaler(device.type, init_scale=1024.0)
+    x, y = batches(device, count=1)[0]
+    autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast)  # a normal step first
+    before = [p.detach().clone() for p in model.parameters()]
+    hook = model.fc.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast)
+    hook.remove()
+    assert_close_weights(list(model.parameters()), before, atol=0)
+    assert scaler.get_scale() == 512.0  # halved, as dynamic loss scaling does on overflow
+
+
+@pytest.mark.cuda
+@cuda
+def test_compiled_fp16_step_matches_eager_on_cuda():
+    gpu = torch.device("cuda")
+    eager = trained_weights(gpu, channels_last=True, fused=True, compiled=False, precision="fp16")
+    compiled = trained_weights(gpu, channels_last=True, fused=True, compiled=True, precision="fp16")
+    assert_close_weights(compiled, eager, atol=2e-3)
+
+
+@pytest.mark.cuda
+@cuda
+def test_mixed_precision_training_on_cuda(run_cli, tmp_path):
+    proc = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--optim_ni", "20",
+                   "--eval_every", "10", "--mixed_precision", "true", "--device", "cuda",
+                   "--save", tmp_path / "run", check=True)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["precision"] == "fp16", proc.stderr
+
+
+def test_compile_choice_follows_the_run_length():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert not hotpath.use_compile("auto", cpu, 50)
+    assert hotpath.use_compile("auto", cpu, 48_000)
+    assert not hotpath.use_compile("auto", gpu, 100)
+    assert hotpath.use_compile("auto", gpu, 48_000)
+    assert hotpath.use_compile("true", cpu, 1) and not hotpath.use_compile("false", cpu, 48_000)
+    assert not hotpath.use_compile(False, cpu, 48_000)  # a config saved when compile was a bool
+    with pytest.raises(ConfigError, match="--compile"):
+        validate_config(TrainConfig(compile="sometimes", device="cpu"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
+    monkeypatch.setattr(hotpath, "cpu_has_fast_bf16", lambda: False)
+    assert "SLOWER" in hotpath.slow_precision_warning("bf16", torch.device("cpu"))
+    assert hotpath.slow_precision_warning("fp32", torch.device("cpu")) is None
+    monkeypatch.setattr(hotpath, "cpu_has_fast_bf16", lambda: True)
+    assert hotpath.slow_precision_warning("bf16", torch.device("cpu")) is None
+
+
+def test_bench_reports_a_tiny_configuration_as_json(run_cli):
+    proc = run_cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32",
+                   "--compile", "false", "--device", "cpu", "--warmup", "1", "--iters", "2", "--windows", "2",
+                   "--vs", "--json", check=True)
+    record = json.loads(proc.stdout)
+    assert record["precision"] == "fp32" and record["compile"] is False
+    assert record["images_per_sec_min"] <= record["images_per_sec"] <= record["images_per_sec_max"]
+    assert len(record["window_images_per_sec"]) == 2
+    assert record["ms_per_step"] == pytest.approx(32 * 1000 / record["images_per_sec"])
+    assert 0 < record["gflop_per_image"] < 1  # depth 8 is tiny
+    assert 0 < record["fraction_of_peak"] < 1.5
+    assert record["peak_memory_mb"] > 0 and record["matmul_peak_tflops"] > 0
+    assert record["baseline"]["images_per_sec"] > 0 and record["speedup_vs_baseline"] > 0
+
+
+def test_bench_table_and_bad_flags(run_cli):
+    table = run_cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
+                    "--compile", "false", "--device", "cpu", "--warmup", "0", "--iters", "1", "--windows", "1",
+                    check=True).stdout
+    assert "images/s" in table and "fraction of peak" in table
+    proc = run_cli("bench", "--iters", "0")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --iters")
