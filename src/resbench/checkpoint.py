@@ -18,8 +18,10 @@ from typing import Any, Iterator
 
 import torch
 
+from .errors import ResbenchError
 
-class CheckpointError(Exception):
+
+class CheckpointError(ResbenchError):
     """A checkpoint or run folder is unreadable, unwritable, unsafe, or from another configuration."""
 
 

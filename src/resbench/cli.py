@@ -12,12 +12,11 @@ from pathlib import Path
 from . import __version__, fetch
 from .bench import add_bench_parser
 from .checkpoint import CheckpointError
-from .data import DataFileError
 from .errors import ResbenchError
 from .evaluate import add_eval_parser
 from .report import add_plot_parser, add_table_parser
 from .sweep import add_sweep_parser
-from .train import ConfigError, Interrupted, TrainConfig, TrainingDiverged, train
+from .train import Interrupted, TrainConfig, TrainingDiverged, train
 
 FLAG_HELP = {
     "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, Digits_x32 (offline demo)",
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataFileError, fetch.DataError, CheckpointError, ResbenchError) as exc:
+    except ResbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

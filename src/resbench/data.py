@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ResbenchError
+
 PAD = 4  # pixels of zero padding before the random crop
 
 
@@ -45,7 +47,7 @@ DEMO_TEST_SIZE = 300
 PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
 
 
-class DataFileError(Exception):
+class DataFileError(ResbenchError):
     """A prepared data file is missing or malformed; the message names the file and the fix."""
 
 

@@ -64,9 +64,10 @@ from tqdm import tqdm
 
 from . import data
 from .data import DataFileError, read_prepared
+from .errors import ResbenchError
 
 
-class DataError(Exception):
+class DataError(ResbenchError):
     """A dataset cannot be fetched or prepared; the message says what is wrong and what to do."""
 
 
@@ -669,19 +670,6 @@ def _list_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reporting_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn DataError into ``error: <message>`` on stderr and exit code 2, without a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except DataError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return run
-
-
 def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``data download`` and ``data list``; each sets ``func`` (args -> exit code)."""
     data = subparsers.add_parser("data", help="fetch, verify and prepare datasets",
@@ -698,10 +686,10 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                                  help="fetch the official file names from this base URL or local folder")
     download_parser.add_argument("--no-verify", action="store_true",
                                  help="skip the MD5 check (prints a warning)")
-    download_parser.set_defaults(func=_reporting_errors(_download_command))
+    download_parser.set_defaults(func=_download_command)
 
     list_parser = commands.add_parser("list", help="show which datasets are prepared and complete")
-    list_parser.set_defaults(func=_reporting_errors(_list_command))
+    list_parser.set_defaults(func=_list_command)
 
     for parser in (download_parser, list_parser):
         parser.add_argument("--data_root", default="./data", help="dataset folder (default: ./data)")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, data, distributed, fetch, hotpath, models
+from .errors import ResbenchError
 from .evaluate import evaluate
 from .runlog import RunFolder
 
@@ -65,7 +66,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = {"data_root", "save", "device", "compile"}
 
 
-class ConfigError(ValueError):
+class ConfigError(ResbenchError, ValueError):
     """A setting is impossible; the message names the flag and what to use instead."""
 
 
