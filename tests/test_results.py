@@ -342,3 +342,17 @@ def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
     assert scaled["temperature"] > 0 and scaled["val_nll_after"] < scaled["val_nll_before"]
     val = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--split", "val", "--json", check=True).stdout)
     assert val["acc"] == pytest.approx(summary["val_acc"], abs=1e-6)
+
+
+def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, run_cli):
+    import torch
+
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "data_root": "unused"}))
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "best.pt")
+    proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")
+    assert proc.returncode == 2 and "does not hold the weights of the model" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")
+    assert proc.returncode == 2 and "is corrupted or not a checkpoint" in proc.stderr

@@ -88,14 +88,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {path} was refused: it needs more than tensors and plain values to load "
-            f"({first_line}); only load checkpoints written by resbench"
-        ) from None
+        reason = unpickler_reason(exc)
+        if "GLOBAL" in reason.upper():
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it needs more than tensors and plain values to load "
+                f"({reason}); only load checkpoints written by resbench") from None
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint ({reason}); "
+                              "delete it to start over") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}); "
                               "delete it to start over") from None
+
+
+def unpickler_reason(exc: pickle.UnpicklingError) -> str:
+    """The one informative paragraph of torch's weights-only error (the rest is boilerplate)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        candidates = [text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]]
+    else:
+        candidates = [p for p in text.split("\n\n") if "GLOBAL" in p.upper()]
+    reason = " ".join(candidates[0].split()) if candidates else ""
+    return reason[:200] or type(exc).__name__
 
 
 def rng_states() -> dict[str, Any]:

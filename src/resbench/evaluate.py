@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import to_model_input
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import DATASETS, load_splits, to_model_input
 from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
+from .models import resnet
 
 EVAL_BATCH_SIZE = 1024
 
@@ -114,13 +116,15 @@ def load_run_config(run_dir: Path) -> dict:
 
 def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> torch.nn.Module:
     """Rebuild the run's network and load its best-val weights, in inference mode."""
-    from .data import DATASETS
-    from .models import resnet
-
     spec = DATASETS[config["data_name"]]
     model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
                    image_size=spec.image_size)
-    model.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+    try:
+        model.load_state_dict(load_checkpoint(ckpt, map_location=device))
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{ckpt} does not hold the weights of the model in {Path(ckpt).parent / 'config.json'}"
+                              f" ({detail}); evaluate the best.pt of that run folder") from None
     return model.to(device).eval()
 
 
@@ -131,8 +135,7 @@ def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperatu
     Computed in float32 whatever the run's precision (the checkpoint holds float32 weights), so
     an fp16/bf16 run's figures can differ from its summary.json in the third decimal.
     """
-    from .data import load_splits
-    from .train import resolve_device
+    from .train import resolve_device  # train imports this module
 
     ckpt = Path(ckpt)
     if not ckpt.is_file():
