@@ -143,3 +143,29 @@ def test_digits_demo_learns(tmp_path, run_cli):
     again = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
                     "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
     assert "not retraining" in again.stderr
+
+
+def test_tensorboard_scalars_follow_the_evaluations(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from resbench.train import train
+
+    train(TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=32, optim_ni=20, eval_every=10,
+                      save=str(tmp_path / "run"), tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    val_acc = events.Scalars("val_acc")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in val_acc] == [r["iter"] for r in records] == [10, 20]
+    assert [e.value for e in val_acc] == pytest.approx([r["val_acc"] for r in records])
+    assert "trn_loss" in events.Tags()["scalars"]
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'resbench\[tensorboard\]'"):
+        validate_config(TrainConfig(tensorboard=True))

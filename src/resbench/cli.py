@@ -37,6 +37,7 @@ FLAG_HELP = {
     "device": "auto | cpu | cuda | cuda:N",
     "compile": "auto | true | false: torch.compile the training step (auto: only for runs long enough to repay the compile time)",
     "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
+    "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package)",
     "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (true/false; slower)",
 }
 

@@ -45,6 +45,7 @@ class RunFolder:
     def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
+        self.tensorboard: Any = None  # a SummaryWriter once open_tensorboard() is called
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -93,6 +94,18 @@ class RunFolder:
     @writer_only
     def append_metrics(self, record: dict[str, Any]) -> None:
         checkpoint.append_text(self.file("metrics.jsonl"), json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "iter" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["iter"])
+            self.tensorboard.flush()
+
+    @writer_only
+    def open_tensorboard(self, step: int) -> None:
+        """TensorBoard event files in <run>/tensorboard; events past `step` (a crash's leftovers) are purged."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(self.file("tensorboard")), purge_step=step or None)
 
     @writer_only
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:

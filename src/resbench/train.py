@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import signal
@@ -56,6 +57,7 @@ class TrainConfig:
     compile: str = "auto"  # auto | true | false; auto: where the run repays the compile time
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
     deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
+    tensorboard: bool = False  # also write the evaluation records as TensorBoard scalars
 
     @property
     def precision(self) -> str:
@@ -63,7 +65,7 @@ class TrainConfig:
 
 
 # Settings that do not change a single number of the results; a run may resume with them changed.
-RESUMABLE_CHANGES = {"data_root", "save", "device", "compile"}
+RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard"}
 
 
 class ConfigError(ResbenchError, ValueError):
@@ -138,6 +140,8 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
     hotpath.parse_compile(cfg.compile)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -347,6 +351,8 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
         run.rewrite_metrics(state.history)
     else:
         run.start(cfg, params, device, precision)
+    if cfg.tensorboard:
+        run.open_tensorboard(state.step)
     run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {cfg.optim_ni} "
             f"on {device} ({precision}), {params:,} trainable parameters")
 
