@@ -68,7 +68,10 @@ def as_list(value: object) -> list:
 
 def toml_grid(path: Path) -> list[list[str]]:
     """The cartesian product of a user grid file's axes, each with the `[flags]` table appended."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     try:
         spec = tomllib.loads(Path(path).read_text())
