@@ -1,5 +1,3 @@
-import csv
-import importlib.resources
 import math
 
 import pytest
@@ -7,22 +5,18 @@ import torch
 
 from resbench.data import DATASETS
 from resbench.models import Bottleneck, BasicBlock, count_parameters, resnet
+from resbench.reference import reference_rows
 
 
-def seed_rows():
-    text = importlib.resources.files("resbench").joinpath("reference_results.tsv").read_text()
-    return list(csv.DictReader([line for line in text.splitlines() if not line.startswith("#")], delimiter="\t"))
-
-
-@pytest.mark.parametrize("row", seed_rows(), ids=lambda r: f"{r['data_name']}-R{r['depth']}x{r['width']}-{r['precision']}")
+@pytest.mark.parametrize("row", reference_rows(), ids=lambda r: f"{r.data_name}-R{r.depth}x{r.width}-{r.precision}")
 def test_parameter_count_matches_reference(row):
-    spec = DATASETS[row["data_name"]]
-    model = resnet(int(row["depth"]), int(row["width"]), spec.num_classes, spec.image_size)
-    assert count_parameters(model) == int(row["params"])
+    spec = DATASETS[row.data_name]
+    model = resnet(row.depth, row.width, spec.num_classes, spec.image_size)
+    assert count_parameters(model) == row.params
 
 
 def test_all_26_rows_are_checked():
-    assert len(seed_rows()) == 26
+    assert len(reference_rows()) == 26
 
 
 @pytest.mark.parametrize("depth", [8, 20, 110, 18, 34, 50])
