@@ -82,6 +82,7 @@ def test_gradient_clipping_bounds_the_update():
     (dict(data_name="MNIST"), "unknown data_name 'MNIST'"),
     (dict(resnet_depth=21), "unsupported resnet depth 21"),
     (dict(resnet_width=0), "width must be a positive integer"),
+    (dict(resnet_width=1000), "out of range: use 1 to 64"),
     (dict(batch_size=0), "--batch_size must be a positive integer"),
     (dict(data_name="Digits_x32", batch_size=4096), "larger than the training split"),
     (dict(optim_ni=-5), "--optim_ni must be a positive integer"),

@@ -144,17 +144,25 @@ def resnet(depth: int, width: int = 1, num_classes: int = 10, image_size: int = 
     """
     if image_size not in (32, 64):
         raise ValueError(f"image_size must be 32 or 64, got {image_size}")
-    if width < 1:
-        raise ValueError(f"resnet width must be a positive integer, got {width}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
+    block, blocks_per_stage, base_planes = architecture(depth, width)
+    return ResNet(block, blocks_per_stage, base_planes, width, num_classes)
+
+
+def architecture(depth: int, width: int = 1) -> tuple[type[BasicBlock] | type[Bottleneck], tuple[int, ...], int]:
+    """(block type, blocks per stage, base planes) of a depth; raises ValueError for unsupported ones.
+
+    Cheap, so settings can be checked before any network is built.
+    """
+    if width < 1:
+        raise ValueError(f"resnet width must be a positive integer, got {width}")
     if depth in IMAGENET_STYLE_DEPTHS:
         kind, blocks = IMAGENET_STYLE_DEPTHS[depth]
-        block = BasicBlock if kind == "basic" else Bottleneck
-        return ResNet(block, blocks, base_planes=64, width=width, num_classes=num_classes)
+        return (BasicBlock if kind == "basic" else Bottleneck), blocks, 64
     if depth >= 8 and (depth - 2) % 6 == 0:
         n = (depth - 2) // 6
-        return ResNet(BasicBlock, (n, n, n), base_planes=16, width=width, num_classes=num_classes)
+        return BasicBlock, (n, n, n), 16
     raise ValueError(f"unsupported resnet depth {depth}: use {valid_depths()}")
 
 

@@ -32,6 +32,7 @@ from .evaluate import evaluate
 from .runlog import RunFolder
 
 PROGRESS_EVERY = 50  # iterations between progress updates (each one synchronises with the device)
+MAX_WIDTH = 64  # width 64 is a ~1.1e9-parameter depth-20 network; beyond is a typo, not a baseline
 
 
 @dataclass
@@ -113,7 +114,9 @@ def validate_config(cfg: TrainConfig) -> None:
 
 def check_settings(cfg: TrainConfig) -> None:
     data.dataset_spec(cfg.data_name)
-    models.resnet(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
+    models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
+    if cfg.resnet_width > MAX_WIDTH:
+        raise ValueError(f"--resnet_width {cfg.resnet_width} is out of range: use 1 to {MAX_WIDTH}")
     positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
     for name, value in positive.items():
         if value < 1:
