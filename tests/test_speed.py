@@ -1,6 +1,5 @@
 """The fast hot path trains the same model as the plain one, and `resbench bench` reports sanely."""
 
-import contextlib
 import json
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 
 from resbench import hotpath
 from resbench.models import resnet
-from resbench.train import ConfigError, TrainConfig, train_step, validate_config
+from resbench.train import ConfigError, TrainConfig, autocast_for, train_step, validate_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 STEPS = 3
@@ -29,8 +28,7 @@ def trained_weights(device: torch.device, channels_last: bool, fused: bool, comp
     kernel = {"fused": True} if fused else {"foreach": False}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=1e-3, **kernel)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = (torch.autocast(device.type, dtype=torch.float16) if precision == "fp16"
-                else contextlib.nullcontext())
+    autocast = autocast_for(precision, device)
     step_model = hotpath.step_model_of(model, compiled, device)
     cfg = TrainConfig()
     for i, (x, y) in enumerate(batches(device)):

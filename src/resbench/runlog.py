@@ -76,7 +76,7 @@ class RunFolder:
 
     @writer_only
     def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:
-        self.ensure_writable()
+        """A new run's first files (train() has already checked the folder with ensure_writable)."""
         checkpoint.write_json(self.file("config.json"), vars(cfg))
         checkpoint.write_text(self.file("metrics.jsonl"), "")
         lines = ["# resbench run", f"# started with: {' '.join(sys.argv)}"]
