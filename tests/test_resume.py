@@ -25,7 +25,7 @@ from resbench.checkpoint import CheckpointError
 from resbench.cli import main
 from resbench.models import resnet
 from resbench.runlog import RunFolder
-from resbench.train import (TrainConfig, TrainingDiverged, check_same_config, configure_determinism,
+from resbench.train import (StopSignals, TrainConfig, TrainingDiverged, check_same_config, configure_determinism,
                             default_run_name, train, train_step)
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
@@ -130,11 +130,14 @@ def kill_and_resume(proc: subprocess.Popen, folder: Path, reference: dict) -> No
     assert_same_outcome(outcome(folder), reference)
 
 
-def test_sigterm_saves_mid_interval_and_resume_matches(tmp_path, reference):
+@pytest.mark.parametrize("signals", [1, 2], ids=["one_sigterm", "sigterm_twice_as_timeout_sends_it"])
+def test_sigterm_saves_mid_interval_and_resume_matches(tmp_path, reference, signals):
     folder = tmp_path / "run"
     proc = start_training(*RUN_ARGS, "--save", folder)
     halfway_to_the_third_evaluation(folder, proc)
-    proc.send_signal(signal.SIGTERM)
+    for _ in range(signals):  # GNU timeout signals the process, then its whole group
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.02)  # two signals pending at once would be delivered as one
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
@@ -164,6 +167,18 @@ def unfinished_run(tmp_path) -> TrainConfig:
     train(cfg)
     (tmp_path / "run" / "summary.json").unlink()
     return cfg
+
+
+def test_a_second_ctrl_c_stops_at_once_but_a_second_sigterm_does_not():
+    with StopSignals() as signals:
+        signals._handle(signal.SIGTERM, None)
+        signals._handle(signal.SIGTERM, None)
+        signals._handle(signal.SIGINT, None)
+        assert signals.received == signal.SIGTERM
+    with StopSignals() as signals:
+        signals._handle(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            signals._handle(signal.SIGINT, None)
 
 
 def test_resuming_with_other_settings_lists_them(unfinished_run, capsys):
@@ -206,6 +221,18 @@ def test_resume_restores_the_global_rng(unfinished_run):
     torch.manual_seed(0)
     train(unfinished_run)
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(1234).get_state())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_rng_states_restore_from_a_checkpoint_loaded_onto_the_gpu(tmp_path):
+    """A CUDA run loads last.pt with map_location=cuda; generator states must still restore."""
+    torch.zeros(1, device="cuda")  # initialise CUDA, so its generator is saved too
+    checkpoint.save_checkpoint({"rng": checkpoint.rng_states()}, tmp_path / "last.pt")
+    expected = torch.rand(3), torch.rand(3, device="cuda")
+    checkpoint.restore_rng_states(checkpoint.load_checkpoint(tmp_path / "last.pt", map_location="cuda")["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert torch.equal(torch.rand(3, device="cuda"), expected[1])
 
 
 def model_of(path: Path) -> dict:

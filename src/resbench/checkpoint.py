@@ -124,7 +124,9 @@ def rng_states() -> dict[str, Any]:
 
 
 def restore_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch_cpu"])
+    """Set the generators back; the states come back as CPU tensors whatever `map_location` the
+    checkpoint was loaded with (torch accepts only a CPU ByteTensor as a generator state)."""
+    torch.set_rng_state(states["torch_cpu"].cpu())
     cuda = states.get("torch_cuda")
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([state.cpu() for state in cuda])

@@ -123,8 +123,9 @@ class RunFolder:
     @writer_only
     def finish(self, summary: dict[str, Any]) -> None:
         checkpoint.write_json(self.file("summary.json"), summary)
-        self.log(f"{summary['status']}: best val/acc {summary['val_acc']} at iteration {summary['best_iter']}, "
-                 f"tst/acc {summary['tst_acc']}, tst/nll {summary['tst_nll']}; summary in "
+        figure = lambda value: "none" if value is None else f"{value:.4f}"  # noqa: E731  (no evaluation yet)
+        self.log(f"{summary['status']}: best val/acc {figure(summary['val_acc'])} at iteration {summary['best_iter']}, "
+                 f"tst/acc {figure(summary['tst_acc'])}, tst/nll {figure(summary['tst_nll'])}; summary in "
                  f"{self.file('summary.json')}")
 
     @staticmethod
