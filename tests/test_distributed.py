@@ -7,14 +7,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from conftest import cli_env
-from resbench import distributed
-from resbench.data import TrainBatches
+from resbench import distributed, train as train_module
+from resbench.data import PREPARED_FILES, TrainBatches, missing_prepared_files
 from resbench.models import resnet
 from resbench.train import TrainConfig, train_step
 
@@ -59,6 +60,32 @@ def rank_worker(rank: int, port: int, out: str) -> None:
                 "averaged": [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]},
                f"{out}/rank{rank}.pt")
     distributed.shutdown(world)
+
+
+def preparing_worker(rank: int, port: int, data_root: str) -> None:
+    """Both ranks need a missing dataset: rank 0 'downloads' it (slowly), rank 1 must wait for it."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = distributed.init_world(torch.device("cpu"))
+    calls = []
+
+    def slow_prepare(name, root):
+        calls.append(name)
+        time.sleep(2)
+        folder = Path(root) / name
+        folder.mkdir(parents=True)
+        for file in PREPARED_FILES:
+            (folder / file).write_text("")
+
+    train_module.fetch.prepare_dataset = slow_prepare
+    train_module.ensure_prepared(TrainConfig(data_name="CIFAR10_x32", data_root=data_root), world, torch.device("cpu"))
+    assert calls == (["CIFAR10_x32"] if rank == 0 else []), calls
+    assert not missing_prepared_files("CIFAR10_x32", data_root), f"rank {rank} went on before the data was there"
+    distributed.shutdown(world)
+
+
+def test_other_ranks_wait_while_rank0_prepares_the_data(tmp_path):
+    mp.spawn(preparing_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
 
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):

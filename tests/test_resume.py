@@ -235,6 +235,39 @@ def test_rng_states_restore_from_a_checkpoint_loaded_onto_the_gpu(tmp_path):
     assert torch.equal(torch.rand(3, device="cuda"), expected[1])
 
 
+def test_resuming_on_another_kind_of_device_is_refused(unfinished_run):
+    """--mixed_precision true is fp16 on CUDA but bf16 on CPU, and augmentations differ: refuse."""
+    last = Path(unfinished_run.save) / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    assert (saved["state"]["device_type"], saved["state"]["precision"]) == ("cpu", "fp32")
+    saved["state"].update(device_type="cuda", precision="fp16")
+    checkpoint.save_checkpoint(saved, last)
+    with pytest.raises(CheckpointError, match="was trained on cuda in fp16; resuming on cpu would change the run"):
+        train(unfinished_run)
+
+
+def test_a_full_device_is_not_called_a_corrupted_checkpoint(unfinished_run, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        train(unfinished_run)
+
+
+def test_checkpoints_hold_cpu_tensors_in_a_plain_structure():
+    weights = torch.ones(2, requires_grad=True)
+    moved = checkpoint.on_cpu({"model": {"w": weights}, "rng": [torch.zeros(1)], "step": 3, "pair": (weights, "a")})
+    assert moved["step"] == 3 and isinstance(moved["pair"], tuple) and moved["pair"][1] == "a"
+    assert moved["model"]["w"].device.type == "cpu" and not moved["model"]["w"].requires_grad
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_checkpoints_of_a_gpu_run_load_without_a_gpu(tmp_path):
+    checkpoint.save_checkpoint({"w": torch.ones(2, device="cuda")}, tmp_path / "best.pt")
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["w"].device.type == "cpu"
+
+
 def model_of(path: Path) -> dict:
     saved = checkpoint.load_checkpoint(path)
     return saved.get("model", saved)
@@ -333,7 +366,7 @@ def test_checkpoint_needing_pickled_code_is_refused_unrun(tmp_path):
     (tmp_path / "run").mkdir()
     torch.save({"model": Payload(marker)}, tmp_path / "run" / "last.pt")
     with pytest.raises(CheckpointError, match="was refused: it needs more than tensors"):
-        RunFolder(tmp_path / "run").load_last(torch.device("cpu"))
+        RunFolder(tmp_path / "run").load_last()
     assert not marker.exists()
 
 
@@ -414,6 +447,14 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
     code = main(["train", *base, *(a.format(tmp=tmp_path) for a in args)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_a_gpu_index_beyond_the_machine_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code = main(["train", "--data_name", "Digits_x32", "--device", "cuda:2", "--save", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: --device cuda:2 does not exist: this machine has 2 CUDA GPU(s), cuda:0 to cuda:1\n"
 
 
 def test_unknown_flag_is_an_argparse_error(capsys):

@@ -69,7 +69,19 @@ def append_text(path: str | Path, text: str) -> None:
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """Write `obj` with every tensor on the CPU, so the file loads on any machine, GPU or not."""
+    atomic_write(path, lambda f: torch.save(on_cpu(obj), f))
+
+
+def on_cpu(obj: Any) -> Any:
+    """A copy of a nest of dicts/lists/tuples with each tensor moved to the CPU (detached)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {key: on_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(value) for value in obj)
+    return obj
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -81,7 +93,12 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with weights_only=True; any fault becomes one clear CheckpointError."""
+    """Load a checkpoint with weights_only=True; any fault becomes one clear CheckpointError.
+
+    Callers load onto the CPU and let `load_state_dict` copy onto the device: a GPU fault (out of
+    memory, a busy device) then cannot pass for a corrupted file, and no second copy of the
+    model stays on the GPU for the whole run.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -8,6 +8,7 @@ averaged across ranks before each evaluation.
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -95,9 +96,20 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def barrier(world: World) -> None:
+# How long the other ranks wait for rank 0 to download and prepare a dataset.
+PREPARE_TIMEOUT = datetime.timedelta(hours=3)
+
+
+def wait_for_rank0(world: World) -> None:
+    """Hold every rank until rank 0 is done with a long job (downloading and preparing a dataset).
+
+    The barrier runs on a gloo group of its own with a long timeout: NCCL's collectives give up
+    after 10 minutes by default, less than a slow TinyImageNet download.
+    """
     if world.distributed:
-        dist.barrier()
+        group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+        dist.barrier(group=group)
+        dist.destroy_process_group(group)
 
 
 def shutdown(world: World) -> None:

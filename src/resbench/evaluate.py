@@ -120,7 +120,7 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tor
     model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
                    image_size=spec.image_size)
     try:
-        model.load_state_dict(load_checkpoint(ckpt, map_location=device))
+        model.load_state_dict(load_checkpoint(ckpt))
     except (RuntimeError, TypeError, AttributeError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise CheckpointError(f"{ckpt} does not hold the weights of the model in {Path(ckpt).parent / 'config.json'}"

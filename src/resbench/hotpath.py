@@ -56,9 +56,17 @@ def fused_sgd_available(device: torch.device) -> bool:
 
 def make_optimizer(model: nn.Module, momentum: float, weight_decay: float,
                    device: torch.device) -> torch.optim.SGD:
-    """The recipe's SGD (heavy ball, PyTorch-style weight decay) with the fastest kernel available."""
+    """The recipe's SGD (heavy ball, PyTorch-style weight decay) with the fastest kernel available.
+
+    The momentum buffers start as zeros instead of being created by the first update: fused SGD
+    creates them with `empty_like` and, when the loss scaler skips that first update (fp16
+    overflow), keeps them uninitialised. From zero, the first update (0.9 * 0 + g) is the same.
+    """
     kernel = {"fused": True} if fused_sgd_available(device) else {"foreach": True}
-    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=momentum, weight_decay=weight_decay, **kernel)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=momentum, weight_decay=weight_decay, **kernel)
+    for p in model.parameters():
+        optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    return optimizer
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

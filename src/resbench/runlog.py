@@ -56,11 +56,11 @@ class RunFolder:
     def summary(self) -> dict[str, Any]:
         return json.loads(self.file("summary.json").read_text())
 
-    def load_last(self, device: torch.device) -> dict[str, Any] | None:
+    def load_last(self) -> dict[str, Any] | None:
         """The saved training state, or None for a new run."""
         if not self.file("last.pt").is_file():
             return None
-        saved = checkpoint.load_checkpoint(self.file("last.pt"), map_location=device)
+        saved = checkpoint.load_checkpoint(self.file("last.pt"))
         missing = LAST_KEYS - set(saved) if isinstance(saved, dict) else LAST_KEYS
         if missing:
             raise checkpoint.CheckpointError(

@@ -89,6 +89,10 @@ class RunState:
     """
 
     step: int = 0
+    # The kind of device and the precision the run trains in: a resumed run must keep both (see
+    # `check_same_device_kind`). Empty in checkpoints written before they were recorded.
+    device_type: str = ""
+    precision: str = ""
     best_val_acc: float = -1.0
     best_iter: int = 0
     tst_acc: float | None = None  # test figures of the best-validation model
@@ -156,6 +160,9 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} does not exist: this machine has {torch.cuda.device_count()} "
+                         f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -334,12 +341,13 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
               "Use another --save folder to train again.", file=sys.stderr)
         return run.summary()
     run.ensure_writable()
-    resume_from = run.load_last(device)
+    resume_from = run.load_last()
     if resume_from is not None:
         check_same_config(resume_from["config"], dataclasses.asdict(cfg), run.path)
+        check_same_device_kind(resume_from["state"], device, precision, run.file("last.pt"))
 
     spec = data.dataset_spec(cfg.data_name)
-    ensure_prepared(cfg, world)
+    ensure_prepared(cfg, world, device)
     splits = data.load_splits(cfg.data_name, cfg.data_root, device)
     torch.manual_seed(cfg.seed)
     model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
@@ -353,9 +361,11 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
     batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
                                 world.rank, world.world_size)
 
-    state = RunState()
+    state = RunState(device_type=device.type, precision=precision)
     if resume_from is not None:
         state = restore_training_state(resume_from, model, optimizer, scaler, run.file("last.pt"))
+        state.device_type, state.precision = device.type, precision
+        del resume_from  # the checkpoint's copy of model and optimiser is not needed any more
         run.rewrite_metrics(state.history)
     else:
         run.start(cfg, params, device, precision)
@@ -462,15 +472,20 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
     return summary
 
 
-def ensure_prepared(cfg: TrainConfig, world: distributed.World) -> None:
-    """Fetch and prepare a missing dataset before training, as `resbench data download` would."""
-    if not data.missing_prepared_files(cfg.data_name, cfg.data_root):
+def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.device) -> None:
+    """Fetch and prepare a missing dataset before training, as `resbench data download` would.
+
+    Rank 0 prepares it while the others wait; ranks decide together, so a node that lacks the
+    data (no shared file system) waits too and then fails with the usual "not prepared" error.
+    """
+    missing = bool(data.missing_prepared_files(cfg.data_name, cfg.data_root))
+    if not distributed.any_rank(missing, world, device):
         return
-    if world.is_main:
+    if world.is_main and missing:
         print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
               file=sys.stderr)
         fetch.prepare_dataset(cfg.data_name, cfg.data_root)
-    distributed.barrier(world)
+    distributed.wait_for_rank0(world)
 
 
 def evaluation_record(cfg: TrainConfig, model: torch.nn.Module, splits: data.Splits, state: RunState,
@@ -500,12 +515,27 @@ def restore_training_state(saved: dict[str, Any], model: torch.nn.Module, optimi
         scaler.load_state_dict(saved["scaler"])
         state = RunState(**saved["state"])
         checkpoint.restore_rng_states(saved["rng"])
+    except torch.OutOfMemoryError:
+        raise  # the device is full, the checkpoint is fine
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise checkpoint.CheckpointError(
             f"{path} does not fit this model and these settings ({detail}); "
             "delete it to start over, or use another --save folder") from None
     return state
+
+
+def check_same_device_kind(saved_state: dict[str, Any], device: torch.device, precision: str, path: Path) -> None:
+    """Refuse to resume on another kind of device: `--device` may change (cuda:0 to cuda:1), but
+    `--mixed_precision true` means fp16 on CUDA and bf16 on CPU, and the augmentation is drawn
+    from a generator on the device, which gives other numbers on CUDA than on CPU."""
+    was_type = saved_state.get("device_type") or device.type
+    was_precision = saved_state.get("precision") or precision
+    if (was_type, was_precision) != (device.type, precision):
+        raise checkpoint.CheckpointError(
+            f"{path} was trained on {was_type} in {was_precision}; resuming on {device.type} would change "
+            f"the run ({precision}, other random augmentations). Resume it with --device {was_type}, "
+            "or use another --save folder")
 
 
 def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
