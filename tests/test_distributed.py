@@ -123,32 +123,60 @@ def torchrun(save, *extra):
                             start_new_session=True)
 
 
-def test_two_rank_run_writes_one_folder_and_resumes_after_a_kill(tmp_path):
-    whole = torchrun(tmp_path / "whole")
+@pytest.fixture(scope="module")
+def whole_two_rank_run(tmp_path_factory) -> Path:
+    """An uninterrupted 2-rank run: what every interrupted one must end as."""
+    folder = tmp_path_factory.mktemp("whole")
+    whole = torchrun(folder)
     output = whole.communicate(timeout=300)[0]
     assert whole.returncode == 0, output
     assert output.count("finished: best val/acc") == 1  # only rank 0 reports and writes
-    summary = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["iterations"] == 240
+    return folder
 
-    killed = torchrun(tmp_path / "killed")
-    deadline = time.time() + 240
-    while not (tmp_path / "killed" / "last.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert not (tmp_path / "killed" / "summary.json").exists()
-    resumed = torchrun(tmp_path / "killed")
+
+def resume_and_compare(folder: Path, whole: Path) -> None:
+    assert not (folder / "summary.json").exists()
+    resumed = torchrun(folder)
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
     assert "resuming at iteration" in output
-
-    again = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    again, summary = (json.loads((f / "summary.json").read_text()) for f in (folder, whole))
     for key in ("val_acc", "tst_acc", "tst_nll", "best_iter"):
         assert again[key] == summary[key], key
-    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(whole / "last.pt", weights_only=True)["model"]
+    b = torch.load(folder / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def wait_for_checkpoint(folder: Path) -> None:
+    deadline = time.time() + 240
+    while not (folder / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def test_two_rank_run_writes_one_folder_and_resumes_after_a_kill(tmp_path, whole_two_rank_run):
+    killed = torchrun(tmp_path / "killed")
+    wait_for_checkpoint(tmp_path / "killed")
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    resume_and_compare(tmp_path / "killed", whole_two_rank_run)
+
+
+def test_two_rank_run_stopped_between_evaluations_resumes_exactly(tmp_path, whole_two_rank_run):
+    """SIGTERM after the first evaluation: the ranks stop together at a logging point, where their
+    BatchNorm statistics differ; each must resume with its own (last.pt keeps them all)."""
+    stopped = torchrun(tmp_path / "stopped")
+    wait_for_checkpoint(tmp_path / "stopped")
+    os.killpg(stopped.pid, signal.SIGTERM)  # as a scheduler does: torchrun and both ranks
+    output = stopped.communicate(timeout=120)[0]
+    assert "run the same command again to resume" in output, output
+    saved = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
+    assert saved["state"]["step"] % 80, "stopped between evaluations"
+    rank0, rank1 = saved["rank_buffers"]
+    assert not all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks' statistics differ here"
+    resume_and_compare(tmp_path / "stopped", whole_two_rank_run)
 
 
 def test_batch_must_split_evenly(monkeypatch):

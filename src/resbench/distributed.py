@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -80,6 +81,29 @@ def average_bn_statistics(model: nn.Module, world: World) -> None:
             for buffer in (module.running_mean, module.running_var):
                 dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
                 buffer.div_(world.world_size)
+
+
+def rank_buffers(model: nn.Module, world: World) -> list[dict[str, torch.Tensor]]:
+    """Every rank's own buffers (BatchNorm running statistics), gathered on every rank.
+
+    Per-rank BatchNorm statistics differ between evaluations, so a checkpoint written there (on a
+    signal) keeps each rank's, and each rank resumes with its own. Empty for one process.
+    """
+    if not world.distributed:
+        return []
+    gathered: list[Any] = [None] * world.world_size
+    dist.all_gather_object(gathered, {name: buffer.detach().cpu() for name, buffer in model.named_buffers()})
+    return gathered
+
+
+def restore_rank_buffers(model: nn.Module, saved: list[dict[str, torch.Tensor]], world: World) -> None:
+    """Give this rank its own saved buffers back (when the run resumes with the same number of ranks)."""
+    if len(saved) != world.world_size or not world.distributed:
+        return
+    own = saved[world.rank]
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(own[name])
 
 
 def shard(length: int, world: World) -> slice:

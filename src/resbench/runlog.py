@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from . import __version__, checkpoint
 
-LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}  # what last.pt holds
+# What last.pt must hold; a multi-process run adds "rank_buffers" (each rank's BatchNorm statistics).
+LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
 
 
 def writer_only(method: Callable[..., None]) -> Callable[..., None]:

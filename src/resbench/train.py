@@ -363,7 +363,7 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
 
     state = RunState(device_type=device.type, precision=precision)
     if resume_from is not None:
-        state = restore_training_state(resume_from, model, optimizer, scaler, run.file("last.pt"))
+        state = restore_training_state(resume_from, model, optimizer, scaler, world, run.file("last.pt"))
         state.device_type, state.precision = device.type, precision
         del resume_from  # the checkpoint's copy of model and optimiser is not needed any more
         run.rewrite_metrics(state.history)
@@ -399,7 +399,8 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
         check_weights()
         run.save_last({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                       "state": dataclasses.asdict(state), "rng": checkpoint.rng_states()})
+                       "state": dataclasses.asdict(state), "rng": checkpoint.rng_states(),
+                       "rank_buffers": distributed.rank_buffers(model, world)})
 
     bar = tqdm(total=cfg.optim_ni, initial=state.step, disable=not (sys.stderr.isatty() and world.is_main),
                dynamic_ncols=True, unit="it")
@@ -507,10 +508,11 @@ def evaluation_record(cfg: TrainConfig, model: torch.nn.Module, splits: data.Spl
 
 
 def restore_training_state(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           scaler: torch.amp.GradScaler, path: Path) -> RunState:
+                           scaler: torch.amp.GradScaler, world: distributed.World, path: Path) -> RunState:
     """Load last.pt into the freshly built objects; a checkpoint of another model is a clear error."""
     try:
         model.load_state_dict(saved["model"])
+        distributed.restore_rank_buffers(model, saved.get("rank_buffers", []), world)
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         state = RunState(**saved["state"])
