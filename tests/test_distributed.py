@@ -156,11 +156,34 @@ def wait_for_checkpoint(folder: Path) -> None:
         time.sleep(0.05)
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants. torchrun starts each rank in a session of its own, so killing
+    torchrun's process group would leave the ranks running."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid] + [p for child in children for p in process_tree(int(child))]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_two_rank_run_writes_one_folder_and_resumes_after_a_kill(tmp_path, whole_two_rank_run):
     killed = torchrun(tmp_path / "killed")
     wait_for_checkpoint(tmp_path / "killed")
-    os.killpg(killed.pid, signal.SIGKILL)
+    tree = process_tree(killed.pid)
+    assert len(tree) >= 3, tree  # torchrun and its two ranks
+    for pid in tree:  # as a crashed machine: every process at once
+        os.kill(pid, signal.SIGKILL)
     killed.wait()
+    deadline = time.time() + 30
+    while not all(gone(pid) for pid in tree) and time.time() < deadline:
+        time.sleep(0.05)
     resume_and_compare(tmp_path / "killed", whole_two_rank_run)
 
 

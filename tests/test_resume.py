@@ -5,6 +5,7 @@ bit for bit, with one uninterrupted run of the same seed.
 """
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -179,6 +180,78 @@ def test_a_second_ctrl_c_stops_at_once_but_a_second_sigterm_does_not():
         signals._handle(signal.SIGINT, None)
         with pytest.raises(KeyboardInterrupt):
             signals._handle(signal.SIGINT, None)
+
+
+def finished_run(folder: Path, **changes) -> TrainConfig:
+    cfg = tiny_config(folder, **changes)
+    train(cfg)
+    return cfg
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_new_run_never_overwrites_another_run_without_last_pt(tmp_path):
+    other = finished_run(tmp_path / "run")
+    (tmp_path / "run" / "last.pt").unlink()
+    (tmp_path / "run" / "summary.json").unlink()
+    before = folder_state(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="holds a run with other settings.*resnet_depth: saved 8, now 14"):
+        train(dataclasses.replace(other, resnet_depth=14))
+    assert folder_state(tmp_path / "run") == before
+
+
+def test_a_new_run_never_overwrites_the_users_files(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "log.txt").write_text("my notes")
+    with pytest.raises(CheckpointError, match="is not empty \\(log.txt\\) and holds no resbench run"):
+        train(tiny_config(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "log.txt").read_text() == "my notes"
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_over(tmp_path):
+    cfg = finished_run(tmp_path / "run")
+    for name in ("last.pt", "best.pt", "summary.json"):
+        (tmp_path / "run" / name).unlink()
+    assert train(cfg)["status"] == "finished"
+
+
+def test_a_finished_run_with_other_settings_is_refused(tmp_path):
+    cfg = finished_run(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="optim_ni: saved 6, now 12"):
+        train(dataclasses.replace(cfg, optim_ni=12))
+    assert train(cfg)["status"] == "finished"  # the same settings: reported, not retrained
+
+
+def test_a_damaged_summary_is_a_clear_error(tmp_path):
+    cfg = finished_run(tmp_path / "run")
+    (tmp_path / "run" / "summary.json").write_text("{bad")
+    with pytest.raises(CheckpointError, match="summary.json is unreadable.*delete it to resume the run from last.pt"):
+        train(cfg)
+
+
+def test_a_second_process_cannot_train_into_a_busy_folder(tmp_path, capsys):
+    with RunFolder(tmp_path / "run").claimed():  # as another process holding the folder would
+        code = main(["train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--device", "cpu",
+                     "--save", str(tmp_path / "run")])
+    assert code == 2 and "error: another resbench process is training in" in capsys.readouterr().err
+
+
+def test_a_run_failing_before_training_leaves_no_folder(tmp_path, capsys):
+    bad = tmp_path / "data" / "CIFAR10_x32"
+    bad.mkdir(parents=True)
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        (bad / f"{name}.npy").write_text("not an array")
+    code = main(["train", "--data_name", "CIFAR10_x32", "--data_root", str(tmp_path / "data"), "--device", "cpu",
+                 "--save", str(tmp_path / "run")])
+    assert code == 2 and "not a valid .npy file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_flags_given_on_resume_are_checked_even_at_their_defaults(unfinished_run, capsys):
+    code = main(["train", "--resume", unfinished_run.save, "--batch_size", "256"])
+    assert code == 2 and "batch_size: saved 16, now 256" in capsys.readouterr().err
 
 
 def test_resuming_with_other_settings_lists_them(unfinished_run, capsys):
@@ -370,6 +443,22 @@ def test_checkpoint_needing_pickled_code_is_refused_unrun(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", b"abc", bytes(range(256)) * 4, b"PK\x03\x04" * 50])
+def test_garbage_checkpoint_is_a_clear_error(tmp_path, content):
+    (tmp_path / "last.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match="corrupted|refused"):
+        checkpoint.load_checkpoint(tmp_path / "last.pt")
+
+
+def test_malformed_training_state_is_a_clear_error(unfinished_run):
+    last = Path(unfinished_run.save) / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    saved["state"]["history"] = [1, 2]
+    checkpoint.save_checkpoint(saved, last)
+    with pytest.raises(CheckpointError, match="does not fit.*training state is malformed"):
+        train(unfinished_run)
+
+
 def test_truncated_checkpoint_is_a_clear_error(unfinished_run):
     last = Path(unfinished_run.save) / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
@@ -399,11 +488,10 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     run = RunFolder(tmp_path)
     run.save_last({"step": torch.tensor(1)})
 
-    def write_half_then_fail(obj, f):
-        f.write(b"PK\x03\x04 half a checkpoint")
+    def disk_full(fd):  # the bytes went to the page cache; the disk has no room for them
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.torch, "save", write_half_then_fail)
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
     with pytest.raises(CheckpointError, match=rf"cannot write {tmp_path}/last.pt \(No space left on device\).*"
                                               "previous checkpoint is intact"):
         run.save_last({"step": torch.tensor(2)})
@@ -435,6 +523,8 @@ def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     (["--save", "{tmp}/a-file"], "a file stands where a folder is needed"),
     (["--resume", "{tmp}"], "it is not a run folder (no config.json)"),
     (["--data_name", "CIFAR10_x32", "--data_root", "{tmp}/data"], "train_labels.npy has labels in [10, 10]"),
+    (["--device", "mps"], "--device mps is not supported"),
+    (["--seed", "99999999999999999999999"], "--seed must be an integer from 0 to 2**63 - 1"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
     (tmp_path / "a-file").write_text("")
@@ -455,6 +545,18 @@ def test_a_gpu_index_beyond_the_machine_is_one_clear_line(tmp_path, capsys, monk
     code = main(["train", "--data_name", "Digits_x32", "--device", "cuda:2", "--save", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err == "error: --device cuda:2 does not exist: this machine has 2 CUDA GPU(s), cuda:0 to cuda:1\n"
+
+
+def test_a_bad_torchrun_variable_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    code = main(["train", "--data_name", "Digits_x32", "--device", "cpu", "--save", str(tmp_path / "run")])
+    assert code == 2 and "environment variable WORLD_SIZE='abc' is not an integer" in capsys.readouterr().err
+
+
+def test_clipping_off_or_zero_means_no_clipping():
+    from resbench.cli import optional_float
+    assert optional_float("off") is None and optional_float("0") is None and optional_float("0.0") is None
+    assert optional_float("1.5") == 1.5
 
 
 def test_unknown_flag_is_an_argparse_error(capsys):

@@ -118,7 +118,7 @@ def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [
-        "best.pt", "config.json", "last.pt", "log.txt", "metrics.jsonl", "summary.json"]
+        ".lock", "best.pt", "config.json", "last.pt", "log.txt", "metrics.jsonl", "summary.json"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iterations"] == 3 and summary["params"] == 272_464
     assert summary["precision"] == "fp32" and summary["config"]["optim_weight_decay"] == 0.001

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import pickle
@@ -52,6 +53,7 @@ def atomic_write(path: str | Path, write: Any) -> None:
     with write_errors_named(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide runs from co-workers
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
@@ -62,6 +64,12 @@ def atomic_write(path: str | Path, write: Any) -> None:
             raise
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def append_text(path: str | Path, text: str) -> None:
     """Append to a log file; lines are appended, so a crash loses at most the last one."""
     with write_errors_named(path), open(path, "a") as f:
@@ -69,8 +77,14 @@ def append_text(path: str | Path, text: str) -> None:
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
-    """Write `obj` with every tensor on the CPU, so the file loads on any machine, GPU or not."""
-    atomic_write(path, lambda f: torch.save(on_cpu(obj), f))
+    """Write `obj` with every tensor on the CPU, so the file loads on any machine, GPU or not.
+
+    Serialised in memory first: torch.save writing into a file turns a full disk into a bare
+    RuntimeError, while writing the bytes ourselves keeps the OSError that names the cause.
+    """
+    buffer = io.BytesIO()
+    torch.save(on_cpu(obj), buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def on_cpu(obj: Any) -> Any:
@@ -112,7 +126,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"({reason}); only load checkpoints written by resbench") from None
         raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint ({reason}); "
                               "delete it to start over") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # torch.load fails on damaged bytes in many ways (KeyError, IndexError, struct.error...)
         raise CheckpointError(f"checkpoint {path} is corrupted or truncated ({type(exc).__name__}); "
                               "delete it to start over") from None
 

@@ -28,7 +28,7 @@ FLAG_HELP = {
     "optim_momentum": "heavy-ball momentum",
     "optim_weight_decay": "L2 added to every gradient before momentum (PyTorch style)",
     "optim_label_smoothing": "label smoothing of the cross-entropy",
-    "optim_global_clipping": "clip gradients to this global norm (default: off)",
+    "optim_global_clipping": "clip gradients to this global norm (off or 0: no clipping)",
     "seed": "random seed (init, data order, augmentation)",
     "data_root": "folder holding <data_name>/{train,test}_{images,labels}.npy",
     "save": "run folder (default runs/<data_name>/<settings>); an existing one is resumed",
@@ -52,7 +52,14 @@ def parse_bool(text: str) -> bool:
 
 
 def optional_float(text: str) -> float | None:
-    return None if text.strip().lower() in ("none", "off", "0") else float(text)
+    """A number, where none/off/0 mean "not used"."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    value = float(text)
+    return None if value == 0 else value
+
+
+NOT_GIVEN = argparse.SUPPRESS  # a flag left out is absent from the namespace: only given flags change a resumed run
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -61,14 +68,15 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         kind = {bool: parse_bool, int: int, float: float, str: str, str | None: str}.get(hints[f.name], optional_float)
-        parser.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"{FLAG_HELP[f.name]} (default: {f.default})")
+        shown = "off" if f.default is None else f.default
+        parser.add_argument(f"--{f.name}", type=kind, default=NOT_GIVEN, help=f"{FLAG_HELP[f.name]} (default: {shown})")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume RUN_DIR with its saved settings")
-    parser.set_defaults(func=run_train, parser=parser)
+    parser.set_defaults(func=run_train)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The settings of the run: from the flags, or from RUN_DIR/config.json with --resume."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if not args.resume:
         return TrainConfig(**given)
     saved_path = Path(args.resume) / "config.json"
@@ -80,11 +88,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot resume {args.resume}: {saved_path} is unreadable ({exc}); "
                               "delete the folder to start over") from None
-    changed = {k: v for k, v in given.items() if v != args.parser.get_default(k)}
-    unknown = set(saved) - set(given)
+    unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise CheckpointError(f"{saved_path} has unknown settings {sorted(unknown)}; was it written by resbench?")
-    return TrainConfig(**{**saved, **changed, "save": str(args.resume)})
+    return TrainConfig(**{**saved, **given, "save": str(args.resume)})
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import ResbenchError
+
 
 @dataclass(frozen=True)
 class World:
@@ -35,8 +37,16 @@ class World:
 
 def launched_world() -> World:
     """The world torchrun describes in the environment (a single process without torchrun)."""
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                 int(os.environ.get("LOCAL_RANK", 0)))
+    return World(environment_int("RANK", 0), environment_int("WORLD_SIZE", 1), environment_int("LOCAL_RANK", 0))
+
+
+def environment_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise ResbenchError(f"environment variable {name}={text!r} is not an integer; torchrun sets it, "
+                            "and a single process needs it unset") from None
 
 
 def init_world(device: torch.device) -> World:

@@ -6,17 +6,20 @@
     last.pt        full training state at the last evaluation (or signal), for resuming exactly
     best.pt        plain state_dict of the best-validation model
     summary.json   the results of the finished run; its presence means "done"
+    .lock          held (flock) by the process training into the folder, so a second one is refused
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +29,8 @@ from . import __version__, checkpoint
 
 # What last.pt must hold; a multi-process run adds "rank_buffers" (each rank's BatchNorm statistics).
 LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
+LOCK_NAME = ".lock"
+NOT_RUN_STATE = {LOCK_NAME, "stdout.log"}  # the lock, and the output `resbench sweep` captures there
 
 
 def writer_only(method: Callable[..., None]) -> Callable[..., None]:
@@ -55,29 +60,77 @@ class RunFolder:
         return self.file("summary.json").is_file()
 
     def summary(self) -> dict[str, Any]:
-        return json.loads(self.file("summary.json").read_text())
+        return self.read_json("summary.json", "delete it to resume the run from last.pt")
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The settings in config.json, or None when there is none."""
+        if not self.file("config.json").exists():
+            return None
+        return self.read_json("config.json", "use another --save folder")
+
+    def read_json(self, name: str, fix: str) -> dict[str, Any]:
+        try:
+            value = json.loads(self.file(name).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise checkpoint.CheckpointError(f"{self.file(name)} is unreadable ({exc}); {fix}") from None
+        if not isinstance(value, dict):
+            raise checkpoint.CheckpointError(f"{self.file(name)} is not a resbench {name}; {fix}")
+        return value
+
+    def leftovers(self) -> list[str]:
+        """What the folder holds besides the lock, a sweep's stdout.log and interrupted writes' temporary files."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name not in NOT_RUN_STATE and not p.name.endswith(".tmp"))
 
     def load_last(self) -> dict[str, Any] | None:
         """The saved training state, or None for a new run."""
-        if not self.file("last.pt").is_file():
+        last = self.file("last.pt")
+        if not last.exists():
             return None
-        saved = checkpoint.load_checkpoint(self.file("last.pt"))
+        if not last.is_file():
+            raise checkpoint.CheckpointError(f"{last} is not a file; remove it, or use another --save folder")
+        saved = checkpoint.load_checkpoint(last)
         missing = LAST_KEYS - set(saved) if isinstance(saved, dict) else LAST_KEYS
-        if missing:
+        if missing or not all(isinstance(saved[key], dict) for key in ("config", "model", "state")):
             raise checkpoint.CheckpointError(
-                f"{self.file('last.pt')} is not a resbench training checkpoint (it lacks {sorted(missing)}); "
+                f"{last} is not a resbench training checkpoint (it lacks {sorted(missing) or 'the right contents'}); "
                 "delete it to start over, or use another --save folder")
         return saved
 
-    def ensure_writable(self) -> None:
-        """Create the folder and try a write now, so a bad --save fails before any training."""
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[RunFolder]:
+        """Hold the folder for this process's run: created if needed, checked writable, and locked,
+        so a second process training into it (a sweep started twice) is refused instead of
+        interleaving its files. A folder this call created is removed again if the run fails
+        before writing anything into it."""
+        if not self.writer:
+            yield self
+            return
+        created = not self.path.exists()
         with checkpoint.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
+            lock = open(self.file(LOCK_NAME), "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for it "
+                                             "to end, or use another --save folder") from None
+        try:
+            yield self
+        except BaseException:
+            if created and not self.leftovers():
+                self.file(LOCK_NAME).unlink(missing_ok=True)
+                self.path.rmdir()
+            raise
+        finally:
+            lock.close()  # releases the lock
 
     @writer_only
     def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:
-        """A new run's first files (train() has already checked the folder with ensure_writable)."""
+        """A new run's first files (train() has already claimed the folder and checked what it holds)."""
         checkpoint.write_json(self.file("config.json"), vars(cfg))
         checkpoint.write_text(self.file("metrics.jsonl"), "")
         lines = ["# resbench run", f"# started with: {' '.join(sys.argv)}"]

@@ -121,6 +121,8 @@ def check_settings(cfg: TrainConfig) -> None:
     models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
     if cfg.resnet_width > MAX_WIDTH:
         raise ValueError(f"--resnet_width {cfg.resnet_width} is out of range: use 1 to {MAX_WIDTH}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
     positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
     for name, value in positive.items():
         if value < 1:
@@ -158,6 +160,9 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name} is not supported (resbench trains on CPUs and CUDA GPUs): "
+                         "use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -327,24 +332,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     world = distributed.init_world(device)
     try:
-        return train_in_world(cfg, distributed.local_device(device, world), world)
+        with RunFolder(run_folder_of(cfg), writer=world.is_main).claimed() as run:
+            return train_in_world(cfg, run, distributed.local_device(device, world), world)
     finally:
         distributed.shutdown(world)
 
 
-def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.World) -> dict[str, Any]:
+def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World) -> dict[str, Any]:
     precision = precision_for(cfg.mixed_precision, device)
     hotpath.warn_if_slow_precision(precision, device)
-    run = RunFolder(run_folder_of(cfg), writer=world.is_main)
+    wanted = dataclasses.asdict(cfg)
     if run.is_done():
-        print(f"{run.path} already holds a {run.summary()['status']} run; not retraining it. "
+        check_same_config(run.saved_config() or {}, wanted, run.path)
+        summary = run.summary()
+        print(f"{run.path} already holds a {summary.get('status')} run; not retraining it. "
               "Use another --save folder to train again.", file=sys.stderr)
-        return run.summary()
-    run.ensure_writable()
+        return summary
     resume_from = run.load_last()
     if resume_from is not None:
-        check_same_config(resume_from["config"], dataclasses.asdict(cfg), run.path)
+        check_same_config(resume_from["config"], wanted, run.path)
         check_same_device_kind(resume_from["state"], device, precision, run.file("last.pt"))
+    elif run.leftovers():
+        check_fresh_start(run, wanted)
 
     spec = data.dataset_spec(cfg.data_name)
     ensure_prepared(cfg, world, device)
@@ -384,10 +393,12 @@ def train_in_world(cfg: TrainConfig, device: torch.device, world: distributed.Wo
             return
         bar.close()
         run.finish(final_summary(cfg, run, state, params, device, precision, "diverged"))
+        kept = (f"The last good checkpoints are kept; best so far: val_acc {state.best_val_acc:.4f} at iteration "
+                f"{state.best_iter} ({run.path / 'best.pt'})" if state.best_iter else
+                "No evaluation had run yet, so there is no checkpoint")
         raise TrainingDiverged(
-            f"{what} became {value} by iteration {state.step}; stopped as the reference does. The last "
-            f"good checkpoints are kept; best so far: val_acc {state.best_val_acc:.4f} at iteration "
-            f"{state.best_iter} ({run.path / 'best.pt'}). Try a lower --optim_lr or --optim_global_clipping")
+            f"{what} became {value} by iteration {state.step}; stopped as the reference does. {kept}. "
+            "Try a lower --optim_lr or --optim_global_clipping")
 
     def check_weights() -> None:
         stop_if_diverged(global_norm([p.detach() for p in model.parameters()]), "the weight norm")
@@ -516,10 +527,13 @@ def restore_training_state(saved: dict[str, Any], model: torch.nn.Module, optimi
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
         state = RunState(**saved["state"])
+        if not (isinstance(state.step, int) and 0 <= state.step and isinstance(state.history, list)
+                and all(isinstance(record, dict) for record in state.history)):
+            raise ValueError("its training state is malformed")
         checkpoint.restore_rng_states(saved["rng"])
     except torch.OutOfMemoryError:
         raise  # the device is full, the checkpoint is fine
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         detail = " ".join(str(exc).split())[:300]
         raise checkpoint.CheckpointError(
             f"{path} does not fit this model and these settings ({detail}); "
@@ -538,6 +552,17 @@ def check_same_device_kind(saved_state: dict[str, Any], device: torch.device, pr
             f"{path} was trained on {was_type} in {was_precision}; resuming on {device.type} would change "
             f"the run ({precision}, other random augmentations). Resume it with --device {was_type}, "
             "or use another --save folder")
+
+
+def check_fresh_start(run: RunFolder, wanted: dict[str, Any]) -> None:
+    """A new run starts in an empty folder, or over its own earlier start (same settings) that died
+    before the first checkpoint; anything else there (another run, the user's files) is kept."""
+    saved = run.saved_config()
+    if saved is None:
+        shown = ", ".join(run.leftovers()[:5])
+        raise checkpoint.CheckpointError(f"{run.path} is not empty ({shown}) and holds no resbench run; "
+                                         "use another --save folder")
+    check_same_config(saved, wanted, run.path)
 
 
 def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
