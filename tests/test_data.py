@@ -1,8 +1,10 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from resbench.data import DATASETS, PAD, DataFileError, TrainBatches, crop_flip, load_splits
+from resbench.data import DATASETS, PAD, DataFileError, TrainBatches, crop_flip, load_splits, read_prepared
 
 
 def test_crop_flip_matches_pad_then_slice():
@@ -105,6 +107,7 @@ def test_missing_files_are_named(tmp_path):
     ("short", "needs more than 40960"),
     ("labels", r"labels in \[10, 10\], expected \[0, 9\]"),
     ("count", "expected 10000 integer labels"),
+    ("npz", r"not a valid \.npy file \(it is a \.npz archive"),
 ])
 def test_bad_files_are_named(tmp_path, fault, message):
     folder = write_prepared(tmp_path, "CIFAR10_x32", 50_000, 10_000)
@@ -118,10 +121,28 @@ def test_bad_files_are_named(tmp_path, fault, message):
         np.save(folder / "train_labels.npy", np.zeros(40_960, np.int64))
     elif fault == "labels":
         np.save(folder / "test_labels.npy", np.full(10_000, 10, np.int64))
+    elif fault == "npz":  # np.load opens a renamed .npz as an archive of arrays
+        np.savez(folder / "test.npz", images=np.zeros((10_000, 32, 32, 3), np.uint8))
+        (folder / "test.npz").replace(folder / "test_images.npy")
     else:
         np.save(folder / "test_labels.npy", np.zeros(9_999, np.int64))
     with pytest.raises(DataFileError, match=message):
         load_splits("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataFileError, match=message):  # the check of `resbench data list` and `data download`
+        read_prepared(DATASETS["CIFAR10_x32"], tmp_path, mmap_mode="r")
+
+
+def test_big_endian_labels_load_in_native_order(tmp_path, monkeypatch):
+    monkeypatch.setitem(DATASETS, "CIFAR10_x32", dataclasses.replace(DATASETS["CIFAR10_x32"], num_train=60))
+    folder = write_prepared(tmp_path, "CIFAR10_x32", 100, 20)
+    train_labels, test_labels = (np.load(folder / f"{split}_labels.npy") for split in ("train", "test"))
+    np.save(folder / "train_labels.npy", train_labels.astype(">i8"))  # written on a big-endian machine
+    np.save(folder / "test_labels.npy", test_labels.astype(">u2"))
+
+    splits = load_splits("CIFAR10_x32", tmp_path)
+
+    assert torch.equal(torch.cat([splits.train_labels, splits.val_labels]), torch.from_numpy(train_labels))
+    assert torch.equal(splits.test_labels, torch.from_numpy(test_labels))
 
 
 def test_digits_demo_splits():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -13,14 +14,27 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from resbench import fetch
+from resbench.data import DATASETS, DataFileError, load_splits
 
 PER_BATCH = 20
+REAL_SPECS = dict(DATASETS)
+
+
+@pytest.fixture(autouse=True)
+def mini_num_train(monkeypatch):
+    """The mini archives hold 8 to 100 training images: train on the first 4, so they count as complete.
+
+    This holds in this process only; a `resbench` subprocess checks against the real sizes.
+    """
+    for name, spec in REAL_SPECS.items():
+        monkeypatch.setitem(DATASETS, name, dataclasses.replace(spec, num_train=4))
 
 
 # ----------------------------------------------------------------------------- archive builders
@@ -125,7 +139,8 @@ def tiny():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves server.files; can ignore Range, cut the first responses short, or stall."""
+    """Serves server.files; can ignore Range, cut the first responses short, stall, or hold
+    every response until the test opens server.gate."""
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         server = self.server
@@ -138,6 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
         start = int(requested.removeprefix("bytes=").split("-")[0]) if requested and server.honor_range else 0
         status = 206 if start else 200
         server.log.append((self.path, requested, status))
+        if server.gate:
+            server.gate.wait(30)
         body = data[start:]
         self.send_response(status)
         if status == 206:
@@ -164,7 +181,7 @@ def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     httpd.files, httpd.log = {}, []
-    httpd.honor_range, httpd.drops, httpd.stall = True, 0, 0
+    httpd.honor_range, httpd.drops, httpd.stall, httpd.gate = True, 0, 0, None
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -203,6 +220,13 @@ def _all_files(root: Path) -> list[str]:
 
 def _load(folder: Path) -> dict[str, np.ndarray]:
     return {name.removesuffix(".npy"): np.load(folder / name, allow_pickle=False) for name in fetch.SPLIT_FILES}
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -536,7 +560,9 @@ def test_data_list_reports_complete_missing_and_damaged(tmp_path, monkeypatch, r
     assert "(N, 64, 64, 3)" in status["TinyImageNet200_x64"]["problem"]
     assert proc.returncode == 0, proc.stderr
     lines = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[2:]}
-    assert lines["CIFAR10_x32"][1:4] == ["complete", "100", "20"]
+    # The subprocess checks the real split, which `train` would refuse: 100 images, not more than 40,960.
+    assert lines["CIFAR10_x32"][1:4] == ["damaged", "-", "-"]
+    assert "holds 100 images; CIFAR10_x32 needs more than 40960" in " ".join(lines["CIFAR10_x32"])
     assert lines["CIFAR100_x32"][1] == "missing" and lines["TinyImageNet200_x32"][1] == "missing"
     assert lines["TinyImageNet200_x64"][1] == "damaged"
 
@@ -581,3 +607,91 @@ def test_train_prepares_a_missing_dataset_itself(tmp_path, monkeypatch, server, 
     assert summary["status"] == "finished"
     np.testing.assert_array_equal(np.load(tmp_path / "data" / "CIFAR10_x32" / "test_labels.npy"), cifar10[4])
     assert "fetching and preparing it now" in capfd.readouterr().err
+
+
+def test_too_few_training_images_is_not_prepared(tmp_path, monkeypatch, cifar10, closed_url, capfd):
+    """`data list`, `data download` and `train` make the same checks, so none calls usable what another refuses."""
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    fetch.prepare_dataset("CIFAR10_x32", tmp_path)  # 100 training images
+    monkeypatch.setitem(DATASETS, "CIFAR10_x32", REAL_SPECS["CIFAR10_x32"])  # needs more than 40,960
+    capfd.readouterr()
+
+    status = {row["name"]: row for row in fetch.dataset_status(tmp_path)}["CIFAR10_x32"]
+    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    problem = "train_images.npy holds 100 images; CIFAR10_x32 needs more than 40960"
+    assert not status["complete"] and problem in status["problem"]
+    assert "already prepared" not in capfd.readouterr().err  # prepared again instead
+    with pytest.raises(DataFileError, match=problem):
+        load_splits("CIFAR10_x32", tmp_path)
+
+
+# ----------------------------------------------------------------------------- concurrency and bad data roots
+
+
+def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar10, capfd):
+    """Two runs preparing one dataset at once (`sweep --jobs 2`): one downloads, the other waits, both succeed."""
+    archive = cifar10[0]
+    server.files["/cifar-10-python.tar.gz"] = archive
+    server.gate = threading.Event()  # the first download waits until the second run has started
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url)
+    results, stderr = {}, []
+
+    def prepare(key: str) -> None:
+        try:
+            results[key] = fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+        except BaseException as err:  # reported by the assertion on results below
+            results[key] = err
+
+    def second_waits_or_downloads() -> bool:
+        stderr.append(capfd.readouterr().err)
+        return len(server.log) > 1 or "waiting for another process" in "".join(stderr)
+
+    threads = {key: threading.Thread(target=prepare, args=(key,), daemon=True) for key in ("first", "second")}
+    threads["first"].start()
+    _wait_for(lambda: bool(server.log))
+    threads["second"].start()
+    _wait_for(second_waits_or_downloads)
+    server.gate.set()
+    for thread in threads.values():
+        thread.join(60)
+    stderr.append(capfd.readouterr().err)
+
+    folder = tmp_path / "CIFAR10_x32"
+    assert results == {"first": folder, "second": folder}
+    assert len(server.log) == 1
+    log = "".join(stderr)
+    assert f"waiting for another process preparing CIFAR10_x32 in {tmp_path}" in log
+    assert "CIFAR10_x32: already prepared" in log
+    arrays = _load(folder)
+    for i, key in enumerate(["train_images", "train_labels", "test_images", "test_labels"], start=1):
+        np.testing.assert_array_equal(arrays[key], cifar10[i])
+    assert _all_files(tmp_path) == sorted(["downloads/cifar-10-python.tar.gz"]  # no .part, lock or temporary left
+                                          + [f"CIFAR10_x32/{f}" for f in fetch.SPLIT_FILES])
+
+
+def _bad_data_root(tmp_path: Path, kind: str) -> Path:
+    if kind == "file":
+        (tmp_path / "a-file").write_text("not a folder")
+        return tmp_path / "a-file"
+    if kind == "uncreatable":
+        return Path("/proc/nope")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder if not os.access(folder, os.W_OK) else Path("/sys")  # root ignores the mode; sysfs refuses root
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir() or not Path("/sys").is_dir(), reason="needs Linux /proc and /sys")
+@pytest.mark.parametrize("kind, message", [
+    ("file", r"cannot create data root \S+ \(it exists and is not a folder\)"),
+    ("uncreatable", r"cannot create data root /proc/nope \(No such file or directory\)"),
+    ("read-only", r"cannot write in data root \S+ \((Permission denied|Operation not permitted|Read-only file system)\)"),
+])
+def test_unusable_data_root_is_one_clear_error(tmp_path, monkeypatch, closed_url, kind, message):
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", b"", closed_url)
+    root = _bad_data_root(tmp_path, kind)
+
+    with pytest.raises(fetch.DataError, match=message + "; pass a writable folder as --data_root$"):
+        fetch.prepare_dataset("CIFAR10_x32", root)

@@ -86,12 +86,7 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
     else:
         train_x, train_y, test_x, test_y = read_prepared(spec, data_root)
     n = spec.num_train
-    if len(train_x) <= n:
-        raise DataFileError(
-            f"{prepared_dir(name, data_root) / 'train_images.npy'} holds {len(train_x)} images; {name} needs "
-            f"more than {n} (the first {n} train, the rest validate); prepare it again"
-        )
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    as_tensor = lambda a: to_tensor(a, device)  # noqa: E731
     return Splits(
         as_tensor(train_x[:n]), as_tensor(train_y[:n]).long(),
         as_tensor(train_x[n:]), as_tensor(train_y[n:]).long(),
@@ -99,10 +94,21 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
     )
 
 
+def to_tensor(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A contiguous tensor on `device`, in native byte order.
+
+    torch.from_numpy refuses big-endian arrays (e.g. `>i8` labels written on another machine or by
+    another tool); they are valid data, so they are converted instead of rejected.
+    """
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))).to(device)
+
+
 def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | None = None) -> tuple[np.ndarray, ...]:
     """Read and check `<data_root>/<name>/{train,test}_{images,labels}.npy` (the reference layout).
 
     `mmap_mode="r"` checks a dataset without reading the images (as `resbench data list` does).
+    These are all the checks the trainer makes, so `data list`, `data download` and `train` agree
+    on whether a dataset is usable.
     """
     missing = missing_prepared_files(spec.name, data_root)
     if missing:
@@ -118,14 +124,30 @@ def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | Non
         check_images(folder / f"{split}_images.npy", images, spec.image_size)
         check_labels(folder / f"{split}_labels.npy", labels, len(images), spec.num_classes)
         arrays += [images, labels]
+    check_train_count(folder / "train_images.npy", len(arrays[0]), spec)
     return tuple(arrays)
 
 
+def check_train_count(path: Path, count: int, spec: DatasetSpec) -> None:
+    """The training file must hold more than `num_train` images, or the validation split is empty."""
+    n = spec.num_train
+    if count <= n:
+        raise DataFileError(
+            f"{path} holds {count} images; {spec.name} needs more than {n} (the first {n} train, "
+            "the rest validate); prepare it again"
+        )
+
+
 def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """One array from a .npy file; np.load also opens a .npz archive (say, a renamed one), which is refused."""
     try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        if not isinstance(array, np.ndarray):
+            array.close()
+            raise ValueError("it is a .npz archive, not a single array")
     except (ValueError, OSError, EOFError) as exc:
         raise DataFileError(f"{path} is truncated or not a valid .npy file ({exc}); prepare it again") from None
+    return array
 
 
 def check_images(path: Path, images: np.ndarray, size: int) -> None:

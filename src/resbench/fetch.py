@@ -33,12 +33,15 @@ URL or a local folder). Downloads stream to ``<file>.part``, time out instead of
 with exponential back-off, resume with HTTP Range requests, and are moved into place only after
 their MD5 matches. Preparation writes into ``<data_root>/.<NAME>.tmp-XXXX`` and renames the
 folder into place at the end, so an interrupted run never leaves a dataset that looks complete.
+Processes preparing from the same archive at once (``resbench sweep --jobs 2`` on an empty data
+root) take turns under ``<data_root>/.<archive>.lock``; the later one finds the data prepared.
 Archive members with absolute paths, ``..`` components, or links pointing outside are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import http.client
 import io
@@ -54,9 +57,10 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterable, Sequence
+from typing import IO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -587,24 +591,111 @@ def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
     return target
 
 
-def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
-                     verify: bool = True) -> list[Path]:
-    """Prepare several datasets; datasets sharing an archive (TinyImageNet) decode it once."""
-    root = Path(data_root)
-    names = [_check_name(name) for name in names]
-    root.mkdir(parents=True, exist_ok=True)
+def _root_error(root: Path, action: str, err: OSError) -> DataError:
+    """Why datasets cannot be written under ``root``, as one line instead of a traceback from deep inside."""
+    cause = "it exists and is not a folder" if root.exists() and not root.is_dir() else err.strerror or str(err)
+    return DataError(f"cannot {action} data root {root} ({cause}); pass a writable folder as --data_root")
+
+
+def _make_root(root: Path) -> None:
+    """Create the data root, or say in one line why it cannot be (a file, an unwritable parent)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _root_error(root, "create", err) from None
+
+
+def _is_still_at(fd: int, path: Path) -> bool:
+    """Whether ``fd`` is the file now at ``path``, not one that the previous holder deleted."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _lock_file(path: Path, waiting_message: str) -> int:
+    """A descriptor holding an exclusive flock on ``path``; logs ``waiting_message`` once if it must wait."""
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    _log(waiting_message)
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _is_still_at(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+@contextmanager
+def _preparation_lock(root: Path, source: Source, names: Sequence[str]) -> Iterator[None]:
+    """Hold ``<root>/.<archive>.lock`` while this process downloads and prepares from ``source``.
+
+    Two runs preparing at once (``resbench sweep --jobs 2`` on an empty data root) would write the
+    same ``.part`` file and dataset folders; the second waits instead. The lock is per archive
+    because both TinyImageNet sizes come from one download. The holder deletes the lock file
+    before releasing it (nothing is left behind); a waiter that then holds the deleted file
+    notices and locks the path afresh.
+    """
+    path = root / f".{source.filename}.lock"
+    try:
+        fd = _lock_file(path, f"waiting for another process preparing {', '.join(names)} in {root} "
+                              f"(lock file {path.name})")
+    except OSError as err:
+        raise _root_error(root, "write in", err) from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _incomplete_by_archive(root: Path, names: Sequence[str]) -> dict[tuple[Source, Reader], list[str]]:
+    """The datasets among ``names`` that still need preparing, grouped by archive."""
     todo: dict[tuple[Source, Reader], list[str]] = {}
     for name in names:
         if is_complete(root, name):
             _log(f"{name}: already prepared in {root / name}")
         else:
             todo.setdefault((SOURCES[name], _READERS[name]), []).append(name)
+    return todo
+
+
+def _prepare_group(root: Path, source: Source, reader: Reader, group: list[str], mirror: str | None,
+                   verify: bool) -> None:
+    """Fetch one archive and write every dataset of ``group`` from a single decode."""
+    archive = fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify)
+    _log(f"preparing {', '.join(group)} from {archive.name}")
+    arrays = reader(archive, sorted({data.DATASETS[name].image_size for name in group}))
+    for name in group:
+        _log(f"{name}: ready in {_write_dataset(root, name, arrays[data.DATASETS[name].image_size])}")
+
+
+def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
+                     verify: bool = True) -> list[Path]:
+    """Prepare several datasets; datasets sharing an archive (TinyImageNet) decode it once.
+
+    Complete datasets are left alone without writing anything (a read-only data root is fine
+    then). The rest is prepared under the archive's lock, after checking again what another
+    process finished while this one waited.
+    """
+    root = Path(data_root)
+    names = [_check_name(name) for name in names]
+    todo = _incomplete_by_archive(root, names)
+    if todo:
+        _make_root(root)
     for (source, reader), group in todo.items():
-        archive = fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify)
-        _log(f"preparing {', '.join(group)} from {archive.name}")
-        arrays = reader(archive, sorted({data.DATASETS[name].image_size for name in group}))
-        for name in group:
-            _log(f"{name}: ready in {_write_dataset(root, name, arrays[data.DATASETS[name].image_size])}")
+        with _preparation_lock(root, source, group):
+            left = _incomplete_by_archive(root, group).get((source, reader))
+            if left:
+                _prepare_group(root, source, reader, left, mirror, verify)
     return [root / name for name in names]
 
 
