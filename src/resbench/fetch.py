@@ -67,6 +67,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import data
+from .checkpoint import current_umask
 from .data import DataFileError, read_prepared
 from .errors import ResbenchError
 
@@ -579,6 +580,7 @@ def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
     """Save the arrays in a hidden temporary folder, then rename it into place atomically."""
     target = data_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_root))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
     try:
         for filename in SPLIT_FILES:
             np.save(tmp / filename, splits[filename], allow_pickle=False)
