@@ -630,13 +630,16 @@ def test_too_few_training_images_is_not_prepared(tmp_path, monkeypatch, cifar10,
 # ----------------------------------------------------------------------------- concurrency and bad data roots
 
 
-def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar10, capfd):
+def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar10):
     """Two runs preparing one dataset at once (`sweep --jobs 2`): one downloads, the other waits, both succeed."""
     archive = cifar10[0]
     server.files["/cifar-10-python.tar.gz"] = archive
     server.gate = threading.Event()  # the first download waits until the second run has started
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url)
-    results, stderr = {}, []
+    results, messages = {}, []
+    # fetch's log lines, collected directly: polling a captured stderr while threads write to it
+    # can lose a line between reading and truncating the capture
+    monkeypatch.setattr(fetch, "_log", messages.append)
 
     def prepare(key: str) -> None:
         try:
@@ -645,8 +648,7 @@ def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar
             results[key] = err
 
     def second_waits_or_downloads() -> bool:
-        stderr.append(capfd.readouterr().err)
-        return len(server.log) > 1 or "waiting for another process" in "".join(stderr)
+        return len(server.log) > 1 or any("waiting for another process" in m for m in messages)
 
     threads = {key: threading.Thread(target=prepare, args=(key,), daemon=True) for key in ("first", "second")}
     threads["first"].start()
@@ -656,12 +658,11 @@ def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar
     server.gate.set()
     for thread in threads.values():
         thread.join(60)
-    stderr.append(capfd.readouterr().err)
 
     folder = tmp_path / "CIFAR10_x32"
     assert results == {"first": folder, "second": folder}
     assert len(server.log) == 1
-    log = "".join(stderr)
+    log = "\n".join(messages)
     assert f"waiting for another process preparing CIFAR10_x32 in {tmp_path}" in log
     assert "CIFAR10_x32: already prepared" in log
     arrays = _load(folder)
