@@ -106,6 +106,45 @@ def test_table_cli_errors_without_runs(tmp_path, run_cli):
     assert proc.stderr.strip() == f"error: no finished runs (summary.json) below {tmp_path}"
 
 
+DIVERGED_BEFORE_EVALUATING = """\
+### CIFAR10_x32
+| Depth | Width | # Params |                           val/acc |                           tst/acc |                           tst/nll | misc
+|    -: |    -: |       -: |                               :-: |                               :-: |                               :-: | :-
+|    20 |     1 |   0.27 M | 0.923 ± 0.003 (ref 0.923, +0.000) | 0.920 ± 0.008 (ref 0.924, −0.004) | 0.300 ± 0.000 (ref 0.278, +0.022) | n=3, 1 diverged
+|    18 |     1 |  11.17 M |                   n/a (ref 0.952) |                   n/a (ref 0.948) |                   n/a (ref 0.199) | fp32 (0.0 hrs; ref 0.6 hrs), 1 diverged"""
+
+
+def diverged_summary(s: dict) -> dict:
+    """The summary.json of a run that diverged before its first evaluation: no figures at all."""
+    return dict(s, status="diverged", val_acc=None, tst_acc=None, tst_nll=None)
+
+
+def test_table_leaves_out_the_figures_of_runs_that_diverged_before_evaluating():
+    summaries = [summary("CIFAR10_x32", 20, 1, "fp32", 272_464, val, tst, 0.3, seed=seed)
+                 for seed, val, tst in ((1, 0.921, 0.914), (3, 0.925, 0.926))]
+    summaries.append(diverged_summary(summary("CIFAR10_x32", 20, 1, "fp32", 272_464, 0, 0, 0, seed=2)))
+    summaries.append(diverged_summary(summary("CIFAR10_x32", 18, 1, "fp32", 11_173_952, 0, 0, 0, wall_seconds=36)))
+    assert render_tables(summaries, compare=True) == DIVERGED_BEFORE_EVALUATING
+
+
+DAMAGED_SUMMARIES = {"not_json": "{bad", "empty": "", "a_list": "[1]", "no_fields": "{}",
+                     "text_figure": json.dumps(dict(summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5),
+                                                    val_acc="high"))}
+
+
+def test_table_skips_damaged_summaries_with_one_warning_each(tmp_path, run_cli):
+    write_runs(tmp_path, [summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5)])
+    for name, text in DAMAGED_SUMMARIES.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+    proc = run_cli("table", tmp_path, check=True)
+    assert proc.stdout.splitlines()[-1] == "|     8 |     1 |   0.08 M |   0.500 |   0.400 |   1.500 |"
+    warnings = proc.stderr.splitlines()
+    assert len(warnings) == len(DAMAGED_SUMMARIES) and "Traceback" not in proc.stderr
+    for name, warning in zip(sorted(DAMAGED_SUMMARIES), warnings):
+        assert warning.startswith(f"warning: skipping damaged run folder {tmp_path / name}: summary.json ")
+
+
 # ---------------------------------------------------------------- calibration by hand
 
 def random_predictions(n: int = 600, classes: int = 7, sharpness: float = 3.0):
@@ -202,6 +241,62 @@ def test_plot_writes_curves_and_reference_figures(tmp_path, run_cli):
     assert_pngs(list((tmp_path / "figs").iterdir()))
 
 
+def test_plot_marks_runs_that_diverged_before_evaluating(tmp_path, run_cli):
+    runs = tmp_path / "runs"
+    write_hand_run(runs / "ok", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
+    write_hand_run(runs / "diverged", diverged_summary(summary("Digits_x32", 14, 1, "fp32", 170_000, 0, 0, 0)), 0)
+    proc = run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["Digits_x32_curves.png",
+                                                                      "Digits_x32_vs_reference.png"]
+    assert proc.stderr == ""
+
+
+def test_read_metrics_drops_a_truncated_last_line_only(tmp_path):
+    from resbench.report import DamagedRun, read_metrics
+
+    run = tmp_path / "run"
+    write_hand_run(run, summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5), n_evals=3)
+    whole = read_metrics(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 400, "trn_l')  # a crash in the middle of an append
+    assert read_metrics(run) == whole and len(whole) == 3
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], lines[-1], *lines[1:-1]]) + "\n")
+    with pytest.raises(DamagedRun, match="metrics.jsonl line 2 is not JSON"):
+        read_metrics(run)
+
+
+def test_plot_skips_damaged_runs_with_one_warning_each(tmp_path, run_cli):
+    runs = tmp_path / "runs"
+    s = summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5)
+    for name in ("ok", "truncated", "no_config", "bad_record", "bad_summary"):
+        write_hand_run(runs / name, s)
+    with open(runs / "truncated" / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 5')
+    (runs / "no_config" / "config.json").unlink()
+    with open(runs / "bad_record" / "metrics.jsonl", "a") as f:
+        f.write("[1]\n")
+    (runs / "bad_summary" / "summary.json").write_text("{bad")
+    proc = run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    assert_pngs(list((tmp_path / "figs").iterdir()))
+    assert proc.stderr.splitlines() == [
+        f"warning: skipping damaged run folder {runs / 'bad_record'}: metrics.jsonl line 5 is not a JSON object",
+        f"warning: skipping damaged run folder {runs / 'no_config'}: it has no config.json",
+        (f"warning: skipping damaged run folder {runs / 'bad_summary'}: summary.json is unreadable "
+         "(Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+    ]
+
+
+def test_plot_out_that_cannot_be_a_folder_is_one_error_line(tmp_path, run_cli):
+    write_hand_run(tmp_path / "runs" / "ok", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "plots"):
+        proc = run_cli("plot", tmp_path / "runs", "--out", out)
+        assert proc.returncode == 2
+        assert proc.stderr == (f"error: cannot write the plots to {out} (a file is in the way); "
+                               "pass --out a folder you can write\n")
+
+
 def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     import sys
 
@@ -270,14 +365,94 @@ def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
     assert "unknown key(s) learning_rate" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_sweep_reports_failed_runs(tmp_path, run_cli):
+def sweep_main(capsys, *args: object) -> tuple[int, str, str]:
+    """`resbench sweep ARGS...` in this process (planning needs no subprocess): exit status, stdout, stderr."""
+    from resbench.cli import main
+
+    code = main(["sweep", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+BAD_GRIDS = {  # grid file text: what the error must say about its first bad run
+    'resnet_depth = ["abc"]': "run 1 of 1 (--data_name Digits_x32 --resnet_depth abc): argument --resnet_depth: "
+                              "invalid int value: 'abc'",
+    "resnet_depth = [[8]]": "argument --resnet_depth: invalid int value: '[8]'",
+    "seed = {a=1}": "argument --seed: invalid int value",
+    '[flags]\nbatch_size = "abc"': "argument --batch_size: invalid int value: 'abc'",
+    'data_name = ["Digits_x32", "Nope"]': "run 2 of 2 (--data_name Nope): unknown data_name 'Nope'",
+    "resnet_depth = [8, 9]": "run 2 of 2 (--data_name Digits_x32 --resnet_depth 9): unsupported resnet depth 9",
+    "[flags]\noptim_lr = -1": "--optim_lr must be a positive number, got -1.0",
+    "flags = 3": "flags must be a table",
+    'precision = [["fp32"]]': "precision must be one of fp32, fp16, bf16, not ['fp32']",
+    "seed = []": "seed is an empty list, so the grid has no runs",
+    '[flags]\nsave = "x"': "--save cannot be a flag of a sweep",
+    '[flags]\nresume = "x"': "--resume cannot be a flag of a sweep",
+}
+
+
+@pytest.mark.parametrize("text", BAD_GRIDS)
+def test_sweep_refuses_a_bad_grid_before_running_anything(tmp_path, capsys, text):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(text if text.startswith("data_name") else f'data_name = "Digits_x32"\n{text}\n')
+    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry-run")
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: grid {grid}") and BAD_GRIDS[text] in err
+    assert err.count("\n") == 1 and "usage" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--optim_lr", "-1"], "--optim_lr must be a positive number"),
+    (["--save", "x"], "--save cannot be a flag of a sweep"),
+    (["--resume=x"], "--resume cannot be a flag of a sweep"),
+    (["--runs_dir", "x"], "--runs_dir is a sweep option: put it before `--`"),
+    (["--seed"], "argument --seed: expected one argument"),
+])
+def test_sweep_refuses_bad_train_flags_before_running_anything(tmp_path, capsys, flags, message):
+    code, out, err = sweep_main(capsys, "--runs_dir", tmp_path / "runs", "--", *flags)
+    assert code == 2 and out == ""
+    assert err.startswith("error: seed grid, run 1 of 26 (--data_name CIFAR10_x32 ") and message in err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
+def test_sweep_refuses_an_unreadable_grid_and_a_runs_dir_below_a_file(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_bytes(b'data_name = "Digits_\xff"\n')
+    code, _, err = sweep_main(capsys, "--grid", grid, "--dry-run")
+    assert code == 2 and err.startswith(f"error: cannot read grid {grid}: 'utf-8' codec can't decode byte 0xff")
+    grid.write_text(DIGITS_GRID)
+    (tmp_path / "a_file").write_text("")
+    for runs_dir in (tmp_path / "a_file", tmp_path / "a_file" / "runs"):
+        code, _, err = sweep_main(capsys, "--grid", grid, "--runs_dir", runs_dir)
+        assert code == 2
+        assert err == f"error: --runs_dir {runs_dir} is not a folder ({tmp_path / 'a_file'} is a file); name a folder\n"
+
+
+def test_sweep_reports_a_run_whose_folder_cannot_be_created(tmp_path, capsys):
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
-    proc = run_cli("sweep", "--grid", grid, "--runs_dir", tmp_path / "runs", "--", "--optim_lr", "-1")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "Digits_x32").write_text("")  # a file where the dataset's folder goes
+    code, out, _ = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs")
+    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
+    assert code == 1 and f"failed: {run} (cannot write {run}: Not a directory)" in out
+
+
+def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, run_cli):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
+    runs = tmp_path / "runs"
+    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs, "--", "--optim_lr", "1e30")
     assert proc.returncode == 1
-    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr-1-wd0.001-s1"
-    assert f"failed: {run} (exit status 2)" in proc.stdout
-    assert "--optim_lr must be a positive number" in (run / "stdout.log").read_text()
+    run = runs / "Digits_x32" / "R8x1-b32-i10-lr1e+30-wd0.001-s1"
+    assert f"failed: {run} (exit status 1)" in proc.stdout
+    assert "the training loss became nan" in (run / "stdout.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["val_acc"] is None  # diverged before evaluating
+    table = run_cli("table", runs, check=True).stdout.splitlines()
+    assert table[-1].endswith("|     n/a |     n/a |     n/a | 1 diverged")
+    run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    assert_pngs(list((tmp_path / "figs").iterdir()))
 
 
 # ---------------------------------------------------------------- real runs: sweep, table, plot, eval
@@ -342,6 +517,28 @@ def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
     assert scaled["temperature"] > 0 and scaled["val_nll_after"] < scaled["val_nll_before"]
     val = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--split", "val", "--json", check=True).stdout)
     assert val["acc"] == pytest.approx(summary["val_acc"], abs=1e-6)
+
+
+BAD_RUN_CONFIGS = {  # config.json beside the checkpoint: what the error says after its path
+    "{bad": " is unreadable (Expecting property name",
+    "[1]": " is not a JSON object",
+    '{"data_name": "Nope", "resnet_depth": 8, "resnet_width": 1}': ": unknown data_name 'Nope'",
+    '{"data_name": "Digits_x32", "resnet_width": 1}': " lacks a valid resnet_depth",
+    '{"data_name": "Digits_x32", "resnet_depth": "8", "resnet_width": 1}': " lacks a valid resnet_depth",
+    '{"data_name": "Digits_x32", "resnet_depth": 9, "resnet_width": 1}': ": unsupported resnet depth 9",
+    '{"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1}': " names no data_root; pass --data_root",
+}
+
+
+@pytest.mark.parametrize("text", BAD_RUN_CONFIGS)
+def test_eval_with_a_damaged_config_is_one_clear_line(tmp_path, capsys, text):
+    from resbench.cli import main
+
+    (tmp_path / "config.json").write_text(text)
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert main(["eval", "--ckpt", str(tmp_path / "best.pt"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'config.json'}{BAD_RUN_CONFIGS[text]}") and err.count("\n") == 1
 
 
 def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, run_cli):

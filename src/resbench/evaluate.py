@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .data import DATASETS, load_splits, to_model_input
+from .data import DATASETS, dataset_spec, load_splits, to_model_input
 from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
-from .models import resnet
+from .models import architecture, resnet
 
 EVAL_BATCH_SIZE = 1024
+# The settings of config.json that rebuild the model and find its data, with their JSON types.
+MODEL_SETTINGS = {"data_name": str, "resnet_depth": int, "resnet_width": int}
 
 
 @torch.inference_mode()
@@ -111,7 +113,28 @@ def load_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise ResbenchError(f"no config.json beside the checkpoint in {run_dir}")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is unreadable ({exc}); evaluate a checkpoint in the run folder "
+                              "that trained it") from None
+    check_model_settings(config, path)
+    return config
+
+
+def check_model_settings(config: object, path: Path) -> None:
+    """Refuse a config.json whose model or dataset cannot be rebuilt, before anything deeper fails on it."""
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object; evaluate a checkpoint in the run folder that trained it")
+    bad = [key for key, kind in MODEL_SETTINGS.items()
+           if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)]
+    if bad:
+        raise CheckpointError(f"{path} lacks a valid {', '.join(bad)}; was it written by resbench train?")
+    try:
+        dataset_spec(config["data_name"])
+        architecture(config["resnet_depth"], config["resnet_width"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
 def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> torch.nn.Module:
@@ -145,8 +168,11 @@ def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperatu
         device = resolve_device(device)
     except ValueError as exc:
         raise ResbenchError(str(exc)) from None
+    data_root = data_root or config.get("data_root")
+    if not isinstance(data_root, str):
+        raise CheckpointError(f"{ckpt.parent / 'config.json'} names no data_root; pass --data_root")
     model = load_checkpoint_model(ckpt, config, device)
-    splits = load_splits(config["data_name"], data_root or config["data_root"], device)
+    splits = load_splits(config["data_name"], data_root, device)
 
     def predictions(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and labels of one split, on the CPU where the metrics are computed."""

@@ -14,6 +14,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 from .errors import ResbenchError
 from .reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
@@ -24,24 +25,99 @@ METRICS = ("val_acc", "tst_acc", "tst_nll")
 # Settings that legitimately differ between the seeds of one table row.
 PER_RUN_SETTINGS = frozenset({"seed", "save", "data_root", "device"})
 MINUS = "\u2212"
+MISSING = "n/a"  # a cell none of whose runs has the figure (every one diverged before its first evaluation)
+
+# The fields table and plot read, with their JSON types. A run that diverged before its first
+# evaluation has null figures; the trainer writes every other field as a value.
+NUMBER = (int, float)
+SUMMARY_FIELDS = {"data_name": str, "depth": int, "width": int, "precision": str, "params": NUMBER,
+                  "wall_seconds": NUMBER, "config": (dict, type(None)),
+                  **{metric: (*NUMBER, type(None)) for metric in METRICS}}
+CONFIG_FIELDS = {"data_name": str}
+RECORD_FIELDS = {"iter": NUMBER, "val_acc": NUMBER, "trn_loss": NUMBER}
+
+T = TypeVar("T")
+
+
+class DamagedRun(ResbenchError):
+    """A results file of one run folder is unreadable or not what the trainer writes.
+
+    `table` and `plot` summarise many runs, so they skip such a folder with one warning line rather
+    than lose the whole table to one crashed or hand-edited run.
+    """
 
 
 # ---------------------------------------------------------------- reading run folders
 
+def read_json(path: Path) -> Any:
+    """The parsed content of one JSON file of a run folder; DamagedRun if it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedRun(f"it has no {path.name}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedRun(f"{path.name} is unreadable ({exc})") from None
+
+
+def checked_fields(value: Any, fields: dict[str, type | tuple[type, ...]], what: str) -> dict:
+    """`value` if it is a JSON object whose `fields` have their types, so later code can index it safely."""
+    if not isinstance(value, dict):
+        raise DamagedRun(f"{what} is not a JSON object")
+    bad = [key for key, kind in fields.items()
+           if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool)]
+    if bad:
+        raise DamagedRun(f"{what} lacks a valid {', '.join(bad)}")
+    return value
+
+
+def readable_runs(paths: list[Path], read: Callable[[Path], T]) -> list[tuple[Path, T]]:
+    """`read(path)` of every path; a damaged run folder is skipped with one warning line naming it and the fault."""
+    found = []
+    for path in paths:
+        try:
+            found.append((path, read(path)))
+        except DamagedRun as exc:
+            print(f"warning: skipping damaged run folder {path.parent}: {exc}", file=sys.stderr)
+    return found
+
+
+def read_summary(path: Path) -> dict:
+    return checked_fields(read_json(path), SUMMARY_FIELDS, path.name)
+
+
 def find_summaries(runs_dir: Path) -> list[dict]:
-    """Every finished run (a folder with summary.json) below `runs_dir`, in path order."""
+    """Every finished run (a folder with a sound summary.json) below `runs_dir`, in path order."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ResbenchError(f"no such runs folder: {runs_dir}")
-    return [json.loads(p.read_text()) for p in sorted(runs_dir.rglob("summary.json"))]
+    return [summary for _, summary in readable_runs(sorted(runs_dir.rglob("summary.json")), read_summary)]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The evaluation records of one run (metrics.jsonl), oldest first; empty if none yet."""
+    """The evaluation records of one run (metrics.jsonl), oldest first; empty if none yet.
+
+    An unparsable last line is what a crash in the middle of an append leaves: it is dropped and
+    the records before it, each written whole, are kept. Anywhere else it means a damaged file.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().rstrip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DamagedRun(f"{path.name} is unreadable ({exc})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise DamagedRun(f"{path.name} line {number} is not JSON") from None
+        records.append(checked_fields(record, RECORD_FIELDS, f"{path.name} line {number}"))
+    return records
 
 
 # ---------------------------------------------------------------- grouping runs into rows
@@ -65,7 +141,8 @@ class Row:
         return self.summaries[0]["params"]
 
     def values(self, metric: str) -> list[float]:
-        return [float(s[metric]) for s in self.summaries]
+        """The figures of the runs that have one: a run that diverged before its first evaluation has none."""
+        return [float(s[metric]) for s in self.summaries if s[metric] is not None]
 
     def hours(self) -> float:
         return statistics.fmean(self.values("wall_seconds")) / 3600
@@ -89,7 +166,7 @@ def mixed_settings(row: Row) -> list[str]:
 
     Averaging runs trained differently would silently blur the table, so the caller warns.
     """
-    configs = [s.get("config", {}) for s in row.summaries]
+    configs = [s.get("config") or {} for s in row.summaries]
     keys = set().union(*configs) - PER_RUN_SETTINGS
     return sorted(k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1)
 
@@ -97,7 +174,9 @@ def mixed_settings(row: Row) -> list[str]:
 # ---------------------------------------------------------------- formatting cells
 
 def format_stat(values: list[float]) -> str:
-    """`0.923` for one run, `0.923 ± 0.002` (mean ± sample std) for several."""
+    """`0.923` for one run, `0.923 ± 0.002` (mean ± sample std) for several, `n/a` for none."""
+    if not values:
+        return MISSING
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -110,12 +189,14 @@ def format_difference(ours: float, published: float) -> str:
 
 
 def metric_cell(row: Row, metric: str, ref: ReferenceRow | None) -> str:
-    ours = format_stat(row.values(metric))
+    values = row.values(metric)
+    ours = format_stat(values)
     if ref is None:
         return ours
     published = getattr(ref, metric)
-    mean = statistics.fmean(row.values(metric))
-    return f"{ours} (ref {published:.3f}, {format_difference(mean, published)})"
+    if not values:
+        return f"{ours} (ref {published:.3f})"
+    return f"{ours} (ref {published:.3f}, {format_difference(statistics.fmean(values), published)})"
 
 
 def misc_cell(row: Row, show_precision: bool, ref: ReferenceRow | None) -> str:
@@ -213,37 +294,61 @@ def pyplot():
     return plt
 
 
-def find_run_dirs(runs_dir: Path) -> dict[str, list[Path]]:
-    """Run folders with evaluation records (finished or not), per dataset named in their config.json."""
-    by_dataset: dict[str, list[Path]] = {}
-    for metrics in sorted(Path(runs_dir).rglob("metrics.jsonl")):
-        config = json.loads((metrics.parent / "config.json").read_text())
-        by_dataset.setdefault(config["data_name"], []).append(metrics.parent)
+def read_curve(metrics: Path) -> tuple[str, list[dict]]:
+    """The dataset (from config.json beside it) and the evaluation records of one metrics.jsonl."""
+    config = checked_fields(read_json(metrics.parent / "config.json"), CONFIG_FIELDS, "config.json")
+    return config["data_name"], read_metrics(metrics.parent)
+
+
+def find_curves(runs_dir: Path) -> dict[str, dict[Path, list[dict]]]:
+    """Evaluation records of every run folder (finished or not), per dataset named in its config.json.
+
+    Read before anything is drawn, so a damaged run is skipped rather than failing half-way through the figures.
+    """
+    by_dataset: dict[str, dict[Path, list[dict]]] = {}
+    for metrics, (data_name, records) in readable_runs(sorted(Path(runs_dir).rglob("metrics.jsonl")), read_curve):
+        by_dataset.setdefault(data_name, {})[metrics.parent] = records
     return dict(sorted(by_dataset.items(), key=lambda item: dataset_sort_key(item[0])))
 
 
-def plot_curves(plt, data_name: str, run_dirs: list[Path], path: Path) -> None:
+def unwritable(path: Path, exc: OSError) -> ResbenchError:
+    """The one-line error for an --out that cannot hold the figures (a file in the way, no permission, full disk)."""
+    in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
+    reason = "a file is in the way" if in_the_way else exc.strerror or exc
+    return ResbenchError(f"cannot write the plots to {path} ({reason}); pass --out a folder you can write")
+
+
+def save_figure(plt, fig, path: Path) -> None:
+    """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback."""
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(plt, data_name: str, runs: dict[Path, list[dict]], path: Path) -> None:
     """Validation accuracy and training loss against iterations, one line per run."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run_dir in run_dirs:
-        records = read_metrics(run_dir)
+    for run_dir, records in runs.items():
         iters = [r["iter"] for r in records]
         acc_ax.plot(iters, [r["val_acc"] for r in records], label=run_dir.name)
         loss_ax.plot(iters, [r["trn_loss"] for r in records], label=run_dir.name)
     acc_ax.set(title=f"{data_name}: validation accuracy", xlabel="iteration", ylabel="val/acc")
     loss_ax.set(title=f"{data_name}: training loss", xlabel="iteration", ylabel="trn/loss", yscale="log")
     acc_ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
     """Our final test accuracy (mean, std as error bar) beside the published one, per configuration."""
     refs = reference_lookup()
     labels = [f"R{r.depth}x{r.width} {r.precision}" for r in rows]
-    ours = [statistics.fmean(r.values("tst_acc")) for r in rows]
-    errors = [statistics.stdev(r.values("tst_acc")) if len(r.summaries) > 1 else 0.0 for r in rows]
+    values = [r.values("tst_acc") for r in rows]  # empty where every run diverged before evaluating
+    ours = [statistics.fmean(v) if v else float("nan") for v in values]
+    errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
     published = [refs[r.key].tst_acc if r.key in refs else float("nan") for r in rows]
     x = range(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
@@ -254,22 +359,23 @@ def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
     ax.set_xticks(list(x), labels, rotation=30, ha="right")
     ax.set(title=f"{rows[0].data_name}: test accuracy of the best-val checkpoint", ylabel="tst/acc")
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def write_plots(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Per dataset: `<name>_curves.png` (every run) and `<name>_vs_reference.png` (finished runs)."""
     plt = pyplot()
-    run_dirs = find_run_dirs(runs_dir)
-    if not run_dirs:
-        raise ResbenchError(f"no runs (metrics.jsonl) below {runs_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = find_curves(runs_dir)
+    if not curves:
+        raise ResbenchError(f"no readable runs (metrics.jsonl with config.json) below {runs_dir}")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(out_dir, exc) from None
     written = []
-    for data_name, dirs in run_dirs.items():
+    for data_name, runs in curves.items():
         written.append(out_dir / f"{data_name}_curves.png")
-        plot_curves(plt, data_name, dirs, written[-1])
+        plot_curves(plt, data_name, runs, written[-1])
     for data_name, rows in group_rows(find_summaries(runs_dir)).items():
         written.append(out_dir / f"{data_name}_vs_reference.png")
         plot_vs_reference(plt, rows, written[-1])

@@ -10,6 +10,8 @@ trainer resumes a folder it finds half done.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import os
 import shlex
@@ -28,6 +30,8 @@ GRID_AXES = {"data_name": "--data_name", "resnet_depth": "--resnet_depth", "resn
 # fp16 as the seed means it: mixed precision, which the trainer runs as bf16 where fp16 is unsupported.
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"], "bf16": ["--mixed_precision", "bf16"]}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# Train flags a sweep sets itself: each run's folder is derived from its settings, below --runs_dir.
+SWEEP_OWNED_FLAGS = ("save", "resume")
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,11 @@ def toml_grid(path: Path) -> list[list[str]]:
 
     try:
         spec = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ResbenchError(f"cannot read grid {path}: {exc}") from None
     fixed = spec.pop("flags", {})
+    if not isinstance(fixed, dict):
+        raise ResbenchError(f"grid {path}: flags must be a table: a [flags] line followed by name = value lines")
     unknown = set(spec) - set(GRID_AXES)
     if unknown:
         raise ResbenchError(f"grid {path}: unknown key(s) {', '.join(sorted(unknown))}; "
@@ -85,9 +91,11 @@ def toml_grid(path: Path) -> list[list[str]]:
     if "data_name" not in spec:
         raise ResbenchError(f"grid {path}: data_name is required")
     axes = {key: as_list(spec[key]) for key in GRID_AXES if key in spec}
-    bad = set(axes.get("precision", [])) - set(PRECISION_FLAGS)
+    if empty := [key for key, values in axes.items() if not values]:
+        raise ResbenchError(f"grid {path}: {', '.join(empty)} is an empty list, so the grid has no runs")
+    bad = [value for value in axes.get("precision", []) if not isinstance(value, str) or value not in PRECISION_FLAGS]
     if bad:
-        raise ResbenchError(f"grid {path}: precision must be one of {', '.join(PRECISION_FLAGS)}, not {bad.pop()}")
+        raise ResbenchError(f"grid {path}: precision must be one of {', '.join(PRECISION_FLAGS)}, not {bad[0]!r}")
     fixed_flags = [part for key, value in fixed.items() for part in (f"--{key}", flag_value(value))]
     return [axis_flags(dict(zip(axes, values))) + fixed_flags for values in itertools.product(*axes.values())]
 
@@ -106,27 +114,66 @@ def load_grid(grid: str) -> list[list[str]]:
 
 # ---------------------------------------------------------------- planning
 
-def run_folder(runs_dir: Path, flags: list[str]) -> Path:
-    """<runs_dir>/<data_name>/<run name> of a train command, parsed by the train CLI itself so names agree."""
-    from .cli import build_parser, config_from_args
-    from .train import default_run_name
+def parse_train_flags(flags: list[str]) -> argparse.Namespace:
+    """The train CLI's own parse of `flags`, so sweep and train agree on every setting.
 
-    args, unknown = build_parser().parse_known_args(["train", *flags])
-    if unknown:
-        raise ResbenchError(f"unknown train flag(s): {' '.join(unknown)}")
-    config = config_from_args(args)
+    argparse answers a bad value by printing the whole train usage and exiting; only its one-line
+    reason is kept, so the caller can say which grid row it came from.
+    """
+    from .cli import build_parser
+
+    usage = io.StringIO()
     try:
-        return Path(runs_dir) / config.data_name / default_run_name(config)
-    except ValueError as exc:  # e.g. --mixed_precision fp16 without CUDA
-        raise ResbenchError(f"train {' '.join(flags)}: {exc}") from None
+        with contextlib.redirect_stderr(usage):
+            args, unknown = build_parser().parse_known_args(["train", *flags])
+    except SystemExit as exc:
+        if not exc.code:  # --help: the train help is printed, nothing is wrong
+            raise
+        raise ResbenchError(usage.getvalue().strip().splitlines()[-1].partition("error: ")[2]) from None
+    if unknown:
+        hint = "; --runs_dir is a sweep option: put it before `--`" if any("runs_dir" in u for u in unknown) else ""
+        raise ResbenchError(f"unknown train flag(s): {' '.join(unknown)}{hint}")
+    return args
 
 
-def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str]) -> list[PlannedRun]:
-    """Each grid point with its run folder; points that map to the same folder run once."""
+def run_folder(runs_dir: Path, flags: list[str]) -> Path:
+    """<runs_dir>/<data_name>/<run name> of a train command, checked as `resbench train` would check it.
+
+    Checking at planning time makes a bad grid fail at once (and under --dry-run), not once per
+    run after its folder was created.
+    """
+    from .cli import config_from_args
+    from .train import default_run_name, validate_config
+
+    args = parse_train_flags(flags)
+    if owned := [f"--{name}" for name in SWEEP_OWNED_FLAGS if getattr(args, name) is not None]:
+        raise ResbenchError(f"{', '.join(owned)} cannot be a flag of a sweep: each run gets its own folder "
+                            "<runs_dir>/<data_name>/<run name>; set --runs_dir instead")
+    config = config_from_args(args)
+    validate_config(config)
+    return Path(runs_dir) / config.data_name / default_run_name(config)
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """Refuse a --runs_dir below a file, which every run would only discover when creating its folder."""
+    existing = next((p for p in (runs_dir, *runs_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ResbenchError(f"--runs_dir {runs_dir} is not a folder ({existing} is a file); name a folder")
+
+
+def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], source: str) -> list[PlannedRun]:
+    """Each grid point with its run folder; points that map to the same folder run once.
+
+    A point that `resbench train` would refuse stops the plan with an error naming `source` and the point.
+    """
+    check_runs_dir(Path(runs_dir))
     runs: dict[Path, PlannedRun] = {}
-    for point in grid:
+    for number, point in enumerate(grid, 1):
         flags = (*point, *extra_flags)
-        save = run_folder(runs_dir, list(flags))
+        try:
+            save = run_folder(runs_dir, list(flags))
+        except ResbenchError as exc:
+            raise ResbenchError(f"{source}, run {number} of {len(grid)} ({shlex.join(flags)}): {exc}") from None
         runs.setdefault(save, PlannedRun(save, flags))
     return list(runs.values())
 
@@ -155,9 +202,12 @@ def child_env() -> dict[str, str]:
 
 def execute(run: PlannedRun) -> str | None:
     """Train one run, its output appended to <save>/stdout.log; the reason it failed, or None."""
-    run.save.mkdir(parents=True, exist_ok=True)
-    with open(run.save / "stdout.log", "a") as log:
-        code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    try:
+        run.save.mkdir(parents=True, exist_ok=True)
+        with open(run.save / "stdout.log", "a") as log:
+            code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    except OSError as exc:  # e.g. a file where the run's folder goes: that run fails, the others go on
+        return f"cannot write {run.save}: {exc.strerror or exc}"
     if code != 0:
         return f"exit status {code}"
     return None if run.state == "finished" else "no summary.json written"
@@ -190,7 +240,8 @@ def train_flags(remainder: list[str]) -> list[str]:
 def run_sweep(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ResbenchError("--jobs must be at least 1")
-    runs = plan_runs(load_grid(args.grid), args.runs_dir, train_flags(args.train_flags))
+    source = "seed grid" if args.grid == "seed" else f"grid {args.grid}"
+    runs = plan_runs(load_grid(args.grid), args.runs_dir, train_flags(args.train_flags), source)
     print(describe_plan(runs, args.jobs, show_commands=args.dry_run), flush=True)
     todo = [run for run in runs if run.state != "finished"]
     if args.dry_run or not todo:
