@@ -146,7 +146,7 @@ def run_folder(runs_dir: Path, flags: list[str]) -> Path:
     from .train import default_run_name, validate_config
 
     args = parse_train_flags(flags)
-    if owned := [f"--{name}" for name in SWEEP_OWNED_FLAGS if getattr(args, name) is not None]:
+    if owned := [f"--{name}" for name in SWEEP_OWNED_FLAGS if getattr(args, name, None) is not None]:
         raise ResbenchError(f"{', '.join(owned)} cannot be a flag of a sweep: each run gets its own folder "
                             "<runs_dir>/<data_name>/<run name>; set --runs_dir instead")
     config = config_from_args(args)
