@@ -207,6 +207,7 @@ def test_a_new_run_never_overwrites_the_users_files(tmp_path):
     (tmp_path / "mine" / "log.txt").write_text("my notes")
     with pytest.raises(CheckpointError, match="is not empty \\(log.txt\\) and holds no resbench run"):
         train(tiny_config(tmp_path / "mine"))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["log.txt"]  # not even a lock file left
     assert (tmp_path / "mine" / "log.txt").read_text() == "my notes"
 
 
@@ -244,9 +245,30 @@ def test_a_run_failing_before_training_leaves_no_folder(tmp_path, capsys):
     for name in ("train_images", "train_labels", "test_images", "test_labels"):
         (bad / f"{name}.npy").write_text("not an array")
     code = main(["train", "--data_name", "CIFAR10_x32", "--data_root", str(tmp_path / "data"), "--device", "cpu",
-                 "--save", str(tmp_path / "run")])
+                 "--save", str(tmp_path / "deep" / "er" / "run")])
     assert code == 2 and "not a valid .npy file" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "deep").exists()  # nor the parent folders the run created
+
+
+def test_another_spelling_of_a_setting_is_the_same_run(unfinished_run):
+    assert main(["train", "--resume", unfinished_run.save, "--mixed_precision", "FP32"]) == 0  # saved: false
+
+
+def test_resume_and_save_naming_two_folders_is_refused(unfinished_run, tmp_path, capsys):
+    assert main(["train", "--resume", unfinished_run.save, "--save", str(tmp_path / "elsewhere")]) == 2
+    assert "a resumed run stays in its folder" in capsys.readouterr().err
+
+
+def test_sigterm_outside_the_loop_unwinds_like_ctrl_c(tmp_path):
+    """Before the loop takes over the signals (data preparation), SIGTERM must unwind, so the
+    cleanup of a just-created run folder and of lock files runs, instead of killing at once."""
+    from resbench.cli import stop_on_sigterm
+    main(["data", "list", "--data_root", str(tmp_path)])
+    assert signal.getsignal(signal.SIGTERM) is stop_on_sigterm
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def test_flags_given_on_resume_are_checked_even_at_their_defaults(unfinished_run, capsys):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import typing
 from pathlib import Path
 
@@ -88,6 +90,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot resume {args.resume}: {saved_path} is unreadable ({exc}); "
                               "delete the folder to start over") from None
+    if given.get("save") not in (None, args.resume):
+        raise CheckpointError(f"--save {given['save']} and --resume {args.resume} name two folders; "
+                              "a resumed run stays in its folder")
     unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise CheckpointError(f"{saved_path} has unknown settings {sorted(unknown)}; was it written by resbench?")
@@ -117,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM acts like Ctrl-C outside the training loop (which saves on either): the unwinding
+    removes what a run or a download had only begun (empty run folder, lock and .part files)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
         return args.func(args)
     except ResbenchError as exc:

@@ -99,15 +99,41 @@ class RunFolder:
         return saved
 
     @contextlib.contextmanager
-    def claimed(self) -> Iterator[RunFolder]:
+    def claimed(self, agree: Callable[[bool], bool] = bool) -> Iterator[RunFolder]:
         """Hold the folder for this process's run: created if needed, checked writable, and locked,
         so a second process training into it (a sweep started twice) is refused instead of
-        interleaving its files. A folder this call created is removed again if the run fails
-        before writing anything into it."""
-        if not self.writer:
+        interleaving its files. `agree(failed)` tells every rank of a data-parallel run whether
+        the writer could claim it, so all of them stop with an error rather than the others
+        waiting in a collective. If the run fails, what this call created (folders, the lock
+        file) is removed again unless the run wrote something there."""
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        lock_existed = self.file(LOCK_NAME).exists()
+        lock, error = None, None
+        if self.writer:
+            try:
+                lock = self.lock()
+            except checkpoint.CheckpointError as exc:
+                error = exc
+        if agree(error is not None):
+            if lock is not None:
+                lock.close()
+            raise error or checkpoint.CheckpointError(
+                f"the main process could not claim the run folder {self.path}; see its error")
+        try:
             yield self
-            return
-        created = not self.path.exists()
+        except BaseException:
+            if self.writer and not lock_existed:
+                self.file(LOCK_NAME).unlink(missing_ok=True)
+            for folder in created if self.writer and not self.leftovers() else []:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
+        finally:
+            if lock is not None:
+                lock.close()  # releases the lock
+
+    def lock(self) -> Any:
+        """Create the folder, try a write, and take its lock; the open lock file holds the lock."""
         with checkpoint.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
@@ -118,15 +144,7 @@ class RunFolder:
             lock.close()
             raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for it "
                                              "to end, or use another --save folder") from None
-        try:
-            yield self
-        except BaseException:
-            if created and not self.leftovers():
-                self.file(LOCK_NAME).unlink(missing_ok=True)
-                self.path.rmdir()
-            raise
-        finally:
-            lock.close()  # releases the lock
+        return lock
 
     @writer_only
     def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:

@@ -332,8 +332,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     world = distributed.init_world(device)
     try:
-        with RunFolder(run_folder_of(cfg), writer=world.is_main).claimed() as run:
-            return train_in_world(cfg, run, distributed.local_device(device, world), world)
+        device = distributed.local_device(device, world)
+        agree = lambda failed: distributed.any_rank(failed, world, device)  # noqa: E731
+        with RunFolder(run_folder_of(cfg), writer=world.is_main).claimed(agree) as run:
+            return train_in_world(cfg, run, device, world)
     finally:
         distributed.shutdown(world)
 
@@ -554,6 +556,13 @@ def check_same_device_kind(saved_state: dict[str, Any], device: torch.device, pr
             "or use another --save folder")
 
 
+def canonical(key: str, value: Any) -> Any:
+    """One spelling per setting: `--mixed_precision` false/fp32/FALSE are the same run."""
+    if key == "mixed_precision" and isinstance(value, str):
+        return {"false": "fp32", "fp32": "fp32"}.get(value.lower(), value.lower())
+    return value
+
+
 def check_fresh_start(run: RunFolder, wanted: dict[str, Any]) -> None:
     """A new run starts in an empty folder, or over its own earlier start (same settings) that died
     before the first checkpoint; anything else there (another run, the user's files) is kept."""
@@ -568,7 +577,7 @@ def check_fresh_start(run: RunFolder, wanted: dict[str, Any]) -> None:
 def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
     differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
                  for key in sorted(set(saved) | set(wanted))
-                 if key not in RESUMABLE_CHANGES and saved.get(key) != wanted.get(key)]
+                 if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]
     if differing:
         raise checkpoint.CheckpointError(
             f"{path} holds a run with other settings ({'; '.join(differing)}); "
