@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import cli_env
 from resbench.evaluate import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
 from resbench.reference import reference_rows
 from resbench.report import render_tables
@@ -357,6 +362,26 @@ def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
     assert "3 runs: 1 to run, 1 to resume, 1 finished (skipped)" in proc.stdout
 
 
+def test_a_terminated_sweep_stops_its_runs_saved_and_starts_no_more(tmp_path):
+    """`kill SWEEP_PID` (or `timeout`): the running run saves its state, queued runs never start."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("optim_ni = 10", "optim_ni = 3000"))
+    runs_dir = tmp_path / "runs"
+    sweep = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
+                              str(runs_dir), "--jobs", "1"], env=cli_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    first = runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s1"
+    deadline = time.monotonic() + 120
+    while not (first / "last.pt").exists():
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGTERM)
+    output = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == 130, output
+    assert "stopped by a signal at iteration" in (first / "stdout.log").read_text()
+    assert not (runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s2").exists()
+
+
 def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
     grid = tmp_path / "grid.toml"
     grid.write_text('data_name = ["Digits_x32"]\nlearning_rate = [0.1]\n')
@@ -463,7 +488,6 @@ def digits_runs(tmp_path_factory) -> Path:
     import subprocess
     import sys
 
-    from conftest import cli_env
 
     root = tmp_path_factory.mktemp("sweep")
     (root / "grid.toml").write_text(DIGITS_GRID)

@@ -15,6 +15,7 @@ import io
 import itertools
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -200,12 +201,20 @@ def child_env() -> dict[str, str]:
     return env
 
 
+RUNNING: set[subprocess.Popen] = set()  # the train subprocesses running now
+
+
 def execute(run: PlannedRun) -> str | None:
     """Train one run, its output appended to <save>/stdout.log; the reason it failed, or None."""
     try:
         run.save.mkdir(parents=True, exist_ok=True)
         with open(run.save / "stdout.log", "a") as log:
-            code = subprocess.call(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            child = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            RUNNING.add(child)
+            try:
+                code = child.wait()
+            finally:
+                RUNNING.discard(child)
     except OSError as exc:  # e.g. a file where the run's folder goes: that run fails, the others go on
         return f"cannot write {run.save}: {exc.strerror or exc}"
     if code != 0:
@@ -225,8 +234,16 @@ def execute_all(runs: list[PlannedRun], jobs: int) -> list[tuple[PlannedRun, str
             if reason is not None:
                 failures.append((run, reason))
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         list(pool.map(job, runs))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see cli.stop_on_sigterm): start nothing new,
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in list(RUNNING):  # and let each running run save its state and stop
+            child.send_signal(signal.SIGTERM)
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown()
     return failures
 
 
