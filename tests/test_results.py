@@ -485,10 +485,6 @@ def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, run_c
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory) -> Path:
     """Two short real Digits_x32 runs (seeds 1 and 2) trained by a `--jobs 2` sweep."""
-    import subprocess
-    import sys
-
-
     root = tmp_path_factory.mktemp("sweep")
     (root / "grid.toml").write_text(DIGITS_GRID)
     proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(root / "grid.toml"),
