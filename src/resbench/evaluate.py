@@ -16,6 +16,7 @@ from .data import DATASETS, dataset_spec, load_splits, to_model_input
 from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
 from .models import architecture, resnet
+from .report import invalid_fields
 
 EVAL_BATCH_SIZE = 1024
 # The settings of config.json that rebuild the model and find its data, with their JSON types.
@@ -126,9 +127,7 @@ def check_model_settings(config: object, path: Path) -> None:
     """Refuse a config.json whose model or dataset cannot be rebuilt, before anything deeper fails on it."""
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is not a JSON object; evaluate a checkpoint in the run folder that trained it")
-    bad = [key for key, kind in MODEL_SETTINGS.items()
-           if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool)]
-    if bad:
+    if bad := invalid_fields(config, MODEL_SETTINGS):
         raise CheckpointError(f"{path} lacks a valid {', '.join(bad)}; was it written by resbench train?")
     try:
         dataset_spec(config["data_name"])

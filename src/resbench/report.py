@@ -59,13 +59,17 @@ def read_json(path: Path) -> Any:
         raise DamagedRun(f"{path.name} is unreadable ({exc})") from None
 
 
+def invalid_fields(value: dict, fields: dict[str, type | tuple[type, ...]]) -> list[str]:
+    """The keys of `fields` that `value` lacks or holds with another type (a JSON bool is no number)."""
+    return [key for key, kind in fields.items()
+            if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool)]
+
+
 def checked_fields(value: Any, fields: dict[str, type | tuple[type, ...]], what: str) -> dict:
     """`value` if it is a JSON object whose `fields` have their types, so later code can index it safely."""
     if not isinstance(value, dict):
         raise DamagedRun(f"{what} is not a JSON object")
-    bad = [key for key, kind in fields.items()
-           if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool)]
-    if bad:
+    if bad := invalid_fields(value, fields):
         raise DamagedRun(f"{what} lacks a valid {', '.join(bad)}")
     return value
 
