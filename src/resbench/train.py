@@ -317,6 +317,8 @@ class StopSignals:
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
+            if self.received is not None and sig == signal.SIGTERM:
+                handler = signal.SIG_IGN  # stopping already: a repeated SIGTERM must not break the exit
             signal.signal(sig, handler)
 
 
