@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from resbench import bench, train
+from resbench import bench, config
 
 DEVICE = torch.device("cpu")
 ITERS = 3  # steps per window
@@ -31,17 +31,17 @@ class FixedBatch:
         return self._batch
 
 
-def config(compile_choice: str) -> train.TrainConfig:
-    return train.TrainConfig(resnet_depth=20, device="cpu", compile=compile_choice)
+def settings(compile_choice: str) -> config.TrainConfig:
+    return config.TrainConfig(resnet_depth=20, device="cpu", compile=compile_choice)
 
 
 def main(windows: int) -> None:
-    batches = bench.generated_batches(config("false"), DEVICE)
+    batches = bench.generated_batches(settings("false"), DEVICE)
     variants = {
-        "plain_eager": bench.plain_trainer(config("false"), DEVICE, batches).step,
-        "resbench_eager": bench.optimised_trainer(config("false"), DEVICE, batches).step,
-        "resbench_compiled": bench.optimised_trainer(config("true"), DEVICE, batches).step,
-        "bare_compiled_step": bench.optimised_trainer(config("true"), DEVICE, FixedBatch(batches.batch(0))).step,
+        "plain_eager": bench.plain_trainer(settings("false"), DEVICE, batches).step,
+        "resbench_eager": bench.optimised_trainer(settings("false"), DEVICE, batches).step,
+        "resbench_compiled": bench.optimised_trainer(settings("true"), DEVICE, batches).step,
+        "bare_compiled_step": bench.optimised_trainer(settings("true"), DEVICE, FixedBatch(batches.batch(0))).step,
         "data_only": lambda i: batches.batch(i)[0].sum(),
     }
     for step in variants.values():  # warm-up, compilation included

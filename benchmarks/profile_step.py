@@ -22,7 +22,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from resbench import bench, hotpath, train
+from resbench import bench, config, hotpath
 
 GROUPS = (  # name fragments -> the kind of work, first match wins (cuDNN kernels, then aten/oneDNN ops)
     (("wgrad", "dgrad", "bprop", "backward_data", "backward_filter", "convolution_backward"), "conv backward"),
@@ -35,7 +35,7 @@ GROUPS = (  # name fragments -> the kind of work, first match wins (cuDNN kernel
 
 
 def trainer_for(mode: str, depth: int, device: torch.device) -> bench.Trainer:
-    cfg = train.TrainConfig(resnet_depth=depth, device=device.type, compile="true")
+    cfg = config.TrainConfig(resnet_depth=depth, device=device.type, compile="true")
     hotpath.COMPILE_MODE[device.type] = mode  # read when the trainer compiles its model
     return bench.optimised_trainer(cfg, device, bench.generated_batches(cfg, device))
 
@@ -47,7 +47,7 @@ def time_modes(modes: list[str], depth: int, device: torch.device, iters: int, w
         trainer = trainer_for(mode, depth, device)
         for i in range(3):
             trainer.step(i)
-        train.sync(device)
+        hotpath.sync(device)
         print(f"{mode}: compile + 3 warm-up steps {time.perf_counter() - start:.1f} s", flush=True)
         trainers[mode] = trainer
     rates = defaultdict(list)
@@ -76,12 +76,12 @@ def profile_step(depth: int, device: torch.device, steps: int) -> None:
     trainer = trainer_for("default", depth, device)
     for i in range(3):
         trainer.step(i)
-    train.sync(device)
+    hotpath.sync(device)
     activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU
     with profile(activities=[activity]) as prof:
         for i in range(3, 3 + steps):
             trainer.step(i)
-        train.sync(device)
+        hotpath.sync(device)
     times = op_times(prof, device, steps)
     total = sum(times.values())
     if not total:
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=50, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=5)
     args = parser.parse_args()
-    device = train.resolve_device(args.device)
+    device = config.resolve_device(args.device)
     print(bench.device_name(device), "torch", torch.__version__, flush=True)
     profile_step(args.depth, device, args.steps)
     if args.modes:

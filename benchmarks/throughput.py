@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from resbench.bench import run_bench
-from resbench.train import TrainConfig, validate_config
+from resbench.config import TrainConfig, validate_config
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from conftest import cli_env
 from resbench import distributed, train as train_module
 from resbench.data import PREPARED_FILES, TrainBatches, missing_prepared_files
 from resbench.models import resnet
-from resbench.train import TrainConfig, train_step
+from resbench.config import TrainConfig
+from resbench.train import train_step
 
 CFG = TrainConfig(optim_momentum=0.9, optim_weight_decay=0.01)
 
@@ -203,7 +204,7 @@ def test_two_rank_run_stopped_between_evaluations_resumes_exactly(tmp_path, whol
 
 
 def test_batch_must_split_evenly(monkeypatch):
-    from resbench.train import ConfigError, validate_config
+    from resbench.config import ConfigError, validate_config
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resbench import fetch
-from resbench.data import DATASETS, DataFileError, load_splits
+from resbench import datasets, download, fetch
+from resbench.archive import safe_extract
+from resbench.data import DATASETS, PREPARED_FILES, DataFileError, load_splits
 
 PER_BATCH = 20
 REAL_SPECS = dict(DATASETS)
@@ -201,10 +202,10 @@ def closed_url():
 
 def _use_archive(monkeypatch, filename: str, data: bytes, base_url: str, md5: str | None = None) -> None:
     """Point every dataset using `filename` at base_url, expecting the md5 of `data` (or `md5`)."""
-    for name, source in fetch.SOURCES.items():
-        if source.filename == filename:
-            new = fetch.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest())
-            monkeypatch.setitem(fetch.SOURCES, name, new)
+    for name, recipe in datasets.RECIPES.items():
+        if recipe.source.filename == filename:
+            new = download.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest())
+            monkeypatch.setitem(datasets.RECIPES, name, dataclasses.replace(recipe, source=new))
 
 
 def _place(data_root: Path, filename: str, data: bytes) -> Path:
@@ -219,7 +220,7 @@ def _all_files(root: Path) -> list[str]:
 
 
 def _load(folder: Path) -> dict[str, np.ndarray]:
-    return {name.removesuffix(".npy"): np.load(folder / name, allow_pickle=False) for name in fetch.SPLIT_FILES}
+    return {name.removesuffix(".npy"): np.load(folder / name, allow_pickle=False) for name in PREPARED_FILES}
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
@@ -256,7 +257,7 @@ def test_cifar10_round_trip_is_pixel_exact(tmp_path, monkeypatch, server, cifar1
     assert fetch.prepare_dataset("CIFAR10_x32", tmp_path) == folder
     assert len(server.log) == 1 and (folder / "train_images.npy").stat().st_mtime_ns == mtime
     assert _all_files(tmp_path) == sorted(["downloads/cifar-10-python.tar.gz"]
-                                          + [f"CIFAR10_x32/{f}" for f in fetch.SPLIT_FILES])
+                                          + [f"CIFAR10_x32/{f}" for f in PREPARED_FILES])
 
 
 def test_cifar100_uses_fine_labels(tmp_path, monkeypatch, cifar100, closed_url):
@@ -276,8 +277,8 @@ def test_tinyimagenet_both_variants_from_one_decode(tmp_path, monkeypatch, serve
     server.files["/tiny-imagenet-200.zip"] = archive
     _use_archive(monkeypatch, "tiny-imagenet-200.zip", archive, closed_url)  # only the mirror works
     opened = []
-    real_open = fetch.Image.open
-    monkeypatch.setattr(fetch.Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
 
     x32, x64 = fetch.prepare_datasets(["TinyImageNet200_x32", "TinyImageNet200_x64"], tmp_path, mirror=server.url)
 
@@ -358,11 +359,11 @@ def test_dropped_download_resumes_with_range(tmp_path, server):
     md5 = hashlib.md5(data).hexdigest()
 
     with pytest.raises(fetch.DataError, match="could not download"):
-        fetch.download(server.url + "blob.bin", dest, md5, tries=1)
+        download.download(server.url + "blob.bin", dest, md5, tries=1)
     part = tmp_path / "blob.bin.part"
     assert part.stat().st_size == len(data) // 2 and not dest.exists()
 
-    fetch.download(server.url + "blob.bin", dest, md5, tries=1)
+    download.download(server.url + "blob.bin", dest, md5, tries=1)
 
     assert server.log[1] == ("/blob.bin", f"bytes={len(data) // 2}-", 206)
     assert dest.read_bytes() == data and not part.exists()
@@ -374,7 +375,7 @@ def test_server_ignoring_range_restarts_from_zero(tmp_path, server):
     server.honor_range, server.drops = False, 1
     dest = tmp_path / "blob.bin"
 
-    fetch.download(server.url + "blob.bin", dest, hashlib.md5(data).hexdigest(), tries=2, backoff=0)
+    download.download(server.url + "blob.bin", dest, hashlib.md5(data).hexdigest(), tries=2, backoff=0)
 
     assert [(r, s) for _, r, s in server.log] == [(None, 200), (f"bytes={len(data) // 2}-", 200)]
     assert dest.read_bytes() == data
@@ -386,7 +387,7 @@ def test_stalled_server_times_out(tmp_path, server):
     start = time.monotonic()
 
     with pytest.raises(fetch.DataError, match="could not download .*timed out"):
-        fetch.download(server.url + "blob.bin", tmp_path / "blob.bin", None, timeout=0.3, tries=1)
+        download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, timeout=0.3, tries=1)
 
     assert time.monotonic() - start < 3
 
@@ -394,7 +395,7 @@ def test_stalled_server_times_out(tmp_path, server):
 def test_missing_file_is_not_retried(tmp_path, server):
     start = time.monotonic()
     with pytest.raises(fetch.DataError, match="404"):
-        fetch.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=4, backoff=10)
+        download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=4, backoff=10)
     assert time.monotonic() - start < 5 and len(server.log) == 1
 
 
@@ -409,7 +410,7 @@ def test_placed_archive_needs_no_network(tmp_path, monkeypatch, cifar10, closed_
     def no_network(*args, **kwargs):
         raise AssertionError("network access attempted")
 
-    monkeypatch.setattr(fetch.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(download.urllib.request, "urlopen", no_network)
     folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path, mirror=closed_url)
 
     np.testing.assert_array_equal(np.load(folder / "test_labels.npy"), cifar10[4])
@@ -478,7 +479,7 @@ def test_unsafe_archive_members_are_refused(tmp_path, make, kind):
     before = _all_files(tmp_path)
 
     with pytest.raises(fetch.DataError, match=f"refusing unsafe archive {archive.name}: member"):
-        fetch.safe_extract(archive, dest)
+        safe_extract(archive, dest)
 
     assert _all_files(tmp_path) == before and not dest.exists()  # nothing extracted, inside or outside
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "evil.txt").exists()
@@ -488,7 +489,7 @@ def test_safe_extract_writes_only_requested_members(tmp_path, cifar10):
     archive = tmp_path / "c.tar.gz"
     archive.write_bytes(cifar10[0])
 
-    written = fetch.safe_extract(archive, tmp_path / "dest", ["cifar-10-batches-py/test_batch"])
+    written = safe_extract(archive, tmp_path / "dest", ["cifar-10-batches-py/test_batch"])
 
     assert written == [(tmp_path / "dest" / "cifar-10-batches-py" / "test_batch").resolve()]
     assert _all_files(tmp_path / "dest") == ["cifar-10-batches-py/test_batch"]
@@ -530,12 +531,12 @@ def test_interrupted_preparation_leaves_no_dataset(tmp_path, monkeypatch, cifar1
         saved.append(path)
         real_save(path, array, **kwargs)
 
-    monkeypatch.setattr(fetch.np, "save", save_then_crash)
+    monkeypatch.setattr(np, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         fetch.prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert saved and sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
-    monkeypatch.setattr(fetch.np, "save", real_save)
+    monkeypatch.setattr(np, "save", real_save)
     fetch.prepare_dataset("CIFAR10_x32", tmp_path)
     assert fetch.is_complete(tmp_path, "CIFAR10_x32")
 
@@ -595,7 +596,8 @@ def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
 
 def test_train_prepares_a_missing_dataset_itself(tmp_path, monkeypatch, server, cifar10, capfd):
     from resbench import data
-    from resbench.train import TrainConfig, train
+    from resbench.config import TrainConfig
+    from resbench.train import train
 
     archive = cifar10[0]
     server.files["/cifar-10-python.tar.gz"] = archive
@@ -639,7 +641,7 @@ def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar
     results, messages = {}, []
     # fetch's log lines, collected directly: polling a captured stderr while threads write to it
     # can lose a line between reading and truncating the capture
-    monkeypatch.setattr(fetch, "_log", messages.append)
+    monkeypatch.setattr(fetch, "log", messages.append)
 
     def prepare(key: str) -> None:
         try:
@@ -669,7 +671,7 @@ def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar
     for i, key in enumerate(["train_images", "train_labels", "test_images", "test_labels"], start=1):
         np.testing.assert_array_equal(arrays[key], cifar10[i])
     assert _all_files(tmp_path) == sorted(["downloads/cifar-10-python.tar.gz"]  # no .part, lock or temporary left
-                                          + [f"CIFAR10_x32/{f}" for f in fetch.SPLIT_FILES])
+                                          + [f"CIFAR10_x32/{f}" for f in PREPARED_FILES])
 
 
 def _bad_data_root(tmp_path: Path, kind: str) -> Path:

@@ -26,8 +26,8 @@ from resbench.checkpoint import CheckpointError
 from resbench.cli import main
 from resbench.models import resnet
 from resbench.runlog import RunFolder
-from resbench.train import (StopSignals, TrainConfig, TrainingDiverged, check_same_config, configure_determinism,
-                            default_run_name, train, train_step)
+from resbench.config import TrainConfig, check_same_config, default_run_name
+from resbench.train import StopSignals, TrainingDiverged, configure_determinism, train, train_step
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
             "--eval_every", "20"]
@@ -581,7 +581,7 @@ def test_a_bad_torchrun_variable_is_one_clear_line(tmp_path, capsys, monkeypatch
 
 
 def test_clipping_off_or_zero_means_no_clipping():
-    from resbench.cli import optional_float
+    from resbench.config import optional_float
     assert optional_float("off") is None and optional_float("0") is None and optional_float("0.0") is None
     assert optional_float("1.5") == 1.5
 

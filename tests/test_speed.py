@@ -7,7 +7,9 @@ import torch
 
 from resbench import hotpath
 from resbench.models import resnet
-from resbench.train import ConfigError, TrainConfig, autocast_for, train_step, validate_config
+from resbench.config import ConfigError, TrainConfig, validate_config
+from resbench.hotpath import autocast_for
+from resbench.train import train_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 STEPS = 3

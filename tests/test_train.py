@@ -9,7 +9,8 @@ import torch
 
 from conftest import REPO, cli_env
 from resbench.models import resnet
-from resbench.train import TrainConfig, default_run_name, learning_rate, train_step, validate_config, ConfigError
+from resbench.config import ConfigError, TrainConfig, default_run_name, validate_config
+from resbench.train import learning_rate, train_step
 
 
 def test_schedule_warmup_then_cosine():

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import data, hotpath, models
-from .train import (ConfigError, TrainConfig, autocast_for, learning_rate, precision_for, resolve_device, sync,
-                    train_step, validate_config)
+from .config import ConfigError, TrainConfig, precision_for, resolve_device, validate_config
+from .hotpath import autocast_for, sync
+from .train import learning_rate, train_step
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import resolve_device
 from .data import DATASETS, dataset_spec, load_splits, to_model_input
 from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
@@ -157,8 +158,6 @@ def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperatu
     Computed in float32 whatever the run's precision (the checkpoint holds float32 weights), so
     an fp16/bf16 run's figures can differ from its summary.json in the third decimal.
     """
-    from .train import resolve_device  # train imports this module
-
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise ResbenchError(f"no such checkpoint: {ckpt}")

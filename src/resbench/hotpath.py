@@ -11,12 +11,13 @@
   graphs: 3.8 ms/step.
 - Optimiser: the fused SGD kernel where this torch has one for the device (one kernel for all
   parameters instead of a Python loop; same update, see tests/test_speed.py), else foreach.
-- Precision: bf16 autocast on a CPU without native bf16 instructions runs ~12x slower than fp32,
-  so it is allowed but announced on stderr.
+- Precision: autocast to fp16/bf16 for the mixed-precision rows; bf16 autocast on a CPU without
+  native bf16 instructions runs ~12x slower than fp32, so it is allowed but announced on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Callable
@@ -117,3 +118,17 @@ def warn_if_slow_precision(precision: str, device: torch.device) -> None:
     message = slow_precision_warning(precision, device)
     if message:
         print(message, file=sys.stderr)
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a precision: none for fp32, else fp16/bf16 compute with fp32 weights."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it measures that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import config_from_args, default_run_name, train_flag_parser, validate_config
 from .errors import ResbenchError
 from .reference import reference_rows
 
@@ -121,12 +122,10 @@ def parse_train_flags(flags: list[str]) -> argparse.Namespace:
     argparse answers a bad value by printing the whole train usage and exiting; only its one-line
     reason is kept, so the caller can say which grid row it came from.
     """
-    from .cli import build_parser
-
     usage = io.StringIO()
     try:
         with contextlib.redirect_stderr(usage):
-            args, unknown = build_parser().parse_known_args(["train", *flags])
+            args, unknown = train_flag_parser().parse_known_args(flags)
     except SystemExit as exc:
         if not exc.code:  # --help: the train help is printed, nothing is wrong
             raise
@@ -143,9 +142,6 @@ def run_folder(runs_dir: Path, flags: list[str]) -> Path:
     Checking at planning time makes a bad grid fail at once (and under --dry-run), not once per
     run after its folder was created.
     """
-    from .cli import config_from_args
-    from .train import default_run_name, validate_config
-
     args = parse_train_flags(flags)
     if owned := [f"--{name}" for name in SWEEP_OWNED_FLAGS if getattr(args, name, None) is not None]:
         raise ResbenchError(f"{', '.join(owned)} cannot be a flag of a sweep: each run gets its own folder "

@@ -1,0 +1,270 @@
+"""The settings of a run: `TrainConfig`, their checks, and the `resbench train` flags that fill them.
+
+Everything that decides what a run is lives here, apart from the loop that runs it, so that
+`train`, `evaluate`, `bench`, `sweep` and `cli` share one definition: the flag names are the
+reference's, the defaults are the seed's command, and `default_run_name` tells runs apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data, distributed, hotpath, models
+from .checkpoint import CheckpointError
+from .errors import ResbenchError
+
+MAX_WIDTH = 64  # width 64 is a ~1.1e9-parameter depth-20 network; beyond is a typo, not a baseline
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run, named as the reference's flags; defaults are the seed's command."""
+
+    data_name: str = "CIFAR10_x32"
+    resnet_depth: int = 20
+    resnet_width: int = 1
+    batch_size: int = 256
+    optim_ni: int = 48_000
+    optim_lr: float = 0.1
+    optim_momentum: float = 0.9
+    optim_weight_decay: float = 0.001
+    optim_label_smoothing: float = 0.0
+    optim_global_clipping: float | None = None  # max global gradient norm; None = no clipping
+    seed: int = 42
+    data_root: str = "./data"
+    save: str | None = None  # run folder; None = runs/<data_name>/<default_run_name()>
+    mixed_precision: str = "false"  # false | true (fp16 on CUDA, bf16 elsewhere) | fp16 | bf16
+    eval_every: int = 1000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: str = "auto"  # auto | true | false; auto: where the run repays the compile time
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
+    deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
+    tensorboard: bool = False  # also write the evaluation records as TensorBoard scalars
+
+    @property
+    def precision(self) -> str:
+        return precision_for(self.mixed_precision, resolve_device(self.device))
+
+
+# Settings that do not change a single number of the results; a run may resume with them changed.
+RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard"}
+
+
+class ConfigError(ResbenchError, ValueError):
+    """A setting is impossible; the message names the flag and what to use instead."""
+
+
+# ---------------------------------------------------------------- checks
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject impossible settings up front, each with one line naming the flag and the fix."""
+    try:
+        check_settings(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    data.dataset_spec(cfg.data_name)
+    models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
+    if cfg.resnet_width > MAX_WIDTH:
+        raise ValueError(f"--resnet_width {cfg.resnet_width} is out of range: use 1 to {MAX_WIDTH}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+    if not cfg.optim_lr > 0 or not math.isfinite(cfg.optim_lr):
+        raise ValueError(f"--optim_lr must be a positive number, got {cfg.optim_lr}")
+    if not 0 <= cfg.optim_momentum < 1:
+        raise ValueError(f"--optim_momentum must be in [0, 1), got {cfg.optim_momentum}")
+    if not 0 <= cfg.optim_weight_decay < 1:
+        raise ValueError(f"--optim_weight_decay must be in [0, 1), got {cfg.optim_weight_decay}")
+    if not 0 <= cfg.optim_label_smoothing < 1:
+        raise ValueError(f"--optim_label_smoothing must be in [0, 1), got {cfg.optim_label_smoothing}")
+    if cfg.optim_global_clipping is not None and not cfg.optim_global_clipping > 0:
+        raise ValueError(f"--optim_global_clipping must be positive, got {cfg.optim_global_clipping}")
+    num_train = data.DATASETS[cfg.data_name].num_train
+    if cfg.batch_size > num_train:
+        raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
+                         f"{cfg.data_name} ({num_train} images)")
+    precision_for(cfg.mixed_precision, resolve_device(cfg.device))
+    world_size = distributed.launched_world().world_size
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} does not split evenly over {world_size} processes; "
+                         f"use a multiple of {world_size}")
+    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+        raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
+    hotpath.parse_compile(cfg.compile)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name} is not supported (resbench trains on CPUs and CUDA GPUs): "
+                         "use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name} does not exist: this machine has {torch.cuda.device_count()} "
+                         f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def precision_for(mixed_precision: str, device: torch.device) -> str:
+    """fp32 | fp16 | bf16. `true` means fp16 with loss scaling on CUDA and bf16 elsewhere."""
+    choice = mixed_precision.lower()
+    if choice in ("false", "fp32"):
+        return "fp32"
+    if choice == "true":
+        return "fp16" if device.type == "cuda" else "bf16"
+    if choice == "fp16" and device.type != "cuda":
+        raise ValueError("--mixed_precision fp16 needs a CUDA device; use bf16 (or false) on "
+                         f"{device.type}")
+    if choice in ("fp16", "bf16"):
+        return choice
+    raise ValueError(f"--mixed_precision must be false, true, fp16 or bf16, got {mixed_precision!r}")
+
+
+# ---------------------------------------------------------------- run folders
+
+def default_run_name(cfg: TrainConfig) -> str:
+    """A folder name that tells the settings apart, e.g. R20x1-b256-i48k-lr0.1-wd0.001-s42."""
+    ni = f"{cfg.optim_ni // 1000}k" if cfg.optim_ni % 1000 == 0 else str(cfg.optim_ni)
+    name = (f"R{cfg.resnet_depth}x{cfg.resnet_width}-b{cfg.batch_size}-i{ni}-lr{cfg.optim_lr:g}"
+            f"-wd{cfg.optim_weight_decay:g}-s{cfg.seed}")
+    if cfg.optim_momentum != 0.9:
+        name += f"-m{cfg.optim_momentum:g}"
+    if cfg.optim_label_smoothing:
+        name += f"-ls{cfg.optim_label_smoothing:g}"
+    if cfg.optim_global_clipping is not None:
+        name += f"-clip{cfg.optim_global_clipping:g}"
+    if cfg.precision != "fp32":
+        name += f"-{cfg.precision}"
+    if cfg.deterministic:
+        name += "-det"
+    return name
+
+
+def run_folder_of(cfg: TrainConfig) -> Path:
+    return Path(cfg.save) if cfg.save else Path("runs") / cfg.data_name / default_run_name(cfg)
+
+
+def canonical(key: str, value: Any) -> Any:
+    """One spelling per setting: `--mixed_precision` false/fp32/FALSE are the same run."""
+    if key == "mixed_precision" and isinstance(value, str):
+        return {"false": "fp32", "fp32": "fp32"}.get(value.lower(), value.lower())
+    return value
+
+
+def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
+    """Refuse to continue or reuse a run folder whose saved settings differ in anything that changes a number."""
+    differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
+                 for key in sorted(set(saved) | set(wanted))
+                 if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]
+    if differing:
+        raise CheckpointError(
+            f"{path} holds a run with other settings ({'; '.join(differing)}); "
+            "use another --save folder, or the saved settings to resume it")
+
+
+# ---------------------------------------------------------------- the `resbench train` flags
+
+FLAG_HELP = {
+    "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, Digits_x32 (offline demo)",
+    "resnet_depth": "6n+2 (20, 32, 44, 56, 110, ...) or 18, 34, 50, 101, 152",
+    "resnet_width": "channel multiplier",
+    "batch_size": "global batch size",
+    "optim_ni": "training iterations",
+    "optim_lr": "peak learning rate (linear warm-up over 10%%, cosine decay to 0)",
+    "optim_momentum": "heavy-ball momentum",
+    "optim_weight_decay": "L2 added to every gradient before momentum (PyTorch style)",
+    "optim_label_smoothing": "label smoothing of the cross-entropy",
+    "optim_global_clipping": "clip gradients to this global norm (off or 0: no clipping)",
+    "seed": "random seed (init, data order, augmentation)",
+    "data_root": "folder holding <data_name>/{train,test}_{images,labels}.npy",
+    "save": "run folder (default runs/<data_name>/<settings>); an existing one is resumed",
+    "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
+    "eval_every": "iterations between evaluations (and one at the last iteration)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "compile": "auto | true | false: torch.compile the training step (auto: only for runs long enough to repay the compile time)",
+    "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
+    "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package)",
+    "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (true/false; slower)",
+}
+
+NOT_GIVEN = argparse.SUPPRESS  # a flag left out is absent from the namespace: only given flags change a resumed run
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def optional_float(text: str) -> float | None:
+    """A number, where none/off/0 mean "not used"."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    value = float(text)
+    return None if value == 0 else value
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """One `--<field>` flag per TrainConfig field, plus `--resume RUN_DIR`."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = {bool: parse_bool, int: int, float: float, str: str, str | None: str}.get(hints[f.name], optional_float)
+        shown = "off" if f.default is None else f.default
+        parser.add_argument(f"--{f.name}", type=kind, default=NOT_GIVEN, help=f"{FLAG_HELP[f.name]} (default: {shown})")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="resume RUN_DIR with its saved settings")
+    return parser
+
+
+def train_flag_parser() -> argparse.ArgumentParser:
+    """The `resbench train` flags on their own, for parsing the train flags of a sweep's runs."""
+    return add_train_flags(argparse.ArgumentParser(prog="resbench train"))
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The settings of the run: from the flags, or from RUN_DIR/config.json with --resume."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if not args.resume:
+        return TrainConfig(**given)
+    saved_path = Path(args.resume) / "config.json"
+    if not saved_path.is_file():
+        raise CheckpointError(f"cannot resume {args.resume}: it is not a run folder (no config.json); "
+                              "pass the --save folder of an earlier run")
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot resume {args.resume}: {saved_path} is unreadable ({exc}); "
+                              "delete the folder to start over") from None
+    if given.get("save") not in (None, args.resume):
+        raise CheckpointError(f"--save {given['save']} and --resume {args.resume} name two folders; "
+                              "a resumed run stays in its folder")
+    unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
+    if unknown:
+        raise CheckpointError(f"{saved_path} has unknown settings {sorted(unknown)}; was it written by resbench?")
+    return TrainConfig(**{**saved, **given, "save": str(args.resume)})
