@@ -31,7 +31,7 @@ from resbench.train import StopSignals, TrainingDiverged, configure_determinism,
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
             "--eval_every", "20"]
-SUMMARY_KEYS = ("val_acc", "tst_acc", "tst_nll", "best_iter", "iterations", "skipped_steps")
+SUMMARY_KEYS = ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "iterations", "skipped_steps")
 
 
 def start_training(*args: str) -> subprocess.Popen:
@@ -427,7 +427,7 @@ def test_loss_scaler_skips_are_counted_not_fatal(tmp_path, monkeypatch):
     records = [json.loads(line) for line in run.file("metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "finished" and summary["skipped_steps"] == 2
     assert [r["skipped_steps"] for r in records] == [1, 2]
-    assert "skipped steps (fp16 overflow) 2" in run.file("log.txt").read_text()
+    assert "trn/skipped_steps 2 (fp16 overflow)" in run.file("log.txt").read_text()
 
 
 def test_train_step_counts_a_skipped_update():

@@ -58,6 +58,14 @@ class TrainConfig:
 
 # Settings that do not change a single number of the results; a run may resume with them changed.
 RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard"}
+# config.json's key for what the asked settings became on the machine (device, compile, absolute
+# folders); the settings themselves stay as asked, so that --resume compares like with like.
+RESOLVED_KEY = "resolved"
+
+
+def asked_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a config.json, without the resolved values recorded beside them."""
+    return {key: value for key, value in saved.items() if key != RESOLVED_KEY}
 
 
 class ConfigError(ResbenchError, ValueError):
@@ -264,6 +272,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if given.get("save") not in (None, args.resume):
         raise CheckpointError(f"--save {given['save']} and --resume {args.resume} name two folders; "
                               "a resumed run stays in its folder")
+    saved = asked_settings(saved) if isinstance(saved, dict) else saved
     unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise CheckpointError(f"{saved_path} has unknown settings {sorted(unknown)}; was it written by resbench?")
