@@ -9,10 +9,12 @@ import threading
 
 from . import __version__, fetch
 from .bench import add_bench_parser
+from .compare import add_compare_parser
 from .config import add_train_flags, config_from_args
 from .errors import ResbenchError
 from .evaluate import add_eval_parser
-from .report import add_plot_parser, add_table_parser
+from .plots import add_plot_parser
+from .report import add_table_parser
 from .sweep import add_sweep_parser
 from .train import Interrupted, TrainingDiverged, train
 
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
     fetch.add_data_parser(subparsers)
-    for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_plot_parser, add_bench_parser):
+    for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_compare_parser, add_plot_parser,
+                       add_bench_parser):
         add_parser(subparsers)
     return parser
 
