@@ -103,8 +103,18 @@ def test_a_run_still_going_is_compared_as_far_as_it_got(tmp_path):
     write_reference_run(tmp_path / "run", reference(("CIFAR100_x32", 18, 1, 0.001, "fp16")), until=5000)
     [cell], _ = compared(tmp_path)
     assert cell.verdict()["status"] == "matching so far" and len(cell.checks) == 3 * 5  # finals wait for the end
-    assert cell.finals["val_acc"]["reference"] == reference(("CIFAR100_x32", 18, 1, 0.001, "fp16")).at(5000)["best_val_acc"]
+    theirs = reference(("CIFAR100_x32", 18, 1, 0.001, "fp16")).at(5000)["best_val_acc"]
+    assert cell.finals["val_acc"]["reference"] == theirs  # their best as far as we got
     assert "in progress: within tolerance up to iteration 5000 of 48000" in cell.verdict_text()
+
+
+def test_a_diverged_run_fails_its_cell_and_a_run_without_evaluations_waits(tmp_path):
+    diverged = write_reference_run(tmp_path / "diverged", reference(), until=7000)
+    (diverged / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    write_reference_run(tmp_path / "new", reference(("CIFAR10_x32", 32, 1, 0.001, "fp32")), until=0)
+    cells, _ = compared(tmp_path)
+    assert [cell.verdict()["status"] for cell in cells] == ["diverged", "no evaluation yet"]
+    assert cells[0].verdict_text() == "OUTSIDE tolerance: 1 of 1 runs diverged: diverged (after iteration 7000)"
 
 
 def test_runs_with_other_settings_have_no_reference_run(tmp_path, run_cli):
@@ -226,7 +236,8 @@ def test_a_run_records_the_references_definitions_and_test_figures_at_every_eval
     records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     cfg = TrainConfig(optim_ni=20)
     for record, first in zip(records, (0, 10)):
-        assert record["trn_lr"] == pytest.approx(statistics.fmean(learning_rate(s, cfg) for s in range(first, first + 10)))
+        lrs = [learning_rate(s, cfg) for s in range(first, first + 10)]
+        assert record["trn_lr"] == pytest.approx(statistics.fmean(lrs))
         assert record["trn_lr_at_eval"] == learning_rate(first + 9, cfg)
         assert {"tst_acc_at_eval", "tst_nll_at_eval", "trn_w_norm", "trn_g_norm", "trn_w_norm_at_eval"} <= set(record)
         assert "w_norm" not in record and "g_norm" not in record

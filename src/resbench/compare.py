@@ -97,20 +97,34 @@ class Cell:
     def failures(self) -> list[Check]:
         return [check for check in self.checks if not check.within]
 
+    def diverged(self) -> list[TrainedRun]:
+        return [run for run in self.runs if run.status == "diverged"]
+
     def verdict(self) -> dict[str, Any]:
         failures = sorted(self.failures(), key=lambda c: (c.iteration is None, c.iteration or 0))
         early = bool(failures) and failures[0].iteration is not None and \
             failures[0].iteration <= EARLY * REFERENCE_SETTINGS["optim_ni"]
-        if failures:
+        if self.diverged():
+            status = "diverged"
+        elif failures:
             status = "early warning" if early else "mismatch"
+        elif not self.checks:
+            status = "no evaluation yet"
         else:
             status = "match" if self.finished else "matching so far"
-        return {"status": status, "within_tolerance": not failures, "finished": self.finished,
-                "reached": self.reached, "first_failure": failures[0].describe() if failures else None,
+        return {"status": status, "within_tolerance": not failures and not self.diverged(),
+                "finished": self.finished, "reached": self.reached,
+                "first_failure": failures[0].describe() if failures else None,
                 "failures": len(failures), "checks": len(self.checks)}
 
     def verdict_text(self) -> str:
         v = self.verdict()
+        if v["status"] == "diverged":
+            runs = ", ".join(f"{run.path.name} (after iteration {run.records[-1]['iter'] if run.records else 0})"
+                             for run in self.diverged())
+            return f"OUTSIDE tolerance: {len(self.diverged())} of {len(self.runs)} runs diverged: {runs}"
+        if v["status"] == "no evaluation yet":
+            return "no evaluation yet"
         if v["status"] == "match":
             return f"within tolerance ({v['checks']} checks)"
         if v["status"] == "matching so far":
@@ -218,7 +232,8 @@ def curve_lines(cell: Cell) -> list[str]:
         for metric in CURVES:
             check = checks.get(metric)
             row += (["", "", ""] if check is None else
-                    [f"{check.ours:.4g}" + ("" if check.within else " ✗"), f"{check.theirs:.4g}", f"±{check.tolerance:.3g}"])
+                    [f"{check.ours:.4g}" + ("" if check.within else " ✗"), f"{check.theirs:.4g}",
+                     f"±{check.tolerance:.3g}"])
         rows.append(row)
     return markdown_table(header, rows) if rows else ["(no evaluation in common yet)"]
 
@@ -276,8 +291,10 @@ def run_compare(args: argparse.Namespace) -> int:
     if not runs:
         raise ResbenchError(f"no run folders (metrics.jsonl with config.json) in {', '.join(map(str, args.runs))}")
     cells, unmatched = match_runs(runs)
-    print(json.dumps(as_json(cells, unmatched), indent=2) if args.json else render_markdown(cells, unmatched, not args.brief),
-          end="" if not args.json else "\n")
+    if args.json:
+        print(json.dumps(as_json(cells, unmatched), indent=2))
+    else:
+        print(render_markdown(cells, unmatched, curves=not args.brief), end="")
     return 0
 
 

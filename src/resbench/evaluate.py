@@ -175,8 +175,8 @@ def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperatu
         device = resolve_device(device)
     except ValueError as exc:
         raise ResbenchError(str(exc)) from None
-    resolved = config.get(RESOLVED_KEY)
-    data_root = data_root or (resolved.get("data_root") if isinstance(resolved, dict) else None) or config.get("data_root")
+    resolved = config.get(RESOLVED_KEY) if isinstance(config.get(RESOLVED_KEY), dict) else {}
+    data_root = data_root or resolved.get("data_root") or config.get("data_root")
     if not isinstance(data_root, str):
         raise CheckpointError(f"{ckpt.parent / 'config.json'} names no data_root; pass --data_root")
     model = load_checkpoint_model(ckpt, config, device)

@@ -267,7 +267,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
 def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`resbench plot RUNS_DIR [--out DIR] [--compare reference]`."""
-    p = subparsers.add_parser("plot", help="PNG figures: learning curves, ours vs published, ours over the reference's curves",
+    p = subparsers.add_parser("plot", help="PNG figures: learning curves, ours vs published, ours over the reference's",
                               description="Write PNG figures for the runs below RUNS_DIR: per dataset, learning curves "
                                           "(mean and band over seeds), ours − published with 95%% intervals, and with "
                                           "--compare reference our curves over the reference's. Needs matplotlib.")

@@ -173,8 +173,8 @@ def find_reference_run(data_name: str, depth: int, width: int, precision: str,
     for all of these is the reference's value (and weight decay 0.001).
     """
     wanted = {**REFERENCE_SETTINGS, "optim_weight_decay": DEFAULT_WEIGHT_DECAY, **settings}
-    other = [f"{name} {shown(wanted[name])} (the reference's: {shown(value)})" for name, value in REFERENCE_SETTINGS.items()
-             if not same_setting(wanted[name], value)]
+    other = [f"{name} {shown(wanted[name])} (the reference's: {shown(value)})"
+             for name, value in REFERENCE_SETTINGS.items() if not same_setting(wanted[name], value)]
     if other:
         return f"other settings: {'; '.join(other)}"
     runs = reference_runs()
@@ -183,7 +183,8 @@ def find_reference_run(data_name: str, depth: int, width: int, precision: str,
     if not any(key[:3] == (data_name, depth, width) for key in runs):
         return f"the reference has no R{depth}x{width} run on {data_name}"
     decay = float(wanted["optim_weight_decay"])
-    same_decay = [run for key, run in runs.items() if key[:3] == (data_name, depth, width) and math.isclose(key[3], decay)]
+    same_decay = [run for key, run in runs.items()
+                  if key[:3] == (data_name, depth, width) and math.isclose(key[3], decay)]
     if not same_decay:
         swept = ", ".join(f"{wd:g}" for wd in reference_weight_decays())
         return f"optim_weight_decay {decay:g} (the reference's sweep: {swept})"

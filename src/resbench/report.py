@@ -257,7 +257,8 @@ def varying_settings(runs: list[RunResult]) -> list[str]:
     settings = [run.settings() for run in runs]
     keys = set().union(*settings)
     varying = {k for k in keys if len({comparable(s.get(k)) for s in settings}) > 1}
-    return sorted(varying, key=lambda k: (list(SETTING_LABELS).index(k) if k in SETTING_LABELS else len(SETTING_LABELS), k))
+    order = list(SETTING_LABELS)
+    return sorted(varying, key=lambda k: (order.index(k) if k in order else len(order), k))
 
 
 def settings_sort_key(settings: tuple[tuple[str, Any], ...]) -> tuple:
@@ -498,13 +499,25 @@ class TrainedRun:
 
     @property
     def precision(self) -> str:
-        """As trained; an older run asked for `--mixed_precision true` counts as fp16 (bf16 would match the same reference)."""
+        """As trained; an older run that asked for `--mixed_precision true` counts as fp16 (bf16 matches the same
+        reference run)."""
         flag = str(self.config.get("mixed_precision", CONFIG_DEFAULTS["mixed_precision"])).lower()
         return self.resolved.get("precision") or PRECISION_OF_FLAG.get(flag, flag)
 
     @property
     def finished(self) -> bool:
-        return (self.path / "summary.json").is_file()
+        return self.status == "finished"
+
+    @property
+    def status(self) -> str:
+        """summary.json's status (finished, diverged), or `running` for a run without one."""
+        try:
+            summary = json.loads((self.path / "summary.json").read_text())
+        except FileNotFoundError:
+            return "running"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return "unknown"
+        return str(summary.get("status")) if isinstance(summary, dict) else "unknown"
 
     def settings(self) -> dict[str, Any]:
         return {k: v for k, v in self.config.items() if k not in NOT_ROW_SETTINGS}
@@ -513,7 +526,7 @@ class TrainedRun:
 def read_trained_run(metrics: Path) -> TrainedRun:
     """The run folder of one metrics.jsonl, with the config.json beside it."""
     config = checked_fields(read_json(metrics.parent / "config.json"), CONFIG_FIELDS, "config.json")
-    resolved = config.get("resolved")
+    resolved = config.get("resolved")  # config.RESOLVED_KEY (config.py imports torch, which `table` does not need)
     return TrainedRun(metrics.parent, {k: v for k, v in config.items() if k != "resolved"},
                       resolved if isinstance(resolved, dict) else {}, read_metrics(metrics.parent))
 

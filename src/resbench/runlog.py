@@ -253,7 +253,8 @@ class RunFolder:
     def finish(self, summary: dict[str, Any]) -> None:
         checkpoint.write_json(self.file("summary.json"), summary)
         figure = lambda value: "none" if value is None else f"{value:.4f}"  # noqa: E731  (no evaluation yet)
-        self.log(f"{summary['status']}: best val/acc {figure(summary['best_val_acc'])} at iteration {summary['best_iter']}, "
+        self.log(f"{summary['status']}: best val/acc {figure(summary['best_val_acc'])} at iteration "
+                 f"{summary['best_iter']}, "
                  f"tst/acc {figure(summary['tst_acc'])}, tst/nll {figure(summary['tst_nll'])}; summary in "
                  f"{self.file('summary.json')}")
 
@@ -283,7 +284,8 @@ class RunFolder:
 
 
 def setting_line(key: str, asked: Any, resolved: dict[str, Any]) -> str:
-    """`--key value` of log.txt: the resolved value, and the asked one where it differs (`--device cpu  # asked: auto`)."""
+    """`--key value` of log.txt: the resolved value, and the asked one where it differs
+    (`--device cpu  # asked: auto`)."""
     value = resolved.get(key, asked)
     line = f"--{key} {flag_spelling(value)}"
     if flag_spelling(value) == flag_spelling(asked):

@@ -62,7 +62,8 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
-               skipped: torch.Tensor | None = None, stats: StepStats | None = None) -> tuple[torch.Tensor, float | None]:
+               skipped: torch.Tensor | None = None,
+               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None]:
     """One SGD update. Returns the (device) loss, and the gradient norm when asked for.
 
     With loss scaling on, adds 1 to the device counter `skipped` when the scaler skips the update.
@@ -397,7 +398,8 @@ class StepStats:
     def means(self) -> dict[str, float | None]:
         w_sum, g_sum, g_steps = self.sums.tolist()
         steps = max(self.steps, 1)
-        return {"trn_lr": self.lr_sum / steps, "trn_w_norm": w_sum / steps, "trn_g_norm": g_sum / g_steps if g_steps else None}
+        return {"trn_lr": self.lr_sum / steps, "trn_w_norm": w_sum / steps,
+                "trn_g_norm": g_sum / g_steps if g_steps else None}
 
     def reset(self) -> None:
         self.sums.zero_()
