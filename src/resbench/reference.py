@@ -88,10 +88,6 @@ def precision_sort_key(precision: str) -> tuple[int, object]:
     return _position(precision, PRECISION_ORDER)
 
 
-def config_sort_key(depth: int, width: int, precision: str) -> tuple:
-    """Seed order of configurations; fp32 before fp16."""
-    return (*shape_sort_key(depth, width), *precision_sort_key(precision))
-
 
 # ---------------------------------------------------------------- the reference's training logs
 
