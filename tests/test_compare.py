@@ -96,7 +96,15 @@ def test_an_early_weight_norm_mismatch_warns_while_the_run_is_going(tmp_path):
     verdict = cell.verdict()
     assert (verdict["status"], verdict["finished"], verdict["reached"]) == ("early warning", False, 3000)
     assert verdict["first_failure"].startswith("w_norm at iteration 1000: ours 41.3, reference 43.47")
-    assert cell.verdict_text().startswith("EARLY WARNING, a recipe fault is likely")
+    assert cell.verdict_text().startswith("EARLY WARNING, w_norm is off: look at the initialisation")
+
+
+def test_an_early_loss_mismatch_with_the_weight_norm_right_points_at_the_data(tmp_path):
+    write_reference_run(tmp_path / "run", reference(), until=2000,
+                        shift={"val_acc": (1000, -0.28), "trn_loss": (1000, 1.18)})  # as on random labels
+    [cell], _ = compared(tmp_path)
+    assert cell.verdict()["status"] == "early warning"
+    assert cell.verdict_text().startswith("EARLY WARNING, w_norm matches but the fit does not: look at the data")
 
 
 def test_a_run_still_going_is_compared_as_far_as_it_got(tmp_path):

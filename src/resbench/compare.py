@@ -131,9 +131,13 @@ class Cell:
             return (f"in progress: within tolerance up to iteration {v['reached']} of "
                     f"{REFERENCE_SETTINGS['optim_ni']} ({v['checks']} checks)")
         text = f"OUTSIDE tolerance ({v['failures']} of {v['checks']} checks); first: {v['first_failure']}"
-        if v["status"] == "early warning":
-            text = "EARLY WARNING, a recipe fault is likely (initialisation, weight decay, schedule): " + text
-        return text
+        if v["status"] != "early warning":
+            return text
+        warm_up = EARLY * REFERENCE_SETTINGS["optim_ni"]
+        early = {c.metric for c in self.failures() if c.iteration and c.iteration <= warm_up}
+        if "trn_w_norm" in early:  # the weights' norm follows init, decay and schedule, hardly the data
+            return "EARLY WARNING, w_norm is off: look at the initialisation, weight decay and schedule. " + text
+        return "EARLY WARNING, w_norm matches but the fit does not: look at the data, labels and loss. " + text
 
 
 def tolerance(metric: str, kind: str, values: list[float], theirs: float, data_name: str,

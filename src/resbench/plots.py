@@ -48,7 +48,8 @@ def unwritable(path: Path, exc: OSError) -> ResbenchError:
 
 def save_figure(plt, fig, path: Path) -> None:
     """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     try:
         fig.savefig(path, dpi=DPI, bbox_inches="tight")
     except OSError as exc:
@@ -205,12 +206,12 @@ REFERENCE_PANELS = (("val_acc", "val_acc", "val/acc"), ("trn_loss", "trn_loss", 
 
 def plot_reference_curves(plt, data_name: str, cells: list[Cell], path: Path) -> None:
     """Per cell (one row of panels): our val_acc, trn_loss and w_norm over the reference's."""
-    fig, axes = plt.subplots(len(cells), 3, figsize=(15, 3.1 * len(cells)), squeeze=False)
+    fig, axes = plt.subplots(len(cells), 3, figsize=(15, 0.6 + 3.1 * len(cells)), squeeze=False, layout="constrained")
     for row, cell in zip(axes, cells):
         reached = cell.reached
         for ax, (ours_key, their_key, title) in zip(row, REFERENCE_PANELS):
             theirs = [r for r in cell.reference.records if r[their_key] is not None]
-            ours = draw_curve(ax, cell.runs, ours_key, label=f"ours (n={len(cell.runs)})", color="C0")
+            ours = draw_curve(ax, cell.runs, ours_key, label="ours (mean and ±std band over our runs)", color="C0")
             ax.plot([r["iter"] for r in theirs], [r[their_key] for r in theirs], marker="x", markersize=3,
                     linewidth=1, linestyle="--", color="black", label="reference")
             if their_key == "trn_loss":
@@ -218,13 +219,11 @@ def plot_reference_curves(plt, data_name: str, cells: list[Cell], path: Path) ->
             else:
                 zoom(ax, ours + [r[their_key] for r in theirs])
             ax.axvline(reached, color="grey", linewidth=0.8, linestyle=":")
-            ax.set(title=f"{cell.label}: {title}", xlabel="iteration")
+            ax.set(title=f"{cell.label}, n={len(cell.runs)}: {title}", xlabel="iteration")
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 1.0 + 0.12 / len(cells)),
-               frameon=False)
-    fig.suptitle(f"{data_name}: ours against the reference's own runs (dotted: the last evaluation we reached)",
-                 y=1.0 + 0.2 / len(cells))
+    fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+    fig.suptitle(f"{data_name}: ours against the reference's own runs (dotted: the last evaluation we reached)")
     save_figure(plt, fig, path)
 
 
