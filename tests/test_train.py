@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, cli_env
+from resbench.lossscale import ConstantLossScale
 from resbench.models import resnet
 from resbench.config import ConfigError, TrainConfig, default_run_name, validate_config
 from resbench.train import learning_rate, train_step
@@ -50,7 +51,7 @@ def test_weight_decay_and_momentum_on_every_parameter():
             p.add_(0.1 * torch.randn_like(p))
     cfg = TrainConfig(optim_weight_decay=0.01, optim_momentum=0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = ConstantLossScale("cpu", enabled=False)
     expected = [p.detach().clone() for p in model.parameters()]
     bufs = [torch.zeros_like(p) for p in expected]
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,))
@@ -72,7 +73,7 @@ def test_gradient_clipping_bounds_the_update():
     cfg = TrainConfig(optim_global_clipping=1e-3, optim_weight_decay=0.0, optim_momentum=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.0)
     before = [p.detach().clone() for p in model.parameters()]
-    _, gnorm = train_step(model, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+    _, gnorm = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False),
                           torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,)), 1.0, cfg,
                           torch.autocast("cpu", enabled=False), measure_grad_norm=True)
     step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from . import data, distributed, fetch, hotpath, models
 from .config import TrainConfig, check_same_config, precision_for, resolve_device, run_folder_of, validate_config
 from .evaluate import evaluate
+from .lossscale import ConstantLossScale
 from .resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
 from .runlog import RunFolder
 
@@ -55,13 +56,13 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
                skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
     """One SGD update. Returns the (device) loss, and the gradient norm when asked for.
 
-    With loss scaling on, adds 1 to the device counter `skipped` when the scaler skips the update.
+    With loss scaling on, adds 1 to the device counter `skipped` when the update is skipped.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -69,7 +70,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim_label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale_loss(loss).backward()
     grad_norm = None
     if cfg.optim_global_clipping is not None or measure_grad_norm:
         scaler.unscale_(optimizer)
@@ -78,11 +79,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim_global_clipping)
         if measure_grad_norm:
             grad_norm = global_norm([p.grad for p in params])
-    scaler.step(optimizer)
-    if skipped is not None and scaler.is_enabled():
-        # Read on the device, without a sync; the per-step record is gone after update().
-        skipped += sum(scaler._found_inf_per_device(optimizer).values())
-    scaler.update()
+    scaler.step(optimizer, skipped)
     return loss.detach(), grad_norm
 
 
@@ -181,6 +178,8 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float) ->
         "val_nll": val["nll"],
         "skipped_steps": state.skipped_steps,
     }
+    if job.scaler.enabled:
+        record["loss_scale"] = job.scaler.scale
     check_finite(record["w_norm"], "the weight norm", state, job.run)
     if val["acc"] > state.best_val_acc:
         state.best_val_acc, state.best_iter = val["acc"], state.step
@@ -206,7 +205,7 @@ class Job:
     model: torch.nn.Module  # the eager model: evaluation and checkpoints
     step_model: Callable[[torch.Tensor], torch.Tensor]  # what train_step runs: compiled, or `model` itself
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    scaler: ConstantLossScale
     autocast: Any
     splits: data.Splits
     batches: data.TrainBatches
@@ -228,7 +227,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, device: torch.device, world: dis
         cfg=cfg, run=run, world=world, device=device, precision=precision, model=model,
         step_model=hotpath.step_model_of(parallel_model, compiled, device),
         optimizer=hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        scaler=ConstantLossScale(device, enabled=precision == "fp16"),
         autocast=hotpath.autocast_for(precision, device), splits=splits,
         batches=data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
                                   world.rank, world.world_size),
@@ -250,6 +249,9 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         job.run.open_tensorboard(state.step)
     job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
                 f"on {job.device} ({job.precision}), {job.params:,} trainable parameters")
+    if job.scaler.enabled:
+        job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
+                    "gradients are not finite is skipped and counted")
     return state
 
 
