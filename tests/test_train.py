@@ -67,17 +67,36 @@ def test_weight_decay_and_momentum_on_every_parameter():
     assert optimizer.param_groups[0]["weight_decay"] == 0.01  # one group: BN, convs and classifier alike
 
 
-def test_gradient_clipping_bounds_the_update():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
+    """The reference adds wd·p first and clips the global norm of g + wd·p; then momentum as usual."""
     torch.manual_seed(0)
     model = resnet(8, num_classes=3)
-    cfg = TrainConfig(optim_global_clipping=1e-3, optim_weight_decay=0.0, optim_momentum=0.0)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.0)
-    before = [p.detach().clone() for p in model.parameters()]
-    _, gnorm = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False),
-                          torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,)), 1.0, cfg,
-                          torch.autocast("cpu", enabled=False), measure_grad_norm=True)
-    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
-    assert gnorm == pytest.approx(1e-3, rel=1e-4) and step.item() == pytest.approx(1e-3, rel=1e-4)
+    with torch.no_grad():  # non-zero parameters everywhere, so that wd·p counts
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    clip, wd, lr = 0.05, 0.1, 0.5
+    cfg = TrainConfig(optim_global_clipping=clip, optim_weight_decay=wd, optim_momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=wd, fused=fused)
+    expected = [p.detach().clone() for p in model.parameters()]
+    bufs = [torch.zeros_like(p) for p in expected]
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    norms = []
+    for _ in range(2):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        decayed = [p.grad + wd * p.detach() for p in model.parameters()]
+        norm = torch.sqrt(sum((d.double() ** 2).sum() for d in decayed)).item()
+        norms.append(norm)
+        for p, d, b in zip(expected, decayed, bufs):
+            b.mul_(0.9).add_(d * min(1.0, clip / norm))
+            p.sub_(lr * b)
+        _, gnorm = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
+                              torch.autocast("cpu", enabled=False), measure_grad_norm=True)
+        assert gnorm == pytest.approx(norm, rel=1e-5)  # the norm of g + wd·p, before clipping
+        for (name, p), e in zip(model.named_parameters(), expected):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(norm > 2 * clip for norm in norms)  # the clipping was active in both steps
 
 
 @pytest.mark.parametrize("change, message", [

@@ -60,7 +60,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
                skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
-    """One SGD update. Returns the (device) loss, and the gradient norm when asked for.
+    """One SGD update. Returns the (device) loss, and the gradient norm when asked for (with
+    clipping on, the norm of g + wd·p before clipping).
 
     With loss scaling on, adds 1 to the device counter `skipped` when the update is skipped.
     """
@@ -72,13 +73,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     optimizer.zero_grad(set_to_none=True)
     scaler.scale_loss(loss).backward()
     grad_norm = None
-    if cfg.optim_global_clipping is not None or measure_grad_norm:
+    if cfg.optim_global_clipping is not None:
         scaler.unscale_(optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        if cfg.optim_global_clipping is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim_global_clipping)
-        if measure_grad_norm:
-            grad_norm = global_norm([p.grad for p in params])
+        norm = clip_decayed_gradients_(optimizer, cfg.optim_global_clipping)
+        grad_norm = norm.item() if measure_grad_norm else None
+    elif measure_grad_norm:
+        scaler.unscale_(optimizer)
+        grad_norm = global_norm([p.grad for p in model.parameters() if p.grad is not None])
     scaler.step(optimizer, skipped)
     return loss.detach(), grad_norm
 
@@ -367,6 +368,31 @@ def check_finite(value: float, what: str, state: RunState, run: RunFolder) -> No
     raise TrainingDiverged(
         f"{what} became {value} by iteration {state.step}; stopped as the reference does. {kept}. "
         "Try a lower --optim_lr or --optim_global_clipping")
+
+
+def clip_decayed_gradients_(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Clip as the reference does: the global norm of g + wd·p, the weight decay term added first.
+
+    torch's SGD adds wd·p inside step(), after any clipping, so each gradient is set to
+    s·(g + wd·p) − wd·p, s = min(1, max_norm / norm): the update SGD then makes uses s·(g + wd·p).
+    Returns the (device) norm before clipping; no host sync.
+    """
+    groups = [([p for p in group["params"] if p.grad is not None], group["weight_decay"])
+              for group in optimizer.param_groups]
+    with torch.no_grad():
+        for params, wd in groups:
+            if wd and params:
+                torch._foreach_add_([p.grad for p in params], params, alpha=wd)
+        norm = torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad.float()) for params, _ in groups for p in params]))
+        scale = torch.clamp(max_norm / norm, max=1.0)
+        for params, wd in groups:
+            if params:
+                grads = [p.grad for p in params]
+                torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+                if wd:
+                    torch._foreach_sub_(grads, params, alpha=wd)
+    return norm
 
 
 def global_norm(tensors: list[torch.Tensor]) -> float:
