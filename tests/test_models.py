@@ -70,3 +70,35 @@ def test_convs_are_he_normal_without_bias():
 def test_batchnorm_settings():
     for bn in [m for m in resnet(20).modules() if isinstance(m, torch.nn.BatchNorm2d)]:
         assert bn.eps == 1e-5 and bn.momentum == 0.1
+
+
+def model_with_a_nonzero_head() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = resnet(8)
+    torch.nn.init.normal_(model.fc.weight)  # zero-initialised, it would give 0 logits in any dtype
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_head_computes_in_float32_under_autocast(dtype):
+    """As the reference's Dense layer: low-precision features, upcast, times float32 weights."""
+    model = model_with_a_nonzero_head()
+    seen = []
+    model.fc.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.autocast("cpu", dtype=dtype):
+        logits = model(torch.rand(4, 3, 32, 32))
+    (features,) = seen
+    assert torch.equal(features, features.to(dtype).float())  # the convolutions did run in `dtype`
+    assert features.dtype == logits.dtype == torch.float32
+    assert torch.equal(logits, torch.nn.functional.linear(features, model.fc.weight))
+
+
+def test_the_compiled_head_computes_in_float32_under_autocast():
+    """One forward compile of depth 8 (about 10 s on 2 cores)."""
+    model = model_with_a_nonzero_head()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    assert compiled.dtype == torch.float32
+    torch.testing.assert_close(compiled, eager, rtol=0.05, atol=0.05 * eager.abs().max().item())

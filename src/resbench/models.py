@@ -133,7 +133,11 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        features = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        # The head in float32 under any autocast, as the reference's: its Dense layer promotes the
+        # float16 features to its float32 weights and yields float32 logits.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc(features.float())
 
 
 def valid_depths() -> str:
