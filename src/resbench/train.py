@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data, distributed, fetch, hotpath, models
+from . import bnstats, data, distributed, fetch, hotpath, models
 from .config import TrainConfig, check_same_config, precision_for, resolve_device, run_folder_of, validate_config
 from .evaluate import evaluate
 from .lossscale import ConstantLossScale
@@ -146,7 +146,8 @@ def train_loop(job: Job, state: RunState) -> None:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4f}", img_s=f"{meter.lap(state, cfg):.0f}")
 
             if is_eval:
-                record = evaluation(job, state, grad_norm, lr)
+                with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
+                    record = evaluation(job, state, grad_norm, lr)
                 meter.stamp(state)
                 record["elapsed_s"] = state.wall_seconds
                 state.history.append(record)
@@ -211,6 +212,7 @@ class Job:
     splits: data.Splits
     batches: data.TrainBatches
     params: int
+    bn_values: dict[str, int]  # values per channel in each BatchNorm's batch (see bnstats)
 
 
 def build_job(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World,
@@ -233,6 +235,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, device: torch.device, world: dis
         batches=data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
                                   world.rank, world.world_size),
         params=models.count_parameters(model),
+        bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn),
     )
 
 
