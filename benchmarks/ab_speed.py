@@ -1,7 +1,7 @@
 """Training speed of two source trees, measured in one run: `resbench bench` of each, alternated.
 
-    git archive main src | tar -x -C /tmp/before       # the tree to compare against
-    flock -x /work/cpu.lock python benchmarks/ab_speed.py --before /tmp/before/src --after src \\
+    mkdir -p /tmp/before && git archive main src | tar -x -C /tmp/before   # the tree to compare against
+    python benchmarks/ab_speed.py --before /tmp/before/src --after src \\
         --rounds 2 -- --resnet_depth 20 --compile false --device cpu --warmup 2 --iters 5 --windows 3
 
 Each round runs the bench of `before` then `after` (the order flips every round), each in a fresh
