@@ -43,10 +43,11 @@ NOT_RUN_STATE = {LOCK_NAME, "stdout.log"}  # the lock, and the output `resbench 
 TENSORBOARD_GROUPS = {"trn": "train", "val": "val", "tst": "test"}
 # Fields whose names do not start with their split (best_val_acc is also the reference's name).
 SPLIT_OF_FIELD = {"best_val_acc": ("val", "best_acc"), "skipped_steps": ("trn", "skipped_steps"),
-                  "epoch": ("trn", "epoch"), "elapsed_s": ("time", "elapsed_s")}
-# The figures of an evaluation's log line, in the reference's order; present ones only.
-LOG_FIELDS = (("trn_loss", 4), ("trn_lr", 4), ("trn_w_norm", 3), ("trn_g_norm", 3), ("val_acc", 4), ("val_nll", 4),
-              ("val_top5", 4), ("best_val_acc", 4), ("tst_acc", 4), ("tst_nll", 4), ("tst_top5", 4))
+                  "loss_scale": ("trn", "loss_scale"), "epoch": ("trn", "epoch"), "elapsed_s": ("time", "elapsed_s")}
+# The figures of an evaluation's log line and their formats, in the reference's order; present ones only.
+LOG_FIELDS = (("trn_loss", ".4f"), ("trn_lr", ".4f"), ("trn_w_norm", ".3f"), ("trn_g_norm", ".3f"),
+              ("val_acc", ".4f"), ("val_nll", ".4f"), ("val_top5", ".4f"), ("best_val_acc", ".4f"),
+              ("tst_acc", ".4f"), ("tst_nll", ".4f"), ("tst_top5", ".4f"), ("loss_scale", ",.0f"))
 
 
 def split_and_name(key: str) -> tuple[str, str]:
@@ -261,7 +262,7 @@ class RunFolder:
     @staticmethod
     def format_record(r: dict[str, Any]) -> str:
         """An evaluation's log line: its figures named as in metrics.jsonl, with / for the first _."""
-        figures = [f"{log_label(key)} {r[key]:.{digits}f}" for key, digits in LOG_FIELDS if r.get(key) is not None]
+        figures = [f"{log_label(key)} {r[key]:{spec}}" for key, spec in LOG_FIELDS if r.get(key) is not None]
         line = f"[iter {r['iter']:>6}] " + ", ".join(figures)
         if r.get("skipped_steps"):
             line += f", {log_label('skipped_steps')} {r['skipped_steps']} (fp16 overflow)"
