@@ -256,15 +256,16 @@ def test_a_run_records_the_references_definitions_and_test_figures_at_every_eval
 
 
 def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
+    from resbench.lossscale import ConstantLossScale
     from resbench.models import resnet
-    from resbench.train import StepStats, train_step
     from resbench.resume import RunState
+    from resbench.train import StepStats, train_step
 
     torch.manual_seed(0)
     model = resnet(8, num_classes=3)
     cfg = TrainConfig(optim_weight_decay=0.01)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = ConstantLossScale("cpu", enabled=False)
     stats = StepStats(RunState(), torch.device("cpu"))
     w_norms, g_norms, lrs = [], [], [0.05, 0.1, 0.02]
     for lr in lrs:
