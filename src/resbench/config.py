@@ -57,10 +57,10 @@ class TrainConfig:
 
 # Settings that change where and how a run computes, not what: a run may resume with them changed
 # (a sweep resumed with another --jobs gives its runs another --threads). Two of them change the
-# float rounding, though: measured on CPU, 1 against 2 threads, and eager against compiled, give
-# weights 1.6e-5 apart (relative L2) after 20 steps of depth 8. So a resumed run matches the
-# uninterrupted one bit for bit only with the same threads and compile; changed, it is the same
-# recipe to rounding, and the log says so.
+# float rounding, though: measured on CPU after 20 steps of depth 8, 1 thread against 2 leaves the
+# weights 1.6e-5 apart (relative L2), eager against compiled 9.6e-6 (benchmarks/thread_rounding.py).
+# So a resumed run matches the uninterrupted one bit for bit only with the same threads and
+# compile; changed, it is the same recipe to rounding, and the log says so.
 RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror"}
 ROUNDING_SETTINGS = ("threads", "compile")
 
