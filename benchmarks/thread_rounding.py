@@ -23,7 +23,8 @@ import sys, torch
 from resbench import data, hotpath, models
 from resbench.config import TrainConfig
 from resbench.train import learning_rate, train_step
-threads, compiled, depth, steps, out = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+threads, compiled, depth, steps = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
+out = sys.argv[5]
 torch.set_num_threads(threads)
 cfg, device = TrainConfig(resnet_depth=depth, batch_size=64, optim_ni=1000), torch.device("cpu")
 gen = torch.Generator().manual_seed(0)

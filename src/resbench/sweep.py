@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cpus
-from .config import TrainConfig, canonical, config_from_args, default_run_name, flag_value, train_flag_parser, validate_config
+from .config import (TrainConfig, canonical, config_from_args, default_run_name, flag_value, train_flag_parser,
+                     validate_config)
 from .errors import ResbenchError
 from .progress import clock
 from .reference import reference_lookup, reference_rows
