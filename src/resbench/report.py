@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .config import RESOLVED_KEY, TrainConfig, asked_settings
 from .errors import ResbenchError
 from .reference import (ReferenceRow, dataset_sort_key, find_reference_run, precision_sort_key, shape_sort_key,
                         table_reference)
@@ -33,7 +34,7 @@ METRICS = ("val_acc", "tst_acc", "tst_nll")
 SELECTIONS = {"val": "best val", "last": "last", "test": "best test"}
 # Settings that never make two runs different rows: the seed (what the runs of a row vary), paths and
 # choices that do not change a number (config.RESUMABLE_CHANGES), and what the row's own cells show.
-NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard",
+NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard", "threads", "mirror",
                               "data_name", "resnet_depth", "resnet_width", "mixed_precision"})
 # Column headers of the settings that tell rows apart, in this order; others after, by name.
 SETTING_LABELS = {"batch_size": "batch", "optim_ni": "iters", "optim_lr": "lr", "optim_momentum": "momentum",
@@ -450,10 +451,11 @@ def run_table(args: argparse.Namespace) -> int:
 
 def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`resbench table RUNS_DIR [--compare reference] [--selection val|last|test|all] [--select-by val]`."""
-    p = subparsers.add_parser("table", help="print finished runs as markdown tables in the seed's format",
+    p = subparsers.add_parser("table", help="print finished runs as markdown tables in the published tables' format",
                               description="Print the finished runs below RUNS_DIR as markdown tables in the "
-                                          "format of seed-results.md (mean ± std [95%% Student-t interval] over "
-                                          "seeds; runs with other settings in rows of their own).")
+                                          "format of the published tables (docs/reference/seed-results.md): "
+                                          "mean ± std [95%% Student-t interval] over the random seeds of a row, "
+                                          "runs with other settings in rows of their own.")
     p.add_argument("runs_dir", type=Path, help="folder searched recursively for summary.json")
     p.add_argument("--compare", choices=["reference"], default=None,
                    help="write the published figure and our difference beside each of ours: "
@@ -470,9 +472,6 @@ def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 # ---------------------------------------------------------------- run folders with their curves
 
-# config.json's defaults for the settings that name a configuration, where an older file lacks them
-# (the trainer's defaults; not imported from config.py, which would make `table` import torch).
-CONFIG_DEFAULTS = {"resnet_depth": 20, "resnet_width": 1, "mixed_precision": "false"}
 PRECISION_OF_FLAG = {"false": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "true": "fp16"}
 
 
@@ -490,18 +489,18 @@ class TrainedRun:
         return self.config["data_name"]
 
     @property
-    def depth(self) -> int:
-        return int(self.config.get("resnet_depth", CONFIG_DEFAULTS["resnet_depth"]))
+    def depth(self) -> int:  # an older config.json may lack a setting: it had the default then
+        return int(self.config.get("resnet_depth", TrainConfig.resnet_depth))
 
     @property
     def width(self) -> int:
-        return int(self.config.get("resnet_width", CONFIG_DEFAULTS["resnet_width"]))
+        return int(self.config.get("resnet_width", TrainConfig.resnet_width))
 
     @property
     def precision(self) -> str:
         """As trained; an older run that asked for `--mixed_precision true` counts as fp16 (bf16 matches the same
         reference run)."""
-        flag = str(self.config.get("mixed_precision", CONFIG_DEFAULTS["mixed_precision"])).lower()
+        flag = str(self.config.get("mixed_precision", TrainConfig.mixed_precision)).lower()
         return self.resolved.get("precision") or PRECISION_OF_FLAG.get(flag, flag)
 
     @property
@@ -526,8 +525,8 @@ class TrainedRun:
 def read_trained_run(metrics: Path) -> TrainedRun:
     """The run folder of one metrics.jsonl, with the config.json beside it."""
     config = checked_fields(read_json(metrics.parent / "config.json"), CONFIG_FIELDS, "config.json")
-    resolved = config.get("resolved")  # config.RESOLVED_KEY (config.py imports torch, which `table` does not need)
-    return TrainedRun(metrics.parent, {k: v for k, v in config.items() if k != "resolved"},
+    resolved = config.get(RESOLVED_KEY)
+    return TrainedRun(metrics.parent, asked_settings(config),
                       resolved if isinstance(resolved, dict) else {}, read_metrics(metrics.parent))
 
 
