@@ -69,7 +69,7 @@ stage "3. fp16 compiled on Digits_x32 (loss scaling, skipped steps)"
 timeout 180 $PY -m resbench train --data_name Digits_x32 --resnet_depth 20 --optim_ni 1000 --eval_every 500 \
     --device cuda --compile true --mixed_precision true --save "$WORK/runs/fp16" >"$OUT/train_fp16.log" 2>&1
 echo "exit $?"; tail -n 3 "$OUT/train_fp16.log"
-$PY -c "import json,sys; s=json.load(open(sys.argv[1])); print({k: s[k] for k in ('status','precision','val_acc','tst_acc','skipped_steps','images_per_sec')})" "$WORK/runs/fp16/summary.json"
+$PY -c "import json,sys; s=json.load(open(sys.argv[1])); print({k: s[k] for k in ('status','precision','best_val_acc','tst_acc','skipped_steps','images_per_sec')})" "$WORK/runs/fp16/summary.json"
 fi
 
 if want 4; then

@@ -209,7 +209,7 @@ def test_a_run_is_repeated_from_its_config_json_alone(tmp_path):
     assert dataclasses.replace(again, save=first.save) == first
     train(again)
     summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "again")]
-    for key in ("val_acc", "tst_acc", "tst_nll", "best_iter", "params"):
+    for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "params"):
         assert summaries[0][key] == summaries[1][key], key  # CPU runs are deterministic: the same, to the bit
     weights = [torch.load(tmp_path / name / "best.pt", weights_only=True) for name in ("first", "again")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -224,7 +224,7 @@ def test_config_and_resume_do_not_go_together(tmp_path, capsys):
 # ---------------------------------------------------------------- 10. smaller points
 
 HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "list"], ["eval"], ["sweep"], ["table"],
-                 ["plot"], ["bench"]]
+                 ["compare"], ["plot"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "resbench")
@@ -261,7 +261,7 @@ def test_sweep_prints_each_run_and_its_figures(tmp_path):
     folder = tmp_path / "runs" / "Digits_x32" / "R8x1-b16-i4-lr0.1-wd0.001-s1"
     summary = json.loads((folder / "summary.json").read_text())
     assert f"[start 1/1] {folder} (new; its output goes to {folder / 'stdout.log'})" in proc.stdout
-    figures = f"val/acc {summary['val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}"
+    figures = f"val/acc {summary['best_val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}"
     assert f"[1/1] {folder}: finished: {figures}" in proc.stdout
 
 

@@ -145,7 +145,7 @@ def resume_and_compare(folder: Path, whole: Path) -> None:
     assert resumed.returncode == 0, output
     assert "resuming at iteration" in output
     again, summary = (json.loads((f / "summary.json").read_text()) for f in (folder, whole))
-    for key in ("val_acc", "tst_acc", "tst_nll", "best_iter"):
+    for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter"):
         assert again[key] == summary[key], key
     a = torch.load(whole / "last.pt", weights_only=True)["model"]
     b = torch.load(folder / "last.pt", weights_only=True)["model"]

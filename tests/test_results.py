@@ -33,24 +33,28 @@ SEED_CIFAR10 = """\
 |    18 |     1 |  11.17 M |   0.952 |   0.948 |   0.199 | fp32 (0.6 hrs)
 |       |       |          |   0.953 |   0.951 |   0.193 | fp16 (0.4 hrs)"""
 
+# The 95% interval of three seeds 0.921, 0.923, 0.925 by hand: mean 0.923, s = 0.002, t(0.975, 2) = 4.303,
+# 0.923 ± 4.303 * 0.002 / sqrt(3) = 0.923 ± 0.00497 -> [0.918, 0.928].
 SEEDS_AND_COMPARE = """\
 ### CIFAR10_x32
-| Depth | Width | # Params |                           val/acc |                           tst/acc |                           tst/nll | misc
-|    -: |    -: |       -: |                               :-: |                               :-: |                               :-: | :-
-|    20 |     1 |   0.27 M | 0.923 ± 0.002 (ref 0.923, +0.000) | 0.920 ± 0.006 (ref 0.924, −0.004) | 0.300 ± 0.000 (ref 0.278, +0.022) | n=3
-|    18 |     1 |  11.17 M |         0.950 (ref 0.952, −0.002) |         0.948 (ref 0.948, +0.000) |         0.199 (ref 0.199, +0.000) | fp32 (0.5 hrs; ref 0.6 hrs)
+| Depth | Width | # Params |                                          val/acc |                                          tst/acc |                                          tst/nll | misc
+|    -: |    -: |       -: |                                              :-: |                                              :-: |                                              :-: | :-
+|    20 |     1 |   0.27 M | 0.923 ± 0.002 [0.918, 0.928] (ref 0.923, +0.000) | 0.920 ± 0.006 [0.905, 0.935] (ref 0.924, −0.004) | 0.300 ± 0.000 [0.300, 0.300] (ref 0.278, +0.022) | n=3
+|    18 |     1 |  11.17 M |                        0.950 (ref 0.952, −0.002) |                        0.948 (ref 0.948, +0.000) |                        0.199 (ref 0.199, +0.000) | fp32 (0.5 hrs; ref 0.6 hrs)
 
 ### Digits_x32
 | Depth | Width | # Params | val/acc | tst/acc | tst/nll | misc
 |    -: |    -: |       -: |     :-: |     :-: |     :-: | :-
-|     8 |     1 |   0.08 M |   0.500 |   0.400 |   1.500 |"""
+|     8 |     1 |   0.08 M |   0.500 |   0.400 |   1.500 |
+
+mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; one run: its figure."""
 
 
 def summary(data_name: str, depth: int, width: int, precision: str, params: int, val_acc: float,
             tst_acc: float, tst_nll: float, wall_seconds: float = 60.0, seed: int = 42) -> dict:
     """A summary.json as the trainer writes it (only the fields the table reads, plus config)."""
     return {"data_name": data_name, "depth": depth, "width": width, "precision": precision, "params": params,
-            "val_acc": val_acc, "tst_acc": tst_acc, "tst_nll": tst_nll, "wall_seconds": wall_seconds,
+            "best_val_acc": val_acc, "tst_acc": tst_acc, "tst_nll": tst_nll, "wall_seconds": wall_seconds,
             "status": "finished", "config": {"seed": seed, "optim_ni": 48000}}
 
 
@@ -92,17 +96,51 @@ def test_table_mean_std_and_compare_reference():
     assert render_tables(seeds_and_compare_summaries(), compare=True) == SEEDS_AND_COMPARE
 
 
-def test_table_cli_prints_tables_and_warns_on_mixed_settings(tmp_path, run_cli):
+TINY_WITH_TWO_RUN_LENGTHS = """\
+### TinyImageNet200_x64
+| Depth | Width | # Params | iters | val/acc | tst/acc | tst/nll | misc
+|    -: |    -: |       -: |    -: |     :-: |     :-: |     :-: | :-
+|    20 |     1 |   0.28 M | 48000 |   0.506 |   0.508 |   2.011 |
+|    20 |     2 |   1.10 M | 48000 |   0.576 |   0.570 |   1.775 |
+|    20 |     4 |   4.35 M | 48000 |   0.611 |   0.598 |   1.731 |
+|    18 |     1 |  11.27 M |  2000 |   0.643 |   0.642 |   1.631 | fp16 (1.1 hrs)
+|       |       |          | 48000 |   0.648 |   0.647 |   1.635 | fp32 (2.1 hrs)
+|       |       |          |       |   0.643 |   0.642 |   1.631 | fp16 (1.1 hrs)"""
+
+
+def test_table_cli_keeps_runs_with_other_settings_in_rows_of_their_own(tmp_path, run_cli):
     summaries = seed_summaries("TinyImageNet200_x64") + seed_summaries("CIFAR10_x32")
-    summaries[0]["config"]["optim_ni"] = 2000
+    summaries[0]["config"]["optim_ni"] = 2000  # the fp16 depth-18 row, also run for 2,000 iterations only
     summaries.append(dict(summaries[0], config={"seed": 7, "optim_ni": 48000}))
     write_runs(tmp_path, summaries)
     proc = run_cli("table", tmp_path, check=True)
     cifar, tiny = proc.stdout.rstrip("\n").split("\n\n")
-    assert cifar == SEED_CIFAR10
-    assert tiny.startswith("### TinyImageNet200_x64\n")
-    assert "fp16 (1.1 hrs), n=2" in tiny
-    assert "averages runs with different optim_ni" in proc.stderr
+    assert cifar == SEED_CIFAR10  # no setting differs there: no extra column
+    assert tiny == TINY_WITH_TWO_RUN_LENGTHS and proc.stderr == ""
+
+
+def lr_sweep_summary(lr: float, seed: int, val: float, wd: float = 0.001) -> dict:
+    s = summary("CIFAR10_x32", 20, 1, "fp32", 272_464, val, val - 0.001, 0.3, seed=seed)
+    s["config"].update(optim_lr=lr, optim_weight_decay=wd)
+    return s
+
+
+def test_table_tabulates_a_sweep_and_select_by_val_names_the_setting():
+    runs = [lr_sweep_summary(lr, seed, val) for lr, seed, val in
+            ((0.05, 1, 0.910), (0.05, 2, 0.912), (0.1, 1, 0.921), (0.1, 2, 0.925), (0.2, 1, 0.900))]
+    rows = [cells(line) for line in render_tables(runs).splitlines()[1:6]]
+    assert rows[0][:5] == ["Depth", "Width", "# Params", "lr", "val/acc"]
+    assert [row[3] for row in rows[2:]] == ["0.05", "0.1", "0.2"]  # one row per lr, not one average
+    assert [row[4].split(" [")[0] for row in rows[2:]] == ["0.911 ± 0.001", "0.923 ± 0.003", "0.900"]
+    assert [row[-1] for row in rows[2:]] == ["n=2", "n=2", ""]
+    chosen = render_tables(runs, select_by="val").splitlines()
+    assert len(chosen) == 4 + 2  # one row, then the note on the interval
+    assert cells(chosen[3])[:4] == ["20", "1", "0.27 M", "0.1"]
+    assert cells(chosen[3])[-1] == "n=2, best val/acc of 3 settings"
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.split("|")[1:]]
 
 
 def test_table_cli_errors_without_runs(tmp_path, run_cli):
@@ -113,15 +151,17 @@ def test_table_cli_errors_without_runs(tmp_path, run_cli):
 
 DIVERGED_BEFORE_EVALUATING = """\
 ### CIFAR10_x32
-| Depth | Width | # Params |                           val/acc |                           tst/acc |                           tst/nll | misc
-|    -: |    -: |       -: |                               :-: |                               :-: |                               :-: | :-
-|    20 |     1 |   0.27 M | 0.923 ± 0.003 (ref 0.923, +0.000) | 0.920 ± 0.008 (ref 0.924, −0.004) | 0.300 ± 0.000 (ref 0.278, +0.022) | n=3, 1 diverged
-|    18 |     1 |  11.17 M |                   n/a (ref 0.952) |                   n/a (ref 0.948) |                   n/a (ref 0.199) | fp32 (0.0 hrs; ref 0.6 hrs), 1 diverged"""
+| Depth | Width | # Params |                                          val/acc |                                          tst/acc |                                          tst/nll | misc
+|    -: |    -: |       -: |                                              :-: |                                              :-: |                                              :-: | :-
+|    20 |     1 |   0.27 M | 0.923 ± 0.003 [0.898, 0.948] (ref 0.923, +0.000) | 0.920 ± 0.008 [0.844, 0.996] (ref 0.924, −0.004) | 0.300 ± 0.000 [0.300, 0.300] (ref 0.278, +0.022) | n=3, 1 diverged
+|    18 |     1 |  11.17 M |                                  n/a (ref 0.952) |                                  n/a (ref 0.948) |                                  n/a (ref 0.199) | fp32 (0.0 hrs; ref 0.6 hrs), 1 diverged
+
+mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; one run: its figure."""
 
 
 def diverged_summary(s: dict) -> dict:
     """The summary.json of a run that diverged before its first evaluation: no figures at all."""
-    return dict(s, status="diverged", val_acc=None, tst_acc=None, tst_nll=None)
+    return dict(s, status="diverged", best_val_acc=None, tst_acc=None, tst_nll=None)
 
 
 def test_table_leaves_out_the_figures_of_runs_that_diverged_before_evaluating():
@@ -134,7 +174,7 @@ def test_table_leaves_out_the_figures_of_runs_that_diverged_before_evaluating():
 
 DAMAGED_SUMMARIES = {"not_json": "{bad", "empty": "", "a_list": "[1]", "no_fields": "{}",
                      "text_figure": json.dumps(dict(summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5),
-                                                    val_acc="high"))}
+                                                    best_val_acc="high"))}
 
 
 def test_table_skips_damaged_summaries_with_one_warning_each(tmp_path, run_cli):
@@ -240,7 +280,7 @@ def test_plot_writes_curves_and_reference_figures(tmp_path, run_cli):
     for i, s in enumerate(seeds_and_compare_summaries()):
         write_hand_run(tmp_path / "runs" / s["data_name"] / f"run{i}", s)
     proc = run_cli("plot", tmp_path / "runs", "--out", tmp_path / "figs", check=True)
-    expected = {f"{name}_{kind}.png" for name in ("CIFAR10_x32", "Digits_x32") for kind in ("curves", "vs_reference")}
+    expected = {"CIFAR10_x32_curves.png", "CIFAR10_x32_vs_reference.png", "Digits_x32_curves.png"}  # no published Digits
     assert {p.name for p in (tmp_path / "figs").iterdir()} == expected
     assert sorted(proc.stdout.split()) == sorted(str(tmp_path / "figs" / name) for name in expected)
     assert_pngs(list((tmp_path / "figs").iterdir()))
@@ -251,8 +291,7 @@ def test_plot_marks_runs_that_diverged_before_evaluating(tmp_path, run_cli):
     write_hand_run(runs / "ok", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
     write_hand_run(runs / "diverged", diverged_summary(summary("Digits_x32", 14, 1, "fp32", 170_000, 0, 0, 0)), 0)
     proc = run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
-    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["Digits_x32_curves.png",
-                                                                      "Digits_x32_vs_reference.png"]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["Digits_x32_curves.png"]
     assert proc.stderr == ""
 
 
@@ -306,7 +345,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     import sys
 
     from resbench.errors import ResbenchError
-    from resbench.report import pyplot
+    from resbench.plots import pyplot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     with pytest.raises(ResbenchError, match=r"pip install 'resbench\[plot\]'"):
@@ -473,7 +512,7 @@ def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, run_c
     run = runs / "Digits_x32" / "R8x1-b32-i10-lr1e+30-wd0.001-s1"
     assert f"failed: {run} (exit status 1)" in proc.stdout
     assert "the training loss became nan" in (run / "stdout.log").read_text()
-    assert json.loads((run / "summary.json").read_text())["val_acc"] is None  # diverged before evaluating
+    assert json.loads((run / "summary.json").read_text())["best_val_acc"] is None  # diverged before evaluating
     table = run_cli("table", runs, check=True).stdout.splitlines()
     assert table[-1].endswith("|     n/a |     n/a |     n/a | 1 diverged")
     run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
@@ -513,7 +552,7 @@ def test_table_and_plot_of_real_runs(digits_runs, tmp_path, run_cli):
     assert table[3].startswith(f"|     8 |     1 |   {summaries[0]['params'] / 1e6:.2f} M | ")
     assert f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1):.3f}" in table[3] and table[3].endswith("| n=2")
     run_cli("plot", digits_runs, "--out", tmp_path, check=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Digits_x32_curves.png", "Digits_x32_vs_reference.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Digits_x32_curves.png"]
     assert_pngs(list(tmp_path.iterdir()))
 
 
@@ -536,7 +575,7 @@ def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
     scaled = report["temperature_scaling"]
     assert scaled["temperature"] > 0 and scaled["val_nll_after"] < scaled["val_nll_before"]
     val = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--split", "val", "--json", check=True).stdout)
-    assert val["acc"] == pytest.approx(summary["val_acc"], abs=1e-6)
+    assert val["acc"] == pytest.approx(summary["best_val_acc"], abs=1e-6)
 
 
 BAD_RUN_CONFIGS = {  # config.json beside the checkpoint: what the error says after its path

@@ -31,7 +31,7 @@ from resbench.train import StopSignals, TrainingDiverged, configure_determinism,
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
             "--eval_every", "20"]
-SUMMARY_KEYS = ("val_acc", "tst_acc", "tst_nll", "best_iter", "iterations", "skipped_steps")
+SUMMARY_KEYS = ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "iterations", "skipped_steps")
 
 
 def start_training(*args: str) -> subprocess.Popen:
@@ -430,8 +430,8 @@ def test_loss_scale_skips_are_counted_not_fatal_and_the_scale_is_logged(tmp_path
     assert [r["skipped_steps"] for r in records] == [1, 2]
     assert [r["loss_scale"] for r in records] == [65_536, 65_536]  # the reference's, never grown or halved
     log = run.file("log.txt").read_text()
-    assert "skipped steps (fp16 overflow) 2" in log and "fp16 loss scale 65,536, constant" in log
-    assert log.count("loss scale 65,536") == 3  # at the start, and in each evaluation's line
+    assert "trn/skipped_steps 2 (fp16 overflow)" in log and "fp16 loss scale 65,536, constant" in log
+    assert log.count("loss scale 65,536") == 1 and log.count("trn/loss_scale 65,536") == 2  # start, each evaluation
     assert checkpoint.load_checkpoint(run.file("last.pt"))["scaler"] == {"scale": 65_536.0}
 
 

@@ -140,17 +140,17 @@ def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
     proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == [
-        ".lock", "best.pt", "config.json", "last.pt", "log.txt", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [  # the .lock is gone with the process that held it
+        "best.pt", "config.json", "last.pt", "log.txt", "metrics.jsonl", "summary.json"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iterations"] == 3 and summary["params"] == 272_464
     assert summary["precision"] == "fp32" and summary["config"]["optim_weight_decay"] == 0.001
-    for key in ("val_acc", "tst_acc", "tst_nll", "best_iter", "wall_seconds", "images_per_sec", "epochs_per_min",
+    for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "wall_seconds", "images_per_sec", "epochs_per_min",
                 "device", "versions", "data_name", "depth", "width"):
         assert summary[key] is not None, key
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [3]  # eval_every 1000 > 3: one evaluation, at the last iteration
-    assert 0.0 <= summary["val_acc"] <= 1.0 and math.isfinite(summary["tst_nll"])
+    assert 0.0 <= summary["best_val_acc"] <= 1.0 and math.isfinite(summary["tst_nll"])
     state_dict = torch.load(run / "best.pt", weights_only=True)
     resnet(20).load_state_dict(state_dict)
     log = (run / "log.txt").read_text()
@@ -163,7 +163,7 @@ def test_digits_demo_learns(tmp_path, run_cli):
                    "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["tst_acc"] >= 0.9, proc.stdout
-    assert summary["val_acc"] >= 0.9
+    assert summary["best_val_acc"] >= 0.9
     again = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
                     "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
     assert "not retraining" in again.stderr
@@ -179,11 +179,13 @@ def test_tensorboard_scalars_follow_the_evaluations(tmp_path):
                       save=str(tmp_path / "run"), tensorboard=True))
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
-    val_acc = events.Scalars("val_acc")
+    val_acc = events.Scalars("val/acc")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e.step for e in val_acc] == [r["iter"] for r in records] == [10, 20]
     assert [e.value for e in val_acc] == pytest.approx([r["val_acc"] for r in records])
-    assert "trn_loss" in events.Tags()["scalars"]
+    tags = set(events.Tags()["scalars"])  # grouped train/, val/, test/, named as in metrics.jsonl
+    assert {"train/loss", "train/w_norm", "train/lr_at_eval", "val/best_acc", "test/acc_at_eval"} <= tags
+    assert {tag.split("/")[0] for tag in tags} == {"train", "val", "test", "time"}
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):

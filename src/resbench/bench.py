@@ -1,7 +1,8 @@
 """`resbench bench`: training throughput of one configuration, measured against the device's peak.
 
-The timed loop is the training loop's own hot path (TrainBatches augmentation, `train_step`,
-device-side loss accumulation, one synchronisation per window as at a logging point) on random
+The timed loop is the training loop's own hot path (TrainBatches augmentation, `train_step` with
+its per-step statistics, device-side loss accumulation, one synchronisation per window as at a
+logging point) on random
 uint8 images of the dataset's shape, so the figure is what `resbench train` gets between
 evaluations. The "fraction of peak" divides the model's counted FLOPs (FlopCounterMode over one
 forward and backward) by a matrix product timed in the same process, so both numbers share the
@@ -27,7 +28,8 @@ from . import cpus, data, hotpath, models
 from .config import ConfigError, TrainConfig, precision_for, resolve_device, validate_config
 from .hotpath import autocast_for, sync
 from .lossscale import ConstantLossScale
-from .train import learning_rate, train_step
+from .resume import RunState
+from .train import StepStats, learning_rate, train_step
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
 SPREAD_LIMIT = 0.2  # (max - min) / median images/s over the windows beyond which the figure is shaky
@@ -66,8 +68,10 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
 
 
-def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches) -> Trainer:
-    """The hot path `resbench train` runs: every choice of `hotpath` applied."""
+def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches,
+                      step_stats: bool = True) -> Trainer:
+    """The hot path `resbench train` runs: every choice of `hotpath` applied (and, unless
+    `step_stats` is off, the per-step statistics the loop accumulates)."""
     precision = precision_for(cfg.mixed_precision, device)
     model = hotpath.prepare_model(build_model(cfg), device)
     optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
@@ -75,12 +79,14 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.Trai
     step_model = hotpath.step_model_of(model, compiled, device)
     scaler = ConstantLossScale(device, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
+    stats = StepStats(RunState(), device) if step_stats else None
 
     def step(i: int) -> torch.Tensor:
         images, labels = batches.batch(i)
-        return train_step(step_model, optimizer, scaler, images, labels, learning_rate(i, cfg), cfg, autocast)[0]
+        return train_step(step_model, optimizer, scaler, images, labels, learning_rate(i, cfg), cfg, autocast,
+                          stats=stats)[0]
 
-    return Trainer(f"resbench{' compiled' if compiled else ''}", step)
+    return Trainer(f"resbench{' compiled' if compiled else ''}{'' if step_stats else ' without step statistics'}", step)
 
 
 def plain_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches) -> Trainer:

@@ -15,10 +15,12 @@ import threading
 from pathlib import Path
 
 from . import __version__, fetch
+from .compare import add_compare_parser
 from .config import TrainConfig, add_train_flags, config_from_args, flag_kind
 from .errors import ResbenchError
 from .flags import Parser
-from .report import add_plot_parser, add_table_parser
+from .plots import add_plot_parser
+from .report import add_table_parser
 from .sweep import add_sweep_parser
 
 DESCRIPTION = """\
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
     fetch.add_data_parser(subparsers)
-    for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_plot_parser, add_bench_parser):
+    for add_parser in (add_eval_parser, add_sweep_parser, add_table_parser, add_compare_parser, add_plot_parser,
+                       add_bench_parser):
         add_parser(subparsers)
     return parser
 

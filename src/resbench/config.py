@@ -63,6 +63,14 @@ class TrainConfig:
 # compile; changed, it is the same recipe to rounding, and the log says so.
 RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror"}
 ROUNDING_SETTINGS = ("threads", "compile")
+# config.json's key for what the asked settings became on the machine (device, compile, absolute
+# folders); the settings themselves stay as asked, so that --resume compares like with like.
+RESOLVED_KEY = "resolved"
+
+
+def asked_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a config.json, without the resolved values recorded beside them."""
+    return {key: value for key, value in saved.items() if key != RESOLVED_KEY}
 
 
 class ConfigError(ResbenchError, ValueError):
@@ -319,6 +327,7 @@ def settings_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read --config {path}: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path} is not a table of settings (name = value lines, or a JSON object)")
+    values = asked_settings(values)  # a run folder's config.json also records what they resolved to
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(values) - set(fields)):
         raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; the keys are the train "
@@ -356,6 +365,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if given.get("save") not in (None, args.resume):
         raise CheckpointError(f"--save {given['save']} and --resume {args.resume} name two folders; "
                               "a resumed run stays in its folder")
+    saved = asked_settings(saved) if isinstance(saved, dict) else saved
     unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown:
         raise CheckpointError(f"{saved_path} has unknown settings {sorted(unknown)}; was it written by resbench?")

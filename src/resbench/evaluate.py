@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import resolve_device
+from .config import RESOLVED_KEY, resolve_device
 from .data import DATASETS, dataset_spec, load_splits, to_model_input
 from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
@@ -38,19 +38,28 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = EVA
     return torch.cat(outputs)
 
 
+TOP5_MIN_CLASSES = 100  # CIFAR-100 and TinyImageNet also report top-5 accuracy, as their literature does
+
+
+def reports_top5(num_classes: int) -> bool:
+    return num_classes >= TOP5_MIN_CLASSES
+
+
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             autocast: contextlib.AbstractContextManager | None = None, world: World = World()) -> dict[str, float]:
-    """Accuracy and mean negative log-likelihood over the whole split.
+             autocast: contextlib.AbstractContextManager | None = None, world: World = World(),
+             top5: bool = False) -> dict[str, float]:
+    """Accuracy and mean negative log-likelihood over the whole split (and top-5 accuracy if asked).
 
     In a data-parallel run each rank scores its share and the sums are added up across ranks.
     """
     part = shard(len(images), world)
     logits = predict_logits(model, images[part], autocast=autocast)
     labels = labels[part]
-    sums = torch.stack([(logits.argmax(1) == labels).sum().float(),
-                        F.cross_entropy(logits, labels, reduction="sum")])
-    correct, nll = (all_reduce_sum(sums, world) / len(images)).tolist()
-    return {"acc": correct, "nll": nll}
+    sums = [(logits.argmax(1) == labels).sum().float(), F.cross_entropy(logits, labels, reduction="sum")]
+    if top5:
+        sums.append((logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum().float())
+    figures = (all_reduce_sum(torch.stack(sums), world) / len(images)).tolist()
+    return dict(zip(("acc", "nll", "top5"), figures))
 
 
 # ---------------------------------------------------------------- calibration (resbench eval)
@@ -166,7 +175,8 @@ def evaluate_checkpoint(ckpt: Path, data_root: str | None, split: str, temperatu
         device = resolve_device(device)
     except ValueError as exc:
         raise ResbenchError(str(exc)) from None
-    data_root = data_root or config.get("data_root")
+    resolved = config.get(RESOLVED_KEY) if isinstance(config.get(RESOLVED_KEY), dict) else {}
+    data_root = data_root or resolved.get("data_root") or config.get("data_root")
     if not isinstance(data_root, str):
         raise CheckpointError(f"{ckpt.parent / 'config.json'} names no data_root; pass --data_root")
     model = load_checkpoint_model(ckpt, config, device)

@@ -1,14 +1,19 @@
-"""`resbench table` and `resbench plot`: turn a folder of finished runs into the seed's tables and figures.
+"""`resbench table`: turn a folder of runs into the seed's tables.
 
 The table reproduces seed-results.md character for character when given the seed's figures, so a
 reproduction can be diffed against the specification; `--compare reference` writes each
 published figure and our difference beside our own, inside the same cell:
-`0.921 (ref 0.923, −0.002)`.
+`0.921 (ref 0.923, −0.002)`. Runs that differ in a setting (an lr or weight-decay sweep) are
+rows of their own, the differing settings shown as columns; several runs (seeds) of one row are
+summarised as mean ± std [95% Student-t interval]. `--selection` picks which evaluation of a run
+the figures come from: the best validation accuracy (the recipe's), the last, or the best test
+accuracy (the optimistic figure test-selected baselines report); `all` shows the three.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -16,23 +21,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .config import RESOLVED_KEY, TrainConfig, asked_settings
 from .errors import ResbenchError
-from .reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
+from .reference import (ReferenceRow, dataset_sort_key, find_reference_run, precision_sort_key, shape_sort_key,
+                        table_reference)
+from .stats import spread
 
 HEADER = ("Depth", "Width", "# Params", "val/acc", "tst/acc", "tst/nll", "misc")
 ALIGN = ("-:", "-:", "-:", ":-:", ":-:", ":-:", ":-")
 METRICS = ("val_acc", "tst_acc", "tst_nll")
-# Settings that legitimately differ between the seeds of one table row.
-PER_RUN_SETTINGS = frozenset({"seed", "save", "data_root", "device"})
+# Which evaluation of a run the figures come from, and how a row names it under --selection all.
+SELECTIONS = {"val": "best val", "last": "last", "test": "best test"}
+# Settings that never make two runs different rows: the seed (what the runs of a row vary), paths and
+# choices that do not change a number (config.RESUMABLE_CHANGES), and what the row's own cells show.
+NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard", "threads", "mirror",
+                              "data_name", "resnet_depth", "resnet_width", "mixed_precision"})
+# Column headers of the settings that tell rows apart, in this order; others after, by name.
+SETTING_LABELS = {"batch_size": "batch", "optim_ni": "iters", "optim_lr": "lr", "optim_momentum": "momentum",
+                  "optim_weight_decay": "wd", "optim_label_smoothing": "smoothing", "optim_global_clipping": "clip",
+                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn"}
 MINUS = "\u2212"
 MISSING = "n/a"  # a cell none of whose runs has the figure (every one diverged before its first evaluation)
+INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; "
+                 "one run: its figure")
 
 # The fields table and plot read, with their JSON types. A run that diverged before its first
 # evaluation has null figures; the trainer writes every other field as a value.
 NUMBER = (int, float)
+FIGURE = (*NUMBER, type(None))
 SUMMARY_FIELDS = {"data_name": str, "depth": int, "width": int, "precision": str, "params": NUMBER,
                   "wall_seconds": NUMBER, "config": (dict, type(None)),
-                  **{metric: (*NUMBER, type(None)) for metric in METRICS}}
+                  "best_val_acc": FIGURE, "tst_acc": FIGURE, "tst_nll": FIGURE}
 CONFIG_FIELDS = {"data_name": str}
 RECORD_FIELDS = {"iter": NUMBER, "val_acc": NUMBER, "trn_loss": NUMBER}
 
@@ -86,15 +105,36 @@ def readable_runs(paths: list[Path], read: Callable[[Path], T]) -> list[tuple[Pa
 
 
 def read_summary(path: Path) -> dict:
-    return checked_fields(read_json(path), SUMMARY_FIELDS, path.name)
+    """summary.json, checked; one written before `best_val_acc` was named apart has it as `val_acc`."""
+    return checked_fields(renamed_fields(read_json(path)), SUMMARY_FIELDS, path.name)
+
+
+def renamed_fields(summary: Any) -> Any:
+    """A summary.json with today's names: older ones called the best validation accuracy `val_acc`."""
+    if isinstance(summary, dict) and "best_val_acc" not in summary and "val_acc" in summary:
+        summary = {**summary, "best_val_acc": summary["val_acc"]}
+    return summary
+
+
+def runs_folder(runs_dir: Path) -> Path:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ResbenchError(f"no such runs folder: {runs_dir}")
+    return runs_dir
 
 
 def find_summaries(runs_dir: Path) -> list[dict]:
     """Every finished run (a folder with a sound summary.json) below `runs_dir`, in path order."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise ResbenchError(f"no such runs folder: {runs_dir}")
-    return [summary for _, summary in readable_runs(sorted(runs_dir.rglob("summary.json")), read_summary)]
+    return [run.summary for run in find_runs(runs_dir)]
+
+
+def find_runs(runs_dir: Path, with_records: bool = False) -> list[RunResult]:
+    """Every finished run below `runs_dir` (a folder with a sound summary.json), in path order, with its
+    evaluation records if asked (for selections other than the recipe's)."""
+    def read(path: Path) -> RunResult:
+        return RunResult(read_summary(path), read_metrics(path.parent) if with_records else None)
+
+    return [run for _, run in readable_runs(sorted(runs_folder(runs_dir).rglob("summary.json")), read)]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -124,76 +164,165 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return records
 
 
+# ---------------------------------------------------------------- selection: which evaluation counts
+
+def select_record(records: list[dict], selection: str) -> dict | None:
+    """The evaluation a selection mode takes: the first best validation accuracy (the recipe's: the
+    checkpoint it keeps), the last one, or the first best test accuracy (`tst_acc_at_eval`)."""
+    if selection == "last":
+        return records[-1] if records else None
+    key = "val_acc" if selection == "val" else "tst_acc_at_eval"
+    scored = [r for r in records if isinstance(r.get(key), NUMBER)]
+    return max(scored, key=lambda r: r[key]) if scored else None  # max keeps the first of equals
+
+
+def selected_figures(records: list[dict], selection: str) -> dict[str, float | None]:
+    """val_acc, tst_acc, tst_nll and iter of the evaluation `selection` takes (None where not recorded)."""
+    record = select_record(records, selection)
+    if record is None:
+        return dict.fromkeys((*METRICS, "iter"))
+    # The best-validation record holds the test figures of the kept checkpoint (also in older runs).
+    test = "" if selection == "val" and "tst_acc" in record else "_at_eval"
+    return {"val_acc": record["val_acc"], "tst_acc": record.get(f"tst_acc{test}"),
+            "tst_nll": record.get(f"tst_nll{test}"), "iter": record["iter"]}
+
+
+@dataclass
+class RunResult:
+    """One run of a table: its summary.json, and its metrics.jsonl records where a selection needs them."""
+
+    summary: dict
+    records: list[dict] | None = None
+
+    def __post_init__(self):
+        self.summary = renamed_fields(self.summary)
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings that could make it a row of its own."""
+        return {k: v for k, v in (self.summary.get("config") or {}).items() if k not in NOT_ROW_SETTINGS}
+
+    def figures(self, selection: str) -> dict[str, float | None]:
+        if selection == "val":  # the recipe's, as summary.json has it
+            s = self.summary
+            return {"val_acc": s["best_val_acc"], "tst_acc": s["tst_acc"], "tst_nll": s["tst_nll"],
+                    "iter": s.get("best_iter")}
+        return selected_figures(self.records or [], selection)
+
+
 # ---------------------------------------------------------------- grouping runs into rows
 
 @dataclass
 class Row:
-    """One table row: one configuration, aggregated over the runs (seeds) that share it."""
+    """One table row: one configuration and setting, aggregated over the runs (seeds) that share it."""
 
     data_name: str
     depth: int
     width: int
     precision: str
-    summaries: list[dict] = field(default_factory=list)
-
-    @property
-    def key(self) -> tuple[str, int, int, str]:
-        return (self.data_name, self.depth, self.width, self.precision)
+    settings: tuple[tuple[str, Any], ...]  # the values of the settings that differ between the table's rows
+    runs: list[RunResult] = field(default_factory=list)
+    chosen_from: int = 0  # under --select-by val: how many settings this row was chosen from
 
     @property
     def params(self) -> int:
-        return self.summaries[0]["params"]
+        return self.runs[0].summary["params"]
 
-    def values(self, metric: str) -> list[float]:
+    @property
+    def summaries(self) -> list[dict]:
+        return [run.summary for run in self.runs]
+
+    def values(self, metric: str, selection: str = "val") -> list[float]:
         """The figures of the runs that have one: a run that diverged before its first evaluation has none."""
-        return [float(s[metric]) for s in self.summaries if s[metric] is not None]
+        figures = (run.figures(selection)[metric] for run in self.runs)
+        return [float(v) for v in figures if v is not None]
 
     def hours(self) -> float:
-        return statistics.fmean(self.values("wall_seconds")) / 3600
+        return statistics.fmean(float(s["wall_seconds"]) for s in self.summaries) / 3600
+
+    def reference(self) -> ReferenceRow | None:
+        """The reference's figures for this row, if it has the reference's settings."""
+        found = find_reference_run(self.data_name, self.depth, self.width, self.precision,
+                                   self.runs[0].summary.get("config") or {})
+        return None if isinstance(found, str) else table_reference(found)
 
 
-def group_rows(summaries: list[dict]) -> dict[str, list[Row]]:
-    """Rows per dataset, datasets and rows in the seed's order (unknown ones after)."""
-    rows: dict[tuple[str, int, int, str], Row] = {}
-    for s in summaries:
-        key = (s["data_name"], int(s["depth"]), int(s["width"]), s["precision"])
-        rows.setdefault(key, Row(*key)).summaries.append(s)
-    by_dataset: dict[str, list[Row]] = {}
-    for row in sorted(rows.values(), key=lambda r: (dataset_sort_key(r.data_name),
-                                                     config_sort_key(r.depth, r.width, r.precision))):
-        by_dataset.setdefault(row.data_name, []).append(row)
-    return by_dataset
+def comparable(value: Any) -> str:
+    """One spelling per value, so that 1 and 1.0 are the same setting."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+    return json.dumps(value, sort_keys=True)
 
 
-def mixed_settings(row: Row) -> list[str]:
-    """Training settings (other than seed and paths) that differ between the runs of one row.
+def varying_settings(runs: list[RunResult]) -> list[str]:
+    """The settings (besides seed and paths) in which some of `runs` differ, in SETTING_LABELS order."""
+    settings = [run.settings() for run in runs]
+    keys = set().union(*settings)
+    varying = {k for k in keys if len({comparable(s.get(k)) for s in settings}) > 1}
+    order = list(SETTING_LABELS)
+    return sorted(varying, key=lambda k: (order.index(k) if k in order else len(order), k))
 
-    Averaging runs trained differently would silently blur the table, so the caller warns.
+
+def settings_sort_key(settings: tuple[tuple[str, Any], ...]) -> tuple:
+    """Rows of one configuration by their settings' values: numbers ascending, unset first."""
+    return tuple((0, "") if v is None else (1, float(v)) if isinstance(v, NUMBER) else (2, str(v)) for _, v in settings)
+
+
+def group_rows(runs: list[RunResult | dict]) -> dict[str, list[Row]]:
+    """Rows per dataset, datasets and rows in the seed's order (unknown ones after).
+
+    A row is a configuration (depth, width, precision) and the values of every setting that differs
+    between the runs of its dataset's table, so runs trained differently are never averaged.
     """
-    configs = [s.get("config") or {} for s in row.summaries]
-    keys = set().union(*configs) - PER_RUN_SETTINGS
-    return sorted(k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1)
+    runs = [run if isinstance(run, RunResult) else RunResult(run) for run in runs]
+    by_dataset: dict[str, list[RunResult]] = {}
+    for run in runs:
+        by_dataset.setdefault(run.summary["data_name"], []).append(run)
+    tables = {}
+    for data_name in sorted(by_dataset, key=dataset_sort_key):
+        varying = varying_settings(by_dataset[data_name])
+        rows: dict[tuple, Row] = {}
+        for run in by_dataset[data_name]:
+            s, settings = run.summary, tuple((k, run.settings().get(k)) for k in varying)
+            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings))
+            rows.setdefault(key, Row(data_name, key[0], key[1], key[2], settings)).runs.append(run)
+        tables[data_name] = sorted(rows.values(), key=lambda r: (shape_sort_key(r.depth, r.width),
+                                                                 settings_sort_key(r.settings),
+                                                                 precision_sort_key(r.precision)))
+    return tables
+
+
+def select_by_val(rows: list[Row]) -> list[Row]:
+    """Per configuration (depth, width, precision), the row whose settings give the best mean validation
+    accuracy: the model selection the reference's table did not make (its weight decay is fixed)."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.depth, row.width, row.precision), []).append(row)
+    best = {key: max(group, key=lambda r: statistics.fmean(r.values("val_acc")) if r.values("val_acc") else -1.0)
+            for key, group in groups.items()}
+    return [dataclasses.replace(row, chosen_from=len(groups[key])) for row in rows
+            if best[key := (row.depth, row.width, row.precision)] is row]
 
 
 # ---------------------------------------------------------------- formatting cells
 
 def format_stat(values: list[float]) -> str:
-    """`0.923` for one run, `0.923 ± 0.002` (mean ± sample std) for several, `n/a` for none."""
+    """`0.923` for one run, `0.923 ± 0.002 [0.918, 0.928]` (mean ± sample std [95% t-interval]) for several."""
     if not values:
         return MISSING
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    summary = spread(values)
+    return f"{summary.mean:.3f} ± {summary.std:.3f} [{summary.low:.3f}, {summary.high:.3f}]"
 
 
 def format_difference(ours: float, published: float) -> str:
     """Signed difference of the figures as printed (3 decimals), with a true minus sign."""
-    diff = round(ours, 3) - published
+    diff = round(ours, 3) - round(published, 3)
     return f"{diff:+.3f}".replace("-0.000", "+0.000").replace("-", MINUS)
 
 
-def metric_cell(row: Row, metric: str, ref: ReferenceRow | None) -> str:
-    values = row.values(metric)
+def metric_cell(row: Row, metric: str, selection: str, ref: ReferenceRow | None) -> str:
+    values = row.values(metric, selection)
     ours = format_stat(values)
     if ref is None:
         return ours
@@ -203,20 +332,40 @@ def metric_cell(row: Row, metric: str, ref: ReferenceRow | None) -> str:
     return f"{ours} (ref {published:.3f}, {format_difference(statistics.fmean(values), published)})"
 
 
-def misc_cell(row: Row, show_precision: bool, ref: ReferenceRow | None) -> str:
-    """Precision and wall time (as the seed does for its fp32/fp16 pairs), run count, failures."""
+def setting_value(value: Any) -> str:
+    if value is None:
+        return "off"
+    return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def iterations_note(row: Row, selection: str) -> str:
+    """Where a non-default selection found its figures: `iter 46000`, or a range over seeds."""
+    iters = sorted({int(run.figures(selection)["iter"]) for run in row.runs if run.figures(selection)["iter"]})
+    if not iters:
+        return ""
+    return f"iter {iters[0]}" if len(iters) == 1 else f"iter {iters[0]}–{iters[-1]}"
+
+
+def misc_cell(row: Row, show_precision: bool, ref: ReferenceRow | None, selection: str, first: bool,
+              show_iterations: bool) -> str:
+    """Precision and wall time (as the seed does for its fp32/fp16 pairs), run count, failures; where
+    another selection than the recipe's is shown, the iterations each took."""
     parts = []
-    if show_precision:
+    if first and show_precision:
         hours = f"{row.hours():.1f} hrs"
         if ref is not None:
             hours += f"; ref {ref.wall_min / 60:.1f} hrs"
         parts.append(f"{row.precision} ({hours})")
-    if len(row.summaries) > 1:
-        parts.append(f"n={len(row.summaries)}")
+    if first and len(row.runs) > 1:
+        parts.append(f"n={len(row.runs)}")
     diverged = sum(s.get("status") == "diverged" for s in row.summaries)
-    if diverged:
+    if first and diverged:
         parts.append(f"{diverged} diverged")
-    return ", ".join(parts)
+    if first and row.chosen_from > 1:
+        parts.append(f"best val/acc of {row.chosen_from} settings")
+    if show_iterations:
+        parts.append(iterations_note(row, selection))
+    return ", ".join(part for part in parts if part)
 
 
 def shows_precision(row: Row, rows: list[Row]) -> bool:
@@ -225,181 +374,170 @@ def shows_precision(row: Row, rows: list[Row]) -> bool:
     return row.depth == 18 or siblings != {"fp32"}
 
 
-def row_cells(row: Row, previous: Row | None, rows: list[Row], ref: ReferenceRow | None) -> list[str]:
-    """The 7 cells of a row; a precision variant right below its fp32 row leaves Depth/Width/# Params blank."""
-    same_config = previous is not None and (previous.depth, previous.width) == (row.depth, row.width)
-    config = ["", "", ""] if same_config else [str(row.depth), str(row.width), f"{row.params / 1e6:.2f} M"]
-    metrics = [metric_cell(row, m, ref) for m in METRICS]
-    return [*config, *metrics, misc_cell(row, shows_precision(row, rows), ref)]
+def config_cells(row: Row, previous: Row | None) -> list[str]:
+    """Depth, Width, # Params and the settings columns; under a row of the same depth and width they
+    are left blank as far as they repeat it (the seed's precision variants, a sweep's values)."""
+    same_shape = previous is not None and (previous.depth, previous.width) == (row.depth, row.width)
+    cells = ["", "", ""] if same_shape else [str(row.depth), str(row.width), f"{row.params / 1e6:.2f} M"]
+    for i, (_, value) in enumerate(row.settings):
+        repeated = same_shape and previous.settings[:i + 1] == row.settings[:i + 1]
+        cells.append("" if repeated else setting_value(value))
+    return cells
+
+
+def row_lines(row: Row, previous: Row | None, rows: list[Row], selection: str, compare: bool) -> list[list[str]]:
+    """The cells of a row: one line, or under --selection all one line per selection mode."""
+    ref = row.reference() if compare else None
+    modes = list(SELECTIONS) if selection == "all" else [selection]
+    lines = []
+    for i, mode in enumerate(modes):
+        config = config_cells(row, previous) if i == 0 else [""] * (3 + len(row.settings))
+        shown = [SELECTIONS[mode]] if selection == "all" else []
+        metrics = [metric_cell(row, m, mode, ref) for m in METRICS]
+        lines.append([*config, *shown, *metrics, misc_cell(row, shows_precision(row, rows), ref, mode, i == 0,
+                                                            show_iterations=selection != "val")])
+    return lines
 
 
 # ---------------------------------------------------------------- tables
 
-def render_lines(cells: list[list[str]]) -> list[str]:
+def render_lines(header: list[str], align: list[str], cells: list[list[str]]) -> list[str]:
     """Header, alignment row and body, right-aligned to the seed's column widths (wider if a cell needs it)."""
-    widths = [max(len(c[i]) for c in [list(HEADER), *cells]) for i in range(len(HEADER) - 1)]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header) - 1)]
 
-    def line(row: list[str] | tuple[str, ...]) -> str:
+    def line(row: list[str]) -> str:
         padded = [cell.rjust(w) for cell, w in zip(row, widths)]
         return ("| " + " | ".join([*padded, row[-1]])).rstrip()
 
-    return [line(HEADER), line(ALIGN), *(line(c) for c in cells)]
+    return [line(header), line(align), *(line(c) for c in cells)]
 
 
-def render_table(rows: list[Row], compare: bool = False) -> str:
+def table_header(rows: list[Row], selection: str) -> tuple[list[str], list[str]]:
+    """The seed's columns, with the settings that tell rows apart after # Params (and the selection mode)."""
+    settings = [SETTING_LABELS.get(key, key) for key, _ in rows[0].settings]
+    shown = ["selection"] if selection == "all" else []
+    header = [*HEADER[:3], *settings, *shown, *HEADER[3:]]
+    align = [*ALIGN[:3], *["-:"] * len(settings), *[":-"] * len(shown), *ALIGN[3:]]
+    return header, align
+
+
+def render_table(rows: list[Row], compare: bool = False, selection: str = "val") -> str:
     """One `### <data_name>` section in the seed's markdown format."""
-    refs = reference_lookup() if compare else {}
-    cells = [row_cells(row, rows[i - 1] if i else None, rows, refs.get(row.key)) for i, row in enumerate(rows)]
-    return "\n".join([f"### {rows[0].data_name}", *render_lines(cells)])
+    cells = [line for i, row in enumerate(rows)
+             for line in row_lines(row, rows[i - 1] if i else None, rows, selection, compare)]
+    return "\n".join([f"### {rows[0].data_name}", *render_lines(*table_header(rows, selection), cells)])
 
 
-def render_tables(summaries: list[dict], compare: bool = False) -> str:
-    """All dataset sections, separated by a blank line as in seed-results.md."""
-    return "\n\n".join(render_table(rows, compare) for rows in group_rows(summaries).values())
+def render_tables(runs: list[RunResult | dict], compare: bool = False, selection: str = "val",
+                  select_by: str | None = None) -> str:
+    """All dataset sections, separated by a blank line as in seed-results.md, and what ± means where used."""
+    tables = group_rows(runs)
+    if select_by == "val":
+        tables = {name: select_by_val(rows) for name, rows in tables.items()}
+    text = "\n\n".join(render_table(rows, compare, selection) for rows in tables.values())
+    if any(len(row.runs) > 1 for rows in tables.values() for row in rows):
+        text += f"\n\n{INTERVAL_NOTE}."
+    return text
 
 
 def run_table(args: argparse.Namespace) -> int:
-    summaries = find_summaries(args.runs_dir)
-    if not summaries:
+    runs = find_runs(args.runs_dir, with_records=args.selection != "val")
+    if not runs:
         raise ResbenchError(f"no finished runs (summary.json) below {args.runs_dir}")
-    for rows in group_rows(summaries).values():
-        for row in rows:
-            if mixed := mixed_settings(row):
-                print(f"warning: {row.data_name} R{row.depth}x{row.width} {row.precision} averages runs "
-                      f"with different {', '.join(mixed)}", file=sys.stderr)
-    print(render_tables(summaries, compare=args.compare == "reference"))
+    print(render_tables(runs, compare=args.compare == "reference", selection=args.selection,
+                        select_by=args.select_by))
     return 0
 
 
 def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench table RUNS_DIR [--compare reference]`."""
+    """`resbench table RUNS_DIR [--compare reference] [--selection val|last|test|all] [--select-by val]`."""
     p = subparsers.add_parser("table", help="print finished runs as markdown tables in the published tables' format",
                               description="Print the finished runs below RUNS_DIR as markdown tables in the "
-                                          "format of the published tables (docs/reference/seed-results.md), "
-                                          "mean ± std over the random seeds of a configuration.")
+                                          "format of the published tables (docs/reference/seed-results.md): "
+                                          "mean ± std [95%% Student-t interval] over the random seeds of a row, "
+                                          "runs with other settings in rows of their own.")
     p.add_argument("runs_dir", type=Path, help="folder searched recursively for summary.json")
     p.add_argument("--compare", choices=["reference"], default=None,
                    help="write the published figure and our difference beside each of ours: "
                         "`ours (ref published, ours-published)`")
+    p.add_argument("--selection", choices=[*SELECTIONS, "all"], default="val",
+                   help="which evaluation of each run: val = best validation accuracy (the recipe's, default), "
+                        "last = the last evaluation, test = best test accuracy (optimistic), all = the three")
+    p.add_argument("--select-by", "--select_by", dest="select_by", choices=["val"], default=None,
+                   help="per configuration, keep only the setting (e.g. weight decay) with the best mean "
+                        "validation accuracy, and name it")
     p.set_defaults(func=run_table)
     return p
 
 
-# ---------------------------------------------------------------- plots
+# ---------------------------------------------------------------- run folders with their curves
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend; plots are an optional extra of the package."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ResbenchError("plots need matplotlib: pip install 'resbench[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+PRECISION_OF_FLAG = {"false": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "true": "fp16"}
 
 
-def read_curve(metrics: Path) -> tuple[str, list[dict]]:
-    """The dataset (from config.json beside it) and the evaluation records of one metrics.jsonl."""
+@dataclass
+class TrainedRun:
+    """A run folder, finished or still going: its settings (config.json) and evaluation records."""
+
+    path: Path
+    config: dict  # the settings as asked
+    resolved: dict  # what they became on the machine (empty for older runs)
+    records: list[dict]
+
+    @property
+    def data_name(self) -> str:
+        return self.config["data_name"]
+
+    @property
+    def depth(self) -> int:  # an older config.json may lack a setting: it had the default then
+        return int(self.config.get("resnet_depth", TrainConfig.resnet_depth))
+
+    @property
+    def width(self) -> int:
+        return int(self.config.get("resnet_width", TrainConfig.resnet_width))
+
+    @property
+    def precision(self) -> str:
+        """As trained; an older run that asked for `--mixed_precision true` counts as fp16 (bf16 matches the same
+        reference run)."""
+        flag = str(self.config.get("mixed_precision", TrainConfig.mixed_precision)).lower()
+        return self.resolved.get("precision") or PRECISION_OF_FLAG.get(flag, flag)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def status(self) -> str:
+        """summary.json's status (finished, diverged), or `running` for a run without one."""
+        try:
+            summary = json.loads((self.path / "summary.json").read_text())
+        except FileNotFoundError:
+            return "running"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return "unknown"
+        return str(summary.get("status")) if isinstance(summary, dict) else "unknown"
+
+    def settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in NOT_ROW_SETTINGS}
+
+
+def read_trained_run(metrics: Path) -> TrainedRun:
+    """The run folder of one metrics.jsonl, with the config.json beside it."""
     config = checked_fields(read_json(metrics.parent / "config.json"), CONFIG_FIELDS, "config.json")
-    return config["data_name"], read_metrics(metrics.parent)
+    resolved = config.get(RESOLVED_KEY)
+    return TrainedRun(metrics.parent, asked_settings(config),
+                      resolved if isinstance(resolved, dict) else {}, read_metrics(metrics.parent))
 
 
-def find_curves(runs_dir: Path) -> dict[str, dict[Path, list[dict]]]:
-    """Evaluation records of every run folder (finished or not), per dataset named in its config.json.
-
-    Read before anything is drawn, so a damaged run is skipped rather than failing half-way through the figures.
-    """
-    by_dataset: dict[str, dict[Path, list[dict]]] = {}
-    for metrics, (data_name, records) in readable_runs(sorted(Path(runs_dir).rglob("metrics.jsonl")), read_curve):
-        by_dataset.setdefault(data_name, {})[metrics.parent] = records
-    return dict(sorted(by_dataset.items(), key=lambda item: dataset_sort_key(item[0])))
-
-
-def unwritable(path: Path, exc: OSError) -> ResbenchError:
-    """The one-line error for an --out that cannot hold the figures (a file in the way, no permission, full disk)."""
-    in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
-    reason = "a file is in the way" if in_the_way else exc.strerror or exc
-    return ResbenchError(f"cannot write the plots to {path} ({reason}); pass --out a folder you can write")
-
-
-def save_figure(plt, fig, path: Path) -> None:
-    """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback."""
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise unwritable(path, exc) from None
-    finally:
-        plt.close(fig)
-
-
-def plot_curves(plt, data_name: str, runs: dict[Path, list[dict]], path: Path) -> None:
-    """Validation accuracy and training loss against iterations, one line per run."""
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run_dir, records in runs.items():
-        iters = [r["iter"] for r in records]
-        acc_ax.plot(iters, [r["val_acc"] for r in records], label=run_dir.name)
-        loss_ax.plot(iters, [r["trn_loss"] for r in records], label=run_dir.name)
-    acc_ax.set(title=f"{data_name}: validation accuracy", xlabel="iteration", ylabel="val/acc")
-    loss_ax.set(title=f"{data_name}: training loss", xlabel="iteration", ylabel="trn/loss", yscale="log")
-    acc_ax.legend(fontsize="small")
-    save_figure(plt, fig, path)
-
-
-def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
-    """Our final test accuracy (mean, std as error bar) beside the published one, per configuration."""
-    refs = reference_lookup()
-    labels = [f"R{r.depth}x{r.width} {r.precision}" for r in rows]
-    values = [r.values("tst_acc") for r in rows]  # empty where every run diverged before evaluating
-    ours = [statistics.fmean(v) if v else float("nan") for v in values]
-    errors = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-    published = [refs[r.key].tst_acc if r.key in refs else float("nan") for r in rows]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
-    for offset, heights, label in ((-0.2, ours, "ours"), (0.2, published, "published")):
-        bars = ax.bar([i + offset for i in x], heights, width=0.4, label=label,
-                      yerr=errors if label == "ours" else None)
-        ax.bar_label(bars, fmt="%.3f", fontsize="small")  # differences of 0.01 are invisible as bars
-    ax.set_xticks(list(x), labels, rotation=30, ha="right")
-    ax.set(title=f"{rows[0].data_name}: test accuracy of the best-val checkpoint", ylabel="tst/acc")
-    ax.legend(loc="lower right")
-    save_figure(plt, fig, path)
-
-
-def write_plots(runs_dir: Path, out_dir: Path) -> list[Path]:
-    """Per dataset: `<name>_curves.png` (every run) and `<name>_vs_reference.png` (finished runs)."""
-    plt = pyplot()
-    curves = find_curves(runs_dir)
-    if not curves:
-        raise ResbenchError(f"no readable runs (metrics.jsonl with config.json) below {runs_dir}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise unwritable(out_dir, exc) from None
-    written = []
-    for data_name, runs in curves.items():
-        written.append(out_dir / f"{data_name}_curves.png")
-        plot_curves(plt, data_name, runs, written[-1])
-    for data_name, rows in group_rows(find_summaries(runs_dir)).items():
-        written.append(out_dir / f"{data_name}_vs_reference.png")
-        plot_vs_reference(plt, rows, written[-1])
-    return written
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    for path in write_plots(args.runs_dir, args.out or args.runs_dir / "plots"):
-        print(path)
-    return 0
-
-
-def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench plot RUNS_DIR [--out DIR]`."""
-    p = subparsers.add_parser("plot", help="PNG figures: learning curves and ours vs the published accuracy",
-                              description="Write PNG figures for the runs below RUNS_DIR: per dataset, "
-                                          "validation accuracy and training loss against iterations, and "
-                                          "our test accuracy beside the published one. Needs matplotlib.")
-    p.add_argument("runs_dir", type=Path, help="folder searched recursively for run folders")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/plots)")
-    p.set_defaults(func=run_plot)
-    return p
+def find_trained_runs(paths: list[Path]) -> list[TrainedRun]:
+    """Every run folder (finished or not) that is one of `paths` or below one, in path order; damaged
+    ones are skipped with a warning. Read before anything is drawn or compared, so a damaged run is
+    skipped rather than failing half-way through."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "metrics.jsonl").is_file():
+            found.append(path / "metrics.jsonl")
+        else:
+            found += sorted(runs_folder(path).rglob("metrics.jsonl"))
+    return [run for _, run in readable_runs(list(dict.fromkeys(found)), read_trained_run)]

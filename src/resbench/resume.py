@@ -37,12 +37,15 @@ class RunState:
     best_iter: int = 0
     tst_acc: float | None = None  # test figures of the best-validation model
     tst_nll: float | None = None
+    val_top5: float | None = None  # top-5 accuracies of the best-validation model (100+ classes)
+    tst_top5: float | None = None
     loss_sum: float = 0.0  # training loss summed since the last evaluation
     loss_count: int = 0
     # Loss summed since the last logging point, kept apart from `loss_sum` so that an interruption
     # does not change how the sum is rounded (a resumed run logs the very same trn_loss).
     loss_unlogged: float = 0.0
     skipped_steps: int = 0  # fp16 updates skipped because a gradient was not finite
+    step_stats: list[float] = field(default_factory=list)  # `StepStats` sums since the last evaluation
     train_seconds: float = 0.0  # time spent in training steps (evaluation excluded)
     wall_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation

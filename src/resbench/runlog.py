@@ -1,12 +1,17 @@
 """The files of a run folder, each written so that a crash never leaves half of one.
 
-    log.txt        human-readable: environment, every setting, parameter count, one line per evaluation
-    config.json    the settings, as `resbench train --resume` reads them back
+    log.txt        human-readable: environment, every setting (resolved), parameter count, one line per evaluation
+    config.json    the settings as asked, which `resbench train --resume` reads back, and beside them
+                   ("resolved") what they became: device, compile choice, absolute folders
     metrics.jsonl  one JSON record per evaluation
     last.pt        full training state at the last evaluation (or signal), for resuming exactly
     best.pt        plain state_dict of the best-validation model
     summary.json   the results of the finished run; its presence means "done"
-    .lock          held (flock) by the process training into the folder, so a second one is refused
+    .lock          held (flock) by the process training into the folder, so a second one is refused;
+                   removed when that process ends
+
+One naming scheme for the figures: metrics.jsonl's `trn_loss` is `trn/loss` in log.txt (the
+reference's spelling) and `train/loss` in TensorBoard (grouped train/, val/, test/).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -26,11 +32,41 @@ import torch
 from tqdm import tqdm
 
 from . import __version__, checkpoint
+from .config import RESOLVED_KEY, asked_settings
 
 # What last.pt must hold; a multi-process run adds "rank_buffers" (each rank's BatchNorm statistics).
 LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
 LOCK_NAME = ".lock"
 NOT_RUN_STATE = {LOCK_NAME, "stdout.log"}  # the lock, and the output `resbench sweep` captures there
+
+# metrics.jsonl names a figure <split>_<name>; log.txt writes <split>/<name>, TensorBoard <group>/<name>.
+TENSORBOARD_GROUPS = {"trn": "train", "val": "val", "tst": "test"}
+# Fields whose names do not start with their split (best_val_acc is also the reference's name).
+SPLIT_OF_FIELD = {"best_val_acc": ("val", "best_acc"), "skipped_steps": ("trn", "skipped_steps"),
+                  "loss_scale": ("trn", "loss_scale"), "epoch": ("trn", "epoch"), "elapsed_s": ("time", "elapsed_s")}
+# The figures of an evaluation's log line and their formats, in the reference's order; present ones only.
+LOG_FIELDS = (("trn_loss", ".4f"), ("trn_lr", ".4f"), ("trn_w_norm", ".3f"), ("trn_g_norm", ".3f"),
+              ("val_acc", ".4f"), ("val_nll", ".4f"), ("val_top5", ".4f"), ("best_val_acc", ".4f"),
+              ("tst_acc", ".4f"), ("tst_nll", ".4f"), ("tst_top5", ".4f"), ("loss_scale", ",.0f"))
+
+
+def split_and_name(key: str) -> tuple[str, str]:
+    """("trn", "loss") for trn_loss: the split a metrics.jsonl field belongs to, and its name within it."""
+    if key in SPLIT_OF_FIELD:
+        return SPLIT_OF_FIELD[key]
+    split, _, name = key.partition("_")
+    return (split, name) if split in TENSORBOARD_GROUPS and name else ("run", key)
+
+
+def log_label(key: str) -> str:
+    """The log.txt name of a metrics.jsonl field: trn_loss -> trn/loss."""
+    return "/".join(split_and_name(key))
+
+
+def tensorboard_tag(key: str) -> str:
+    """The TensorBoard tag of a metrics.jsonl field: trn_loss -> train/loss, tst_acc -> test/acc."""
+    split, name = split_and_name(key)
+    return f"{TENSORBOARD_GROUPS.get(split, split)}/{name}"
 
 
 def writer_only(method: Callable[..., None]) -> Callable[..., None]:
@@ -63,10 +99,10 @@ class RunFolder:
         return self.read_json("summary.json", "delete it to resume the run from last.pt")
 
     def saved_config(self) -> dict[str, Any] | None:
-        """The settings in config.json, or None when there is none."""
+        """The settings in config.json as they were asked, or None when there is none."""
         if not self.file("config.json").exists():
             return None
-        return self.read_json("config.json", "use another --save folder")
+        return asked_settings(self.read_json("config.json", "use another --save folder"))
 
     def read_json(self, name: str, fix: str) -> dict[str, Any]:
         try:
@@ -104,10 +140,9 @@ class RunFolder:
         so a second process training into it (a sweep started twice) is refused instead of
         interleaving its files. `agree(failed)` tells every rank of a data-parallel run whether
         the writer could claim it, so all of them stop with an error rather than the others
-        waiting in a collective. If the run fails, what this call created (folders, the lock
-        file) is removed again unless the run wrote something there."""
+        waiting in a collective. The lock file is removed when the run ends; if the run
+        fails, the folders this call created are removed too unless the run wrote something there."""
         created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
-        lock_existed = self.file(LOCK_NAME).exists()
         lock, error = None, None
         if self.writer:
             try:
@@ -122,39 +157,62 @@ class RunFolder:
         try:
             yield self
         except BaseException:
-            if self.writer and not lock_existed:
-                self.file(LOCK_NAME).unlink(missing_ok=True)
+            self.release(lock)
             for folder in created if self.writer and not self.leftovers() else []:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             raise
-        finally:
-            if lock is not None:
-                lock.close()  # releases the lock
+        self.release(lock)
+
+    def release(self, lock: Any) -> None:
+        """Remove the lock file, then release the lock: a process that opened the file meanwhile
+        finds, once it holds the lock, that the name no longer leads to it, and starts over (`lock`)."""
+        if lock is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self.file(LOCK_NAME)).st_ino == os.fstat(lock.fileno()).st_ino:
+                self.file(LOCK_NAME).unlink()
+        lock.close()
 
     def lock(self) -> Any:
-        """Create the folder, try a write, and take its lock; the open lock file holds the lock."""
+        """Create the folder, try a write, and take its lock; the open lock file holds the lock.
+
+        The holder removes the file when it ends (`release`), so a lock taken on a file that has
+        meanwhile been removed is no lock: it is dropped and the file opened again.
+        """
         with checkpoint.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
-            lock = open(self.file(LOCK_NAME), "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            with checkpoint.write_errors_named(self.path):
+                lock = open(self.file(LOCK_NAME), "a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for "
+                                                 "it to end, or use another --save folder") from None
+            try:
+                if os.stat(self.file(LOCK_NAME)).st_ino == os.fstat(lock.fileno()).st_ino:
+                    return lock
+            except FileNotFoundError:
+                pass
             lock.close()
-            raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for it "
-                                             "to end, or use another --save folder") from None
-        return lock
 
     @writer_only
-    def start(self, cfg: Any, params: int, device: torch.device, precision: str) -> None:
-        """A new run's first files (train() has already claimed the folder and checked what it holds)."""
-        checkpoint.write_json(self.file("config.json"), vars(cfg))
+    def start(self, cfg: Any, params: int, device: torch.device, precision: str, resolved: dict[str, Any]) -> None:
+        """A new run's first files (train() has already claimed the folder and checked what it holds).
+
+        config.json keeps the settings as asked and, under "resolved", what they became here;
+        log.txt lists the resolved values (with the asked one where it differs), so a setting
+        copied from it means on this machine what the run did.
+        """
+        checkpoint.write_json(self.file("config.json"), {**vars(cfg), RESOLVED_KEY: resolved})
         checkpoint.write_text(self.file("metrics.jsonl"), "")
         lines = ["# resbench run", f"# started with: {' '.join(sys.argv)}"]
         lines += [f"# {key}: {value}" for key, value in self.environment(device).items()]
         lines += [f"# precision: {precision}", f"# params: {params:,}"]
-        lines += [f"--{key} {value}" for key, value in vars(cfg).items()]
+        lines += [setting_line(key, value, resolved) for key, value in vars(cfg).items()]
         checkpoint.write_text(self.file("log.txt"), "\n".join(lines) + "\n")
 
     @writer_only
@@ -169,7 +227,7 @@ class RunFolder:
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key != "iter" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, record["iter"])
+                    self.tensorboard.add_scalar(tensorboard_tag(key), value, record["iter"])
             self.tensorboard.flush()
 
     @writer_only
@@ -196,21 +254,18 @@ class RunFolder:
     def finish(self, summary: dict[str, Any]) -> None:
         checkpoint.write_json(self.file("summary.json"), summary)
         figure = lambda value: "none" if value is None else f"{value:.4f}"  # noqa: E731  (no evaluation yet)
-        self.log(f"{summary['status']}: best val/acc {figure(summary['val_acc'])} at iteration {summary['best_iter']}, "
+        self.log(f"{summary['status']}: best val/acc {figure(summary['best_val_acc'])} at iteration "
+                 f"{summary['best_iter']}, "
                  f"tst/acc {figure(summary['tst_acc'])}, tst/nll {figure(summary['tst_nll'])}; summary in "
                  f"{self.file('summary.json')}")
 
     @staticmethod
     def format_record(r: dict[str, Any]) -> str:
-        line = (f"[iter {r['iter']:>6}] trn/loss {r['trn_loss']:.4f}, trn/lr {r['trn_lr']:.4f}, "
-                f"trn/w_norm {r['w_norm']:.3f}, trn/g_norm {r['g_norm']:.3f}, "
-                f"val/acc {r['val_acc']:.4f}, val/nll {r['val_nll']:.4f}, best/val/acc {r['best_val_acc']:.4f}")
-        if "tst_acc" in r:
-            line += f", tst/acc {r['tst_acc']:.4f}, tst/nll {r['tst_nll']:.4f}"
-        if "loss_scale" in r:
-            line += f", loss scale {r['loss_scale']:,.0f}"
+        """An evaluation's log line: its figures named as in metrics.jsonl, with / for the first _."""
+        figures = [f"{log_label(key)} {r[key]:{spec}}" for key, spec in LOG_FIELDS if r.get(key) is not None]
+        line = f"[iter {r['iter']:>6}] " + ", ".join(figures)
         if r.get("skipped_steps"):
-            line += f", skipped steps (fp16 overflow) {r['skipped_steps']}"
+            line += f", {log_label('skipped_steps')} {r['skipped_steps']} (fp16 overflow)"
         return line
 
     @staticmethod
@@ -227,3 +282,20 @@ class RunFolder:
     def environment(self, device: torch.device) -> dict[str, str]:
         return {"host": platform.node(), "platform": platform.platform(), "device": self.device_name(device),
                 **self.versions()}
+
+
+def setting_line(key: str, asked: Any, resolved: dict[str, Any]) -> str:
+    """`--key value` of log.txt: the resolved value, and the asked one where it differs
+    (`--device cpu  # asked: auto`)."""
+    value = resolved.get(key, asked)
+    line = f"--{key} {flag_spelling(value)}"
+    if flag_spelling(value) == flag_spelling(asked):
+        return line
+    return f"{line}  # asked: {'the default' if asked is None else flag_spelling(asked)}"
+
+
+def flag_spelling(value: Any) -> str:
+    """A value as the train flags take it: booleans true/false, None (no clipping) off."""
+    if value is None:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -29,10 +30,14 @@ from .config import (TrainConfig, canonical, config_from_args, default_run_name,
                      validate_config)
 from .errors import ResbenchError
 from .progress import clock
-from .reference import reference_lookup, reference_rows
+from .reference import reference_lookup, reference_rows, reference_weight_decays
 
-GRID_AXES = {"data_name": "--data_name", "resnet_depth": "--resnet_depth", "resnet_width": "--resnet_width",
-             "precision": None, "seed": "--seed"}
+# A grid file's lists: `precision` (fp32/fp16/bf16, as the seed names its rows) and any train setting.
+GRID_AXES = ("data_name", "resnet_depth", "resnet_width", "precision", "seed",
+             *(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data_name", "resnet_depth",
+                                                                                 "resnet_width", "seed", "save")))
+READY_GRIDS = {"seed": "the 26 rows of seed-results.md",
+               "wd": "the reference's weight-decay sweep: the 26 rows at each weight decay it ran (104 runs)"}
 # fp16 as the seed means it: mixed precision, which the trainer runs as bf16 where fp16 is unsupported.
 PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"], "bf16": ["--mixed_precision", "bf16"]}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +73,20 @@ def seed_grid() -> list[list[str]]:
              *PRECISION_FLAGS[row.precision]] for row in reference_rows()]
 
 
+def weight_decay_grid() -> list[list[str]]:
+    """The reference's weight-decay sweep: every row of the seed grid at each weight decay it logged."""
+    return [[*row, "--optim_weight_decay", f"{wd:g}"] for row in seed_grid() for wd in reference_weight_decays()]
+
+
+def with_seeds(grid: list[list[str]], seeds: list[int] | None, source: str) -> list[list[str]]:
+    """Each grid point once per seed of `--seeds` (a grid that sets seeds itself is refused: which would win?)."""
+    if not seeds:
+        return grid
+    if any("--seed" in point for point in grid):
+        raise ResbenchError(f"{source} sets seeds itself (a seed list or flag); drop it or --seeds")
+    return [[*point, "--seed", str(seed)] for point in grid for seed in seeds]
+
+
 def as_list(value: object) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -89,10 +108,11 @@ def toml_grid(path: Path) -> list[list[str]]:
     unknown = set(spec) - set(GRID_AXES)
     if unknown:
         raise ResbenchError(f"grid {path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                            f"allowed: {', '.join(GRID_AXES)} and a [flags] table")
+                            "allowed: precision, any train setting (data_name, resnet_depth, seed, optim_lr, ...) "
+                            "and a [flags] table")
     if "data_name" not in spec:
         raise ResbenchError(f"grid {path}: data_name is required")
-    axes = {key: as_list(spec[key]) for key in GRID_AXES if key in spec}
+    axes = {key: as_list(spec[key]) for key in GRID_AXES if key in spec}  # in GRID_AXES order
     if empty := [key for key, values in axes.items() if not values]:
         raise ResbenchError(f"grid {path}: {', '.join(empty)} is an empty list, so the grid has no runs")
     bad = [value for value in axes.get("precision", []) if not isinstance(value, str) or value not in PRECISION_FLAGS]
@@ -106,12 +126,12 @@ def axis_flags(point: dict) -> list[str]:
     """Train flags for one point of the grid."""
     flags = []
     for key, value in point.items():
-        flags += PRECISION_FLAGS[value] if key == "precision" else [GRID_AXES[key], flag_value(value)]
+        flags += PRECISION_FLAGS[value] if key == "precision" else [f"--{key}", flag_value(value)]
     return flags
 
 
 def load_grid(grid: str) -> list[list[str]]:
-    return seed_grid() if grid == "seed" else toml_grid(Path(grid))
+    return {"seed": seed_grid, "wd": weight_decay_grid}.get(grid, lambda: toml_grid(Path(grid)))()
 
 
 # ---------------------------------------------------------------- planning
@@ -278,8 +298,9 @@ def final_figures(run: PlannedRun) -> str:
     """A finished run's table figures and wall time, from its summary.json."""
     try:
         summary = json.loads((run.save / "summary.json").read_text())
-        return (f"val/acc {summary['val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}, tst/nll {summary['tst_nll']:.4f}"
-                f" (best at iteration {summary['best_iter']}), {clock(summary['wall_seconds'])}")
+        return (f"val/acc {summary['best_val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}, "
+                f"tst/nll {summary['tst_nll']:.4f} (best at iteration {summary['best_iter']}), "
+                f"{clock(summary['wall_seconds'])}")
     except (OSError, ValueError, KeyError, TypeError):  # the trainer writes these; a hand-edited file may not
         return f"see {run.save / 'summary.json'}"
 
@@ -323,10 +344,11 @@ def train_flags(remainder: list[str]) -> list[str]:
 def run_sweep(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ResbenchError("--jobs must be at least 1")
-    source = "seed grid" if args.grid == "seed" else f"grid {args.grid}"
+    source = f"{args.grid} grid" if args.grid in READY_GRIDS else f"grid {args.grid}"
     # Runs at once share the cores: each gets its share, not every core (unless the flags say otherwise).
     threads = cpus.threads_per_job(args.jobs) if args.jobs > 1 else None
-    runs = plan_runs(load_grid(args.grid), args.runs_dir, train_flags(args.train_flags), source, threads)
+    grid = with_seeds(load_grid(args.grid), args.seeds, source)
+    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads)
     print(describe_plan(runs, args.jobs, show_commands=args.dry_run), flush=True)
     todo = [run for run in runs if run.state != "finished"]
     if threads is not None and todo:
@@ -355,8 +377,12 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     "Train flags after `--` are passed to every run, e.g. `-- --optim_ni 2000`.")
     p.add_argument("--grid", default="seed",
                    help="`seed`: the 26 published rows (docs/reference/seed-results.md, the tables this "
-                        "project reproduces), or a TOML file with lists data_name, "
-                        "resnet_depth, resnet_width, precision (fp32/fp16/bf16), seed and a [flags] table")
+                        "project reproduces); `wd`: the reference's weight-decay sweep, those rows at weight decay "
+                        "1e-4, 3e-4, 1e-3, 3e-3; or a TOML file with lists of data_name, precision "
+                        "(fp32/fp16/bf16) and any train setting (resnet_depth, seed, optim_lr, ...) and a [flags] table")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="run every grid point once per seed, e.g. --seeds 42 43 44 (table and compare then show "
+                        "mean ± std and 95%% intervals)")
     p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at the same time on the one device, each with --threads cores/N")

@@ -2,10 +2,13 @@
 
 Where each number of a results table comes from:
 - val_acc: `evaluation()` on the validation split every `eval_every` iterations and at the last;
-  the best one is kept (`RunState.best_val_acc`).
-- tst_acc, tst_nll: the test split, evaluated in `evaluation()` only when val_acc improves, so
-  they are the test figures of the best-validation checkpoint (`best.pt`).
+  the best one is kept (`RunState.best_val_acc`, summary.json's `best_val_acc`).
+- tst_acc, tst_nll: the test split, which `evaluation()` scores at every evaluation; the figures
+  of the evaluations where val_acc improves are the test figures of the best-validation
+  checkpoint (`best.pt`). The others are recorded apart (`tst_*_at_eval`) and never select anything.
 - params: `count_parameters()` of the model built by `models.resnet()`.
+- trn_lr, trn_w_norm, trn_g_norm: means over the steps since the previous evaluation, as the
+  reference logs them (`StepStats`), beside trn_loss, the mean loss over the same steps.
 
 The settings and their checks are in `config.py`; what last.pt holds and when a folder may be
 resumed, in `resume.py`; the run folder's files, in `runlog.py`.
@@ -21,6 +24,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -29,7 +33,7 @@ import torch.nn.functional as F
 from . import bnstats, cpus, data, distributed, fetch, hotpath, models
 from .config import (TrainConfig, check_same_config, precision_for, resolve_device, rounding_changes, run_folder_of,
                      validate_config)
-from .evaluate import evaluate
+from .evaluate import evaluate, reports_top5
 from .lossscale import ConstantLossScale
 from .progress import Progress
 from .resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
@@ -63,11 +67,13 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
-               skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
+               skipped: torch.Tensor | None = None,
+               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None]:
     """One SGD update. Returns the (device) loss, and the gradient norm when asked for (with
     clipping on, the norm of g + wd·p before clipping).
 
     With loss scaling on, adds 1 to the device counter `skipped` when the update is skipped.
+    `stats` accumulates the step's learning rate and weight and gradient norms (on the device).
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -77,6 +83,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     optimizer.zero_grad(set_to_none=True)
     scaler.scale_loss(loss).backward()
     grad_norm = None
+    if stats is not None:
+        scaler.unscale_(optimizer)  # the norms of the true gradients (a no-op without loss scaling)
+        stats.add([p for p in model.parameters() if p.grad is not None], cfg.optim_weight_decay, lr)
     if cfg.optim_global_clipping is not None:
         scaler.unscale_(optimizer)
         norm = clip_decayed_gradients_(optimizer, cfg.optim_global_clipping)
@@ -137,6 +146,7 @@ def train_loop(job: Job, state: RunState) -> None:
     """The recipe, step by step: batch → SGD step → (every eval_every) evaluate → checkpoint."""
     cfg, world = job.cfg, job.world
     meter = Meter(state, job.device)
+    step_stats = StepStats(state, job.device)
     progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=world.is_main)
     with StopSignals() as signals, contextlib.closing(progress):
         for step in range(state.step, cfg.optim_ni):
@@ -144,7 +154,8 @@ def train_loop(job: Job, state: RunState) -> None:
             lr = learning_rate(step, cfg)
             is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
             loss, grad_norm = train_step(job.step_model, job.optimizer, job.scaler, images, labels, lr, cfg,
-                                         job.autocast, measure_grad_norm=is_eval, skipped=meter.skipped)
+                                         job.autocast, measure_grad_norm=is_eval, skipped=meter.skipped,
+                                         stats=step_stats)
             meter.add(loss, state)
             state.step = step + 1
 
@@ -164,51 +175,65 @@ def train_loop(job: Job, state: RunState) -> None:
 
             if is_eval:
                 with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
-                    record = evaluation(job, state, grad_norm, lr)
+                    record = evaluation(job, state, grad_norm, lr, step_stats.means())
+                step_stats.reset()
                 meter.stamp(state)
                 record["elapsed_s"] = state.wall_seconds
                 state.history.append(record)
                 state.loss_sum, state.loss_count = 0.0, 0
                 job.run.append_metrics(record)
-                save_last(job, state, meter)
+                save_last(job, state, meter, step_stats)
                 job.run.log(f"{job.run.format_record(record)}, {progress.timing(state.step, state.wall_seconds)}")
                 meter.restart()  # evaluation time is not training time
                 progress.restart(state.step)
 
             if stop and state.step < cfg.optim_ni:
-                save_last(job, state, meter)
+                save_last(job, state, meter, step_stats)
                 raise Interrupted(f"stopped by a signal at iteration {state.step}; "
                                   f"the state is saved in {job.run.path}: run the same command again to resume")
 
 
-def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float) -> dict[str, Any]:
+def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
+               interval_means: dict[str, float | None]) -> dict[str, Any]:
     """One evaluation as the reference logs it: validation accuracy and NLL beside the training
-    statistics, and, when validation accuracy is a new best, the test figures and best.pt."""
+    statistics, and, when validation accuracy is a new best, the test figures and best.pt.
+
+    The test split is scored at every evaluation, for the selection modes of `resbench table`
+    (last iteration, best test); those figures are kept under their own names and never decide
+    which model is kept.
+    """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world)
+    top5 = reports_top5(data.dataset_spec(job.cfg.data_name).num_classes)
+    val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
+    test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
     record = {
         "iter": state.step,
         "epoch": state.step / job.batches.steps_per_epoch,
         "trn_loss": state.loss_sum / max(state.loss_count, 1),
-        "trn_lr": lr,
-        "w_norm": weight_norm(model),
-        "g_norm": grad_norm,
-        "val_acc": val["acc"],
-        "val_nll": val["nll"],
+        **interval_means,
+        "trn_lr_at_eval": lr,
+        "trn_w_norm_at_eval": weight_norm(model),
+        "trn_g_norm_at_eval": grad_norm,
+        **split_figures("val", val),
+        **split_figures("tst", test, suffix="_at_eval"),
         "skipped_steps": state.skipped_steps,
     }
     if job.scaler.enabled:
         record["loss_scale"] = job.scaler.scale
-    check_finite(record["w_norm"], "the weight norm", state, job.run)
+    check_finite(record["trn_w_norm_at_eval"], "the weight norm", state, job.run)
     if val["acc"] > state.best_val_acc:
-        state.best_val_acc, state.best_iter = val["acc"], state.step
-        test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world)
-        state.tst_acc, state.tst_nll = test["acc"], test["nll"]
-        record.update(tst_acc=test["acc"], tst_nll=test["nll"])
+        state.best_val_acc, state.best_iter, state.val_top5 = val["acc"], state.step, val.get("top5")
+        state.tst_acc, state.tst_nll, state.tst_top5 = test["acc"], test["nll"], test.get("top5")
+        record.update(split_figures("tst", test))
         job.run.save_best(model.state_dict())
     record["best_val_acc"] = state.best_val_acc
     return record
+
+
+def split_figures(split: str, figures: dict[str, float], suffix: str = "") -> dict[str, float]:
+    """`evaluate()`'s figures as metrics.jsonl names them: {"acc": a} -> {"val_acc": a}."""
+    return {f"{split}_{name}{suffix}": value for name, value in figures.items()}
 
 
 # ---------------------------------------------------------------- setting a run up
@@ -267,7 +292,7 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         state.device_type, state.precision = job.device.type, job.precision
         job.run.rewrite_metrics(state.history)
     else:
-        job.run.start(job.cfg, job.params, job.device, job.precision)
+        job.run.start(job.cfg, job.params, job.device, job.precision, resolved_settings(job))
     if job.cfg.tensorboard:
         job.run.open_tensorboard(state.step)
     threads = f", {torch.get_num_threads()} threads" if job.device.type == "cpu" else ""
@@ -278,6 +303,12 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
                     "gradients are not finite is skipped and counted")
     return state
+
+
+def resolved_settings(job: Job) -> dict[str, Any]:
+    """What the asked settings became on this machine: config.json keeps both, apart."""
+    return {"save": str(job.run.path.resolve()), "data_root": str(Path(job.cfg.data_root).resolve()),
+            "device": str(job.device), "precision": job.precision, "compile": job.compiled}
 
 
 def step_kind(job: Job) -> str:
@@ -381,9 +412,47 @@ class Meter:
         self.interval_start = time.perf_counter()
 
 
-def save_last(job: Job, state: RunState, meter: Meter) -> None:
+class StepStats:
+    """The reference's training statistics (its `trn/*` log figures): the means, over the steps since
+    the last evaluation, of the learning rate, of the norm of the parameters each gradient is taken
+    at (w_norm), and of the norm of the gradient the optimiser applies, g + wd·p (g_norm; steps
+    whose fp16 gradient overflowed are left out of it).
+
+    The norms are summed on the device (float64), so a step never waits for them; they are read
+    at evaluations, and saved in last.pt in between so that a resumed run logs the same means.
+    """
+
+    def __init__(self, state: RunState, device: torch.device):
+        w_sum, g_sum, g_steps, self.lr_sum, self.steps = state.step_stats or [0.0] * 5
+        self.sums = torch.tensor([w_sum, g_sum, g_steps], dtype=torch.float64, device=device)
+
+    def add(self, params: list[torch.Tensor], weight_decay: float, lr: float) -> None:
+        """One step: `params` with their (unscaled) gradients, before the update."""
+        w_norm = device_norm(params)
+        g_norm = device_norm(torch._foreach_add([p.grad for p in params], params, alpha=weight_decay))
+        finite = torch.isfinite(g_norm)
+        self.sums += torch.stack([w_norm, torch.where(finite, g_norm, 0.0), finite.float()])
+        self.lr_sum += lr
+        self.steps += 1
+
+    def means(self) -> dict[str, float | None]:
+        w_sum, g_sum, g_steps = self.sums.tolist()
+        steps = max(self.steps, 1)
+        return {"trn_lr": self.lr_sum / steps, "trn_w_norm": w_sum / steps,
+                "trn_g_norm": g_sum / g_steps if g_steps else None}
+
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.lr_sum, self.steps = 0.0, 0
+
+    def snapshot(self) -> list[float]:
+        return [*self.sums.tolist(), self.lr_sum, self.steps]
+
+
+def save_last(job: Job, state: RunState, meter: Meter, step_stats: StepStats) -> None:
     """Write last.pt, the whole training state, but never from a state that has diverged."""
     state.loss_unlogged = meter.loss_sum.item()
+    state.step_stats = step_stats.snapshot()
     meter.fold_skipped(state)
     check_finite(state.loss_sum + state.loss_unlogged, "the training loss", state, job.run)
     check_finite(weight_norm(job.model), "the weight norm", state, job.run)
@@ -400,6 +469,11 @@ def check_finite(value: float, what: str, state: RunState, run: RunFolder) -> No
     raise TrainingDiverged(
         f"{what} became {value} by iteration {state.step}; stopped as the reference does. {kept}. "
         "Try a lower --optim_lr or --optim_global_clipping")
+
+
+def device_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of `tensors`, as a device tensor (no synchronisation)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)).float())
 
 
 def clip_decayed_gradients_(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
@@ -480,9 +554,11 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
         "width": cfg.resnet_width,
         "precision": job.precision,
         "params": job.params,
-        "val_acc": state.best_val_acc if state.best_val_acc >= 0 else None,
+        "best_val_acc": state.best_val_acc if state.best_val_acc >= 0 else None,
         "tst_acc": state.tst_acc,
         "tst_nll": state.tst_nll,
+        **({"val_top5": state.val_top5, "tst_top5": state.tst_top5}
+           if reports_top5(data.DATASETS[cfg.data_name].num_classes) else {}),
         "best_iter": state.best_iter,
         "iterations": state.step,
         "skipped_steps": state.skipped_steps,

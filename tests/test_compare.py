@@ -1,0 +1,401 @@
+"""Comparing runs with the reference's own training logs, selection modes, seeds (issue 13), and what
+the run files say (issue 16, item 6)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference_runs import write_reference_run
+from resbench.compare import match_runs
+from resbench.config import TrainConfig
+from resbench.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
+from resbench.report import find_trained_runs, selected_figures
+from resbench.stats import prediction_half_width, spread, t_quantile
+
+C10_R20 = ("CIFAR10_x32", 20, 1, 0.001, "fp32")
+
+
+def reference(key=C10_R20):
+    return reference_runs()[key]
+
+
+def compared(*paths: Path):
+    cells, unmatched = match_runs(find_trained_runs(list(paths)))
+    return cells, unmatched
+
+
+# ---------------------------------------------------------------- the shipped logs
+
+def test_the_shipped_logs_hold_the_104_reference_runs_and_agree_with_the_published_table():
+    runs = reference_runs()
+    assert len(runs) == 104 and all(len(run.records) == 48 for run in runs.values())
+    assert sorted({key[3] for key in runs}) == [0.0001, 0.0003, 0.001, 0.003]
+    assert [r["iter"] for r in reference().records] == list(range(1000, 48001, 1000))
+    first = reference().records[0]
+    assert (first["w_norm"], first["trn_lr"], first["tst_acc"]) == (43.47, 0.01041, 0.3842)
+    assert reference().records[-1]["tst_acc"] is None  # logged only where validation improved
+    for row in reference_rows():
+        best = runs[(row.data_name, row.depth, row.width, 0.001, row.precision)].best()
+        logged = (best["val_acc"], best["tst_acc"], best["tst_nll"])
+        if (row.data_name, row.depth) == ("CIFAR10_x32", 56):
+            # The published R56 row is the log's iteration 45,000, not its best (48,000): see docs/results.md.
+            at = runs[(row.data_name, 56, 1, 0.001, "fp32")].at(45000)
+            logged = (at["val_acc"], at["tst_acc"], at["tst_nll"])
+        assert logged == pytest.approx((row.val_acc, row.tst_acc, row.tst_nll), abs=0.00051), row
+
+
+def test_the_reference_settings_are_the_trainers_defaults():
+    """A config.json lacking a setting is matched as if it held the default: they must be the reference's."""
+    defaults = vars(TrainConfig())
+    assert {key: defaults[key] for key in REFERENCE_SETTINGS} == REFERENCE_SETTINGS
+    assert defaults["optim_weight_decay"] == 0.001
+
+
+# ---------------------------------------------------------------- compare
+
+def test_a_run_built_from_the_references_own_figures_compares_as_identical(tmp_path, run_cli):
+    write_reference_run(tmp_path / "run", reference())
+    report = json.loads(run_cli("compare", tmp_path / "run", "--json", check=True).stdout)
+    [cell] = report["cells"]
+    assert cell["verdict"]["status"] == "match" and cell["verdict"]["failures"] == 0
+    assert len(cell["curves"]) == 3 * 48 and all(c["ours"] == c["reference"] for c in cell["curves"])
+    assert {c["metric"] for c in cell["curves"]} == {"val_acc", "trn_loss", "trn_w_norm"}
+    assert {m: f["ours"] - f["reference"] for m, f in cell["finals"].items()} == {"val_acc": 0, "tst_acc": 0,
+                                                                                   "tst_nll": 0}
+    assert cell["finals"]["tst_acc"]["reference"] == 0.9238 and report["no_reference_run"] == []
+    text = run_cli("compare", tmp_path, check=True).stdout
+    assert "| R20x1 wd 0.001 fp32 | 1 | 48000 | 0.9229 (ref 0.9229, +0.0000, tol ±0.01) |" in text
+    assert "within tolerance (147 checks)" in text
+    assert "\n| 1000 | 0.389 | 0.389 | ±0.0246 | 1.959 | 1.959 | ±0.294 | 43.47 | 43.47 | ±0.869\n" in text
+
+
+@pytest.mark.parametrize("shift, iteration, metric", [
+    ({"trn_w_norm": (20_000, 1.05)}, 20_000, "w_norm"),  # 5% against a tolerance of 2%
+    ({"val_acc": (46_000, -0.03)}, 46_000, "val/acc"),  # at lr ≈ 0: tolerance 0.01 plus a little
+    ({"trn_loss": (30_000, 1.3)}, 30_000, "trn/loss"),
+])
+def test_a_shifted_curve_fails_the_verdict_at_the_iteration_it_shifts(tmp_path, shift, iteration, metric):
+    write_reference_run(tmp_path / "run", reference(), shift=shift)
+    [cell], _ = compared(tmp_path)
+    verdict = cell.verdict()
+    assert verdict["status"] == "mismatch" and not verdict["within_tolerance"]
+    assert verdict["first_failure"].startswith(f"{metric} at iteration {iteration}: ")
+    assert "OUTSIDE tolerance" in cell.verdict_text()
+
+
+def test_an_early_weight_norm_mismatch_warns_while_the_run_is_going(tmp_path):
+    write_reference_run(tmp_path / "run", reference(), until=3000, shift={"trn_w_norm": (1000, 0.95)})
+    [cell], _ = compared(tmp_path)
+    verdict = cell.verdict()
+    assert (verdict["status"], verdict["finished"], verdict["reached"]) == ("early warning", False, 3000)
+    assert verdict["first_failure"].startswith("w_norm at iteration 1000: ours 41.3, reference 43.47")
+    assert cell.verdict_text().startswith("EARLY WARNING, w_norm is off: look at the initialisation")
+
+
+def test_an_early_loss_mismatch_with_the_weight_norm_right_points_at_the_data(tmp_path):
+    write_reference_run(tmp_path / "run", reference(), until=2000,
+                        shift={"val_acc": (1000, -0.28), "trn_loss": (1000, 1.18)})  # as on random labels
+    [cell], _ = compared(tmp_path)
+    assert cell.verdict()["status"] == "early warning"
+    assert cell.verdict_text().startswith("EARLY WARNING, w_norm matches but the fit does not: look at the data")
+
+
+def test_a_run_still_going_is_compared_as_far_as_it_got(tmp_path):
+    write_reference_run(tmp_path / "run", reference(("CIFAR100_x32", 18, 1, 0.001, "fp16")), until=5000)
+    [cell], _ = compared(tmp_path)
+    assert cell.verdict()["status"] == "matching so far" and len(cell.checks) == 3 * 5  # finals wait for the end
+    theirs = reference(("CIFAR100_x32", 18, 1, 0.001, "fp16")).at(5000)["best_val_acc"]
+    assert cell.finals["val_acc"]["reference"] == theirs  # their best as far as we got
+    assert "in progress: within tolerance up to iteration 5000 of 48000" in cell.verdict_text()
+
+
+def test_a_diverged_run_fails_its_cell_and_a_run_without_evaluations_waits(tmp_path):
+    diverged = write_reference_run(tmp_path / "diverged", reference(), until=7000)
+    (diverged / "summary.json").write_text(json.dumps({"status": "diverged"}))
+    write_reference_run(tmp_path / "new", reference(("CIFAR10_x32", 32, 1, 0.001, "fp32")), until=0)
+    cells, _ = compared(tmp_path)
+    assert [cell.verdict()["status"] for cell in cells] == ["diverged", "no evaluation yet"]
+    assert cells[0].verdict_text() == "OUTSIDE tolerance: 1 of 1 runs diverged: diverged (after iteration 7000)"
+
+
+def test_runs_with_other_settings_have_no_reference_run(tmp_path, run_cli):
+    write_reference_run(tmp_path / "b64", reference(), batch_size=64)
+    write_reference_run(tmp_path / "wd", reference(), optim_weight_decay=0.002)
+    write_reference_run(tmp_path / "clip", reference(), optim_global_clipping=1.0, optim_lr=0.2)
+    digits = write_reference_run(tmp_path / "digits", reference())
+    config = json.loads((digits / "config.json").read_text())
+    (digits / "config.json").write_text(json.dumps({**config, "data_name": "Digits_x32"}))
+    cells, unmatched = compared(tmp_path)
+    assert cells == []
+    assert {run.path.name: reason for run, reason in unmatched} == {
+        "b64": "other settings: batch_size 64 (the reference's: 256)",
+        "clip": "other settings: optim_lr 0.2 (the reference's: 0.1); optim_global_clipping 1 (the reference's: off)",
+        "digits": "the reference has no Digits_x32 runs",
+        "wd": "optim_weight_decay 0.002 (the reference's sweep: 0.0001, 0.0003, 0.001, 0.003)",
+    }
+    text = run_cli("compare", tmp_path, "--brief", check=True).stdout
+    assert f"- {tmp_path / 'digits'}: no reference run: the reference has no Digits_x32 runs" in text
+    assert find_reference_run("CIFAR10_x32", 110, 1, "fp32", {}) == "the reference has no R110x1 run on CIFAR10_x32"
+    assert find_reference_run("CIFAR10_x32", 20, 1, "bf16", {}) == \
+        "precision bf16 (the reference ran R20x1 on CIFAR10_x32 in fp32 only)"
+
+
+def test_a_bf16_run_is_compared_with_the_references_mixed_precision_run():
+    found = find_reference_run("TinyImageNet200_x64", 18, 1, "bf16", {"optim_weight_decay": 0.0003})
+    assert found.key == ("TinyImageNet200_x64", 18, 1, 0.0003, "fp16")
+
+
+def test_several_seeds_give_the_tolerance_and_an_interval_for_the_reference_value(tmp_path):
+    offsets = (-0.004, 0.001, 0.006)
+    for seed, offset in zip((1, 2, 3), offsets):
+        write_reference_run(tmp_path / f"s{seed}", reference(), seed=seed, shift={"val_acc": (1000, offset)})
+    [cell], _ = compared(tmp_path)
+    assert len(cell.runs) == 3
+    check = next(c for c in cell.checks if (c.metric, c.iteration) == ("val_acc", 30_000))
+    ours = [reference().at(30_000)["val_acc"] + o for o in offsets]
+    # By hand: t(0.975, 2) = 4.303; one more run falls within t * s * sqrt(1 + 1/3) of our mean.
+    assert check.tolerance == pytest.approx(4.3027 * statistics.stdev(ours) * math.sqrt(4 / 3), rel=1e-4)
+    assert check.source == "seeds" and check.n == 3 and check.within
+    final = cell.finals["val_acc"]
+    best = max(r["val_acc"] for r in reference().records)
+    mean = best + statistics.fmean(offsets)
+    half = 4.3027 * statistics.stdev(offsets) / math.sqrt(3)
+    assert final["interval_95"] == pytest.approx([mean - half, mean + half], abs=1e-4)
+    assert final["reference_in_interval"] is True  # 0.9229 lies in [0.9188, 0.9291]
+    assert cell.verdict()["status"] == "match"
+
+
+# ---------------------------------------------------------------- statistics by hand
+
+def test_student_t_quantiles_and_intervals_match_the_tables():
+    for df, table in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (30, 2.042), (10_000, 1.960)):
+        assert t_quantile(0.975, df) == pytest.approx(table, abs=5e-4)
+    s = spread([0.921, 0.923, 0.925])
+    assert (s.n, s.mean, s.std) == (3, pytest.approx(0.923), pytest.approx(0.002))
+    assert (s.low, s.high) == (pytest.approx(0.923 - 0.0049683, abs=1e-6), pytest.approx(0.923 + 0.0049683, abs=1e-6))
+    assert s.contains(0.9181) is True and s.contains(0.9180) is False and spread([0.5]).contains(0.5) is None
+    assert prediction_half_width([1.0, 3.0]) == pytest.approx(12.7062 * math.sqrt(2) * math.sqrt(1.5), rel=1e-4)
+
+
+# ---------------------------------------------------------------- selection modes
+
+HAND_RECORDS = [  # val peaks at 3000 (0.80, twice: the first counts), test at 4000; the last is 5000
+    {"iter": 1000, "val_acc": 0.50, "trn_loss": 1.0, "tst_acc_at_eval": 0.48, "tst_nll_at_eval": 1.9,
+     "tst_acc": 0.48, "tst_nll": 1.9},
+    {"iter": 2000, "val_acc": 0.70, "trn_loss": 0.8, "tst_acc_at_eval": 0.69, "tst_nll_at_eval": 1.2,
+     "tst_acc": 0.69, "tst_nll": 1.2},
+    {"iter": 3000, "val_acc": 0.80, "trn_loss": 0.6, "tst_acc_at_eval": 0.78, "tst_nll_at_eval": 0.9,
+     "tst_acc": 0.78, "tst_nll": 0.9},
+    {"iter": 4000, "val_acc": 0.79, "trn_loss": 0.5, "tst_acc_at_eval": 0.83, "tst_nll_at_eval": 0.7},
+    {"iter": 5000, "val_acc": 0.80, "trn_loss": 0.4, "tst_acc_at_eval": 0.81, "tst_nll_at_eval": 0.8},
+]
+
+
+def test_selection_modes_pick_the_right_evaluations():
+    assert selected_figures(HAND_RECORDS, "val") == {"val_acc": 0.80, "tst_acc": 0.78, "tst_nll": 0.9, "iter": 3000}
+    assert selected_figures(HAND_RECORDS, "last") == {"val_acc": 0.80, "tst_acc": 0.81, "tst_nll": 0.8, "iter": 5000}
+    assert selected_figures(HAND_RECORDS, "test") == {"val_acc": 0.79, "tst_acc": 0.83, "tst_nll": 0.7, "iter": 4000}
+    older = [{k: v for k, v in r.items() if not k.endswith("_at_eval")} for r in HAND_RECORDS]
+    assert selected_figures(older, "val")["tst_acc"] == 0.78  # runs from before tst_*_at_eval
+    assert selected_figures(older, "test")["tst_acc"] is None and selected_figures(older, "last")["tst_acc"] is None
+
+
+def test_table_selection_all_shows_the_three_side_by_side(tmp_path, run_cli):
+    run = tmp_path / "runs" / "Digits_x32" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HAND_RECORDS))
+    (run / "summary.json").write_text(json.dumps({
+        "status": "finished", "data_name": "Digits_x32", "depth": 8, "width": 1, "precision": "fp32",
+        "params": 78_032, "val_acc": 0.80, "tst_acc": 0.78, "tst_nll": 0.9, "best_iter": 3000,  # an older summary
+        "wall_seconds": 10.0, "config": {"seed": 1}}))
+    lines = run_cli("table", tmp_path / "runs", "--selection", "all", check=True).stdout.splitlines()
+    assert [cell.strip() for cell in lines[1].split("|")[1:]] == [
+        "Depth", "Width", "# Params", "selection", "val/acc", "tst/acc", "tst/nll", "misc"]
+    rows = [[cell.strip() for cell in line.split("|")[1:]] for line in lines[3:6]]
+    assert [row[3:] for row in rows] == [["best val", "0.800", "0.780", "0.900", "iter 3000"],
+                                         ["last", "0.800", "0.810", "0.800", "iter 5000"],
+                                         ["best test", "0.790", "0.830", "0.700", "iter 4000"]]
+    last = run_cli("table", tmp_path / "runs", "--selection", "last", check=True).stdout.splitlines()
+    assert last[3].endswith("|   0.800 |   0.810 |   0.800 | iter 5000")
+
+
+# ---------------------------------------------------------------- a real run: files, names, statistics
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    from resbench.train import train
+
+    folder = tmp_path_factory.mktemp("digits") / "run"
+    train(TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=32, optim_ni=20, eval_every=10,
+                      save=str(folder), device="cpu"))
+    return folder
+
+
+def test_a_run_records_the_references_definitions_and_test_figures_at_every_evaluation(digits_run):
+    from resbench.train import learning_rate
+
+    records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    cfg = TrainConfig(optim_ni=20)
+    for record, first in zip(records, (0, 10)):
+        lrs = [learning_rate(s, cfg) for s in range(first, first + 10)]
+        assert record["trn_lr"] == pytest.approx(statistics.fmean(lrs))
+        assert record["trn_lr_at_eval"] == learning_rate(first + 9, cfg)
+        assert {"tst_acc_at_eval", "tst_nll_at_eval", "trn_w_norm", "trn_g_norm", "trn_w_norm_at_eval"} <= set(record)
+        assert "w_norm" not in record and "g_norm" not in record
+    improved = [r for r in records if "tst_acc" in r]
+    assert all(r["tst_acc"] == r["tst_acc_at_eval"] for r in improved)
+    summary = json.loads((digits_run / "summary.json").read_text())
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in records) and "val_acc" not in summary
+
+
+def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
+    from resbench.lossscale import ConstantLossScale
+    from resbench.models import resnet
+    from resbench.resume import RunState
+    from resbench.train import StepStats, train_step
+
+    torch.manual_seed(0)
+    model = resnet(8, num_classes=3)
+    cfg = TrainConfig(optim_weight_decay=0.01)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
+    scaler = ConstantLossScale("cpu", enabled=False)
+    stats = StepStats(RunState(), torch.device("cpu"))
+    w_norms, g_norms, lrs = [], [], [0.05, 0.1, 0.02]
+    for lr in lrs:
+        x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 3, (8,))
+        probe = [p.detach().clone() for p in model.parameters()]
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad + 0.01 * p.detach() for p in model.parameters()]
+        w_norms.append(torch.sqrt(sum((p.double() ** 2).sum() for p in probe)).item())
+        g_norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item())
+        train_step(model, optimizer, scaler, x, y, lr, cfg, torch.autocast("cpu", enabled=False), stats=stats)
+    means = stats.means()
+    assert means["trn_lr"] == pytest.approx(statistics.fmean(lrs))
+    assert means["trn_w_norm"] == pytest.approx(statistics.fmean(w_norms), rel=1e-5)
+    assert means["trn_g_norm"] == pytest.approx(statistics.fmean(g_norms), rel=1e-4)
+    snapshot = stats.snapshot()
+    again = StepStats(RunState(step_stats=snapshot), torch.device("cpu"))  # as a resumed run restores them
+    assert again.means() == means
+    stats.reset()
+    assert stats.means() == {"trn_lr": 0.0, "trn_w_norm": 0.0, "trn_g_norm": None}
+
+
+def test_log_json_and_tensorboard_name_a_figure_alike():
+    from resbench.runlog import log_label, tensorboard_tag
+
+    assert [log_label(k) for k in ("trn_loss", "trn_w_norm", "val_acc", "tst_acc_at_eval", "best_val_acc")] == \
+        ["trn/loss", "trn/w_norm", "val/acc", "tst/acc_at_eval", "val/best_acc"]
+    assert [tensorboard_tag(k) for k in ("trn_loss", "val_nll", "tst_top5", "best_val_acc", "elapsed_s")] == \
+        ["train/loss", "val/nll", "test/top5", "val/best_acc", "time/elapsed_s"]
+
+
+def test_run_files_say_what_they_mean(digits_run):
+    config = json.loads((digits_run / "config.json").read_text())
+    assert config["save"] == str(digits_run) and config["device"] == "cpu" and config["compile"] == "auto"
+    assert config["resolved"] == {"save": str(digits_run.resolve()), "data_root": str(Path("./data").resolve()),
+                                  "device": "cpu", "precision": "fp32", "compile": False}
+    log = (digits_run / "log.txt").read_text()
+    assert "None" not in log
+    assert f"--data_root {Path('./data').resolve()}  # asked: ./data" in log
+    assert "--compile false  # asked: auto" in log and "--optim_global_clipping off" in log
+    records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    line = next(line for line in log.splitlines() if line.startswith("[iter     20]"))
+    for key, label in (("trn_loss", "trn/loss"), ("trn_w_norm", "trn/w_norm"), ("val_acc", "val/acc"),
+                       ("best_val_acc", "val/best_acc")):
+        assert f"{label} {records[-1][key]:.3f}" in line
+    assert not (digits_run / ".lock").exists()
+
+
+def test_resume_reads_a_config_with_resolved_values(digits_run, run_cli):
+    again = run_cli("train", "--resume", digits_run, check=True)
+    assert "not retraining" in again.stderr
+
+
+def test_a_finished_lock_does_not_remove_the_next_holders_lock(tmp_path):
+    from resbench.runlog import LOCK_NAME, RunFolder
+
+    first = RunFolder(tmp_path / "run")
+    with first.claimed():
+        (tmp_path / "run" / LOCK_NAME).unlink()  # as if it ended, and another run took the folder
+        second = RunFolder(tmp_path / "run").lock()
+    assert (tmp_path / "run" / LOCK_NAME).exists()  # the first run's end left the second's lock alone
+    second.close()
+
+
+def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
+    from resbench.train import train
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "CIFAR100_x32"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 40_960 + 64), ("test", 128)):
+        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", rng.integers(0, 100, n))
+    summary = train(TrainConfig(data_name="CIFAR100_x32", resnet_depth=8, batch_size=32, optim_ni=2, eval_every=1,
+                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu"))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_acc"] <= r["val_top5"] <= 1 and r["tst_acc_at_eval"] <= r["tst_top5_at_eval"] for r in records)
+    assert summary["val_top5"] >= summary["best_val_acc"] and summary["tst_top5"] >= summary["tst_acc"]
+    assert "val/top5" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_top5_counts_a_label_among_the_five_largest_logits():
+    from resbench.evaluate import evaluate
+
+    logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return logits[: len(x)]
+
+    images = torch.zeros(3, 32, 32, 3, dtype=torch.uint8)
+    figures = evaluate(Fixed(), images, torch.tensor([4, 0, 0]), top5=True)
+    assert figures["acc"] == pytest.approx(1 / 3) and figures["top5"] == pytest.approx(2 / 3)
+    assert "top5" not in evaluate(Fixed(), images, torch.tensor([4, 0, 0]))
+
+
+# ---------------------------------------------------------------- sweep: seeds and the weight-decay grid
+
+def plan(run_cli, *args) -> list[str]:
+    proc = run_cli("sweep", *args, "--dry-run", check=True)
+    return [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("  new")]
+
+
+def test_sweep_seeds_and_the_reference_weight_decay_grid(tmp_path, run_cli):
+    seeded = plan(run_cli, "--grid", "seed", "--seeds", "42", "43", "44", "--runs_dir", tmp_path)
+    assert len(seeded) == 78 and seeded[:3] == [str(tmp_path / "CIFAR10_x32" / f"R20x1-b256-i48k-lr0.1-wd0.001-s{s}")
+                                                for s in (42, 43, 44)]
+    wd = plan(run_cli, "--grid", "wd", "--runs_dir", tmp_path)
+    assert len(wd) == 104 and {Path(p).name.split("-wd")[1].split("-")[0] for p in wd} == {"0.0001", "0.0003", "0.001",
+                                                                                          "0.003"}
+    grid = tmp_path / "grid.toml"
+    grid.write_text('data_name = "Digits_x32"\noptim_lr = [0.05, 0.1]\nseed = [1]\n')
+    assert [Path(p).name for p in plan(run_cli, "--grid", grid, "--runs_dir", tmp_path)] == [
+        "R20x1-b256-i48k-lr0.05-wd0.001-s1", "R20x1-b256-i48k-lr0.1-wd0.001-s1"]
+    refused = run_cli("sweep", "--grid", grid, "--seeds", "1", "--dry-run")
+    assert refused.returncode == 2 and "sets seeds itself" in refused.stderr
+
+
+# ---------------------------------------------------------------- plots
+
+def test_plot_compare_reference_overlays_our_curves_on_theirs(tmp_path, run_cli):
+    from PIL import Image
+
+    for seed in (1, 2):
+        write_reference_run(tmp_path / "runs" / f"s{seed}", reference(), seed=seed,
+                            shift={"val_acc": (1000, 0.002 * seed)})
+    write_reference_run(tmp_path / "runs" / "going", reference(("CIFAR10_x32", 18, 1, 0.001, "fp32")), until=9000)
+    proc = run_cli("plot", tmp_path / "runs", "--compare", "reference", "--out", tmp_path / "figs", check=True)
+    names = sorted(Path(line).name for line in proc.stdout.split())
+    assert names == ["CIFAR10_x32_curves.png", "CIFAR10_x32_curves_vs_reference.png", "CIFAR10_x32_vs_reference.png"]
+    with Image.open(tmp_path / "figs" / "CIFAR10_x32_curves_vs_reference.png") as image:
+        image.verify()
+        assert image.size[1] > 2 * 250  # one row of panels per cell: two cells
