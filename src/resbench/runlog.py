@@ -6,6 +6,7 @@
     last.pt        full training state at the last evaluation (or signal), for resuming exactly
     best.pt        plain state_dict of the best-validation model
     summary.json   the results of the finished run; its presence means "done"
+    *.pt.sha256    the SHA-256 of last.pt and best.pt, recorded when written, checked when loaded
     .lock          held (flock) by the process training into the folder, so a second one is refused
 """
 
@@ -15,6 +16,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -31,6 +33,10 @@ from . import __version__, checkpoint
 LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
 LOCK_NAME = ".lock"
 NOT_RUN_STATE = {LOCK_NAME, "stdout.log"}  # the lock, and the output `resbench sweep` captures there
+# The files a run writes atomically (a temporary file renamed into place), whose temporaries a
+# killed run leaves behind; the next run to hold the folder's lock removes them.
+ATOMIC_FILES = ("config.json", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "summary.json",
+                *(name + checkpoint.DIGEST_SUFFIX for name in ("last.pt", "best.pt")))
 
 
 def writer_only(method: Callable[..., None]) -> Callable[..., None]:
@@ -79,7 +85,7 @@ class RunFolder:
 
     def leftovers(self) -> list[str]:
         """What the folder holds besides the lock, a sweep's stdout.log and interrupted writes' temporary files."""
-        if not self.path.is_dir():
+        if not os.path.isdir(self.path):  # os.path: False, not OSError, for a name too long
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name not in NOT_RUN_STATE and not p.name.endswith(".tmp"))
 
@@ -106,8 +112,8 @@ class RunFolder:
         the writer could claim it, so all of them stop with an error rather than the others
         waiting in a collective. If the run fails, what this call created (folders, the lock
         file) is removed again unless the run wrote something there."""
-        created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
-        lock_existed = self.file(LOCK_NAME).exists()
+        created = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]  # deepest first
+        lock_existed = os.path.lexists(self.file(LOCK_NAME))
         lock, error = None, None
         if self.writer:
             try:
@@ -133,17 +139,21 @@ class RunFolder:
                 lock.close()  # releases the lock
 
     def lock(self) -> Any:
-        """Create the folder, try a write, and take its lock; the open lock file holds the lock."""
+        """Create the folder, try a write, and take its lock; the open lock file holds the lock.
+
+        Holding it, the temporary files of a killed earlier run are removed (no live process can
+        be writing them: every writer holds this lock)."""
         with checkpoint.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
-            lock = open(self.file(LOCK_NAME), "a")
+            lock = os.fdopen(checkpoint.open_lock_file(self.file(LOCK_NAME)), "rb", buffering=0)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for it "
                                              "to end, or use another --save folder") from None
+        checkpoint.remove_stale_temporaries(self.path, ATOMIC_FILES)
         return lock
 
     @writer_only
