@@ -6,14 +6,15 @@ import argparse
 import signal
 import sys
 import threading
+import typing
 
 from . import __version__, fetch
 from .bench import add_bench_parser
 from .config import add_train_flags, config_from_args
-from .errors import ResbenchError
+from .errors import ResbenchError, printable
 from .evaluate import add_eval_parser
 from .report import add_plot_parser, add_table_parser
-from .sweep import add_sweep_parser
+from .sweep import add_sweep_parser, stop_with_parent
 from .train import Interrupted, TrainingDiverged, train
 
 
@@ -28,7 +29,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(config_from_args(args))
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 1
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
@@ -36,8 +37,16 @@ def run_train(args: argparse.Namespace) -> int:
     return 0 if summary.get("status") == "finished" else 1
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and a pointer to --help, not the whole usage block
+    first. Subcommand parsers inherit the class (add_subparsers uses the parent's)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {printable(message)} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resbench", description=__doc__)
+    parser = OneLineErrors(prog="resbench", description=__doc__)
     parser.add_argument("--version", action="version", version=f"resbench {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(subparsers)
@@ -58,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
+        stop_with_parent()
         return args.func(args)
     except ResbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if threading.current_thread() is threading.main_thread():
