@@ -9,14 +9,17 @@ published figure and our difference beside our own, inside the same cell:
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from .errors import ResbenchError
+from .checkpoint import open_own_file
+from .errors import ResbenchError, printable
 from .reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
 
 HEADER = ("Depth", "Width", "# Params", "val/acc", "tst/acc", "tst/nll", "misc")
@@ -318,15 +321,26 @@ def find_curves(runs_dir: Path) -> dict[str, dict[Path, list[dict]]]:
 def unwritable(path: Path, exc: OSError) -> ResbenchError:
     """The one-line error for an --out that cannot hold the figures (a file in the way, no permission, full disk)."""
     in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
-    reason = "a file is in the way" if in_the_way else exc.strerror or exc
+    reason = "a file is in the way" if in_the_way else printable(exc.strerror or exc)
     return ResbenchError(f"cannot write the plots to {path} ({reason}); pass --out a folder you can write")
 
 
+def file_stem(name: str) -> str:
+    """A dataset name read from a run's files, made a plain file name: it is data, never a path, so
+    `../../x` or `/tmp/x` cannot place a figure outside --out (every character but letters,
+    digits, `.`, `_` and `-` becomes `_`, and a leading dot is dropped)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:100] or "unnamed"
+
+
 def save_figure(plt, fig, path: Path) -> None:
-    """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback."""
+    """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback.
+    Rendered in memory, then written into a file of our own (never through a link planted there)."""
     fig.tight_layout()
+    png = io.BytesIO()
     try:
-        fig.savefig(path, dpi=100)
+        fig.savefig(png, format="png", dpi=100)
+        with open_own_file(path) as out:
+            out.write(png.getbuffer())
     except OSError as exc:
         raise unwritable(path, exc) from None
     finally:
@@ -378,10 +392,10 @@ def write_plots(runs_dir: Path, out_dir: Path) -> list[Path]:
         raise unwritable(out_dir, exc) from None
     written = []
     for data_name, runs in curves.items():
-        written.append(out_dir / f"{data_name}_curves.png")
+        written.append(out_dir / f"{file_stem(data_name)}_curves.png")
         plot_curves(plt, data_name, runs, written[-1])
     for data_name, rows in group_rows(find_summaries(runs_dir)).items():
-        written.append(out_dir / f"{data_name}_vs_reference.png")
+        written.append(out_dir / f"{file_stem(data_name)}_vs_reference.png")
         plot_vs_reference(plt, rows, written[-1])
     return written
 
