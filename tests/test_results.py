@@ -647,3 +647,12 @@ def test_without_prctl_a_thread_notices_that_the_sweep_died(monkeypatch):
     monkeypatch.setattr(sweep.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     sweep.watch_parent(100, interval=0)
     assert sent == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
+    from resbench.cli import main
+
+    write_runs(tmp_path, [summary("Digits\x1b[2J_x32", 8, 1, "fp32\x07", 78_000, 0.5, 0.4, 1.5)])
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### Digits\\x1b[2J_x32" in out and "fp32\\x07" in out and "\x1b" not in out and "\x07" not in out

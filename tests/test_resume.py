@@ -613,6 +613,15 @@ def test_a_save_folder_name_too_long_is_one_clear_line(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["train", "--resume", "{long}"], ["eval", "--ckpt", "{long}/best.pt"],
+                                     ["data", "list", "--data_root", "{long}"], ["table", "{long}"]])
+def test_any_path_too_long_is_one_clear_line(tmp_path, capsys, command):
+    long = str(tmp_path / ("a" * 300))
+    assert main([part.format(long=long) for part in command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot use {long}") and err.endswith("(File name too long); check the path you passed\n")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda state: state["history"][0].pop("iter"), "evaluation record 1 lacks a valid iter"),
     (lambda state: state.update(step=10**6), "it is at iteration 1000000, outside this run's 0 to 6"),

@@ -198,7 +198,7 @@ def test_the_memory_need_follows_the_built_network(depth, width, image_size):
 
 def test_what_fits_is_decided_per_depth_against_the_device(monkeypatch):
     monkeypatch.setattr(limits, "device_memory", lambda device: (8 * 2**30, "this machine has available"))
-    validate_config(TrainConfig(resnet_depth=8, resnet_width=16, device="cpu"))  # 1.3 GiB: fits
+    validate_config(TrainConfig(resnet_depth=8, resnet_width=16, device="cpu"))  # needs 1.6 GiB: fits
     with pytest.raises(ConfigError, match=r"training --resnet_depth 152 --resnet_width 16 \([\d,]+ parameters, with "
                                           r"gradients, momentum and the activations of 256 images per process\) needs "
                                           r"at least [\d.]+ GiB, more than the 8.0 GiB this machine has available; "
@@ -244,7 +244,7 @@ sys.meta_path.insert(0, Block())
 '''
 
 
-@pytest.mark.parametrize("entry", ["python -m", "console script"])
+@pytest.mark.parametrize("entry", ["python -m", "console script", "seed script"])
 def test_ctrl_c_while_importing_is_one_line(tmp_path, entry):
     """The import of torch is held (a sitecustomize that waits) until SIGINT arrives."""
     hooks = tmp_path / "hooks"
@@ -253,8 +253,9 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path, entry):
     (hooks / "sitecustomize.py").write_text(INTERRUPTED_IMPORT.format(marker=str(marker), limit=LIMIT))
     env = cli_env()
     env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
-    start = [sys.executable, "-m", "resbench"] if entry == "python -m" else [
-        sys.executable, "-c", "import sys; from resbench.__main__ import run; sys.exit(run())"]
+    start = {"python -m": [sys.executable, "-m", "resbench"],
+             "console script": [sys.executable, "-c", "import sys; from resbench.__main__ import run; sys.exit(run())"],
+             "seed script": [sys.executable, str(REPO / "scripts_cifar" / "SGDM.py")]}[entry]
     proc = subprocess.Popen([*start, "data", "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     wait_until(marker.exists, proc)

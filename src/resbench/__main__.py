@@ -1,4 +1,4 @@
-"""`python -m resbench`, `torchrun -m resbench` and the `resbench` command (an entry point to `run`).
+"""`python -m resbench`, `torchrun -m resbench`, the `resbench` command and scripts_cifar/SGDM.py (all `run`).
 
 Importing the command line takes seconds (torch), so this module stays light: a Ctrl-C that lands
 during the imports, before `cli.main` can handle it, ends with `interrupted` and exit status 130
@@ -8,11 +8,11 @@ instead of a KeyboardInterrupt traceback.
 import sys
 
 
-def run() -> int:
+def run(argv: list[str] | None = None) -> int:
     try:
         from .cli import main
 
-        return main()
+        return main(argv)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     except ResbenchError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A path the checks above did not foresee (a name too long, a folder that vanished): one line.
+        print(f"error: cannot use {printable(exc.filename)} ({printable(exc.strerror or exc)}); "
+              "check the path you passed", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping already: see StopSignals

@@ -84,7 +84,7 @@ def readable_runs(paths: list[Path], read: Callable[[Path], T]) -> list[tuple[Pa
         try:
             found.append((path, read(path)))
         except DamagedRun as exc:
-            print(f"warning: skipping damaged run folder {path.parent}: {exc}", file=sys.stderr)
+            print(printable(f"warning: skipping damaged run folder {path.parent}: {exc}"), file=sys.stderr)
     return found
 
 
@@ -268,9 +268,10 @@ def run_table(args: argparse.Namespace) -> int:
     for rows in group_rows(summaries).values():
         for row in rows:
             if mixed := mixed_settings(row):
-                print(f"warning: {row.data_name} R{row.depth}x{row.width} {row.precision} averages runs "
-                      f"with different {', '.join(mixed)}", file=sys.stderr)
-    print(render_tables(summaries, compare=args.compare == "reference"))
+                print(printable(f"warning: {row.data_name} R{row.depth}x{row.width} {row.precision} averages "
+                                f"runs with different {', '.join(mixed)}"), file=sys.stderr)
+    table = render_tables(summaries, compare=args.compare == "reference")
+    print("\n".join(map(printable, table.split("\n"))))  # names from summary.json cannot act on the terminal
     return 0
 
 
