@@ -656,3 +656,12 @@ def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
     assert main(["table", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "### Digits\\x1b[2J_x32" in out and "fp32\\x07" in out and "\x1b" not in out and "\x07" not in out
+
+
+def test_a_run_whose_sweep_died_before_it_started_stops_at_once(tmp_path):
+    gone_pid = subprocess.Popen([sys.executable, "-c", ""])
+    gone_pid.wait()
+    env = cli_env() | {"RESBENCH_SWEEP_PID": str(gone_pid.pid)}
+    proc = subprocess.run([sys.executable, "-m", "resbench", "data", "list", "--data_root", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=LIMIT)
+    assert proc.returncode == 130 and proc.stderr == "interrupted\n", proc.stderr

@@ -226,14 +226,24 @@ def stop_with_parent() -> None:
     on Linux the kernel sends the signal (PR_SET_PDEATHSIG), elsewhere a thread watches the parent.
     A sweep that died before this ran is noticed at once.
     """
-    parent = os.environ.pop(PARENT_VARIABLE, None)
-    if parent is None or not parent.isdigit():
+    sweep = os.environ.pop(PARENT_VARIABLE, None)
+    if sweep is None or not sweep.isdigit():
         return
     linux = sys.platform.startswith("linux")
     if not (linux and ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0):
-        threading.Thread(target=watch_parent, args=(int(parent),), daemon=True, name="resbench-parent").start()
-    if os.getppid() != int(parent):
+        threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True, name="resbench-parent").start()
+    if os.getppid() != int(sweep) and not process_exists(int(sweep)):  # (a wrapper may stand in between)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def watch_parent(parent: int, interval: float = 1.0) -> None:
