@@ -45,8 +45,10 @@ def network_size(depth: int, width: int, num_classes: int, image_size: int) -> t
         for module in model.modules():
             if not any(True for _ in module.children()):
                 module.register_forward_hook(count)
-        model(torch.empty(1, 3, image_size, image_size))
-    return models.count_parameters(model), outputs
+        # The body only: the head runs in an autocast block, which the meta device does not have;
+        # its output is one logit per class.
+        model.stages(model.stem(torch.empty(1, 3, image_size, image_size)))
+    return models.count_parameters(model), outputs + num_classes
 
 
 def device_memory(device: torch.device) -> tuple[int | None, str]:
