@@ -924,3 +924,29 @@ def test_a_servers_status_text_is_printed_without_terminal_escapes(tmp_path, ser
         download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=1)
     message = str(excinfo.value)
     assert "HTTP Error 404: Not Found\\x1b[2J\\x1b]0;pwned\\x07" in message and "\x1b" not in message
+
+
+def test_a_server_trickling_its_tls_handshake_is_cut_off(tmp_path):
+    """A TLS record header announcing 16 KiB, then one byte every 0.05 s: the handshake would take 14 minutes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    hung_up = threading.Event()
+
+    def trickle():
+        connection, _ = listener.accept()
+        try:
+            connection.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB, the most TLS allows
+            while not hung_up.wait(0.05):
+                connection.sendall(b"\x00")
+        except OSError:  # the client hung up, as it should
+            pass
+        finally:
+            connection.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/cifar-10-python.tar.gz"
+    try:
+        with pytest.raises(fetch.DataError, match=r"could not download .*no complete response within 0.5 s"):
+            download.download(url, tmp_path / "a.tar.gz", None, tries=1, window=0.5)
+    finally:
+        hung_up.set()
+        listener.close()

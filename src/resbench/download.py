@@ -97,13 +97,20 @@ class Limits:
 def _open_watched(request: urllib.request.Request, timeout: float, deadline: float) -> http.client.HTTPResponse:
     """urlopen, but the connection is cut off when the response headers are not complete `deadline`
     seconds after the request: the socket timeout alone bounds each read, so a server sending one
-    byte every few seconds could hold the headers forever."""
-    connections: list[http.client.HTTPConnection] = []
+    byte every few seconds (of its TLS handshake, or of its headers) could hold the request forever."""
+    descriptors: list[int] = []  # of the sockets this request opened (redirects open more)
 
     class Registered:
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            connections.append(self)  # type: ignore[arg-type]
+            create = self._create_connection  # type: ignore[attr-defined]
+
+            def create_registered(*args, **kwargs):
+                sock = create(*args, **kwargs)
+                descriptors.append(sock.fileno())  # the same descriptor once TLS wraps the socket
+                return sock
+
+            self._create_connection = create_registered
 
     class HTTPConnection(Registered, http.client.HTTPConnection):
         pass
@@ -126,9 +133,13 @@ def _open_watched(request: urllib.request.Request, timeout: float, deadline: flo
 
     def cut_off() -> None:
         fired.set()
-        for connection in connections:
-            with contextlib.suppress(OSError, AttributeError):
-                connection.sock.shutdown(socket.SHUT_RDWR)
+        for fd in descriptors:
+            with contextlib.suppress(OSError):
+                sock = socket.socket(fileno=fd)  # a view of the descriptor, detached below so it stays open
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns, and the request fails
+                finally:
+                    sock.detach()
 
     watchdog = threading.Timer(deadline, cut_off)
     watchdog.daemon = True
