@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, files
 
 # What last.pt must hold; a multi-process run adds "rank_buffers" (each rank's BatchNorm statistics).
 LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
@@ -146,14 +146,14 @@ class RunFolder:
         with checkpoint.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
-            lock = os.fdopen(checkpoint.open_lock_file(self.file(LOCK_NAME)), "rb", buffering=0)
+            lock = os.fdopen(files.open_lock_file(self.file(LOCK_NAME)), "rb", buffering=0)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for it "
                                              "to end, or use another --save folder") from None
-        checkpoint.remove_stale_temporaries(self.path, ATOMIC_FILES)
+        files.remove_stale_temporaries(self.path, ATOMIC_FILES)
         return lock
 
     @writer_only
