@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from resbench.cli import main  # noqa: E402
+from resbench.__main__ import run  # noqa: E402  (light: a Ctrl-C while torch imports is one line)
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(run(["train", *sys.argv[1:]]))

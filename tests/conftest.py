@@ -5,12 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = SRC.parent
+# The longest a subprocess or a wait may take before a test fails: a limit for a machine busy with
+# other work (load 10 on 2 cores makes a 30-second run take many minutes), never an expectation.
+# Tests wait for events (a file appearing, a line printed), each at most this long.
+LIMIT = 3600
+
+
+def wait_until(condition, proc: subprocess.Popen | None = None, limit: float = LIMIT) -> None:
+    """Poll until `condition()` holds; fail if `proc` ends first or after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the process ended early:\n{proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
 
 
 def cli_env() -> dict[str, str]:
@@ -21,11 +35,28 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    try:
+        children = [c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    except OSError:
+        children = []
+    return [pid] + [p for child in children for p in process_tree(int(child))]
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie that no one reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 @pytest.fixture
 def run_cli():
     """Run `python -m resbench ARGS...`; returns the CompletedProcess (text mode)."""
 
-    def run(*args: str, cwd: Path | None = None, timeout: float = 600, check: bool = False):
+    def run(*args: str, cwd: Path | None = None, timeout: float = LIMIT, check: bool = False):
         proc = subprocess.run(
             [sys.executable, "-m", "resbench", *map(str, args)],
             cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout,

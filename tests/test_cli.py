@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli_env
+from conftest import LIMIT, REPO, cli_env
 from resbench import cpus, progress
 from resbench.cli import build_parser, main
 from resbench.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, config_from_args, train_flag_parser
@@ -89,7 +89,7 @@ def test_redirected_output_gets_progress_lines_and_timed_evaluations(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "resbench", "train", "--data_name", "Digits_x32", "--resnet_depth",
                            "8", "--batch_size", "16", "--optim_ni", "8", "--eval_every", "4", "--device", "cpu",
                            "--save", str(tmp_path / "run")], env=cli_env(), capture_output=True, text=True,
-                          timeout=600)
+                          timeout=LIMIT)
     assert proc.returncode == 0, proc.stderr
     first = [line for line in proc.stderr.splitlines() if line.startswith("[iter ")][0]
     assert first.startswith("[iter      1/8] trn/loss ") and re.search(r"images/s, elapsed \d+:\d\d:\d\d, ETA ", first)
@@ -233,7 +233,7 @@ def test_help_does_not_import_torch(command):
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
     proc = subprocess.run([sys.executable, "-c", code, *command, "--help"], env=cli_env(), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=LIMIT)
     assert proc.returncode == 0, proc.stderr
     assert "usage: resbench" in proc.stdout
 
@@ -256,7 +256,7 @@ def test_sweep_prints_each_run_and_its_figures(tmp_path):
     grid.write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\nseed = [1]\n'
                     '[flags]\noptim_ni = 4\neval_every = 2\nbatch_size = 16\ndevice = "cpu"\n')
     proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
-                           str(tmp_path / "runs")], env=cli_env(), capture_output=True, text=True, timeout=600)
+                           str(tmp_path / "runs")], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     folder = tmp_path / "runs" / "Digits_x32" / "R8x1-b16-i4-lr0.1-wd0.001-s1"
     summary = json.loads((folder / "summary.json").read_text())

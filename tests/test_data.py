@@ -152,3 +152,18 @@ def test_digits_demo_splits():
     assert len(splits.val_images) + len(splits.train_images) + len(splits.test_images) == 1797
     assert splits.train_images.dtype == torch.uint8 and splits.train_images.shape[1:] == (32, 32, 3)
     assert set(splits.test_labels.tolist()) == set(range(10))
+
+
+def test_a_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path):
+    """A 1 KB file declaring 10^12 images: refused from its header, before numpy allocates 3 PB."""
+    folder = write_prepared(tmp_path, "CIFAR10_x32", 50_000, 10_000)
+    with open(folder / "test_images.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
+                                                 "shape": (10**12, 32, 32, 3)})
+        f.write(bytes(1000))
+    message = r"test_images.npy is truncated or not a valid .npy file \(its header declares a uint8 array of shape " \
+              r"\(1000000000000, 32, 32, 3\), 3,072,000,000,000,000 bytes, but it holds 1,000\)"
+    with pytest.raises(DataFileError, match=message):
+        load_splits("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataFileError, match=message):
+        read_prepared(DATASETS["CIFAR10_x32"], tmp_path, mmap_mode="r")

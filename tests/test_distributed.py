@@ -7,13 +7,14 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import cli_env
+from conftest import LIMIT, cli_env, gone, process_tree, wait_until
 from resbench import distributed, train as train_module
 from resbench.data import PREPARED_FILES, TrainBatches, missing_prepared_files
 from resbench.lossscale import ConstantLossScale
@@ -50,6 +51,18 @@ def rank_worker(rank: int, port: int, out: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     world = distributed.init_world(torch.device("cpu"))
+    ddp = train_three_steps(world, out)  # returns with DDP unreachable, but alive in its reference cycles
+    destroy = distributed.dist.destroy_process_group
+
+    def destroy_after_ddp(*args, **kwargs):  # DDP freed at exit instead aborted a rank now and then
+        assert ddp() is None, "DDP (and the gloo group it holds) still alive when the group is destroyed"
+        destroy(*args, **kwargs)
+
+    distributed.dist.destroy_process_group = destroy_after_ddp  # in this spawned process only
+    distributed.shutdown(world)
+
+
+def train_three_steps(world: distributed.World, out: str) -> weakref.ref:
     model, optimizer = new_model_and_optimizer()
     ddp = distributed.wrap(model, torch.device("cpu"), world, sync_bn=False)
     batches = TrainBatches(*toy_data(), batch_size=32, seed=7, rank=world.rank, world_size=2)
@@ -60,8 +73,8 @@ def rank_worker(rank: int, port: int, out: str) -> None:
     distributed.average_bn_statistics(model, world)
     torch.save({"params": [p.detach() for p in model.parameters()], "running_means": running_means,
                 "averaged": [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]},
-               f"{out}/rank{rank}.pt")
-    distributed.shutdown(world)
+               f"{out}/rank{world.rank}.pt")
+    return weakref.ref(ddp)
 
 
 def preparing_worker(rank: int, port: int, data_root: str) -> None:
@@ -130,7 +143,7 @@ def whole_two_rank_run(tmp_path_factory) -> Path:
     """An uninterrupted 2-rank run: what every interrupted one must end as."""
     folder = tmp_path_factory.mktemp("whole")
     whole = torchrun(folder)
-    output = whole.communicate(timeout=300)[0]
+    output = whole.communicate(timeout=LIMIT)[0]
     assert whole.returncode == 0, output
     assert output.count("finished: best val/acc") == 1  # only rank 0 reports and writes
     summary = json.loads((folder / "summary.json").read_text())
@@ -141,7 +154,7 @@ def whole_two_rank_run(tmp_path_factory) -> Path:
 def resume_and_compare(folder: Path, whole: Path) -> None:
     assert not (folder / "summary.json").exists()
     resumed = torchrun(folder)
-    output = resumed.communicate(timeout=300)[0]
+    output = resumed.communicate(timeout=LIMIT)[0]
     assert resumed.returncode == 0, output
     assert "resuming at iteration" in output
     again, summary = (json.loads((f / "summary.json").read_text()) for f in (folder, whole))
@@ -152,40 +165,19 @@ def resume_and_compare(folder: Path, whole: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def wait_for_checkpoint(folder: Path) -> None:
-    deadline = time.time() + 240
-    while not (folder / "last.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants. torchrun starts each rank in a session of its own, so killing
-    torchrun's process group would leave the ranks running."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    return [pid] + [p for child in children for p in process_tree(int(child))]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> None:
+    wait_until(lambda: (folder / "last.pt").exists(), proc)
 
 
 def test_two_rank_run_writes_one_folder_and_resumes_after_a_kill(tmp_path, whole_two_rank_run):
     killed = torchrun(tmp_path / "killed")
-    wait_for_checkpoint(tmp_path / "killed")
-    tree = process_tree(killed.pid)
+    wait_for_checkpoint(tmp_path / "killed", killed)
+    tree = process_tree(killed.pid)  # torchrun starts each rank in a session of its own: signal each process
     assert len(tree) >= 3, tree  # torchrun and its two ranks
     for pid in tree:  # as a crashed machine: every process at once
         os.kill(pid, signal.SIGKILL)
     killed.wait()
-    deadline = time.time() + 30
-    while not all(gone(pid) for pid in tree) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: all(gone(pid) for pid in tree))
     resume_and_compare(tmp_path / "killed", whole_two_rank_run)
 
 
@@ -193,9 +185,9 @@ def test_two_rank_run_stopped_between_evaluations_resumes_exactly(tmp_path, whol
     """SIGTERM after the first evaluation: the ranks stop together at a logging point, where their
     BatchNorm statistics differ; each must resume with its own (last.pt keeps them all)."""
     stopped = torchrun(tmp_path / "stopped")
-    wait_for_checkpoint(tmp_path / "stopped")
+    wait_for_checkpoint(tmp_path / "stopped", stopped)
     os.killpg(stopped.pid, signal.SIGTERM)  # as a scheduler does: torchrun and both ranks
-    output = stopped.communicate(timeout=120)[0]
+    output = stopped.communicate(timeout=LIMIT)[0]
     assert "run the same command again to resume" in output, output
     saved = torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)
     assert saved["state"]["step"] % 80, "stopped between evaluations"

@@ -14,14 +14,16 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import LIMIT, wait_until
 from resbench import datasets, download, fetch
-from resbench.archive import safe_extract
+from resbench.archive import Archive, safe_extract
+from resbench.cli import main
+from resbench.datasets import cifar
 from resbench.data import DATASETS, PREPARED_FILES, DataFileError, load_splits
 
 PER_BATCH = 20
@@ -140,8 +142,9 @@ def tiny():
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves server.files; can ignore Range, cut the first responses short, stall, or hold
-    every response until the test opens server.gate."""
+    """Serves server.files; can ignore Range, cut the first responses short, stall, hold every
+    response until the test opens server.gate, leave out Content-Length, trickle the headers or
+    the body (one byte every `trickle` seconds, until the client hangs up), or give a 404 a reason."""
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         server = self.server
@@ -149,20 +152,26 @@ class _Handler(BaseHTTPRequestHandler):
         requested = self.headers.get("Range")
         if data is None:
             server.log.append((self.path, requested, 404))
-            self.send_error(404)
+            self.send_error(404, server.reason)
+            return
+        if server.trickle_headers:
+            self._trickle(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx")
             return
         start = int(requested.removeprefix("bytes=").split("-")[0]) if requested and server.honor_range else 0
         status = 206 if start else 200
         server.log.append((self.path, requested, status))
         if server.gate:
-            server.gate.wait(30)
+            server.gate.wait(LIMIT)
         body = data[start:]
         self.send_response(status)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(body)))
+        if not server.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if server.stall:
+        if server.trickle:
+            self._trickle(body)
+        elif server.stall:
             self.wfile.write(body[:10])
             self.wfile.flush()
             time.sleep(server.stall)
@@ -171,6 +180,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])  # then the connection closes
         else:
             self.wfile.write(body)
+
+    def _trickle(self, data: bytes) -> None:
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(self.server.trickle or self.server.trickle_headers)
+        except OSError:  # the client hung up, as it should
+            pass
 
     def log_message(self, *args):
         pass
@@ -183,6 +201,7 @@ def server():
     httpd.daemon_threads = True
     httpd.files, httpd.log = {}, []
     httpd.honor_range, httpd.drops, httpd.stall, httpd.gate = True, 0, 0, None
+    httpd.no_length, httpd.trickle, httpd.trickle_headers, httpd.reason = False, 0, 0, None
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -200,11 +219,12 @@ def closed_url():
     return f"http://127.0.0.1:{port}/"
 
 
-def _use_archive(monkeypatch, filename: str, data: bytes, base_url: str, md5: str | None = None) -> None:
-    """Point every dataset using `filename` at base_url, expecting the md5 of `data` (or `md5`)."""
+def _use_archive(monkeypatch, filename: str, data: bytes, base_url: str, md5: str | None = None,
+                 size: int | None = None) -> None:
+    """Point every dataset using `filename` at base_url, expecting the md5 of `data` (or `md5`) and `size` bytes."""
     for name, recipe in datasets.RECIPES.items():
         if recipe.source.filename == filename:
-            new = download.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest())
+            new = download.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest(), size)
             monkeypatch.setitem(datasets.RECIPES, name, dataclasses.replace(recipe, source=new))
 
 
@@ -221,13 +241,6 @@ def _all_files(root: Path) -> list[str]:
 
 def _load(folder: Path) -> dict[str, np.ndarray]:
     return {name.removesuffix(".npy"): np.load(folder / name, allow_pickle=False) for name in PREPARED_FILES}
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -318,7 +331,7 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, monkeypatch, server, 
     assert "cifar-10-python.tar.gz" in message and "0" * 32 in message
     assert hashlib.md5(archive).hexdigest() in message
     assert _all_files(tmp_path) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
+    assert list(tmp_path.iterdir()) == []  # nor the downloads folder the failed preparation created
 
 
 def test_placed_archive_with_wrong_checksum_is_refused_but_kept(tmp_path, monkeypatch, cifar10, closed_url):
@@ -383,20 +396,20 @@ def test_server_ignoring_range_restarts_from_zero(tmp_path, server):
 
 def test_stalled_server_times_out(tmp_path, server):
     server.files["/blob.bin"] = os.urandom(1000)
-    server.stall = 5
+    server.stall = LIMIT  # the download would take that long if the timeout did not work
     start = time.monotonic()
 
     with pytest.raises(fetch.DataError, match="could not download .*timed out"):
         download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, timeout=0.3, tries=1)
 
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < LIMIT / 2
 
 
 def test_missing_file_is_not_retried(tmp_path, server):
     start = time.monotonic()
     with pytest.raises(fetch.DataError, match="404"):
-        download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=4, backoff=10)
-    assert time.monotonic() - start < 5 and len(server.log) == 1
+        download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=4, backoff=LIMIT)
+    assert time.monotonic() - start < LIMIT / 2 and len(server.log) == 1  # a retry would sleep LIMIT first
 
 
 # ----------------------------------------------------------------------------- offline and mirrors
@@ -654,12 +667,12 @@ def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar
 
     threads = {key: threading.Thread(target=prepare, args=(key,), daemon=True) for key in ("first", "second")}
     threads["first"].start()
-    _wait_for(lambda: bool(server.log))
+    wait_until(lambda: bool(server.log))
     threads["second"].start()
-    _wait_for(second_waits_or_downloads)
+    wait_until(second_waits_or_downloads)
     server.gate.set()
     for thread in threads.values():
-        thread.join(60)
+        thread.join(LIMIT)
 
     folder = tmp_path / "CIFAR10_x32"
     assert results == {"first": folder, "second": folder}
@@ -698,3 +711,242 @@ def test_unusable_data_root_is_one_clear_error(tmp_path, monkeypatch, closed_url
 
     with pytest.raises(fetch.DataError, match=message + "; pass a writable folder as --data_root$"):
         fetch.prepare_dataset("CIFAR10_x32", root)
+
+
+# ----------------------------------------------------------------------------- hostile files and servers (issue 14)
+
+
+@pytest.mark.parametrize("target", ["victim.txt", "created-outside"])
+def test_a_symlink_planted_at_the_part_file_is_not_followed(tmp_path, server, target):
+    server.files["/blob.bin"] = os.urandom(1000)
+    (tmp_path / "victim.txt").write_text("mine")
+    part = tmp_path / "downloads" / "blob.bin.part"
+    part.parent.mkdir()
+    part.symlink_to(tmp_path / target)
+
+    with pytest.raises(fetch.DataError, match=r"cannot download into \S+blob.bin.part \(it is a link .*remove it"):
+        download.download(server.url + "blob.bin", tmp_path / "downloads" / "blob.bin", None, tries=1)
+
+    assert (tmp_path / "victim.txt").read_text() == "mine" and not (tmp_path / "created-outside").exists()
+    assert server.log == [] and part.is_symlink()  # refused before asking the server
+
+
+def test_a_symlink_planted_at_the_lock_file_is_not_followed(tmp_path, monkeypatch, cifar10, closed_url):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    outside = tmp_path / "outside" / "created"
+    outside.parent.mkdir()
+    (tmp_path / ".cifar-10-python.tar.gz.lock").symlink_to(outside)
+
+    with pytest.raises(fetch.DataError, match=r"cannot lock \S+/\.cifar-10-python\.tar\.gz\.lock \(a symbolic link"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert not outside.exists() and not (tmp_path / "CIFAR10_x32").exists()
+
+
+def test_preparing_again_replaces_only_the_prepared_files(tmp_path, monkeypatch, cifar10, closed_url):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    (folder / "NOTES.txt").write_text("my notes")
+    (folder / "my_augmented").mkdir()
+    (folder / "my_augmented" / "flipped.npy").write_bytes(b"mine")
+    (folder / "test_labels.npy").write_bytes(b"damaged")
+    assert not fetch.is_complete(tmp_path, "CIFAR10_x32")
+
+    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert fetch.is_complete(tmp_path, "CIFAR10_x32")
+    np.testing.assert_array_equal(np.load(folder / "test_labels.npy"), cifar10[4])
+    assert (folder / "NOTES.txt").read_text() == "my notes"
+    assert (folder / "my_augmented" / "flipped.npy").read_bytes() == b"mine"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*PREPARED_FILES, "NOTES.txt", "my_augmented"])
+
+
+def test_a_dataset_folder_that_is_a_link_is_prepared_through_it(tmp_path, monkeypatch, cifar10, closed_url):
+    """A damaged set on another disk, linked into the data root: repaired in place, the link and the user's files kept."""
+    elsewhere = tmp_path / "other-disk" / "cifar"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "train_images.npy").write_bytes(b"damaged")
+    (elsewhere / "NOTES.txt").write_text("mine")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "CIFAR10_x32").symlink_to(elsewhere)
+    (root / "CIFAR100_x32").symlink_to(tmp_path / "nowhere")
+    _place(root, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+
+    fetch.prepare_dataset("CIFAR10_x32", root)
+
+    assert (root / "CIFAR10_x32").is_symlink() and fetch.is_complete(root, "CIFAR10_x32")
+    assert (elsewhere / "NOTES.txt").read_text() == "mine"
+    np.testing.assert_array_equal(np.load(elsewhere / "train_labels.npy"), cifar10[2])
+    with pytest.raises(fetch.DataError, match=r"CIFAR100_x32 is not a folder \(a file or a broken link"):
+        fetch._write_dataset(root, "CIFAR100_x32", {})
+
+
+def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeypatch, cifar10, closed_url):
+    """Only this archive's, which its lock guards: another archive's may belong to a live process."""
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    stale = [tmp_path / ".CIFAR10_x32.tmp-abcd1234", tmp_path / "downloads" / ".extract-cifar-10-python.tar.gz-abcd1234"]
+    kept = [tmp_path / ".CIFAR100_x32.tmp-abcd1234", tmp_path / "downloads" / ".extract-tiny-imagenet-200.zip-x1",
+            tmp_path / "my.tmp-folder"]
+    for folder in stale + kept:
+        folder.mkdir()
+        (folder / "x.npy").write_bytes(b"x" * 1000)
+
+    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+
+    assert [f for f in stale if f.exists()] == [] and all(f.exists() for f in kept)
+
+
+def test_a_failed_preparation_leaves_no_empty_data_root(tmp_path, monkeypatch, cifar10, closed_url):
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+
+    with pytest.raises(fetch.DataError, match="not found in mirror folder"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path / "new" / "data", mirror=str(tmp_path / "missing"))
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_list_of_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    assert main(["data", "list", "--data_root", str(tmp_path / "a-file")]) == 2
+    assert capsys.readouterr().err == (f"error: data root {tmp_path / 'a-file'} is not a folder; pass the folder "
+                                       "that holds the datasets as --data_root\n")
+
+
+class _Zeros(io.RawIOBase):
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        buffer[:] = bytes(len(buffer))
+        return len(buffer)
+
+
+def _bomb(tmp_path: Path, kind: str) -> Path:
+    """A 200 MiB member of zeros, compressed to about 200 KB."""
+    size, name = 200 * 2**20, "cifar-10-batches-py/data_batch_1"
+    path = tmp_path / f"bomb.{kind}"
+    if kind == "tar.gz":
+        with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, _Zeros())
+    else:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(name, "w") as member:
+            for _ in range(size // 2**20):
+                member.write(bytes(2**20))
+    assert path.stat().st_size < 2**20
+    return path
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_a_decompression_bomb_is_refused_from_its_headers(tmp_path, kind):
+    bomb = _bomb(tmp_path, kind)
+    with pytest.raises(fetch.DataError, match=rf"refusing archive bomb.{kind}: it would unpack to .*209,715,200 bytes"
+                                              ".*a decompression bomb"):
+        Archive(bomb)
+
+
+def _pickle_asking_for(kind: str) -> bytes:
+    """A CIFAR batch pickle whose allowed constructors (or opcodes) ask for 10^13 bytes."""
+    huge = 10**13
+    if kind == "opcode":  # BINBYTES8 announcing 10^13 bytes
+        return b"\x80\x04\x8e" + huge.to_bytes(8, "little") + b"x" * 16 + b"."
+
+    class Call:
+        def __reduce__(self):
+            if kind == "bytes":
+                return bytes, (huge,)
+            if kind == "ndarray":
+                return np.ndarray, ((huge,), "u1")
+            return cifar._NUMPY_RECONSTRUCT, (np.ndarray, (huge,), b"b")
+
+    return pickle.dumps({b"data": Call(), b"labels": [0]}, protocol=3)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "ndarray", "reconstruct", "opcode"])
+def test_a_cifar_pickle_cannot_allocate_more_than_it_holds(tmp_path, kind):
+    batch = tmp_path / "data_batch_1"
+    batch.write_bytes(_pickle_asking_for(kind))
+    with pytest.raises(fetch.DataError, match=r"cannot read CIFAR batch data_batch_1 \(.*(10,000,000,000,000 bytes|"
+                                              r"truncated|MemoryError)"):
+        cifar.load_batch(batch, b"labels")
+
+
+def test_a_trickling_server_is_cut_off(tmp_path, server):
+    """One byte every 0.05 s would take hours; the minimum rate ends the attempt after its first window."""
+    server.files["/blob.bin"] = os.urandom(LIMIT * 20)
+    server.trickle = 0.05
+    with pytest.raises(fetch.DataError, match=r"could not download .*under the minimum of 1,000 bytes/s"):
+        download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, tries=1, min_rate=1000, window=0.5)
+
+
+def test_a_server_trickling_its_headers_is_cut_off(tmp_path, server):
+    server.files["/blob.bin"] = b"x"
+    server.trickle_headers = 0.05  # headers of LIMIT * 20 bytes, one every 0.05 s
+    with pytest.raises(fetch.DataError, match=r"could not download .*no complete response within 0.5 s"):
+        download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, tries=1, window=0.5)
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content_length", "no_length"])
+def test_a_response_larger_than_the_archive_is_refused(tmp_path, monkeypatch, server, cifar10, announced):
+    archive = cifar10[0]
+    server.files["/cifar-10-python.tar.gz"] = archive + os.urandom(300_000)
+    server.no_length = not announced
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url, size=len(archive))
+    reason = "it is announced as .* bytes, but the archive is" if announced else "it is larger than the archive's"
+
+    with pytest.raises(fetch.DataError, match=f"refusing the download of .*cifar-10-python.tar.gz: {reason}"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
+
+    assert list(tmp_path.iterdir()) == []  # nothing of it written, or kept
+
+
+def test_a_content_length_other_than_the_archive_size_is_refused_when_verifying(tmp_path, monkeypatch, server, cifar10):
+    archive = cifar10[0]
+    server.files["/cifar-10-python.tar.gz"] = archive[:-1000]
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url, size=len(archive))
+
+    with pytest.raises(fetch.DataError, match=rf"announced as {len(archive) - 1000:,} bytes, but the archive is"):
+        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    shorter = download.download(server.url + "cifar-10-python.tar.gz", tmp_path / "a", None, size=len(archive))
+    assert shorter.stat().st_size == len(archive) - 1000  # unverified (--no-verify), a smaller one is allowed
+
+
+def test_a_servers_status_text_is_printed_without_terminal_escapes(tmp_path, server):
+    server.reason = "Not Found\x1b[2J\x1b]0;pwned\x07"
+    with pytest.raises(fetch.DataError) as excinfo:
+        download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=1)
+    message = str(excinfo.value)
+    assert "HTTP Error 404: Not Found\\x1b[2J\\x1b]0;pwned\\x07" in message and "\x1b" not in message
+
+
+def test_a_server_trickling_its_tls_handshake_is_cut_off(tmp_path):
+    """A TLS record header announcing 16 KiB, then one byte every 0.05 s: the handshake would take 14 minutes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    hung_up = threading.Event()
+
+    def trickle():
+        connection, _ = listener.accept()
+        try:
+            connection.sendall(b"\x16\x03\x03\x40\x00")  # a handshake record of 16 KiB, the most TLS allows
+            while not hung_up.wait(0.05):
+                connection.sendall(b"\x00")
+        except OSError:  # the client hung up, as it should
+            pass
+        finally:
+            connection.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/cifar-10-python.tar.gz"
+    try:
+        with pytest.raises(fetch.DataError, match=r"could not download .*no complete response within 0.5 s"):
+            download.download(url, tmp_path / "a.tar.gz", None, tries=1, window=0.5)
+    finally:
+        hung_up.set()
+        listener.close()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from conftest import LIMIT, cli_env, gone, process_tree, wait_until
 from resbench.evaluate import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
 from resbench.reference import reference_rows
 from resbench.report import render_tables
@@ -410,12 +410,9 @@ def test_a_terminated_sweep_stops_its_runs_saved_and_starts_no_more(tmp_path):
                               str(runs_dir), "--jobs", "1"], env=cli_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     first = runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s1"
-    deadline = time.monotonic() + 120
-    while not (first / "last.pt").exists():
-        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
-        time.sleep(0.05)
+    wait_until(lambda: (first / "last.pt").exists(), sweep)
     sweep.send_signal(signal.SIGTERM)
-    output = sweep.communicate(timeout=120)[0]
+    output = sweep.communicate(timeout=LIMIT)[0]
     assert sweep.returncode == 130, output
     assert "stopped by a signal at iteration" in (first / "stdout.log").read_text()
     assert not (runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s2").exists()
@@ -528,7 +525,7 @@ def digits_runs(tmp_path_factory) -> Path:
     (root / "grid.toml").write_text(DIGITS_GRID)
     proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(root / "grid.toml"),
                            "--runs_dir", str(root / "runs"), "--jobs", "2"],
-                          env=cli_env(), capture_output=True, text=True, timeout=300)
+                          env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sweep: 2 of 2 runs finished" in proc.stdout
     return root / "runs"
@@ -612,3 +609,98 @@ def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, run
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
     proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")
     assert proc.returncode == 2 and "is corrupted or not a checkpoint" in proc.stderr
+
+
+# ---------------------------------------------------------------- hostile run folders and working folders (issue 14)
+
+def test_plot_file_names_from_run_files_stay_inside_out(tmp_path):
+    from resbench.report import write_plots
+
+    runs = tmp_path / "runs"
+    for i, name in enumerate(["../../../escaped", str(tmp_path / "absolute"), ".hidden"]):
+        write_hand_run(runs / f"run{i}", summary(name, 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
+    out = tmp_path / "out" / "figs"
+    written = write_plots(runs, out)
+    assert len(written) == 6 and {path.parent for path in tmp_path.rglob("*.png")} == {out}
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}_{kind}.png" for stem in ("_.._.._escaped", str(tmp_path / "absolute").replace("/", "_"), "hidden")
+        for kind in ("curves", "vs_reference"))
+    assert_pngs(written)
+
+
+EVIL_MODULE = "import pathlib\npathlib.Path({marker!r}).touch()\nraise SystemExit('imported from the current folder')\n"
+
+
+def evil_folder(tmp_path: Path) -> Path:
+    """A working folder whose modules shadow the ones resbench imports; each leaves a marker if imported."""
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    for module in ("tqdm", "torch", "numpy", "resbench"):
+        (folder / f"{module}.py").write_text(EVIL_MODULE.format(marker=str(tmp_path / f"imported-{module}")))
+    return folder
+
+
+@pytest.mark.parametrize("prefix", ["CHILD_PYTHON_SAFE_PATH", "CHILD_PYTHON_NO_CWD"])
+def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, prefix):
+    from resbench import sweep
+
+    if prefix == "CHILD_PYTHON_SAFE_PATH" and sys.version_info < (3, 11):
+        pytest.skip("python -P needs Python 3.11")
+    proc = subprocess.run([*getattr(sweep, prefix), "--version"], cwd=evil_folder(tmp_path), env=cli_env(),
+                          capture_output=True, text=True, timeout=LIMIT)
+    assert proc.returncode == 0 and proc.stdout.startswith("resbench "), proc.stderr
+    assert list(tmp_path.glob("imported-*")) == []
+
+
+def test_a_sweep_never_imports_from_the_folder_it_runs_in(tmp_path, monkeypatch, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 2"))
+    monkeypatch.chdir(evil_folder(tmp_path))
+    code, out, _ = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs")
+    assert code == 0 and "sweep: 1 of 1 runs finished" in out, out
+    assert list(tmp_path.glob("imported-*")) == []
+
+
+def test_a_sigkilled_sweep_stops_its_running_run_with_the_state_saved(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 3000"))
+    runs_dir = tmp_path / "runs"
+    sweep = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
+                              str(runs_dir)], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s1"
+    wait_until(lambda: (run / "last.pt").exists(), sweep)
+    children = process_tree(sweep.pid)[1:]
+    assert len(children) == 1, children
+    sweep.kill()  # forwards nothing: the run must notice by itself
+    sweep.communicate(timeout=LIMIT)
+    wait_until(lambda: gone(children[0]))
+    assert "stopped by a signal at iteration" in (run / "stdout.log").read_text()
+    assert torch.load(run / "last.pt", weights_only=True)["state"]["step"] > 0
+
+
+def test_without_prctl_a_thread_notices_that_the_sweep_died(monkeypatch):
+    from resbench import sweep
+
+    parents, sent = iter([100, 100, 1]), []  # the sweep (pid 100) dies: the run is re-parented to pid 1
+    monkeypatch.setattr(sweep.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(sweep.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    sweep.watch_parent(100, interval=0)
+    assert sent == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
+    from resbench.cli import main
+
+    write_runs(tmp_path, [summary("Digits\x1b[2J_x32", 8, 1, "fp32\x07", 78_000, 0.5, 0.4, 1.5)])
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "### Digits\\x1b[2J_x32" in out and "fp32\\x07" in out and "\x1b" not in out and "\x07" not in out
+
+
+def test_a_run_whose_sweep_died_before_it_started_stops_at_once(tmp_path):
+    gone_pid = subprocess.Popen([sys.executable, "-c", ""])
+    gone_pid.wait()
+    env = cli_env() | {"RESBENCH_SWEEP_PID": str(gone_pid.pid)}
+    proc = subprocess.run([sys.executable, "-m", "resbench", "data", "list", "--data_root", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=LIMIT)
+    assert proc.returncode == 130 and proc.stderr == "interrupted\n", proc.stderr

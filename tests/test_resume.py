@@ -7,20 +7,23 @@ bit for bit, with one uninterrupted run of the same seed.
 import contextlib
 import dataclasses
 import errno
+import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from conftest import LIMIT, cli_env, wait_until
 from resbench import checkpoint, lossscale, train as train_module
 from resbench.checkpoint import CheckpointError
 from resbench.cli import main
@@ -39,18 +42,9 @@ def start_training(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_until(condition, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Poll the run folder until `condition()` holds; fail if the run ends first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run ended early:\n{proc.communicate()}"
-        assert time.monotonic() < deadline, "timed out waiting for the run"
-        time.sleep(0.02)
-
-
 def finish_training(*args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "resbench", "train", *map(str, args)], env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=LIMIT)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -139,7 +133,7 @@ def test_sigterm_saves_mid_interval_and_resume_matches(tmp_path, reference, sign
     for _ in range(signals):  # GNU timeout signals the process, then its whole group
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.02)  # two signals pending at once would be delivered as one
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=LIMIT)
     assert proc.returncode != 0 and "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     saved = checkpoint.load_checkpoint(folder / "last.pt")["state"]
@@ -492,7 +486,7 @@ def test_malformed_training_state_is_a_clear_error(unfinished_run):
     saved = checkpoint.load_checkpoint(last)
     saved["state"]["history"] = [1, 2]
     checkpoint.save_checkpoint(saved, last)
-    with pytest.raises(CheckpointError, match="does not fit.*training state is malformed"):
+    with pytest.raises(CheckpointError, match="malformed training state .evaluation record 1 is 1, not an object"):
         train(unfinished_run)
 
 
@@ -514,7 +508,8 @@ def test_checkpoint_of_another_model_is_a_clear_error(unfinished_run):
 
 def test_a_weights_file_is_not_a_training_checkpoint(unfinished_run):
     folder = Path(unfinished_run.save)
-    (folder / "best.pt").replace(folder / "last.pt")
+    for suffix in ("", checkpoint.DIGEST_SUFFIX):
+        (folder / f"best.pt{suffix}").replace(folder / f"last.pt{suffix}")
     with pytest.raises(CheckpointError, match="not a resbench training checkpoint"):
         train(unfinished_run)
 
@@ -530,11 +525,11 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
     with pytest.raises(CheckpointError, match=rf"cannot write {tmp_path}/last.pt \(No space left on device\).*"
-                                              "previous checkpoint is intact"):
+                                              "previous last.pt is intact"):
         run.save_last({"step": torch.tensor(2)})
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(run.file("last.pt")) == {"step": torch.tensor(1)}
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left
 
 
 def test_run_files_follow_the_umask(tmp_path):
@@ -549,7 +544,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
     with pytest.raises(CheckpointError, match=r"\(Permission denied\); make that folder writable"):
         RunFolder(tmp_path).save_best({})
-    monkeypatch.setattr(checkpoint, "open", refuse, raising=False)
+    monkeypatch.setattr(checkpoint, "open_own_file", refuse)
     with pytest.raises(CheckpointError, match="Permission denied"):
         RunFolder(tmp_path).log("a line")
 
@@ -605,3 +600,159 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--optim_nii", "5"])
     assert exit_.value.code == 2 and "unrecognized arguments: --optim_nii" in capsys.readouterr().err
+
+
+# Hostile and damaged run folders (issue 14).
+
+@pytest.mark.parametrize("content, message", [
+    ("[]", r"config.json is not a resbench config.json \(it holds a JSON list, not an object of settings\)"),
+    ('{"resnet_depth": "abc"}', r"config.json: setting resnet_depth is 'abc', not int"),
+    ('{"seed": null}', r"config.json: setting seed is None, not int"),
+    ('{"optim_lr": true}', r"config.json: setting optim_lr is True, not int or float"),
+    ('{"save": 3}', r"config.json: setting save is 3, not str or null"),
+])
+def test_resuming_a_malformed_config_is_one_clear_line(tmp_path, capsys, content, message):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(content)
+    code = main(["train", "--resume", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'run' / 'config.json'}")
+    assert re.search(message, err), err
+
+
+def test_a_save_folder_name_too_long_is_one_clear_line(tmp_path, capsys):
+    code = main(["train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--device", "cpu",
+                 "--save", str(tmp_path / ("a" * 300) / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "(File name too long); use a shorter --save folder name" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["train", "--resume", "{long}"], ["eval", "--ckpt", "{long}/best.pt"],
+                                     ["data", "list", "--data_root", "{long}"], ["table", "{long}"]])
+def test_any_path_too_long_is_one_clear_line(tmp_path, capsys, command):
+    long = str(tmp_path / ("a" * 300))
+    assert main([part.format(long=long) for part in command]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot use {long}") and err.endswith("(File name too long); check the path you passed\n")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state["history"][0].pop("iter"), "evaluation record 1 lacks a valid iter"),
+    (lambda state: state.update(step=10**6), "it is at iteration 1000000, outside this run's 0 to 6"),
+    (lambda state: state["history"].reverse(), r"its evaluations are at iterations \[6, 3\], not increasing"),
+    (lambda state: state.update(best_iter=5), "its best iteration 5 is not one of its evaluations"),
+    (lambda state: state.update(loss_sum="abc"), "loss_sum is 'abc'"),
+])
+def test_a_damaged_training_state_is_refused_before_training(unfinished_run, damage, message):
+    last = Path(unfinished_run.save) / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    damage(saved["state"])
+    checkpoint.save_checkpoint(saved, last)
+    log = (last.parent / "log.txt").read_text()
+    with pytest.raises(CheckpointError, match=f"last.pt holds a malformed training state \\({message}"):
+        train(unfinished_run)
+    assert (last.parent / "log.txt").read_text() == log  # refused before anything ran
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_a_flipped_byte_in_a_checkpoint_is_named(unfinished_run, capsys, name):
+    path = Path(unfinished_run.save) / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(data)
+    if name == "last.pt":
+        code = main(["train", "--resume", unfinished_run.save])
+    else:
+        code = main(["eval", "--ckpt", str(path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: checkpoint {path} is corrupted or truncated: its SHA-256 is not the one "
+                                 f"recorded in {name}.sha256 when it was written; restore it, or delete it to start over\n")
+
+
+def test_checkpoint_digests_survive_a_crash_between_the_writes(tmp_path, monkeypatch):
+    """Killed after the new digest is recorded but before the rename: the old checkpoint still loads."""
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    real_replace = checkpoint.replace_atomically
+    monkeypatch.setattr(checkpoint, "replace_atomically",
+                        lambda target, write: killed() if target == path else real_replace(target, write))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert len(checkpoint.recorded_digests(path)) == 2
+    assert checkpoint.load_checkpoint(path) == {"step": torch.tensor(1)}
+    checkpoint.save_checkpoint({"step": torch.tensor(3)}, path)
+    assert len(checkpoint.recorded_digests(path)) == 1 and checkpoint.load_checkpoint(path) == {"step": torch.tensor(3)}
+
+
+def test_a_zip_bomb_checkpoint_is_refused_unpacked(tmp_path):
+    """A deflated 200 MiB record in a 200 KB file: torch would inflate it into memory."""
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(4)}, buffer)
+    bomb = tmp_path / "last.pt"
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as original, \
+            zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in original.infolist():
+            out.writestr(entry.filename, original.read(entry))
+        with out.open("archive/data/1", "w") as member:
+            for _ in range(200):
+                member.write(bytes(2**20))
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"was refused: it holds compressed entries \(209,715,\d+ bytes unpacked\)"):
+        checkpoint.load_checkpoint(bomb)
+
+
+def test_stale_temporaries_in_a_run_folder_are_removed_by_the_next_run(unfinished_run):
+    folder = Path(unfinished_run.save)
+    stale = [folder / ".last.pt.k3j4h5g6.tmp", folder / ".metrics.jsonl.a1b2c3d4.tmp", folder / ".last.pt.sha256.x1y2z3w4.tmp"]
+    kept = [folder / ".notes.txt.a1b2c3d4.tmp", folder / "mine.tmp"]
+    with RunFolder(folder).claimed():  # a live run, writing its temporary files: a second run removes none
+        for path in stale + kept:
+            path.write_bytes(b"x" * 1000)
+        with pytest.raises(CheckpointError, match="another resbench process is training"):
+            RunFolder(folder).lock()
+        assert all(path.exists() for path in stale)
+    train(unfinished_run)  # the live run was killed: the next one removes its leftovers
+    assert [path for path in stale if path.exists()] == [] and all(path.exists() for path in kept)
+
+
+def test_full_disk_before_the_first_checkpoint_does_not_claim_one_is_intact(tmp_path, monkeypatch):
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(CheckpointError) as excinfo:
+        RunFolder(tmp_path).save_last({"step": torch.tensor(1)})
+    assert str(excinfo.value) == (f"cannot write {tmp_path}/last.pt (No space left on device); free space on that "
+                                  "disk or use another --save folder")
+
+
+def test_files_written_in_place_refuse_links_and_special_files(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (tmp_path / "symlink").symlink_to(victim)
+    (tmp_path / "dangling").symlink_to(tmp_path / "created-outside")
+    os.link(victim, tmp_path / "hardlink")
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("symlink", "dangling", "hardlink", "fifo"):  # a fifo without a reader: refused, not waited on
+        for append in (False, True):
+            with pytest.raises(checkpoint.UnsafeFileError if name != "fifo" else OSError):
+                checkpoint.open_own_file(tmp_path / name, append=append)
+    assert victim.read_text() == "mine" and not (tmp_path / "created-outside").exists()
+
+
+@pytest.mark.parametrize("name", [".lock", "log.txt"])
+def test_a_symlink_planted_in_a_run_folder_is_not_followed(unfinished_run, name, capsys):
+    folder = Path(unfinished_run.save)
+    outside = folder.parent / "outside"
+    (folder / name).unlink(missing_ok=True)  # the .lock is gone with the run that held it
+    (folder / name).symlink_to(outside)
+    code = main(["train", "--resume", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "(a symbolic link stands there; resbench never writes through one); remove it" in err, err
+    assert not outside.exists()

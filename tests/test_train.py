@@ -1,5 +1,8 @@
 import json
 import math
+import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -7,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, cli_env
-from resbench import bnstats, checkpoint, train as train_module
+from conftest import LIMIT, REPO, cli_env, wait_until
+from resbench import bnstats, checkpoint, limits, train as train_module
+from resbench.cli import main
 from resbench.distributed import World
 from resbench.lossscale import ConstantLossScale
-from resbench.models import resnet
+from resbench.models import count_parameters, resnet
 from resbench.config import ConfigError, TrainConfig, default_run_name, validate_config
 from resbench.train import learning_rate, train, train_step
 
@@ -105,7 +109,8 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
     (dict(data_name="MNIST"), "unknown data_name 'MNIST'"),
     (dict(resnet_depth=21), "unsupported resnet depth 21"),
     (dict(resnet_width=0), "width must be a positive integer"),
-    (dict(resnet_width=1000), "out of range: use 1 to 64"),
+    (dict(resnet_width=2000), "out of range: use 1 to 1024"),
+    (dict(resnet_depth=600_002), "resnet depth 600002 is out of range: use 6n\\+2 up to 1202"),
     (dict(batch_size=0), "--batch_size must be a positive integer"),
     (dict(data_name="Digits_x32", batch_size=4096), "larger than the training split"),
     (dict(optim_ni=-5), "--optim_ni must be a positive integer"),
@@ -137,11 +142,12 @@ def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
     # The seed's command as printed, run from the checkout's root, with a short run appended.
     command = [sys.executable, "scripts_cifar/SGDM.py", *SEED_COMMAND, "--optim_ni=3",
                "--data_root", str(tmp_path / "data"), "--save", str(tmp_path / "run")]
-    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == [  # the .lock is gone with the process that held it
-        "best.pt", "config.json", "last.pt", "log.txt", "metrics.jsonl", "summary.json"]
+        "best.pt", "best.pt.sha256", "config.json", "last.pt", "last.pt.sha256", "log.txt", "metrics.jsonl",
+        "summary.json"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iterations"] == 3 and summary["params"] == 272_464
     assert summary["precision"] == "fp32" and summary["config"]["optim_weight_decay"] == 0.001
@@ -195,6 +201,95 @@ def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(ConfigError, match=r"pip install 'resbench\[tensorboard\]'"):
         validate_config(TrainConfig(tensorboard=True))
+
+
+# What a machine can train, and a command line that fails in one line (issue 14).
+
+@pytest.mark.parametrize("depth, width, image_size", [(8, 3, 32), (14, 2, 64), (18, 1, 32), (50, 2, 32)])
+def test_the_memory_need_follows_the_built_network(depth, width, image_size):
+    params, outputs = limits.network_size(depth, width, 10, image_size)
+    model = resnet(depth, width, 10, image_size)
+    assert params == count_parameters(model)
+    counted = []
+    for module in model.modules():
+        if not list(module.children()):
+            module.register_forward_hook(lambda m, i, o: counted.append(o.numel()))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, image_size, image_size))
+    assert outputs == sum(counted)
+
+
+def test_what_fits_is_decided_per_depth_against_the_device(monkeypatch):
+    monkeypatch.setattr(limits, "device_memory", lambda device: (8 * 2**30, "this machine has available"))
+    validate_config(TrainConfig(resnet_depth=8, resnet_width=16, device="cpu"))  # needs 1.6 GiB: fits
+    with pytest.raises(ConfigError, match=r"training --resnet_depth 152 --resnet_width 16 \([\d,]+ parameters, with "
+                                          r"gradients, momentum and the activations of 256 images per process\) needs "
+                                          r"at least [\d.]+ GiB, more than the 8.0 GiB this machine has available; "
+                                          r"use a smaller --resnet_width, --resnet_depth or --batch_size"):
+        validate_config(TrainConfig(resnet_depth=152, resnet_width=16, device="cpu"))
+    validate_config(TrainConfig(resnet_depth=152, resnet_width=1, batch_size=16, device="cpu"))
+
+
+def test_a_model_too_big_for_any_machine_is_one_line_at_once(capsys):
+    assert main(["train", "--resnet_depth", "152", "--resnet_width", "64", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    params, _ = limits.network_size(152, 64, 10, 32)  # 1.2e11 since Bottlenecks widen their inner convolutions only
+    assert f"({params:,} parameters" in err and re.search(r"needs at least 1\d{3}\.\d GiB, more than", err), err
+
+
+def test_an_absurd_depth_in_a_run_folder_is_refused_by_eval(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"data_name": "Digits_x32", "resnet_depth": 600_002,
+                                                      "resnet_width": 1}))
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert main(["eval", "--ckpt", str(tmp_path / "best.pt"), "--device", "cpu"]) == 2
+    assert "resnet depth 600002 is out of range" in capsys.readouterr().err
+
+
+def test_an_argparse_error_is_one_line_and_a_pointer_to_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--resnet_depth", "abc"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: argument --resnet_depth: invalid int value: 'abc' "
+                                       "(see `resbench train --help`)\n")
+
+
+INTERRUPTED_IMPORT = '''
+import importlib.abc, pathlib, sys, time
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            pathlib.Path({marker!r}).touch()
+            time.sleep({limit})
+        return None
+
+sys.meta_path.insert(0, Block())
+'''
+
+
+@pytest.mark.parametrize("entry", ["python -m", "console script", "seed script"])
+def test_ctrl_c_while_importing_is_one_line(tmp_path, entry):
+    """The import of torch is held (a sitecustomize that waits) until SIGINT arrives."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    marker = tmp_path / "importing"
+    (hooks / "sitecustomize.py").write_text(INTERRUPTED_IMPORT.format(marker=str(marker), limit=LIMIT))
+    env = cli_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
+    start = {"python -m": [sys.executable, "-m", "resbench"],
+             "console script": [sys.executable, "-c", "import sys; from resbench.__main__ import run; sys.exit(run())"],
+             "seed script": [sys.executable, str(REPO / "scripts_cifar" / "SGDM.py")]}[entry]
+    proc = subprocess.Popen([*start, "data", "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_until(marker.exists, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=LIMIT)
+    assert proc.returncode == 130 and err == "interrupted\n", err
+
+
+def test_the_console_script_is_the_light_entry_point():
+    assert 'resbench = "resbench.__main__:run"' in (REPO / "pyproject.toml").read_text()
 
 
 class BiasedRunningVariance:

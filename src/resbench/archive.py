@@ -2,18 +2,32 @@
 
 Archive members with absolute paths, ``..`` components, or links pointing outside are refused,
 so a tampered archive fails early with a clear error and nothing is written outside its target.
+What an archive may unpack to is bounded by its size (`MAX_EXPANSION`), so a decompression bomb
+(gigabytes of zeros in a small .tar.gz or .zip) is refused from its headers, before any of it is
+unpacked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import re
+import shutil
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterable
+from typing import IO, Callable, Iterable, Iterator
+
+# Bounds on what an archive may unpack to, from its size on disk. Images and pickled arrays barely
+# compress (the official archives unpack to 1.0-1.1 times their size); a bomb unpacks to ~1000.
+MAX_EXPANSION = 16  # unpacked bytes per archive byte, beyond the allowance below
+EXPANSION_ALLOWANCE = 64 * 2**20  # small archives (label files, tests) may compress better
+MIN_BYTES_PER_MEMBER = 256  # a member costs at least a 512-byte tar header or ~80 bytes of zip records
+MEMBER_ALLOWANCE = 10_000
 
 from .errors import DataError
 
@@ -45,7 +59,41 @@ def _member_problem(member: _Member) -> str | None:
     return None
 
 
-def _tar_members(tar: tarfile.TarFile) -> list[_Member]:
+def unpack_budget(archive_bytes: int) -> tuple[int, int]:
+    """(bytes, members) an archive of this size may unpack to."""
+    return (MAX_EXPANSION * archive_bytes + EXPANSION_ALLOWANCE,
+            archive_bytes // MIN_BYTES_PER_MEMBER + MEMBER_ALLOWANCE)
+
+
+def _bomb_error(path: Path, what: str) -> DataError:
+    return DataError(f"refusing archive {path.name}: it would unpack to {what}, more than an archive of its size "
+                     f"holds (a decompression bomb?); delete it and download again")
+
+
+def _tar_infos(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
+    """Every member header, read one at a time so that a bomb is refused at its first oversized member
+    (a member's data is skipped only once its header has been checked)."""
+    max_bytes, max_members = unpack_budget(path.stat().st_size)
+    unpacked = 0
+    for count, info in enumerate(iter(tar.next, None), 1):
+        unpacked += info.size if info.isfile() else 0
+        if unpacked > max_bytes:
+            raise _bomb_error(path, f"more than {unpacked:,} bytes")
+        if count > max_members:
+            raise _bomb_error(path, f"more than {max_members:,} members")
+    return tar.getmembers()
+
+
+def _check_zip_size(archive: zipfile.ZipFile, path: Path) -> None:
+    """zipfile reads a member up to its declared size; the declared sizes are bounded here."""
+    max_bytes, max_members = unpack_budget(path.stat().st_size)
+    infos = archive.infolist()
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > max_bytes or len(infos) > max_members:
+        raise _bomb_error(path, f"{unpacked:,} bytes in {len(infos):,} members")
+
+
+def _tar_members(infos: list[tarfile.TarInfo]) -> list[_Member]:
     def kind(info: tarfile.TarInfo) -> str:
         if info.isfile():
             return "file"
@@ -55,7 +103,7 @@ def _tar_members(tar: tarfile.TarFile) -> list[_Member]:
             return "symlink"
         return "hardlink" if info.islnk() else "other"
 
-    return [_Member(info.name, kind(info), info.linkname) for info in tar.getmembers()]
+    return [_Member(info.name, kind(info), info.linkname) for info in infos]
 
 
 def _zip_members(archive: zipfile.ZipFile) -> list[_Member]:
@@ -80,14 +128,17 @@ class Archive:
         try:
             if zipfile.is_zipfile(self.path):
                 zf = zipfile.ZipFile(self.path)
-                members = _zip_members(zf)
-                self._open: Callable[[str], IO[bytes]] = zf.open
                 self._handle: zipfile.ZipFile | tarfile.TarFile = zf
+                self._open: Callable[[str], IO[bytes]] = zf.open
+                with self._closed_on_error():
+                    _check_zip_size(zf, self.path)
+                    members = _zip_members(zf)
             elif tarfile.is_tarfile(self.path):
                 tar = tarfile.open(self.path)
-                members = _tar_members(tar)
-                self._open = lambda name: tar.extractfile(name)  # type: ignore[return-value]
                 self._handle = tar
+                self._open = lambda name: tar.extractfile(name)  # type: ignore[return-value]
+                with self._closed_on_error():
+                    members = _tar_members(_tar_infos(tar, self.path))
             else:
                 raise DataError(f"{self.path} is neither a tar nor a zip archive; delete it and download again")
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
@@ -98,6 +149,14 @@ class Archive:
                 raise DataError(f"refusing unsafe archive {self.path.name}: member {member.name!r}: {problem}")
         self.files = [m.name for m in members if m.kind == "file"]
         self._file_set = set(self.files)
+
+    @contextlib.contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
     def read(self, name: str) -> bytes:
         """The content of regular-file member ``name``."""
@@ -114,6 +173,25 @@ class Archive:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SCRATCH_PREFIX = ".extract-"
+
+
+def scratch_folder(archive: Path) -> contextlib.AbstractContextManager[str]:
+    """A temporary folder beside `archive` to extract into, removed afterwards: a reader that needs
+    members as files uses it. Named after the archive, so that the next preparation from it (under
+    its lock, see `fetch`) can remove one that a killed process left."""
+    return tempfile.TemporaryDirectory(dir=archive.parent, prefix=f"{SCRATCH_PREFIX}{archive.name}-")
+
+
+def remove_stale_scratch(downloads: Path, archive_name: str) -> None:
+    """Remove the scratch folders of `archive_name` that killed preparations left (call it holding its lock)."""
+    pattern = re.compile(re.escape(f"{SCRATCH_PREFIX}{archive_name}-") + r"[A-Za-z0-9_]+")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(downloads):
+            if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,

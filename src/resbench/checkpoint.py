@@ -3,23 +3,32 @@
 A crash at any instant leaves either the previous file or the new one, never half of one.
 Checkpoints are read with `weights_only=True`, so a file that would need pickled code is refused.
 A write that fails (full disk, no permission) becomes one CheckpointError naming the folder.
+
+Files the tool creates never follow a planted link: temporary files are created exclusively
+(`mkstemp`), and files opened in place (logs, lock files, downloads) refuse a symbolic link or a
+file with other hard links (`open_own_file`). Each checkpoint's SHA-256 is recorded beside it in
+`<name>.sha256` when it is written and checked when it is loaded, so a damaged file is named
+instead of loading as other numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
 import pickle
-import tempfile
+import re
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from .errors import ResbenchError
+from .files import UnsafeFileError, current_umask, open_own_file, replace_atomically  # noqa: F401  (current_umask: for callers)
 
 
 class CheckpointError(ResbenchError):
@@ -27,17 +36,28 @@ class CheckpointError(ResbenchError):
 
 
 @contextlib.contextmanager
-def write_errors_named(path: str | Path) -> Iterator[None]:
-    """Turn an OSError while writing into `path` into one CheckpointError that says what to do."""
+def write_errors_named(path: str | Path, replaces: bool = False) -> Iterator[None]:
+    """Turn an OSError while writing into `path` into one CheckpointError that says what to do.
+
+    `replaces`: the write goes to a temporary file renamed over `path`, so `path` is left as it was.
+    """
+    path = Path(path)
+    existed = replaces and os.path.isfile(path)  # os.path: no OSError for a name too long
     try:
         yield
     except OSError as exc:
-        raise CheckpointError(write_error_message(Path(path), exc)) from None
+        raise CheckpointError(write_error_message(path, exc, kept=existed)) from None
 
 
-def write_error_message(path: Path, exc: OSError) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free space on that disk or use another --save folder; the previous checkpoint is intact"
+def write_error_message(path: Path, exc: OSError, kept: bool = False) -> str:
+    if isinstance(exc, UnsafeFileError):
+        fix = "remove it, or use another --save folder"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk or use another --save folder"
+        if kept:
+            fix += f"; the previous {path.name} is intact"
+    elif exc.errno == errno.ENAMETOOLONG:
+        fix = "use a shorter --save folder name"
     elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = "make that folder writable or use another --save folder"
     elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
@@ -49,31 +69,14 @@ def write_error_message(path: Path, exc: OSError) -> str:
 
 def atomic_write(path: str | Path, write: Any) -> None:
     """Call `write(file)` on a temporary file beside `path`, fsync it, and rename it into place."""
-    path = Path(path)
-    with write_errors_named(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide runs from co-workers
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    with write_errors_named(path, replaces=True):
+        replace_atomically(Path(path), write)
 
 
 def append_text(path: str | Path, text: str) -> None:
     """Append to a log file; lines are appended, so a crash loses at most the last one."""
-    with write_errors_named(path), open(path, "a") as f:
-        f.write(text)
+    with write_errors_named(path), open_own_file(path, append=True) as f:
+        f.write(text.encode())
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
@@ -81,10 +84,77 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
 
     Serialised in memory first: torch.save writing into a file turns a full disk into a bare
     RuntimeError, while writing the bytes ourselves keeps the OSError that names the cause.
+    A crash at any instant leaves a checkpoint whose SHA-256 is one of those its `.sha256` file
+    lists: the new digest is added before the rename, and the old one dropped after it. A failure
+    at any step is reported as a failure to write `path` itself.
     """
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save(on_cpu(obj), buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    digest = hashlib.sha256(buffer.getbuffer()).hexdigest()
+    with write_errors_named(path, replaces=True):
+        record_digests(path, [digest, *recorded_digests(path)])
+        replace_atomically(path, lambda f: f.write(buffer.getbuffer()))
+        record_digests(path, [digest])
+
+
+DIGEST_SUFFIX = ".sha256"
+MAX_DIGEST_FILE = 64 * 1024  # bytes of a .sha256 file read: a few digests, never a planted huge file
+
+
+def digest_file(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+def record_digests(path: Path, digests: list[str]) -> None:
+    """`<path>.sha256` in sha256sum's format: one `<hex>  <name>` line per digest `path` may have."""
+    text = "".join(f"{digest}  {path.name}\n" for digest in dict.fromkeys(digests))
+    replace_atomically(digest_file(path), lambda f: f.write(text.encode()))
+
+
+def recorded_digests(path: Path) -> list[str]:
+    """The SHA-256 digests recorded for `path`; empty when none were (a file not written by resbench)."""
+    try:
+        with open(digest_file(path), "rb") as f:
+            text = f.read(MAX_DIGEST_FILE).decode("ascii", "replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {digest_file(path)} ({exc.strerror or exc})") from None
+    return [digest for digest, *_ in (line.split() for line in text.splitlines() if line.strip())
+            if re.fullmatch(r"[0-9a-f]{64}", digest)]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_recorded_digest(path: Path) -> None:
+    """Refuse a checkpoint whose bytes are not those resbench wrote (a flipped bit, a truncated copy)."""
+    accepted = recorded_digests(path)
+    if accepted and file_sha256(path) not in accepted:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted or truncated: its SHA-256 is not the one recorded in "
+            f"{digest_file(path).name} when it was written; restore it, or delete it to start over")
+
+
+def check_container(path: Path) -> None:
+    """Refuse a file torch.save did not write before torch unpacks any of it: torch.save writes an
+    uncompressed zip, so compressed entries (a zip bomb) or entries larger than the file are refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint (not the zip file torch.save "
+                              "writes); delete it to start over") from None
+    unpacked = sum(entry.file_size for entry in entries)
+    if any(entry.compress_type != zipfile.ZIP_STORED for entry in entries) or unpacked > path.stat().st_size:
+        raise CheckpointError(f"checkpoint {path} was refused: it holds compressed entries ({unpacked:,} bytes "
+                              "unpacked), which torch.save never writes; only load checkpoints written by resbench")
 
 
 def on_cpu(obj: Any) -> Any:
@@ -116,6 +186,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    check_recorded_digest(path)
+    check_container(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -17,11 +17,11 @@ from pathlib import Path
 from . import __version__, fetch
 from .compare import add_compare_parser
 from .config import TrainConfig, add_train_flags, config_from_args, flag_kind
-from .errors import ResbenchError
+from .errors import ResbenchError, printable
 from .flags import Parser
 from .plots import add_plot_parser
 from .report import add_table_parser
-from .sweep import add_sweep_parser
+from .sweep import add_sweep_parser, stop_with_parent
 
 DESCRIPTION = """\
 Residual-network baselines in PyTorch: CIFAR-10, CIFAR-100 and TinyImageNet-200 at 32x32 and
@@ -61,7 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         summary = train(config_from_args(args))
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 1
     except Interrupted as exc:
         print(str(exc), file=sys.stderr)
@@ -152,9 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
+        stop_with_parent()
         return args.func(args)
     except ResbenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A path the checks above did not foresee (a name too long, a folder that vanished): one line.
+        print(f"error: cannot use {printable(exc.filename)} ({printable(exc.strerror or exc)}); "
+              "check the path you passed", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if threading.current_thread() is threading.main_thread():

@@ -12,15 +12,14 @@ import dataclasses
 import importlib.util
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ResbenchError
+from .errors import ResbenchError, printable
 from .flags import Parser, switch
-
-MAX_WIDTH = 64  # width 64 is a ~1.1e9-parameter depth-20 network; beyond is a typo, not a baseline
 
 
 @dataclass
@@ -88,12 +87,10 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def check_settings(cfg: TrainConfig) -> None:
-    from . import data, distributed, hotpath, models  # torch: loaded when a run is checked, not for --help
+    from . import data, distributed, hotpath, limits, models  # torch: loaded when a run is checked, not for --help
 
-    data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name)
     models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
-    if cfg.resnet_width > MAX_WIDTH:
-        raise ValueError(f"--resnet_width {cfg.resnet_width} is out of range: use 1 to {MAX_WIDTH}")
     if not 0 <= cfg.seed < 2**63:
         raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
     positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
@@ -114,12 +111,15 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.batch_size > num_train:
         raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
                          f"{cfg.data_name} ({num_train} images)")
-    precision_for(cfg.mixed_precision, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    precision = precision_for(cfg.mixed_precision, device)
     world_size = distributed.launched_world().world_size
     if cfg.batch_size % world_size:
         raise ValueError(f"--batch_size {cfg.batch_size} does not split evenly over {world_size} processes; "
                          f"use a multiple of {world_size}")
-    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+    limits.check_training_fits(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size,
+                               cfg.batch_size // world_size, precision, device)
+    if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
     hotpath.parse_compile(cfg.compile)
     if cfg.threads is not None and cfg.threads < 1:
@@ -366,7 +366,48 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise CheckpointError(f"--save {given['save']} and --resume {args.resume} name two folders; "
                               "a resumed run stays in its folder")
     saved = asked_settings(saved) if isinstance(saved, dict) else saved
-    unknown = set(saved) - {f.name for f in dataclasses.fields(TrainConfig)}
-    if unknown:
-        raise CheckpointError(f"{saved_path} has unknown settings {sorted(unknown)}; was it written by resbench?")
+    check_saved_settings(saved, saved_path)
     return TrainConfig(**{**saved, **given, "save": str(args.resume)})
+
+
+# JSON types a saved setting may have besides its field's own: configs saved before `--compile auto`
+# existed hold a bool.
+LEGACY_TYPES: dict[str, tuple[type, ...]] = {"compile": (bool,)}
+
+
+def json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON value types of a dataclass field's type hint (an int is a valid float; `list[dict]` is a list)."""
+    kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    return tuple(t for kind in kinds for t in ((int, float) if kind is float else (typing.get_origin(kind) or kind,)))
+
+
+def has_json_type(value: Any, hint: Any, also: tuple[type, ...] = ()) -> bool:
+    """Whether a value read from JSON (or a checkpoint) is of the field's type; a bool is no number."""
+    allowed = json_types(hint) + also
+    return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def shown_value(value: Any) -> str:
+    """A value read from a file, short and printable, for an error message."""
+    text = printable(repr(value))
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_saved_settings(saved: Any, path: Path) -> None:
+    """Refuse a saved config.json that is not an object of known settings, each of its field's type,
+    with one line naming the file and the setting (a hand-edited or foreign file would otherwise
+    fail somewhere deep in the run, with a traceback)."""
+    from .checkpoint import CheckpointError
+
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} is not a resbench config.json (it holds a JSON {type(saved).__name__}, "
+                              "not an object of settings); restore it, or use another --save folder")
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = set(saved) - set(hints)
+    if unknown:
+        raise CheckpointError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; was it written by resbench?")
+    for key, value in saved.items():
+        if not has_json_type(value, hints[key], LEGACY_TYPES.get(key, ())):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in json_types(hints[key]))
+            raise CheckpointError(f"{path}: setting {key} is {shown_value(value)}, not {names}; restore the "
+                                  "file, or use another --save folder")

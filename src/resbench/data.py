@@ -12,6 +12,8 @@ data-parallel ranks can each cut their share out of the same global batch.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,15 +141,36 @@ def check_train_count(path: Path, count: int, spec: DatasetSpec) -> None:
 
 
 def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
-    """One array from a .npy file; np.load also opens a .npz archive (say, a renamed one), which is refused."""
+    """One array from a .npy file, its header checked against the file's size first."""
     try:
-        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-        if not isinstance(array, np.ndarray):
-            array.close()
-            raise ValueError("it is a .npz archive, not a single array")
+        check_npy_size(path)
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise DataFileError(f"{path} is truncated or not a valid .npy file ({exc}); prepare it again") from None
-    return array
+
+
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def check_npy_size(path: Path) -> None:
+    """ValueError unless `path` is a .npy file holding all the bytes its header declares.
+
+    numpy allocates what the header declares before reading, so a 1 KB file declaring 10^12 images
+    would exhaust the memory; np.load would also open a .npz archive (say, a renamed one).
+    """
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            raise ValueError("it is a .npz archive, not a single array")
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version not in NPY_HEADER_READERS:
+            raise ValueError(f"it is .npy format {version[0]}.{version[1]}; resbench reads 1.0 and 2.0")
+        shape, _, dtype = NPY_HEADER_READERS[version](f)
+        declared = math.prod(shape) * dtype.itemsize
+        held = os.fstat(f.fileno()).st_size - f.tell()
+    if declared > held:
+        raise ValueError(f"its header declares a {dtype} array of shape {shape}, {declared:,} bytes, "
+                         f"but it holds {held:,}")
 
 
 def check_images(path: Path, images: np.ndarray, size: int) -> None:

@@ -9,6 +9,7 @@ averaged across ranks before each evaluation.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -147,5 +148,13 @@ def wait_for_rank0(world: World) -> None:
 
 
 def shutdown(world: World) -> None:
+    """Destroy the process group, after freeing what still uses it.
+
+    A DistributedDataParallel module lives in reference cycles, so only the garbage collector frees
+    it, and with it the last reference to the gloo process group; left to the collection at
+    interpreter exit, the group's worker threads are torn down during finalisation, which aborted a
+    rank now and then ("terminate called without an active exception", SIGABRT).
+    """
     if world.distributed and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

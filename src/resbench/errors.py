@@ -8,3 +8,9 @@ class ResbenchError(Exception):
 
 class DataError(ResbenchError):
     """A dataset cannot be fetched or prepared; the message says what is wrong and what to do."""
+
+
+def printable(text: str) -> str:
+    """`text` with every control character escaped (`\\x1b`), so a message that quotes a server's
+    status text or a name read from a file cannot move the cursor or recolour the terminal."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))

@@ -16,6 +16,7 @@ from .config import RESOLVED_KEY, resolve_device
 from .data import DATASETS, dataset_spec, load_splits, to_model_input
 from .distributed import World, all_reduce_sum, shard
 from .errors import ResbenchError
+from .limits import check_inference_fits
 from .models import architecture, resnet
 from .report import invalid_fields
 
@@ -149,6 +150,10 @@ def check_model_settings(config: object, path: Path) -> None:
 def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> torch.nn.Module:
     """Rebuild the run's network and load its best-val weights, in inference mode."""
     spec = DATASETS[config["data_name"]]
+    try:
+        check_inference_fits(config["resnet_depth"], config["resnet_width"], spec.num_classes, spec.image_size, device)
+    except ValueError as exc:
+        raise CheckpointError(f"{Path(ckpt).parent / 'config.json'}: {exc}") from None
     model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
                    image_size=spec.image_size)
     try:

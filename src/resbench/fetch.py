@@ -7,14 +7,21 @@ it, and writes ``<data_root>/<NAME>/{train,test}_{images,labels}.npy``. Preparat
 run never leaves a dataset that looks complete. Processes preparing from the same archive at
 once (``resbench sweep --jobs 2`` on an empty data root) take turns under
 ``<data_root>/.<archive>.lock``; the later one finds the data prepared.
+
+The tool deletes only what it wrote: preparing again into an existing ``<NAME>`` folder replaces
+its four prepared files and leaves anything else there; the temporary folders a killed
+preparation left are removed by the next one from the same archive (under its lock, so never
+those of a live process); folders created by a preparation that fails are removed if empty.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -23,11 +30,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .archive import remove_stale_scratch
 from .console import log
 from .datasets import RECIPES, Recipe
 from .datasets.common import Splits
 from .download import Source, fetch_archive
 from .errors import DataError
+from .files import UnsafeFileError, current_umask, open_lock_file
 
 DOWNLOADS_DIR = "downloads"
 DATASETS: tuple[str, ...] = tuple(RECIPES)
@@ -56,24 +65,67 @@ def is_complete(data_root: str | os.PathLike, name: str) -> bool:
     return _inspect(Path(data_root), _check_name(name))[0] is None
 
 
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
 def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
-    """Save the arrays in a hidden temporary folder, then rename it into place atomically."""
-    from .checkpoint import current_umask
+    """Save the arrays in a hidden temporary folder, then move them into place.
+
+    A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
+    or damaged earlier copy; maybe a link to another disk, maybe holding the user's own files)
+    keeps everything but the four prepared files: their old copies are removed, then the new ones
+    renamed in from a temporary folder inside it, so an interruption leaves the dataset incomplete,
+    never a mix that looks complete.
+    """
     from .data import PREPARED_FILES
 
     target = data_root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_root))
+    replacing = os.path.lexists(target)
+    if replacing:
+        _check_replaceable(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(name), dir=target if replacing else data_root))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
     try:
         for filename in PREPARED_FILES:
             np.save(tmp / filename, splits[filename], allow_pickle=False)
-        if target.exists():  # an incomplete earlier attempt or a damaged copy
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if not replacing:
+            os.replace(tmp, target)
+            return target
+        for filename in PREPARED_FILES:
+            (target / filename).unlink(missing_ok=True)
+        for filename in PREPARED_FILES:
+            os.replace(tmp / filename, target / filename)
+        tmp.rmdir()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced."""
+    from .data import PREPARED_FILES
+
+    if not target.is_dir():
+        raise DataError(f"{target} is not a folder (a file or a broken link stands there); move it away and run again")
+    if folders := [f for f in PREPARED_FILES if (target / f).is_dir() and not (target / f).is_symlink()]:
+        raise DataError(f"{target} holds folders named {', '.join(folders)} where the prepared files go; "
+                        "move them away and run again")
+
+
+def _remove_stale_temporaries(root: Path, source: Source) -> None:
+    """Remove what killed preparations from `source` left: temporary dataset folders (in the data root
+    and in the dataset folders) and extraction folders. Called holding the archive's lock, under
+    which all of them are made, so none of them belongs to a live process."""
+    for name in (name for name, recipe in RECIPES.items() if recipe.source.filename == source.filename):
+        pattern = re.compile(re.escape(_temporary_prefix(name)) + r"[A-Za-z0-9_]+")
+        for folder in (root, root / name):
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(folder):
+                    if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+    remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
 
 
 def _root_error(root: Path, action: str, err: OSError) -> DataError:
@@ -102,7 +154,7 @@ def _lock_file(path: Path, waiting_message: str) -> int:
     """A descriptor holding an exclusive flock on ``path``; logs ``waiting_message`` once if it must wait."""
     waited = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(path)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -133,6 +185,8 @@ def _preparation_lock(root: Path, source: Source, names: Sequence[str]) -> Itera
     try:
         fd = _lock_file(path, f"waiting for another process preparing {', '.join(names)} in {root} "
                               f"(lock file {path.name})")
+    except UnsafeFileError as err:
+        raise DataError(f"cannot lock {path} ({err.strerror}); remove it and run again") from None
     except OSError as err:
         raise _root_error(root, "write in", err) from None
     try:
@@ -175,13 +229,21 @@ def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror:
     root = Path(data_root)
     names = [_check_name(name) for name in names]
     todo = _incomplete_by_recipe(root, names)
-    if todo:
-        _make_root(root)
-    for recipe, group in todo.items():
-        with _preparation_lock(root, recipe.source, group):
-            left = _incomplete_by_recipe(root, group).get(recipe)
-            if left:
-                _prepare_group(root, recipe, left, mirror, verify)
+    created = [p for p in (root / DOWNLOADS_DIR, root, *root.parents) if not os.path.lexists(p)]  # deepest first
+    try:
+        if todo:
+            _make_root(root)
+        for recipe, group in todo.items():
+            with _preparation_lock(root, recipe.source, group):
+                _remove_stale_temporaries(root, recipe.source)
+                left = _incomplete_by_recipe(root, group).get(recipe)
+                if left:
+                    _prepare_group(root, recipe, left, mirror, verify)
+    except BaseException:
+        for folder in created:  # what this call created, if nothing else was written there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return [root / name for name in names]
 
 
@@ -259,6 +321,9 @@ def _download_command(args: argparse.Namespace) -> int:
 
 
 def _list_command(args: argparse.Namespace) -> int:
+    if os.path.exists(args.data_root) and not os.path.isdir(args.data_root):
+        raise DataError(f"data root {args.data_root} is not a folder; pass the folder that holds the datasets "
+                        "as --data_root")
     print(f"data root: {Path(args.data_root).resolve()}")
     print(_format_status(dataset_status(args.data_root)))
     return 0

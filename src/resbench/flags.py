@@ -8,7 +8,9 @@ accepted everywhere, and help and errors show the reference's spelling.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, NoReturn
+
+from .errors import printable
 
 
 def dashed(option: str) -> str | None:
@@ -30,6 +32,10 @@ class Parser(argparse.ArgumentParser):
         action = super().add_argument(*names, *aliases, **kwargs)
         action.option_strings = [name for name in action.option_strings if name not in aliases]
         return action
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error is one line and a pointer to --help, not argparse's whole usage block first."""
+        self.exit(2, f"error: {printable(message)} (see `{self.prog} --help`)\n")
 
     def _get_option_tuples(self, option_string: str) -> list[tuple]:
         """An abbreviation (`--sync`) matching both spellings of one flag is not ambiguous."""

@@ -17,6 +17,13 @@ from torch import nn
 IMAGE_MEAN = (0.48145466, 0.45782750, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# Bounds on the settings, so that a typo cannot hang the program building a network of millions
+# of layers or overflow the sizes of its tensors. ResNet-1202 (6·200+2) is the deepest network of
+# He et al. on CIFAR. No width near 1024 fits any machine's memory at any depth (depth 8 at
+# width 1024 has 8e10 parameters); what fits is checked against the device (`limits`).
+MAX_DEPTH = 1202
+MAX_WIDTH = 1024
+
 IMAGENET_STYLE_DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -141,7 +148,7 @@ class ResNet(nn.Module):
 
 
 def valid_depths() -> str:
-    return "6n+2 (20, 32, 44, 56, 110, ...) or " + ", ".join(map(str, IMAGENET_STYLE_DEPTHS))
+    return f"6n+2 up to {MAX_DEPTH} (20, 32, 44, 56, 110, ...) or " + ", ".join(map(str, IMAGENET_STYLE_DEPTHS))
 
 
 def resnet(depth: int, width: int = 1, num_classes: int = 10, image_size: int = 32) -> ResNet:
@@ -165,6 +172,10 @@ def architecture(depth: int, width: int = 1) -> tuple[type[BasicBlock] | type[Bo
     """
     if width < 1:
         raise ValueError(f"resnet width must be a positive integer, got {width}")
+    if width > MAX_WIDTH:
+        raise ValueError(f"resnet width {width} is out of range: use 1 to {MAX_WIDTH}")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"resnet depth {depth} is out of range: use {valid_depths()}")
     if depth in IMAGENET_STYLE_DEPTHS:
         kind, blocks = IMAGENET_STYLE_DEPTHS[depth]
         return (BasicBlock if kind == "basic" else Bottleneck), blocks, 64

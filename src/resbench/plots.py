@@ -12,12 +12,15 @@ w_norm, one row of panels per cell).
 from __future__ import annotations
 
 import argparse
+import io
+import re
 import statistics
 from pathlib import Path
 from typing import Any
 
 from .compare import Cell, match_runs
-from .errors import ResbenchError
+from .errors import ResbenchError, printable
+from .files import open_own_file
 from .reference import dataset_sort_key, precision_sort_key, shape_sort_key
 from .report import (MINUS, SETTING_LABELS, Row, TrainedRun, comparable, find_runs, find_trained_runs, group_rows,
                      runs_folder, setting_value, settings_sort_key, varying_settings)
@@ -42,16 +45,27 @@ def pyplot():
 def unwritable(path: Path, exc: OSError) -> ResbenchError:
     """The one-line error for an --out that cannot hold the figures (a file in the way, no permission, full disk)."""
     in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
-    reason = "a file is in the way" if in_the_way else exc.strerror or exc
+    reason = "a file is in the way" if in_the_way else printable(exc.strerror or exc)
     return ResbenchError(f"cannot write the plots to {path} ({reason}); pass --out a folder you can write")
 
 
+def file_stem(name: str) -> str:
+    """A dataset name read from a run's files, made a plain file name: it is data, never a path, so
+    `../../x` or `/tmp/x` cannot place a figure outside --out (every character but letters,
+    digits, `.`, `_` and `-` becomes `_`, and a leading dot is dropped)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:100] or "unnamed"
+
+
 def save_figure(plt, fig, path: Path) -> None:
-    """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback."""
+    """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback.
+    Rendered in memory, then written into a file of our own (never through a link planted there)."""
     if fig.get_layout_engine() is None:
         fig.tight_layout()
+    png = io.BytesIO()
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        fig.savefig(png, format="png", dpi=DPI, bbox_inches="tight")
+        with open_own_file(path) as out:
+            out.write(png.getbuffer())
     except OSError as exc:
         raise unwritable(path, exc) from None
     finally:
@@ -243,17 +257,17 @@ def write_plots(runs_dir: Path, out_dir: Path, compare: bool = False) -> list[Pa
         by_dataset.setdefault(run.data_name, []).append(run)
     written = []
     for data_name in sorted(by_dataset, key=dataset_sort_key):
-        written.append(out_dir / f"{data_name}_curves.png")
+        written.append(out_dir / f"{file_stem(data_name)}_curves.png")
         plot_curves(plt, data_name, by_dataset[data_name], written[-1])
     for data_name, rows in group_rows(find_runs(runs_dir)).items():
         with_reference = [row for row in rows if row.reference() is not None]
         if with_reference:
-            written.append(out_dir / f"{data_name}_vs_reference.png")
+            written.append(out_dir / f"{file_stem(data_name)}_vs_reference.png")
             plot_vs_reference(plt, with_reference, written[-1])
     if compare:
         cells, _ = match_runs(trained)
         for data_name in dict.fromkeys(cell.reference.data_name for cell in cells):
-            written.append(out_dir / f"{data_name}_curves_vs_reference.png")
+            written.append(out_dir / f"{file_stem(data_name)}_curves_vs_reference.png")
             plot_reference_curves(plt, data_name, [c for c in cells if c.reference.data_name == data_name], written[-1])
     return written
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from .config import RESOLVED_KEY, TrainConfig, asked_settings
-from .errors import ResbenchError
+from .errors import ResbenchError, printable
 from .reference import (ReferenceRow, dataset_sort_key, find_reference_run, precision_sort_key, shape_sort_key,
                         table_reference)
 from .stats import spread
@@ -100,7 +100,7 @@ def readable_runs(paths: list[Path], read: Callable[[Path], T]) -> list[tuple[Pa
         try:
             found.append((path, read(path)))
         except DamagedRun as exc:
-            print(f"warning: skipping damaged run folder {path.parent}: {exc}", file=sys.stderr)
+            print(printable(f"warning: skipping damaged run folder {path.parent}: {exc}"), file=sys.stderr)
     return found
 
 
@@ -444,8 +444,9 @@ def run_table(args: argparse.Namespace) -> int:
     runs = find_runs(args.runs_dir, with_records=args.selection != "val")
     if not runs:
         raise ResbenchError(f"no finished runs (summary.json) below {args.runs_dir}")
-    print(render_tables(runs, compare=args.compare == "reference", selection=args.selection,
-                        select_by=args.select_by))
+    table = render_tables(runs, compare=args.compare == "reference", selection=args.selection,
+                          select_by=args.select_by)
+    print("\n".join(map(printable, table.split("\n"))))  # names from summary.json cannot act on the terminal
     return 0
 
 

@@ -9,6 +9,7 @@ device's run or the user's files is refused at once and left as it is.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 
 from . import checkpoint, distributed
-from .config import TrainConfig, check_same_config
+from .config import TrainConfig, check_same_config, has_json_type, shown_value
 from .lossscale import ConstantLossScale
+from .report import RECORD_FIELDS, invalid_fields
 from .runlog import RunFolder
 
 
@@ -61,10 +63,45 @@ def checked_resume_point(run: RunFolder, cfg: TrainConfig, device: torch.device,
     saved = run.load_last()
     if saved is not None:
         check_same_config(saved["config"], wanted, run.path)
+        if problem := run_state_problem(saved["state"], cfg.optim_ni):
+            raise checkpoint.CheckpointError(f"{run.file('last.pt')} holds a malformed training state ({problem}); "
+                                             "delete it to start over, or use another --save folder")
         check_same_device_kind(saved["state"], device, precision, run.file("last.pt"))
     elif run.leftovers():
         check_fresh_start(run, wanted)
     return saved
+
+
+# The fields every evaluation record must have: what the summary, the metrics file and the plots read.
+HISTORY_FIELDS = {**RECORD_FIELDS, "iter": int, "elapsed_s": (int, float)}
+
+
+def run_state_problem(state: dict[str, Any], optim_ni: int) -> str | None:
+    """What is wrong with the RunState saved in last.pt, or None; checked whole before anything is trained,
+    so that a damaged state fails now, with one line, and not at the end of the run."""
+    hints = typing.get_type_hints(RunState)
+    if unknown := sorted(map(str, set(state) - set(hints))):
+        return f"unknown fields {unknown[:5]}"
+    for key, value in state.items():
+        if not has_json_type(value, hints[key]):
+            return f"{key} is {shown_value(value)}"
+    step = state.get("step", 0)
+    if not 0 <= step <= optim_ni:
+        return f"it is at iteration {step}, outside this run's 0 to {optim_ni}"
+    if any(state.get(key, 0) < 0 for key in ("loss_count", "skipped_steps", "best_iter")):
+        return "a negative count"
+    iters = []
+    for number, record in enumerate(state.get("history", []), 1):
+        if not isinstance(record, dict):
+            return f"evaluation record {number} is {shown_value(record)}, not an object"
+        if bad := invalid_fields(record, HISTORY_FIELDS):
+            return f"evaluation record {number} lacks a valid {', '.join(bad)}"
+        iters.append(record["iter"])
+    if any(later <= earlier for earlier, later in zip([0, *iters], iters)) or (iters and iters[-1] > step):
+        return f"its evaluations are at iterations {shown_value(iters)}, not increasing up to iteration {step}"
+    if state.get("best_iter", 0) not in (0, *iters):
+        return f"its best iteration {state['best_iter']} is not one of its evaluations"
+    return None
 
 
 def check_fresh_start(run: RunFolder, wanted: dict[str, Any]) -> None:
@@ -105,10 +142,7 @@ def restore_training_state(saved: dict[str, Any], model: torch.nn.Module, optimi
         distributed.restore_rank_buffers(model, saved.get("rank_buffers", []), world)
         optimizer.load_state_dict(saved["optimizer"])
         scaler.load_state_dict(saved["scaler"])
-        state = RunState(**saved["state"])
-        if not (isinstance(state.step, int) and 0 <= state.step and isinstance(state.history, list)
-                and all(isinstance(record, dict) for record in state.history)):
-            raise ValueError("its training state is malformed")
+        state = RunState(**saved["state"])  # checked by run_state_problem
         checkpoint.restore_rng_states(saved["rng"])
     except torch.OutOfMemoryError:
         raise  # the device is full, the checkpoint is fine

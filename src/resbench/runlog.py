@@ -7,6 +7,7 @@
     last.pt        full training state at the last evaluation (or signal), for resuming exactly
     best.pt        plain state_dict of the best-validation model
     summary.json   the results of the finished run; its presence means "done"
+    *.pt.sha256    the SHA-256 of last.pt and best.pt, recorded when written, checked when loaded
     .lock          held (flock) by the process training into the folder, so a second one is refused;
                    removed when that process ends
 
@@ -31,13 +32,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, files
 from .config import RESOLVED_KEY, asked_settings
 
 # What last.pt must hold; a multi-process run adds "rank_buffers" (each rank's BatchNorm statistics).
 LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
 LOCK_NAME = ".lock"
 NOT_RUN_STATE = {LOCK_NAME, "stdout.log"}  # the lock, and the output `resbench sweep` captures there
+# The files a run writes atomically (a temporary file renamed into place), whose temporaries a
+# killed run leaves behind; the next run to hold the folder's lock removes them.
+ATOMIC_FILES = ("config.json", "metrics.jsonl", "log.txt", "last.pt", "best.pt", "summary.json",
+                *(name + checkpoint.DIGEST_SUFFIX for name in ("last.pt", "best.pt")))
 
 # metrics.jsonl names a figure <split>_<name>; log.txt writes <split>/<name>, TensorBoard <group>/<name>.
 TENSORBOARD_GROUPS = {"trn": "train", "val": "val", "tst": "test"}
@@ -115,7 +120,7 @@ class RunFolder:
 
     def leftovers(self) -> list[str]:
         """What the folder holds besides the lock, a sweep's stdout.log and interrupted writes' temporary files."""
-        if not self.path.is_dir():
+        if not os.path.isdir(self.path):  # os.path: False, not OSError, for a name too long
             return []
         return sorted(p.name for p in self.path.iterdir() if p.name not in NOT_RUN_STATE and not p.name.endswith(".tmp"))
 
@@ -142,7 +147,7 @@ class RunFolder:
         the writer could claim it, so all of them stop with an error rather than the others
         waiting in a collective. The lock file is removed when the run ends; if the run
         fails, the folders this call created are removed too unless the run wrote something there."""
-        created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        created = [p for p in (self.path, *self.path.parents) if not os.path.lexists(p)]  # deepest first
         lock, error = None, None
         if self.writer:
             try:
@@ -170,7 +175,7 @@ class RunFolder:
         if lock is None:
             return
         with contextlib.suppress(OSError):
-            if os.stat(self.file(LOCK_NAME)).st_ino == os.fstat(lock.fileno()).st_ino:
+            if os.lstat(self.file(LOCK_NAME)).st_ino == os.fstat(lock.fileno()).st_ino:
                 self.file(LOCK_NAME).unlink()
         lock.close()
 
@@ -178,14 +183,15 @@ class RunFolder:
         """Create the folder, try a write, and take its lock; the open lock file holds the lock.
 
         The holder removes the file when it ends (`release`), so a lock taken on a file that has
-        meanwhile been removed is no lock: it is dropped and the file opened again.
-        """
+        meanwhile been removed is no lock: it is dropped and the file opened again. Holding it, the
+        temporary files of a killed earlier run are removed (no live process can be writing them:
+        every writer holds this lock)."""
         with checkpoint.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
         while True:
             with checkpoint.write_errors_named(self.path):
-                lock = open(self.file(LOCK_NAME), "a")
+                lock = os.fdopen(files.open_lock_file(self.file(LOCK_NAME)), "rb", buffering=0)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -193,7 +199,8 @@ class RunFolder:
                 raise checkpoint.CheckpointError(f"another resbench process is training in {self.path}; wait for "
                                                  "it to end, or use another --save folder") from None
             try:
-                if os.stat(self.file(LOCK_NAME)).st_ino == os.fstat(lock.fileno()).st_ino:
+                if os.lstat(self.file(LOCK_NAME)).st_ino == os.fstat(lock.fileno()).st_ino:
+                    files.remove_stale_temporaries(self.path, ATOMIC_FILES)
                     return lock
             except FileNotFoundError:
                 pass

@@ -1,16 +1,21 @@
 """`resbench sweep`: train every configuration of a grid, skipping finished runs and resuming broken ones.
 
-Each run is a `python -m resbench train ... --save <runs_dir>/<data_name>/<run name>` subprocess, so
+Each run is a `python -P -m resbench train ... --save <runs_dir>/<data_name>/<run name>` subprocess, so
 a crash or out-of-memory in one run cannot take the others down, several can share one device
 (`--jobs`), and re-running the same sweep after an interruption continues where it stopped: the
 folder name is derived from the configuration, finished folders hold summary.json, and the
 trainer resumes a folder it finds half done.
+
+A run never imports from the folder the sweep was started in (`python -m` would put it first on
+the import path, so a `torch.py` there would run), and it stops, saving its state, when the
+sweep dies, even by SIGKILL (`stop_with_parent`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import io
 import itertools
@@ -28,6 +33,7 @@ from pathlib import Path
 from . import cpus
 from .config import (TrainConfig, canonical, config_from_args, default_run_name, flag_value, train_flag_parser,
                      validate_config)
+from .files import open_own_file
 from .errors import ResbenchError
 from .progress import clock
 from .reference import reference_lookup, reference_rows, reference_weight_decays
@@ -43,6 +49,13 @@ PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"], "bf16": ["
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # Train flags a sweep sets itself: each run's folder is derived from its settings, below --runs_dir.
 SWEEP_OWNED_FLAGS = ("save", "resume")
+# How a run is started so that the current folder is not on its import path: `-P` (Python 3.11+),
+# or before that a command that drops the path's first entry (the current folder) before importing.
+CHILD_PYTHON_SAFE_PATH = [sys.executable, "-P", "-m", "resbench"]
+CHILD_PYTHON_NO_CWD = [sys.executable, "-c",
+                       "import sys; del sys.path[0]; from resbench.__main__ import run; sys.exit(run())"]
+CHILD_PYTHON = CHILD_PYTHON_SAFE_PATH if sys.version_info >= (3, 11) else CHILD_PYTHON_NO_CWD
+PARENT_VARIABLE = "RESBENCH_SWEEP_PID"  # set in a run's environment: the sweep it must not outlive
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,12 @@ class PlannedRun:
         return "resume" if self.save.exists() else "new"
 
     @property
+    def train_args(self) -> list[str]:
+        return ["train", *self.flags, "--save", str(self.save)]
+
+    @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "resbench", "train", *self.flags, "--save", str(self.save)]
+        return [*CHILD_PYTHON, *self.train_args]
 
 
 # ---------------------------------------------------------------- grids
@@ -208,7 +225,7 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool) -> str
     for run, state in zip(runs, states):
         lines.append(f"  {'skip' if state == 'finished' else state:7} {run.save}")
         if show_commands and state != "finished":
-            lines.append("          resbench " + shlex.join(run.command[3:]))
+            lines.append("          resbench " + shlex.join(run.train_args))
     return "\n".join(lines)
 
 
@@ -267,10 +284,49 @@ def time_estimate(runs: list[PlannedRun], jobs: int) -> str:
 # ---------------------------------------------------------------- running
 
 def child_env() -> dict[str, str]:
-    """The environment of a train subprocess: it must import this same resbench, installed or not."""
+    """The environment of a train subprocess: it must import this same resbench, installed or not,
+    and know the sweep whose death must stop it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    env[PARENT_VARIABLE] = str(os.getpid())
     return env
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def stop_with_parent() -> None:
+    """In a run started by a sweep: get SIGTERM (and so save and stop) when the sweep dies.
+
+    SIGTERM and Ctrl-C reach the runs through the sweep, but a SIGKILLed sweep forwards nothing;
+    on Linux the kernel sends the signal (PR_SET_PDEATHSIG), elsewhere a thread watches the parent.
+    A sweep that died before this ran is noticed at once.
+    """
+    sweep = os.environ.pop(PARENT_VARIABLE, None)
+    if sweep is None or not sweep.isdigit():
+        return
+    linux = sys.platform.startswith("linux")
+    if not (linux and ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0):
+        threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True, name="resbench-parent").start()
+    if os.getppid() != int(sweep) and not process_exists(int(sweep)):  # (a wrapper may stand in between)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def watch_parent(parent: int, interval: float = 1.0) -> None:
+    """Send this process SIGTERM once its parent is no longer `parent` (it died: the child was re-parented)."""
+    while os.getppid() == parent:
+        threading.Event().wait(interval)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 RUNNING: set[subprocess.Popen] = set()  # the train subprocesses running now
@@ -280,7 +336,7 @@ def execute(run: PlannedRun) -> str | None:
     """Train one run, its output appended to <save>/stdout.log; the reason it failed, or None."""
     try:
         run.save.mkdir(parents=True, exist_ok=True)
-        with open(run.save / "stdout.log", "a") as log:
+        with open_own_file(run.save / "stdout.log", append=True) as log:
             child = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
             RUNNING.add(child)
             try:

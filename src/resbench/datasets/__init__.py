@@ -1,6 +1,6 @@
 """Dataset recipes: for each prepared dataset, the official archive it comes from and its reader.
 
-A recipe is all a new dataset needs: a `Source` (file name, URL, published MD5) and a reader that
+A recipe is all a new dataset needs: a `Source` (file name, URL, published MD5, size) and a reader that
 turns the verified archive into the prepared arrays. Downloading, verification, safe archive
 access, locking and the atomic write of the prepared folder are shared (`download`, `archive`,
 `fetch`). Image sizes and class counts are the trainer's, in `resbench.data.DATASETS`.
@@ -33,17 +33,17 @@ class Recipe:
 
 CIFAR10 = Recipe(
     Source("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-           "c58f30108f718f92721af3b95e74349a"),
+           "c58f30108f718f92721af3b95e74349a", 170_498_071),
     cifar.reader("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels"),
 )
 CIFAR100 = Recipe(
     Source("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-           "eb9058c3a382ffc7106e4002c42a8d85"),
+           "eb9058c3a382ffc7106e4002c42a8d85", 169_001_437),
     cifar.reader("cifar-100-python", ["train"], "test", b"fine_labels"),
 )
 TINYIMAGENET = Recipe(
     Source("tiny-imagenet-200.zip", "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
-           "90528d7ca1a48142e341f4ef8d21d0de"),
+           "90528d7ca1a48142e341f4ef8d21d0de", 248_100_043),
     tinyimagenet.read,
 )
 

@@ -1,0 +1,108 @@
+"""Files the tool creates, made so that they never follow a planted link and never leave half a file.
+
+Light (no torch), so that every module can use it. A file written whole goes to a new temporary
+file beside it (created exclusively: `mkstemp`), flushed to disk and renamed into place; a file
+written in place (a log, a lock file, a download's `.part`) is opened without following a symbolic
+link and refused if it has other hard links or is not a regular file. A killed process leaves its
+temporary files; whoever next holds the lock they were written under removes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterable
+
+
+class UnsafeFileError(OSError):
+    """A file the tool would write in place is a symbolic link, a hard link or not a regular file."""
+
+
+NO_LINKS = "a symbolic link stands there; resbench never writes through one"
+
+
+def open_own_file(path: str | Path, append: bool = False) -> IO[bytes]:
+    """Open `path` for writing (created if missing, truncated unless `append`) without following a
+    symbolic link planted there, and refuse a file with other hard links or a non-regular file:
+    the write must land in a file of the tool's own, never in a file the link points to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | (os.O_APPEND if append else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(exc.errno, NO_LINKS, str(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFileError(errno.EPERM, "it is not a regular file", str(path))
+        if info.st_nlink > 1:
+            raise UnsafeFileError(errno.EPERM, "it has other hard links; resbench never writes through one",
+                                  str(path))
+        if not append:
+            os.ftruncate(fd, 0)
+        return os.fdopen(fd, "ab" if append else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_lock_file(path: str | Path) -> int:
+    """A descriptor of the lock file `path`, created if missing; a symbolic link there is refused."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(exc.errno, NO_LINKS, str(path)) from None
+        raise
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[str]:
+    """Delete the temporary files that an interrupted `atomic_write` of one of `names` left in `folder`.
+
+    Only call this while holding the lock under which those files are written: then no live
+    process can be writing them, and every one found is a leftover of a killed process.
+    """
+    prefixes = "|".join(re.escape(temporary_prefix(Path(name))) for name in names)
+    pattern = re.compile(f"(?:{prefixes})[A-Za-z0-9_]+{re.escape(TEMPORARY_SUFFIX)}")
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
+def replace_atomically(path: Path, write: Any) -> None:
+    """`atomic_write` that lets the OSError through, for a caller that names the file itself."""
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would hide runs from co-workers
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
