@@ -86,7 +86,9 @@ class Archive:
             elif tarfile.is_tarfile(self.path):
                 tar = tarfile.open(self.path)
                 members = _tar_members(tar)
-                self._open = lambda name: tar.extractfile(name)  # type: ignore[return-value]
+                # tarfile looks a name up by a linear scan: by TarInfo, reading N members is not O(N^2)
+                infos = {info.name: info for info in tar.getmembers()}
+                self._open = lambda name: tar.extractfile(infos[name])  # type: ignore[return-value]
                 self._handle = tar
             else:
                 raise DataError(f"{self.path} is neither a tar nor a zip archive; delete it and download again")

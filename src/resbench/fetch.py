@@ -22,10 +22,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import data
+from . import data, evalsets
 from .checkpoint import current_umask
 from .console import log
-from .data import PREPARED_FILES, DataFileError, read_prepared
+from .data import DataFileError, read_prepared
 from .datasets import RECIPES, Recipe
 from .datasets.common import Splits
 from .download import Source, fetch_archive
@@ -33,6 +33,8 @@ from .errors import DataError
 
 DOWNLOADS_DIR = "downloads"
 DATASETS: tuple[str, ...] = tuple(RECIPES)
+#: What `resbench data download all` prepares: the training datasets (evaluation sets by name).
+TRAINING_DATASETS: tuple[str, ...] = tuple(name for name in RECIPES if name in data.DATASETS)
 
 
 def _check_name(name: str) -> str:
@@ -42,8 +44,10 @@ def _check_name(name: str) -> str:
 
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
-    """(problem or None, sample counts) of a prepared dataset: the trainer's own checks, memory-mapped."""
+    """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
     try:
+        if name in evalsets.EVAL_SETS:
+            return None, evalsets.inspect_prepared(name, data_root)
         train_x, _, test_x, _ = read_prepared(data.DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
         return str(err), {}
@@ -61,8 +65,8 @@ def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_root))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
     try:
-        for filename in PREPARED_FILES:
-            np.save(tmp / filename, splits[filename], allow_pickle=False)
+        for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
+            np.save(tmp / filename, array, allow_pickle=False)
         if target.exists():  # an incomplete earlier attempt or a damaged copy
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -150,12 +154,16 @@ def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list
 
 
 def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
-    """Fetch one archive and write every dataset of ``group`` from a single decode."""
+    """Fetch one archive (and those it needs) and write every dataset of ``group`` from a single decode."""
     archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
-    log(f"preparing {', '.join(group)} from {archive.name}")
-    arrays = recipe.read(archive, sorted({data.DATASETS[name].image_size for name in group}))
+    needed = []
+    for source in (RECIPES[name].source for name in recipe.needs):
+        with _preparation_lock(root, source, group):
+            needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
+    log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
+    arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
     for name in group:
-        log(f"{name}: ready in {_write_dataset(root, name, arrays[data.DATASETS[name].image_size])}")
+        log(f"{name}: ready in {_write_dataset(root, name, arrays[evalsets.image_size(name)])}")
 
 
 def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
@@ -230,7 +238,7 @@ def _format_status(rows: list[dict]) -> str:
 
 
 def _download_command(args: argparse.Namespace) -> int:
-    names = list(DATASETS) if args.name == "all" else [args.name]
+    names = list(TRAINING_DATASETS) if args.name == "all" else [args.name]
     prepare_datasets(names, args.data_root, mirror=args.mirror, verify=not args.no_verify)
     return 0
 
@@ -249,10 +257,11 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
     download_parser = commands.add_parser(
         "download", help="download (or use a placed archive), verify and prepare a dataset",
-        description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy. An archive already in "
-                    "<data_root>/downloads/ under its official name is used without network access.")
+        description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy (an evaluation set: its own "
+                    "layout, see the README). An archive already in <data_root>/downloads/ under its official "
+                    "name is used without network access.")
     download_parser.add_argument("name", metavar="NAME", choices=[*DATASETS, "all"],
-                                 help=f"one of {', '.join(DATASETS)}, or all")
+                                 help=f"one of {', '.join(DATASETS)}, or all (the training datasets)")
     download_parser.add_argument("--mirror", metavar="URL_OR_DIR", default=None,
                                  help="fetch the official file names from this base URL or local folder")
     download_parser.add_argument("--no-verify", action="store_true",
