@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .columns import DEFAULT_COLUMNS, EVAL_FILE, SUMMARY_COLUMNS, column_value, parse_columns, read_eval
 from .errors import ResbenchError
 from .reference import ReferenceRow, config_sort_key, dataset_sort_key, reference_lookup
 
-HEADER = ("Depth", "Width", "# Params", "val/acc", "tst/acc", "tst/nll", "misc")
-ALIGN = ("-:", "-:", "-:", ":-:", ":-:", ":-:", ":-")
 METRICS = ("val_acc", "tst_acc", "tst_nll")
 # Settings that legitimately differ between the seeds of one table row.
 PER_RUN_SETTINGS = frozenset({"seed", "save", "data_root", "device"})
@@ -94,7 +93,8 @@ def find_summaries(runs_dir: Path) -> list[dict]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ResbenchError(f"no such runs folder: {runs_dir}")
-    return [summary for _, summary in readable_runs(sorted(runs_dir.rglob("summary.json")), read_summary)]
+    found = readable_runs(sorted(runs_dir.rglob("summary.json")), read_summary)
+    return [{**summary, EVAL_FILE: read_eval(path.parent)} for path, summary in found]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -144,6 +144,10 @@ class Row:
     def params(self) -> int:
         return self.summaries[0]["params"]
 
+    def column(self, column: str) -> list[float]:
+        """The figures of a --columns column, of the runs that have one."""
+        return [float(v) for s in self.summaries if (v := column_value(s, column)) is not None]
+
     def values(self, metric: str) -> list[float]:
         """The figures of the runs that have one: a run that diverged before its first evaluation has none."""
         return [float(s[metric]) for s in self.summaries if s[metric] is not None]
@@ -192,12 +196,12 @@ def format_difference(ours: float, published: float) -> str:
     return f"{diff:+.3f}".replace("-0.000", "+0.000").replace("-", MINUS)
 
 
-def metric_cell(row: Row, metric: str, ref: ReferenceRow | None) -> str:
-    values = row.values(metric)
+def metric_cell(row: Row, column: str, ref: ReferenceRow | None) -> str:
+    values = row.column(column)
     ours = format_stat(values)
-    if ref is None:
+    if ref is None or column not in SUMMARY_COLUMNS:  # the reference publishes the seed's three figures only
         return ours
-    published = getattr(ref, metric)
+    published = getattr(ref, SUMMARY_COLUMNS[column])
     if not values:
         return f"{ours} (ref {published:.3f})"
     return f"{ours} (ref {published:.3f}, {format_difference(statistics.fmean(values), published)})"
@@ -225,37 +229,41 @@ def shows_precision(row: Row, rows: list[Row]) -> bool:
     return row.depth == 18 or siblings != {"fp32"}
 
 
-def row_cells(row: Row, previous: Row | None, rows: list[Row], ref: ReferenceRow | None) -> list[str]:
-    """The 7 cells of a row; a precision variant right below its fp32 row leaves Depth/Width/# Params blank."""
+def row_cells(row: Row, previous: Row | None, rows: list[Row], ref: ReferenceRow | None,
+              columns: tuple[str, ...] = DEFAULT_COLUMNS) -> list[str]:
+    """The cells of a row; a precision variant right below its fp32 row leaves Depth/Width/# Params blank."""
     same_config = previous is not None and (previous.depth, previous.width) == (row.depth, row.width)
     config = ["", "", ""] if same_config else [str(row.depth), str(row.width), f"{row.params / 1e6:.2f} M"]
-    metrics = [metric_cell(row, m, ref) for m in METRICS]
+    metrics = [metric_cell(row, c, ref) for c in columns]
     return [*config, *metrics, misc_cell(row, shows_precision(row, rows), ref)]
 
 
 # ---------------------------------------------------------------- tables
 
-def render_lines(cells: list[list[str]]) -> list[str]:
+def render_lines(cells: list[list[str]], columns: tuple[str, ...] = DEFAULT_COLUMNS) -> list[str]:
     """Header, alignment row and body, right-aligned to the seed's column widths (wider if a cell needs it)."""
-    widths = [max(len(c[i]) for c in [list(HEADER), *cells]) for i in range(len(HEADER) - 1)]
+    header = ("Depth", "Width", "# Params", *columns, "misc")
+    align = ("-:", "-:", "-:", *[":-:"] * len(columns), ":-")
+    widths = [max(len(c[i]) for c in [list(header), *cells]) for i in range(len(header) - 1)]
 
     def line(row: list[str] | tuple[str, ...]) -> str:
         padded = [cell.rjust(w) for cell, w in zip(row, widths)]
         return ("| " + " | ".join([*padded, row[-1]])).rstrip()
 
-    return [line(HEADER), line(ALIGN), *(line(c) for c in cells)]
+    return [line(header), line(align), *(line(c) for c in cells)]
 
 
-def render_table(rows: list[Row], compare: bool = False) -> str:
+def render_table(rows: list[Row], compare: bool = False, columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
     """One `### <data_name>` section in the seed's markdown format."""
     refs = reference_lookup() if compare else {}
-    cells = [row_cells(row, rows[i - 1] if i else None, rows, refs.get(row.key)) for i, row in enumerate(rows)]
-    return "\n".join([f"### {rows[0].data_name}", *render_lines(cells)])
+    cells = [row_cells(row, rows[i - 1] if i else None, rows, refs.get(row.key), columns)
+             for i, row in enumerate(rows)]
+    return "\n".join([f"### {rows[0].data_name}", *render_lines(cells, columns)])
 
 
-def render_tables(summaries: list[dict], compare: bool = False) -> str:
+def render_tables(summaries: list[dict], compare: bool = False, columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
     """All dataset sections, separated by a blank line as in seed-results.md."""
-    return "\n\n".join(render_table(rows, compare) for rows in group_rows(summaries).values())
+    return "\n\n".join(render_table(rows, compare, columns) for rows in group_rows(summaries).values())
 
 
 def run_table(args: argparse.Namespace) -> int:
@@ -267,7 +275,7 @@ def run_table(args: argparse.Namespace) -> int:
             if mixed := mixed_settings(row):
                 print(f"warning: {row.data_name} R{row.depth}x{row.width} {row.precision} averages runs "
                       f"with different {', '.join(mixed)}", file=sys.stderr)
-    print(render_tables(summaries, compare=args.compare == "reference"))
+    print(render_tables(summaries, compare=args.compare == "reference", columns=parse_columns(args.columns)))
     return 0
 
 
@@ -280,6 +288,10 @@ def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--compare", choices=["reference"], default=None,
                    help="write the published figure and our difference beside each of ours: "
                         "`ours (ref published, ours-published)`")
+    p.add_argument("--columns", default=",".join(DEFAULT_COLUMNS),
+                   help="comma-separated figures: val/acc, tst/acc, tst/nll (summary.json; the default), ece, brier, "
+                        "c/acc, c/nll, c/ece, ood/auroc, ood/aupr_in, ood/aupr_out, ood/fpr95 (eval.json, written by "
+                        "`resbench eval RUNS_DIR` or `eval --save`); ood/auroc@SVHN for one set, :energy for a score")
     p.set_defaults(func=run_table)
     return p
 
