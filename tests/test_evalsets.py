@@ -81,17 +81,27 @@ def test_cifar10_c_round_trip_over_http(tmp_path, monkeypatch, server, two_corru
     assert "lacks fog.npy" in {r["name"]: r for r in fetch.dataset_status(tmp_path)}["CIFAR10_C"]["problem"]
 
 
-def test_truncated_corruption_archive_is_refused(tmp_path, monkeypatch, closed_url, two_corruptions):  # noqa: F811
-    archive = cifar_c_archive(TWO)[0]
-    placed = _place(tmp_path, "CIFAR-10-C.tar", archive[: len(archive) // 2])
-    _use_archive(monkeypatch, "CIFAR-10-C.tar", archive, closed_url)
+@pytest.mark.parametrize("name, filename, damage", [
+    ("CIFAR10_C", "CIFAR-10-C.tar", "damaged"), ("TinyImageNet200_C", "Tiny-ImageNet-C.tar", "damaged"),
+    ("SVHN", "test_32x32.mat", "cannot read test_32x32.mat as a MATLAB v5 file"),
+])
+def test_truncated_archive_is_refused(tmp_path, monkeypatch, closed_url, tiny, two_corruptions,  # noqa: F811
+                                      name, filename, damage):
+    if name == "SVHN":
+        archive = svhn_mat(tmp_path / "made.mat", np.zeros((5, 32, 32, 3), np.uint8), np.arange(1, 6))
+    else:
+        archive = cifar_c_archive(TWO)[0] if name == "CIFAR10_C" else tiny_c_archive(["n03", "n01", "n02"])[0]
+        _place(tmp_path, "tiny-imagenet-200.zip", tiny[0])
+        _use_archive(monkeypatch, "tiny-imagenet-200.zip", tiny[0], closed_url)
+    placed = _place(tmp_path, filename, archive[: len(archive) // 2])
+    _use_archive(monkeypatch, filename, archive, closed_url)
 
-    with pytest.raises(DataError, match="checksum mismatch for CIFAR-10-C.tar"):
-        fetch.prepare_dataset("CIFAR10_C", tmp_path)
-    with pytest.raises(DataError, match="CIFAR-10-C.tar is damaged|is the archive complete|lacks"):
-        fetch.prepare_dataset("CIFAR10_C", tmp_path, verify=False)
+    with pytest.raises(DataError, match=f"checksum mismatch for {filename}"):
+        fetch.prepare_dataset(name, tmp_path)
+    with pytest.raises(DataError, match=damage):
+        fetch.prepare_dataset(name, tmp_path, verify=False)
 
-    assert placed.exists() and not (tmp_path / "CIFAR10_C").exists()
+    assert placed.exists() and not (tmp_path / name).exists()
 
 
 @pytest.mark.parametrize("fault, message", [
