@@ -38,8 +38,8 @@ def test_ood_metrics_match_sklearn_and_a_hand_computation(case):
 
     got = uncertainty.ood_metrics(in_scores, out_scores)
 
-    assert {k: got[k] for k in ("auroc", "aupr_in", "aupr_out")} == pytest.approx(sklearn_metrics(in_scores, out_scores),
-                                                                                abs=1e-12)
+    oracle = sklearn_metrics(in_scores, out_scores)
+    assert {k: got[k] for k in ("auroc", "aupr_in", "aupr_out")} == pytest.approx(oracle, abs=1e-12)
     assert got["fpr95"] == pytest.approx(fpr95_by_hand(in_scores, out_scores), abs=1e-12)
     if case == "separable":
         assert got == pytest.approx({"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95": 0.0})
@@ -76,7 +76,8 @@ def test_ensemble_probabilities_nll_and_diversity_by_hand():
     np.testing.assert_allclose(log_p.exp().numpy(), mean_p, rtol=1e-12)
     assert -log_p[np.arange(50), labels].mean().item() == pytest.approx(-np.log(mean_p[np.arange(50), labels]).mean())
     top = p.argmax(-1)
-    assert div["disagreement"] == pytest.approx(np.mean([(top[i] != top[j]).mean() for i, j in [(0, 1), (0, 2), (1, 2)]]))
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    assert div["disagreement"] == pytest.approx(np.mean([(top[i] != top[j]).mean() for i, j in pairs]))
     kl = [(p[i] * np.log(p[i] / p[j])).sum(-1).mean() for i in range(3) for j in range(3) if i != j]
     assert div["kl"] == pytest.approx(np.mean(kl))
     assert scores["energy"] == pytest.approx(np.log(np.exp(logits).sum(-1)).mean(0))
