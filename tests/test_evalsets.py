@@ -17,7 +17,7 @@ from resbench import evalsets, fetch
 from resbench.archive import Archive
 from resbench.datasets import cifar_c, tiny_c
 from resbench.errors import DataError
-from test_fetch import _jpeg, _place, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
+from test_fetch import _jpeg, _place, _tar_gz, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
 
 TWO = ("gaussian_noise", "fog")
 PER_SEVERITY = 3
@@ -31,13 +31,7 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def plain_tar(members: dict[str, bytes]) -> bytes:
     """An uncompressed tar, as the Zenodo archives are."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+    return _tar_gz(members, mode="w")
 
 
 def cifar_c_archive(corruptions, folder="CIFAR-10-C", classes=10, seed=0):

@@ -51,9 +51,9 @@ def _planar_rows(images: np.ndarray) -> np.ndarray:
     return np.concatenate([images[..., c].reshape(len(images), 1024) for c in range(3)], axis=1)
 
 
-def _tar_gz(members: dict[str, bytes]) -> bytes:
+def _tar_gz(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

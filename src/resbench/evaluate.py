@@ -348,7 +348,7 @@ def shifted_sets(request: EvalRequest, data_name: str) -> tuple[str | None, list
         corrupted = evalsets.CORRUPTED.get(data_name)
         if corrupted is None:
             raise ResbenchError(f"no corrupted test set for {data_name}")
-    ood = [] if request.ood is None else list(request.ood or evalsets.NATURAL_OOD.get(data_name, ()))
+    ood = [] if request.ood is None else list(dict.fromkeys(request.ood or evalsets.NATURAL_OOD.get(data_name, ())))
     known = [*(n for n in DATASETS if n != data_name), *evalsets.EVAL_SETS]
     for name in ood:
         if name == data_name:
