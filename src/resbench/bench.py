@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import data, hotpath, models
 from .config import ConfigError, TrainConfig, precision_for, resolve_device, validate_config
 from .hotpath import autocast_for, sync
+from .lossscale import ConstantLossScale
 from .train import learning_rate, train_step
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
@@ -70,7 +71,7 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.Trai
     optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
     step_model = hotpath.step_model_of(model, compiled, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = ConstantLossScale(device, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
 
     def step(i: int) -> torch.Tensor:
