@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import evalsets, fetch
+from . import bnstats, evalsets, fetch
 from .checkpoint import CheckpointError, load_checkpoint, write_json
 from .config import resolve_device
 from .console import log, progress
@@ -189,6 +189,23 @@ def model_weights(saved: Any) -> tuple[Any, str]:
     return saved, "best"
 
 
+def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path) -> None:
+    """Put last.pt's BatchNorm running variances into the form the trainer evaluates with.
+
+    last.pt keeps PyTorch's form, in which training continues; the trainer's evaluations (and
+    best.pt) use the reference's (`resbench.bnstats`), which follows from the run's batch size,
+    its number of ranks (one saved set of buffers per rank) and --sync_bn.
+    """
+    batch_size, sync_bn = config.get("batch_size"), config.get("sync_bn", False)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise CheckpointError(f"{ckpt.parent / 'config.json'} lacks a valid batch_size, which last.pt's "
+                              "BatchNorm statistics need; was it written by resbench train?")
+    world = World(world_size=max(1, len(saved.get("rank_buffers") or [])))
+    image_size = DATASETS[config["data_name"]].image_size
+    counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn))
+    bnstats.convert([(module, counts[name]) for name, module in bnstats.batchnorms(model)], to_reference=True)
+
+
 def describe_weights(state: Any) -> str:
     """What network a state_dict holds, in the words of config.json ("ResNet-20 x1, 10 classes")."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -211,7 +228,8 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tup
     spec = DATASETS[config["data_name"]]
     model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
                    image_size=spec.image_size)
-    weights, which = model_weights(load_checkpoint(ckpt))
+    saved = load_checkpoint(ckpt)
+    weights, which = model_weights(saved)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError):
@@ -220,6 +238,8 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tup
         raise CheckpointError(f"{ckpt} holds {describe_weights(weights)}, but {Path(ckpt).parent / 'config.json'} "
                               f"describes a {expected}; evaluate a checkpoint with the config.json of the run "
                               "that trained it") from None
+    if which == "last":
+        as_evaluated(model, saved, config, ckpt)
     return prepare_model(model, device).eval(), which
 
 
