@@ -590,7 +590,7 @@ def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
     proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no-verify", "--mirror", "http://127.0.0.1:9/")
 
     assert proc.returncode == 0, proc.stderr
-    assert all(row["complete"] for row in fetch.dataset_status(tmp_path) if row["name"] in fetch.TRAINING_DATASETS)
+    assert all(row["complete"] for row in fetch.dataset_status(tmp_path) if row["name"] in fetch.training_datasets())
     assert proc.stderr.count("preparing") == 3  # one pass per archive: both TinyImageNet sizes together
 
 
