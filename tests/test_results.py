@@ -604,7 +604,7 @@ def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, run
         {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "data_root": "unused"}))
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "best.pt")
     proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")
-    assert proc.returncode == 2 and "does not hold the weights of the model" in proc.stderr
+    assert proc.returncode == 2 and "holds no ResNet of resbench (keys fc.weight, ...), but" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
     proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")

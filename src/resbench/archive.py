@@ -136,9 +136,12 @@ class Archive:
             elif tarfile.is_tarfile(self.path):
                 tar = tarfile.open(self.path)
                 self._handle = tar
-                self._open = lambda name: tar.extractfile(name)  # type: ignore[return-value]
                 with self._closed_on_error():
-                    members = _tar_members(_tar_infos(tar, self.path))
+                    infos = _tar_infos(tar, self.path)
+                    members = _tar_members(infos)
+                # tarfile looks a name up by a linear scan: by TarInfo, reading N members is not O(N^2)
+                by_name = {info.name: info for info in infos}
+                self._open = lambda name: tar.extractfile(by_name[name])  # type: ignore[return-value]
             else:
                 raise DataError(f"{self.path} is neither a tar nor a zip archive; delete it and download again")
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:

@@ -70,15 +70,36 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench eval --ckpt RUN_DIR/best.pt [--split test] [--temperature_scaling] [--json]` (evaluate.py)."""
-    p = subparsers.add_parser("eval", help="accuracy, NLL, ECE and Brier score of a checkpoint",
-                              description="Evaluate a run's checkpoint (model settings from the run "
-                                          "folder's config.json): accuracy, NLL, ECE (15 bins), Brier score.")
-    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint, e.g. RUN_DIR/best.pt")
+    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR) [--corruptions] [--ood [NAME ...]] [--save] [--json]`
+    (evaluate.py)."""
+    p = subparsers.add_parser(
+        "eval", help="accuracy, NLL, ECE, Brier; corruptions, OOD detection, ensembles",
+        description="Evaluate checkpoints (model settings from each run folder's config.json): accuracy, NLL, "
+                    "ECE (15 bins), Brier score; with --corruptions the corrupted test split, with --ood OOD "
+                    "detection; several --ckpt are scored as an ensemble (their probabilities averaged) beside "
+                    "each member. RUNS_DIR: every run folder below it, each saved to its eval.json.")
+    p.add_argument("runs_dir", nargs="?", type=Path, default=None, metavar="RUNS_DIR",
+                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as --save)")
+    p.add_argument("--ckpt", type=Path, nargs="+", default=None, metavar="CKPT_OR_RUN_DIR",
+                   help="best.pt, last.pt or a run folder (see --which); several: their ensemble")
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="checkpoint of a run folder: best (best validation accuracy, default) or last (final iterate)")
     p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
     p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
     p.add_argument("--temperature_scaling", action="store_true",
                    help="also report the metrics after fitting one temperature T on the validation NLL")
+    p.add_argument("--corruptions", action="store_true",
+                   help="accuracy, NLL and ECE on the corrupted test split (CIFAR10_C, CIFAR100_C, TinyImageNet200_C, "
+                        "Digits_C for the demo) per corruption and severity, and their means")
+    p.add_argument("--ood", nargs="*", default=None, metavar="NAME",
+                   help="OOD detection (AUROC, AUPR-In/Out, FPR95 for max-softmax, entropy and energy scores) of the "
+                        "test split against each set: a dataset name, SVHN, a corrupted set, or Noise; none named: "
+                        "the usual pairs (CIFAR-10 vs CIFAR-100 and SVHN, and so on)")
+    p.add_argument("--save", action="store_true",
+                   help="write the figures into the run folder as eval.json (eval_last.json for last.pt), "
+                        "which `resbench table --columns` reads")
+    p.add_argument("--batch_size", type=int, default=None,  # None: evaluate.CPU_EVAL_BATCH_SIZE / EVAL_BATCH_SIZE
+                   help="images per inference batch (default 512 on a CPU, 1024 on a GPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run_eval)

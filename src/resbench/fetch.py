@@ -9,7 +9,7 @@ once (``resbench sweep --jobs 2`` on an empty data root) take turns under
 ``<data_root>/.<archive>.lock``; the later one finds the data prepared.
 
 The tool deletes only what it wrote: preparing again into an existing ``<NAME>`` folder replaces
-its four prepared files and leaves anything else there; the temporary folders a killed
+its prepared files and leaves anything else there; the temporary folders a killed
 preparation left are removed by the next one from the same archive (under its lock, so never
 those of a live process); folders created by a preparation that fails are removed if empty.
 """
@@ -42,6 +42,13 @@ DOWNLOADS_DIR = "downloads"
 DATASETS: tuple[str, ...] = tuple(RECIPES)
 
 
+def training_datasets() -> list[str]:
+    """What `resbench data download all` prepares: the training datasets (evaluation sets by name)."""
+    from . import data
+
+    return [name for name in RECIPES if name in data.DATASETS]
+
+
 def _check_name(name: str) -> str:
     if name not in RECIPES:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -49,11 +56,13 @@ def _check_name(name: str) -> str:
 
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
-    """(problem or None, sample counts) of a prepared dataset: the trainer's own checks, memory-mapped."""
-    from . import data  # torch: loaded to check data, not for `resbench data --help`
+    """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
+    from . import data, evalsets  # torch: loaded to check data, not for `resbench data --help`
     from .data import DataFileError, read_prepared
 
     try:
+        if name in evalsets.EVAL_SETS:
+            return None, evalsets.inspect_prepared(name, data_root)
         train_x, _, test_x, _ = read_prepared(data.DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
         return str(err), {}
@@ -74,27 +83,27 @@ def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
 
     A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
     or damaged earlier copy; maybe a link to another disk, maybe holding the user's own files)
-    keeps everything but the four prepared files: their old copies are removed, then the new ones
+    keeps everything but the prepared files: their old copies are removed, then the new ones
     renamed in from a temporary folder inside it, so an interruption leaves the dataset incomplete,
     never a mix that looks complete.
     """
-    from .data import PREPARED_FILES
+    filenames = list(splits)
 
     target = data_root / name
     replacing = os.path.lexists(target)
     if replacing:
-        _check_replaceable(target)
+        _check_replaceable(target, filenames)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(name), dir=target if replacing else data_root))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
     try:
-        for filename in PREPARED_FILES:
-            np.save(tmp / filename, splits[filename], allow_pickle=False)
+        for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
+            np.save(tmp / filename, array, allow_pickle=False)
         if not replacing:
             os.replace(tmp, target)
             return target
-        for filename in PREPARED_FILES:
+        for filename in filenames:
             (target / filename).unlink(missing_ok=True)
-        for filename in PREPARED_FILES:
+        for filename in filenames:
             os.replace(tmp / filename, target / filename)
         tmp.rmdir()
     except BaseException:
@@ -103,13 +112,11 @@ def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
     return target
 
 
-def _check_replaceable(target: Path) -> None:
+def _check_replaceable(target: Path, filenames: list[str]) -> None:
     """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced."""
-    from .data import PREPARED_FILES
-
     if not target.is_dir():
         raise DataError(f"{target} is not a folder (a file or a broken link stands there); move it away and run again")
-    if folders := [f for f in PREPARED_FILES if (target / f).is_dir() and not (target / f).is_symlink()]:
+    if folders := [f for f in filenames if (target / f).is_dir() and not (target / f).is_symlink()]:
         raise DataError(f"{target} holds folders named {', '.join(folders)} where the prepared files go; "
                         "move them away and run again")
 
@@ -208,14 +215,18 @@ def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list
 
 
 def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
-    """Fetch one archive and write every dataset of ``group`` from a single decode."""
-    from . import data
+    """Fetch one archive (and those it needs) and write every dataset of ``group`` from a single decode."""
+    from . import evalsets
 
     archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
-    log(f"preparing {', '.join(group)} from {archive.name}")
-    arrays = recipe.read(archive, sorted({data.DATASETS[name].image_size for name in group}))
+    needed = []
+    for source in (RECIPES[name].source for name in recipe.needs):
+        with _preparation_lock(root, source, group):
+            needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
+    log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
+    arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
     for name in group:
-        log(f"{name}: ready in {_write_dataset(root, name, arrays[data.DATASETS[name].image_size])}")
+        log(f"{name}: ready in {_write_dataset(root, name, arrays[evalsets.image_size(name)])}")
 
 
 def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
@@ -278,11 +289,12 @@ def _demo_status() -> dict:
 def dataset_status(data_root: str | os.PathLike) -> list[dict]:
     """One dict per dataset: name, path, present, complete, problem, train/test counts, bytes, and
     the fix when it is not usable; the demo dataset last."""
-    rows = []
+    rows, training = [], training_datasets()
     for name in DATASETS:
         folder = Path(data_root) / name
         problem, counts = _inspect(Path(data_root), name) if folder.is_dir() else ("not prepared", {})
-        fix = f"`resbench data download {name} --data_root {data_root}` (or `resbench train` fetches it itself)"
+        fix = (f"`resbench data download {name} --data_root {data_root}` (or `resbench "
+               f"{'train' if name in training else 'eval'}` fetches it itself)")
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
             "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
@@ -315,7 +327,7 @@ def _format_status(rows: list[dict]) -> str:
 
 
 def _download_command(args: argparse.Namespace) -> int:
-    names = list(DATASETS) if args.name == "all" else [args.name]
+    names = training_datasets() if args.name == "all" else [args.name]
     prepare_datasets(names, args.data_root, mirror=args.mirror, verify=not args.no_verify)
     return 0
 
@@ -337,10 +349,11 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
     download_parser = commands.add_parser(
         "download", help="download (or use a placed archive), verify and prepare a dataset",
-        description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy. An archive already in "
-                    "<data_root>/downloads/ under its official name is used without network access.")
+        description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy (an evaluation set: its own "
+                    "layout, see the README). An archive already in <data_root>/downloads/ under its official "
+                    "name is used without network access.")
     download_parser.add_argument("name", metavar="NAME", choices=[*DATASETS, "all"],
-                                 help=f"one of {', '.join(DATASETS)}, or all")
+                                 help=f"one of {', '.join(DATASETS)}, or all (the training datasets)")
     download_parser.add_argument("--mirror", metavar="URL_OR_DIR", default=None,
                                  help="fetch the official file names from this base URL or local folder")
     download_parser.add_argument("--no-verify", action="store_true",

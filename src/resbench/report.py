@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from .columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value, parse_columns, read_eval
 from .config import RESOLVED_KEY, TrainConfig, asked_settings
 from .errors import ResbenchError, printable
 from .reference import (ReferenceRow, dataset_sort_key, find_reference_run, precision_sort_key, shape_sort_key,
                         table_reference)
 from .stats import spread
 
-HEADER = ("Depth", "Width", "# Params", "val/acc", "tst/acc", "tst/nll", "misc")
-ALIGN = ("-:", "-:", "-:", ":-:", ":-:", ":-:", ":-")
+# The seed's columns around the figures (--columns; by default its val/acc, tst/acc and tst/nll).
+HEADER = ("Depth", "Width", "# Params", "misc")
+ALIGN = ("-:", "-:", "-:", ":-")
 METRICS = ("val_acc", "tst_acc", "tst_nll")
 # Which evaluation of a run the figures come from, and how a row names it under --selection all.
 SELECTIONS = {"val": "best val", "last": "last", "test": "best test"}
@@ -129,10 +131,12 @@ def find_summaries(runs_dir: Path) -> list[dict]:
 
 
 def find_runs(runs_dir: Path, with_records: bool = False) -> list[RunResult]:
-    """Every finished run below `runs_dir` (a folder with a sound summary.json), in path order, with its
-    evaluation records if asked (for selections other than the recipe's)."""
+    """Every finished run below `runs_dir` (a folder with a sound summary.json), in path order, with the
+    figures of its eval.json if it has one, and its evaluation records if asked (for selections other
+    than the recipe's)."""
     def read(path: Path) -> RunResult:
-        return RunResult(read_summary(path), read_metrics(path.parent) if with_records else None)
+        return RunResult(read_summary(path), read_metrics(path.parent) if with_records else None,
+                         read_eval(path.parent))
 
     return [run for _, run in readable_runs(sorted(runs_folder(runs_dir).rglob("summary.json")), read)]
 
@@ -189,10 +193,12 @@ def selected_figures(records: list[dict], selection: str) -> dict[str, float | N
 
 @dataclass
 class RunResult:
-    """One run of a table: its summary.json, and its metrics.jsonl records where a selection needs them."""
+    """One run of a table: its summary.json, its metrics.jsonl records where a selection needs them, and its
+    eval.json."""
 
     summary: dict
     records: list[dict] | None = None
+    evaluation: dict | None = None  # the run's eval.json (`resbench eval --save`), if it has one
 
     def __post_init__(self):
         self.summary = renamed_fields(self.summary)
@@ -231,9 +237,15 @@ class Row:
     def summaries(self) -> list[dict]:
         return [run.summary for run in self.runs]
 
-    def values(self, metric: str, selection: str = "val") -> list[float]:
-        """The figures of the runs that have one: a run that diverged before its first evaluation has none."""
-        figures = (run.figures(selection)[metric] for run in self.runs)
+    def values(self, column: str, selection: str = "val") -> list[float]:
+        """The figures of a --columns column (or a summary field such as val_acc) of the runs that have one:
+        a run that diverged before its first evaluation has none, one never given to `resbench eval`
+        no eval.json figure. Only the training figures depend on the selection; eval.json scores best.pt."""
+        if column in SUMMARY_COLUMNS or column in METRICS:
+            metric = SUMMARY_COLUMNS.get(column, column)
+            figures = (run.figures(selection)[metric] for run in self.runs)
+        else:
+            figures = (column_value(run.evaluation, column) for run in self.runs)
         return [float(v) for v in figures if v is not None]
 
     def hours(self) -> float:
@@ -321,12 +333,12 @@ def format_difference(ours: float, published: float) -> str:
     return f"{diff:+.3f}".replace("-0.000", "+0.000").replace("-", MINUS)
 
 
-def metric_cell(row: Row, metric: str, selection: str, ref: ReferenceRow | None) -> str:
-    values = row.values(metric, selection)
+def metric_cell(row: Row, column: str, selection: str, ref: ReferenceRow | None) -> str:
+    values = row.values(column, selection)
     ours = format_stat(values)
-    if ref is None:
+    if ref is None or column not in SUMMARY_COLUMNS:  # the reference publishes the seed's three figures only
         return ours
-    published = getattr(ref, metric)
+    published = getattr(ref, SUMMARY_COLUMNS[column])
     if not values:
         return f"{ours} (ref {published:.3f})"
     return f"{ours} (ref {published:.3f}, {format_difference(statistics.fmean(values), published)})"
@@ -385,7 +397,8 @@ def config_cells(row: Row, previous: Row | None) -> list[str]:
     return cells
 
 
-def row_lines(row: Row, previous: Row | None, rows: list[Row], selection: str, compare: bool) -> list[list[str]]:
+def row_lines(row: Row, previous: Row | None, rows: list[Row], selection: str, compare: bool,
+              columns: tuple[str, ...] = DEFAULT_COLUMNS) -> list[list[str]]:
     """The cells of a row: one line, or under --selection all one line per selection mode."""
     ref = row.reference() if compare else None
     modes = list(SELECTIONS) if selection == "all" else [selection]
@@ -393,7 +406,7 @@ def row_lines(row: Row, previous: Row | None, rows: list[Row], selection: str, c
     for i, mode in enumerate(modes):
         config = config_cells(row, previous) if i == 0 else [""] * (3 + len(row.settings))
         shown = [SELECTIONS[mode]] if selection == "all" else []
-        metrics = [metric_cell(row, m, mode, ref) for m in METRICS]
+        metrics = [metric_cell(row, column, mode, ref) for column in columns]
         lines.append([*config, *shown, *metrics, misc_cell(row, shows_precision(row, rows), ref, mode, i == 0,
                                                             show_iterations=selection != "val")])
     return lines
@@ -412,29 +425,32 @@ def render_lines(header: list[str], align: list[str], cells: list[list[str]]) ->
     return [line(header), line(align), *(line(c) for c in cells)]
 
 
-def table_header(rows: list[Row], selection: str) -> tuple[list[str], list[str]]:
-    """The seed's columns, with the settings that tell rows apart after # Params (and the selection mode)."""
+def table_header(rows: list[Row], selection: str,
+                 columns: tuple[str, ...] = DEFAULT_COLUMNS) -> tuple[list[str], list[str]]:
+    """The seed's columns (or --columns), with the settings that tell rows apart after # Params (and the
+    selection mode)."""
     settings = [SETTING_LABELS.get(key, key) for key, _ in rows[0].settings]
     shown = ["selection"] if selection == "all" else []
-    header = [*HEADER[:3], *settings, *shown, *HEADER[3:]]
-    align = [*ALIGN[:3], *["-:"] * len(settings), *[":-"] * len(shown), *ALIGN[3:]]
+    header = [*HEADER[:3], *settings, *shown, *columns, HEADER[-1]]
+    align = [*ALIGN[:3], *["-:"] * len(settings), *[":-"] * len(shown), *[":-:"] * len(columns), ALIGN[-1]]
     return header, align
 
 
-def render_table(rows: list[Row], compare: bool = False, selection: str = "val") -> str:
+def render_table(rows: list[Row], compare: bool = False, selection: str = "val",
+                 columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
     """One `### <data_name>` section in the seed's markdown format."""
     cells = [line for i, row in enumerate(rows)
-             for line in row_lines(row, rows[i - 1] if i else None, rows, selection, compare)]
-    return "\n".join([f"### {rows[0].data_name}", *render_lines(*table_header(rows, selection), cells)])
+             for line in row_lines(row, rows[i - 1] if i else None, rows, selection, compare, columns)]
+    return "\n".join([f"### {rows[0].data_name}", *render_lines(*table_header(rows, selection, columns), cells)])
 
 
 def render_tables(runs: list[RunResult | dict], compare: bool = False, selection: str = "val",
-                  select_by: str | None = None) -> str:
+                  select_by: str | None = None, columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
     """All dataset sections, separated by a blank line as in seed-results.md, and what ± means where used."""
     tables = group_rows(runs)
     if select_by == "val":
         tables = {name: select_by_val(rows) for name, rows in tables.items()}
-    text = "\n\n".join(render_table(rows, compare, selection) for rows in tables.values())
+    text = "\n\n".join(render_table(rows, compare, selection, columns) for rows in tables.values())
     if any(len(row.runs) > 1 for rows in tables.values() for row in rows):
         text += f"\n\n{INTERVAL_NOTE}."
     return text
@@ -445,7 +461,7 @@ def run_table(args: argparse.Namespace) -> int:
     if not runs:
         raise ResbenchError(f"no finished runs (summary.json) below {args.runs_dir}")
     table = render_tables(runs, compare=args.compare == "reference", selection=args.selection,
-                          select_by=args.select_by)
+                          select_by=args.select_by, columns=parse_columns(args.columns))
     print("\n".join(map(printable, table.split("\n"))))  # names from summary.json cannot act on the terminal
     return 0
 
@@ -467,6 +483,11 @@ def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--select-by", "--select_by", dest="select_by", choices=["val"], default=None,
                    help="per configuration, keep only the setting (e.g. weight decay) with the best mean "
                         "validation accuracy, and name it")
+    p.add_argument("--columns", default=",".join(DEFAULT_COLUMNS),
+                   help="comma-separated figures: val/acc, tst/acc, tst/nll (summary.json; the default), ece, brier, "
+                        "c/acc, c/nll, c/ece, ood/auroc, ood/aupr_in, ood/aupr_out, ood/fpr95 (eval.json of best.pt, "
+                        "written by `resbench eval RUNS_DIR` or `eval --save`); ood/auroc@SVHN for one set, "
+                        ":energy for a score. --selection changes the summary figures only")
     p.set_defaults(func=run_table)
     return p
 

@@ -11,6 +11,9 @@ Prepared layout (what the trainer reads, and what users of the reference already
     <data_root>/<NAME>/train_labels.npy   int64, N (class ids)
     <data_root>/<NAME>/test_images.npy
     <data_root>/<NAME>/test_labels.npy
+
+The evaluation-only sets (corrupted test splits, SVHN) have their own layouts and checks, in
+`resbench.evalsets`. Where each published MD5 comes from is noted beside its source.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..download import Source
-from . import cifar, tinyimagenet
+from . import cifar, cifar_c, svhn, tiny_c, tinyimagenet
 from .common import Reader
 
 
@@ -29,6 +32,9 @@ class Recipe:
 
     source: Source
     read: Reader
+    # The datasets whose archives the reader reads too, passed after the sizes (Tiny-ImageNet-C
+    # numbers its classes by wnids.txt of the TinyImageNet archive).
+    needs: tuple[str, ...] = ()
 
 
 CIFAR10 = Recipe(
@@ -47,6 +53,33 @@ TINYIMAGENET = Recipe(
     tinyimagenet.read,
 )
 
+# Hendrycks & Dietterich's corruption benchmarks on Zenodo. MD5s as the Zenodo records list them,
+# also in torchvision-style loaders (e.g. torch-uncertainty's CIFAR10C/CIFAR100C/TinyImageNetC).
+# Sizes (for a size check): CIFAR-10-C.tar 2,918,471,680 bytes, CIFAR-100-C.tar 2,918,473,216,
+# Tiny-ImageNet-C.tar 1,794,775,040.
+CIFAR10_C = Recipe(
+    Source("CIFAR-10-C.tar", "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar?download=1",
+           "56bf5dcef84df0e2308c6dcbcbbd8499"),
+    cifar_c.reader("CIFAR-10-C", 10),
+)
+CIFAR100_C = Recipe(
+    Source("CIFAR-100-C.tar", "https://zenodo.org/records/3555552/files/CIFAR-100-C.tar?download=1",
+           "11f0ed0f1191edbf9fa23466ae6021d3"),
+    cifar_c.reader("CIFAR-100-C", 100),
+)
+TINYIMAGENET_C = Recipe(
+    Source("Tiny-ImageNet-C.tar", "https://zenodo.org/records/2536630/files/Tiny-ImageNet-C.tar?download=1",
+           "f9c9a9dbdc11469f0b850190f7ad8be1"),
+    tiny_c.read,
+    needs=("TinyImageNet200_x64",),
+)
+# SVHN's test split; URL and MD5 as in torchvision's datasets.SVHN.split_list["test"].
+SVHN = Recipe(
+    Source("test_32x32.mat", "http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
+           "eb5a983be6a315427106f1b164d9cef3"),
+    svhn.read,
+)
+
 #: The recipe of each downloadable dataset. Module-level so that tests (or a user with a
 #: re-packed archive) can substitute other sources; the official values are the defaults.
 RECIPES: dict[str, Recipe] = {
@@ -54,4 +87,8 @@ RECIPES: dict[str, Recipe] = {
     "CIFAR100_x32": CIFAR100,
     "TinyImageNet200_x32": TINYIMAGENET,
     "TinyImageNet200_x64": TINYIMAGENET,
+    "CIFAR10_C": CIFAR10_C,
+    "CIFAR100_C": CIFAR100_C,
+    "TinyImageNet200_C": TINYIMAGENET_C,
+    "SVHN": SVHN,
 }

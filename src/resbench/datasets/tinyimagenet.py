@@ -89,9 +89,14 @@ def decode_images(ar: Archive, items: list[tuple[str, int]], sizes: Sequence[int
     return {size: (out, labels) for size, out in images.items()}
 
 
+def wnids_of(ar: Archive) -> list[str]:
+    """The class wnids in the order of ``wnids.txt``: class id = line index (not sorted order)."""
+    return ar.read(f"{_ROOT}/wnids.txt").decode().split()
+
+
 def read(archive: Path, sizes: Sequence[int]) -> dict[int, Splits]:
     with Archive(archive) as ar:
-        wnids = ar.read(f"{_ROOT}/wnids.txt").decode().split()
+        wnids = wnids_of(ar)
         train = decode_images(ar, train_items(ar.files, wnids), sizes, "train images")
         annotations = ar.read(f"{_ROOT}/val/val_annotations.txt").decode()
         test = decode_images(ar, test_items(annotations, wnids), sizes, "test images")
