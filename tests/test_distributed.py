@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from conftest import cli_env
 from resbench import distributed, train as train_module
 from resbench.data import PREPARED_FILES, TrainBatches, missing_prepared_files
+from resbench.lossscale import ConstantLossScale
 from resbench.models import resnet
 from resbench.config import TrainConfig
 from resbench.train import train_step
@@ -52,7 +53,7 @@ def rank_worker(rank: int, port: int, out: str) -> None:
     model, optimizer = new_model_and_optimizer()
     ddp = distributed.wrap(model, torch.device("cpu"), world, sync_bn=False)
     batches = TrainBatches(*toy_data(), batch_size=32, seed=7, rank=world.rank, world_size=2)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = ConstantLossScale("cpu", enabled=False)
     for step in range(3):
         train_step(ddp, optimizer, scaler, *batches.batch(step), 0.1, CFG, torch.autocast("cpu", enabled=False))
     running_means = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]

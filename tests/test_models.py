@@ -19,6 +19,16 @@ def test_all_26_rows_are_checked():
     assert len(reference_rows()) == 26
 
 
+@pytest.mark.parametrize("width, params", [(1, 23_520_832), (2, 66_847_040)])
+def test_bottleneck_width_widens_the_inner_convolutions_only(width, params):
+    """The reference's depth-50 counts (10 classes): as torchvision's resnet50 and wide_resnet50_2 with
+    a 3×3 stem and a 10-class bias-free head. Each block's output keeps 4 × base planes."""
+    model = resnet(50, width, num_classes=10)
+    assert count_parameters(model) == params
+    for block in [m for m in model.modules() if isinstance(m, Bottleneck)]:
+        assert block.conv2[0].out_channels == width * block.conv3[0].out_channels // 4
+
+
 @pytest.mark.parametrize("depth", [8, 20, 110, 18, 34, 50])
 def test_forward_shapes(depth):
     model = resnet(depth, 1, num_classes=7, image_size=64).eval()
@@ -60,3 +70,35 @@ def test_convs_are_he_normal_without_bias():
 def test_batchnorm_settings():
     for bn in [m for m in resnet(20).modules() if isinstance(m, torch.nn.BatchNorm2d)]:
         assert bn.eps == 1e-5 and bn.momentum == 0.1
+
+
+def model_with_a_nonzero_head() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = resnet(8)
+    torch.nn.init.normal_(model.fc.weight)  # zero-initialised, it would give 0 logits in any dtype
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_head_computes_in_float32_under_autocast(dtype):
+    """As the reference's Dense layer: low-precision features, upcast, times float32 weights."""
+    model = model_with_a_nonzero_head()
+    seen = []
+    model.fc.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.autocast("cpu", dtype=dtype):
+        logits = model(torch.rand(4, 3, 32, 32))
+    (features,) = seen
+    assert torch.equal(features, features.to(dtype).float())  # the convolutions did run in `dtype`
+    assert features.dtype == logits.dtype == torch.float32
+    assert torch.equal(logits, torch.nn.functional.linear(features, model.fc.weight))
+
+
+def test_the_compiled_head_computes_in_float32_under_autocast():
+    """One forward compile of depth 8 (about 10 s on 2 cores)."""
+    model = model_with_a_nonzero_head()
+    x = torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = model(x)
+        compiled = torch.compile(model)(x)
+    assert compiled.dtype == torch.float32
+    torch.testing.assert_close(compiled, eager, rtol=0.05, atol=0.05 * eager.abs().max().item())

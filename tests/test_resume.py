@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import cli_env
-from resbench import checkpoint, train as train_module
+from resbench import checkpoint, lossscale, train as train_module
 from resbench.checkpoint import CheckpointError
 from resbench.cli import main
 from resbench.models import resnet
@@ -410,10 +410,10 @@ def overflowing_gradients(model: torch.nn.Module):
     hook.remove()
 
 
-def test_loss_scaler_skips_are_counted_not_fatal(tmp_path, monkeypatch):
-    """fp16 needs CUDA, so on CPU: a loss scaler that is on, and gradients that overflow at updates 2 and 4."""
-    real_scaler, real_step, updates = torch.amp.GradScaler, train_step, []
-    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: real_scaler(device, enabled=True))
+def test_loss_scale_skips_are_counted_not_fatal_and_the_scale_is_logged(tmp_path, monkeypatch):
+    """fp16 needs CUDA, so on CPU: loss scaling switched on, and gradients that overflow at updates 2 and 4."""
+    real_scale, real_step, updates = lossscale.ConstantLossScale, train_step, []
+    monkeypatch.setattr(train_module, "ConstantLossScale", lambda device, enabled: real_scale(device, enabled=True))
 
     def overflowing_step(model, *args, **kwargs):
         updates.append(1)
@@ -427,14 +427,28 @@ def test_loss_scaler_skips_are_counted_not_fatal(tmp_path, monkeypatch):
     records = [json.loads(line) for line in run.file("metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "finished" and summary["skipped_steps"] == 2
     assert [r["skipped_steps"] for r in records] == [1, 2]
-    assert "skipped steps (fp16 overflow) 2" in run.file("log.txt").read_text()
+    assert [r["loss_scale"] for r in records] == [65_536, 65_536]  # the reference's, never grown or halved
+    log = run.file("log.txt").read_text()
+    assert "skipped steps (fp16 overflow) 2" in log and "fp16 loss scale 65,536, constant" in log
+    assert log.count("loss scale 65,536") == 3  # at the start, and in each evaluation's line
+    assert checkpoint.load_checkpoint(run.file("last.pt"))["scaler"] == {"scale": 65_536.0}
 
 
-def test_train_step_counts_a_skipped_update():
+def test_a_last_pt_with_the_former_dynamic_scaler_state_resumes(unfinished_run):
+    last = Path(unfinished_run.save) / "last.pt"
+    saved = checkpoint.load_checkpoint(last)
+    saved["scaler"] = {"scale": 131_072.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                       "_growth_tracker": 17}  # what torch.amp.GradScaler.state_dict() held
+    checkpoint.save_checkpoint(saved, last)
+    assert train(unfinished_run)["status"] == "finished"
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_train_step_counts_a_skipped_update(fused):
     torch.manual_seed(0)
     model = resnet(8, num_classes=3)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, fused=fused)
+    scaler = lossscale.ConstantLossScale("cpu", enabled=True)
     skipped = torch.zeros(())
     x, y, cfg = torch.rand(4, 3, 32, 32), torch.randint(0, 3, (4,)), TrainConfig()
     no_autocast = torch.autocast("cpu", enabled=False)
@@ -443,7 +457,7 @@ def test_train_step_counts_a_skipped_update():
         train_step(model, optimizer, scaler, x, y, 0.1, cfg, no_autocast, skipped=skipped)
     assert skipped.item() == 1 and all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
     train_step(model, optimizer, scaler, x, y, 0.1, cfg, no_autocast, skipped=skipped)
-    assert skipped.item() == 1
+    assert skipped.item() == 1 and scaler.scale == 65_536
 
 
 # Loading safely.

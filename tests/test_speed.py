@@ -1,6 +1,7 @@
 """The fast hot path trains the same model as the plain one, and `resbench bench` reports sanely."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from resbench import hotpath
 from resbench.models import resnet
 from resbench.config import ConfigError, TrainConfig, validate_config
 from resbench.hotpath import autocast_for
+from resbench.lossscale import REFERENCE_LOSS_SCALE, ConstantLossScale
 from resbench.train import train_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -29,7 +31,7 @@ def trained_weights(device: torch.device, channels_last: bool, fused: bool, comp
     model = hotpath.prepare_model(model, device) if channels_last else model.to(device)
     kernel = {"fused": True} if fused else {"foreach": False}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=1e-3, **kernel)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = ConstantLossScale(device, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
     step_model = hotpath.step_model_of(model, compiled, device)
     cfg = TrainConfig()
@@ -63,37 +65,77 @@ def test_compiled_step_matches_eager():
     assert_close_weights(trained_weights(cpu, channels_last=True, fused=True, compiled=True), eager, atol=1e-5)
 
 
-def steps_with_a_skip(device: torch.device, steps: int, skip: int | None) -> tuple[list[torch.Tensor], float]:
-    """Weights and loss scale after `steps` mixed-precision steps on one batch, the gradient of step
-    `skip` made infinite. Uninitialised memory is NaN-filled (deterministic mode), so an update that
-    reads a buffer nobody wrote shows."""
+def steps_with_a_skip(device: torch.device, steps: int, skip: int | None,
+                      fused: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor], ConstantLossScale, float]:
+    """Weights, momentum buffers, the loss scale and the skipped count after `steps` mixed-precision
+    steps on one batch, the gradient of step `skip` made infinite. Uninitialised memory is
+    NaN-filled (deterministic mode), so an update that reads a buffer nobody wrote shows."""
     torch.manual_seed(0)
     model = hotpath.prepare_model(resnet(8), device)
-    optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, device)
-    scaler = torch.amp.GradScaler(device.type, init_scale=1024.0)
+    with mock.patch.object(hotpath, "fused_sgd_available", lambda device: fused):
+        optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, device)
+    scaler, skipped = ConstantLossScale(device, enabled=True), torch.zeros((), device=device)
     x, y = batches(device, count=1)[0]
     autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         for step in range(steps):
             hook = model.fc.weight.register_hook(lambda g: torch.full_like(g, float("inf"))) if step == skip else None
-            train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast)
+            train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast, skipped=skipped)
             if hook:
                 hook.remove()
     finally:
         torch.use_deterministic_algorithms(False)
-    return [p.detach().clone() for p in model.parameters()], scaler.get_scale()
+    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    return [p.detach().clone() for p in model.parameters()], momentum, scaler, skipped.item()
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
 @pytest.mark.parametrize("skip", [0, 1], ids=["first_step", "later_step"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda])])
-def test_loss_scaler_skips_a_step_with_an_infinite_gradient(device, skip):
-    """A skipped update changes nothing, not even on the very first step, where fused SGD would
-    otherwise keep uninitialised momentum buffers (see hotpath.make_optimizer)."""
+def test_loss_scale_skips_a_step_with_an_infinite_gradient_and_stays(device, skip, fused):
+    """A skipped update changes nothing (weights and momentum), not even on the very first step, where
+    fused SGD would otherwise keep uninitialised momentum buffers (see hotpath.make_optimizer); the
+    scale stays 65,536, as the reference's does (torch.amp.GradScaler would halve it)."""
     device = torch.device(device)
-    with_skip, scale = steps_with_a_skip(device, 3, skip)
-    assert scale == 512.0  # halved, as dynamic loss scaling does on overflow
-    assert_close_weights(with_skip, steps_with_a_skip(device, 2, None)[0], atol=1e-6)
+    weights, momentum, scaler, skipped = steps_with_a_skip(device, 3, skip, fused)
+    assert scaler.scale == REFERENCE_LOSS_SCALE == 65_536 and scaler.state_dict() == {"scale": 65_536.0}
+    assert skipped == 1
+    unskipped_weights, unskipped_momentum, _, none_skipped = steps_with_a_skip(device, 2, None, fused)
+    assert none_skipped == 0
+    assert_close_weights(weights, unskipped_weights, atol=1e-6)
+    assert_close_weights(momentum, unskipped_momentum, atol=1e-6)
+
+
+def test_loss_scale_never_grows():
+    """torch.amp.GradScaler doubles its scale after 2,000 finite steps; the reference's stays."""
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([param], lr=1e-3, momentum=0.9, fused=True)
+    scaler = ConstantLossScale("cpu", enabled=True)
+    for _ in range(2_001):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale_loss((param ** 2).sum()).backward()
+        scaler.step(optimizer)
+    assert scaler.scale == 65_536 and scaler.state_dict() == {"scale": 65_536.0}
+    # The update used the unscaled gradient: 2,001 momentum steps of 2p at lr 1e-3 shrink p, not blow it up.
+    assert 0 < param.detach().max().item() < 1
+
+
+def test_loss_scaling_changes_no_finite_update():
+    """With every gradient finite, scaled (and unscaled: clipped, norm measured) steps update exactly as
+    unscaled ones: the scale is a power of two."""
+    def weights(enabled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = hotpath.prepare_model(resnet(8), torch.device("cpu"))
+        optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, torch.device("cpu"))
+        scaler = ConstantLossScale("cpu", enabled=enabled)
+        for i, (x, y) in enumerate(batches(torch.device("cpu"))):
+            cfg = TrainConfig(optim_global_clipping=0.5 if i == 1 else None)
+            train_step(model, optimizer, scaler, x, y, 0.1, cfg, autocast_for("fp32", x.device), measure_grad_norm=i == 2)
+        return [p.detach().clone() for p in model.parameters()]
+
+    for scaled, plain in zip(weights(True), weights(False), strict=True):
+        assert torch.equal(scaled, plain)
 
 
 @pytest.mark.cuda

@@ -28,6 +28,7 @@ from .config import NOT_GIVEN, ConfigError, TrainConfig, config_from_args, preci
 from .errors import ResbenchError
 from .evaluate import EVAL_BATCH_SIZE, predict_logits
 from .hotpath import autocast_for, sync
+from .lossscale import ConstantLossScale
 from .train import learning_rate, train_step
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
@@ -73,7 +74,7 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.Trai
     optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
     step_model = hotpath.step_model_of(model, compiled, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = ConstantLossScale(device, enabled=precision == "fp16")
     autocast = autocast_for(precision, device)
 
     def step(i: int) -> torch.Tensor:

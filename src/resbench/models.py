@@ -44,13 +44,14 @@ def conv_bn(in_planes: int, out_planes: int, kernel_size: int, stride: int = 1) 
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
+    """Both 3×3 convolutions have `planes · width` channels."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, width: int = 1):
         super().__init__()
-        self.conv1 = conv_bn(in_planes, planes, 3, stride)
-        self.conv2 = conv_bn(planes, planes, 3)
-        self.shortcut = shortcut(in_planes, planes, stride)
+        self.out_planes = planes * width
+        self.conv1 = conv_bn(in_planes, self.out_planes, 3, stride)
+        self.conv2 = conv_bn(self.out_planes, self.out_planes, 3)
+        self.shortcut = shortcut(in_planes, self.out_planes, stride)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.conv2[1]
@@ -61,14 +62,18 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1×1 → 3×3 → 1×1. The width widens the inner two only: the block's output has
+    4 · `planes` channels whatever the width, as in the reference (and torchvision's wide_resnet50_2)."""
+
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, width: int = 1):
         super().__init__()
-        self.conv1 = conv_bn(in_planes, planes, 1)
-        self.conv2 = conv_bn(planes, planes, 3, stride)
-        self.conv3 = conv_bn(planes, planes * self.expansion, 1)
-        self.shortcut = shortcut(in_planes, planes * self.expansion, stride)
+        inner, self.out_planes = planes * width, planes * self.expansion
+        self.conv1 = conv_bn(in_planes, inner, 1)
+        self.conv2 = conv_bn(inner, inner, 3, stride)
+        self.conv3 = conv_bn(inner, self.out_planes, 1)
+        self.shortcut = shortcut(in_planes, self.out_planes, stride)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.conv3[1]
@@ -103,12 +108,11 @@ class ResNet(nn.Module):
         self.stem = nn.Sequential(conv_bn(3, base_planes, 3), nn.ReLU(inplace=True))
         stages, in_planes = [], base_planes
         for i, num_blocks in enumerate(blocks_per_stage):
-            planes = base_planes * width * 2**i
             strides = [1 if i == 0 else 2] + [1] * (num_blocks - 1)
             stage = []
             for stride in strides:
-                stage.append(block(in_planes, planes, stride))
-                in_planes = planes * block.expansion
+                stage.append(block(in_planes, base_planes * 2**i, stride, width))
+                in_planes = stage[-1].out_planes
             stages.append(nn.Sequential(*stage))
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(in_planes, num_classes, bias=False)
@@ -129,7 +133,11 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        features = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        # The head in float32 under any autocast, as the reference's: its Dense layer promotes the
+        # float16 features to its float32 weights and yields float32 logits.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc(features.float())
 
 
 def valid_depths() -> str:

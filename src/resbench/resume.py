@@ -17,6 +17,7 @@ import torch
 
 from . import checkpoint, distributed
 from .config import TrainConfig, check_same_config
+from .lossscale import ConstantLossScale
 from .runlog import RunFolder
 
 
@@ -41,7 +42,7 @@ class RunState:
     # Loss summed since the last logging point, kept apart from `loss_sum` so that an interruption
     # does not change how the sum is rounded (a resumed run logs the very same trn_loss).
     loss_unlogged: float = 0.0
-    skipped_steps: int = 0  # fp16 updates the loss scaler skipped (gradients not finite)
+    skipped_steps: int = 0  # fp16 updates skipped because a gradient was not finite
     train_seconds: float = 0.0  # time spent in training steps (evaluation excluded)
     wall_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
@@ -86,7 +87,7 @@ def check_same_device_kind(saved_state: dict[str, Any], device: torch.device, pr
 
 
 def training_checkpoint(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler, state: RunState, world: distributed.World) -> dict[str, Any]:
+                        scaler: ConstantLossScale, state: RunState, world: distributed.World) -> dict[str, Any]:
     """The content of last.pt: enough to continue the run exactly where it is."""
     return {"config": dataclasses.asdict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "state": dataclasses.asdict(state), "rng": checkpoint.rng_states(),
@@ -94,7 +95,7 @@ def training_checkpoint(cfg: TrainConfig, model: torch.nn.Module, optimizer: tor
 
 
 def restore_training_state(saved: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                           scaler: torch.amp.GradScaler, world: distributed.World, path: Path) -> RunState:
+                           scaler: ConstantLossScale, world: distributed.World, path: Path) -> RunState:
     """Load last.pt into the freshly built objects; a checkpoint of another model is a clear error."""
     try:
         model.load_state_dict(saved["model"])

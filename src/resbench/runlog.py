@@ -207,6 +207,8 @@ class RunFolder:
                 f"val/acc {r['val_acc']:.4f}, val/nll {r['val_nll']:.4f}, best/val/acc {r['best_val_acc']:.4f}")
         if "tst_acc" in r:
             line += f", tst/acc {r['tst_acc']:.4f}, tst/nll {r['tst_nll']:.4f}"
+        if "loss_scale" in r:
+            line += f", loss scale {r['loss_scale']:,.0f}"
         if r.get("skipped_steps"):
             line += f", skipped steps (fp16 overflow) {r['skipped_steps']}"
         return line

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data, distributed, fetch, hotpath, models
+from . import bnstats, data, distributed, fetch, hotpath, models
 from .config import TrainConfig, check_same_config, precision_for, resolve_device, run_folder_of, validate_config
 from .evaluate import evaluate
+from .lossscale import ConstantLossScale
 from .resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
 from .runlog import RunFolder
 
@@ -55,13 +56,14 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,
                images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
                skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
-    """One SGD update. Returns the (device) loss, and the gradient norm when asked for.
+    """One SGD update. Returns the (device) loss, and the gradient norm when asked for (with
+    clipping on, the norm of g + wd·p before clipping).
 
-    With loss scaling on, adds 1 to the device counter `skipped` when the scaler skips the update.
+    With loss scaling on, adds 1 to the device counter `skipped` when the update is skipped.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -69,20 +71,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim_label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale_loss(loss).backward()
     grad_norm = None
-    if cfg.optim_global_clipping is not None or measure_grad_norm:
+    if cfg.optim_global_clipping is not None:
         scaler.unscale_(optimizer)
-        params = [p for p in model.parameters() if p.grad is not None]
-        if cfg.optim_global_clipping is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.optim_global_clipping)
-        if measure_grad_norm:
-            grad_norm = global_norm([p.grad for p in params])
-    scaler.step(optimizer)
-    if skipped is not None and scaler.is_enabled():
-        # Read on the device, without a sync; the per-step record is gone after update().
-        skipped += sum(scaler._found_inf_per_device(optimizer).values())
-    scaler.update()
+        norm = clip_decayed_gradients_(optimizer, cfg.optim_global_clipping)
+        grad_norm = norm.item() if measure_grad_norm else None
+    elif measure_grad_norm:
+        scaler.unscale_(optimizer)
+        grad_norm = global_norm([p.grad for p in model.parameters() if p.grad is not None])
+    scaler.step(optimizer, skipped)
     return loss.detach(), grad_norm
 
 
@@ -148,7 +146,8 @@ def train_loop(job: Job, state: RunState) -> None:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4f}", img_s=f"{meter.lap(state, cfg):.0f}")
 
             if is_eval:
-                record = evaluation(job, state, grad_norm, lr)
+                with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
+                    record = evaluation(job, state, grad_norm, lr)
                 meter.stamp(state)
                 record["elapsed_s"] = state.wall_seconds
                 state.history.append(record)
@@ -181,6 +180,8 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float) ->
         "val_nll": val["nll"],
         "skipped_steps": state.skipped_steps,
     }
+    if job.scaler.enabled:
+        record["loss_scale"] = job.scaler.scale
     check_finite(record["w_norm"], "the weight norm", state, job.run)
     if val["acc"] > state.best_val_acc:
         state.best_val_acc, state.best_iter = val["acc"], state.step
@@ -206,11 +207,12 @@ class Job:
     model: torch.nn.Module  # the eager model: evaluation and checkpoints
     step_model: Callable[[torch.Tensor], torch.Tensor]  # what train_step runs: compiled, or `model` itself
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    scaler: ConstantLossScale
     autocast: Any
     splits: data.Splits
     batches: data.TrainBatches
     params: int
+    bn_values: dict[str, int]  # values per channel in each BatchNorm's batch (see bnstats)
 
 
 def build_job(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World,
@@ -228,11 +230,12 @@ def build_job(cfg: TrainConfig, run: RunFolder, device: torch.device, world: dis
         cfg=cfg, run=run, world=world, device=device, precision=precision, model=model,
         step_model=hotpath.step_model_of(parallel_model, compiled, device),
         optimizer=hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        scaler=ConstantLossScale(device, enabled=precision == "fp16"),
         autocast=hotpath.autocast_for(precision, device), splits=splits,
         batches=data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
                                   world.rank, world.world_size),
         params=models.count_parameters(model),
+        bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn),
     )
 
 
@@ -250,6 +253,9 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         job.run.open_tensorboard(state.step)
     job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
                 f"on {job.device} ({job.precision}), {job.params:,} trainable parameters")
+    if job.scaler.enabled:
+        job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
+                    "gradients are not finite is skipped and counted")
     return state
 
 
@@ -365,6 +371,31 @@ def check_finite(value: float, what: str, state: RunState, run: RunFolder) -> No
     raise TrainingDiverged(
         f"{what} became {value} by iteration {state.step}; stopped as the reference does. {kept}. "
         "Try a lower --optim_lr or --optim_global_clipping")
+
+
+def clip_decayed_gradients_(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Clip as the reference does: the global norm of g + wd·p, the weight decay term added first.
+
+    torch's SGD adds wd·p inside step(), after any clipping, so each gradient is set to
+    s·(g + wd·p) − wd·p, s = min(1, max_norm / norm): the update SGD then makes uses s·(g + wd·p).
+    Returns the (device) norm before clipping; no host sync.
+    """
+    groups = [([p for p in group["params"] if p.grad is not None], group["weight_decay"])
+              for group in optimizer.param_groups]
+    with torch.no_grad():
+        for params, wd in groups:
+            if wd and params:
+                torch._foreach_add_([p.grad for p in params], params, alpha=wd)
+        norm = torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad.float()) for params, _ in groups for p in params]))
+        scale = torch.clamp(max_norm / norm, max=1.0)
+        for params, wd in groups:
+            if params:
+                grads = [p.grad for p in params]
+                torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+                if wd:
+                    torch._foreach_sub_(grads, params, alpha=wd)
+    return norm
 
 
 def global_norm(tensors: list[torch.Tensor]) -> float:
