@@ -71,7 +71,7 @@ def preparing_worker(rank: int, port: int, data_root: str) -> None:
     world = distributed.init_world(torch.device("cpu"))
     calls = []
 
-    def slow_prepare(name, root):
+    def slow_prepare(name, root, mirror=None):
         calls.append(name)
         time.sleep(2)
         folder = Path(root) / name

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -23,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import data, hotpath, models, packed
-from .config import NOT_GIVEN, ConfigError, TrainConfig, config_from_args, precision_for, resolve_device, validate_config
+from . import cpus, data, hotpath, models, packed
+from .config import ConfigError, TrainConfig, config_from_args, precision_for, resolve_device, validate_config
 from .errors import ResbenchError
 from .evaluate import EVAL_BATCH_SIZE, predict_logits
 from .hotpath import autocast_for, sync
@@ -32,6 +33,7 @@ from .lossscale import ConstantLossScale
 from .train import learning_rate, train_step
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
+SPREAD_LIMIT = 0.2  # (max - min) / median images/s over the windows beyond which the figure is shaky
 
 
 @dataclass
@@ -422,42 +424,31 @@ def format_table(record: dict[str, Any]) -> str:
 CONFIG_FLAGS = ("data_name", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
 
 
-def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="measure training images/s of one configuration or a whole grid",
-                                   description=__doc__.split("\n")[0])
-    defaults = TrainConfig()
-    parser.add_argument("--data_name", default=NOT_GIVEN, help=f"dataset whose image shape to generate (default {defaults.data_name})")
-    parser.add_argument("--resnet_depth", type=int, default=NOT_GIVEN)
-    parser.add_argument("--resnet_width", type=int, default=NOT_GIVEN)
-    parser.add_argument("--batch_size", type=int, default=NOT_GIVEN)
-    parser.add_argument("--mixed_precision", default=NOT_GIVEN, help="false | true | fp16 | bf16")
-    parser.add_argument("--grid", metavar="seed|FILE.toml", default=None,
-                        help="time every row of a sweep grid instead (the seed's 26 rows, or a grid file): "
-                             "a table of images/s and minutes per run, evaluations included, and the total")
-    parser.add_argument("--compile", default=defaults.compile,
-                        help="auto | true | false (auto decides as `resbench train` would for --optim_ni)")
-    parser.add_argument("--optim_ni", type=int, default=defaults.optim_ni,
-                        help="the run length `--compile auto` decides for")
-    parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--iters", type=int, default=10, help="steps per timed window")
-    parser.add_argument("--windows", type=int, default=3, help="timed windows (median and spread reported)")
-    parser.add_argument("--vs", action="store_true", help="also time a plain eager step, interleaved, for a ratio")
-    parser.add_argument("--pack", type=int, default=1, metavar="K",
-                        help="also time K seeds packed into one network (grouped convolutions), interleaved: "
-                             "their images/s together against one run's")
-    parser.add_argument("--json", action="store_true", help="print the record as JSON instead of a table")
-    parser.set_defaults(func=run_bench_command)
+def spread_warning(record: dict[str, Any]) -> str | None:
+    """A warning when the timed windows disagree by more than SPREAD_LIMIT: the figure is then shaky."""
+    spread = (record["images_per_sec_max"] - record["images_per_sec_min"]) / record["images_per_sec"]
+    if spread <= SPREAD_LIMIT:
+        return None
+    return (f"warning: the timed windows spread {100 * spread:.0f}% ({record['images_per_sec_min']:.1f} to "
+            f"{record['images_per_sec_max']:.1f} images/s), more than {100 * SPREAD_LIMIT:.0f}%: the machine was "
+            "not steady (other processes, clock changes). Rerun on a quiet machine, or with more --windows "
+            "and --iters")
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("pack", 1)):
-        if getattr(args, name) < least:
+    """`resbench bench` (its flags are defined in cli.py, so that `--help` does not load torch)."""
+    for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1), ("pack", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
             raise ConfigError(f"--{name} must be an integer >= {least}, got {getattr(args, name)}")
+    if busy := cpus.busy_warning():
+        print(busy, file=sys.stderr)
+    cpus.use_threads(args.threads)
     if args.grid is not None:
         return run_grid_command(args)
     record = run_bench(bench_config(args), args.warmup, args.iters, args.windows, args.vs, args.pack)
     print(json.dumps(record, indent=2) if args.json else format_table(record))
+    if warning := spread_warning(record):
+        print(warning, file=sys.stderr)
     return 0
 
 

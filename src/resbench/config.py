@@ -15,13 +15,13 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from . import data, distributed, hotpath, models
-from .checkpoint import CheckpointError
 from .errors import ResbenchError
+from .flags import Parser, switch
+
+if TYPE_CHECKING:  # torch is imported where a run is checked, so that `--help` stays fast
+    import torch
 
 MAX_WIDTH = 64  # width 64 is a ~1.1e9-parameter depth-20 network; beyond is a typo, not a baseline
 
@@ -50,14 +50,22 @@ class TrainConfig:
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
     deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
     tensorboard: bool = False  # also write the evaluation records as TensorBoard scalars
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
+    mirror: str | None = None  # where to fetch a missing dataset's official archive from instead
 
     @property
     def precision(self) -> str:
         return precision_for(self.mixed_precision, resolve_device(self.device))
 
 
-# Settings that do not change a single number of the results; a run may resume with them changed.
-RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard"}
+# Settings that change where and how a run computes, not what: a run may resume with them changed
+# (a sweep resumed with another --jobs gives its runs another --threads). Two of them change the
+# float rounding, though: measured on CPU after 20 steps of depth 8, 1 thread against 2 leaves the
+# weights 1.6e-5 apart (relative L2), eager against compiled 9.6e-6 (benchmarks/thread_rounding.py).
+# So a resumed run matches the uninterrupted one bit for bit only with the same threads and
+# compile; changed, it is the same recipe to rounding, and the log says so.
+RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror"}
+ROUNDING_SETTINGS = ("threads", "compile")
 
 
 class ConfigError(ResbenchError, ValueError):
@@ -75,6 +83,8 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def check_settings(cfg: TrainConfig) -> None:
+    from . import data, distributed, hotpath, models  # torch: loaded when a run is checked, not for --help
+
     data.dataset_spec(cfg.data_name)
     models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
     if cfg.resnet_width > MAX_WIDTH:
@@ -107,11 +117,15 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
     hotpath.parse_compile(cfg.compile)
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"--threads must be a positive integer (or auto), got {cfg.threads}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -181,9 +195,17 @@ def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path)
                  for key in sorted(set(saved) | set(wanted))
                  if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]
     if differing:
+        from .checkpoint import CheckpointError
+
         raise CheckpointError(
             f"{path} holds a run with other settings ({'; '.join(differing)}); "
             "use another --save folder, or the saved settings to resume it")
+
+
+def rounding_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The settings of ROUNDING_SETTINGS that differ between a saved run and its resumption, as flags."""
+    return [f"--{key} {wanted.get(key)} (was {saved.get(key)})" for key in ROUNDING_SETTINGS
+            if str(saved.get(key)).lower() != str(wanted.get(key)).lower()]
 
 
 # ---------------------------------------------------------------- the `resbench train` flags
@@ -201,15 +223,25 @@ FLAG_HELP = {
     "optim_global_clipping": "clip gradients to this global norm (off or 0: no clipping)",
     "seed": "random seed (init, data order, augmentation)",
     "data_root": "folder holding <data_name>/{train,test}_{images,labels}.npy",
-    "save": "run folder (default runs/<data_name>/<settings>); an existing one is resumed",
+    "save": "run folder (default: runs/<data_name>/<settings>); an existing one is resumed",
     "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
-    "compile": "auto | true | false: torch.compile the training step (auto: only for runs long enough to repay the compile time)",
-    "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA)",
-    "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package)",
-    "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (true/false; slower)",
+    "compile": "auto | true | false; --compile alone means true: torch.compile the training step "
+               "(auto: only for runs long enough to repay the compile time)",
+    "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA); "
+               "a switch: --sync_bn, or --sync_bn true/false",
+    "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package); "
+                   "a switch: --tensorboard, or --tensorboard true/false",
+    "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (slower); "
+                     "a switch: --deterministic, or --deterministic true/false",
+    "threads": "CPU threads of this process (torch.set_num_threads); auto: torch's choice, one per core "
+               "or $OMP_NUM_THREADS. `sweep --jobs N` gives each run cores/N (default: auto)",
+    "mirror": "fetch a missing dataset's official archive from this base URL or local folder, as "
+              "`resbench data download --mirror` does (default: the official URL)",
 }
+# Flags whose help already says their default.
+DEFAULT_IN_HELP = {"save", "threads", "mirror"}
 
 NOT_GIVEN = argparse.SUPPRESS  # a flag left out is absent from the namespace: only given flags change a resumed run
 
@@ -223,6 +255,11 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def optional_int(text: str) -> int | None:
+    """A count, where auto/none mean "let torch choose"."""
+    return None if text.strip().lower() in ("auto", "none") else int(text)
+
+
 def optional_float(text: str) -> float | None:
     """A number, where none/off/0 mean "not used"."""
     if text.strip().lower() in ("none", "off"):
@@ -231,27 +268,85 @@ def optional_float(text: str) -> float | None:
     return None if value == 0 else value
 
 
+def flag_kind(name: str) -> Any:
+    """The function that parses the text of the flag `--<name>`."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return {bool: parse_bool, int: int, float: float, str: str, str | None: str, int | None: optional_int}.get(
+        hint, optional_float)
+
+
+def flag_value(value: object) -> str:
+    """A TOML or JSON value as the train CLI spells it (booleans are `true`/`false`)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def add_train_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """One `--<field>` flag per TrainConfig field, plus `--resume RUN_DIR`."""
-    hints = typing.get_type_hints(TrainConfig)
+    """One `--<field>` flag per TrainConfig field, plus `--config FILE` and `--resume RUN_DIR`.
+
+    On/off settings are switches too (`--tensorboard` alone means true), as is `--compile`."""
     for f in dataclasses.fields(TrainConfig):
-        kind = {bool: parse_bool, int: int, float: float, str: str, str | None: str}.get(hints[f.name], optional_float)
-        shown = "off" if f.default is None else f.default
-        parser.add_argument(f"--{f.name}", type=kind, default=NOT_GIVEN, help=f"{FLAG_HELP[f.name]} (default: {shown})")
+        kind = flag_kind(f.name)
+        shown = "" if f.name in DEFAULT_IN_HELP else f" (default: {'off' if f.default is None else f.default})"
+        on = True if kind is parse_bool else "true" if f.name == "compile" else None
+        parser.add_argument(f"--{f.name}", type=kind, default=NOT_GIVEN, help=FLAG_HELP[f.name] + shown,
+                            **(switch(on) if on is not None else {}))
+    parser.add_argument("--config", metavar="FILE",
+                        help="read settings from a TOML or JSON file with the same keys as these flags, "
+                             "e.g. a run folder's config.json; flags given beside it override it")
     parser.add_argument("--resume", metavar="RUN_DIR", help="resume RUN_DIR with its saved settings")
     return parser
 
 
 def train_flag_parser() -> argparse.ArgumentParser:
     """The `resbench train` flags on their own, for parsing the train flags of a sweep's runs."""
-    return add_train_flags(argparse.ArgumentParser(prog="resbench train"))
+    return add_train_flags(Parser(prog="resbench train"))
+
+
+def settings_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a `--config` file, each parsed as its flag would parse it.
+
+    TOML (`resnet_depth = 20`) or JSON (a run folder's config.json, where null means "not set").
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSON and TOML decode errors are ValueErrors
+        raise ConfigError(f"cannot read --config {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path} is not a table of settings (name = value lines, or a JSON object)")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(values) - set(fields)):
+        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; the keys are the train "
+                          f"flags' names: {', '.join(fields)}")
+    settings = {}
+    for key, value in values.items():
+        try:
+            settings[key] = None if value is None and fields[key].default is None else flag_kind(key)(flag_value(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"--config {path}: {key} = {value!r} is not a valid --{key} ({exc})") from None
+    return settings
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The settings of the run: from the flags, or from RUN_DIR/config.json with --resume."""
+    """The settings of the run: from the flags over an optional --config file, or from RUN_DIR/config.json
+    with --resume."""
+    from .checkpoint import CheckpointError
+
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    config_file = getattr(args, "config", None)
+    if config_file and args.resume:
+        raise ConfigError("--config and --resume cannot go together: a resumed run keeps the settings in its "
+                          "folder's config.json")
     if not args.resume:
-        return TrainConfig(**given)
+        return TrainConfig(**{**(settings_file(config_file) if config_file else {}), **given})
     saved_path = Path(args.resume) / "config.json"
     if not saved_path.is_file():
         raise CheckpointError(f"cannot resume {args.resume}: it is not a run folder (no config.json); "

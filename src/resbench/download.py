@@ -51,7 +51,7 @@ def check_md5(path: Path, expected: str, *, delete: bool) -> None:
         path.unlink()
         advice = "the download was deleted; try again, or use --mirror"
     else:
-        advice = f"replace or delete {path} (or pass --no-verify if you trust it)"
+        advice = f"replace or delete {path} (or, if you trust it, prepare it with `resbench data download --no-verify`)"
     raise DataError(f"checksum mismatch for {name}: expected md5 {expected}, got {actual}; {advice}")
 
 

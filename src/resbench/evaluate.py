@@ -209,19 +209,3 @@ def run_eval(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.ckpt, args.data_root, args.split, args.temperature_scaling, args.device)
     print(json.dumps(report, indent=2) if args.json else format_eval_report(report))
     return 0
-
-
-def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench eval --ckpt RUN_DIR/best.pt [--split test] [--temperature_scaling] [--json]`."""
-    p = subparsers.add_parser("eval", help="accuracy, NLL, ECE and Brier score of a checkpoint",
-                              description="Evaluate a run's checkpoint (model settings from the run "
-                                          "folder's config.json): accuracy, NLL, ECE (15 bins), Brier score.")
-    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint, e.g. RUN_DIR/best.pt")
-    p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
-    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
-    p.add_argument("--temperature_scaling", action="store_true",
-                   help="also report the metrics after fitting one temperature T on the validation NLL")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.set_defaults(func=run_eval)
-    return p

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -22,10 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import data
-from .checkpoint import current_umask
 from .console import log
-from .data import PREPARED_FILES, DataFileError, read_prepared
 from .datasets import RECIPES, Recipe
 from .datasets.common import Splits
 from .download import Source, fetch_archive
@@ -43,6 +41,9 @@ def _check_name(name: str) -> str:
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
     """(problem or None, sample counts) of a prepared dataset: the trainer's own checks, memory-mapped."""
+    from . import data  # torch: loaded to check data, not for `resbench data --help`
+    from .data import DataFileError, read_prepared
+
     try:
         train_x, _, test_x, _ = read_prepared(data.DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
@@ -57,6 +58,9 @@ def is_complete(data_root: str | os.PathLike, name: str) -> bool:
 
 def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
     """Save the arrays in a hidden temporary folder, then rename it into place atomically."""
+    from .checkpoint import current_umask
+    from .data import PREPARED_FILES
+
     target = data_root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=data_root))
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
@@ -151,6 +155,8 @@ def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list
 
 def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
     """Fetch one archive and write every dataset of ``group`` from a single decode."""
+    from . import data
+
     archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
     log(f"preparing {', '.join(group)} from {archive.name}")
     arrays = recipe.read(archive, sorted({data.DATASETS[name].image_size for name in group}))
@@ -193,18 +199,35 @@ def _disk_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
+def _demo_status() -> dict:
+    """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
+    from .data import DEMO_DATASET, DEMO_TEST_SIZE
+
+    row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
+    if importlib.util.find_spec("sklearn") is None:
+        return {**row, "complete": False, "problem": "needs scikit-learn: pip install 'resbench[demo]'"}
+    from sklearn.datasets import load_digits
+
+    images = len(load_digits().target)
+    return {**row, "complete": True, "problem": None, "train": images - DEMO_TEST_SIZE, "test": DEMO_TEST_SIZE,
+            "note": "built in (scikit-learn's digits), nothing to download"}
+
+
 def dataset_status(data_root: str | os.PathLike) -> list[dict]:
-    """One dict per dataset: name, path, present, complete, problem, train/test counts, bytes."""
+    """One dict per dataset: name, path, present, complete, problem, train/test counts, bytes, and
+    the fix when it is not usable; the demo dataset last."""
     rows = []
     for name in DATASETS:
         folder = Path(data_root) / name
         problem, counts = _inspect(Path(data_root), name) if folder.is_dir() else ("not prepared", {})
+        fix = f"`resbench data download {name} --data_root {data_root}` (or `resbench train` fetches it itself)"
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
             "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
             "bytes": _disk_size(folder),
+            "note": None if problem is None else f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}",
         })
-    return rows
+    return [*rows, _demo_status()]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -223,7 +246,7 @@ def _format_status(rows: list[dict]) -> str:
     lines = [f"{'dataset':<21} {'status':<10} {'train':>7} {'test':>7} {'size':>9}  note"]
     for row in rows:
         status = "complete" if row["complete"] else ("damaged" if row["present"] else "missing")
-        note = "" if row["complete"] or not row["present"] else row["problem"]
+        note = row.get("note") or row["problem"] or ""
         lines.append(f"{row['name']:<21} {status:<10} {row['train'] or '-':>7} {row['test'] or '-':>7} "
                      f"{_human_size(row['bytes']) if row['present'] else '-':>9}  {note}".rstrip())
     return "\n".join(lines)

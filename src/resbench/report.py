@@ -273,9 +273,10 @@ def run_table(args: argparse.Namespace) -> int:
 
 def add_table_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """`resbench table RUNS_DIR [--compare reference]`."""
-    p = subparsers.add_parser("table", help="print finished runs as markdown tables in the seed's format",
+    p = subparsers.add_parser("table", help="print finished runs as markdown tables in the published tables' format",
                               description="Print the finished runs below RUNS_DIR as markdown tables in the "
-                                          "format of seed-results.md (mean ± std over seeds).")
+                                          "format of the published tables (docs/reference/seed-results.md), "
+                                          "mean ± std over the random seeds of a configuration.")
     p.add_argument("runs_dir", type=Path, help="folder searched recursively for summary.json")
     p.add_argument("--compare", choices=["reference"], default=None,
                    help="write the published figure and our difference beside each of ours: "

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -20,12 +21,15 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import config_from_args, default_run_name, train_flag_parser, validate_config
+from . import cpus
+from .config import (TrainConfig, canonical, config_from_args, default_run_name, flag_value, train_flag_parser,
+                     validate_config)
 from .errors import ResbenchError
-from .reference import reference_rows
+from .progress import clock
+from .reference import reference_lookup, reference_rows
 
 GRID_AXES = {"data_name": "--data_name", "resnet_depth": "--resnet_depth", "resnet_width": "--resnet_width",
              "precision": None, "seed": "--seed"}
@@ -38,10 +42,11 @@ SWEEP_OWNED_FLAGS = ("save", "resume")
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One training run of the sweep: its folder and the train flags (without --save)."""
+    """One training run of the sweep: its folder, the train flags (without --save) and their settings."""
 
     save: Path
     flags: tuple[str, ...]
+    config: TrainConfig = field(compare=False)
 
     @property
     def state(self) -> str:
@@ -61,11 +66,6 @@ def seed_grid() -> list[list[str]]:
     """The 26 rows of seed-results.md, as train flags (trainer defaults give the seed's recipe)."""
     return [["--data_name", row.data_name, "--resnet_depth", str(row.depth), "--resnet_width", str(row.width),
              *PRECISION_FLAGS[row.precision]] for row in reference_rows()]
-
-
-def flag_value(value: object) -> str:
-    """A TOML value as the train CLI spells it (booleans are `true`/`false`)."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def as_list(value: object) -> list:
@@ -136,8 +136,9 @@ def parse_train_flags(flags: list[str]) -> argparse.Namespace:
     return args
 
 
-def run_folder(runs_dir: Path, flags: list[str]) -> Path:
-    """<runs_dir>/<data_name>/<run name> of a train command, checked as `resbench train` would check it.
+def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None) -> PlannedRun:
+    """A train command in its folder <runs_dir>/<data_name>/<run name>, checked as `resbench train`
+    would check it; `--threads threads` is added unless the flags set the threads themselves.
 
     Checking at planning time makes a bad grid fail at once (and under --dry-run), not once per
     run after its folder was created.
@@ -146,9 +147,11 @@ def run_folder(runs_dir: Path, flags: list[str]) -> Path:
     if owned := [f"--{name}" for name in SWEEP_OWNED_FLAGS if getattr(args, name, None) is not None]:
         raise ResbenchError(f"{', '.join(owned)} cannot be a flag of a sweep: each run gets its own folder "
                             "<runs_dir>/<data_name>/<run name>; set --runs_dir instead")
+    if threads is not None and not hasattr(args, "threads"):
+        flags, args.threads = [*flags, "--threads", str(threads)], threads
     config = config_from_args(args)
     validate_config(config)
-    return Path(runs_dir) / config.data_name / default_run_name(config)
+    return PlannedRun(Path(runs_dir) / config.data_name / default_run_name(config), tuple(flags), config)
 
 
 def check_runs_dir(runs_dir: Path) -> None:
@@ -158,7 +161,8 @@ def check_runs_dir(runs_dir: Path) -> None:
         raise ResbenchError(f"--runs_dir {runs_dir} is not a folder ({existing} is a file); name a folder")
 
 
-def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], source: str) -> list[PlannedRun]:
+def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], source: str,
+              threads: int | None = None) -> list[PlannedRun]:
     """Each grid point with its run folder; points that map to the same folder run once.
 
     A point that `resbench train` would refuse stops the plan with an error naming `source` and the point.
@@ -168,10 +172,10 @@ def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], sou
     for number, point in enumerate(grid, 1):
         flags = (*point, *extra_flags)
         try:
-            save = run_folder(runs_dir, list(flags))
+            run = plan_run(runs_dir, list(flags), threads)
         except ResbenchError as exc:
             raise ResbenchError(f"{source}, run {number} of {len(grid)} ({shlex.join(flags)}): {exc}") from None
-        runs.setdefault(save, PlannedRun(save, flags))
+        runs.setdefault(run.save, run)
     return list(runs.values())
 
 
@@ -186,6 +190,58 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool) -> str
         if show_commands and state != "finished":
             lines.append("          resbench " + shlex.join(run.command[3:]))
     return "\n".join(lines)
+
+
+def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
+    """One line per dataset the runs need that is not prepared yet: where it will come from."""
+    from .data import missing_prepared_files
+    from .datasets import RECIPES
+    from .fetch import DOWNLOADS_DIR
+
+    lines = []
+    for name, root, mirror in dict.fromkeys((r.config.data_name, r.config.data_root, r.config.mirror) for r in runs):
+        if not missing_prepared_files(name, root):
+            continue
+        source = RECIPES[name].source
+        placed = Path(root) / DOWNLOADS_DIR / source.filename
+        origin = (f"the archive already in {placed}" if placed.is_file() else
+                  f"{source.filename} from --mirror {mirror}" if mirror else source.url)
+        lines.append(f"  {name}: prepared in {Path(root) / name} by the first run that needs it, from {origin}")
+    return lines
+
+
+def done_iterations(run: PlannedRun) -> int:
+    """The iteration of a started run's last evaluation (metrics.jsonl), 0 for a new one."""
+    try:
+        last = (run.save / "metrics.jsonl").read_text().splitlines()[-1]
+        return int(json.loads(last)["iter"])
+    except (OSError, IndexError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def reference_minutes(run: PlannedRun) -> float | None:
+    """What the run's remaining iterations took the reference on its GPU (its published wall time,
+    scaled by images to train); None for a configuration the reference did not run."""
+    cfg = run.config
+    precision = "fp32" if canonical("mixed_precision", cfg.mixed_precision) == "fp32" else "fp16"
+    row = reference_lookup().get((cfg.data_name, cfg.resnet_depth, cfg.resnet_width, precision))
+    if row is None:
+        return None
+    return row.wall_min * (cfg.optim_ni - done_iterations(run)) * cfg.batch_size / (48_000 * 256)
+
+
+def time_estimate(runs: list[PlannedRun], jobs: int) -> str:
+    """The reference's time for the same work, the one estimate that needs no measurement here."""
+    minutes = [reference_minutes(run) for run in runs]
+    known = [m for m in minutes if m is not None]
+    if not known:
+        return ("time: the reference has no wall times for these configurations; measure this machine's speed "
+                "with `resbench bench --resnet_depth D --batch_size B` (images/s)")
+    unknown = f" ({len(minutes) - len(known)} runs the reference did not make are not counted)" if len(known) < len(
+        minutes) else ""
+    return (f"time: the same iterations took the reference {clock(sum(known) * 60)} on one GeForce RTX 3090 "
+            f"(its published wall times, scaled to these runs){unknown}; a CPU takes many times longer, and "
+            f"--jobs {jobs} runs share one device. This machine's speed: `resbench bench --resnet_depth D` (images/s)")
 
 
 # ---------------------------------------------------------------- running
@@ -218,14 +274,28 @@ def execute(run: PlannedRun) -> str | None:
     return None if run.state == "finished" else "no summary.json written"
 
 
+def final_figures(run: PlannedRun) -> str:
+    """A finished run's table figures and wall time, from its summary.json."""
+    try:
+        summary = json.loads((run.save / "summary.json").read_text())
+        return (f"val/acc {summary['val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}, tst/nll {summary['tst_nll']:.4f}"
+                f" (best at iteration {summary['best_iter']}), {clock(summary['wall_seconds'])}")
+    except (OSError, ValueError, KeyError, TypeError):  # the trainer writes these; a hand-edited file may not
+        return f"see {run.save / 'summary.json'}"
+
+
 def execute_all(runs: list[PlannedRun], jobs: int) -> list[tuple[PlannedRun, str]]:
-    """Run the runs `jobs` at a time, reporting each as it ends; the failed ones with their reasons."""
-    lock, done, failures = threading.Lock(), itertools.count(1), []
+    """Run the runs `jobs` at a time, reporting each as it starts and ends; the failed ones with their reasons."""
+    lock, started, done, failures = threading.Lock(), itertools.count(1), itertools.count(1), []
 
     def job(run: PlannedRun) -> None:
+        with lock:
+            print(f"[start {next(started)}/{len(runs)}] {run.save} ({run.state}; its output goes to "
+                  f"{run.save / 'stdout.log'})", flush=True)
         reason = execute(run)
         with lock:
-            status = "ok" if reason is None else f"FAILED ({reason}, see {run.save / 'stdout.log'})"
+            status = f"finished: {final_figures(run)}" if reason is None else \
+                f"FAILED ({reason}, see {run.save / 'stdout.log'})"
             print(f"[{next(done)}/{len(runs)}] {run.save}: {status}", flush=True)
             if reason is not None:
                 failures.append((run, reason))
@@ -254,9 +324,20 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ResbenchError("--jobs must be at least 1")
     source = "seed grid" if args.grid == "seed" else f"grid {args.grid}"
-    runs = plan_runs(load_grid(args.grid), args.runs_dir, train_flags(args.train_flags), source)
+    # Runs at once share the cores: each gets its share, not every core (unless the flags say otherwise).
+    threads = cpus.threads_per_job(args.jobs) if args.jobs > 1 else None
+    runs = plan_runs(load_grid(args.grid), args.runs_dir, train_flags(args.train_flags), source, threads)
     print(describe_plan(runs, args.jobs, show_commands=args.dry_run), flush=True)
     todo = [run for run in runs if run.state != "finished"]
+    if threads is not None and todo:
+        print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
+              "(unless the train flags set --threads)")
+    if todo and (busy := cpus.busy_warning()):
+        print(busy, flush=True)
+    if args.dry_run and todo:
+        downloads = data_to_prepare(todo)
+        print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
+        print("\n".join([*downloads, time_estimate(todo, args.jobs)]), flush=True)
     if args.dry_run or not todo:
         return 0
     failures = execute_all(todo, args.jobs)
@@ -273,12 +354,15 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Train every configuration of a grid, each in <runs_dir>/<data_name>/<run name>. "
                     "Train flags after `--` are passed to every run, e.g. `-- --optim_ni 2000`.")
     p.add_argument("--grid", default="seed",
-                   help="`seed` (the 26 rows of seed-results.md) or a TOML file with lists data_name, "
+                   help="`seed`: the 26 published rows (docs/reference/seed-results.md, the tables this "
+                        "project reproduces), or a TOML file with lists data_name, "
                         "resnet_depth, resnet_width, precision (fp32/fp16/bf16), seed and a [flags] table")
     p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at the same time on the one device")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at the same time on the one device, each with --threads cores/N")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                   help="print the plan (and the train commands) without running anything")
+                   help="print the plan, the train commands, the datasets to download and a time estimate; "
+                        "run nothing")
     p.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- followed by train flags for every run")
     p.set_defaults(func=run_sweep)
     return p

@@ -13,6 +13,7 @@ resumed, in `resume.py`; the run folder's files, in `runlog.py`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -24,16 +25,19 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from . import bnstats, data, distributed, fetch, hotpath, models
-from .config import TrainConfig, check_same_config, precision_for, resolve_device, run_folder_of, validate_config
+from . import bnstats, cpus, data, distributed, fetch, hotpath, models
+from .config import (TrainConfig, check_same_config, precision_for, resolve_device, rounding_changes, run_folder_of,
+                     validate_config)
 from .evaluate import evaluate
 from .lossscale import ConstantLossScale
+from .progress import Progress
 from .resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
 from .runlog import RunFolder
 
-PROGRESS_EVERY = 50  # iterations between progress updates (each one synchronises with the device)
+# Iterations between logging points, where the loop folds the loss sums and (data-parallel) the ranks
+# agree on stopping; each synchronises with the device. Progress lines follow the clock (progress.py).
+PROGRESS_EVERY = 50
 
 
 class TrainingDiverged(Exception):
@@ -87,6 +91,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
     validate_config(cfg)
+    busy = cpus.busy_warning()  # before this run adds to the load
+    cpus.use_threads(cfg.threads)
     configure_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)
     world = distributed.init_world(device)
@@ -94,13 +100,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         device = distributed.local_device(device, world)
         agree = lambda failed: distributed.any_rank(failed, world, device)  # noqa: E731
         with RunFolder(run_folder_of(cfg), writer=world.is_main).claimed(agree) as run:
-            return train_in_world(cfg, run, device, world)
+            return train_in_world(cfg, run, device, world, busy)
     finally:
         distributed.shutdown(world)
 
 
-def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World) -> dict[str, Any]:
-    """Set up (or resume) the run in its claimed folder, train it, and write its summary."""
+def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World,
+                   busy: str | None = None) -> dict[str, Any]:
+    """Set up (or resume) the run in its claimed folder, train it, and write its summary.
+
+    `busy`: the warning that the machine was busy when the run started, for the log."""
     precision = precision_for(cfg.mixed_precision, device)
     hotpath.warn_if_slow_precision(precision, device)
     if run.is_done():
@@ -108,6 +117,11 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
     resume_from = checked_resume_point(run, cfg, device, precision)
     job = build_job(cfg, run, device, world, precision)
     state = start_or_resume(job, resume_from)
+    if busy:
+        run.log(busy)
+    for change in rounding_changes(resume_from["config"], dataclasses.asdict(cfg)) if resume_from else []:
+        run.log(f"note: resuming with {change}: the same recipe to float rounding, not bit for bit the "
+                "uninterrupted run")
     del resume_from  # the checkpoint's copy of model and optimiser is not needed any more
     try:
         train_loop(job, state)
@@ -123,7 +137,8 @@ def train_loop(job: Job, state: RunState) -> None:
     """The recipe, step by step: batch → SGD step → (every eval_every) evaluate → checkpoint."""
     cfg, world = job.cfg, job.world
     meter = Meter(state, job.device)
-    with StopSignals() as signals, progress_bar(cfg, state, world) as bar:
+    progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=world.is_main)
+    with StopSignals() as signals, contextlib.closing(progress):
         for step in range(state.step, cfg.optim_ni):
             images, labels = job.batches.batch(step)
             lr = learning_rate(step, cfg)
@@ -133,8 +148,9 @@ def train_loop(job: Job, state: RunState) -> None:
             meter.add(loss, state)
             state.step = step + 1
 
-            # The only place the loop waits for the device. A single process may stop at any step;
-            # ranks agree on stopping at logging points only.
+            # Where the loop waits for the device: at logging points, and for a progress line (at most
+            # one per progress.LINE_EVERY_S seconds). A single process may stop at any step; ranks
+            # agree on stopping at logging points only.
             logging_point = is_eval or state.step % PROGRESS_EVERY == 0
             stop = False
             if logging_point or (signals.received is not None and not world.distributed):
@@ -142,8 +158,9 @@ def train_loop(job: Job, state: RunState) -> None:
                     meter.fold(state, world)
                     check_finite(state.loss_sum, "the training loss", state, job.run)
                 stop = distributed.any_rank(signals.received is not None, world, job.device)
-                bar.update(state.step - bar.n)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4f}", img_s=f"{meter.lap(state, cfg):.0f}")
+                meter.lap(state)
+            if progress.due(state.step) and not is_eval:  # the clock says so: one read of the device's loss sum
+                progress.show(state.step, meter.loss_mean(state), lr)
 
             if is_eval:
                 with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
@@ -154,8 +171,9 @@ def train_loop(job: Job, state: RunState) -> None:
                 state.loss_sum, state.loss_count = 0.0, 0
                 job.run.append_metrics(record)
                 save_last(job, state, meter)
-                job.run.log(job.run.format_record(record))
+                job.run.log(f"{job.run.format_record(record)}, {progress.timing(state.step, state.wall_seconds)}")
                 meter.restart()  # evaluation time is not training time
+                progress.restart(state.step)
 
             if stop and state.step < cfg.optim_ni:
                 save_last(job, state, meter)
@@ -205,6 +223,7 @@ class Job:
     device: torch.device
     precision: str
     model: torch.nn.Module  # the eager model: evaluation and checkpoints
+    compiled: bool  # whether step_model is torch.compile'd
     step_model: Callable[[torch.Tensor], torch.Tensor]  # what train_step runs: compiled, or `model` itself
     optimizer: torch.optim.Optimizer
     scaler: ConstantLossScale
@@ -227,7 +246,7 @@ def build_job(cfg: TrainConfig, run: RunFolder, device: torch.device, world: dis
     parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
     return Job(
-        cfg=cfg, run=run, world=world, device=device, precision=precision, model=model,
+        cfg=cfg, run=run, world=world, device=device, precision=precision, model=model, compiled=compiled,
         step_model=hotpath.step_model_of(parallel_model, compiled, device),
         optimizer=hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device),
         scaler=ConstantLossScale(device, enabled=precision == "fp16"),
@@ -251,12 +270,24 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         job.run.start(job.cfg, job.params, job.device, job.precision)
     if job.cfg.tensorboard:
         job.run.open_tensorboard(state.step)
+    threads = f", {torch.get_num_threads()} threads" if job.device.type == "cpu" else ""
     job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
-                f"on {job.device} ({job.precision}), {job.params:,} trainable parameters")
+                f"in {job.run.path}: {job.device} ({job.precision}{threads}), {step_kind(job)}, "
+                f"{job.params:,} trainable parameters")
     if job.scaler.enabled:
         job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
                     "gradients are not finite is skipped and counted")
     return state
+
+
+def step_kind(job: Job) -> str:
+    """Whether the training step is compiled, and why not where `--compile auto` decided."""
+    if job.compiled:
+        return "compiled step (torch.compile)"
+    if str(job.cfg.compile).lower() != "auto":
+        return "eager step (--compile false)"
+    least = hotpath.COMPILE_MIN_ITERS.get(job.device.type, hotpath.COMPILE_MIN_ITERS["cuda"])
+    return f"eager step (--compile auto compiles runs of {least:,}+ iterations on {job.device.type})"
 
 
 def already_finished(run: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
@@ -280,7 +311,7 @@ def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.de
     if world.is_main and missing:
         print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
               file=sys.stderr)
-        fetch.prepare_dataset(cfg.data_name, cfg.data_root)
+        fetch.prepare_dataset(cfg.data_name, cfg.data_root, cfg.mirror)
     distributed.wait_for_rank0(world)
 
 
@@ -313,7 +344,7 @@ class Meter:
         self.skipped = torch.zeros((), device=device)
         hotpath.sync(device)
         self.session_start = self.interval_start = time.perf_counter()
-        self.wall_at_session_start, self.interval_first_step = state.wall_seconds, state.step
+        self.wall_at_session_start = state.wall_seconds
 
     def add(self, loss: torch.Tensor, state: RunState) -> None:
         self.loss_sum += loss
@@ -329,14 +360,17 @@ class Meter:
         state.skipped_steps += int(self.skipped.item())
         self.skipped.zero_()
 
-    def lap(self, state: RunState, cfg: TrainConfig) -> float:
-        """Book the time since the last lap as training time; returns the images/s over it."""
+    def lap(self, state: RunState) -> None:
+        """Book the time since the last lap as training time."""
         now = time.perf_counter()
         state.train_seconds += now - self.interval_start
         state.wall_seconds = self.wall_at_session_start + now - self.session_start
-        speed = (state.step - self.interval_first_step) * cfg.batch_size / max(now - self.interval_start, 1e-9)
-        self.interval_start, self.interval_first_step = now, state.step
-        return speed
+        self.interval_start = now
+
+    def loss_mean(self, state: RunState) -> float:
+        """The mean training loss since the last evaluation (this rank's unfolded part included):
+        a progress figure, which reads the device sum without folding it."""
+        return (state.loss_sum + self.loss_sum.item()) / max(state.loss_count, 1)
 
     def stamp(self, state: RunState) -> None:
         """The wall clock of the run, once the device has finished what was queued."""
@@ -345,11 +379,6 @@ class Meter:
 
     def restart(self) -> None:
         self.interval_start = time.perf_counter()
-
-
-def progress_bar(cfg: TrainConfig, state: RunState, world: distributed.World) -> tqdm:
-    return tqdm(total=cfg.optim_ni, initial=state.step, disable=not (sys.stderr.isatty() and world.is_main),
-                dynamic_ncols=True, unit="it")
 
 
 def save_last(job: Job, state: RunState, meter: Meter) -> None:
