@@ -12,7 +12,11 @@
 # 3. fp16 training with loss scaling (skipped steps counted) on the Digits_x32 demo, compiled;
 # 4. `--deterministic`: two identical runs must end with bit-identical weights;
 # 5. `resbench bench` for the README's speed table (depth 20 fp32, depth 18 bf16);
-# 6. benchmarks/profile_step.py: where the depth-20 step's GPU time goes, compile modes compared.
+# 6. benchmarks/profile_step.py: where the depth-20 step's GPU time goes, compile modes compared;
+# 7. `resbench bench --grid seed`: every row of the seed's table timed (compiled, evaluations
+#    counted), and the projected total for the table (issue 17's 2-GPU-hour target);
+# 8. filling the GPU with several depth-20 runs: K seeds packed into one network (`--pack K`)
+#    against K separate processes running at once (what `sweep --jobs K` does), without MPS.
 # Each stage has a time cap so one hang cannot eat the lease; results are also saved in OUT_DIR.
 set -u
 cd "$(dirname "$0")/.."
@@ -21,7 +25,7 @@ PY=${PYTHON:-python3}
 OUT=${1:-/tmp/resbench_gpu_check}
 WORK=$(mktemp -d)  # data and run folders: large, not worth copying back
 mkdir -p "$OUT"
-STAGES=${STAGES:-123456}
+STAGES=${STAGES:-12345678}
 stage() { echo; echo "== $* ($(date +%T))"; }
 want() { [[ $STAGES == *$1* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -104,6 +108,26 @@ if want 6; then
 stage "6. profile_step.py"
 timeout 200 $PY benchmarks/profile_step.py --device cuda >"$OUT/profile_step.log" 2>&1
 grep -v "^[WI][0-9]\|[Ww]arn" "$OUT/profile_step.log" | tail -n 45
+fi
+
+if want 7; then
+stage "7. bench --grid seed (every row of the table)"
+timeout 900 $PY -m resbench bench --grid seed --device cuda --warmup 10 --iters 30 --windows 2 2>&1 | tee "$OUT/grid_seed.md" | tail -n 30
+fi
+
+if want 8; then
+stage "8. several depth-20 runs on one GPU: packed (--pack K) vs K processes at once"
+for k in 2 4 8; do
+    timeout 150 $PY -m resbench bench --device cuda --resnet_depth 20 --compile true --warmup 10 --iters 50 --windows 3 \
+        --pack $k --json >"$OUT/pack_$k.json"
+    $PY -c "import json,sys; r=json.load(open(sys.argv[1])); p=r['packed']; print('pack', p['runs'], '|', round(p['images_per_sec']), 'images/s together |', round(r['images_per_sec']), 'one run |', round(p['speedup_vs_one_run'], 2), 'x')" "$OUT/pack_$k.json"
+    for i in $(seq $k); do
+        timeout 150 $PY -m resbench bench --device cuda --resnet_depth 20 --compile true --warmup 10 --iters 200 \
+            --windows 3 --json >"$OUT/procs_${k}_$i.json" &
+    done
+    wait
+    $PY -c "import json,sys; rs=[json.load(open(f)) for f in sys.argv[1:]]; print($k, 'processes at once |', round(sum(r['images_per_sec'] for r in rs)), 'images/s together (each', [round(r['images_per_sec']) for r in rs], ')')" "$OUT"/procs_${k}_*.json
+done
 fi
 
 stage "done"

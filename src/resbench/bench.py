@@ -12,6 +12,7 @@ machine's state (other processes, clocks, threads) rather than a datasheet.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -24,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import cpus, data, hotpath, models
-from .config import ConfigError, TrainConfig, precision_for, resolve_device, validate_config
+from . import cpus, data, hotpath, models, packed
+from .config import ConfigError, TrainConfig, config_from_args, precision_for, resolve_device, validate_config
+from .errors import ResbenchError
+from .evaluate import EVAL_BATCH_SIZE, predict_logits
 from .hotpath import autocast_for, sync
 from .lossscale import ConstantLossScale
 from .resume import RunState
@@ -41,13 +44,13 @@ class Trainer:
 
     name: str
     step: Callable[[int], torch.Tensor]
+    runs: int = 1  # runs one step trains (packed seeds); images per step = runs × batch size
 
 
 def bench_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the benchmark mirrors (a full 48k-iteration row unless --optim_ni says otherwise)."""
-    cfg = TrainConfig(data_name=args.data_name, resnet_depth=args.resnet_depth, resnet_width=args.resnet_width,
-                      batch_size=args.batch_size, mixed_precision=args.mixed_precision, compile=args.compile,
-                      device=args.device, optim_ni=args.optim_ni)
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
+    cfg = TrainConfig(**given, compile=args.compile, device=args.device, optim_ni=args.optim_ni)
     validate_config(cfg)
     return cfg
 
@@ -112,18 +115,44 @@ def plain_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBat
     return Trainer("plain eager", step)
 
 
+def packed_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches, runs: int) -> Trainer:
+    """`runs` seeds of the configuration packed into one network (packed.py): one step trains all of
+    them, each on its own data order and augmentation. The `--pack` candidate for filling a GPU."""
+    precision = precision_for(cfg.mixed_precision, device)
+    if reason := packed.packable(cfg, precision):
+        raise ConfigError(f"--pack: runs with these settings cannot be packed ({reason})")
+    seeds = [cfg.seed + i for i in range(runs)]
+    pool = [data.TrainBatches(batches.images, batches.labels, cfg.batch_size, seed) for seed in seeds]
+    model = packed.pack([build_model(dataclasses.replace(cfg, seed=seed)) for seed in seeds])
+    model = hotpath.prepare_model(model, device)
+    optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
+    step_model = hotpath.step_model_of(model, hotpath.use_compile(cfg.compile, device, cfg.optim_ni), device)
+    autocast = autocast_for(precision, device)
+
+    def step(i: int) -> torch.Tensor:
+        pairs = [b.batch(i) for b in pool]
+        return packed.packed_step(step_model, optimizer, [x for x, _ in pairs], [y for _, y in pairs],
+                                  learning_rate(i, cfg), cfg, autocast)
+
+    return Trainer(f"{runs} runs packed", step, runs)
+
+
 def timed_windows(trainers: list[Trainer], device: torch.device, warmup: int, iters: int, windows: int,
-                  probe: Callable[[], float]) -> tuple[dict[str, list[float]], list[float]]:
-    """Seconds per window of `iters` steps for each trainer, and one `probe()` per round.
+                  probe: Callable[[], float]) -> tuple[dict[str, list[float]], list[float], float]:
+    """Seconds per window of `iters` steps for each trainer, one `probe()` per round, and the
+    seconds the first trainer's warm-up took (compilation happens there).
 
     Trainers' windows are interleaved, and the probe (the matmul peak) runs in every round, so
     all of them see the same background load on a shared machine. A window ends with one
     synchronisation (reading the accumulated loss), as a logging point of the training loop does.
     """
+    warmup_seconds = []
     for trainer in trainers:
+        start = time.perf_counter()
         for i in range(warmup):
             trainer.step(i)
         sync(device)
+        warmup_seconds.append(time.perf_counter() - start)
     seconds: dict[str, list[float]] = {t.name: [] for t in trainers}
     probes = []
     for window in range(windows):
@@ -136,7 +165,7 @@ def timed_windows(trainers: list[Trainer], device: torch.device, warmup: int, it
             loss_sum.item()
             seconds[trainer.name].append(time.perf_counter() - start)
         probes.append(probe())
-    return seconds, probes
+    return seconds, probes, warmup_seconds[0]
 
 
 def step_flops(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches) -> float:
@@ -201,8 +230,9 @@ def summarise(seconds: list[float], iters: int, batch_size: int) -> dict[str, An
     }
 
 
-def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool) -> dict[str, Any]:
-    """Measure the configuration (and the plain baseline with `vs`); returns the JSON record."""
+def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool, pack: int = 1) -> dict[str, Any]:
+    """Measure the configuration (and the plain baseline with `vs`, and `pack` seeds packed into
+    one network when `pack` > 1); returns the JSON record."""
     device = resolve_device(cfg.device)
     precision = precision_for(cfg.mixed_precision, device)
     hotpath.warn_if_slow_precision(precision, device)
@@ -210,6 +240,8 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool)
     trainers = [optimised_trainer(cfg, device, batches)]
     if vs:
         trainers.append(plain_trainer(cfg, device, batches))
+    if pack > 1:
+        trainers.append(packed_trainer(cfg, device, batches, pack))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     dtype, tf32, peak_name = peak_dtype(precision, device)
@@ -220,11 +252,11 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool)
         return matmul_peak(device, dtype, tf32)
 
     start = time.perf_counter()
-    seconds, peaks = timed_windows(trainers, device, warmup, iters, windows, probe)
+    seconds, peaks, warmup_seconds = timed_windows(trainers, device, warmup, iters, windows, probe)
     elapsed = time.perf_counter() - start
     flops_per_image = step_flops(cfg, device, batches) / cfg.batch_size
     peak = statistics.median(peaks)
-    results = {t.name: summarise(seconds[t.name], iters, cfg.batch_size) for t in trainers}
+    results = {t.name: summarise(seconds[t.name], iters, t.runs * cfg.batch_size) for t in trainers}
     main = results[trainers[0].name]
     record = {
         "device": device_name(device),
@@ -234,6 +266,7 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool)
         "batch_size": cfg.batch_size, "precision": precision,
         "compile": hotpath.use_compile(cfg.compile, device, cfg.optim_ni),
         "warmup": warmup, "iters": iters, "windows": windows,
+        "warmup_seconds": warmup_seconds,
         **main,
         "minutes_per_48k_iters": 48_000 * main["ms_per_step"] / 60_000,
         "peak_memory_mb": memory[0] / 2**20,  # training's peak, reached in warm-up and window 1
@@ -248,7 +281,115 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool)
         baseline = results["plain eager"]
         record["baseline"] = baseline
         record["speedup_vs_baseline"] = main["images_per_sec"] / baseline["images_per_sec"]
+    if pack > 1:
+        together = results[trainers[-1].name]  # images/s of all the packed runs together
+        record["packed"] = {"runs": pack, **together,
+                            "speedup_vs_one_run": together["images_per_sec"] / main["images_per_sec"]}
     return record
+
+
+# ---------------------------------------------------------------- a whole grid (`--grid seed`)
+
+def grid_configs(grid: str, device: str, compile_choice: str) -> list[TrainConfig]:
+    """Each distinct configuration of a sweep grid as `resbench sweep` would train it, checked as
+    `train` checks it. Rows that differ only in their seed run at the same speed: timed once."""
+    from .sweep import load_grid, parse_train_flags  # sweep's grids; sweep does not import bench
+
+    configs: dict[tuple, TrainConfig] = {}
+    for flags in load_grid(grid):
+        try:
+            cfg = config_from_args(parse_train_flags(flags))
+        except ResbenchError as exc:
+            raise ConfigError(f"grid {grid}: {exc}") from None
+        cfg = dataclasses.replace(cfg, device=device, compile=compile_choice, seed=TrainConfig.seed,
+                                  save=None, tensorboard=False)
+        validate_config(cfg)
+        configs.setdefault(tuple(sorted(dataclasses.asdict(cfg).items())), cfg)
+    return list(configs.values())
+
+
+def evaluations_of(cfg: TrainConfig) -> int:
+    """How many evaluations a run makes: every `eval_every` iterations and one at the last."""
+    return cfg.optim_ni // cfg.eval_every + (1 if cfg.optim_ni % cfg.eval_every else 0)
+
+
+def eval_images_per_sec(cfg: TrainConfig, device: torch.device, images: int = 2 * EVAL_BATCH_SIZE) -> float:
+    """Images/s of the evaluation path (BatchNorm in inference mode, `predict_logits`'s batches,
+    the run's autocast), timed over `images` generated images after one warm-up batch."""
+    spec = data.dataset_spec(cfg.data_name)
+    model = hotpath.prepare_model(build_model(cfg), device)
+    gen = torch.Generator().manual_seed(1)
+    pixels = torch.randint(0, 256, (images, spec.image_size, spec.image_size, 3), dtype=torch.uint8, generator=gen)
+    pixels = pixels.to(device)
+    autocast = autocast_for(precision_for(cfg.mixed_precision, device), device)
+    predict_logits(model, pixels[:EVAL_BATCH_SIZE], autocast=autocast)
+    sync(device)
+    start = time.perf_counter()
+    predict_logits(model, pixels, autocast=autocast)
+    sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[str, Any]:
+    """One grid row: training images/s after warm-up, evaluation images/s, and what a whole run costs.
+
+    The run's minutes are measured rates times known counts: `optim_ni` steps of `batch_size`
+    images, plus every evaluation's validation and test images (the test split counted at every
+    evaluation, an upper bound), plus the measured warm-up (compilation, CUDA-graph capture).
+    """
+    device = resolve_device(cfg.device)
+    spec = data.dataset_spec(cfg.data_name)
+    record = run_bench(cfg, warmup, iters, windows, vs=False)
+    eval_rate = eval_images_per_sec(cfg, device)
+    eval_images = evaluations_of(cfg) * (spec.num_val + spec.num_test)
+    train_minutes = cfg.optim_ni * cfg.batch_size / record["images_per_sec"] / 60
+    eval_minutes = eval_images / eval_rate / 60
+    setup_minutes = record["warmup_seconds"] / 60
+    return {
+        "data_name": cfg.data_name, "depth": cfg.resnet_depth, "width": cfg.resnet_width,
+        "precision": record["precision"], "compile": record["compile"], "batch_size": cfg.batch_size,
+        "optim_ni": cfg.optim_ni, "evaluations": evaluations_of(cfg),
+        "images_per_sec": record["images_per_sec"], "window_images_per_sec": record["window_images_per_sec"],
+        "ms_per_step": record["ms_per_step"], "eval_images_per_sec": eval_rate,
+        "warmup_seconds": record["warmup_seconds"], "peak_memory_mb": record["peak_memory_mb"],
+        "train_minutes": train_minutes, "eval_minutes": eval_minutes,
+        "run_minutes": setup_minutes + train_minutes + eval_minutes,
+    }
+
+
+def run_grid(grid: str, device: str, compile_choice: str, warmup: int, iters: int, windows: int,
+             report: Callable[[dict[str, Any]], None] = lambda row: None) -> dict[str, Any]:
+    """Every row of `grid` benchmarked in turn (`report` sees each as it is done), and the total."""
+    configs = grid_configs(grid, device, compile_choice)
+    result = {"grid": grid, "device": device_name(resolve_device(device)), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "warmup": warmup, "iters": iters, "windows": windows, "rows": []}
+    for cfg in configs:
+        result["rows"].append(bench_row(cfg, warmup, iters, windows))
+        report(result["rows"][-1])
+    result["total_minutes"] = sum(row["run_minutes"] for row in result["rows"])
+    return result
+
+
+GRID_COLUMNS = ("data_name", "depth", "width", "precision", "images/s", "ms/step", "eval img/s",
+                "warm-up s", "train min", "eval min", "run min")
+GRID_HEADER = "| " + " | ".join(GRID_COLUMNS) + " |\n|" + " --- |" * len(GRID_COLUMNS)
+
+
+def grid_line(row: dict[str, Any]) -> str:
+    """One row of the grid table (markdown), printed as soon as the row is measured."""
+    cells = (row["data_name"], row["depth"], row["width"], row["precision"] + (" compiled" if row["compile"] else ""),
+             f"{row['images_per_sec']:,.1f}", f"{row['ms_per_step']:.1f}", f"{row['eval_images_per_sec']:,.0f}",
+             f"{row['warmup_seconds']:.0f}", f"{row['train_minutes']:,.1f}", f"{row['eval_minutes']:,.1f}",
+             f"{row['run_minutes']:,.1f}")
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def grid_total(result: dict[str, Any]) -> str:
+    total = result["total_minutes"]
+    return (f"{result['device']}, {result['threads']} threads, torch {result['torch']}: {len(result['rows'])} runs of "
+            f"grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h (measured rates × each run's steps "
+            f"and evaluation images, plus the measured warm-up; warm-up {result['warmup']} steps, "
+            f"{result['windows']} windows of {result['iters']})")
 
 
 def device_name(device: torch.device) -> str:
@@ -277,8 +418,16 @@ def format_table(record: dict[str, Any]) -> str:
     if "baseline" in record:
         rows.append(("plain eager", f"{record['baseline']['images_per_sec']:.1f} images/s "
                                     f"({record['speedup_vs_baseline']:.2f}x speed-up)"))
+    if "packed" in record:
+        packed_runs = record["packed"]
+        rows.append((f"{packed_runs['runs']} runs packed", f"{packed_runs['images_per_sec']:.1f} images/s together "
+                     f"({packed_runs['speedup_vs_one_run']:.2f}x one run's)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+# Flags that describe one configuration; with --grid, the grid's rows give them.
+CONFIG_FLAGS = ("data_name", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
 
 
 def spread_warning(record: dict[str, Any]) -> str | None:
@@ -294,14 +443,29 @@ def spread_warning(record: dict[str, Any]) -> str | None:
 
 def run_bench_command(args: argparse.Namespace) -> int:
     """`resbench bench` (its flags are defined in cli.py, so that `--help` does not load torch)."""
-    for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1)):
+    for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1), ("pack", 1)):
         if getattr(args, name) is not None and getattr(args, name) < least:
             raise ConfigError(f"--{name} must be an integer >= {least}, got {getattr(args, name)}")
     if busy := cpus.busy_warning():
         print(busy, file=sys.stderr)
     cpus.use_threads(args.threads)
-    record = run_bench(bench_config(args), args.warmup, args.iters, args.windows, args.vs)
+    if args.grid is not None:
+        return run_grid_command(args)
+    record = run_bench(bench_config(args), args.warmup, args.iters, args.windows, args.vs, args.pack)
     print(json.dumps(record, indent=2) if args.json else format_table(record))
     if warning := spread_warning(record):
         print(warning, file=sys.stderr)
+    return 0
+
+
+def run_grid_command(args: argparse.Namespace) -> int:
+    if given := [f"--{name}" for name in CONFIG_FLAGS if hasattr(args, name)]:
+        raise ConfigError(f"{', '.join(given)} cannot go with --grid: each row of the grid sets its own")
+    if args.vs or args.pack > 1:
+        raise ConfigError("--vs and --pack compare ways of training one configuration; leave them out with --grid")
+    if not args.json:
+        print(GRID_HEADER, flush=True)
+    result = run_grid(args.grid, args.device, args.compile, args.warmup, args.iters, args.windows,
+                      report=(lambda row: None) if args.json else (lambda row: print(grid_line(row), flush=True)))
+    print(json.dumps(result, indent=2) if args.json else "\n" + grid_total(result))
     return 0

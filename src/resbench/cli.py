@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__, fetch
 from .compare import add_compare_parser
-from .config import TrainConfig, add_train_flags, config_from_args, flag_kind
+from .config import NOT_GIVEN, TrainConfig, add_train_flags, config_from_args, flag_kind
 from .errors import ResbenchError, printable
 from .flags import Parser
 from .plots import add_plot_parser
@@ -113,20 +113,27 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
-    """`resbench bench` (bench.py): the configuration's flags are train's, with train's defaults."""
-    parser = subparsers.add_parser("bench", help="measure training images/s of one configuration",
+    """`resbench bench` (bench.py): the configuration's flags are train's, with train's defaults
+    (left out of the namespace when not given, so that `--grid` can refuse them)."""
+    parser = subparsers.add_parser("bench", help="measure training images/s of one configuration or a whole grid",
                                    description="Training throughput of one configuration, measured against "
-                                               "the device's peak, on generated data of the dataset's shape.")
+                                               "the device's peak, on generated data of the dataset's shape; "
+                                               "or, with --grid, of every row of a sweep grid with what each run costs.")
     defaults = TrainConfig()
-    parser.add_argument("--data_name", default=defaults.data_name,
+    parser.add_argument("--data_name", default=NOT_GIVEN,
                         help=f"dataset whose image shape and class count to generate (default {defaults.data_name})")
-    parser.add_argument("--resnet_depth", type=int, default=defaults.resnet_depth,
+    parser.add_argument("--resnet_depth", type=int, default=NOT_GIVEN,
                         help=f"network depth, as train's --resnet_depth (default {defaults.resnet_depth})")
-    parser.add_argument("--resnet_width", type=int, default=defaults.resnet_width,
+    parser.add_argument("--resnet_width", type=int, default=NOT_GIVEN,
                         help=f"channel multiplier, as train's --resnet_width (default {defaults.resnet_width})")
-    parser.add_argument("--batch_size", type=int, default=defaults.batch_size,
+    parser.add_argument("--batch_size", type=int, default=NOT_GIVEN,
                         help=f"images per training step (default {defaults.batch_size})")
-    parser.add_argument("--mixed_precision", default=defaults.mixed_precision, help="false | true | fp16 | bf16")
+    parser.add_argument("--mixed_precision", default=NOT_GIVEN,
+                        help=f"false | true | fp16 | bf16 (default {defaults.mixed_precision})")
+    parser.add_argument("--grid", metavar="seed|FILE.toml", default=None,
+                        help="time every row of a sweep grid instead (seed: the 26 rows of the published table, or "
+                             "a grid file): images/s and minutes per run, evaluations and warm-up included, "
+                             "and the total")
     parser.add_argument("--compile", default=defaults.compile, nargs="?", const="true",
                         help="auto | true | false, or --compile alone for true (auto decides as `resbench train` "
                              "would for --optim_ni)")
@@ -139,6 +146,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--iters", type=int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (median and spread reported)")
     parser.add_argument("--vs", action="store_true", help="also time a plain eager step, interleaved, for a ratio")
+    parser.add_argument("--pack", type=int, default=1, metavar="K",
+                        help="also time K seeds packed into one network (grouped convolutions), interleaved: "
+                             "their images/s together against one run's")
     parser.add_argument("--json", action="store_true", help="print the record as JSON instead of a table")
     parser.set_defaults(func=run_bench)
 

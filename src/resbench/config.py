@@ -16,10 +16,13 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ResbenchError, printable
 from .flags import Parser, switch
+
+if TYPE_CHECKING:  # torch is imported where a run is checked, so that `--help` stays fast
+    import torch
 
 
 @dataclass

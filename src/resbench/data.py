@@ -31,17 +31,21 @@ class DatasetSpec:
     num_classes: int
     image_size: int
     num_train: int  # the first `num_train` images of the training file; the rest is validation
+    # Images one evaluation scores in the official files (validation split + test file); what
+    # `resbench bench --grid` counts to time a row's evaluations.
+    num_val: int = 0
+    num_test: int = 0
 
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("CIFAR10_x32", 10, 32, 40_960),
-        DatasetSpec("CIFAR100_x32", 100, 32, 40_960),
-        DatasetSpec("TinyImageNet200_x32", 200, 32, 81_920),
-        DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920),
+        DatasetSpec("CIFAR10_x32", 10, 32, 40_960, 9_040, 10_000),
+        DatasetSpec("CIFAR100_x32", 100, 32, 40_960, 9_040, 10_000),
+        DatasetSpec("TinyImageNet200_x32", 200, 32, 81_920, 18_080, 10_000),
+        DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920, 18_080, 10_000),
         # Offline demo: scikit-learn's 1,797 bundled 8×8 digits, upsampled to 32×32 RGB.
-        DatasetSpec("Digits_x32", 10, 32, 1_280),
+        DatasetSpec("Digits_x32", 10, 32, 1_280, 217, 300),
     )
 }
 DEMO_DATASET = "Digits_x32"
