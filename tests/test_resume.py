@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env, wait_until
-from resbench import checkpoint, lossscale, train as train_module
+from resbench import checkpoint, files, lossscale, train as train_module
 from resbench.checkpoint import CheckpointError
 from resbench.cli import main
 from resbench.models import resnet
@@ -541,7 +541,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     with pytest.raises(CheckpointError, match=r"\(Permission denied\); make that folder writable"):
         RunFolder(tmp_path).save_best({})
     monkeypatch.setattr(checkpoint, "open_own_file", refuse)

@@ -280,7 +280,10 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path, entry):
     start = {"python -m": [sys.executable, "-m", "resbench"],
              "console script": [sys.executable, "-c", "import sys; from resbench.__main__ import run; sys.exit(run())"],
              "seed script": [sys.executable, str(REPO / "scripts_cifar" / "SGDM.py")]}[entry]
-    proc = subprocess.Popen([*start, "data", "list"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # The seed script is `resbench train`: a run that imports torch once its flags are read.
+    args = ["--data_root", str(tmp_path / "data"), "--save", str(tmp_path / "run")] if entry == "seed script" \
+        else ["data", "list"]
+    proc = subprocess.Popen([*start, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     wait_until(marker.exists, proc)
     proc.send_signal(signal.SIGINT)
