@@ -171,8 +171,10 @@ def test_eval_of_runs_dir_writes_eval_json_that_table_reads(evaluated, digits_ru
     header, cells = ([c.strip() for c in line.split("|")] for line in (lines[1], lines[3]))
     assert header[4:10] == ["tst/acc", "ece", "c/acc", "c/ece", "ood/auroc", "ood/fpr95@Noise:energy"]
 
-    def stat(values):
-        return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    def stat(values):  # mean ± sample std [95% Student-t interval]; t(0.975, 1 degree of freedom) = 12.706
+        mean, std = np.mean(values), np.std(values, ddof=1)
+        half = 12.7062047 * std / np.sqrt(len(values))
+        return f"{mean:.3f} ± {std:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
 
     assert cells[5] == stat([s["ece"] for s in saved])
     assert cells[6] == stat([s["corruptions"]["mean"]["acc"] for s in saved])
