@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from resbench import packed
+from resbench import bench, packed
 from resbench.config import TrainConfig
 from resbench.data import TrainBatches
 from resbench.lossscale import ConstantLossScale
@@ -116,3 +116,24 @@ def test_bench_grid_times_each_distinct_row_and_totals_them(tmp_path, run_cli):
     assert table.count("| Digits_x32 |") == 2 and "take" in table
     refused = run_cli("bench", "--grid", grid, "--resnet_depth", "20")
     assert refused.returncode == 2 and "--resnet_depth cannot go with --grid" in refused.stderr
+
+
+def test_bench_grid_compiles_every_row_past_dynamos_recompile_limit(tmp_path, monkeypatch):
+    """Each row is a new network whose forward shares one code object with the previous rows';
+    without a reset, dynamo's cache for it fills (recompile_limit) and later rows silently run eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('data_name = ["Digits_x32"]\nresnet_depth = [8, 14, 20]\n')
+    frames = []
+
+    def compiled_row(cfg, warmup, iters, windows):
+        counter = CompileCounter()
+        torch.compile(torch.nn.Linear(2, 2), backend=counter)(torch.ones(1, 2))
+        frames.append(counter.frame_count)
+        return {"run_minutes": 1.0}
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(bench, "bench_row", compiled_row)
+    assert bench.run_grid(str(grid), "cpu", "true", 1, 1, 1)["total_minutes"] == 3.0
+    assert frames == [1, 1, 1]  # every row compiled, none fell back to eager

@@ -364,6 +364,9 @@ def run_grid(grid: str, device: str, compile_choice: str, warmup: int, iters: in
     result = {"grid": grid, "device": device_name(resolve_device(device)), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "warmup": warmup, "iters": iters, "windows": windows, "rows": []}
     for cfg in configs:
+        # Each row is a new network whose forward dynamo would add to the same code object's cache;
+        # past its recompile limit (8) it silently runs eager. Forget the previous rows' graphs.
+        torch._dynamo.reset()
         result["rows"].append(bench_row(cfg, warmup, iters, windows))
         report(result["rows"][-1])
     result["total_minutes"] = sum(row["run_minutes"] for row in result["rows"])
