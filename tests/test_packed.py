@@ -133,7 +133,7 @@ def test_bench_grid_compiles_every_row_past_dynamos_recompile_limit(tmp_path, mo
         frames.append(counter.frame_count)
         return {"run_minutes": 1.0}
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     monkeypatch.setattr(bench, "bench_row", compiled_row)
-    assert bench.run_grid(str(grid), "cpu", "true", 1, 1, 1)["total_minutes"] == 3.0
+    with torch._dynamo.config.patch(recompile_limit=1):  # (monkeypatch's undo would delete the setting)
+        assert bench.run_grid(str(grid), "cpu", "true", 1, 1, 1)["total_minutes"] == 3.0
     assert frames == [1, 1, 1]  # every row compiled, none fell back to eager
