@@ -142,7 +142,6 @@ def probability_metrics(log_p: torch.Tensor, labels: torch.Tensor) -> dict[str, 
 
 # The settings of config.json that rebuild the model and find its data, with their JSON types.
 MODEL_SETTINGS = {"data_name": str, "resnet_depth": int, "resnet_width": int}
-CHECKPOINTS = ("best", "last")
 #: The file `eval --save` writes into a run folder, per checkpoint; `resbench table --columns` reads eval.json.
 SAVED_EVAL = {"best": "eval.json", "last": "eval_last.json"}
 

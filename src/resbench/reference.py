@@ -95,7 +95,6 @@ def precision_sort_key(precision: str) -> tuple[int, object]:
 REFERENCE_SETTINGS: dict[str, Any] = {"batch_size": 256, "optim_ni": 48_000, "optim_lr": 0.1, "optim_momentum": 0.9,
                                       "optim_label_smoothing": 0.0, "optim_global_clipping": None}
 DEFAULT_WEIGHT_DECAY = 0.001  # the seed's, and the trainer's default
-REFERENCE_EVAL_EVERY = 1000
 CURVE_FIELDS = ("trn_loss", "trn_nll", "w_norm", "g_norm", "trn_lr", "val_acc", "val_nll", "best_val_acc",
                 "tst_acc", "tst_nll", "elapsed_s")
 # The reference's "fp16" is mixed precision: float16 on GPUs, bfloat16 where float16 is slow (recipe.md),

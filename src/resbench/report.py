@@ -125,11 +125,6 @@ def runs_folder(runs_dir: Path) -> Path:
     return runs_dir
 
 
-def find_summaries(runs_dir: Path) -> list[dict]:
-    """Every finished run (a folder with a sound summary.json) below `runs_dir`, in path order."""
-    return [run.summary for run in find_runs(runs_dir)]
-
-
 def find_runs(runs_dir: Path, with_records: bool = False) -> list[RunResult]:
     """Every finished run below `runs_dir` (a folder with a sound summary.json), in path order, with the
     figures of its eval.json if it has one, and its evaluation records if asked (for selections other
