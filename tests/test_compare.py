@@ -129,7 +129,7 @@ def test_runs_with_other_settings_have_no_reference_run(tmp_path, run_cli):
     write_reference_run(tmp_path / "b64", reference(), batch_size=64)
     write_reference_run(tmp_path / "wd", reference(), optim_weight_decay=0.002)
     write_reference_run(tmp_path / "clip", reference(), optim_global_clipping=1.0, optim_lr=0.2)
-    digits = write_reference_run(tmp_path / "digits", reference())
+    digits = write_reference_run(tmp_path / "digits", reference(), batch_size=64)  # as the quick start's
     config = json.loads((digits / "config.json").read_text())
     (digits / "config.json").write_text(json.dumps({**config, "data_name": "Digits_x32"}))
     cells, unmatched = compared(tmp_path)

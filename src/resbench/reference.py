@@ -167,14 +167,14 @@ def find_reference_run(data_name: str, depth: int, width: int, precision: str,
     missing from `settings` (an older config.json) is taken to be the trainer's default, which
     for all of these is the reference's value (and weight decay 0.001).
     """
+    runs = reference_runs()
+    if not any(key[0] == data_name for key in runs):  # the dataset first: no setting would give it one
+        return f"the reference has no {data_name} runs"
     wanted = {**REFERENCE_SETTINGS, "optim_weight_decay": DEFAULT_WEIGHT_DECAY, **settings}
     other = [f"{name} {shown(wanted[name])} (the reference's: {shown(value)})"
              for name, value in REFERENCE_SETTINGS.items() if not same_setting(wanted[name], value)]
     if other:
         return f"other settings: {'; '.join(other)}"
-    runs = reference_runs()
-    if not any(key[0] == data_name for key in runs):
-        return f"the reference has no {data_name} runs"
     if not any(key[:3] == (data_name, depth, width) for key in runs):
         return f"the reference has no R{depth}x{width} run on {data_name}"
     decay = float(wanted["optim_weight_decay"])
