@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ResbenchError, printable
+from .errors import ResbenchError, printable_lines
 from .reference import REFERENCE_SETTINGS, ReferenceRun, dataset_sort_key, find_reference_run, shape_sort_key
 from .report import TrainedRun, find_trained_runs, selected_figures
 from .stats import prediction_half_width, spread
@@ -299,7 +299,7 @@ def run_compare(args: argparse.Namespace) -> int:
         print(json.dumps(as_json(cells, unmatched), indent=2))
     else:
         text = render_markdown(cells, unmatched, curves=not args.brief)
-        print("\n".join(map(printable, text.split("\n"))), end="")  # names from run files cannot act on the terminal
+        print(printable_lines(text), end="")  # names from run files cannot act on the terminal
     return 0
 
 

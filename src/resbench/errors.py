@@ -14,3 +14,8 @@ def printable(text: str) -> str:
     """`text` with every control character escaped (`\\x1b`), so a message that quotes a server's
     status text or a name read from a file cannot move the cursor or recolour the terminal."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
+def printable_lines(text: str) -> str:
+    """`printable` line by line: a report's line breaks kept, every other control character escaped."""
+    return "\n".join(map(printable, text.split("\n")))

@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 from .columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value, parse_columns, read_eval
 from .config import RESOLVED_KEY, TrainConfig, asked_settings
-from .errors import ResbenchError, printable
+from .errors import ResbenchError, printable, printable_lines
 from .reference import (ReferenceRow, dataset_sort_key, find_reference_run, precision_sort_key, shape_sort_key,
                         table_reference)
 from .stats import spread
@@ -457,7 +457,7 @@ def run_table(args: argparse.Namespace) -> int:
         raise ResbenchError(f"no finished runs (summary.json) below {args.runs_dir}")
     table = render_tables(runs, compare=args.compare == "reference", selection=args.selection,
                           select_by=args.select_by, columns=parse_columns(args.columns))
-    print("\n".join(map(printable, table.split("\n"))))  # names from summary.json cannot act on the terminal
+    print(printable_lines(table))  # names from summary.json cannot act on the terminal
     return 0
 
 

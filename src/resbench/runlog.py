@@ -155,8 +155,7 @@ class RunFolder:
             except checkpoint.CheckpointError as exc:
                 error = exc
         if agree(error is not None):
-            if lock is not None:
-                lock.close()
+            self.release(lock)
             raise error or checkpoint.CheckpointError(
                 f"the main process could not claim the run folder {self.path}; see its error")
         try:
