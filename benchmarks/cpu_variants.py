@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from resbench import bench, config
+from resbench.bench import measure as bench
+from resbench.settings import config
 
 DEVICE = torch.device("cpu")
 ITERS = 3  # steps per window

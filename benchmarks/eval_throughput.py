@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resbench.datasets import cifar_c
-from resbench.models import resnet
+from resbench.data.recipes import cifar_c
+from resbench.models.resnet import resnet
 
 LINE = re.compile(r"CIFAR10_C \w+: ([\d,]+) images x 1 model\(s\) in ([\d.]+) s")
 

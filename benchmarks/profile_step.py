@@ -22,7 +22,9 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from resbench import bench, config, hotpath
+from resbench.bench import measure as bench
+from resbench.settings import config
+from resbench.runtime import hotpath
 
 GROUPS = (  # name fragments -> the kind of work, first match wins (cuDNN kernels, then aten/oneDNN ops)
     (("wgrad", "dgrad", "bprop", "backward_data", "backward_filter", "convolution_backward"), "conv backward"),

@@ -21,12 +21,13 @@ import time
 
 import torch
 
-from resbench import data, hotpath
-from resbench.bench import build_model, generated_batches, optimised_trainer, summarise, timed_windows
-from resbench.config import TrainConfig, precision_for, resolve_device, validate_config
-from resbench.evaluate import evaluate, reports_top5
-from resbench.resume import RunState
-from resbench.train import StepStats
+from resbench.data import tensors as data
+from resbench.runtime import hotpath
+from resbench.bench.measure import build_model, generated_batches, optimised_trainer, summarise, timed_windows
+from resbench.settings.config import TrainConfig, precision_for, resolve_device, validate_config
+from resbench.evaluate.metrics import evaluate, reports_top5
+from resbench.train.resume import RunState
+from resbench.train.step import StepStats
 
 TEST_SIZE = 10_000
 EVAL_EVERY = 1_000

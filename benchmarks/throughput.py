@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from resbench.bench import run_bench
-from resbench.config import TrainConfig, validate_config
+from resbench.bench.measure import run_bench
+from resbench.settings.config import TrainConfig, validate_config
 
 
 def main() -> None:

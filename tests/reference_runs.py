@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from resbench.reference import ReferenceRun
+from resbench.results.reference import ReferenceRun
 
 # Our metrics.jsonl names of the reference's logged figures.
 OURS = {"trn_loss": "trn_loss", "trn_lr": "trn_lr", "trn_w_norm": "w_norm", "trn_g_norm": "g_norm",

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import LIMIT, REPO, cli_env
-from resbench import cpus, progress
-from resbench.cli import build_parser, main
-from resbench.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, config_from_args, train_flag_parser
-from resbench.train import train
+from resbench.runtime import cpus, progress
+from resbench.cli.main import build_parser, main
+from resbench.settings.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
+from resbench.settings.flags import config_from_args, train_flag_parser
+from resbench.train.loop import train
 
 
 def tiny(folder: Path, **changes) -> TrainConfig:
@@ -50,7 +51,7 @@ def test_threads_is_a_train_setting_that_may_change_on_resume(tmp_path, keep_thr
 
 def test_threads_must_be_positive():
     with pytest.raises(ConfigError, match="--threads must be a positive integer"):
-        from resbench.config import validate_config
+        from resbench.settings.config import validate_config
         validate_config(TrainConfig(threads=0))
     assert config_from_args(train_flag_parser().parse_args(["--threads", "auto"])).threads is None
 
@@ -229,7 +230,7 @@ HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "list"]
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "resbench")
 def test_help_does_not_import_torch(command):
-    code = ("import sys; from resbench.cli import main\n"
+    code = ("import sys; from resbench.cli.main import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
     proc = subprocess.run([sys.executable, "-c", code, *command, "--help"], env=cli_env(), capture_output=True,
@@ -280,7 +281,7 @@ def test_sweep_dry_run_names_downloads_and_time(tmp_path, run_cli):
 
 
 def test_bench_warns_when_its_windows_spread():
-    from resbench.bench import spread_warning
+    from resbench.bench.measure import spread_warning
 
     steady = {"images_per_sec": 100.0, "images_per_sec_min": 95.0, "images_per_sec_max": 110.0}
     shaky = {**steady, "images_per_sec_min": 70.0}
@@ -304,12 +305,12 @@ def test_slurm_example_signals_the_job_steps():
 # ---------------------------------------------------------------- 7. what it reproduces
 
 def test_the_reference_is_shipped_and_agrees_with_the_package():
-    from resbench.reference import reference_rows
-    from resbench.report import render_tables
+    from resbench.results.reference import reference_rows
+    from resbench.results.table import render_tables
 
     docs = REPO / "docs" / "reference"
     shipped = (docs / "seed-runs.tsv").read_text()
-    assert shipped == (REPO / "src" / "resbench" / "reference_results.tsv").read_text()
+    assert shipped == (REPO / "src" / "resbench" / "results" / "reference_results.tsv").read_text()
     summaries = [{"data_name": r.data_name, "depth": r.depth, "width": r.width, "precision": r.precision,
                   "params": r.params, "val_acc": r.val_acc, "tst_acc": r.tst_acc, "tst_nll": r.tst_nll,
                   "wall_seconds": r.wall_min * 60, "config": None, "status": "finished"} for r in reference_rows()]

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from reference_runs import write_reference_run
-from resbench.compare import match_runs
-from resbench.config import TrainConfig
-from resbench.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
-from resbench.report import find_trained_runs, selected_figures
-from resbench.stats import prediction_half_width, spread, t_quantile
+from resbench.results.compare import match_runs
+from resbench.settings.config import TrainConfig
+from resbench.results.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
+from resbench.results.table import selected_figures
+from resbench.runs.reader import find_run_folders as find_trained_runs
+from resbench.results.stats import prediction_half_width, spread, t_quantile
 
 C10_R20 = ("CIFAR10_x32", 20, 1, 0.001, "fp32")
 
@@ -230,7 +231,7 @@ def test_table_selection_all_shows_the_three_side_by_side(tmp_path, run_cli):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    from resbench.train import train
+    from resbench.train.loop import train
 
     folder = tmp_path_factory.mktemp("digits") / "run"
     train(TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=32, optim_ni=20, eval_every=10,
@@ -239,7 +240,7 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_a_run_records_the_references_definitions_and_test_figures_at_every_evaluation(digits_run):
-    from resbench.train import learning_rate
+    from resbench.train.step import learning_rate
 
     records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     cfg = TrainConfig(optim_ni=20)
@@ -256,10 +257,10 @@ def test_a_run_records_the_references_definitions_and_test_figures_at_every_eval
 
 
 def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
-    from resbench.lossscale import ConstantLossScale
-    from resbench.models import resnet
-    from resbench.resume import RunState
-    from resbench.train import StepStats, train_step
+    from resbench.runtime.lossscale import ConstantLossScale
+    from resbench.models.resnet import resnet
+    from resbench.train.resume import RunState
+    from resbench.train.step import StepStats, train_step
 
     torch.manual_seed(0)
     model = resnet(8, num_classes=3)
@@ -289,7 +290,7 @@ def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
 
 
 def test_log_json_and_tensorboard_name_a_figure_alike():
-    from resbench.runlog import log_label, tensorboard_tag
+    from resbench.runs.folder import log_label, tensorboard_tag
 
     assert [log_label(k) for k in ("trn_loss", "trn_w_norm", "val_acc", "tst_acc_at_eval", "best_val_acc")] == \
         ["trn/loss", "trn/w_norm", "val/acc", "tst/acc_at_eval", "val/best_acc"]
@@ -320,7 +321,8 @@ def test_resume_reads_a_config_with_resolved_values(digits_run, run_cli):
 
 
 def test_a_finished_lock_does_not_remove_the_next_holders_lock(tmp_path):
-    from resbench.runlog import LOCK_NAME, RunFolder
+    from resbench.runs.folder import RunFolder
+    from resbench.runs.schema import LOCK as LOCK_NAME
 
     first = RunFolder(tmp_path / "run")
     with first.claimed():
@@ -331,7 +333,7 @@ def test_a_finished_lock_does_not_remove_the_next_holders_lock(tmp_path):
 
 
 def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
-    from resbench.train import train
+    from resbench.train.loop import train
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "data" / "CIFAR100_x32"
@@ -348,7 +350,7 @@ def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
 
 
 def test_top5_counts_a_label_among_the_five_largest_logits():
-    from resbench.evaluate import evaluate
+    from resbench.evaluate.metrics import evaluate
 
     logits = torch.tensor([[9.0, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
 

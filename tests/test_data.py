@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from resbench.data import DATASETS, PAD, DataFileError, TrainBatches, crop_flip, load_splits, read_prepared
+from resbench.data.tensors import (DATASETS, PAD, DataFileError, TrainBatches, crop_flip, load_splits,
+                                   read_prepared)
 
 
 def test_crop_flip_matches_pad_then_slice():

@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resbench import evalsets, fetch
-from resbench.archive import Archive
-from resbench.datasets import cifar_c, tiny_c
+from resbench.data import evalsets
+from resbench.data.fetch import prepare as fetch
+from resbench.data.fetch.archive import Archive
+from resbench.data.recipes import cifar_c, tiny_c
 from resbench.errors import DataError
 from test_fetch import _jpeg, _place, _tar_gz, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
 

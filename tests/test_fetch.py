@@ -20,11 +20,12 @@ import pytest
 from PIL import Image
 
 from conftest import LIMIT, wait_until
-from resbench import datasets, download, fetch
-from resbench.archive import Archive, safe_extract
-from resbench.cli import main
-from resbench.datasets import cifar
-from resbench.data import DATASETS, PREPARED_FILES, DataFileError, load_splits
+from resbench.data import recipes as datasets
+from resbench.data.fetch import download, prepare as fetch
+from resbench.data.fetch.archive import Archive, safe_extract
+from resbench.cli.main import main
+from resbench.data.recipes import cifar
+from resbench.data.tensors import DATASETS, PREPARED_FILES, DataFileError, load_splits
 
 PER_BATCH = 20
 REAL_SPECS = dict(DATASETS)
@@ -608,9 +609,9 @@ def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
 
 
 def test_train_prepares_a_missing_dataset_itself(tmp_path, monkeypatch, server, cifar10, capfd):
-    from resbench import data
-    from resbench.config import TrainConfig
-    from resbench.train import train
+    from resbench.data import tensors as data
+    from resbench.settings.config import TrainConfig
+    from resbench.train.loop import train
 
     archive = cifar10[0]
     server.files["/cifar-10-python.tar.gz"] = archive

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from resbench.data import DATASETS
-from resbench.models import Bottleneck, BasicBlock, count_parameters, resnet
-from resbench.reference import reference_rows
+from resbench.data.tensors import DATASETS
+from resbench.models.resnet import Bottleneck, BasicBlock, count_parameters, resnet
+from resbench.results.reference import reference_rows
 
 
 @pytest.mark.parametrize("row", reference_rows(), ids=lambda r: f"{r.data_name}-R{r.depth}x{r.width}-{r.precision}")

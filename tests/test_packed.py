@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from resbench import bench, packed
-from resbench.config import TrainConfig
-from resbench.data import TrainBatches
-from resbench.lossscale import ConstantLossScale
-from resbench.models import resnet
-from resbench.train import train_step
+from resbench.bench import measure as bench
+from resbench.models import packed
+from resbench.settings.config import TrainConfig
+from resbench.data.tensors import TrainBatches
+from resbench.runtime.lossscale import ConstantLossScale
+from resbench.models.resnet import resnet
+from resbench.train.step import train_step
 
 K = 3
 CFG = TrainConfig(optim_momentum=0.9, optim_weight_decay=0.01)

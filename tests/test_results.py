@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
-from resbench.evaluate import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
-from resbench.reference import reference_rows
-from resbench.report import render_tables
+from resbench.evaluate.metrics import (brier_score, calibration_metrics, expected_calibration_error,
+                                       fit_temperature, nll)
+from resbench.results.reference import reference_rows
+from resbench.results.table import render_tables
 
 # ---------------------------------------------------------------- hand-written summaries and golden tables
 
@@ -296,7 +297,8 @@ def test_plot_marks_runs_that_diverged_before_evaluating(tmp_path, run_cli):
 
 
 def test_read_metrics_drops_a_truncated_last_line_only(tmp_path):
-    from resbench.report import DamagedRun, read_metrics
+    from resbench.runs.reader import read_metrics
+    from resbench.runs.schema import RunFolderError as DamagedRun
 
     run = tmp_path / "run"
     write_hand_run(run, summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5), n_evals=3)
@@ -345,7 +347,7 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
     import sys
 
     from resbench.errors import ResbenchError
-    from resbench.plots import pyplot
+    from resbench.results.plots import pyplot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
     with pytest.raises(ResbenchError, match=r"pip install 'resbench\[plot\]'"):
@@ -428,7 +430,7 @@ def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
 
 def sweep_main(capsys, *args: object) -> tuple[int, str, str]:
     """`resbench sweep ARGS...` in this process (planning needs no subprocess): exit status, stdout, stderr."""
-    from resbench.cli import main
+    from resbench.cli.main import main
 
     code = main(["sweep", *map(str, args)])
     out, err = capsys.readouterr()
@@ -554,9 +556,9 @@ def test_table_and_plot_of_real_runs(digits_runs, tmp_path, run_cli):
 
 
 def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
-    from resbench.data import load_splits
-    from resbench.evaluate import predict_logits
-    from resbench.models import resnet
+    from resbench.data.tensors import load_splits
+    from resbench.evaluate.metrics import predict_logits
+    from resbench.models.resnet import resnet
 
     run = digits_runs / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
     summary = json.loads((run / "summary.json").read_text())
@@ -588,7 +590,7 @@ BAD_RUN_CONFIGS = {  # config.json beside the checkpoint: what the error says af
 
 @pytest.mark.parametrize("text", BAD_RUN_CONFIGS)
 def test_eval_with_a_damaged_config_is_one_clear_line(tmp_path, capsys, text):
-    from resbench.cli import main
+    from resbench.cli.main import main
 
     (tmp_path / "config.json").write_text(text)
     (tmp_path / "best.pt").write_bytes(b"")
@@ -614,7 +616,7 @@ def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, run
 # ---------------------------------------------------------------- hostile run folders and working folders (issue 14)
 
 def test_plot_file_names_from_run_files_stay_inside_out(tmp_path):
-    from resbench.plots import write_plots
+    from resbench.results.plots import write_plots
 
     runs = tmp_path / "runs"
     for i, name in enumerate(["../../../escaped", str(tmp_path / "absolute"), ".hidden"]):
@@ -643,7 +645,7 @@ def evil_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("prefix", ["CHILD_PYTHON_SAFE_PATH", "CHILD_PYTHON_NO_CWD"])
 def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, prefix):
-    from resbench import sweep
+    from resbench.sweep import grid as sweep
 
     if prefix == "CHILD_PYTHON_SAFE_PATH" and sys.version_info < (3, 11):
         pytest.skip("python -P needs Python 3.11")
@@ -680,7 +682,7 @@ def test_a_sigkilled_sweep_stops_its_running_run_with_the_state_saved(tmp_path):
 
 
 def test_without_prctl_a_thread_notices_that_the_sweep_died(monkeypatch):
-    from resbench import sweep
+    from resbench.sweep import grid as sweep
 
     parents, sent = iter([100, 100, 1]), []  # the sweep (pid 100) dies: the run is re-parented to pid 1
     monkeypatch.setattr(sweep.os, "getppid", lambda: next(parents))
@@ -690,7 +692,7 @@ def test_without_prctl_a_thread_notices_that_the_sweep_died(monkeypatch):
 
 
 def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
-    from resbench.cli import main
+    from resbench.cli.main import main
 
     write_runs(tmp_path, [summary("Digits\x1b[2J_x32", 8, 1, "fp32\x07", 78_000, 0.5, 0.4, 1.5)])
     assert main(["table", str(tmp_path)]) == 0

@@ -24,13 +24,17 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env, wait_until
-from resbench import checkpoint, files, lossscale, train as train_module
-from resbench.checkpoint import CheckpointError
-from resbench.cli import main
-from resbench.models import resnet
-from resbench.runlog import RunFolder
-from resbench.config import TrainConfig, check_same_config, default_run_name
-from resbench.train import StopSignals, TrainingDiverged, configure_determinism, train, train_step
+from resbench.runs import checkpoint
+from resbench import files
+from resbench.runtime import lossscale
+from resbench.train import step as step_module
+from resbench.runs.schema import RunFolderError as CheckpointError
+from resbench.cli.main import main
+from resbench.models.resnet import resnet
+from resbench.runs.folder import RunFolder
+from resbench.settings.config import TrainConfig, check_same_config, default_run_name
+from resbench.train.loop import StopSignals, TrainingDiverged, configure_determinism, train
+from resbench.train.step import train_step
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
             "--eval_every", "20"]
@@ -256,7 +260,7 @@ def test_resume_and_save_naming_two_folders_is_refused(unfinished_run, tmp_path,
 def test_sigterm_outside_the_loop_unwinds_like_ctrl_c(tmp_path):
     """Before the loop takes over the signals (data preparation), SIGTERM must unwind, so the
     cleanup of a just-created run folder and of lock files runs, instead of killing at once."""
-    from resbench.cli import stop_on_sigterm
+    from resbench.cli.main import stop_on_sigterm
     main(["data", "list", "--data_root", str(tmp_path)])
     assert signal.getsignal(signal.SIGTERM) is stop_on_sigterm
     with pytest.raises(KeyboardInterrupt):
@@ -378,7 +382,7 @@ def test_divergence_stops_clearly_and_keeps_the_good_checkpoints(tmp_path, monke
                     p.fill_(math.nan)
         return result
 
-    monkeypatch.setattr(train_module, "train_step", poisoning_step)
+    monkeypatch.setattr(step_module, "train_step", poisoning_step)
     cfg = tiny_config(tmp_path / "run")
     with pytest.raises(TrainingDiverged, match=f"{cause} became nan by iteration 6"):
         train(cfg)
@@ -408,14 +412,14 @@ def overflowing_gradients(model: torch.nn.Module):
 def test_loss_scale_skips_are_counted_not_fatal_and_the_scale_is_logged(tmp_path, monkeypatch):
     """fp16 needs CUDA, so on CPU: loss scaling switched on, and gradients that overflow at updates 2 and 4."""
     real_scale, real_step, updates = lossscale.ConstantLossScale, train_step, []
-    monkeypatch.setattr(train_module, "ConstantLossScale", lambda device, enabled: real_scale(device, enabled=True))
+    monkeypatch.setattr(step_module, "ConstantLossScale", lambda device, enabled: real_scale(device, enabled=True))
 
     def overflowing_step(model, *args, **kwargs):
         updates.append(1)
         with overflowing_gradients(model) if len(updates) in (2, 4) else contextlib.nullcontext():
             return real_step(model, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_step", overflowing_step)
+    monkeypatch.setattr(step_module, "train_step", overflowing_step)
     cfg = tiny_config(tmp_path / "run")
     summary = train(cfg)
     run = RunFolder(cfg.save)
@@ -591,7 +595,7 @@ def test_a_bad_torchrun_variable_is_one_clear_line(tmp_path, capsys, monkeypatch
 
 
 def test_clipping_off_or_zero_means_no_clipping():
-    from resbench.config import optional_float
+    from resbench.settings.flags import optional_float
     assert optional_float("off") is None and optional_float("0") is None and optional_float("0.0") is None
     assert optional_float("1.5") == 1.5
 

@@ -16,12 +16,13 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from resbench import data, evalsets, fetch
-from resbench.cli import main
-from resbench.config import TrainConfig
-from resbench.evaluate import format_eval_report
-from resbench.models import resnet
-from resbench.train import train
+from resbench.data import tensors as data, evalsets
+from resbench.data.fetch import prepare as fetch
+from resbench.cli.main import main
+from resbench.settings.config import TrainConfig
+from resbench.cli.eval import format_eval_report
+from resbench.models.resnet import resnet
+from resbench.train.loop import train
 from test_evalsets import TWO, cifar_c_archive, svhn_mat, two_corruptions  # noqa: F401 (fixture)
 from test_fetch import _place, _use_archive, closed_url  # noqa: F401 (fixture)
 from test_results import numpy_metrics, numpy_probs

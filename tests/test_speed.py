@@ -6,12 +6,12 @@ from unittest import mock
 import pytest
 import torch
 
-from resbench import hotpath
-from resbench.models import resnet
-from resbench.config import ConfigError, TrainConfig, validate_config
-from resbench.hotpath import autocast_for
-from resbench.lossscale import REFERENCE_LOSS_SCALE, ConstantLossScale
-from resbench.train import train_step
+from resbench.runtime import hotpath
+from resbench.models.resnet import resnet
+from resbench.settings.config import ConfigError, TrainConfig, validate_config
+from resbench.runtime.hotpath import autocast_for
+from resbench.runtime.lossscale import REFERENCE_LOSS_SCALE, ConstantLossScale
+from resbench.train.step import train_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 STEPS = 3

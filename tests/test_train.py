@@ -11,13 +11,17 @@ import pytest
 import torch
 
 from conftest import LIMIT, REPO, cli_env, wait_until
-from resbench import bnstats, checkpoint, limits, train as train_module
-from resbench.cli import main
-from resbench.distributed import World
-from resbench.lossscale import ConstantLossScale
-from resbench.models import count_parameters, resnet
-from resbench.config import ConfigError, TrainConfig, default_run_name, validate_config
-from resbench.train import learning_rate, train, train_step
+from resbench.runtime import bnstats
+from resbench.runs import checkpoint
+from resbench.runtime import limits
+from resbench.train import step as step_module
+from resbench.cli.main import main
+from resbench.runtime.distributed import World
+from resbench.runtime.lossscale import ConstantLossScale
+from resbench.models.resnet import count_parameters, resnet
+from resbench.settings.config import ConfigError, TrainConfig, default_run_name, validate_config
+from resbench.train.loop import train
+from resbench.train.step import learning_rate, train_step
 
 
 def test_schedule_warmup_then_cosine():
@@ -179,7 +183,7 @@ def test_tensorboard_scalars_follow_the_evaluations(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from resbench.train import train
+    from resbench.train.loop import train
 
     train(TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=32, optim_ni=20, eval_every=10,
                       save=str(tmp_path / "run"), tensorboard=True))
@@ -359,14 +363,14 @@ def test_best_pt_holds_the_reference_running_variance_and_last_pt_pytorchs(tmp_p
     variances of the reference and of PyTorch. Their difference is compared, as PyTorch's own float32
     batch variance of Digits' stem is off by ~4e-6 (relative), more than the 6e-5 factor at stake there."""
     tracked: list[BiasedRunningVariance] = []
-    real_resnet = train_module.models.resnet
+    real_resnet = step_module.models.resnet
 
     def tracked_resnet(*args, **kwargs):
         model = real_resnet(*args, **kwargs)
         tracked.append(BiasedRunningVariance(model))
         return model
 
-    monkeypatch.setattr(train_module.models, "resnet", tracked_resnet)
+    monkeypatch.setattr(step_module.models, "resnet", tracked_resnet)
     cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=3, eval_every=3,
                       device="cpu", save=str(tmp_path / "run"))
     assert train(cfg)["best_iter"] == 3

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from resbench import uncertainty
+from resbench.evaluate import uncertainty
 
 
 def sklearn_metrics(in_scores: np.ndarray, out_scores: np.ndarray) -> dict[str, float]:

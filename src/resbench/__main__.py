@@ -10,7 +10,7 @@ import sys
 
 def run(argv: list[str] | None = None) -> int:
     try:
-        from .cli import main
+        from resbench.cli.main import main
 
         return main(argv)
     except KeyboardInterrupt:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 
 class UnsafeFileError(OSError):
@@ -76,15 +78,72 @@ def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[str]:
     process can be writing them, and every one found is a leftover of a killed process.
     """
     prefixes = "|".join(re.escape(temporary_prefix(Path(name))) for name in names)
-    pattern = re.compile(f"(?:{prefixes})[A-Za-z0-9_]+{re.escape(TEMPORARY_SUFFIX)}")
+    return remove_stale(folder, re.compile(f"(?:{prefixes})[A-Za-z0-9_]+{re.escape(TEMPORARY_SUFFIX)}"))
+
+
+def remove_stale(folder: Path, pattern: re.Pattern[str], folders: bool = False) -> list[str]:
+    """Delete the entries of `folder` whose whole name matches `pattern`: files, or with `folders`,
+    folders and what they hold; a link is never followed nor removed. Call it holding the lock that
+    the matching files or folders are made under, so that none of them belongs to a live process."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
-            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            if not pattern.fullmatch(entry.name):
+                continue
+            if folders and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif not folders and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
-                    removed.append(entry.name)
+            else:
+                continue
+            removed.append(entry.name)
     return removed
+
+
+def take_lock(path: Path, on_wait: Callable[[], None] | None = None) -> int:
+    """A descriptor holding the exclusive flock of the lock file `path` (created if missing, never
+    through a link). Held by another process: BlockingIOError, or, given `on_wait`, that is called
+    once and the lock waited for.
+
+    A holder removes the file before it releases the lock (`drop_lock_file`), so a lock taken on a
+    file that has meanwhile been removed is no lock: it is dropped and the path opened afresh."""
+    waited = False
+    while True:
+        fd = open_lock_file(path)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is None:
+                    raise
+                if not waited:
+                    on_wait()
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if is_still_at(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def drop_lock_file(path: Path, fd: int) -> None:
+    """Remove the lock file `path` if it is still the one `fd` locks (the caller then closes `fd`,
+    releasing the lock): a process that opened the file meanwhile finds, once it holds the lock,
+    that the name no longer leads to it, and starts over (`take_lock`)."""
+    with contextlib.suppress(OSError):
+        if is_still_at(fd, path):
+            os.unlink(path)
+
+
+def is_still_at(fd: int, path: Path) -> bool:
+    """Whether `fd` is the file now at `path`, not one that was removed (or replaced) since."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except FileNotFoundError:
+        return False
 
 
 def replace_atomically(path: Path, write: Any) -> None:

@@ -1,0 +1,1 @@
+"""Speed: training throughput of one configuration against the device's peak."""

@@ -1,0 +1,144 @@
+"""`resbench bench`: training images/s of one configuration, or of every row of a grid (bench/).
+
+Its flags are defined without torch, so that `--help` stays fast; the measurement imports it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from resbench.settings.config import ConfigError, TrainConfig
+from resbench.settings.flags import NOT_GIVEN, flag_kind
+
+# Flags that describe one configuration; with --grid, the grid's rows give them.
+CONFIG_FLAGS = ("data_name", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`resbench bench`: the configuration's flags are train's, with train's defaults
+    (left out of the namespace when not given, so that `--grid` can refuse them)."""
+    parser = subparsers.add_parser("bench", help="measure training images/s of one configuration or a whole grid",
+                                   description="Training throughput of one configuration, measured against "
+                                               "the device's peak, on generated data of the dataset's shape; "
+                                               "or, with --grid, of every row of a sweep grid with what each run costs.")
+    defaults = TrainConfig()
+    parser.add_argument("--data_name", default=NOT_GIVEN,
+                        help=f"dataset whose image shape and class count to generate (default {defaults.data_name})")
+    parser.add_argument("--resnet_depth", type=int, default=NOT_GIVEN,
+                        help=f"network depth, as train's --resnet_depth (default {defaults.resnet_depth})")
+    parser.add_argument("--resnet_width", type=int, default=NOT_GIVEN,
+                        help=f"channel multiplier, as train's --resnet_width (default {defaults.resnet_width})")
+    parser.add_argument("--batch_size", type=int, default=NOT_GIVEN,
+                        help=f"images per training step (default {defaults.batch_size})")
+    parser.add_argument("--mixed_precision", default=NOT_GIVEN,
+                        help=f"false | true | fp16 | bf16 (default {defaults.mixed_precision})")
+    parser.add_argument("--grid", metavar="seed|FILE.toml", default=None,
+                        help="time every row of a sweep grid instead (seed: the 26 rows of the published table, or "
+                             "a grid file): images/s and minutes per run, evaluations and warm-up included, "
+                             "and the total")
+    parser.add_argument("--compile", default=defaults.compile, nargs="?", const="true",
+                        help="auto | true | false, or --compile alone for true (auto decides as `resbench train` "
+                             "would for --optim_ni)")
+    parser.add_argument("--optim_ni", type=int, default=defaults.optim_ni,
+                        help="the run length `--compile auto` decides for")
+    parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=flag_kind("threads"), default=None,
+                        help="CPU threads (torch.set_num_threads), as train's --threads (default: torch's choice)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--iters", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows (median and spread reported)")
+    parser.add_argument("--vs", action="store_true", help="also time a plain eager step, interleaved, for a ratio")
+    parser.add_argument("--pack", type=int, default=1, metavar="K",
+                        help="also time K seeds packed into one network (grouped convolutions), interleaved: "
+                             "their images/s together against one run's")
+    parser.add_argument("--json", action="store_true", help="print the record as JSON instead of a table")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from resbench.bench.measure import bench_config, run_bench, spread_warning
+    from resbench.runtime import cpus
+
+    for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1), ("pack", 1)):
+        if getattr(args, name) is not None and getattr(args, name) < least:
+            raise ConfigError(f"--{name} must be an integer >= {least}, got {getattr(args, name)}")
+    if busy := cpus.busy_warning():
+        print(busy, file=sys.stderr)
+    cpus.use_threads(args.threads)
+    if args.grid is not None:
+        return run_grid_command(args)
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
+    cfg = bench_config(given, args.compile, args.device, args.optim_ni)
+    record = run_bench(cfg, args.warmup, args.iters, args.windows, args.vs, args.pack)
+    print(json.dumps(record, indent=2) if args.json else format_table(record))
+    if warning := spread_warning(record):
+        print(warning, file=sys.stderr)
+    return 0
+
+
+def run_grid_command(args: argparse.Namespace) -> int:
+    from resbench.bench.measure import run_grid
+
+    if given := [f"--{name}" for name in CONFIG_FLAGS if hasattr(args, name)]:
+        raise ConfigError(f"{', '.join(given)} cannot go with --grid: each row of the grid sets its own")
+    if args.vs or args.pack > 1:
+        raise ConfigError("--vs and --pack compare ways of training one configuration; leave them out with --grid")
+    if not args.json:
+        print(GRID_HEADER, flush=True)
+    result = run_grid(args.grid, args.device, args.compile, args.warmup, args.iters, args.windows,
+                      report=(lambda row: None) if args.json else (lambda row: print(grid_line(row), flush=True)))
+    print(json.dumps(result, indent=2) if args.json else "\n" + grid_total(result))
+    return 0
+
+
+GRID_COLUMNS = ("data_name", "depth", "width", "precision", "images/s", "ms/step", "eval img/s",
+                "warm-up s", "train min", "eval min", "run min")
+GRID_HEADER = "| " + " | ".join(GRID_COLUMNS) + " |\n|" + " --- |" * len(GRID_COLUMNS)
+
+
+def grid_line(row: dict[str, Any]) -> str:
+    """One row of the grid table (markdown), printed as soon as the row is measured."""
+    cells = (row["data_name"], row["depth"], row["width"], row["precision"] + (" compiled" if row["compile"] else ""),
+             f"{row['images_per_sec']:,.1f}", f"{row['ms_per_step']:.1f}", f"{row['eval_images_per_sec']:,.0f}",
+             f"{row['warmup_seconds']:.0f}", f"{row['train_minutes']:,.1f}", f"{row['eval_minutes']:,.1f}",
+             f"{row['run_minutes']:,.1f}")
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def grid_total(result: dict[str, Any]) -> str:
+    total = result["total_minutes"]
+    return (f"{result['device']}, {result['threads']} threads, torch {result['torch']}: {len(result['rows'])} runs of "
+            f"grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h (measured rates × each run's steps "
+            f"and evaluation images, plus the measured warm-up; warm-up {result['warmup']} steps, "
+            f"{result['windows']} windows of {result['iters']})")
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """The record as an aligned two-column table, for people."""
+    rows = [
+        ("device", f"{record['device']}, {record['threads']} threads, torch {record['torch']}"),
+        ("configuration", f"{record['data_name']} depth {record['depth']} width {record['width']} "
+                          f"batch {record['batch_size']} {record['precision']}"
+                          f"{' compiled' if record['compile'] else ''}"),
+        ("images/s", f"{record['images_per_sec']:.1f} (median of {record['windows']} windows, "
+                     f"{record['images_per_sec_min']:.1f}..{record['images_per_sec_max']:.1f})"),
+        ("ms/step", f"{record['ms_per_step']:.2f}"),
+        ("48k iterations", f"{record['minutes_per_48k_iters']:.1f} min"),
+        ("peak memory", f"{record['peak_memory_mb']:.0f} MiB"),
+        ("model FLOPs", f"{record['gflop_per_image']:.3f} GFLOP/image (fwd+bwd, counted)"),
+        ("achieved", f"{record['achieved_tflops'] * 1e3:.1f} GFLOP/s"),
+        ("matmul peak", f"{record['matmul_peak_tflops'] * 1e3:.1f} GFLOP/s ({record['matmul_peak_dtype']})"),
+        ("fraction of peak", f"{100 * record['fraction_of_peak']:.1f}%"),
+    ]
+    if "baseline" in record:
+        rows.append(("plain eager", f"{record['baseline']['images_per_sec']:.1f} images/s "
+                                    f"({record['speedup_vs_baseline']:.2f}x speed-up)"))
+    if "packed" in record:
+        packed_runs = record["packed"]
+        rows.append((f"{packed_runs['runs']} runs packed", f"{packed_runs['images_per_sec']:.1f} images/s together "
+                     f"({packed_runs['speedup_vs_one_run']:.2f}x one run's)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

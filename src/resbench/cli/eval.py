@@ -1,0 +1,164 @@
+"""`resbench eval`: accuracy, NLL, ECE and Brier of checkpoints, their corruptions, OOD detection and
+ensembles (evaluate/), as text tables or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from resbench.console import log
+from resbench.errors import ResbenchError
+from resbench.runs.schema import CORRUPTION_METRICS, OOD_METRICS, OOD_SCORES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR) [--corruptions] [--ood [NAME ...]] [--save] [--json]`"""
+    p = subparsers.add_parser(
+        "eval", help="accuracy, NLL, ECE, Brier; corruptions, OOD detection, ensembles",
+        description="Evaluate checkpoints (model settings from each run folder's config.json): accuracy, NLL, "
+                    "ECE (15 bins), Brier score; with --corruptions the corrupted test split, with --ood OOD "
+                    "detection; several --ckpt are scored as an ensemble (their probabilities averaged) beside "
+                    "each member. RUNS_DIR: every run folder below it, each saved to its eval.json.")
+    p.add_argument("runs_dir", nargs="?", type=Path, default=None, metavar="RUNS_DIR",
+                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as --save)")
+    p.add_argument("--ckpt", type=Path, nargs="+", default=None, metavar="CKPT_OR_RUN_DIR",
+                   help="best.pt, last.pt or a run folder (see --which); several: their ensemble")
+    p.add_argument("--which", choices=("best", "last"), default="best",
+                   help="checkpoint of a run folder: best (best validation accuracy, default) or last (final iterate)")
+    p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
+    p.add_argument("--temperature_scaling", action="store_true",
+                   help="also report the metrics after fitting one temperature T on the validation NLL")
+    p.add_argument("--corruptions", action="store_true",
+                   help="accuracy, NLL and ECE on the corrupted test split (CIFAR10_C, CIFAR100_C, TinyImageNet200_C, "
+                        "Digits_C for the demo) per corruption and severity, and their means")
+    p.add_argument("--ood", nargs="*", default=None, metavar="NAME",
+                   help="OOD detection (AUROC, AUPR-In/Out, FPR95 for max-softmax, entropy and energy scores) of the "
+                        "test split against each set: a dataset name, SVHN, a corrupted set, or Noise; none named: "
+                        "the usual pairs (CIFAR-10 vs CIFAR-100 and SVHN, and so on)")
+    p.add_argument("--save", action="store_true",
+                   help="write the figures into the run folder as eval.json (eval_last.json for last.pt), "
+                        "which `resbench table --columns` reads")
+    p.add_argument("--batch_size", type=int, default=None,  # None: evaluate.CPU_EVAL_BATCH_SIZE / EVAL_BATCH_SIZE
+                   help="images per inference batch (default 512 on a CPU, 1024 on a GPU)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.runs_dir is None) == (args.ckpt is None):
+        raise ResbenchError("give either RUNS_DIR (every run below it) or --ckpt CKPT_OR_RUN_DIR [...], not both")
+    several = args.ckpt is not None and len(args.ckpt) > 1
+    if several and (args.save or args.temperature_scaling):
+        raise ResbenchError(f"{'--save' if args.save else '--temperature_scaling'} is for one checkpoint, "
+                            "not an ensemble; use --json to keep an ensemble's figures")
+    if (args.save or args.runs_dir is not None) and args.split != "test":
+        raise ResbenchError("saved figures (--save, RUNS_DIR) are the test split's; drop --split val")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ResbenchError(f"--batch_size must be positive, got {args.batch_size}")
+    from resbench.evaluate.report import EvalRequest, evaluate_members, save_report
+
+    request = EvalRequest(args.data_root, args.split, args.temperature_scaling, args.corruptions, args.ood,
+                          args.device, args.batch_size)
+    if args.runs_dir is not None:
+        return eval_runs(args.runs_dir, args.which, request, args.json)
+    report = evaluate_members(args.ckpt, args.which, request)
+    if args.save:
+        log(f"wrote {save_report(report)}")
+    print(json.dumps(report, indent=2) if args.json else format_eval_report(report))
+    return 0
+
+
+def eval_runs(runs_dir: Path, which: str, request: Any, as_json: bool) -> int:
+    """`resbench eval RUNS_DIR`: one line per run as it is scored (or all reports as JSON at the end);
+    exit status 1 if a run could not be scored."""
+    from resbench.evaluate.report import evaluate_runs
+
+    def show(folder: Path, report: dict) -> None:
+        if not as_json:
+            print(f"{folder}: {summary_line(report)}", flush=True)
+
+    reports, failed = evaluate_runs(runs_dir, which, request, show)
+    if as_json:
+        print(json.dumps(reports, indent=2))
+    print(f"eval: {len(reports)} of {len(reports) + failed} run folders evaluated", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def summary_line(figures: dict) -> str:
+    """acc, nll, ece and brier, and the means over corruptions and OOD sets where present."""
+    parts = [f"{k} {figures[k]:.4f}" for k in ("acc", "nll", "ece", "brier")]
+    if "corruptions" in figures:
+        parts += [f"c/{k} {figures['corruptions']['mean'][k]:.4f}" for k in CORRUPTION_METRICS]
+    if "ood" in figures:
+        parts.append("ood/auroc " + " ".join(f"{name} {f['msp']['auroc']:.4f}" for name, f in figures["ood"].items()))
+    return "  ".join(parts)
+
+
+def format_corruptions(c: dict) -> list[str]:
+    severities = list(c["by_severity"])
+    header = f"{'corruption':<18}" + "".join(f"{'acc@' + s:>7}" for s in severities) + \
+        "".join(f"{k:>8}" for k in CORRUPTION_METRICS)
+    lines = ["", f"{c['set']}: {len(c['corruptions'])} corruptions x {len(severities)} severities, "
+                 f"{c['images_per_severity']:,} images each", header]
+
+    def row(label: str, by_severity: dict, mean: dict) -> str:
+        return f"{label:<18}" + "".join(f"{by_severity[s]['acc']:7.3f}" for s in severities) + \
+            "".join(f"{mean[k]:8.4f}" for k in CORRUPTION_METRICS)
+
+    lines += [row(name, f, f["mean"]) for name, f in c["corruptions"].items()]
+    lines.append(row(f"mean ({len(c['benchmark'])})", c["by_severity"], c["mean"]))
+    if "mean_all" in c:
+        lines.append(f"{'mean (all ' + str(len(c['corruptions'])) + ')':<18}" + " " * 7 * len(severities)
+                     + "".join(f"{c['mean_all'][k]:8.4f}" for k in CORRUPTION_METRICS))
+    return lines
+
+
+def format_ood(ood: dict, n: int) -> list[str]:
+    lines = ["", f"OOD detection: the test split ({n:,} images) against each set; "
+                 "scores oriented larger = in-distribution",
+             f"{'set':<18}{'images':>8}  {'score':<8}" + "".join(f"{k:>9}" for k in OOD_METRICS)]
+    for name, figures in ood.items():
+        for i, score in enumerate(OOD_SCORES):
+            lead = f"{name:<18}{figures['n']:>8,}" if i == 0 else " " * 26
+            lines.append(f"{lead}  {score:<8}" + "".join(f"{figures[score][k]:9.4f}" for k in OOD_METRICS))
+    return lines
+
+
+def format_sections(figures: dict, n: int) -> list[str]:
+    return (format_corruptions(figures["corruptions"]) if "corruptions" in figures else []) + \
+        (format_ood(figures["ood"], n) if "ood" in figures else [])
+
+
+def format_eval_report(report: dict) -> str:
+    """Aligned text tables: the split's figures (T=1 and, if fitted, the fitted temperature), then
+    corruptions and OOD detection if asked; for an ensemble, each member beside the ensemble."""
+    if "ensemble" in report:
+        return format_ensemble_report(report)
+    scaled = report.get("temperature_scaling")
+    lines = [f"{report['ckpt']} ({report['checkpoint']}.pt): {report['data_name']} {report['split']} split, "
+             f"{report['n']} images"]
+    lines.append(f"{'':6}{'T=1':>10}" + (f"{'T=%.3f' % scaled['temperature']:>10}" if scaled else ""))
+    for name in ("acc", "nll", "ece", "brier"):
+        lines.append(f"{name:6}{report[name]:10.4f}" + (f"{scaled[name]:10.4f}" if scaled else ""))
+    if scaled:
+        lines.append(f"val nll {scaled['val_nll_before']:.4f} -> {scaled['val_nll_after']:.4f} "
+                     f"after temperature scaling")
+    return "\n".join(lines + format_sections(report, report["n"]))
+
+
+def format_ensemble_report(report: dict) -> str:
+    members, ensemble = report["members"], report["ensemble"]
+    lines = [f"ensemble of {len(members)} checkpoints: {report['data_name']} {report['split']} split, "
+             f"{report['n']} images (members' probabilities averaged)"]
+    lines += [f"{i:<10}{summary_line(m)}  {m['ckpt']}" for i, m in enumerate(members, 1)]
+    lines.append(f"{'ensemble':<10}{summary_line(ensemble)}")
+    lines.append(f"diversity: pairwise disagreement {report['diversity']['disagreement']:.4f}, "
+                 f"mean KL between members {report['diversity']['kl']:.4f}")
+    sections = format_sections(ensemble, report["n"])
+    return "\n".join(lines + (["", "the ensemble:", *sections[1:]] if sections else []))

@@ -1,0 +1,32 @@
+"""`resbench train`: one run of the recipe into its run folder (train/), resumed where it stopped."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from resbench.errors import printable
+from resbench.settings.flags import add_train_flags, config_from_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("train", help="train one run of the recipe (resumes an existing --save folder)",
+                                   description="Train a ResNet with the reference recipe. Flags given beside "
+                                               "--config override the file's settings.")
+    add_train_flags(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from resbench.train.loop import Interrupted, TrainingDiverged, train
+
+    try:
+        summary = train(config_from_args(args))
+    except TrainingDiverged as exc:
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return 1
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    return 0 if summary.get("status") == "finished" else 1

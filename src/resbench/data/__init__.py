@@ -1,0 +1,1 @@
+"""Datasets: their facts, the prepared arrays as device tensors, batched augmentation, evaluation-only sets; fetch/ downloads and prepares them, recipes/ reads each official archive."""

@@ -1,0 +1,1 @@
+"""Fetching and preparing datasets: verified downloads, safe archive reading, locked atomic preparation."""

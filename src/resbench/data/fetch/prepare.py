@@ -1,0 +1,271 @@
+"""Prepare the benchmark datasets, online or offline (the `resbench data` command is `cli.data`).
+
+For each dataset the recipe in `resbench.datasets` names its official archive and reader; this
+module fetches the archive (`download.fetch_archive`: a placed archive needs no network), reads
+it, and writes ``<data_root>/<NAME>/{train,test}_{images,labels}.npy``. Preparation writes into
+``<data_root>/.<NAME>.tmp-XXXX`` and renames the folder into place at the end, so an interrupted
+run never leaves a dataset that looks complete. Processes preparing from the same archive at
+once (``resbench sweep --jobs 2`` on an empty data root) take turns under
+``<data_root>/.<archive>.lock``; the later one finds the data prepared.
+
+The tool deletes only what it wrote: preparing again into an existing ``<NAME>`` folder replaces
+its prepared files and leaves anything else there; the temporary folders a killed
+preparation left are removed by the next one from the same archive (under its lock, so never
+those of a live process); folders created by a preparation that fails are removed if empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from resbench.data.fetch.archive import remove_stale_scratch
+from resbench.console import log
+from resbench.data.recipes import RECIPES, Recipe
+from resbench.data.recipes.common import Splits
+from resbench.data.fetch.download import Source, fetch_archive
+from resbench.errors import DataError
+from resbench.files import UnsafeFileError, current_umask, drop_lock_file, remove_stale, take_lock
+
+DOWNLOADS_DIR = "downloads"
+DATASETS: tuple[str, ...] = tuple(RECIPES)
+
+
+def training_datasets() -> list[str]:
+    """What `resbench data download all` prepares: the training datasets (evaluation sets by name)."""
+    from resbench.data import tensors as data
+
+    return [name for name in RECIPES if name in data.DATASETS]
+
+
+def _check_name(name: str) -> str:
+    if name not in RECIPES:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return name
+
+
+def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
+    """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
+    from resbench.data import tensors as data
+    from resbench.data import evalsets  # torch: loaded to check data, not for `resbench data --help`
+    from resbench.data.tensors import DataFileError, read_prepared
+
+    try:
+        if name in evalsets.EVAL_SETS:
+            return None, evalsets.inspect_prepared(name, data_root)
+        train_x, _, test_x, _ = read_prepared(data.DATASETS[name], data_root, mmap_mode="r")
+    except DataFileError as err:
+        return str(err), {}
+    return None, {"train": len(train_x), "test": len(test_x)}
+
+
+def is_complete(data_root: str | os.PathLike, name: str) -> bool:
+    """Whether ``<data_root>/<name>`` holds all four files with the right shapes and dtypes."""
+    return _inspect(Path(data_root), _check_name(name))[0] is None
+
+
+def _temporary_prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
+def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
+    """Save the arrays in a hidden temporary folder, then move them into place.
+
+    A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
+    or damaged earlier copy; maybe a link to another disk, maybe holding the user's own files)
+    keeps everything but the prepared files: their old copies are removed, then the new ones
+    renamed in from a temporary folder inside it, so an interruption leaves the dataset incomplete,
+    never a mix that looks complete.
+    """
+    filenames = list(splits)
+
+    target = data_root / name
+    replacing = os.path.lexists(target)
+    if replacing:
+        _check_replaceable(target, filenames)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(name), dir=target if replacing else data_root))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
+    try:
+        for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
+            np.save(tmp / filename, array, allow_pickle=False)
+        if not replacing:
+            os.replace(tmp, target)
+            return target
+        for filename in filenames:
+            (target / filename).unlink(missing_ok=True)
+        for filename in filenames:
+            os.replace(tmp / filename, target / filename)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_replaceable(target: Path, filenames: list[str]) -> None:
+    """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced."""
+    if not target.is_dir():
+        raise DataError(f"{target} is not a folder (a file or a broken link stands there); move it away and run again")
+    if folders := [f for f in filenames if (target / f).is_dir() and not (target / f).is_symlink()]:
+        raise DataError(f"{target} holds folders named {', '.join(folders)} where the prepared files go; "
+                        "move them away and run again")
+
+
+def _remove_stale_temporaries(root: Path, source: Source) -> None:
+    """Remove what killed preparations from `source` left: temporary dataset folders (in the data root
+    and in the dataset folders) and extraction folders. Called holding the archive's lock, under
+    which all of them are made, so none of them belongs to a live process."""
+    for name in (name for name, recipe in RECIPES.items() if recipe.source.filename == source.filename):
+        pattern = re.compile(re.escape(_temporary_prefix(name)) + r"[A-Za-z0-9_]+")
+        for folder in (root, root / name):
+            remove_stale(folder, pattern, folders=True)
+    remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
+
+
+def _root_error(root: Path, action: str, err: OSError) -> DataError:
+    """Why datasets cannot be written under ``root``, as one line instead of a traceback from deep inside."""
+    cause = "it exists and is not a folder" if root.exists() and not root.is_dir() else err.strerror or str(err)
+    return DataError(f"cannot {action} data root {root} ({cause}); pass a writable folder as --data_root")
+
+
+def _make_root(root: Path) -> None:
+    """Create the data root, or say in one line why it cannot be (a file, an unwritable parent)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _root_error(root, "create", err) from None
+
+
+@contextmanager
+def _preparation_lock(root: Path, source: Source, names: Sequence[str]) -> Iterator[None]:
+    """Hold ``<root>/.<archive>.lock`` while this process downloads and prepares from ``source``.
+
+    Two runs preparing at once (``resbench sweep --jobs 2`` on an empty data root) would write the
+    same ``.part`` file and dataset folders; the second waits instead. The lock is per archive
+    because both TinyImageNet sizes come from one download. The holder deletes the lock file
+    before releasing it (nothing is left behind); a waiter that then holds the deleted file
+    notices and locks the path afresh.
+    """
+    path = root / f".{source.filename}.lock"
+    try:
+        fd = take_lock(path, on_wait=lambda: log(f"waiting for another process preparing {', '.join(names)} in "
+                                                 f"{root} (lock file {path.name})"))
+    except UnsafeFileError as err:
+        raise DataError(f"cannot lock {path} ({err.strerror}); remove it and run again") from None
+    except OSError as err:
+        raise _root_error(root, "write in", err) from None
+    try:
+        yield
+    finally:
+        drop_lock_file(path, fd)
+        os.close(fd)
+
+
+def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list[str]]:
+    """The datasets among ``names`` that still need preparing, grouped by the recipe (archive) they come from."""
+    todo: dict[Recipe, list[str]] = {}
+    for name in names:
+        if is_complete(root, name):
+            log(f"{name}: already prepared in {root / name}")
+        else:
+            todo.setdefault(RECIPES[name], []).append(name)
+    return todo
+
+
+def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
+    """Fetch one archive (and those it needs) and write every dataset of ``group`` from a single decode."""
+    from resbench.data import evalsets
+
+    archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
+    needed = []
+    for source in (RECIPES[name].source for name in recipe.needs):
+        with _preparation_lock(root, source, group):
+            needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
+    log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
+    arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
+    for name in group:
+        log(f"{name}: ready in {_write_dataset(root, name, arrays[evalsets.image_size(name)])}")
+
+
+def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
+                     verify: bool = True) -> list[Path]:
+    """Prepare several datasets; datasets sharing an archive (TinyImageNet) decode it once.
+
+    Complete datasets are left alone without writing anything (a read-only data root is fine
+    then). The rest is prepared under the archive's lock, after checking again what another
+    process finished while this one waited.
+    """
+    root = Path(data_root)
+    names = [_check_name(name) for name in names]
+    todo = _incomplete_by_recipe(root, names)
+    created = [p for p in (root / DOWNLOADS_DIR, root, *root.parents) if not os.path.lexists(p)]  # deepest first
+    try:
+        if todo:
+            _make_root(root)
+        for recipe, group in todo.items():
+            with _preparation_lock(root, recipe.source, group):
+                _remove_stale_temporaries(root, recipe.source)
+                left = _incomplete_by_recipe(root, group).get(recipe)
+                if left:
+                    _prepare_group(root, recipe, left, mirror, verify)
+    except BaseException:
+        for folder in created:  # what this call created, if nothing else was written there
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return [root / name for name in names]
+
+
+def prepare_dataset(name: str, data_root: str | os.PathLike, mirror: str | None = None,
+                    verify: bool = True) -> Path:
+    """Make ``<data_root>/<name>`` complete (fetching the archive if needed); return that folder.
+
+    A no-op when the dataset is already complete. Progress goes to stderr; failures raise
+    DataError with a one-line message.
+    """
+    return prepare_datasets([name], data_root, mirror, verify)[0]
+
+
+def _disk_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def _demo_status() -> dict:
+    """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
+    from resbench.data.tensors import DEMO_DATASET, DEMO_TEST_SIZE
+
+    row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
+    if importlib.util.find_spec("sklearn") is None:
+        return {**row, "complete": False, "problem": "needs scikit-learn: pip install 'resbench[demo]'"}
+    from sklearn.datasets import load_digits
+
+    images = len(load_digits().target)
+    return {**row, "complete": True, "problem": None, "train": images - DEMO_TEST_SIZE, "test": DEMO_TEST_SIZE,
+            "note": "built in (scikit-learn's digits), nothing to download"}
+
+
+def dataset_status(data_root: str | os.PathLike) -> list[dict]:
+    """One dict per dataset: name, path, present, complete, problem, train/test counts, bytes, and
+    the fix when it is not usable; the demo dataset last."""
+    rows, training = [], training_datasets()
+    for name in DATASETS:
+        folder = Path(data_root) / name
+        problem, counts = _inspect(Path(data_root), name) if folder.is_dir() else ("not prepared", {})
+        fix = (f"`resbench data download {name} --data_root {data_root}` (or `resbench "
+               f"{'train' if name in training else 'eval'}` fetches it itself)")
+        rows.append({
+            "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
+            "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
+            "bytes": _disk_size(folder),
+            "note": None if problem is None else f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}",
+        })
+    return [*rows, _demo_status()]

@@ -1,0 +1,140 @@
+"""A checkpoint (best.pt, last.pt) and the config.json of its run folder, loaded as a model to score;
+any mismatch between the two is named rather than scored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resbench.runtime import bnstats
+from resbench.runs.checkpoint import load_checkpoint
+from resbench.runs.schema import RunFolderError
+from resbench.data.tensors import DATASETS, dataset_spec
+from resbench.runtime.distributed import World
+from resbench.errors import ResbenchError
+from resbench.runtime.hotpath import prepare_model
+from resbench.runtime.limits import check_inference_fits
+from resbench.models.resnet import architecture, resnet
+from resbench.runs import schema
+from resbench.runs.reader import is_run_folder, read_object
+
+
+def checkpoint_path(path: Path, which: str) -> Path:
+    """The checkpoint file to score: `path` itself, or `<path>/{best,last}.pt` for a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        if not is_run_folder(path):
+            raise ResbenchError(f"{path} is not a run folder (no config.json); to evaluate every run below it, "
+                                f"pass it without --ckpt: resbench eval {path}")
+        ckpt = path / schema.CHECKPOINTS[which]
+        if not ckpt.is_file():
+            raise ResbenchError(f"run folder {path} has no {ckpt.name} yet (a run writes both at its first "
+                                "evaluation)")
+        return ckpt
+    if not path.is_file():
+        raise ResbenchError(f"no such checkpoint or run folder: {path}")
+    return path
+
+
+def load_run_config(run_dir: Path) -> dict:
+    """The training configuration saved beside a checkpoint; it fixes the model and dataset to rebuild."""
+    path = Path(run_dir) / schema.CONFIG
+    if not path.exists():
+        raise ResbenchError(f"no {path.name} beside the checkpoint in {run_dir}")
+    config = read_object(path, schema.MODEL_SETTINGS, str(path), "evaluate a checkpoint in the run folder that trained it")
+    check_model_settings(config, path)
+    return config
+
+
+def check_model_settings(config: dict, path: Path) -> None:
+    """Refuse a config.json whose model or dataset cannot be rebuilt, before anything deeper fails on it."""
+    try:
+        dataset_spec(config["data_name"])
+        architecture(config["resnet_depth"], config["resnet_width"])
+    except ValueError as exc:
+        raise RunFolderError(f"{path}: {exc}") from None
+
+
+def model_weights(saved: Any) -> tuple[Any, str]:
+    """(state_dict, "best" or "last"): best.pt is a plain state_dict, last.pt the whole training
+    state, whose "model" holds the weights of the final iterate."""
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict) and "optimizer" in saved:
+        return saved["model"], "last"
+    return saved, "best"
+
+
+def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path) -> None:
+    """Put last.pt's BatchNorm running variances into the form the trainer evaluates with.
+
+    last.pt keeps PyTorch's form, in which training continues; the trainer's evaluations (and
+    best.pt) use the reference's (`resbench.bnstats`), which follows from the run's batch size,
+    its number of ranks (one saved set of buffers per rank) and --sync_bn.
+    """
+    batch_size, sync_bn = config.get("batch_size"), config.get("sync_bn", False)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise RunFolderError(f"{ckpt.parent / schema.CONFIG} lacks a valid batch_size, which last.pt's "
+                              "BatchNorm statistics need; was it written by resbench train?")
+    world = World(world_size=max(1, len(saved.get("rank_buffers") or [])))
+    image_size = DATASETS[config["data_name"]].image_size
+    counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn))
+    bnstats.convert([(module, counts[name]) for name, module in bnstats.batchnorms(model)], to_reference=True)
+
+
+def describe_weights(state: Any) -> str:
+    """What network a state_dict holds, in the words of config.json ("ResNet-20 x1, 10 classes")."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "no state_dict of tensors"
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        parts = key.split(".")
+        if len(parts) > 3 and parts[0] == "stages" and parts[1].isdigit() and parts[2].isdigit():
+            blocks.setdefault(int(parts[1]), set()).add(int(parts[2]))
+    stem, fc, first = state.get("stem.0.0.weight"), state.get("fc.weight"), state.get("stages.0.0.conv1.0.weight")
+    if not blocks or stem is None or fc is None or first is None or fc.ndim != 2:
+        return f"no ResNet of resbench (keys {', '.join(list(state)[:3])}, ...)"
+    per_block = 3 if any(key.endswith(".conv3.0.weight") for key in state) else 2
+    depth = per_block * sum(len(b) for b in blocks.values()) + 2
+    return f"ResNet-{depth} x{first.shape[0] // stem.shape[0]}, {fc.shape[0]} classes"
+
+
+def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tuple[nn.Module, str]:
+    """Rebuild the run's network, load the checkpoint's weights, in inference mode; and which it was."""
+    spec = DATASETS[config["data_name"]]
+    try:
+        check_inference_fits(config["resnet_depth"], config["resnet_width"], spec.num_classes, spec.image_size, device)
+    except ValueError as exc:
+        raise RunFolderError(f"{Path(ckpt).parent / 'config.json'}: {exc}") from None
+    model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
+                   image_size=spec.image_size)
+    saved = load_checkpoint(ckpt)
+    weights, which = model_weights(saved)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError):
+        expected = (f"ResNet-{config['resnet_depth']} x{config['resnet_width']}, {spec.num_classes} classes "
+                    f"({config['data_name']})")
+        raise RunFolderError(f"{ckpt} holds {describe_weights(weights)}, but {Path(ckpt).parent / 'config.json'} "
+                              f"describes a {expected}; evaluate a checkpoint with the config.json of the run "
+                              "that trained it") from None
+    if which == "last":
+        as_evaluated(model, saved, config, ckpt)
+    return prepare_model(model, device).eval(), which
+
+
+@dataclass
+class Member:
+    """One scored network: an ensemble has several, a plain evaluation one."""
+
+    ckpt: Path
+    which: str  # "best" (best.pt, the best-validation model) or "last" (last.pt, the final iterate)
+    config: dict
+    model: nn.Module
+
+
+def load_member(ckpt: Path, config: dict, device: torch.device) -> Member:
+    model, found = load_checkpoint_model(ckpt, config, device)
+    return Member(ckpt, found, config, model)

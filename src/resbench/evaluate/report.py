@@ -1,0 +1,156 @@
+"""What `resbench eval` computes for its checkpoints (one, an ensemble, or every run below a folder):
+the split's figures, temperature scaling, corruptions and OOD detection, saved as eval.json."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from resbench.evaluate.checkpoints import checkpoint_path, load_member, load_run_config
+from resbench.evaluate.metrics import (CPU_EVAL_BATCH_SIZE, EVAL_BATCH_SIZE, calibration_metrics, fit_temperature, nll,
+                                      probability_metrics)
+from resbench.evaluate.scoring import Scorer, corruption_figures, heads, ood_figures
+from resbench.data import evalsets
+from resbench.data.fetch import prepare as fetch
+from resbench.runs.checkpoint import write_json
+from resbench.runs.schema import RunFolderError
+from resbench.settings.config import resolve_device
+from resbench.console import log
+from resbench.data.tensors import DATASETS, load_splits
+from resbench.errors import ResbenchError
+from resbench.runs import schema
+from resbench.runs.reader import configured_folders
+from resbench.evaluate.uncertainty import (diversity)
+
+
+@dataclass
+class EvalRequest:
+    """What `resbench eval` was asked for, beyond the checkpoints."""
+
+    data_root: str | None = None
+    split: str = "test"
+    temperature_scaling: bool = False
+    corruptions: bool = False
+    ood: list[str] | None = None  # None: no OOD figures; []: the natural OOD sets of the dataset
+    device: str = "auto"
+    batch_size: int | None = None  # None: CPU_EVAL_BATCH_SIZE on a CPU, EVAL_BATCH_SIZE elsewhere
+
+
+def shifted_sets(request: EvalRequest, data_name: str) -> tuple[str | None, list[str]]:
+    """The corrupted set and the OOD sets to score a model of `data_name` on, checked."""
+    corrupted = None
+    if request.corruptions:
+        corrupted = evalsets.CORRUPTED.get(data_name)
+        if corrupted is None:
+            raise ResbenchError(f"no corrupted test set for {data_name}")
+    ood = [] if request.ood is None else list(dict.fromkeys(request.ood or evalsets.NATURAL_OOD.get(data_name, ())))
+    known = [*(n for n in DATASETS if n != data_name), *evalsets.EVAL_SETS]
+    for name in ood:
+        if name == data_name:
+            raise ResbenchError(f"--ood {name} is the run's own dataset; name other datasets")
+        if name not in known:
+            hint = " (put RUNS_DIR before --ood)" if Path(name).is_dir() else ""
+            raise ResbenchError(f"unknown OOD set {name!r}{hint}; choose from {', '.join(known)}")
+    if request.ood is not None and not ood:
+        raise ResbenchError(f"no natural OOD sets for {data_name}; name them: --ood NAME ...")
+    return corrupted, ood
+
+
+def prepare_missing(names: list[str], data_root: str) -> None:
+    """Download and prepare the sets eval needs that are not there yet, as train does for its dataset."""
+    downloadable = [n for n in names if n in fetch.RECIPES and not fetch.is_complete(data_root, n)]
+    for name in downloadable:
+        log(f"{name} is not prepared in {data_root}: fetching and preparing it now")
+    if downloadable:
+        fetch.prepare_datasets(downloadable, data_root)
+
+
+def evaluate_members(paths: list[Path], which: str, request: EvalRequest) -> dict:
+    """All `resbench eval` figures of one checkpoint, or of an ensemble and each of its members.
+
+    Computed in float32 whatever the runs' precision (checkpoints hold float32 weights), so an
+    fp16/bf16 run's figures can differ from its summary.json in the third decimal.
+    """
+    try:
+        device = resolve_device(request.device)
+    except ValueError as exc:
+        raise ResbenchError(str(exc)) from None
+    ckpts = [checkpoint_path(path, which) for path in paths]
+    configs = [load_run_config(ckpt.parent) for ckpt in ckpts]
+    data_name = configs[0]["data_name"]
+    if other := [str(c) for c, config in zip(ckpts, configs) if config["data_name"] != data_name]:
+        raise ResbenchError(f"an ensemble's members must share a dataset: {ckpts[0]} is {data_name}, "
+                            f"but not {', '.join(other)}")
+    resolved = configs[0].get(schema.RESOLVED_KEY) if isinstance(configs[0].get(schema.RESOLVED_KEY), dict) else {}
+    data_root = request.data_root or resolved.get("data_root") or configs[0].get("data_root")
+    if not isinstance(data_root, str):
+        raise RunFolderError(f"{ckpts[0].parent / schema.CONFIG} names no data_root; pass --data_root")
+    corrupted, ood = shifted_sets(request, data_name)
+    members = [load_member(ckpt, config, device) for ckpt, config in zip(ckpts, configs)]
+    prepare_missing([n for n in [corrupted, *ood] if n], data_root)
+    splits = load_splits(data_name, data_root, device)
+    batch_size = request.batch_size or (CPU_EVAL_BATCH_SIZE if device.type == "cpu" else EVAL_BATCH_SIZE)
+    score = Scorer(members, device, batch_size)
+    logits = score(getattr(splits, f"{request.split}_images"), f"{data_name} {request.split}")
+    labels = getattr(splits, f"{request.split}_labels").cpu()
+    reports = [probability_metrics(log_p, labels) for log_p, _ in heads(logits)]
+    if request.temperature_scaling:
+        reports[0]["temperature_scaling"] = temperature_scaled(logits[0], labels, request.split, splits, score)
+    if corrupted:
+        for report, figures in zip(reports, corruption_figures(score, corrupted, data_root)):
+            report["corruptions"] = figures
+    if ood:
+        id_logits = logits if request.split == "test" else score(splits.test_images, f"{data_name} test")
+        for report, figures in zip(reports, ood_figures(score, ood, data_root, id_logits)):
+            report["ood"] = figures
+    common = {"data_name": data_name, "split": request.split, "n": len(labels)}
+    if len(members) == 1:
+        return {"ckpt": str(members[0].ckpt), "checkpoint": members[0].which, **common, **reports[0]}
+    return {**common, "ensemble": reports[-1], "diversity": diversity(logits),
+            "members": [{"ckpt": str(m.ckpt), "checkpoint": m.which, **r} for m, r in zip(members, reports)]}
+
+
+def temperature_scaled(logits: torch.Tensor, labels: torch.Tensor, split: str, splits: Any, score: Scorer) -> dict:
+    """The figures at the one temperature that minimises the validation NLL."""
+    val_logits, val_labels = (logits, labels) if split == "val" else (score(splits.val_images, "val")[0],
+                                                                       splits.val_labels.cpu())
+    temperature = fit_temperature(val_logits, val_labels)
+    return {"temperature": temperature, "val_nll_before": nll(val_logits, val_labels),
+            "val_nll_after": nll(val_logits, val_labels, temperature),
+            **calibration_metrics(logits, labels, temperature)}
+
+
+def save_report(report: dict) -> Path:
+    """Write one checkpoint's figures into its run folder, for `resbench table --columns`."""
+    path = Path(report["ckpt"]).parent / schema.SAVED_EVAL[report["checkpoint"]]
+    write_json(path, report)
+    return path
+
+
+def evaluate_runs(runs_dir: Path, which: str, request: EvalRequest,
+                  on_report: Callable[[Path, dict], None]) -> tuple[list[dict], int]:
+    """Every run folder below `runs_dir` on its own, each report saved beside its checkpoint and
+    handed to `on_report` as it is done; the reports, and how many runs could not be scored.
+
+    A run that cannot be scored (no checkpoint yet, a damaged file) is one warning line; the
+    others go on.
+    """
+    folders = configured_folders(runs_dir)
+    if not folders:
+        raise ResbenchError(f"no run folders (config.json) below {runs_dir}")
+    reports, failed = [], 0
+    for folder in folders:
+        try:
+            report = evaluate_members([folder], which, request)
+        except ResbenchError as exc:
+            print(f"warning: cannot evaluate {folder}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        save_report(report)
+        reports.append(report)
+        on_report(folder, report)
+    return reports, failed

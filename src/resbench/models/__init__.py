@@ -1,0 +1,1 @@
+"""The networks: the ResNet families initialised as the reference, and K seeds packed into one network."""

@@ -1,0 +1,239 @@
+"""Reading run folders back: one `Run` record, read the same way by table, compare, plot, eval, sweep
+and resume, so that a torn last line, an older field name or a damaged file means the same
+everywhere.
+
+Light (no torch). Every reader raises `RunFolderError` naming the file and the fault; commands
+that summarise many runs skip such a folder with one warning line (`readable_runs`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from resbench.errors import ResbenchError, printable
+from resbench.runs import schema
+from resbench.runs.schema import RunFolderError, checked_fields
+from resbench.settings.config import TrainConfig
+
+T = TypeVar("T")
+# Settings that never make two runs of one configuration different: the seed (what the runs of a
+# table row vary), paths and choices that do not change a number (settings.RESUMABLE_CHANGES), and
+# the configuration itself (dataset, depth, width, precision).
+NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard", "threads", "mirror",
+                              "data_name", "resnet_depth", "resnet_width", "mixed_precision"})
+
+
+def read_json(path: Path, what: str | None = None, fix: str = "") -> Any:
+    """The parsed content of one JSON file of a run folder. `what` names it in the error (its file
+    name by default), `fix` says what to do."""
+    what = what or path.name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"it has no {path.name}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"{what} is unreadable ({exc})" + (f"; {fix}" if fix else "")) from None
+
+
+def read_object(path: Path, fields: dict[str, Any], what: str | None = None, fix: str = "") -> dict:
+    """A JSON object file whose `fields` have their types (`schema.checked_fields`)."""
+    value = read_json(path, what, fix)
+    try:
+        return checked_fields(value, fields, what or path.name)
+    except RunFolderError as exc:
+        raise RunFolderError(f"{exc}; {fix}" if fix else str(exc)) from None
+
+
+def read_summary(folder: Path) -> dict:
+    """summary.json, checked; one written before `best_val_acc` was named apart has it as `val_acc`."""
+    path = Path(folder) / schema.SUMMARY
+    return checked_fields(schema.renamed_fields(read_json(path)), schema.SUMMARY_FIELDS, path.name)
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    """The evaluation records of one run (metrics.jsonl), oldest first; empty if none yet.
+
+    An unparsable last line is what a crash in the middle of an append leaves: it is dropped and
+    the records before it, each written whole, are kept. Anywhere else it means a damaged file.
+    """
+    path = Path(folder) / schema.METRICS
+    if not path.exists():
+        return []
+    try:
+        lines = path.read_text().rstrip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path.name} is unreadable ({exc})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise RunFolderError(f"{path.name} line {number} is not JSON") from None
+        records.append(checked_fields(record, schema.RECORD_FIELDS, f"{path.name} line {number}"))
+    return records
+
+
+def read_eval(folder: Path, which: str = "best") -> dict | None:
+    """The eval.json of a run folder, or None where there is none (a damaged one: None and a warning)."""
+    path = Path(folder) / schema.SAVED_EVAL[which]
+    if not path.is_file():
+        return None
+    try:
+        figures = json.loads(path.read_text())
+        if isinstance(figures, dict):
+            return figures
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    print(printable(f"warning: ignoring unreadable {path}"), file=sys.stderr)
+    return None
+
+
+def status_of(folder: Path) -> str:
+    """summary.json's status (finished, diverged), `running` for a run without one, `unknown` where
+    it cannot be read."""
+    try:
+        summary = json.loads((Path(folder) / schema.SUMMARY).read_text())
+    except FileNotFoundError:
+        return "running"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "unknown"
+    return str(summary.get("status")) if isinstance(summary, dict) else "unknown"
+
+
+@dataclass
+class Run:
+    """One run folder as every command reads it.
+
+    A finished run read for a table (`find_runs`) has its `summary` (summary.json), whose recorded
+    configuration is its `config`; a run read with its curves (`find_run_folders`: compare, plot),
+    finished or still going, has the settings of its config.json and `summary` None. `records` are
+    its evaluations (metrics.jsonl) where they were read, `evaluation` its eval.json.
+    """
+
+    path: Path
+    config: dict  # the settings as asked
+    resolved: dict  # what they became on the machine (empty for older runs)
+    records: list[dict] | None = None
+    summary: dict | None = None
+    evaluation: dict | None = None
+
+    def __post_init__(self):
+        self.summary = schema.renamed_fields(self.summary)
+
+    @classmethod
+    def from_summary(cls, summary: dict, path: Path = Path(), records: list[dict] | None = None,
+                     evaluation: dict | None = None) -> Run:
+        return cls(path, summary.get("config") or {}, {}, records, summary, evaluation)
+
+    @property
+    def data_name(self) -> str:
+        return self.summary["data_name"] if self.summary else self.config["data_name"]
+
+    @property
+    def depth(self) -> int:
+        return int(self.summary["depth"] if self.summary else self.setting("resnet_depth"))
+
+    @property
+    def width(self) -> int:
+        return int(self.summary["width"] if self.summary else self.setting("resnet_width"))
+
+    @property
+    def precision(self) -> str:
+        """As trained; an older run that asked for `--mixed_precision true` counts as fp16 (bf16 matches the
+        same reference run)."""
+        if self.summary:
+            return self.summary["precision"]
+        flag = str(self.setting("mixed_precision")).lower()
+        return self.resolved.get("precision") or schema.PRECISION_OF_FLAG.get(flag, flag)
+
+    def setting(self, key: str) -> Any:
+        """A setting as asked; an older config.json may lack one: it had the default then."""
+        return self.config.get(key, getattr(TrainConfig, key))
+
+    @property
+    def status(self) -> str:
+        return status_of(self.path)
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings that could make it a table row of its own."""
+        return {k: v for k, v in self.config.items() if k not in NOT_ROW_SETTINGS}
+
+
+def runs_folder(runs_dir: Path) -> Path:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ResbenchError(f"no such runs folder: {runs_dir}")
+    return runs_dir
+
+
+def readable_runs(paths: list[Path], read: Callable[[Path], T]) -> list[tuple[Path, T]]:
+    """`read(path)` of every path; a damaged run folder is skipped with one warning line naming it and the fault."""
+    found = []
+    for path in paths:
+        try:
+            found.append((path, read(path)))
+        except RunFolderError as exc:
+            print(printable(f"warning: skipping damaged run folder {path.parent}: {exc}"), file=sys.stderr)
+    return found
+
+
+def find_runs(runs_dir: Path, with_records: bool = False) -> list[Run]:
+    """Every finished run below `runs_dir` (a folder with a sound summary.json), in path order, with the
+    figures of its eval.json if it has one, and its evaluation records if asked (for selections other
+    than the recipe's)."""
+    def read(path: Path) -> Run:
+        return Run.from_summary(read_summary(path.parent), path.parent,
+                                read_metrics(path.parent) if with_records else None, read_eval(path.parent))
+
+    return [run for _, run in readable_runs(sorted(runs_folder(runs_dir).rglob(schema.SUMMARY)), read)]
+
+
+def read_run_folder(metrics: Path) -> Run:
+    """The run folder of one metrics.jsonl, with the config.json beside it."""
+    config = read_object(metrics.parent / schema.CONFIG, schema.CONFIG_FIELDS)
+    resolved = config.get(schema.RESOLVED_KEY)
+    return Run(metrics.parent, schema.asked_settings(config), resolved if isinstance(resolved, dict) else {},
+               read_metrics(metrics.parent))
+
+
+def find_run_folders(paths: list[Path]) -> list[Run]:
+    """Every run folder (finished or not) that is one of `paths` or below one, in path order; damaged
+    ones are skipped with a warning. Read before anything is drawn or compared, so a damaged run is
+    skipped rather than failing half-way through."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / schema.METRICS).is_file():
+            found.append(path / schema.METRICS)
+        else:
+            found += sorted(runs_folder(path).rglob(schema.METRICS))
+    return [run for _, run in readable_runs(list(dict.fromkeys(found)), read_run_folder)]
+
+
+def configured_folders(runs_dir: Path) -> list[Path]:
+    """Every run folder below `runs_dir` (one with a config.json), in path order."""
+    return sorted({path.parent for path in runs_folder(runs_dir).rglob(schema.CONFIG)})
+
+
+def is_run_folder(path: Path) -> bool:
+    return (Path(path) / schema.CONFIG).is_file()
+
+
+def last_iteration(folder: Path) -> int:
+    """The iteration of a started run's last evaluation (metrics.jsonl), 0 for a new one."""
+    try:
+        records = read_metrics(folder)
+    except RunFolderError:
+        return 0
+    return int(records[-1]["iter"]) if records else 0

@@ -1,0 +1,1 @@
+"""The settings of a run: TrainConfig, the one schema of the train flags and config.json."""

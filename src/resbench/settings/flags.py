@@ -1,0 +1,246 @@
+"""The `resbench train` flags: one `--<setting>` per TrainConfig field, parsed the same way by
+`train`, `sweep` (a grid's rows) and `bench`, and how every command spells its flags.
+
+`--data_name` and `--data-name` are accepted alike (the reference's flags use underscores, shell
+habits and timm/Lightning use dashes); help and errors show the reference's spelling. On/off
+settings work as plain switches (`--tensorboard`) or with a value (`--tensorboard false`).
+
+This is the one module outside `cli/` that uses argparse: the train flags are the schema of a
+run's settings, which sweep and bench read without the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import typing
+from pathlib import Path
+from typing import Any, NoReturn
+
+from resbench.errors import ResbenchError, printable
+from resbench.runs.schema import asked_settings
+from resbench.settings.config import ConfigError, TrainConfig, check_saved_settings
+
+
+def dashed(option: str) -> str | None:
+    """`--data-name` for `--data_name`; None when the flag has no underscore."""
+    if not option.startswith("--") or "_" not in option:
+        return None
+    return "--" + option[2:].replace("_", "-")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose every `--flag_name` also answers to `--flag-name`.
+
+    The alias is registered for parsing only: help, usage and error messages name the flag as it
+    was declared. Subcommand parsers are of the same class (argparse builds them with the parent's).
+    """
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        aliases = [alias for alias in map(dashed, names) if alias and alias not in names]
+        action = super().add_argument(*names, *aliases, **kwargs)
+        action.option_strings = [name for name in action.option_strings if name not in aliases]
+        return action
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error is one line and a pointer to --help, not argparse's whole usage block first."""
+        self.exit(2, f"error: {printable(message)} (see `{self.prog} --help`)\n")
+
+    def _get_option_tuples(self, option_string: str) -> list[tuple]:
+        """An abbreviation (`--sync`) matching both spellings of one flag is not ambiguous."""
+        unique: dict[int, tuple] = {}
+        for option_tuple in super()._get_option_tuples(option_string):
+            unique.setdefault(id(option_tuple[0]), option_tuple)
+        return list(unique.values())
+
+
+def switch(on: Any) -> dict[str, Any]:
+    """add_argument keywords for a setting that is also a switch: `--flag` alone means `on` (given
+    as the parsed value), `--flag VALUE` parses VALUE with the flag's type. A command with positional
+    arguments must not put one right after such a flag (it would be read as the flag's value);
+    `resbench train` and `bench` have none."""
+    return {"nargs": "?", "const": on}
+
+
+FLAG_HELP = {
+    "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, Digits_x32 (offline demo)",
+    "resnet_depth": "6n+2 (20, 32, 44, 56, 110, ...) or 18, 34, 50, 101, 152",
+    "resnet_width": "channel multiplier (of a Bottleneck's inner convolutions only, as the reference)",
+    "batch_size": "global batch size",
+    "optim_ni": "training iterations",
+    "optim_lr": "peak learning rate (linear warm-up over 10%%, cosine decay to 0)",
+    "optim_momentum": "heavy-ball momentum",
+    "optim_weight_decay": "L2 added to every gradient before momentum (PyTorch style)",
+    "optim_label_smoothing": "label smoothing of the cross-entropy",
+    "optim_global_clipping": "clip gradients to this global norm (off or 0: no clipping)",
+    "seed": "random seed (init, data order, augmentation)",
+    "data_root": "folder holding <data_name>/{train,test}_{images,labels}.npy",
+    "save": "run folder (default: runs/<data_name>/<settings>); an existing one is resumed",
+    "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
+    "eval_every": "iterations between evaluations (and one at the last iteration)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "compile": "auto | true | false; --compile alone means true: torch.compile the training step "
+               "(auto: only for runs long enough to repay the compile time)",
+    "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA); "
+               "a switch: --sync_bn, or --sync_bn true/false",
+    "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package); "
+                   "a switch: --tensorboard, or --tensorboard true/false",
+    "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (slower); "
+                     "a switch: --deterministic, or --deterministic true/false",
+    "threads": "CPU threads of this process (torch.set_num_threads); auto: torch's choice, one per core "
+               "or $OMP_NUM_THREADS. `sweep --jobs N` gives each run cores/N (default: auto)",
+    "mirror": "fetch a missing dataset's official archive from this base URL or local folder, as "
+              "`resbench data download --mirror` does (default: the official URL)",
+}
+# Flags whose help already says their default.
+DEFAULT_IN_HELP = {"save", "threads", "mirror"}
+
+NOT_GIVEN = argparse.SUPPRESS  # a flag left out is absent from the namespace: only given flags change a resumed run
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def optional_int(text: str) -> int | None:
+    """A count, where auto/none mean "let torch choose"."""
+    return None if text.strip().lower() in ("auto", "none") else int(text)
+
+
+def optional_float(text: str) -> float | None:
+    """A number, where none/off/0 mean "not used"."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    value = float(text)
+    return None if value == 0 else value
+
+
+def flag_kind(name: str) -> Any:
+    """The function that parses the text of the flag `--<name>`."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return {bool: parse_bool, int: int, float: float, str: str, str | None: str, int | None: optional_int}.get(
+        hint, optional_float)
+
+
+def flag_value(value: object) -> str:
+    """A value (from TOML, JSON or a TrainConfig) as the train flags spell it: booleans true/false,
+    None (a setting not used, e.g. no clipping) off."""
+    if value is None:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """A TOML document (a --config or grid file); its decode errors are ValueErrors."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """One `--<field>` flag per TrainConfig field, plus `--config FILE` and `--resume RUN_DIR`.
+
+    On/off settings are switches too (`--tensorboard` alone means true), as is `--compile`."""
+    for f in dataclasses.fields(TrainConfig):
+        kind = flag_kind(f.name)
+        shown = "" if f.name in DEFAULT_IN_HELP else f" (default: {'off' if f.default is None else f.default})"
+        on = True if kind is parse_bool else "true" if f.name == "compile" else None
+        parser.add_argument(f"--{f.name}", type=kind, default=NOT_GIVEN, help=FLAG_HELP[f.name] + shown,
+                            **(switch(on) if on is not None else {}))
+    parser.add_argument("--config", metavar="FILE",
+                        help="read settings from a TOML or JSON file with the same keys as these flags, "
+                             "e.g. a run folder's config.json; flags given beside it override it")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="resume RUN_DIR with its saved settings")
+    return parser
+
+
+def train_flag_parser() -> argparse.ArgumentParser:
+    """The `resbench train` flags on their own, for parsing the train flags of a sweep's runs."""
+    return add_train_flags(Parser(prog="resbench train"))
+
+
+def settings_file(path: str | Path) -> dict[str, Any]:
+    """The settings of a `--config` file, each parsed as its flag would parse it.
+
+    TOML (`resnet_depth = 20`) or JSON (a run folder's config.json, where null means "not set").
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            values = parse_toml(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSON and TOML decode errors are ValueErrors
+        raise ConfigError(f"cannot read --config {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path} is not a table of settings (name = value lines, or a JSON object)")
+    values = asked_settings(values)  # a run folder's config.json also records what they resolved to
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if unknown := sorted(set(values) - set(fields)):
+        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; the keys are the train "
+                          f"flags' names: {', '.join(fields)}")
+    settings = {}
+    for key, value in values.items():
+        try:
+            settings[key] = None if value is None and fields[key].default is None else flag_kind(key)(flag_value(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"--config {path}: {key} = {value!r} is not a valid --{key} ({exc})") from None
+    return settings
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The settings of the run: from the flags over an optional --config file, or from RUN_DIR/config.json
+    with --resume."""
+    from resbench.runs import schema
+    from resbench.runs.reader import is_run_folder, read_json
+    from resbench.runs.schema import RunFolderError
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    config_file = getattr(args, "config", None)
+    if config_file and args.resume:
+        raise ConfigError("--config and --resume cannot go together: a resumed run keeps the settings in its "
+                          "folder's config.json")
+    if not args.resume:
+        return TrainConfig(**{**(settings_file(config_file) if config_file else {}), **given})
+    if not is_run_folder(args.resume):
+        raise RunFolderError(f"cannot resume {args.resume}: it is not a run folder (no config.json); "
+                             "pass the --save folder of an earlier run")
+    saved_path = Path(args.resume) / schema.CONFIG
+    saved = read_json(saved_path, f"cannot resume {args.resume}: {saved_path}", "delete the folder to start over")
+    if given.get("save") not in (None, args.resume):
+        raise RunFolderError(f"--save {given['save']} and --resume {args.resume} name two folders; "
+                              "a resumed run stays in its folder")
+    saved = asked_settings(saved) if isinstance(saved, dict) else saved
+    check_saved_settings(saved, saved_path)
+    return TrainConfig(**{**saved, **given, "save": str(args.resume)})
+
+
+def parse_train_flags(flags: list[str]) -> argparse.Namespace:
+    """The train CLI's own parse of `flags`, so sweep and train agree on every setting.
+
+    argparse answers a bad value by printing the whole train usage and exiting; only its one-line
+    reason is kept, so the caller can say which grid row it came from.
+    """
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage):
+            args, unknown = train_flag_parser().parse_known_args(flags)
+    except SystemExit as exc:
+        if not exc.code:  # --help: the train help is printed, nothing is wrong
+            raise
+        raise ResbenchError(usage.getvalue().strip().splitlines()[-1].partition("error: ")[2]) from None
+    if unknown:
+        hint = "; --runs_dir is a sweep option: put it before `--`" if any("runs_dir" in u for u in unknown) else ""
+        raise ResbenchError(f"unknown train flag(s): {' '.join(unknown)}{hint}")
+    return args

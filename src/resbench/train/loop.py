@@ -1,0 +1,383 @@
+"""The training loop: one run of the reference recipe, readable top to bottom in `train_loop()`.
+
+Where each number of a results table comes from:
+- val_acc: `evaluation()` on the validation split every `eval_every` iterations and at the last;
+  the best one is kept (`RunState.best_val_acc`, summary.json's `best_val_acc`).
+- tst_acc, tst_nll: the test split, which `evaluation()` scores at every evaluation; the figures
+  of the evaluations where val_acc improves are the test figures of the best-validation
+  checkpoint (`best.pt`). The others are recorded apart (`tst_*_at_eval`) and never select anything.
+- params: `count_parameters()` of the model built by `models.resnet()`.
+- trn_lr, trn_w_norm, trn_g_norm: means over the steps since the previous evaluation, as the
+  reference logs them (`StepStats`), beside trn_loss, the mean loss over the same steps.
+
+One step and what it trains with (model, optimiser, hot path) are in `step.py`; the settings and
+their checks in `settings/config.py`; what last.pt holds and when a folder may be resumed, in
+`resume.py`; summary.json's figures in `summary.py`; the run folder's files in `runs/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resbench.runtime import bnstats, cpus
+from resbench.data import tensors as data
+from resbench.runtime import distributed
+from resbench.data.fetch import prepare as fetch
+from resbench.runtime import hotpath
+from resbench.settings.config import (TrainConfig, check_same_config, precision_for, resolve_device,
+                                      rounding_changes, run_folder_of, validate_config)
+from resbench.evaluate.metrics import evaluate, reports_top5
+from resbench.runtime.progress import Progress
+from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
+from resbench.train.summary import final_summary
+from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
+from resbench.runs import schema
+from resbench.runs.folder import RunFolder
+
+# Iterations between logging points, where the loop folds the loss sums and (data-parallel) the ranks
+# agree on stopping; each synchronises with the device. Progress lines follow the clock (progress.py).
+PROGRESS_EVERY = 50
+
+
+class TrainingDiverged(Exception):
+    """The training loss became NaN or infinite; the run stops as the reference does."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; the state was checkpointed and the run can resume."""
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
+    validate_config(cfg)
+    busy = cpus.busy_warning()  # before this run adds to the load
+    cpus.use_threads(cfg.threads)
+    configure_determinism(cfg.deterministic)
+    device = resolve_device(cfg.device)
+    world = distributed.init_world(device)
+    try:
+        device = distributed.local_device(device, world)
+        agree = lambda failed: distributed.any_rank(failed, world, device)  # noqa: E731
+        with RunFolder(run_folder_of(cfg), writer=world.is_main).claimed(agree) as run:
+            return train_in_world(cfg, run, device, world, busy)
+    finally:
+        distributed.shutdown(world)
+
+
+def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World,
+                   busy: str | None = None) -> dict[str, Any]:
+    """Set up (or resume) the run in its claimed folder, train it, and write its summary.
+
+    `busy`: the warning that the machine was busy when the run started, for the log."""
+    precision = precision_for(cfg.mixed_precision, device)
+    hotpath.warn_if_slow_precision(precision, device)
+    if run.is_done():
+        return already_finished(run, cfg)
+    resume_from = checked_resume_point(run, cfg, device, precision)
+    ensure_prepared(cfg, world, device)
+    splits = data.load_splits(cfg.data_name, cfg.data_root, device)
+    batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
+                                world.rank, world.world_size)
+    job = build_job(cfg, batches, device, precision, world, run, splits)
+    state = start_or_resume(job, resume_from)
+    if busy:
+        run.log(busy)
+    for change in rounding_changes(resume_from["config"], dataclasses.asdict(cfg)) if resume_from else []:
+        run.log(f"note: resuming with {change}: the same recipe to float rounding, not bit for bit the "
+                "uninterrupted run")
+    del resume_from  # the checkpoint's copy of model and optimiser is not needed any more
+    try:
+        train_loop(job, state)
+    except TrainingDiverged:
+        run.finish(final_summary(job, state, "diverged"))
+        raise
+    summary = final_summary(job, state, "finished")
+    run.finish(summary)
+    return summary
+
+
+def train_loop(job: Job, state: RunState) -> None:
+    """The recipe, step by step: batch → SGD step → (every eval_every) evaluate → checkpoint."""
+    cfg, world = job.cfg, job.world
+    meter = Meter(state, job.device)
+    step_stats = StepStats(state, job.device)
+    progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=world.is_main)
+    with StopSignals() as signals, contextlib.closing(progress):
+        for step in range(state.step, cfg.optim_ni):
+            lr = learning_rate(step, cfg)
+            is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
+            loss, grad_norm = job.step(step, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
+            meter.add(loss, state)
+            state.step = step + 1
+
+            # Where the loop waits for the device: at logging points, and for a progress line (at most
+            # one per progress.LINE_EVERY_S seconds). A single process may stop at any step; ranks
+            # agree on stopping at logging points only.
+            logging_point = is_eval or state.step % PROGRESS_EVERY == 0
+            stop = False
+            if logging_point or (signals.received is not None and not world.distributed):
+                if logging_point:
+                    meter.fold(state, world)
+                    check_finite(state.loss_sum, "the training loss", state, job.run)
+                stop = distributed.any_rank(signals.received is not None, world, job.device)
+                meter.lap(state)
+            if progress.due(state.step) and not is_eval:  # the clock says so: one read of the device's loss sum
+                progress.show(state.step, meter.loss_mean(state), lr)
+
+            if is_eval:
+                with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
+                    record = evaluation(job, state, grad_norm, lr, step_stats.means())
+                step_stats.reset()
+                meter.stamp(state)
+                record["elapsed_s"] = state.wall_seconds
+                state.history.append(record)
+                state.loss_sum, state.loss_count = 0.0, 0
+                job.run.append_metrics(record)
+                save_last(job, state, meter, step_stats)
+                job.run.log(f"{job.run.format_record(record)}, {progress.timing(state.step, state.wall_seconds)}")
+                meter.restart()  # evaluation time is not training time
+                progress.restart(state.step)
+
+            if stop and state.step < cfg.optim_ni:
+                save_last(job, state, meter, step_stats)
+                raise Interrupted(f"stopped by a signal at iteration {state.step}; "
+                                  f"the state is saved in {job.run.path}: run the same command again to resume")
+
+
+def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
+               interval_means: dict[str, float | None]) -> dict[str, Any]:
+    """One evaluation as the reference logs it: validation accuracy and NLL beside the training
+    statistics, and, when validation accuracy is a new best, the test figures and best.pt.
+
+    The test split is scored at every evaluation, for the selection modes of `resbench table`
+    (last iteration, best test); those figures are kept under their own names and never decide
+    which model is kept.
+    """
+    model = job.model
+    distributed.average_bn_statistics(model, job.world)
+    top5 = reports_top5(data.dataset_spec(job.cfg.data_name).num_classes)
+    val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
+    test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
+    record = {
+        "iter": state.step,
+        "epoch": state.step / job.batches.steps_per_epoch,
+        "trn_loss": state.loss_sum / max(state.loss_count, 1),
+        **interval_means,
+        "trn_lr_at_eval": lr,
+        "trn_w_norm_at_eval": weight_norm(model),
+        "trn_g_norm_at_eval": grad_norm,
+        **split_figures("val", val),
+        **split_figures("tst", test, suffix="_at_eval"),
+        "skipped_steps": state.skipped_steps,
+    }
+    if job.scaler.enabled:
+        record["loss_scale"] = job.scaler.scale
+    check_finite(record["trn_w_norm_at_eval"], "the weight norm", state, job.run)
+    if val["acc"] > state.best_val_acc:
+        state.best_val_acc, state.best_iter, state.val_top5 = val["acc"], state.step, val.get("top5")
+        state.tst_acc, state.tst_nll, state.tst_top5 = test["acc"], test["nll"], test.get("top5")
+        record.update(split_figures("tst", test))
+        job.run.save_best(model.state_dict())
+    record["best_val_acc"] = state.best_val_acc
+    return record
+
+
+def split_figures(split: str, figures: dict[str, float], suffix: str = "") -> dict[str, float]:
+    """`evaluate()`'s figures as metrics.jsonl names them: {"acc": a} -> {"val_acc": a}."""
+    return {f"{split}_{name}{suffix}": value for name, value in figures.items()}
+
+
+# ---------------------------------------------------------------- setting a run up
+
+
+def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
+    """A new run writes its first files; a resumed one loads last.pt and cuts metrics.jsonl back to it."""
+    state = RunState(device_type=job.device.type, precision=job.precision)
+    if resume_from is not None:
+        state = restore_training_state(resume_from, job.model, job.optimizer, job.scaler, job.world,
+                                       job.run.file(schema.LAST))
+        state.device_type, state.precision = job.device.type, job.precision
+        job.run.rewrite_metrics(state.history)
+    else:
+        job.run.start(job.cfg, job.params, job.device, job.precision, resolved_settings(job))
+    if job.cfg.tensorboard:
+        job.run.open_tensorboard(state.step)
+    threads = f", {torch.get_num_threads()} threads" if job.device.type == "cpu" else ""
+    job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
+                f"in {job.run.path}: {job.device} ({job.precision}{threads}), {step_kind(job)}, "
+                f"{job.params:,} trainable parameters")
+    if job.scaler.enabled:
+        job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
+                    "gradients are not finite is skipped and counted")
+    return state
+
+
+def resolved_settings(job: Job) -> dict[str, Any]:
+    """What the asked settings became on this machine: config.json keeps both, apart."""
+    return {"save": str(job.run.path.resolve()), "data_root": str(Path(job.cfg.data_root).resolve()),
+            "device": str(job.device), "precision": job.precision, "compile": job.compiled}
+
+
+def step_kind(job: Job) -> str:
+    """Whether the training step is compiled, and why not where `--compile auto` decided."""
+    if job.compiled:
+        return "compiled step (torch.compile)"
+    if str(job.cfg.compile).lower() != "auto":
+        return "eager step (--compile false)"
+    least = hotpath.COMPILE_MIN_ITERS.get(job.device.type, hotpath.COMPILE_MIN_ITERS["cuda"])
+    return f"eager step (--compile auto compiles runs of {least:,}+ iterations on {job.device.type})"
+
+
+def already_finished(run: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
+    """The summary of a finished run with these settings; it is not trained again."""
+    check_same_config(run.saved_config() or {}, dataclasses.asdict(cfg), run.path)
+    summary = run.summary()
+    print(f"{run.path} already holds a {summary.get('status')} run; not retraining it. "
+          "Use another --save folder to train again.", file=sys.stderr)
+    return summary
+
+
+def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.device) -> None:
+    """Fetch and prepare a missing dataset before training, as `resbench data download` would.
+
+    Rank 0 prepares it while the others wait; ranks decide together, so a node that lacks the
+    data (no shared file system) waits too and then fails with the usual "not prepared" error.
+    """
+    missing = bool(data.missing_prepared_files(cfg.data_name, cfg.data_root))
+    if not distributed.any_rank(missing, world, device):
+        return
+    if world.is_main and missing:
+        print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
+              file=sys.stderr)
+        fetch.prepare_dataset(cfg.data_name, cfg.data_root, cfg.mirror)
+    distributed.wait_for_rank0(world)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """Ask for deterministic kernels, so a CUDA run resumes bit for bit (CPU runs already do).
+
+    Must run before CUDA initialises: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+# ---------------------------------------------------------------- the loop's bookkeeping
+
+class Meter:
+    """What the loop accumulates between synchronisations with the device, and its clock.
+
+    The loss and the count of skipped fp16 updates are summed on the device, so a step never
+    waits for it; they are folded into the RunState at logging points only, so a resumed run
+    rounds its sums exactly as the uninterrupted one did.
+    """
+
+    def __init__(self, state: RunState, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.full((), state.loss_unlogged, device=device)
+        self.skipped = torch.zeros((), device=device)
+        hotpath.sync(device)
+        self.session_start = self.interval_start = time.perf_counter()
+        self.wall_at_session_start = state.wall_seconds
+
+    def add(self, loss: torch.Tensor, state: RunState) -> None:
+        self.loss_sum += loss
+        state.loss_count += 1
+
+    def fold(self, state: RunState, world: distributed.World) -> None:
+        """Move the device sums into the state (averaging the loss over ranks)."""
+        state.loss_sum += distributed.all_reduce_sum(self.loss_sum, world).item() / world.world_size
+        self.loss_sum.zero_()
+        self.fold_skipped(state)
+
+    def fold_skipped(self, state: RunState) -> None:
+        state.skipped_steps += int(self.skipped.item())
+        self.skipped.zero_()
+
+    def lap(self, state: RunState) -> None:
+        """Book the time since the last lap as training time."""
+        now = time.perf_counter()
+        state.train_seconds += now - self.interval_start
+        state.wall_seconds = self.wall_at_session_start + now - self.session_start
+        self.interval_start = now
+
+    def loss_mean(self, state: RunState) -> float:
+        """The mean training loss since the last evaluation (this rank's unfolded part included):
+        a progress figure, which reads the device sum without folding it."""
+        return (state.loss_sum + self.loss_sum.item()) / max(state.loss_count, 1)
+
+    def stamp(self, state: RunState) -> None:
+        """The wall clock of the run, once the device has finished what was queued."""
+        hotpath.sync(self.device)
+        state.wall_seconds = self.wall_at_session_start + time.perf_counter() - self.session_start
+
+    def restart(self) -> None:
+        self.interval_start = time.perf_counter()
+
+
+def save_last(job: Job, state: RunState, meter: Meter, step_stats: StepStats) -> None:
+    """Write last.pt, the whole training state, but never from a state that has diverged."""
+    state.loss_unlogged = meter.loss_sum.item()
+    state.step_stats = step_stats.snapshot()
+    meter.fold_skipped(state)
+    check_finite(state.loss_sum + state.loss_unlogged, "the training loss", state, job.run)
+    check_finite(weight_norm(job.model), "the weight norm", state, job.run)
+    job.run.save_last(training_checkpoint(job.cfg, job.model, job.optimizer, job.scaler, state, job.world))
+
+
+def check_finite(value: float, what: str, state: RunState, run: RunFolder) -> None:
+    """End the run on a non-finite loss or weight, before it can overwrite a good checkpoint."""
+    if math.isfinite(value):
+        return
+    kept = (f"The last good checkpoints are kept; best so far: val_acc {state.best_val_acc:.4f} at iteration "
+            f"{state.best_iter} ({run.file(schema.BEST)})" if state.best_iter else
+            "No evaluation had run yet, so there is no checkpoint")
+    raise TrainingDiverged(
+        f"{what} became {value} by iteration {state.step}; stopped as the reference does. {kept}. "
+        "Try a lower --optim_lr or --optim_global_clipping")
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a checkpoint is written.
+
+    Only a second Ctrl-C (SIGINT) stops at once, unsaved. A repeated SIGTERM is the same request:
+    `timeout` and some schedulers signal both the process and its process group, so the run gets
+    two SIGTERMs within microseconds (seen on a GPU machine, where it cost the unsaved iterations).
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:  # Ctrl-C twice: stop now
+            raise KeyboardInterrupt
+        self.received = self.received or signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            if self.received is not None and sig == signal.SIGTERM:
+                handler = signal.SIG_IGN  # stopping already: a repeated SIGTERM must not break the exit
+            signal.signal(sig, handler)
