@@ -20,9 +20,11 @@ import torch
 
 VARIANT = r"""
 import sys, torch
-from resbench import data, hotpath, models
-from resbench.config import TrainConfig
-from resbench.train import learning_rate, train_step
+from resbench.data import tensors as data
+from resbench.models import resnet as models
+from resbench.runtime import hotpath
+from resbench.settings.config import TrainConfig
+from resbench.train.step import learning_rate, train_step
 threads, compiled, depth, steps = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])
 out = sys.argv[5]
 torch.set_num_threads(threads)

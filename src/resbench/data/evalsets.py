@@ -29,10 +29,8 @@ import torch
 
 from resbench.data import tensors as data
 from resbench.data.tensors import DataFileError, check_images, check_labels, load_npy
+from resbench.data.facts import SEVERITIES
 from resbench.data.recipes import cifar_c, tiny_c
-
-SEVERITIES = 5
-
 
 @dataclass(frozen=True)
 class EvalSet:
@@ -71,13 +69,6 @@ EVAL_SETS: dict[str, EvalSet] = {
         EvalSet("Digits_C", 32, 10, tuple(DIGITS_CORRUPTIONS), tuple(DIGITS_CORRUPTIONS), generated=True),
     )
 }
-#: The corrupted copy of each training dataset's test split (`resbench eval --corruptions`).
-CORRUPTED = {"CIFAR10_x32": "CIFAR10_C", "CIFAR100_x32": "CIFAR100_C", "TinyImageNet200_x32": "TinyImageNet200_C",
-             "TinyImageNet200_x64": "TinyImageNet200_C", "Digits_x32": "Digits_C"}
-#: The OOD sets `resbench eval --ood` uses when none are named: the usual pairs of the literature.
-NATURAL_OOD = {"CIFAR10_x32": ("CIFAR100_x32", "SVHN"), "CIFAR100_x32": ("CIFAR10_x32", "SVHN"),
-               "TinyImageNet200_x32": ("SVHN", "TinyImageNet200_C"), "TinyImageNet200_x64": ("TinyImageNet200_C",),
-               "Digits_x32": ("Noise",)}
 TEST_ONLY_FILES = ("test_images.npy", "test_labels.npy")
 
 

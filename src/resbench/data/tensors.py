@@ -20,36 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from resbench.data.facts import DATASETS, DEMO_DATASET, DEMO_TEST_SIZE, DatasetSpec, dataset_spec  # noqa: F401  (the tensors' facts, for their users)
 from resbench.errors import ResbenchError
 
 PAD = 4  # pixels of zero padding before the random crop
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    num_classes: int
-    image_size: int
-    num_train: int  # the first `num_train` images of the training file; the rest is validation
-    # Images one evaluation scores in the official files (validation split + test file); what
-    # `resbench bench --grid` counts to time a row's evaluations.
-    num_val: int = 0
-    num_test: int = 0
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
-    for spec in (
-        DatasetSpec("CIFAR10_x32", 10, 32, 40_960, 9_040, 10_000),
-        DatasetSpec("CIFAR100_x32", 100, 32, 40_960, 9_040, 10_000),
-        DatasetSpec("TinyImageNet200_x32", 200, 32, 81_920, 18_080, 10_000),
-        DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920, 18_080, 10_000),
-        # Offline demo: scikit-learn's 1,797 bundled 8×8 digits, upsampled to 32×32 RGB.
-        DatasetSpec("Digits_x32", 10, 32, 1_280, 217, 300),
-    )
-}
-DEMO_DATASET = "Digits_x32"
-DEMO_TEST_SIZE = 300
 PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
 
 
@@ -65,12 +41,6 @@ class Splits:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ValueError(f"unknown data_name {name!r}: choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
 
 
 def prepared_dir(name: str, data_root: str | Path) -> Path:

@@ -107,7 +107,7 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tup
     try:
         check_inference_fits(config["resnet_depth"], config["resnet_width"], spec.num_classes, spec.image_size, device)
     except ValueError as exc:
-        raise RunFolderError(f"{Path(ckpt).parent / 'config.json'}: {exc}") from None
+        raise RunFolderError(f"{Path(ckpt).parent / schema.CONFIG}: {exc}") from None
     model = resnet(config["resnet_depth"], config["resnet_width"], num_classes=spec.num_classes,
                    image_size=spec.image_size)
     saved = load_checkpoint(ckpt)
@@ -117,7 +117,7 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tup
     except (RuntimeError, TypeError, AttributeError):
         expected = (f"ResNet-{config['resnet_depth']} x{config['resnet_width']}, {spec.num_classes} classes "
                     f"({config['data_name']})")
-        raise RunFolderError(f"{ckpt} holds {describe_weights(weights)}, but {Path(ckpt).parent / 'config.json'} "
+        raise RunFolderError(f"{ckpt} holds {describe_weights(weights)}, but {Path(ckpt).parent / schema.CONFIG} "
                               f"describes a {expected}; evaluate a checkpoint with the config.json of the run "
                               "that trained it") from None
     if which == "last":

@@ -44,10 +44,10 @@ def shifted_sets(request: EvalRequest, data_name: str) -> tuple[str | None, list
     """The corrupted set and the OOD sets to score a model of `data_name` on, checked."""
     corrupted = None
     if request.corruptions:
-        corrupted = evalsets.CORRUPTED.get(data_name)
+        corrupted = DATASETS[data_name].corrupted
         if corrupted is None:
             raise ResbenchError(f"no corrupted test set for {data_name}")
-    ood = [] if request.ood is None else list(dict.fromkeys(request.ood or evalsets.NATURAL_OOD.get(data_name, ())))
+    ood = [] if request.ood is None else list(dict.fromkeys(request.ood or DATASETS[data_name].natural_ood))
     known = [*(n for n in DATASETS if n != data_name), *evalsets.EVAL_SETS]
     for name in ood:
         if name == data_name:

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 
+from resbench.data.facts import SEVERITIES
 from resbench.runs.schema import CORRUPTION_METRICS, OOD_SCORES
 from resbench.evaluate.checkpoints import Member
 from resbench.evaluate.metrics import predict_logits, probability_metrics
@@ -62,13 +63,13 @@ def corruption_figures(score: Scorer, name: str, data_root: str) -> list[dict]:
     """Accuracy, NLL and ECE per corruption and severity, and their means, for each head."""
     spec = evalsets.EVAL_SETS[name]
     labels, files = evalsets.corrupted_set(name, data_root)
-    n = len(labels) // evalsets.SEVERITIES
+    n = len(labels) // SEVERITIES
     labels = torch.from_numpy(labels)
     found: list[dict[str, dict[str, dict]]] = [{} for _ in range(score.heads)]
     for corruption, images in files:
         for h, (log_p, _) in enumerate(heads(score(images, f"{name} {corruption}"))):
             block = {}
-            for s in range(1, evalsets.SEVERITIES + 1):
+            for s in range(1, SEVERITIES + 1):
                 figures = probability_metrics(log_p[(s - 1) * n:s * n], labels[(s - 1) * n:s * n])
                 block[str(s)] = {k: figures[k] for k in CORRUPTION_METRICS}
             found[h][corruption] = {**block, "mean": mean_figures(list(block.values()))}
@@ -78,7 +79,7 @@ def corruption_figures(score: Scorer, name: str, data_root: str) -> list[dict]:
 def corruption_summary(spec: evalsets.EvalSet, per_corruption: dict[str, dict], n: int) -> dict:
     """The means: over the benchmark's corruptions and all severities (mCA and its NLL and ECE),
     per severity, and over every corruption of the set where it has more than the benchmark's."""
-    severities = [str(s) for s in range(1, evalsets.SEVERITIES + 1)]
+    severities = [str(s) for s in range(1, SEVERITIES + 1)]
     summary = {"set": spec.name, "images_per_severity": n, "benchmark": list(spec.benchmark),
                "mean": mean_figures([per_corruption[c][s] for c in spec.benchmark for s in severities]),
                "by_severity": {s: mean_figures([per_corruption[c][s] for c in spec.benchmark]) for s in severities},

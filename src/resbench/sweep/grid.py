@@ -336,11 +336,11 @@ def execute_all(runs: list[PlannedRun], jobs: int) -> list[tuple[PlannedRun, str
     def job(run: PlannedRun) -> None:
         with lock:
             print(f"[start {next(started)}/{len(runs)}] {run.save} ({run.state}; its output goes to "
-                  f"{run.save / 'stdout.log'})", flush=True)
+                  f"{run.save / schema.STDOUT})", flush=True)
         reason = execute(run)
         with lock:
             status = f"finished: {final_figures(run)}" if reason is None else \
-                f"FAILED ({reason}, see {run.save / 'stdout.log'})"
+                f"FAILED ({reason}, see {run.save / schema.STDOUT})"
             print(f"[{next(done)}/{len(runs)}] {run.save}: {status}", flush=True)
             if reason is not None:
                 failures.append((run, reason))

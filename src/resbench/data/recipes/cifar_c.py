@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from resbench.data.facts import SEVERITIES
 from resbench.data.fetch.archive import Archive
 from resbench.errors import DataError
 from resbench.data.recipes.common import LazySplits, Splits, checked_sizes, npy_from_bytes, severity_blocks
@@ -28,7 +29,6 @@ BENCHMARK = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "g
              "jpeg_compression")
 EXTRA = ("gaussian_blur", "saturate", "spatter", "speckle_noise")
 CORRUPTIONS = BENCHMARK + EXTRA
-SEVERITIES = 5
 
 
 def labels_of(ar: Archive, member: str, num_classes: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from resbench.data.facts import SEVERITIES
 from resbench.data.fetch.archive import Archive
 from resbench.errors import DataError
 from resbench.data.recipes.common import LazySplits, Splits, checked_sizes
@@ -27,7 +28,6 @@ ROOT = "Tiny-ImageNet-C"
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
                "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
                "jpeg_compression")
-SEVERITIES = 5
 
 
 def corruption_items(files: Iterable[str], wnids: list[str]) -> dict[str, list[tuple[str, int]]]:

@@ -1,0 +1,143 @@
+"""The run folder's format, tested against its schema (runs/schema.py) rather than through each
+command that reads it; and the layout rules that keep it in one place."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SRC
+from resbench.runs import schema
+from resbench.runs.folder import RunFolder
+from resbench.runs.reader import (find_run_folders, find_runs, last_iteration, read_metrics, read_summary,
+                                  status_of)
+from resbench.runs.schema import RunFolderError
+from resbench.settings.config import TrainConfig
+
+PACKAGE = SRC / "resbench"
+FILE_NAMES = {schema.CONFIG, schema.METRICS, schema.LOG, schema.LAST, schema.BEST, schema.SUMMARY, schema.STDOUT,
+              schema.LOCK, *schema.SAVED_EVAL.values()}
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def strings_in(path: Path) -> set[str]:
+    """The string literals of a module, but not the text parts of f-strings (`f".{archive}.lock"` is
+    no run folder's lock)."""
+    tree = ast.parse(path.read_text())
+    parts = {id(value) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for value in node.values}
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts}
+
+
+def test_the_run_folders_file_names_are_spelled_in_runs_only():
+    spelled = {str(path.relative_to(PACKAGE)): sorted(strings_in(path) & FILE_NAMES) for path in modules()
+               if path.parent.name != "runs"}
+    assert {name: found for name, found in spelled.items() if found} == {}
+
+
+def imports_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.parse(path.read_text()).body:  # module level: what importing the module imports
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_only_the_command_line_and_the_train_flags_use_argparse():
+    users = {module_name(p) for p in modules() if any(i.startswith("argparse") for i in imports_of(p))}
+    assert {name for name in users if not name.startswith("resbench.cli.")} == {"resbench.settings.flags"}
+
+
+def test_no_module_imports_itself_back():
+    names = {module_name(p): p for p in modules()}
+    graph = {name: {i for i in imports_of(path) if i in names and i != name} for name, path in names.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
+
+    assert [name for name in graph if reaches(name, name, set())] == []
+
+
+def test_modules_and_functions_stay_short():
+    long_modules = [str(p.relative_to(PACKAGE)) for p in modules() if len(p.read_text().splitlines()) > 400]
+    long_functions = [f"{p.relative_to(PACKAGE)}:{node.name}" for p in modules()
+                      for node in ast.walk(ast.parse(p.read_text()))
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.end_lineno - node.lineno >= 80]
+    assert (long_modules, long_functions) == ([], [])
+
+
+# ---------------------------------------------------------------- written, then read back
+
+SUMMARY = {"status": "finished", "data_name": "Digits_x32", "depth": 8, "width": 1, "precision": "fp32",
+           "params": 77_850, "wall_seconds": 1.5, "best_val_acc": 0.9, "tst_acc": 0.85, "tst_nll": 0.4,
+           "best_iter": 20, "config": {"data_name": "Digits_x32", "resnet_depth": 8, "seed": 1}}
+
+
+def written_run(folder: Path, records: int = 2) -> RunFolder:
+    cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, seed=1, save=str(folder))
+    run = RunFolder(folder)
+    with run.claimed():
+        run.start(cfg, 77_850, torch.device("cpu"), "fp32", {"device": "cpu", "precision": "fp32"})
+        for i in range(1, records + 1):
+            run.append_metrics({"iter": 10 * i, "val_acc": 0.5 + i / 10, "trn_loss": 1.0 / i})
+    return run
+
+
+def test_what_the_writer_writes_the_reader_reads(tmp_path):
+    run = written_run(tmp_path / "run")
+    assert status_of(run.path) == "running" and last_iteration(run.path) == 20
+    [read] = find_run_folders([tmp_path])
+    assert (read.data_name, read.depth, read.precision, read.finished) == ("Digits_x32", 8, "fp32", False)
+    assert [r["iter"] for r in read.records] == [10, 20]
+    assert find_runs(tmp_path) == []  # not finished: no table row yet
+    with run.claimed():
+        run.finish(SUMMARY)
+    [finished] = find_runs(tmp_path, with_records=True)
+    assert (finished.summary["best_val_acc"], finished.status, len(finished.records)) == (0.9, "finished", 2)
+    assert not (run.path / schema.LOCK).exists()
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_a_torn_middle_one_named(tmp_path):
+    run = written_run(tmp_path / "run")
+    path = run.path / schema.METRICS
+    path.write_text(path.read_text() + '{"iter": 30, "val_')
+    assert [r["iter"] for r in read_metrics(run.path)] == [10, 20]
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[2], lines[1]]) + "\n")
+    with pytest.raises(RunFolderError, match=f"{schema.METRICS} line 2 is not JSON"):
+        read_metrics(run.path)
+
+
+def test_an_older_summary_name_reads_as_todays(tmp_path):
+    older = {k: v for k, v in SUMMARY.items() if k != "best_val_acc"} | {"val_acc": 0.7}
+    (tmp_path / schema.SUMMARY).write_text(json.dumps(older))
+    assert read_summary(tmp_path)["best_val_acc"] == 0.7
+
+
+@pytest.mark.parametrize("field", sorted(schema.SUMMARY_FIELDS))
+def test_each_summary_field_is_checked_against_its_type(tmp_path, field):
+    (tmp_path / schema.SUMMARY).write_text(json.dumps({**SUMMARY, field: True}))  # a JSON bool is no number
+    with pytest.raises(RunFolderError, match=f"lacks a valid {field}"):
+        read_summary(tmp_path)
+
+
+def test_a_damaged_run_is_skipped_with_a_warning_and_the_others_read(tmp_path, capsys):
+    written_run(tmp_path / "good")
+    written_run(tmp_path / "bad")
+    (tmp_path / "bad" / schema.CONFIG).write_text("[1]")
+    assert [run.path.name for run in find_run_folders([tmp_path])] == ["good"]
+    assert "skipping damaged run folder" in capsys.readouterr().err
