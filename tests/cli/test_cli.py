@@ -319,3 +319,16 @@ def test_the_reference_is_shipped_and_agrees_with_the_package():
     readme = (REPO / "README.md").read_text()
     assert "https://github.com/cs-giung/giung2-dev/tree/main/projects/residual-networks" in readme
     assert "docs/reference/" in readme and (docs / "recipe.md").is_file()
+
+
+def test_the_readmes_python_imports_name_what_the_package_has():
+    """The README's Python API is copied as written: each of its imports must resolve (and the model
+    builder it shows must be the function, not its module)."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    imports = [line for block in blocks for line in block.splitlines() if line.startswith(("from resbench", "import resbench"))]
+    assert imports
+    namespace: dict = {}
+    for line in imports:
+        exec(line, namespace)
+    assert callable(namespace["resnet"]) and callable(namespace["train"])
