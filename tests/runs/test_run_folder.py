@@ -141,3 +141,14 @@ def test_a_damaged_run_is_skipped_with_a_warning_and_the_others_read(tmp_path, c
     (tmp_path / "bad" / schema.CONFIG).write_text("[1]")
     assert [run.path.name for run in find_run_folders([tmp_path])] == ["good"]
     assert "skipping damaged run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", [{"resnet_depth": None}, {"optim_weight_decay": None}, {"batch_size": "abc"}])
+def test_a_setting_of_the_wrong_type_skips_that_run_with_one_line(tmp_path, capsys, setting):
+    written_run(tmp_path / "good")
+    written_run(tmp_path / "bad")
+    config = json.loads((tmp_path / "bad" / schema.CONFIG).read_text())
+    (tmp_path / "bad" / schema.CONFIG).write_text(json.dumps({**config, **setting}))
+    assert [run.path.name for run in find_run_folders([tmp_path])] == ["good"]
+    [warning] = capsys.readouterr().err.splitlines()
+    assert f"setting {next(iter(setting))} is" in warning and "skipping damaged run folder" in warning

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 from resbench.errors import ResbenchError, printable
 from resbench.runs import schema
 from resbench.runs.schema import RunFolderError, checked_fields
-from resbench.settings.config import TrainConfig
+from resbench.settings.config import TrainConfig, check_setting_types
 
 T = TypeVar("T")
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
@@ -203,9 +203,10 @@ def find_runs(runs_dir: Path, with_records: bool = False) -> list[Run]:
 def read_run_folder(metrics: Path) -> Run:
     """The run folder of one metrics.jsonl, with the config.json beside it."""
     config = read_object(metrics.parent / schema.CONFIG, schema.CONFIG_FIELDS)
+    settings = schema.asked_settings(config)
+    check_setting_types(settings, metrics.parent / schema.CONFIG, "restore the file")  # a run's settings are indexed
     resolved = config.get(schema.RESOLVED_KEY)
-    return Run(metrics.parent, schema.asked_settings(config), resolved if isinstance(resolved, dict) else {},
-               read_metrics(metrics.parent))
+    return Run(metrics.parent, settings, resolved if isinstance(resolved, dict) else {}, read_metrics(metrics.parent))
 
 
 def find_run_folders(paths: list[Path]) -> list[Run]:

@@ -237,12 +237,19 @@ def check_saved_settings(saved: Any, path: Path) -> None:
     if not isinstance(saved, dict):
         raise RunFolderError(f"{path} is not a resbench config.json (it holds a JSON {type(saved).__name__}, "
                               "not an object of settings); restore it, or use another --save folder")
-    hints = typing.get_type_hints(TrainConfig)
-    unknown = set(saved) - set(hints)
+    unknown = set(saved) - set(typing.get_type_hints(TrainConfig))
     if unknown:
         raise RunFolderError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; was it written by resbench?")
+    check_setting_types(saved, path, "restore the file, or use another --save folder")
+
+
+def check_setting_types(saved: dict[str, Any], path: Path, fix: str) -> None:
+    """Refuse a saved setting of another type than its field's (`resnet_depth: null`), naming the
+    file and the setting; settings this version does not know are left to the caller."""
+    from resbench.runs.schema import RunFolderError
+
+    hints = typing.get_type_hints(TrainConfig)
     for key, value in saved.items():
-        if not has_json_type(value, hints[key], LEGACY_TYPES.get(key, ())):
+        if key in hints and not has_json_type(value, hints[key], LEGACY_TYPES.get(key, ())):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in json_types(hints[key]))
-            raise RunFolderError(f"{path}: setting {key} is {shown_value(value)}, not {names}; restore the "
-                                  "file, or use another --save folder")
+            raise RunFolderError(f"{path}: setting {key} is {shown_value(value)}, not {names}; {fix}")
