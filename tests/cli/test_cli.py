@@ -332,3 +332,15 @@ def test_the_readmes_python_imports_name_what_the_package_has():
     for line in imports:
         exec(line, namespace)
     assert callable(namespace["resnet"]) and callable(namespace["train"])
+
+
+@pytest.mark.parametrize("key", ["sync_bn", "resnet_depth", "mixed_precision"])
+def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
+    """null unsets only the optional settings (clipping, threads, ...): a switch is not silently off."""
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({key: None}))
+    with pytest.raises(ConfigError, match=f"{key} = None is not a valid --{key}"):
+        config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
+    path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
+    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
+    assert (cfg.optim_global_clipping, cfg.threads) == (None, None)

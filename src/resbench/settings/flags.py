@@ -192,8 +192,10 @@ def settings_file(path: str | Path) -> dict[str, Any]:
                           f"flags' names: {', '.join(fields)}")
     settings = {}
     for key, value in values.items():
+        if value is None and fields[key].default is not None:  # not "off": only optional settings may be unset
+            raise ConfigError(f"--config {path}: {key} = None is not a valid --{key} (it needs a value)")
         try:
-            settings[key] = None if value is None and fields[key].default is None else flag_kind(key)(flag_value(value))
+            settings[key] = None if value is None else flag_kind(key)(flag_value(value))
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
             raise ConfigError(f"--config {path}: {key} = {value!r} is not a valid --{key} ({exc})") from None
     return settings

@@ -116,7 +116,7 @@ def train_loop(job: Job, state: RunState) -> None:
         for step in range(state.step, cfg.optim_ni):
             lr = learning_rate(step, cfg)
             is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
-            loss, grad_norm = job.step(step, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
+            loss, grad_norm = job.step(step, lr, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
             meter.add(loss, state)
             state.step = step + 1
 

@@ -87,12 +87,12 @@ class Job:
     run: RunFolder | None = None  # where `resbench train` writes; none for `bench`
     splits: data.Splits | None = None  # the evaluation splits of `resbench train`
 
-    def step(self, step: int, stats: StepStats | None = None, measure_grad_norm: bool = False,
+    def step(self, step: int, lr: float, stats: StepStats | None = None, measure_grad_norm: bool = False,
              skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
-        """Training iteration `step`: its batch, its learning rate, one `train_step`."""
+        """Training iteration `step` at learning rate `lr` (`learning_rate(step, cfg)`): its batch, one
+        `train_step`."""
         images, labels = self.batches.batch(step)
-        return train_step(self.step_model, self.optimizer, self.scaler, images, labels,
-                          learning_rate(step, self.cfg), self.cfg, self.autocast,
+        return train_step(self.step_model, self.optimizer, self.scaler, images, labels, lr, self.cfg, self.autocast,
                           measure_grad_norm=measure_grad_norm, skipped=skipped, stats=stats)
 
 
