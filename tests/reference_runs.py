@@ -13,10 +13,12 @@ OURS = {"trn_loss": "trn_loss", "trn_lr": "trn_lr", "trn_w_norm": "w_norm", "trn
 
 
 def write_reference_run(run: Path, ref: ReferenceRun, seed: int = 42, until: int | None = None,
-                        shift: dict[str, tuple[int, float]] | None = None, **settings) -> Path:
+                        shift: dict[str, tuple[int, float]] | None = None, final: dict[str, float] | None = None,
+                        **settings) -> Path:
     """A run folder whose records are the reference run's figures, up to iteration `until` (all by
     default; a finished run then has summary.json). `shift[key] = (from_iter, factor_or_offset)`
-    changes one of our figures from an iteration on: multiplied for norms and losses, added for accuracies."""
+    changes one of our figures from an iteration on: multiplied for norms and losses, added for accuracies.
+    `final[key]` is added to a test figure (tst_acc, tst_nll) of the best validation's record."""
     run.mkdir(parents=True)
     config = {"data_name": ref.data_name, "resnet_depth": ref.depth, "resnet_width": ref.width, "batch_size": 256,
               "optim_ni": 48000, "optim_lr": 0.1, "optim_momentum": 0.9, "optim_weight_decay": ref.weight_decay,
@@ -36,6 +38,11 @@ def write_reference_run(run: Path, ref: ReferenceRun, seed: int = 42, until: int
             record.update(tst_acc=theirs["tst_acc"], tst_nll=theirs["tst_nll"],
                           tst_acc_at_eval=theirs["tst_acc"], tst_nll_at_eval=theirs["tst_nll"])
         records.append(record)
+    if final:
+        best = max(records, key=lambda r: r["val_acc"])
+        for key, change in final.items():
+            best[key] += change
+            best[f"{key}_at_eval"] += change
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if until is None:
         best = max(records, key=lambda r: r["val_acc"])

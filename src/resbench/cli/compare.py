@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from resbench.errors import ResbenchError, printable_lines
+from resbench.errors import ResbenchError, printable, printable_lines
 from resbench.results.compare import as_json, match_runs, render_markdown
 from resbench.runs.reader import find_run_folders
+from resbench.runs.schema import SUMMARY
 
 
 def run(args: argparse.Namespace) -> int:
     runs = find_run_folders(args.runs)
     if not runs:
         raise ResbenchError(f"no run folders (metrics.jsonl with config.json) in {', '.join(map(str, args.runs))}")
+    for run in runs:
+        if run.status == "unknown":  # else a finished run would pass for one still going, without a word
+            print(printable(f"warning: {run.path / SUMMARY} cannot be read: the run counts as unfinished until it "
+                            "is restored"), file=sys.stderr)
     cells, unmatched = match_runs(runs)
     if args.json:
         print(json.dumps(as_json(cells, unmatched), indent=2))

@@ -1,82 +1,51 @@
-"""`resbench compare`: every run beside the reference's own run, evaluation by evaluation.
+"""`resbench compare`: every run beside the reference's own run of its cell, with one verdict per cell.
 
 Each run folder is matched to the reference run of its cell (dataset, depth, width, weight decay,
-precision; the reference's batch, iterations, learning rate and momentum), the runs of a cell
-(seeds) are pooled, and at each of the reference's evaluations ours and theirs are compared for
-val_acc, trn_loss and w_norm, then the final figures of the recipe's selection. The tolerance
-comes from our own seeds where a cell has two or more (how far one more run may fall from their
-mean: a 95% Student-t prediction interval), else from a default per dataset, sized on how far
-the reference's own fp32 and fp16 runs of one recipe and seed drift apart. A run still going is
-compared as far as it got: w_norm hardly depends on the data early on, so a mismatch in the
-first evaluations points at the recipe (initialisation, weight decay, schedule) within minutes.
+precision; the reference's batch, iterations, learning rate and momentum). The runs of a cell
+(seeds) are judged together, each statistic with the runs that have reached it: the curves'
+window means (val_acc, trn_loss, w_norm) as soon as a window is complete, the final tst_acc and
+tst_nll of the recipe's selection from the runs that finished. The verdict is one statistical
+test with a 5% false-alarm rate (results/noise.py says how it was calibrated), and it states its
+power: the smallest final shortfall that the runs given would have revealed. A run still going is
+judged as far as it got: w_norm hardly depends on the data early on, so a fault in the
+initialisation, weight decay or schedule shows within minutes.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from resbench.results.reference import (REFERENCE_SETTINGS, ReferenceRun, dataset_sort_key,
-                                        find_reference_run, shape_sort_key)
+from resbench.results.noise import (ALPHA, CURVES, FINALS, MEASURES, POWER, WARM_UP, Check, as_figure, detectable,
+                                    final_check, noise_model, published_figure, reference_curve, runs_needed,
+                                    window_label, window_mean)
+from resbench.results.reference import (REFERENCE_SETTINGS, ReferenceRun, dataset_sort_key, find_reference_run,
+                                        shape_sort_key)
 from resbench.results.table import selected_figures
 from resbench.runs.reader import Run
-from resbench.results.stats import prediction_half_width, spread
 
-# metrics.jsonl key -> (the reference's key, how the tolerance is expressed), in the order printed.
-CURVES = {"val_acc": ("val_acc", "abs"), "trn_loss": ("trn_loss", "rel"), "trn_w_norm": ("w_norm", "rel")}
-FINALS = {"val_acc": "abs", "tst_acc": "abs", "tst_nll": "rel"}
-LABELS = {"val_acc": "val/acc", "trn_loss": "trn/loss", "trn_w_norm": "w_norm", "tst_acc": "tst/acc",
-          "tst_nll": "tst/nll"}
+SHOWN_FINALS = ("val_acc", "tst_acc", "tst_nll")  # printed; val_acc, the selection's criterion, is not tested
+SHORTFALL = 0.005  # half a point of tst/acc, as between neighbouring rows: every verdict says if it could see it
+POWER_RUNS = (1, 3, 5)
 
-# Default tolerances for a cell with one run. The reference's fp32 and fp16 depth-18 runs (same
-# recipe and seed; the rounding differences make them two draws of one recipe) differ in val_acc
-# by up to 0.10 (CIFAR-10), 0.13 (CIFAR-100) and 0.07 (TinyImageNet) while the learning rate is
-# high, and by at most 0.006 at the end; in trn_loss by up to 9%, in w_norm by 0.5%, in the final
-# tst_nll by 3%. Accuracy tolerances therefore shrink with the learning rate, from `peak` (at the
-# peak rate) to `final` (at 0).
-DEFAULT_ACC_TOLERANCE = {"CIFAR10_x32": {"final": 0.01, "peak": 0.15},
-                         "CIFAR100_x32": {"final": 0.02, "peak": 0.2},
-                         "TinyImageNet200_x32": {"final": 0.02, "peak": 0.1},
-                         "TinyImageNet200_x64": {"final": 0.02, "peak": 0.1}}
-DEFAULT_RELATIVE_TOLERANCE = {"trn_loss": 0.15, "trn_w_norm": 0.02, "tst_nll": 0.10}
-# The least tolerance, however close our seeds agree: the last digit the reference's log prints.
-FLOOR = {"abs": 0.001, "rel": 0.005}
-EARLY = 0.1  # evaluations in the first 10% of the iterations (the warm-up) give the early warning
+
+def figure(values: dict[str, Any], key: str) -> float | None:
+    value = values.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 # ---------------------------------------------------------------- a cell and its verdict
 
 @dataclass
-class Check:
-    """One comparison: our mean (over the runs that have the figure), theirs, and the tolerance."""
-
-    metric: str
-    iteration: int | None  # None: a final figure
-    ours: float
-    theirs: float
-    tolerance: float  # absolute
-    source: str  # "seeds" or "default"
-    n: int
-
-    @property
-    def within(self) -> bool:
-        return abs(self.ours - self.theirs) <= self.tolerance
-
-    def describe(self) -> str:
-        where = f"at iteration {self.iteration}" if self.iteration is not None else "(final)"
-        return (f"{LABELS[self.metric]} {where}: ours {self.ours:.4g}, reference {self.theirs:.4g}, "
-                f"difference {self.ours - self.theirs:+.4g}, tolerance ±{self.tolerance:.3g} ({self.source})")
-
-
-@dataclass
 class Cell:
-    """The runs (seeds) of ours that share one reference run, and every comparison made."""
+    """The runs (seeds) of ours that share one reference run, and the tests made."""
 
     reference: ReferenceRun
     runs: list[Run]
-    checks: list[Check] = field(default_factory=list)
-    finals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tests: list[Check] = field(default_factory=list)
+    finals: dict[str, dict[str, Any]] = field(default_factory=dict)  # what is printed of the final figures
 
     @property
     def label(self) -> str:
@@ -86,101 +55,154 @@ class Cell:
     @property
     def reached(self) -> int:
         """The last evaluation every run of the cell has reached."""
-        return min((run.records[-1]["iter"] if run.records else 0) for run in self.runs)
+        return min(last_iteration(run) for run in self.runs)
+
+    @property
+    def finished_runs(self) -> list[Run]:
+        return [run for run in self.runs if run.finished]
 
     @property
     def finished(self) -> bool:
-        return all(run.finished for run in self.runs) and self.reached >= REFERENCE_SETTINGS["optim_ni"]
-
-    def failures(self) -> list[Check]:
-        return [check for check in self.checks if not check.within]
+        return len(self.finished_runs) == len(self.runs)
 
     def diverged(self) -> list[Run]:
         return [run for run in self.runs if run.status == "diverged"]
 
+    def failures(self) -> list[Check]:
+        """Failed tests, curves in schedule order, then the finals."""
+        return [test for test in self.tests if test.decision == "fail"]
+
     def verdict(self) -> dict[str, Any]:
-        failures = sorted(self.failures(), key=lambda c: (c.iteration is None, c.iteration or 0))
-        early = bool(failures) and failures[0].iteration is not None and \
-            failures[0].iteration <= EARLY * REFERENCE_SETTINGS["optim_ni"]
+        failures, unsure = self.failures(), [t for t in self.tests if t.decision == "inconclusive"]
         if self.diverged():
             status = "diverged"
         elif failures:
-            status = "early warning" if early else "mismatch"
-        elif not self.checks:
+            status = "early warning" if failures[0].statistic.window == WARM_UP else "differs"
+        elif unsure:
+            status = "inconclusive"
+        elif not self.tests:
             status = "no evaluation yet"
         else:
-            status = "match" if self.finished else "matching so far"
-        return {"status": status, "within_tolerance": not failures and not self.diverged(),
-                "finished": self.finished, "reached": self.reached,
-                "first_failure": failures[0].describe() if failures else None,
-                "failures": len(failures), "checks": len(self.checks)}
+            status = "consistent" if self.finished else "consistent so far"
+        return {"status": status, "consistent": status in ("consistent", "consistent so far"),
+                "finished": self.finished, "reached": self.reached, "runs_finished": len(self.finished_runs),
+                "false_alarm_rate": ALPHA, "tests": len(self.tests),
+                "failures": [check_json(t) for t in failures], "inconclusive": [check_json(t) for t in unsure],
+                "power": self.power()}
+
+    def power(self) -> dict[str, Any]:
+        """Per final figure: the smallest true difference detected with probability POWER by the runs given (or
+        one run, while none has finished), by 1, 3 and 5 runs and by very many; for tst_acc also how many
+        runs would detect half a point (None: no number would, the reference's one run spreads too much)."""
+        n = max(len(self.finished_runs), 1)
+        power: dict[str, Any] = {}
+        for key in FINALS:
+            statistic = noise_model()[key]
+            power[key] = {"runs": n, "detectable": detectable(statistic, n),
+                          "detectable_by_runs": {str(k): detectable(statistic, k) for k in POWER_RUNS},
+                          "detectable_by_many": detectable(statistic, 10 ** 6)}
+        power["tst_acc"]["runs_needed_for_half_a_point"] = runs_needed(noise_model()["tst_acc"], SHORTFALL)
+        return power
 
     def verdict_text(self) -> str:
         v = self.verdict()
         if v["status"] == "diverged":
-            runs = ", ".join(f"{run.path.name} (after iteration {run.records[-1]['iter'] if run.records else 0})"
-                             for run in self.diverged())
-            return f"OUTSIDE tolerance: {len(self.diverged())} of {len(self.runs)} runs diverged: {runs}"
+            runs = ", ".join(f"{run.path.name} (after iteration {last_iteration(run)})" for run in self.diverged())
+            return f"DIFFERS: {len(self.diverged())} of {len(self.runs)} runs diverged: {runs}"
         if v["status"] == "no evaluation yet":
-            return "no evaluation yet"
-        if v["status"] == "match":
-            return f"within tolerance ({v['checks']} checks)"
-        if v["status"] == "matching so far":
-            return (f"in progress: within tolerance up to iteration {v['reached']} of "
-                    f"{REFERENCE_SETTINGS['optim_ni']} ({v['checks']} checks)")
-        text = f"OUTSIDE tolerance ({v['failures']} of {v['checks']} checks); first: {v['first_failure']}"
-        if v["status"] != "early warning":
-            return text
-        warm_up = EARLY * REFERENCE_SETTINGS["optim_ni"]
-        early = {c.metric for c in self.failures() if c.iteration and c.iteration <= warm_up}
-        if "trn_w_norm" in early:  # the weights' norm follows init, decay and schedule, hardly the data
-            return "EARLY WARNING, w_norm is off: look at the initialisation, weight decay and schedule. " + text
-        return "EARLY WARNING, w_norm matches but the fit does not: look at the data, labels and loss. " + text
+            return "no evaluation yet (the first window ends at iteration 4000)"
+        failures = self.failures()
+        if failures:
+            first = failures[0]
+            text = (f"DIFFERS from the reference: {describe(first)} ({len(failures)} of {len(self.tests)} tests "
+                    f"fail; {ALPHA:.0%} false-alarm rate)")
+            if v["status"] != "early warning":
+                return text
+            if any(t.statistic.measure.ours == "trn_w_norm" and t.statistic.window == WARM_UP for t in failures):
+                return "EARLY WARNING, w_norm is off: look at the initialisation, weight decay and schedule. " + text
+            return "EARLY WARNING, w_norm matches but the fit does not: look at the data, labels and loss. " + text
+        if v["status"] == "inconclusive":
+            test = next(t for t in self.tests if t.decision == "inconclusive")
+            return (f"INCONCLUSIVE: our {test.n} runs scatter more than the reference's noise model on "
+                    f"{test.statistic.label} (σ {test.sigma:.3g} pooled, {test.statistic.sigma:.3g} modelled): "
+                    f"{describe(test)}; more runs, or a look at why they scatter")
+        if v["status"] == "consistent so far":
+            return (f"consistent so far: {len(self.tests)} tests up to iteration {v['reached']} of "
+                    f"{REFERENCE_SETTINGS['optim_ni']}; the final figures are judged at the end")
+        return f"consistent with the reference ({len(self.tests)} tests, {ALPHA:.0%} false-alarm rate); {self.power_text()}"
+
+    def power_text(self) -> str:
+        power = self.power()
+        acc, nll = power["tst_acc"], power["tst_nll"]
+        needed = acc["runs_needed_for_half_a_point"]
+        half = (f"{SHORTFALL} is below what any number of runs can detect (the reference is one run)"
+                if needed is None else f"{SHORTFALL} needs {needed} runs")
+        runs = f"{acc['runs']} run{'s' if acc['runs'] > 1 else ''}"
+        return (f"would detect a tst/acc shortfall ≥ {acc['detectable']:.3f} ({POWER:.0%} power, {runs}) or a tst/nll "
+                f"excess ≥ {nll['detectable']:.3f}; {half}")
 
 
-def tolerance(metric: str, kind: str, values: list[float], theirs: float, data_name: str,
-              lr_fraction: float) -> tuple[float, str]:
-    """The absolute tolerance of one comparison and where it comes from (our seeds, or the default)."""
-    floor = FLOOR[kind] * (abs(theirs) if kind == "rel" else 1)
-    if len(values) >= 2:
-        return max(prediction_half_width(values), floor), "seeds"
-    if kind == "rel":
-        return DEFAULT_RELATIVE_TOLERANCE[metric] * abs(theirs), "default"
-    acc = DEFAULT_ACC_TOLERANCE.get(data_name, {"final": 0.02, "peak": 0.2})
-    return acc["final"] + (acc["peak"] - acc["final"]) * lr_fraction, "default"
+def describe(test: Check) -> str:
+    """`tst/acc −0.0210 (p = 0.0003, tolerance ±0.0095)`."""
+    measure = test.statistic.measure
+    tolerance = f"{math.expm1(test.tolerance):.1%}" if measure.log else f"{test.tolerance:.4f}"
+    return (f"{test.statistic.label} {as_figure(measure, test.difference)} (p {p_value(test.p)}, "
+            f"tolerance ±{tolerance}, n = {test.n})").replace("-", "\u2212")
 
 
-def record_value(run: Run, iteration: int, key: str) -> float | None:
-    record = next((r for r in run.records if r["iter"] == iteration), None)
-    value = None if record is None else record.get(key)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def check_json(test: Check) -> dict[str, Any]:
+    s = test.statistic
+    return {"statistic": s.key, "metric": s.measure.ours, "window": list(s.window) if s.window else None,
+            "scale": "log" if s.measure.log else "absolute", "n": test.n, "ours": list(test.ours),
+            "reference": test.theirs, "difference": test.difference, "tolerance": test.tolerance,
+            "one_run_tolerance": test.one_run_tolerance, "sigma": test.sigma, "df": test.df, "p": test.p,
+            "alpha": s.alpha, "decision": test.decision}
+
+
+def last_iteration(run: Run) -> int:
+    return int(run.records[-1]["iter"]) if run.records else 0
+
+
+def curve_values(run: Run, key: str) -> dict[int, float]:
+    return {int(r["iter"]): v for r in run.records or [] if (v := figure(r, key)) is not None}
+
+
+def curve_checks(cell: Cell) -> list[Check]:
+    """Each curve window, with the runs (not diverged) that have completed it."""
+    tests = []
+    live = [run for run in cell.runs if run.status != "diverged"]
+    for name in CURVES:
+        measure = MEASURES[name]
+        theirs = reference_curve(cell.reference, measure)
+        for window in measure.windows:
+            ours = [m for run in live if last_iteration(run) >= window[1]
+                    and (m := window_mean(curve_values(run, name), measure, window)) is not None]
+            if ours:
+                statistic = noise_model()[f"{name} {window_label(window)}"]
+                tests.append(Check(statistic, tuple(ours), window_mean(theirs, measure, window)))
+    return sorted(tests, key=lambda t: t.statistic.window)
 
 
 def compare_cell(cell: Cell) -> Cell:
-    """Fill in the cell's checks: each curve at each of the reference's evaluations our runs reached,
-    then, once every run has finished, the final figures of the recipe's selection."""
-    data_name, peak = cell.reference.data_name, REFERENCE_SETTINGS["optim_lr"]
-    for theirs in cell.reference.records:
-        for ours_key, (their_key, kind) in CURVES.items():
-            values = [v for run in cell.runs if (v := record_value(run, theirs["iter"], ours_key)) is not None]
-            if values and theirs[their_key] is not None:
-                tol, source = tolerance(ours_key, kind, values, theirs[their_key], data_name, theirs["trn_lr"] / peak)
-                cell.checks.append(Check(ours_key, theirs["iter"], statistics.fmean(values), theirs[their_key],
-                                         tol, source, len(values)))
-    best = cell.reference.best(up_to=cell.reached)  # for a run still going: the reference's best so far
-    for metric, kind in FINALS.items():
-        values = [v for run in cell.runs if (v := selected_figures(run.records, "val")[metric]) is not None]
-        if not values:
+    """Fill in the cell's tests and the final figures printed: of the finished runs, judged; while none has
+    finished, the best so far beside the reference's best up to the same iteration, not judged."""
+    cell.tests = curve_checks(cell)
+    finished = cell.finished_runs
+    runs = finished or cell.runs
+    for key in SHOWN_FINALS:
+        ours = [v for run in runs if (v := figure(selected_figures(run.records or [], "val"), key)) is not None]
+        if not ours:
             continue
-        summary = spread(values)
-        tol, source = tolerance(metric, kind, values, best[metric], data_name, 0.0)
-        cell.finals[metric] = {"ours": summary.mean, "std": summary.std, "n": summary.n,
-                               "interval_95": None if summary.low is None else [summary.low, summary.high],
-                               "reference": best[metric], "reference_in_interval": summary.contains(best[metric]),
-                               "tolerance": tol, "tolerance_source": source, "at_iteration": cell.reached,
-                               "final": cell.finished}
-        if cell.finished:
-            cell.checks.append(Check(metric, None, summary.mean, best[metric], tol, source, summary.n))
+        judged = bool(finished) and key in FINALS
+        theirs = (published_figure(cell.reference, key) if finished
+                  else cell.reference.best(up_to=cell.reached)[key])
+        cell.finals[key] = {"ours": statistics.fmean(ours), "std": statistics.stdev(ours) if len(ours) > 1 else None,
+                            "n": len(ours), "reference": theirs, "final": bool(finished),
+                            "at_iteration": None if finished else cell.reached}
+        if judged:
+            test = final_check(key, ours, cell.reference)
+            cell.tests.append(test)
+            cell.finals[key].update(p=test.p, decision=test.decision)
     return cell
 
 
@@ -203,16 +225,22 @@ def match_runs(runs: list[Run]) -> tuple[list[Cell], list[tuple[Run, str]]]:
 # ---------------------------------------------------------------- output
 
 def final_cell(final: dict[str, Any] | None) -> str:
-    """`0.9212 ± 0.0013 (ref 0.9229, −0.0017, tol ±0.010; ref in 95% CI)`."""
+    """`0.9212 ± 0.0013 (ref 0.923, −0.0018, p 0.61)`; `✗` where the test fails, `?` where it cannot tell."""
     if final is None:
         return "n/a"
     ours = f"{final['ours']:.4f}" + (f" ± {final['std']:.4f}" if final["std"] is not None else "")
-    inside = final["reference_in_interval"]
-    where = "" if inside is None else f"; ref {'inside' if inside else 'outside'} our 95% CI"
     difference = f"{final['ours'] - final['reference']:+.4f}".replace("-", "\u2212")
+    theirs = f"{final['reference']:.4f}".rstrip("0")  # a published figure has 3 decimals, the log 4
     if not final["final"]:  # the best so far, beside the reference's best as far
-        return f"{ours} (ref {final['reference']:.4f} by iter {final['at_iteration']}, {difference}; judged at the end)"
-    return f"{ours} (ref {final['reference']:.4f}, {difference}, tol ±{final['tolerance']:.3g}{where})"
+        return f"{ours} (ref {theirs} by iter {final['at_iteration']}, {difference}; judged at the end)"
+    if "p" not in final:  # val_acc: the selection's criterion, not tested
+        return f"{ours} (ref {theirs}, {difference})"
+    mark = {"fail": " ✗", "inconclusive": " ?"}.get(final["decision"], "")
+    return f"{ours} (ref {theirs}, {difference}, p {p_value(final['p'])}){mark}"
+
+
+def p_value(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.2g}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]], text_columns: int = 0) -> list[str]:
@@ -221,53 +249,57 @@ def markdown_table(header: list[str], rows: list[list[str]], text_columns: int =
     return ["| " + " | ".join(header), "| " + " | ".join(align), *("| " + " | ".join(row) for row in rows)]
 
 
-def curve_lines(cell: Cell) -> list[str]:
-    """Ours beside theirs at each evaluation: value, reference, tolerance; ✗ where outside it."""
-    by_iter: dict[int, dict[str, Check]] = {}
-    for check in cell.checks:
-        if check.iteration is not None:
-            by_iter.setdefault(check.iteration, {})[check.metric] = check
-    header = ["iter"] + [f"{LABELS[m]} {part}" for m in CURVES for part in ("ours", "ref", "tol")]
+def check_lines(cell: Cell) -> list[str]:
+    """One line per test: the statistic, ours − reference, the tolerance, p, its level and the decision."""
     rows = []
-    for iteration, checks in sorted(by_iter.items()):
-        row = [str(iteration)]
-        for metric in CURVES:
-            check = checks.get(metric)
-            row += (["", "", ""] if check is None else
-                    [f"{check.ours:.4g}" + ("" if check.within else " ✗"), f"{check.theirs:.4g}",
-                     f"±{check.tolerance:.3g}"])
+    for test in cell.tests:
+        measure = test.statistic.measure
+        tolerance = f"±{math.expm1(test.tolerance):.2%}" if measure.log else f"±{test.tolerance:.4f}"
+        rows.append([test.statistic.label, str(test.n), as_figure(measure, test.difference), tolerance,
+                     p_value(test.p), f"{test.statistic.alpha:.3g}", test.decision])
+    header = ["statistic", "n", "ours − ref", "tolerance", "p", "α", "decision"]
+    return markdown_table(header, rows, 1) if rows else ["(no window complete yet: the first ends at iteration 4000)"]
+
+
+def curve_lines(cell: Cell) -> list[str]:
+    """Ours (the mean over the runs that have it) beside theirs at each of the reference's evaluations."""
+    rows = []
+    for theirs in cell.reference.records:
+        ours = {key: [v for run in cell.runs if (v := curve_values(run, key).get(theirs["iter"])) is not None]
+                for key in CURVES}
+        if not any(ours.values()):
+            continue
+        row = [str(theirs["iter"])]
+        for key in CURVES:
+            row += [f"{statistics.fmean(ours[key]):.4g}" if ours[key] else "", f"{theirs[MEASURES[key].theirs]:.4g}"]
         rows.append(row)
+    header = ["iter"] + [f"{MEASURES[key].label} {part}" for key in CURVES for part in ("ours", "ref")]
     return markdown_table(header, rows) if rows else ["(no evaluation in common yet)"]
 
 
-def tolerance_note(cell: Cell) -> str:
-    n = len(cell.runs)
-    if n >= 2:
-        return (f"tolerance: our {n} runs' 95% Student-t prediction interval for one more run (at least "
-                f"±{FLOOR['abs']} for accuracies, ±{FLOOR['rel']:.1%} for the others); where fewer than 2 runs "
-                "have a figure, the default")
-    acc = DEFAULT_ACC_TOLERANCE.get(cell.reference.data_name, {"final": 0.02, "peak": 0.2})
-    return (f"tolerance (one run, defaults for {cell.reference.data_name}): accuracy ±{acc['final']} at the end, "
-            f"growing with the learning rate to ±{acc['peak']} at its peak; trn/loss ±"
-            f"{DEFAULT_RELATIVE_TOLERANCE['trn_loss']:.0%}, w_norm ±{DEFAULT_RELATIVE_TOLERANCE['trn_w_norm']:.0%}, "
-            f"tst/nll ±{DEFAULT_RELATIVE_TOLERANCE['tst_nll']:.0%}")
+def noise_note(cell: Cell) -> str:
+    stages = sorted({last_iteration(run) for run in cell.runs})
+    stage = "" if len(stages) == 1 else (f"; runs at different stages ({', '.join(map(str, stages))}): each window "
+                                         "is judged with the runs that completed it, the finals with the finished ones")
+    return (f"one decision for the cell, {ALPHA:.0%} false alarms in all (Bonferroni over the tests); noise model "
+            f"from the reference's fp32/fp16 pairs, pooled with our runs' own spread (docs/results.md){stage}")
 
 
 def render_markdown(cells: list[Cell], unmatched: list[tuple[Run, str]], curves: bool = True) -> str:
     lines: list[str] = []
     for data_name in dict.fromkeys(cell.reference.data_name for cell in cells):
         lines += [f"### {data_name}", ""]
-        rows = [[cell.label, str(len(cell.runs)), str(cell.reached), *(final_cell(cell.finals.get(m)) for m in FINALS),
-                 cell.verdict_text()] for cell in cells if cell.reference.data_name == data_name]
+        rows = [[cell.label, str(len(cell.runs)), str(cell.reached),
+                 *(final_cell(cell.finals.get(m)) for m in SHOWN_FINALS), cell.verdict_text()]
+                for cell in cells if cell.reference.data_name == data_name]
         lines += markdown_table(["cell", "runs", "iter", "val/acc", "tst/acc", "tst/nll", "verdict"], rows, 1)
         lines.append("")
         for cell in cells if curves else []:
             if cell.reference.data_name != data_name:
                 continue
-            lines += [f"#### {data_name} {cell.label}", "",
-                      "runs: " + ", ".join(str(run.path) for run in cell.runs), tolerance_note(cell), ""]
-            lines += curve_lines(cell)
-            lines.append("")
+            lines += [f"#### {data_name} {cell.label}", "", "runs: " + ", ".join(str(run.path) for run in cell.runs),
+                      noise_note(cell), ""]
+            lines += [*check_lines(cell), "", *curve_lines(cell), ""]
     if unmatched:
         lines += ["### No reference run", ""]
         lines += [f"- {run.path}: no reference run: {reason}" for run, reason in unmatched]
@@ -280,9 +312,10 @@ def as_json(cells: list[Cell], unmatched: list[tuple[Run, str]]) -> dict[str, An
         "cells": [{"data_name": c.reference.data_name, "depth": c.reference.depth, "width": c.reference.width,
                    "weight_decay": c.reference.weight_decay, "precision": c.reference.precision,
                    "runs": [str(run.path) for run in c.runs], "verdict": c.verdict(), "finals": c.finals,
-                   "curves": [{"metric": k.metric, "iter": k.iteration, "ours": k.ours, "reference": k.theirs,
-                               "tolerance": k.tolerance, "tolerance_source": k.source, "n": k.n, "within": k.within}
-                              for k in c.checks if k.iteration is not None]}
+                   "tests": [check_json(t) for t in c.tests]}
                   for c in cells],
+        "noise_model": {key: {"sigma": s.sigma, "df": s.df, "alpha": s.alpha, "margin": s.measure.margin,
+                              "source": s.source} for key, s in noise_model().items()},
         "no_reference_run": [{"run": str(run.path), "reason": reason} for run, reason in unmatched],
     }
+

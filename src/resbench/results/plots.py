@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from resbench.results.compare import Cell, match_runs
+from resbench.results.noise import published_figure
 from resbench.errors import ResbenchError, printable
 from resbench.files import open_own_file
 from resbench.results.reference import dataset_sort_key, precision_sort_key, shape_sort_key
@@ -173,13 +174,13 @@ def difference_points(rows: list[Row], metric: str) -> tuple[list[float], list[f
     """ours − published per row, and the half-width of the 95% interval of our mean (0 for one run)."""
     diffs, errors = [], []
     for row in rows:
-        values, ref = row.values(metric), row.reference()
+        values, ref = row.values(metric), row.reference_run()
         if not values or ref is None:
             diffs.append(float("nan"))
             errors.append(0.0)
             continue
         summary = spread(values)
-        diffs.append(summary.mean - getattr(ref, metric))
+        diffs.append(summary.mean - published_figure(ref, metric))
         errors.append(0.0 if summary.low is None else summary.high - summary.mean)
     return diffs, errors
 
@@ -260,7 +261,7 @@ def write_plots(runs_dir: Path, out_dir: Path, compare: bool = False) -> list[Pa
         written.append(out_dir / f"{file_stem(data_name)}_curves.png")
         plot_curves(plt, data_name, by_dataset[data_name], written[-1])
     for data_name, rows in group_rows(find_runs(runs_dir)).items():
-        with_reference = [row for row in rows if row.reference() is not None]
+        with_reference = [row for row in rows if row.reference_run() is not None]
         if with_reference:
             written.append(out_dir / f"{file_stem(data_name)}_vs_reference.png")
             plot_vs_reference(plt, with_reference, written[-1])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
+from functools import lru_cache
 
 CONFIDENCE = 0.95
 
@@ -25,10 +26,6 @@ class Spread:
     low: float | None
     high: float | None
 
-    def contains(self, value: float) -> bool | None:
-        """Whether `value` lies inside the interval; None without one."""
-        return None if self.low is None else self.low <= value <= self.high
-
 
 def spread(values: list[float], confidence: float = CONFIDENCE) -> Spread:
     """mean ± t(1 − α/2, n − 1)·s/√n for n ≥ 2 values."""
@@ -42,20 +39,10 @@ def spread(values: list[float], confidence: float = CONFIDENCE) -> Spread:
     return Spread(len(values), mean, std, mean - half, mean + half)
 
 
-def prediction_half_width(values: list[float], confidence: float = CONFIDENCE) -> float | None:
-    """Half-width of the Student-t prediction interval for one more run: t·s·√(1 + 1/n) (None for n < 2).
-
-    This is how far another run of the same cell (say, the reference's) may fall from our mean
-    by chance, judged from our own runs' spread.
-    """
-    if len(values) < 2:
-        return None
-    n = len(values)
-    return t_quantile(0.5 + confidence / 2, n - 1) * statistics.stdev(values) * math.sqrt(1 + 1 / n)
-
-
+@lru_cache(maxsize=4096)
 def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with `df` degrees of freedom (p in (0.5, 1)), by bisection on the CDF."""
+    """The p-quantile of Student's t with `df` degrees of freedom (p in (0.5, 1)), by bisection on the CDF
+    (cached: a verdict's power asks for the same few quantiles many times)."""
     low, high = 0.0, 1.0
     while t_cdf(high, df) < p:
         high *= 2

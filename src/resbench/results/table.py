@@ -22,8 +22,9 @@ from resbench.settings.flags import flag_value
 from resbench.results.columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value
 from resbench.runs.reader import Run
 from resbench.runs.schema import NUMBER
-from resbench.results.reference import (ReferenceRow, dataset_sort_key, find_reference_run,
-                                        precision_sort_key, shape_sort_key, table_reference)
+from resbench.results.noise import FINALS, final_check, published_figure
+from resbench.results.reference import (ReferenceRun, dataset_sort_key, find_reference_run, precision_sort_key,
+                                        shape_sort_key, table_reference)
 from resbench.results.stats import spread
 
 # The seed's columns around the figures (--columns; by default its val/acc, tst/acc and tst/nll).
@@ -109,11 +110,11 @@ class Row:
     def hours(self) -> float:
         return statistics.fmean(float(s["wall_seconds"]) for s in self.summaries) / 3600
 
-    def reference(self) -> ReferenceRow | None:
-        """The reference's figures for this row, if it has the reference's settings."""
+    def reference_run(self) -> ReferenceRun | None:
+        """The reference's run of this row, if it has the reference's settings."""
         found = find_reference_run(self.data_name, self.depth, self.width, self.precision,
                                    self.runs[0].summary.get("config") or {})
-        return None if isinstance(found, str) else table_reference(found)
+        return None if isinstance(found, str) else found
 
 
 def comparable(value: Any) -> str:
@@ -191,15 +192,23 @@ def format_difference(ours: float, published: float) -> str:
     return f"{diff:+.3f}".replace("-0.000", "+0.000").replace("-", MINUS)
 
 
-def metric_cell(row: Row, column: str, selection: str, ref: ReferenceRow | None) -> str:
+def metric_cell(row: Row, column: str, selection: str, ref: ReferenceRun | None) -> str:
+    """Our figure; with a reference run, the published one beside it (the reference's selection is always its
+    best validation accuracy: other selections say so), and under the recipe's selection `compare`'s mark:
+    ✗ where its test of a final figure fails, ? where it cannot tell."""
     values = row.values(column, selection)
     ours = format_stat(values)
     if ref is None or column not in SUMMARY_COLUMNS:  # the reference publishes the seed's three figures only
         return ours
-    published = getattr(ref, SUMMARY_COLUMNS[column])
+    metric = SUMMARY_COLUMNS[column]
+    published = published_figure(ref, metric)
+    label = "ref" if selection == "val" else "ref, its best val"
     if not values:
-        return f"{ours} (ref {published:.3f})"
-    return f"{ours} (ref {published:.3f}, {format_difference(statistics.fmean(values), published)})"
+        return f"{ours} ({label} {published:.3f})"
+    mark = ""
+    if selection == "val" and metric in FINALS:
+        mark = {"fail": " ✗", "inconclusive": " ?"}.get(final_check(metric, values, ref).decision, "")
+    return f"{ours} ({label} {published:.3f}, {format_difference(statistics.fmean(values), published)}){mark}"
 
 
 def setting_value(value: Any) -> str:
@@ -215,7 +224,7 @@ def iterations_note(row: Row, selection: str) -> str:
     return f"iter {iters[0]}" if len(iters) == 1 else f"iter {iters[0]}–{iters[-1]}"
 
 
-def misc_cell(row: Row, show_precision: bool, ref: ReferenceRow | None, selection: str, first: bool,
+def misc_cell(row: Row, show_precision: bool, ref: ReferenceRun | None, selection: str, first: bool,
               show_iterations: bool) -> str:
     """Precision and wall time (as the seed does for its fp32/fp16 pairs), run count, failures; where
     another selection than the recipe's is shown, the iterations each took."""
@@ -223,7 +232,7 @@ def misc_cell(row: Row, show_precision: bool, ref: ReferenceRow | None, selectio
     if first and show_precision:
         hours = f"{row.hours():.1f} hrs"
         if ref is not None:
-            hours += f"; ref {ref.wall_min / 60:.1f} hrs"
+            hours += f"; ref {table_reference(ref).wall_min / 60:.1f} hrs"
         parts.append(f"{row.precision} ({hours})")
     if first and len(row.runs) > 1:
         parts.append(f"n={len(row.runs)}")
@@ -257,7 +266,7 @@ def config_cells(row: Row, previous: Row | None) -> list[str]:
 def row_lines(row: Row, previous: Row | None, rows: list[Row], selection: str, compare: bool,
               columns: tuple[str, ...] = DEFAULT_COLUMNS) -> list[list[str]]:
     """The cells of a row: one line, or under --selection all one line per selection mode."""
-    ref = row.reference() if compare else None
+    ref = row.reference_run() if compare else None
     modes = list(SELECTIONS) if selection == "all" else [selection]
     lines = []
     for i, mode in enumerate(modes):
