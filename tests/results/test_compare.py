@@ -308,6 +308,9 @@ def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
         g_norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)).item())
         train_step(model, optimizer, scaler, x, y, lr, cfg, torch.autocast("cpu", enabled=False), stats=stats)
     means = stats.means()
+    # The sums hold numbers, not an autograd graph: one that grew by a copy of g + wd·p every step
+    # (issue 23's helper found 24 GB after 400 steps of depth 20) until the run died of it.
+    assert not stats.sums.requires_grad and stats.sums.grad_fn is None
     assert means["trn_lr"] == pytest.approx(statistics.fmean(lrs))
     assert means["trn_w_norm"] == pytest.approx(statistics.fmean(w_norms), rel=1e-5)
     assert means["trn_g_norm"] == pytest.approx(statistics.fmean(g_norms), rel=1e-4)

@@ -133,8 +133,13 @@ class StepStats:
         w_sum, g_sum, g_steps, self.lr_sum, self.steps = state.step_stats or [0.0] * 5
         self.sums = torch.tensor([w_sum, g_sum, g_steps], dtype=torch.float64, device=device)
 
+    @torch.no_grad()
     def add(self, params: list[torch.Tensor], weight_decay: float, lr: float) -> None:
-        """One step: `params` with their (unscaled) gradients, before the update."""
+        """One step: `params` with their (unscaled) gradients, before the update.
+
+        Under no_grad: the parameters require grad, so otherwise each step's norms would join an
+        autograd graph that `sums` keeps for the whole run (memory grows every step).
+        """
         w_norm = device_norm(params)
         g_norm = device_norm(torch._foreach_add([p.grad for p in params], params, alpha=weight_decay))
         finite = torch.isfinite(g_norm)
