@@ -9,6 +9,9 @@ from resbench.errors import ResbenchError
 from resbench.runtime import cpus
 from resbench.sweep.grid import (READY_GRIDS, data_to_prepare, describe_plan, execute_all, load_grid, plan_runs,
                                  time_estimate, with_seeds)
+from resbench.sweep.launch import launch_dir, status_report
+from resbench.sweep.ray_cluster import run_on_ray
+from resbench.sweep.slurm import sbatch_script, slurm_options, submit
 
 
 def train_flags(remainder: list[str]) -> list[str]:
@@ -18,28 +21,59 @@ def train_flags(remainder: list[str]) -> list[str]:
     return remainder[1:]
 
 
+# Flags that mean something to one launcher only: given to another, they would be ignored.
+LAUNCHER_OF_FLAG = {"--slurm": ("slurm",), "--address": ("ray",), "--cpus_per_run": ("ray",), "--jobs": ("local",),
+                    "--gpus_per_run": ("slurm", "ray")}
+
+
+def check_launcher_flags(args: argparse.Namespace) -> None:
+    if args.jobs < 1 or args.cpus_per_run < 1 or args.gpus_per_run < 0:
+        raise ResbenchError("--jobs and --cpus_per_run must be at least 1, --gpus_per_run at least 0")
+    given = {"--slurm": bool(args.slurm), "--address": args.address is not None, "--cpus_per_run": args.cpus_per_run != 1,
+             "--jobs": args.jobs != 1, "--gpus_per_run": args.gpus_per_run != 0}
+    for flag, launchers in LAUNCHER_OF_FLAG.items():
+        if given[flag] and args.launcher not in launchers:
+            raise ResbenchError(f"{flag} is a flag of --launcher {' or '.join(launchers)}, not of --launcher "
+                                f"{args.launcher}")
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        raise ResbenchError("--jobs must be at least 1")
+    check_launcher_flags(args)
+    options = slurm_options(args.slurm or [])
     source = f"{args.grid} grid" if args.grid in READY_GRIDS else f"grid {args.grid}"
     # Runs at once share the cores: each gets its share, not every core (unless the flags say otherwise).
-    threads = cpus.threads_per_job(args.jobs) if args.jobs > 1 else None
+    threads = (cpus.threads_per_job(args.jobs) if args.jobs > 1 else None) if args.launcher == "local" else \
+        (args.cpus_per_run if args.launcher == "ray" else None)
     grid = with_seeds(load_grid(args.grid), args.seeds, source)
     runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads)
-    print(describe_plan(runs, args.jobs, show_commands=args.dry_run), flush=True)
+    if args.status:
+        print(status_report(runs))
+        return 0
+    print(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher), flush=True)
     todo = [run for run in runs if run.state != "finished"]
-    if threads is not None and todo:
+    if args.launcher == "local" and threads is not None and todo:
         print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
               "(unless the train flags set --threads)")
-    if todo and (busy := cpus.busy_warning()):
+    if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
         print(busy, flush=True)
     if args.dry_run and todo:
         downloads = data_to_prepare(todo)
         print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
         print("\n".join([*downloads, time_estimate(todo, args.jobs)]), flush=True)
+        if args.launcher == "slurm":
+            print(f"the job array sbatch would get:\n{sbatch_script(todo, options, launch_dir(args.runs_dir), args.gpus_per_run)}",
+                  end="", flush=True)
     if args.dry_run or not todo:
         return 0
-    failures = execute_all(todo, args.jobs)
+    if args.launcher == "slurm":
+        job = submit(todo, options, args.runs_dir, args.gpus_per_run)
+        print(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script and output are in "
+              f"{launch_dir(args.runs_dir)}. Watch it with the same command and --status.", flush=True)
+        return 0
+    if args.launcher == "ray":
+        failures = run_on_ray(todo, args.address, args.cpus_per_run, args.gpus_per_run)
+    else:
+        failures = execute_all(todo, args.jobs)
     print(f"sweep: {len(todo) - len(failures)} of {len(todo)} runs finished", flush=True)
     for run, reason in failures:
         print(f"  failed: {run.save} ({reason})")
@@ -66,6 +100,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                    help="print the plan, the train commands, the datasets to download and a time estimate; "
                         "run nothing")
+    p.add_argument("--launcher", choices=["local", "slurm", "ray"], default="local",
+                   help="local: subprocesses here (default); slurm: one sbatch job array, a task per run, requeued "
+                        "when stopped; ray: one Ray task per run on a Ray cluster (--address) or a local one")
+    p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
+                   help="an sbatch option for every task, e.g. --slurm partition=gpu --slurm time=12:00:00 "
+                        "--slurm gres=gpu:1 (repeat it)")
+    p.add_argument("--address", default=None,
+                   help="--launcher ray: the Ray cluster's address (HOST:PORT, ray://HOST:PORT or auto); "
+                        "without it a local cluster is started")
+    p.add_argument("--gpus_per_run", type=int, default=0,
+                   help="GPUs each run uses (slurm, ray); more than 1 trains the run data parallel under torchrun")
+    p.add_argument("--cpus_per_run", type=int, default=1, help="--launcher ray: CPUs each run reserves (its --threads)")
+    p.add_argument("--status", action="store_true",
+                   help="the state of every run of the grid (finished, running, queued, stopped, failed, new), "
+                        "read from the run folders alone; starts nothing")
     p.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- followed by train flags for every run")
     p.set_defaults(func=run)
     return p

@@ -10,6 +10,7 @@
     summary.json   the results of the finished run; its presence means "done"
     eval.json      `resbench eval --save` of best.pt (eval_last.json of last.pt), read by `table --columns`
     stdout.log     what `resbench sweep` captured of the run's output
+    launch.json    `sweep --launcher slurm|ray`: that the run was handed to a scheduler, and its job
     .lock          held (flock) by the process training into the folder; removed when it ends
 
 Light (no torch): table, compare, plot and sweep read run folders without loading it. A new field
@@ -32,13 +33,14 @@ SUMMARY = "summary.json"
 CHECKPOINTS = {"best": BEST, "last": LAST}
 SAVED_EVAL = {"best": "eval.json", "last": "eval_last.json"}  # per checkpoint scored
 STDOUT = "stdout.log"
+LAUNCH = "launch.json"
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"
 # The files a run writes atomically (a temporary file renamed into place, `runs.checkpoint`), whose
 # temporaries a killed run leaves behind; the next run to hold the folder's lock removes them.
 DIGEST_SUFFIX = ".sha256"
 ATOMIC_FILES = (CONFIG, METRICS, LOG, LAST, BEST, SUMMARY, *(name + DIGEST_SUFFIX for name in (LAST, BEST)))
-NOT_RUN_STATE = {LOCK, STDOUT}  # the lock, and the output `resbench sweep` captures there
+NOT_RUN_STATE = {LOCK, STDOUT, LAUNCH}  # the lock, and what `resbench sweep` writes there
 
 # config.json's key for what the asked settings became on the machine (device, compile, absolute
 # folders); the settings themselves stay as asked, so that --resume compares like with like.

@@ -188,12 +188,13 @@ def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], sou
     return list(runs.values())
 
 
-def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool) -> str:
+def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool, launcher: str = "local") -> str:
     """What the sweep will run, resume and skip: printed before anything starts."""
     states = [run.state for run in runs]
     counts = ", ".join(f"{states.count(s)} {label}" for s, label in
                        (("new", "to run"), ("resume", "to resume"), ("finished", "finished (skipped)")))
-    lines = [f"sweep: {len(runs)} runs: {counts}; {jobs} at a time"]
+    how = {"local": f"{jobs} at a time", "slurm": "as one SLURM job array", "ray": "as Ray tasks"}[launcher]
+    lines = [f"sweep: {len(runs)} runs: {counts}; {how}"]
     for run, state in zip(runs, states):
         lines.append(f"  {'skip' if state == 'finished' else state:7} {run.save}")
         if show_commands and state != "finished":

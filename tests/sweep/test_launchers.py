@@ -1,0 +1,265 @@
+"""`resbench sweep --launcher slurm|ray` on real engines (issue 22): a single-node SLURM and a Ray
+cluster of this machine (clusters.py), tiny runs of the offline Digits set. Each test that needs
+an engine skips with one line where this machine cannot run it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clusters import (Ray, Slurm, ray_unavailable, slurm_unavailable, start_ray, start_slurm, stop_ray, stop_slurm,
+                      wait_for)
+from conftest import cli_env
+
+TINY = ["--resnet_depth", "8", "--batch_size", "16", "--eval_every", "50", "--threads", "1"]
+LIMIT = 600
+# The interrupted runs: long enough (about 13 s of training here) to be stopped after their second evaluation,
+# to a minute early, to arrive mid-run. One uninterrupted run of it is what each must equal.
+LONG_SEED, LONG_NI = 5, 300
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> Slurm:
+    if reason := slurm_unavailable():
+        pytest.skip(reason)
+    cluster = start_slurm(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    stop_slurm(cluster)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory) -> Ray:
+    if reason := ray_unavailable():
+        pytest.skip(reason)
+    cluster = start_ray(tmp_path_factory.mktemp("ray"))
+    yield cluster
+    stop_ray(cluster)
+
+
+def write_grid(folder: Path, seeds: list[int], optim_ni: int) -> Path:
+    grid = folder / "grid.toml"
+    grid.write_text(f'data_name = ["Digits_x32"]\nseed = {seeds}\n[flags]\noptim_ni = {optim_ni}\n'
+                    f'data_root = "{folder / "data"}"\n')
+    return grid
+
+
+def sweep(folder: Path, *args: str, env: dict | None = None, check: bool = True):
+    """`resbench sweep` in `folder`, as a user there would type it."""
+    proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", "grid.toml", "--runs_dir", "runs",
+                           *args, "--", *TINY], cwd=folder, env={**cli_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=LIMIT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sweep {args} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_folders(folder: Path) -> list[Path]:
+    return sorted((folder / "runs" / "Digits_x32").iterdir())
+
+
+def figures(run: Path) -> tuple[list[dict], str]:
+    """Every metrics.jsonl record without its wall time, and best.pt's SHA-256: what must not differ."""
+    records = [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return records, hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[list[dict], str]:
+    """The figures of the long run trained alone, never stopped."""
+    folder = tmp_path_factory.mktemp("alone")
+    subprocess.run([sys.executable, "-m", "resbench", "train", "--data_name", "Digits_x32", "--seed", str(LONG_SEED),
+                    "--optim_ni", str(LONG_NI), "--data_root", str(folder / "data"), *TINY, "--save", str(folder / "run")],
+                   env=cli_env(), capture_output=True, timeout=LIMIT, check=True)
+    return figures(folder / "run")
+
+
+def output(run: Path) -> str:
+    """The run's stdout.log so far ("" before the task has started)."""
+    try:
+        return (run / "stdout.log").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def records_written(run: Path) -> int:
+    try:
+        return len((run / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+# ---------------------------------------------------------------- SLURM
+
+def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path):
+    write_grid(tmp_path, [1, 2, 3, 4], 10)
+    dry = sweep(tmp_path, "--launcher", "slurm", "--dry-run", env=slurm.env).stdout
+    script = dry.split("the job array sbatch would get:\n", 1)[1]
+    assert script.startswith("#!/bin/bash\n") and "#SBATCH --array=0-3\n" in script
+    start = time.monotonic()
+    out = sweep(tmp_path, "--launcher", "slurm", env=slurm.env).stdout
+    assert "sweep: submitted SLURM job array " in out
+    [submitted] = (tmp_path / "runs" / ".launch").glob("slurm-*.sbatch")
+    assert submitted.read_text() == script  # --dry-run showed what was submitted
+    wait_for(lambda: len(list(tmp_path.glob("runs/Digits_x32/*/summary.json"))) == 4, LIMIT, "the job array")
+    wall = time.monotonic() - start
+    assert sweep(tmp_path, "--status").stdout.startswith("sweep status: 4 runs: 4 finished\n")
+    print(f"slurm: 4 runs in {wall:.1f} s")
+    assert all((run / "summary.json").is_file() and json.loads((run / "launch.json").read_text())["launcher"] == "slurm"
+               for run in run_folders(tmp_path))
+    again = sweep(tmp_path, "--launcher", "slurm", env=slurm.env).stdout
+    assert "0 to run, 0 to resume, 4 finished (skipped)" in again and "submitted" not in again
+
+
+def test_a_preempted_slurm_task_requeues_and_resumes_bit_identical(slurm, tmp_path, uninterrupted):
+    write_grid(tmp_path, [LONG_SEED], LONG_NI)
+    sweep(tmp_path, "--launcher", "slurm", env=slurm.env)
+    [run] = run_folders(tmp_path)
+    job = json.loads((run / "launch.json").read_text())["job"]
+    wait_for(lambda: records_written(run) >= 2, LIMIT, "two evaluations")
+    slurm.run("scancel", "--signal=TERM", job)  # what a preemption with a grace time sends
+    wait_for(lambda: "requeued" in output(run), LIMIT, "the task to requeue itself")
+    stopped_at = records_written(run)
+    assert stopped_at < LONG_NI // 10 and (run / "last.pt").is_file() and not (run / "summary.json").exists()
+    wait_for(lambda: slurm.release(job) or (run / "summary.json").is_file(), LIMIT, "the requeued task to finish")
+    wait_for(lambda: slurm.queue() == [], LIMIT, "the task to end")
+    assert "start 1," in (run / "stdout.log").read_text()  # SLURM_RESTART_COUNT: it ran twice
+    assert figures(run) == uninterrupted
+
+
+def test_a_slurm_task_at_its_time_limit_saves_and_requeues(slurm, tmp_path):
+    """time=1 with signal=TERM@55: SIGTERM before the limit, when SLURM's periodic check finds the job
+    within 55 s of it (it may be sent up to a minute early: here before training starts, or after
+    some iterations). The run stops (saving what it has: exit status 130) and the task requeues
+    itself. What follows is the preemption test's: the same signal, the next start resumes."""
+    write_grid(tmp_path, [LONG_SEED + 1], 5000)  # longer than the time limit
+    sweep(tmp_path, "--launcher", "slurm", "--slurm", "time=1", "--slurm", "signal=TERM@55", env=slurm.env)
+    [run] = run_folders(tmp_path)
+    job = json.loads((run / "launch.json").read_text())["job"]
+    wait_for(lambda: "requeued" in output(run), LIMIT, "the time limit's signal")
+    first = output(run)
+    assert "stopped by a signal at iteration" in first or "\ninterrupted\n" in first
+    wait_for(lambda: slurm.queue() == [f"{job} PENDING BeginTime"], LIMIT, "the task to wait for its next start")
+    cancel(slurm, job)
+
+
+def cancel(slurm: Slurm, job: str) -> None:
+    """Cancel a job for good: a task cancelled while running may requeue itself once more."""
+    def gone() -> bool:
+        subprocess.run(["scancel", job], env=slurm.env)
+        time.sleep(2)
+        return slurm.queue() == []
+    wait_for(gone, LIMIT, "the job to end")
+
+
+def test_slurm_bad_input_is_one_line_and_submits_nothing(slurm, tmp_path):
+    write_grid(tmp_path, [1], 20)
+    no_sbatch = sweep(tmp_path, "--launcher", "slurm", env={**slurm.env, "PATH": "/nonexistent"}, check=False)
+    assert no_sbatch.returncode == 2 and no_sbatch.stderr.startswith("error: --launcher slurm needs sbatch on PATH")
+    partition = sweep(tmp_path, "--launcher", "slurm", "--slurm", "partition=nope", env=slurm.env, check=False)
+    assert partition.returncode == 2 and "sbatch refused the job array" in partition.stderr
+    assert "invalid partition" in partition.stderr.lower() and len(partition.stderr.splitlines()) == 1
+    gpus = sweep(tmp_path, "--launcher", "slurm", "--gpus_per_run", "4", env=slurm.env, check=False)
+    assert gpus.returncode == 2 and "sbatch refused the job array" in gpus.stderr
+    owned = sweep(tmp_path, "--launcher", "slurm", "--slurm", "array=0-9", env=slurm.env, check=False)
+    assert owned.returncode == 2 and "the sweep sets --array itself" in owned.stderr
+    assert slurm.queue() == [] and not (tmp_path / "runs" / "Digits_x32").exists()
+
+
+# ---------------------------------------------------------------- Ray
+
+def test_a_grid_finishes_on_a_ray_cluster(ray_cluster, tmp_path):
+    while len(ray_cluster.workers) < 2:
+        ray_cluster.add_worker()
+    write_grid(tmp_path, [1, 2, 3, 4], 10)
+    start = time.monotonic()
+    out = sweep(tmp_path, "--launcher", "ray", "--address", ray_cluster.address, env=ray_cluster.env).stdout
+    print(f"ray: 4 runs in {time.monotonic() - start:.1f} s")
+    assert "sweep: 4 of 4 runs finished" in out
+    assert all((run / "summary.json").is_file() for run in run_folders(tmp_path))
+
+
+def test_a_run_on_a_lost_ray_node_is_retried_and_resumes_the_same(ray_cluster, tmp_path, uninterrupted):
+    for port in list(ray_cluster.workers):
+        ray_cluster.kill_worker(port)
+    victim = ray_cluster.add_worker()  # the only node with a CPU: the run starts there
+    write_grid(tmp_path, [LONG_SEED], LONG_NI)
+    proc = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", "grid.toml", "--runs_dir", "runs",
+                             "--launcher", "ray", "--address", ray_cluster.address, "--", *TINY], cwd=tmp_path,
+                            env={**cli_env(), **ray_cluster.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        wait_for(lambda: (tmp_path / "runs" / "Digits_x32").is_dir() and records_written(run_folders(tmp_path)[0]) >= 2,
+                 LIMIT, "two evaluations")
+        ray_cluster.kill_worker(victim)
+        ray_cluster.add_worker()  # where the retry can run
+        out, _ = proc.communicate(timeout=LIMIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    [run] = run_folders(tmp_path)
+    assert "resuming at iteration" in (run / "stdout.log").read_text()
+    assert figures(run) == uninterrupted
+
+
+def test_ray_bad_input_is_one_line(ray_cluster, tmp_path):
+    write_grid(tmp_path, [1], 20)
+    unreachable = sweep(tmp_path, "--launcher", "ray", "--address", "127.0.0.1:9", check=False)
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.splitlines()[-1].startswith("error: cannot reach a Ray cluster at 127.0.0.1:9")
+    gpus = sweep(tmp_path, "--launcher", "ray", "--address", ray_cluster.address, "--gpus_per_run", "2",
+                 env=ray_cluster.env, check=False)
+    assert gpus.returncode == 2 and gpus.stderr.splitlines()[-1] == (
+        "error: each run asks for 2 GPUs (--gpus_per_run) but the largest node of the Ray cluster has 0; ask for fewer")
+    wrong = sweep(tmp_path, "--launcher", "local", "--address", ray_cluster.address, check=False)
+    assert wrong.returncode == 2 and "--address is a flag of --launcher ray, not of --launcher local" in wrong.stderr
+    assert not (tmp_path / "runs" / "Digits_x32").exists() or not any(
+        (run / "metrics.jsonl").exists() for run in run_folders(tmp_path))
+
+
+def test_status_reads_every_state_from_the_folders(tmp_path):
+    """No engine needed: the folders alone say finished, running, queued, stopped, failed and new."""
+    write_grid(tmp_path, [1, 2, 3, 4, 5, 6], 20)
+    plan = sweep(tmp_path, "--status").stdout.splitlines()
+    assert plan[0] == "sweep status: 6 runs: 6 new"
+    runs = [tmp_path / line.split()[1] for line in plan[1:]]
+    record = {"iter": 10, "val_acc": 0.5, "trn_loss": 1.0}
+    for run in runs[:5]:
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    (runs[0] / "summary.json").write_text(json.dumps({
+        "status": "finished", "data_name": "Digits_x32", "depth": 8, "width": 1, "precision": "fp32", "params": 1,
+        "wall_seconds": 61.0, "config": None, "best_val_acc": 0.5, "tst_acc": 0.4, "tst_nll": 1.5, "best_iter": 10}))
+    (runs[2] / ".lock").write_text("")  # running
+    (runs[3] / "stdout.log").write_text("[iter 10] ...\nerror: cannot read the data\n")  # failed
+    (runs[4] / "metrics.jsonl").unlink()
+    (runs[4] / "launch.json").write_text(json.dumps({"launcher": "slurm", "job": "12_4", "submitted": "now"}))
+    lines = sweep(tmp_path, "--status").stdout.splitlines()
+    assert lines[0] == "sweep status: 6 runs: 1 finished, 1 running, 1 queued, 1 stopped, 1 failed, 1 new"
+    assert [line.split()[0] for line in lines[1:]] == ["finished", "stopped", "running", "failed", "queued", "new"]
+    assert lines[1].endswith("val/acc 0.5000, tst/acc 0.4000, tst/nll 1.5000 (best at iteration 10), 0:01:01")
+    assert lines[2].endswith("at iteration 10 of 20; resumes when launched again (local)")
+    assert "iteration 10 of 20, last written" in lines[3] and lines[4].endswith("error: cannot read the data")
+    assert lines[5].endswith("submitted as slurm job 12_4") and lines[6].endswith("-s6")
+
+
+def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
+    """No engine needed: the script a multi-GPU grid submits (this machine has no GPUs to run it on)."""
+    from resbench.sweep.grid import plan_run
+    from resbench.sweep.slurm import sbatch_script, slurm_options
+
+    monkeypatch.chdir(tmp_path)
+    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
+    script = sbatch_script([run], slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", 4)
+    assert "#SBATCH --gres=gpu:4\n" in script and "#SBATCH --partition=gpu\n" in script
+    assert "#SBATCH --cpus-per-task=16\n" in script and f"#SBATCH --chdir={tmp_path}\n" in script
+    assert "-P -m torch.distributed.run --standalone --nproc_per_node 4 -m resbench train " in script
+    assert "export PYTHONSAFEPATH=1" in script  # torchrun's workers import nothing from the current folder
+    given = sbatch_script([run], slurm_options(["gres=gpu:a100:4"]), tmp_path / ".launch", 4)
+    assert "#SBATCH --gres=gpu:a100:4\n" in given and "--gres=gpu:4\n" not in given
