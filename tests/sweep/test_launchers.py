@@ -28,7 +28,10 @@ LONG_SEED, LONG_NI = 5, 300
 def slurm(tmp_path_factory) -> Slurm:
     if reason := slurm_unavailable():
         pytest.skip(reason)
-    cluster = start_slurm(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster = start_slurm(tmp_path_factory.mktemp("slurm"))
+    except (OSError, subprocess.CalledProcessError, TimeoutError) as exc:  # e.g. a container without the rights
+        pytest.skip(f"a local SLURM could not start on this machine: {exc}")
     yield cluster
     stop_slurm(cluster)
 
@@ -37,7 +40,10 @@ def slurm(tmp_path_factory) -> Slurm:
 def ray_cluster(tmp_path_factory) -> Ray:
     if reason := ray_unavailable():
         pytest.skip(reason)
-    cluster = start_ray(tmp_path_factory.mktemp("ray"))
+    try:
+        cluster = start_ray(tmp_path_factory.mktemp("ray"))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"a local Ray cluster could not start on this machine: {exc}")
     yield cluster
     stop_ray(cluster)
 

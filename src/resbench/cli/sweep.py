@@ -37,13 +37,19 @@ def check_launcher_flags(args: argparse.Namespace) -> None:
                                 f"{args.launcher}")
 
 
+def threads_per_run(args: argparse.Namespace) -> int | None:
+    """The --threads each run gets unless its train flags set them: runs at once share the cores (local
+    --jobs N), a Ray task uses the CPUs it reserves; under SLURM, the trainer's default (its allocation)."""
+    if args.launcher == "ray":
+        return args.cpus_per_run
+    return cpus.threads_per_job(args.jobs) if args.launcher == "local" and args.jobs > 1 else None
+
+
 def run(args: argparse.Namespace) -> int:
     check_launcher_flags(args)
     options = slurm_options(args.slurm or [])
     source = f"{args.grid} grid" if args.grid in READY_GRIDS else f"grid {args.grid}"
-    # Runs at once share the cores: each gets its share, not every core (unless the flags say otherwise).
-    threads = (cpus.threads_per_job(args.jobs) if args.jobs > 1 else None) if args.launcher == "local" else \
-        (args.cpus_per_run if args.launcher == "ray" else None)
+    threads = threads_per_run(args)
     grid = with_seeds(load_grid(args.grid), args.seeds, source)
     runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads)
     if args.status:
@@ -61,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
         print("\n".join([*downloads, time_estimate(todo, args.jobs)]), flush=True)
         if args.launcher == "slurm":
-            print(f"the job array sbatch would get:\n{sbatch_script(todo, options, launch_dir(args.runs_dir), args.gpus_per_run)}",
-                  end="", flush=True)
+            script = sbatch_script(todo, options, launch_dir(args.runs_dir), args.gpus_per_run)
+            print(f"the job array sbatch would get:\n{script}", end="", flush=True)
     if args.dry_run or not todo:
         return 0
     if args.launcher == "slurm":
