@@ -344,3 +344,13 @@ def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
     path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
     cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
     assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
+
+
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    """`resbench sweep --grid wd --dry-run | head -1`: no traceback when the pipe closes."""
+    proc = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", "wd", "--dry-run", "--runs_dir",
+                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    assert proc.stdout.readline().startswith(b"sweep: 104 runs")
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=LIMIT) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr

@@ -8,6 +8,7 @@ imports the code it drives when it runs, not when its flags are defined.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResbenchError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `resbench ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # as a process killed by SIGPIPE
     except OSError as exc:
         if exc.filename is None:
             raise
