@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     source = f"{args.grid} grid" if args.grid in READY_GRIDS else f"grid {args.grid}"
     threads = threads_per_run(args)
     grid = with_seeds(load_grid(args.grid), args.seeds, source)
-    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads)
+    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads, check=not args.status)
     if args.status:
         print(status_report(runs))
         return 0

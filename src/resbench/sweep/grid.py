@@ -145,7 +145,7 @@ def load_grid(grid: str) -> list[list[str]]:
 
 # ---------------------------------------------------------------- planning
 
-def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None) -> PlannedRun:
+def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check: bool = True) -> PlannedRun:
     """A train command in its folder <runs_dir>/<data_name>/<run name>, checked as `resbench train`
     would check it; `--threads threads` is added unless the flags set the threads themselves.
 
@@ -159,7 +159,8 @@ def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None) -> Pl
     if threads is not None and not hasattr(args, "threads"):
         flags, args.threads = [*flags, "--threads", str(threads)], threads
     config = config_from_args(args)
-    validate_config(config)
+    if check:  # (the device and memory checks load torch: `--status` reads folders and needs none of them)
+        validate_config(config)
     return PlannedRun(Path(runs_dir) / config.data_name / default_run_name(config), tuple(flags), config)
 
 
@@ -171,7 +172,7 @@ def check_runs_dir(runs_dir: Path) -> None:
 
 
 def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], source: str,
-              threads: int | None = None) -> list[PlannedRun]:
+              threads: int | None = None, check: bool = True) -> list[PlannedRun]:
     """Each grid point with its run folder; points that map to the same folder run once.
 
     A point that `resbench train` would refuse stops the plan with an error naming `source` and the point.
@@ -181,7 +182,7 @@ def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], sou
     for number, point in enumerate(grid, 1):
         flags = (*point, *extra_flags)
         try:
-            run = plan_run(runs_dir, list(flags), threads)
+            run = plan_run(runs_dir, list(flags), threads, check)
         except ResbenchError as exc:
             raise ResbenchError(f"{source}, run {number} of {len(grid)} ({shlex.join(flags)}): {exc}") from None
         runs.setdefault(run.save, run)
