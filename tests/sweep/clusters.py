@@ -109,14 +109,25 @@ def start_slurm(folder: Path) -> Slurm:
 
 
 def stop_slurm(slurm: Slurm) -> None:
+    """Cancel every job, then stop the daemons: SIGTERM, and SIGKILL for one still there after 10 s."""
     subprocess.run(["scancel", "--full", "--user=root"], env=slurm.env, capture_output=True)
+    pids = []
     for name in ("slurmd", "slurmctld", "munged"):
-        pid_file = slurm.folder / f"{name}.pid"
-        if pid_file.exists():
+        try:
+            pids.append(int((slurm.folder / f"{name}.pid").read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
             try:
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
+                os.kill(pid, sig)
+            except ProcessLookupError:
                 pass
+        try:
+            wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 10, "the SLURM daemons to stop")
+            return
+        except TimeoutError:
+            continue
 
 
 # ---------------------------------------------------------------- Ray
