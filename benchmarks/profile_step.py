@@ -36,17 +36,18 @@ GROUPS = (  # name fragments -> the kind of work, first match wins (cuDNN kernel
 )
 
 
-def trainer_for(mode: str, depth: int, device: torch.device) -> bench.Trainer:
-    cfg = config.TrainConfig(resnet_depth=depth, device=device.type, compile="true")
+def trainer_for(mode: str, depth: int, device: torch.device, precision: str = "false") -> bench.Trainer:
+    cfg = config.TrainConfig(resnet_depth=depth, device=device.type, compile="true", mixed_precision=precision)
     hotpath.COMPILE_MODE[device.type] = mode  # read when the trainer compiles its model
     return bench.optimised_trainer(cfg, device, bench.generated_batches(cfg, device))
 
 
-def time_modes(modes: list[str], depth: int, device: torch.device, iters: int, windows: int) -> None:
+def time_modes(modes: list[str], depth: int, device: torch.device, iters: int, windows: int,
+               precision: str = "false") -> None:
     trainers = {}
     for mode in modes:
         start = time.perf_counter()
-        trainer = trainer_for(mode, depth, device)
+        trainer = trainer_for(mode, depth, device, precision)
         for i in range(3):
             trainer.step(i)
         hotpath.sync(device)
@@ -74,8 +75,8 @@ def op_times(prof: profile, device: torch.device, steps: int) -> dict[str, float
     return {e.key: e.self_cpu_time_total / steps for e in prof.key_averages() if e.self_cpu_time_total > 0}
 
 
-def profile_step(depth: int, device: torch.device, steps: int) -> None:
-    trainer = trainer_for("default", depth, device)
+def profile_step(depth: int, device: torch.device, steps: int, precision: str = "false") -> None:
+    trainer = trainer_for("default", depth, device, precision)
     for i in range(3):
         trainer.step(i)
     hotpath.sync(device)
@@ -106,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--depth", type=int, default=20)
+    parser.add_argument("--mixed_precision", default="false", help="as train's: false | true | fp16 | bf16")
     parser.add_argument("--modes", default="default,reduce-overhead", help="comma-separated torch.compile modes")
     parser.add_argument("--steps", type=int, default=20, help="steps profiled")
     parser.add_argument("--iters", type=int, default=50, help="steps per timed window")
@@ -113,9 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     device = config.resolve_device(args.device)
     print(bench.device_name(device), "torch", torch.__version__, flush=True)
-    profile_step(args.depth, device, args.steps)
+    profile_step(args.depth, device, args.steps, args.mixed_precision)
     if args.modes:
-        time_modes(args.modes.split(","), args.depth, device, args.iters, args.windows)
+        time_modes(args.modes.split(","), args.depth, device, args.iters, args.windows, args.mixed_precision)
 
 
 if __name__ == "__main__":

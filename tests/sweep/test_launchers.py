@@ -16,6 +16,7 @@ import pytest
 from clusters import (Ray, Slurm, ray_unavailable, slurm_unavailable, start_ray, start_slurm, stop_ray, stop_slurm,
                       wait_for)
 from conftest import cli_env
+from resbench.runs import schema
 
 TINY = ["--resnet_depth", "8", "--batch_size", "16", "--eval_every", "50", "--threads", "1"]
 LIMIT = 600
@@ -71,7 +72,7 @@ def run_folders(folder: Path) -> list[Path]:
 
 def figures(run: Path) -> tuple[list[dict], str]:
     """Every metrics.jsonl record without its wall time, and best.pt's SHA-256: what must not differ."""
-    records = [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+    records = [{k: v for k, v in json.loads(line).items() if k not in schema.TIME_FIELDS}
                for line in (run / "metrics.jsonl").read_text().splitlines()]
     return records, hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
 

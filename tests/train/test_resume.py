@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env, wait_until
-from resbench.runs import checkpoint
+from resbench.runs import checkpoint, schema
 from resbench import files
 from resbench.runtime import lossscale
 from resbench.train import step as step_module
@@ -58,7 +58,8 @@ def outcome(folder: Path) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     for record in records:
-        del record["elapsed_s"]
+        for field in schema.TIME_FIELDS:
+            del record[field]
     return {"summary": {key: summary[key] for key in SUMMARY_KEYS}, "records": records,
             "last": checkpoint.load_checkpoint(folder / "last.pt")["model"],
             "best": checkpoint.load_checkpoint(folder / "best.pt")}

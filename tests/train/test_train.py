@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,8 @@ from resbench.runtime.distributed import World
 from resbench.runtime.lossscale import ConstantLossScale
 from resbench.models.resnet import count_parameters, resnet
 from resbench.settings.config import ConfigError, TrainConfig, default_run_name, validate_config
-from resbench.train.loop import train
+from resbench.train import meter
+from resbench.train.loop import Interrupted, train
 from resbench.train.step import learning_rate, train_step
 
 
@@ -374,7 +376,7 @@ def test_best_pt_holds_the_reference_running_variance_and_last_pt_pytorchs(tmp_p
     cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=3, eval_every=3,
                       device="cpu", save=str(tmp_path / "run"))
     assert train(cfg)["best_iter"] == 3
-    (hooks,) = tracked
+    hooks = tracked[-1]  # the trained model; validate_config's memory estimate may build one first (cached)
     best = checkpoint.load_checkpoint(tmp_path / "run" / "best.pt")
     last = checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert len(hooks.steps) == 3
@@ -383,3 +385,38 @@ def test_best_pt_holds_the_reference_running_variance_and_last_pt_pytorchs(tmp_p
         assert expected.max() > 1e-5  # far above the tolerance below
         got = last[f"{name}.running_var"].double() - best[f"{name}.running_var"].double()
         torch.testing.assert_close(got, expected, rtol=0, atol=3e-7)
+
+
+def test_the_run_accounts_for_its_time_warm_up_apart_in_every_session(tmp_path, monkeypatch):
+    """summary.json's "time": the first WARMUP_STEPS steps of each session (where compilation happens;
+    here a 1 s sleep stands for it) are booked apart from the steady steps, so steady_images_per_sec is
+    the loop's speed while images_per_sec still divides by every training second; the evaluations'
+    seconds are each record's eval_s, and nothing of the loop's wall clock is lost or counted twice."""
+    real_step = step_module.Job.step
+
+    def step(self, index, *args, **kwargs):
+        if index in (0, 6):  # the first step of each session
+            time.sleep(1.0)
+        if index == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # stop after this step: the run saves and resumes at 6
+        return real_step(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(step_module.Job, "step", step)
+    cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=12, eval_every=4,
+                      device="cpu", compile="false", save=str(tmp_path / "run"))
+    with pytest.raises(Interrupted):
+        train(cfg)
+    summary = train(cfg)
+    spent = summary["time"]
+    assert meter.WARMUP_STEPS == 3
+    assert (spent["warmup_steps"], spent["steady_steps"], spent["evaluations"]) == (6, 6, 3)
+    assert spent["warmup_s"] >= 2.0 and spent["steady_s"] < 1.0  # the sleeps are warm-up, never steady
+    assert summary["steady_images_per_sec"] == pytest.approx(6 * 16 / spent["steady_s"])
+    assert summary["images_per_sec"] == pytest.approx(12 * 16 / (spent["warmup_s"] + spent["steady_s"]))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["eval_s"] > 0 for r in records)
+    assert spent["eval_s"] == pytest.approx(sum(r["eval_s"] for r in records))
+    assert spent["checkpoint_s"] > 0 and spent["setup_s"] > 0
+    assert 0 <= spent["other_s"] < 0.5  # progress and log lines only
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "= 6 warm-up iterations" in log and "6 steady iterations" in log and "3 evaluations" in log

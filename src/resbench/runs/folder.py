@@ -34,7 +34,8 @@ from resbench.runs.schema import LAST_KEYS, RESOLVED_KEY, RunFolderError, asked_
 TENSORBOARD_GROUPS = {"trn": "train", "val": "val", "tst": "test"}
 # Fields whose names do not start with their split (best_val_acc is also the reference's name).
 SPLIT_OF_FIELD = {"best_val_acc": ("val", "best_acc"), "skipped_steps": ("trn", "skipped_steps"),
-                  "loss_scale": ("trn", "loss_scale"), "epoch": ("trn", "epoch"), "elapsed_s": ("time", "elapsed_s")}
+                  "loss_scale": ("trn", "loss_scale"), "epoch": ("trn", "epoch"),
+                  **{field: ("time", field) for field in schema.TIME_FIELDS}}
 # The figures of an evaluation's log line and their formats, in the reference's order; present ones only.
 LOG_FIELDS = (("trn_loss", ".4f"), ("trn_lr", ".4f"), ("trn_w_norm", ".3f"), ("trn_g_norm", ".3f"),
               ("val_acc", ".4f"), ("val_nll", ".4f"), ("val_top5", ".4f"), ("best_val_acc", ".4f"),

@@ -64,6 +64,10 @@ SUMMARY_FIELDS = {"data_name": str, "depth": int, "width": int, "precision": str
 CONFIG_FIELDS = {"data_name": str}
 MODEL_SETTINGS = {"data_name": str, "resnet_depth": int, "resnet_width": int}  # what rebuilds a model
 RECORD_FIELDS = {"iter": NUMBER, "val_acc": NUMBER, "trn_loss": NUMBER}
+# An evaluation record's clock readings (metrics.jsonl): the loop's wall clock at the evaluation and
+# the evaluation's own seconds. The only fields in which a resumed run's records differ from the
+# uninterrupted run's.
+TIME_FIELDS = ("elapsed_s", "eval_s")
 
 # How a run's precision is spelled: `--mixed_precision` as asked -> the precision it trains in where
 # the device is not known (an older config.json without "resolved"); `true` is fp16 (on a CPU it ran

@@ -12,7 +12,8 @@ Where each number of a results table comes from:
 
 One step and what it trains with (model, optimiser, hot path) are in `step.py`; the settings and
 their checks in `settings/config.py`; what last.pt holds and when a folder may be resumed, in
-`resume.py`; summary.json's figures in `summary.py`; the run folder's files in `runs/`.
+`resume.py`; summary.json's figures in `summary.py`, the clock they come from in `meter.py`; the run
+folder's files in `runs/`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from resbench.settings.config import (TrainConfig, check_same_config, precision_
                                       rounding_changes, run_folder_of, validate_config)
 from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.runtime.progress import Progress
+from resbench.train.meter import Meter
 from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
-from resbench.train.summary import final_summary
+from resbench.train.summary import final_summary, time_report
 from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
@@ -79,6 +81,7 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
     """Set up (or resume) the run in its claimed folder, train it, and write its summary.
 
     `busy`: the warning that the machine was busy when the run started, for the log."""
+    setup_start = time.perf_counter()
     precision = precision_for(cfg.mixed_precision, device)
     hotpath.warn_if_slow_precision(precision, device)
     if run.is_done():
@@ -90,6 +93,7 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
                                 world.rank, world.world_size)
     job = build_job(cfg, batches, device, precision, world, run, splits)
     state = start_or_resume(job, resume_from)
+    state.setup_seconds += time.perf_counter() - setup_start
     if busy:
         run.log(busy)
     for change in rounding_changes(resume_from["config"], dataclasses.asdict(cfg)) if resume_from else []:
@@ -102,6 +106,7 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
         run.finish(final_summary(job, state, "diverged"))
         raise
     summary = final_summary(job, state, "finished")
+    run.log(time_report(summary["time"], cfg.batch_size))
     run.finish(summary)
     return summary
 
@@ -119,6 +124,8 @@ def train_loop(job: Job, state: RunState) -> None:
             loss, grad_norm = job.step(step, lr, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
             meter.add(loss, state)
             state.step = step + 1
+            if state.step == meter.warmup_until and not is_eval:
+                meter.lap(state, wait=True)  # the warm-up's time, apart (an evaluation's lap ends it too)
 
             # Where the loop waits for the device: at logging points, and for a progress line (at most
             # one per progress.LINE_EVERY_S seconds). A single process may stop at any step; ranks
@@ -135,8 +142,11 @@ def train_loop(job: Job, state: RunState) -> None:
                 progress.show(state.step, meter.loss_mean(state), lr)
 
             if is_eval:
+                eval_start = time.perf_counter()
                 with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
                     record = evaluation(job, state, grad_norm, lr, step_stats.means())
+                record["eval_s"] = time.perf_counter() - eval_start  # evaluation() ends reading its figures
+                state.eval_seconds += record["eval_s"]
                 step_stats.reset()
                 meter.stamp(state)
                 record["elapsed_s"] = state.wall_seconds
@@ -144,14 +154,16 @@ def train_loop(job: Job, state: RunState) -> None:
                 state.loss_sum, state.loss_count = 0.0, 0
                 job.run.append_metrics(record)
                 save_last(job, state, meter, step_stats)
-                job.run.log(f"{job.run.format_record(record)}, {progress.timing(state.step, state.wall_seconds)}")
-                meter.restart()  # evaluation time is not training time
+                job.run.log(f"{job.run.format_record(record)}, evaluation {record['eval_s']:.1f} s, "
+                            f"{progress.timing(state.step, state.wall_seconds)}")
+                meter.restart(state)  # evaluation time is not training time
                 progress.restart(state.step)
 
             if stop and state.step < cfg.optim_ni:
                 save_last(job, state, meter, step_stats)
                 raise Interrupted(f"stopped by a signal at iteration {state.step}; "
                                   f"the state is saved in {job.run.path}: run the same command again to resume")
+        meter.stamp(state)  # the last checkpoint's writing included
 
 
 def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
@@ -278,65 +290,16 @@ def configure_determinism(enabled: bool) -> None:
 
 # ---------------------------------------------------------------- the loop's bookkeeping
 
-class Meter:
-    """What the loop accumulates between synchronisations with the device, and its clock.
-
-    The loss and the count of skipped fp16 updates are summed on the device, so a step never
-    waits for it; they are folded into the RunState at logging points only, so a resumed run
-    rounds its sums exactly as the uninterrupted one did.
-    """
-
-    def __init__(self, state: RunState, device: torch.device):
-        self.device = device
-        self.loss_sum = torch.full((), state.loss_unlogged, device=device)
-        self.skipped = torch.zeros((), device=device)
-        hotpath.sync(device)
-        self.session_start = self.interval_start = time.perf_counter()
-        self.wall_at_session_start = state.wall_seconds
-
-    def add(self, loss: torch.Tensor, state: RunState) -> None:
-        self.loss_sum += loss
-        state.loss_count += 1
-
-    def fold(self, state: RunState, world: distributed.World) -> None:
-        """Move the device sums into the state (averaging the loss over ranks)."""
-        state.loss_sum += distributed.all_reduce_sum(self.loss_sum, world).item() / world.world_size
-        self.loss_sum.zero_()
-        self.fold_skipped(state)
-
-    def fold_skipped(self, state: RunState) -> None:
-        state.skipped_steps += int(self.skipped.item())
-        self.skipped.zero_()
-
-    def lap(self, state: RunState) -> None:
-        """Book the time since the last lap as training time."""
-        now = time.perf_counter()
-        state.train_seconds += now - self.interval_start
-        state.wall_seconds = self.wall_at_session_start + now - self.session_start
-        self.interval_start = now
-
-    def loss_mean(self, state: RunState) -> float:
-        """The mean training loss since the last evaluation (this rank's unfolded part included):
-        a progress figure, which reads the device sum without folding it."""
-        return (state.loss_sum + self.loss_sum.item()) / max(state.loss_count, 1)
-
-    def stamp(self, state: RunState) -> None:
-        """The wall clock of the run, once the device has finished what was queued."""
-        hotpath.sync(self.device)
-        state.wall_seconds = self.wall_at_session_start + time.perf_counter() - self.session_start
-
-    def restart(self) -> None:
-        self.interval_start = time.perf_counter()
-
-
 def save_last(job: Job, state: RunState, meter: Meter, step_stats: StepStats) -> None:
     """Write last.pt, the whole training state, but never from a state that has diverged."""
+    start = time.perf_counter()
     state.loss_unlogged = meter.loss_sum.item()
     state.step_stats = step_stats.snapshot()
     meter.fold_skipped(state)
     check_finite(state.loss_sum + state.loss_unlogged, "the training loss", state, job.run)
     check_finite(weight_norm(job.model), "the weight norm", state, job.run)
     job.run.save_last(training_checkpoint(job.cfg, job.model, job.optimizer, job.scaler, state, job.world))
+    state.checkpoint_seconds += time.perf_counter() - start  # (a resumed run's last.pt lacks its own writing)
 
 
 def check_finite(value: float, what: str, state: RunState, run: RunFolder) -> None:

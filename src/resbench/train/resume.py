@@ -50,7 +50,15 @@ class RunState:
     loss_unlogged: float = 0.0
     skipped_steps: int = 0  # fp16 updates skipped because a gradient was not finite
     step_stats: list[float] = field(default_factory=list)  # `StepStats` sums since the last evaluation
-    train_seconds: float = 0.0  # time spent in training steps (evaluation excluded)
+    # Where the clock went (summary.json's "time"). train_seconds is the training steps' time, of which
+    # warmup_seconds is each session's first WARMUP_STEPS steps (compilation, CUDA-graph capture, the
+    # allocators' first requests); wall_seconds is the loop's, from its first step to its end.
+    train_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    warmup_steps: int = 0
+    eval_seconds: float = 0.0  # evaluations, best.pt included
+    checkpoint_seconds: float = 0.0  # last.pt
+    setup_seconds: float = 0.0  # before the loop: data loaded onto the device, model and optimiser built
     wall_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
 
@@ -90,7 +98,7 @@ def run_state_problem(state: dict[str, Any], optim_ni: int) -> str | None:
     step = state.get("step", 0)
     if not 0 <= step <= optim_ni:
         return f"it is at iteration {step}, outside this run's 0 to {optim_ni}"
-    if any(state.get(key, 0) < 0 for key in ("loss_count", "skipped_steps", "best_iter")):
+    if any(state.get(key, 0) < 0 for key in ("loss_count", "skipped_steps", "best_iter", "warmup_steps")):
         return "a negative count"
     iters = []
     for number, record in enumerate(state.get("history", []), 1):
