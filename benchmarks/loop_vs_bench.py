@@ -6,8 +6,10 @@
 For each --compile choice: `resbench bench` of the configuration, then a `resbench train` of the same
 configuration on a synthetic CIFAR10_x32 of the real size (random pixels: the figure is speed, not
 accuracy) for --iters iterations with one evaluation at the end, then `bench` again, each in a fresh
-process, one after the other. Prints the two bench figures, the run's overall and steady-state
-images/s from its summary.json, where the run's wall clock went, and the process's own wall time.
+process, one after the other; with --rounds N, N runs with a bench before and after each. Prints
+the bench figures, each run's overall and steady-state images/s from its summary.json against the
+mean of the benches on either side of it (a shared machine drifts within minutes), where the run's
+wall clock went, and the process's own wall time.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--src", default=None, help="the src/ folder to run (default: the installed resbench)")
     parser.add_argument("--compile", nargs="+", default=["true", "false"])
     parser.add_argument("--iters", type=int, default=400, help="iterations of the train run")
+    parser.add_argument("--rounds", type=int, default=1, help="train runs per compile choice, each between two benches")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--data_root", default=str(Path(tempfile.gettempdir()) / "resbench-synthetic"))
     args = parser.parse_args()
@@ -60,25 +63,31 @@ def main() -> None:
     for choice in args.compile:
         bench_args = ["bench", *shape, "--compile", choice, "--warmup", "3", "--iters", "10", "--windows", "3", "--json"]
         before = json.loads(resbench(args.src, bench_args)[0].stdout)
-        with tempfile.TemporaryDirectory() as runs:
-            save = Path(runs) / "run"
-            proc, process_seconds = resbench(args.src, [
-                "train", *shape, "--data_name", "CIFAR10_x32", "--data_root", args.data_root,
-                "--optim_ni", str(args.iters), "--eval_every", str(args.iters), "--compile", choice,
-                "--save", str(save)])
-            summary = json.loads((save / "summary.json").read_text())
-        after = json.loads(resbench(args.src, bench_args)[0].stdout)
-        benches = [before["images_per_sec"], after["images_per_sec"]]
-        print(f"\n--compile {choice}: bench {benches[0]:.1f} and {benches[1]:.1f} images/s "
-              f"(windows {before['window_images_per_sec']}, {after['window_images_per_sec']})")
-        print(f"  train summary images_per_sec {summary['images_per_sec']:.1f}, "
-              f"overall/bench {summary['images_per_sec'] / np.mean(benches):.3f}")
-        if "steady_images_per_sec" in summary:
-            print(f"  train steady_images_per_sec {summary['steady_images_per_sec']:.1f}, "
-                  f"steady/bench {summary['steady_images_per_sec'] / np.mean(benches):.3f}")
-            print(f"  time: {json.dumps(summary.get('time'))}")
-        print(f"  wall_seconds {summary['wall_seconds']:.1f}, the train process {process_seconds:.1f} s")
-        print("  last log lines:\n    " + "\n    ".join(proc.stderr.strip().splitlines()[-3:]), flush=True)
+        ratios = []
+        for round_ in range(args.rounds):
+            with tempfile.TemporaryDirectory() as runs:
+                save = Path(runs) / "run"
+                proc, process_seconds = resbench(args.src, [
+                    "train", *shape, "--data_name", "CIFAR10_x32", "--data_root", args.data_root,
+                    "--optim_ni", str(args.iters), "--eval_every", str(args.iters), "--compile", choice,
+                    "--save", str(save)])
+                summary = json.loads((save / "summary.json").read_text())
+            after = json.loads(resbench(args.src, bench_args)[0].stdout)
+            benches = [before["images_per_sec"], after["images_per_sec"]]
+            print(f"\n--compile {choice}, run {round_ + 1}: bench {benches[0]:.1f} and {benches[1]:.1f} images/s "
+                  f"(windows {before['window_images_per_sec']}, {after['window_images_per_sec']})")
+            print(f"  train summary images_per_sec {summary['images_per_sec']:.1f}, "
+                  f"overall/bench {summary['images_per_sec'] / np.mean(benches):.3f}")
+            if "steady_images_per_sec" in summary:
+                ratios.append(summary["steady_images_per_sec"] / np.mean(benches))
+                print(f"  train steady_images_per_sec {summary['steady_images_per_sec']:.1f}, "
+                      f"steady/bench {ratios[-1]:.3f}")
+                print(f"  time: {json.dumps(summary.get('time'))}")
+            print(f"  wall_seconds {summary['wall_seconds']:.1f}, the train process {process_seconds:.1f} s")
+            print("  last log lines:\n    " + "\n    ".join(proc.stderr.strip().splitlines()[-3:]), flush=True)
+            before = after
+        if ratios:
+            print(f"--compile {choice}: steady/bench {[round(float(r), 3) for r in ratios]}, median {np.median(ratios):.3f}")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
