@@ -257,6 +257,7 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool,
         "data_name": cfg.data_name, "depth": cfg.resnet_depth, "width": cfg.resnet_width,
         "batch_size": cfg.batch_size, "precision": precision,
         "compile": hotpath.use_compile(cfg.compile, device, cfg.optim_ni),
+        "compile_choice": hotpath.parse_compile(cfg.compile), "optim_ni": cfg.optim_ni,  # the run it mirrors
         "warmup": warmup, "iters": iters, "windows": windows,
         "warmup_seconds": warmup_seconds,
         **main,

@@ -123,6 +123,8 @@ def format_table(record: dict[str, Any]) -> str:
         ("configuration", f"{record['data_name']} depth {record['depth']} width {record['width']} "
                           f"batch {record['batch_size']} {record['precision']}"
                           f"{' compiled' if record['compile'] else ''}"),
+        ("mirrors", f"a run of {record['optim_ni']:,} iterations, which `train --compile {record['compile_choice']}` "
+                    f"{'compiles' if record['compile'] else 'runs eager'} (--optim_ni N mirrors another length)"),
         ("images/s", f"{record['images_per_sec']:.1f} (median of {record['windows']} windows, "
                      f"{record['images_per_sec_min']:.1f}..{record['images_per_sec_max']:.1f})"),
         ("ms/step", f"{record['ms_per_step']:.2f}"),
