@@ -106,7 +106,7 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
         run.finish(final_summary(job, state, "diverged"))
         raise
     summary = final_summary(job, state, "finished")
-    run.log(time_report(summary["time"], cfg.batch_size))
+    run.log(time_report(summary))
     run.finish(summary)
     return summary
 

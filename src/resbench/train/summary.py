@@ -16,6 +16,7 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
     """summary.json: the run's table figures (best validation and its test figures) and its cost."""
     cfg = job.cfg
     num_train = data.DATASETS[cfg.data_name].num_train
+    spent = time_breakdown(state)
     return {
         "status": status,
         "data_name": cfg.data_name,
@@ -33,22 +34,14 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
         "skipped_steps": state.skipped_steps,
         "wall_seconds": state.wall_seconds,
         "images_per_sec": state.step * cfg.batch_size / state.train_seconds if state.train_seconds else None,
-        "steady_images_per_sec": steady_images_per_sec(state, cfg.batch_size),
-        "time": time_breakdown(state),
+        "steady_images_per_sec": steady_images_per_sec(spent, cfg.batch_size),
+        "time": spent,
         "epochs_per_min": epochs_per_minute(state.history, cfg.batch_size, num_train),
         "device": job.run.device_name(job.device),
         "world_size": distributed.launched_world().world_size,
         "versions": job.run.versions(),
         "config": dataclasses.asdict(cfg),
     }
-
-
-def steady_images_per_sec(state: RunState, batch_size: int) -> float | None:
-    """The loop's speed once warmed up: what `resbench bench` measures, and what a longer run gets.
-
-    `images_per_sec` beside it divides by all the training steps' time, compilation included."""
-    steady_steps, steady_seconds = state.step - state.warmup_steps, state.train_seconds - state.warmup_seconds
-    return steady_steps * batch_size / steady_seconds if steady_steps > 0 and steady_seconds > 0 else None
 
 
 def time_breakdown(state: RunState) -> dict[str, float | int]:
@@ -65,17 +58,25 @@ def time_breakdown(state: RunState) -> dict[str, float | int]:
     }
 
 
-def time_report(time: dict[str, float | int], batch_size: int) -> str:
-    """The log's account of the run's time, `time_breakdown` in words."""
-    steady = (f"{time['steady_steps']:,} steady iterations {time['steady_s']:.1f} s "
-              f"({time['steady_steps'] * batch_size / time['steady_s']:,.1f} images/s)"
-              if time["steady_steps"] > 0 and time["steady_s"] > 0 else "no steady iterations")
-    loop = time["warmup_s"] + time["steady_s"] + time["eval_s"] + time["checkpoint_s"] + time["other_s"]
+def steady_images_per_sec(spent: dict[str, float | int], batch_size: int) -> float | None:
+    """The loop's speed once warmed up: what `resbench bench` measures, and what a longer run gets.
+
+    `images_per_sec` beside it divides by all the training steps' time, compilation included."""
+    if spent["steady_steps"] > 0 and spent["steady_s"] > 0:
+        return spent["steady_steps"] * batch_size / spent["steady_s"]
+    return None
+
+
+def time_report(summary: dict[str, Any]) -> str:
+    """The log's account of the run's time: summary.json's `time` in words."""
+    spent, rate = summary["time"], summary["steady_images_per_sec"]
+    steady = (f"{spent['steady_steps']:,} steady iterations {spent['steady_s']:.1f} s ({rate:,.1f} images/s)"
+              if rate is not None else "no steady iterations")
     plural = lambda n, word: f"{n:,} {word}{'' if n == 1 else 's'}"  # noqa: E731
-    return (f"time: {loop:.1f} s in the loop = {plural(time['warmup_steps'], 'warm-up iteration')} "
-            f"{time['warmup_s']:.1f} s (compiling, first allocations) + {steady} + "
-            f"{plural(time['evaluations'], 'evaluation')} {time['eval_s']:.1f} s + checkpoints "
-            f"{time['checkpoint_s']:.1f} s + other {time['other_s']:.1f} s; setup before it {time['setup_s']:.1f} s")
+    return (f"time: {summary['wall_seconds']:.1f} s in the loop = {plural(spent['warmup_steps'], 'warm-up iteration')} "
+            f"{spent['warmup_s']:.1f} s (compiling, first allocations) + {steady} + "
+            f"{plural(spent['evaluations'], 'evaluation')} {spent['eval_s']:.1f} s + checkpoints "
+            f"{spent['checkpoint_s']:.1f} s + other {spent['other_s']:.1f} s; setup before it {spent['setup_s']:.1f} s")
 
 
 def epochs_per_minute(history: list[dict[str, Any]], batch_size: int, num_train: int,
