@@ -40,18 +40,33 @@ def open_own_file(path: str | Path, append: bool = False) -> IO[bytes]:
             raise UnsafeFileError(exc.errno, NO_LINKS, str(path)) from None
         raise
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFileError(errno.EPERM, "it is not a regular file", str(path))
-        if info.st_nlink > 1:
-            raise UnsafeFileError(errno.EPERM, "it has other hard links; resbench never writes through one",
-                                  str(path))
+        check_own_file(os.fstat(fd), path)
         if not append:
             os.ftruncate(fd, 0)
         return os.fdopen(fd, "ab" if append else "wb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def check_own_file(info: os.stat_result, path: str | Path) -> None:
+    """Refuse a file that is not a regular file of its own: its writes would land elsewhere."""
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeFileError(errno.ELOOP, NO_LINKS, str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafeFileError(errno.EPERM, "it is not a regular file", str(path))
+    if info.st_nlink > 1:
+        raise UnsafeFileError(errno.EPERM, "it has other hard links; resbench never writes through one", str(path))
+
+
+def check_writable_in_place(path: str | Path) -> None:
+    """Refuse now, where `open_own_file` would refuse `path` later: before a scheduler is handed a job
+    that will write it. A missing file is fine (it will be created)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    check_own_file(info, path)
 
 
 def open_lock_file(path: str | Path) -> int:

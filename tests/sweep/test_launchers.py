@@ -16,6 +16,7 @@ import pytest
 from clusters import (Ray, Slurm, ray_unavailable, slurm_unavailable, start_ray, start_slurm, stop_ray, stop_slurm,
                       wait_for)
 from conftest import cli_env
+from resbench.errors import ResbenchError
 from resbench.runs import schema
 
 TINY = ["--resnet_depth", "8", "--batch_size", "16", "--eval_every", "50", "--threads", "1"]
@@ -49,10 +50,16 @@ def ray_cluster(tmp_path_factory) -> Ray:
     stop_ray(cluster)
 
 
+# A folder name a shell or sbatch would misread unquoted: spaces, both quotes, a comment, SLURM's `%`
+# patterns, a command substitution.
+HOSTILE_NAME = "a b#c %a %% $(touch PWNED) 'q' \"r\""
+
+
 def write_grid(folder: Path, seeds: list[int], optim_ni: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     grid = folder / "grid.toml"
     grid.write_text(f'data_name = ["Digits_x32"]\nseed = {seeds}\n[flags]\noptim_ni = {optim_ni}\n'
-                    f'data_root = "{folder / "data"}"\n')
+                    'data_root = "data"\n')
     return grid
 
 
@@ -105,6 +112,8 @@ def records_written(run: Path) -> int:
 # ---------------------------------------------------------------- SLURM
 
 def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path):
+    """From a folder whose name is hostile to a shell and to sbatch: every path reaches the script as data."""
+    tmp_path = tmp_path / HOSTILE_NAME
     write_grid(tmp_path, [1, 2, 3, 4], 10)
     dry = sweep(tmp_path, "--launcher", "slurm", "--dry-run", env=slurm.env).stdout
     script = dry.split("the job array sbatch would get:\n", 1)[1]
@@ -122,6 +131,8 @@ def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path):
                for run in run_folders(tmp_path))
     again = sweep(tmp_path, "--launcher", "slurm", env=slurm.env).stdout
     assert "0 to run, 0 to resume, 4 finished (skipped)" in again and "submitted" not in again
+    assert len(list((tmp_path / "runs" / ".launch").glob("*_*.out"))) == 4  # SLURM's output, its `%` kept literal
+    assert not list(tmp_path.parent.rglob("PWNED"))
 
 
 def test_a_preempted_slurm_task_requeues_and_resumes_bit_identical(slurm, tmp_path, uninterrupted):
@@ -141,12 +152,12 @@ def test_a_preempted_slurm_task_requeues_and_resumes_bit_identical(slurm, tmp_pa
 
 
 def test_a_slurm_task_at_its_time_limit_saves_and_requeues(slurm, tmp_path):
-    """time=1 with signal=TERM@55: SIGTERM before the limit, when SLURM's periodic check finds the job
+    """time=1 with --stop_before_limit_s 55: SIGTERM before the limit, when SLURM's periodic check finds the job
     within 55 s of it (it may be sent up to a minute early: here before training starts, or after
     some iterations). The run stops (saving what it has: exit status 130) and the task requeues
     itself. What follows is the preemption test's: the same signal, the next start resumes."""
     write_grid(tmp_path, [LONG_SEED + 1], 5000)  # longer than the time limit
-    sweep(tmp_path, "--launcher", "slurm", "--slurm", "time=1", "--slurm", "signal=TERM@55", env=slurm.env)
+    sweep(tmp_path, "--launcher", "slurm", "--slurm", "time=1", "--stop_before_limit_s", "55", env=slurm.env)
     [run] = run_folders(tmp_path)
     job = json.loads((run / "launch.json").read_text())["job"]
     wait_for(lambda: "requeued" in output(run), LIMIT, "the time limit's signal")
@@ -177,6 +188,107 @@ def test_slurm_bad_input_is_one_line_and_submits_nothing(slurm, tmp_path):
     owned = sweep(tmp_path, "--launcher", "slurm", "--slurm", "array=0-9", env=slurm.env, check=False)
     assert owned.returncode == 2 and "the sweep sets --array itself" in owned.stderr
     assert slurm.queue() == [] and not (tmp_path / "runs" / "Digits_x32").exists()
+
+
+HOSTILE_OPTIONS = [
+    # (--slurm value, what the one error line says); the first is issue 31's case 1, the others its kin
+    ("partition=debug --output={elsewhere}/OUTSIDE_%a.out", "one sbatch option per --slurm"),
+    ("output={elsewhere}/OUTSIDE_%a.out", "the sweep sets --output itself"),
+    ("error={elsewhere}/e.out", "the sweep sets --error itself"),
+    ("chdir={elsewhere}", "the sweep sets --chdir itself"),
+    ("job_name=x", "the sweep sets --job-name itself"),
+    ("signal=B:TERM@60", "the sweep sets --signal itself"),
+    ("wrap=touch {elsewhere}/PWNED", "the sweep sets --wrap itself"),
+    ("o={elsewhere}/x", "not an sbatch option"),
+    ("out={elsewhere}/x", "not an sbatch option"),  # an abbreviation sbatch itself would take for --output
+    ("comment=a\n#SBATCH --output={elsewhere}/x", "holds a newline or another control character"),
+]
+
+
+def sweep_in_process(folder: Path, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`resbench sweep` run from `folder` in this process (no torch import to pay): status, stdout, stderr."""
+    from resbench.cli.main import main
+
+    monkeypatch.chdir(folder)
+    code = main(["sweep", "--grid", "grid.toml", "--runs_dir", "runs", *args, "--", *TINY])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(result: tuple[int, str, str], reason: str) -> None:
+    code, out, err = result
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and reason in err, result
+
+
+def hostile_sweeps(folder: Path, elsewhere: Path, options: list, monkeypatch, capsys, *args: str) -> None:
+    """Hostile --slurm options, a folder name with a newline in it and a planted stdout.log link: each refused
+    in one line with exit status 2, before anything is printed or written; no file of the user's changed."""
+    write_grid(folder, [1], 20)
+    for option, reason in options:
+        assert_refused(sweep_in_process(folder, monkeypatch, capsys, "--launcher", "slurm", "--slurm",
+                                        option.format(elsewhere=elsewhere), *args), reason)
+    newline = folder / "nl\ntouch PWNED\n#"
+    write_grid(newline, [1], 20)
+    assert_refused(sweep_in_process(newline, monkeypatch, capsys, "--launcher", "slurm", *args), "holds a newline")
+    assert not (newline / "runs").exists()
+    victim = elsewhere / "victim.txt"
+    victim.write_text("the user's own file\n")
+    [run] = [line.split()[1] for line in sweep_in_process(folder, monkeypatch, capsys, "--status")[1].splitlines()[1:]]
+    (folder / run).mkdir(parents=True)
+    (folder / run / "stdout.log").symlink_to(victim)
+    assert_refused(sweep_in_process(folder, monkeypatch, capsys, "--launcher", "slurm", *args),
+                   "stdout.log: a symbolic link stands there; resbench never writes through one; remove it")
+    assert victim.read_text() == "the user's own file\n" and sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
+    assert not list(folder.rglob("PWNED")) and not (folder / "runs" / ".launch").exists()
+
+
+def test_what_a_user_passes_or_plants_never_reaches_sbatch(slurm, tmp_path, monkeypatch, capsys):
+    """Issue 31's three cases on the real SLURM: nothing submitted, nothing written outside."""
+    for key, value in slurm.env.items():
+        monkeypatch.setenv(key, value)
+    (tmp_path / "elsewhere").mkdir()
+    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS[:1], monkeypatch, capsys)
+    assert slurm.queue() == []
+
+
+def test_a_dry_run_refuses_the_same_without_an_engine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    (tmp_path / "elsewhere").mkdir()
+    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS, monkeypatch, capsys, "--dry-run")
+
+
+def test_sbatch_options_are_checked_against_its_own_names_and_quoted(tmp_path, monkeypatch):
+    from resbench.sweep.grid import plan_run
+    from resbench.sweep.slurm import sbatch_script, slurm_options
+
+    monkeypatch.chdir(tmp_path)
+    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
+    options = slurm_options(["comment=a b 'c' \"d\" #e", "exclusive", "mail_type=END"])
+    assert options == {"comment": "a b 'c' \"d\" #e", "exclusive": None, "mail-type": "END"}
+    script = sbatch_script([run], options, tmp_path / "100%" / ".launch", 0)
+    # sbatch reads an #SBATCH argument with the shell's quotes (checked on SLURM 22.05 by the tests above)
+    assert "#SBATCH --comment='a b '\"'\"'c'\"'\"' \"d\" #e'\n" in script and "#SBATCH --exclusive\n" in script
+    assert f"#SBATCH --output={tmp_path}/100%%/.launch/%A_%a.out\n" in script
+    with pytest.raises(ResbenchError, match="holds a backslash"):
+        sbatch_script([run], {}, tmp_path / "a\\b", 0)
+
+
+def test_a_slurm_task_never_appends_through_a_link_planted_after_submission(slurm, tmp_path):
+    """Submitted on hold, a link planted as the run's stdout.log, then released: the task refuses to open it,
+    says so in SLURM's own output, and starts nothing."""
+    write_grid(tmp_path, [1], 20)
+    sweep(tmp_path, "--launcher", "slurm", "--slurm", "hold", env=slurm.env)
+    [run] = run_folders(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own file\n")
+    (run / "stdout.log").symlink_to(victim)
+    job = json.loads((run / "launch.json").read_text())["job"].split("_")[0]
+    slurm.run("scontrol", "release", job)
+    wait_for(lambda: slurm.queue() == [], LIMIT, "the task to end")
+    [out] = (tmp_path / "runs" / ".launch").glob("*_0.out")
+    assert "stdout.log (a symbolic link stands there; resbench never writes through one); the run was not started" in \
+        out.read_text()
+    assert victim.read_text() == "the user's own file\n" and not (run / "metrics.jsonl").exists()
 
 
 # ---------------------------------------------------------------- Ray

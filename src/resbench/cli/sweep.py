@@ -9,9 +9,9 @@ from resbench.errors import ResbenchError
 from resbench.runtime import cpus
 from resbench.sweep.grid import (READY_GRIDS, data_to_prepare, describe_plan, execute_all, load_grid, plan_runs,
                                  time_estimate, with_seeds)
-from resbench.sweep.launch import launch_dir, status_report
+from resbench.sweep.launch import check_outputs, launch_dir, own_launch_dir, status_report
 from resbench.sweep.ray_cluster import run_on_ray
-from resbench.sweep.slurm import sbatch_script, slurm_options, submit
+from resbench.sweep.slurm import STOP_BEFORE_LIMIT_S, sbatch_script, slurm_options, submit
 
 
 def train_flags(remainder: list[str]) -> list[str]:
@@ -22,14 +22,19 @@ def train_flags(remainder: list[str]) -> list[str]:
 
 
 # Flags that mean something to one launcher only: given to another, they would be ignored.
-LAUNCHER_OF_FLAG = {"--slurm": ("slurm",), "--address": ("ray",), "--cpus_per_run": ("ray",), "--jobs": ("local",),
-                    "--gpus_per_run": ("slurm", "ray")}
+LAUNCHER_OF_FLAG = {"--slurm": ("slurm",), "--stop_before_limit_s": ("slurm",), "--address": ("ray",),
+                    "--cpus_per_run": ("ray",), "--jobs": ("local",), "--gpus_per_run": ("slurm", "ray")}
+MAX_SIGNAL_SECONDS = 65535  # the most sbatch's --signal=SIG@TIME takes
 
 
 def check_launcher_flags(args: argparse.Namespace) -> None:
     if args.jobs < 1 or args.cpus_per_run < 1 or args.gpus_per_run < 0:
         raise ResbenchError("--jobs and --cpus_per_run must be at least 1, --gpus_per_run at least 0")
-    given = {"--slurm": bool(args.slurm), "--address": args.address is not None, "--cpus_per_run": args.cpus_per_run != 1,
+    if not 1 <= args.stop_before_limit_s <= MAX_SIGNAL_SECONDS:
+        raise ResbenchError(f"--stop_before_limit_s must be from 1 to {MAX_SIGNAL_SECONDS} seconds, got "
+                            f"{args.stop_before_limit_s}")
+    given = {"--slurm": bool(args.slurm), "--stop_before_limit_s": args.stop_before_limit_s != STOP_BEFORE_LIMIT_S,
+             "--address": args.address is not None, "--cpus_per_run": args.cpus_per_run != 1,
              "--jobs": args.jobs != 1, "--gpus_per_run": args.gpus_per_run != 0}
     for flag, launchers in LAUNCHER_OF_FLAG.items():
         if given[flag] and args.launcher not in launchers:
@@ -55,24 +60,36 @@ def run(args: argparse.Namespace) -> int:
     if args.status:
         print(status_report(runs))
         return 0
-    print(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher), flush=True)
     todo = [run for run in runs if run.state != "finished"]
+    check_outputs(todo)
+    # Written (and so checked: every path and option) before anything is printed or submitted.
+    script = sbatch_script(todo, options, own_launch_dir(args.runs_dir, create=False), args.gpus_per_run,
+                           args.stop_before_limit_s) if args.launcher == "slurm" and todo else None
+    print(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher), flush=True)
     if args.launcher == "local" and threads is not None and todo:
         print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
               "(unless the train flags set --threads)")
     if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
         print(busy, flush=True)
     if args.dry_run and todo:
-        downloads = data_to_prepare(todo)
-        print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
-        print("\n".join([*downloads, time_estimate(todo, args.jobs)]), flush=True)
-        if args.launcher == "slurm":
-            script = sbatch_script(todo, options, launch_dir(args.runs_dir), args.gpus_per_run)
-            print(f"the job array sbatch would get:\n{script}", end="", flush=True)
+        print_dry_run(todo, script, args.jobs)
     if args.dry_run or not todo:
         return 0
-    if args.launcher == "slurm":
-        job = submit(todo, options, args.runs_dir, args.gpus_per_run)
+    return launch(todo, script, args)
+
+
+def print_dry_run(todo: list, script: str | None, jobs: int) -> None:
+    downloads = data_to_prepare(todo)
+    print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
+    print("\n".join([*downloads, time_estimate(todo, jobs)]), flush=True)
+    if script is not None:
+        print(f"the job array sbatch would get:\n{script}", end="", flush=True)
+
+
+def launch(todo: list, script: str | None, args: argparse.Namespace) -> int:
+    """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report."""
+    if script is not None:
+        job = submit(todo, script, args.runs_dir)
         print(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script and output are in "
               f"{launch_dir(args.runs_dir)}. Watch it with the same command and --status.", flush=True)
         return 0
@@ -110,8 +127,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="local: subprocesses here (default); slurm: one sbatch job array, a task per run, requeued "
                         "when stopped; ray: one Ray task per run on a Ray cluster (--address) or a local one")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
-                   help="an sbatch option for every task, e.g. --slurm partition=gpu --slurm time=12:00:00 "
-                        "--slurm gres=gpu:1 (repeat it)")
+                   help="an sbatch option for every task, one per flag, e.g. --slurm partition=gpu --slurm "
+                        "time=12:00:00 --slurm gres=gpu:1; the options the sweep sets itself (array, output, error, "
+                        "chdir, job-name, open-mode, requeue, signal) are refused")
+    p.add_argument("--stop_before_limit_s", type=int, default=STOP_BEFORE_LIMIT_S, metavar="SECONDS",
+                   help="--launcher slurm: SIGTERM each run this long before its time limit, when it saves last.pt "
+                        f"and its task requeues itself (default {STOP_BEFORE_LIMIT_S}; SLURM sends it up to a "
+                        "minute early)")
     p.add_argument("--address", default=None,
                    help="--launcher ray: the Ray cluster's address (HOST:PORT, ray://HOST:PORT or auto); "
                         "without it a local cluster is started")

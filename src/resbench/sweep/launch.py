@@ -1,16 +1,18 @@
-"""What the cluster launchers share: a run's command on several GPUs, the record that a run was
-submitted, and the state of every run of a sweep read from its folder alone (`sweep --status`),
-so that 300 runs on a cluster can be watched without asking the scheduler."""
+"""What the cluster launchers share: a run's command on several GPUs, the checks and the record before a
+run is handed to a scheduler, and the state of every run of a sweep read from its folder alone
+(`sweep --status`), so that 300 runs on a cluster can be watched without asking the scheduler."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from resbench.files import replace_atomically
+from resbench.errors import ResbenchError, printable
+from resbench.files import UnsafeFileError, check_writable_in_place, replace_atomically
 from resbench.runs import schema
 from resbench.runs.reader import last_iteration, read_json, status_of
 from resbench.runs.schema import RunFolderError
@@ -19,10 +21,34 @@ from resbench.sweep.grid import PlannedRun, final_figures
 
 LAUNCH_DIR = ".launch"  # below --runs_dir: the job scripts and the scheduler's own output
 STATES = ("finished", "running", "queued", "stopped", "failed", "new")
+STOPPED_BY_SIGNAL = 130  # `resbench train`'s exit status once it has saved its state on a signal
 
 
 def launch_dir(runs_dir: Path) -> Path:
     return Path(runs_dir).resolve() / LAUNCH_DIR
+
+
+def own_launch_dir(runs_dir: Path, create: bool = True) -> Path:
+    """<runs_dir>/.launch, created if missing (unless not `create`: a dry run); a link planted there is
+    refused (the job script and the scheduler's output would be written wherever it points)."""
+    folder = launch_dir(runs_dir)
+    if create and not folder.is_symlink():
+        folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        raise ResbenchError(f"{printable(folder)} is a link or not a folder; the sweep writes its job scripts there "
+                            "and never through a link: remove it")
+    return folder
+
+
+def check_outputs(runs: list[PlannedRun]) -> None:
+    """Refuse before anything starts where a run's stdout.log is a link, a hard link or not a file, which
+    its launcher would refuse to write through once the run's turn came (on a cluster, hours later)."""
+    for run in runs:
+        try:
+            check_writable_in_place(run.save / schema.STDOUT)
+        except UnsafeFileError as exc:
+            raise ResbenchError(f"{printable(exc.filename)}: {exc.strerror}; remove it, then start the sweep "
+                                "again") from None
 
 
 def distributed_command(run: PlannedRun, gpus_per_run: int) -> list[str]:
