@@ -61,10 +61,11 @@ def check_own_file(info: os.stat_result, path: str | Path) -> None:
 
 def check_writable_in_place(path: str | Path) -> None:
     """Refuse now, where `open_own_file` would refuse `path` later: before a scheduler is handed a job
-    that will write it. A missing file is fine (it will be created)."""
+    that will write it. A missing file is fine (it will be created); a folder that cannot hold it is the
+    run's own failure, reported when its turn comes."""
     try:
         info = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     check_own_file(info, path)
 
