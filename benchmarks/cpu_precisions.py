@@ -22,7 +22,7 @@ import time
 import torch
 
 from resbench.bench.measure import generated_batches
-from resbench.runtime import hotpath
+from resbench.device import hotpath
 from resbench.settings.config import TrainConfig
 from resbench.train.resume import RunState
 from resbench.train.step import StepStats, build_job, learning_rate

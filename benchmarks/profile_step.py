@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from resbench.bench import measure as bench
 from resbench.settings import config
-from resbench.runtime import hotpath
+from resbench.device import hotpath
 
 GROUPS = (  # name fragments -> the kind of work, first match wins (cuDNN kernels, then aten/oneDNN ops)
     (("wgrad", "dgrad", "bprop", "backward_data", "backward_filter", "convolution_backward"), "conv backward"),

@@ -22,7 +22,7 @@ VARIANT = r"""
 import sys, torch
 from resbench.data import tensors as data
 from resbench.models import resnet as models
-from resbench.runtime import hotpath
+from resbench.device import hotpath
 from resbench.settings.config import TrainConfig
 from resbench.train.step import learning_rate, train_step
 threads, compiled, depth, steps = int(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4])

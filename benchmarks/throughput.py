@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 from resbench.bench.measure import run_bench
-from resbench.settings.config import TrainConfig, validate_config
+from resbench.settings.config import TrainConfig
+from resbench.train.checks import validate_config
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
-"""Messages and progress bars on stderr for the long data operations (downloads, preparation)."""
+"""Messages, durations and progress bars on stderr for the long operations (downloads, preparation, runs)."""
 
 from __future__ import annotations
 
+import math
 import sys
 
 from tqdm import tqdm
@@ -18,3 +19,12 @@ def progress(total: int | None, desc: str, initial: int = 0, unit: str = "B") ->
         unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr,
         disable=not sys.stderr.isatty(), leave=False,
     )
+
+
+def clock(seconds: float | None) -> str:
+    """A duration as H:MM:SS ("?" when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -6,11 +6,12 @@ from unittest import mock
 import pytest
 import torch
 
-from resbench.runtime import hotpath
+from resbench.device import hotpath
 from resbench.models.resnet import resnet
-from resbench.settings.config import ConfigError, TrainConfig, validate_config
-from resbench.runtime.hotpath import autocast_for
-from resbench.runtime.lossscale import REFERENCE_LOSS_SCALE, ConstantLossScale
+from resbench.settings.config import ConfigError, TrainConfig
+from resbench.train.checks import validate_config
+from resbench.device.hotpath import autocast_for
+from resbench.train.lossscale import REFERENCE_LOSS_SCALE, ConstantLossScale
 from resbench.train.step import train_step
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

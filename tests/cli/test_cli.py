@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from conftest import LIMIT, REPO, cli_env
-from resbench.runtime import cpus, progress
+from resbench import console
+from resbench.device import cpus
+from resbench.train import progress
 from resbench.cli.main import build_parser, main
 from resbench.settings.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
-from resbench.settings.flags import config_from_args, train_flag_parser
+from resbench.runs.reader import config_from_args
+from resbench.settings.flags import train_flag_parser
 from resbench.train.loop import train
 
 
@@ -51,7 +54,7 @@ def test_threads_is_a_train_setting_that_may_change_on_resume(tmp_path, keep_thr
 
 def test_threads_must_be_positive():
     with pytest.raises(ConfigError, match="--threads must be a positive integer"):
-        from resbench.settings.config import validate_config
+        from resbench.train.checks import validate_config
         validate_config(TrainConfig(threads=0))
     assert config_from_args(train_flag_parser().parse_args(["--threads", "auto"])).threads is None
 
@@ -120,7 +123,7 @@ def test_progress_follows_the_clock_not_the_step_count(tmp_path, monkeypatch, ca
 
 
 def test_clock_format():
-    assert progress.clock(3725.4) == "1:02:05" and progress.clock(None) == "?" and progress.clock(59.6) == "0:01:00"
+    assert console.clock(3725.4) == "1:02:05" and console.clock(None) == "?" and console.clock(59.6) == "0:01:00"
 
 
 # ---------------------------------------------------------------- 3. flags

@@ -11,7 +11,7 @@ from resbench.bench import measure as bench
 from resbench.models import packed
 from resbench.settings.config import TrainConfig
 from resbench.data.tensors import TrainBatches
-from resbench.runtime.lossscale import ConstantLossScale
+from resbench.train.lossscale import ConstantLossScale
 from resbench.models.resnet import resnet
 from resbench.train.step import train_step
 

@@ -18,7 +18,7 @@ import torch
 
 from resbench.models.resnet import resnet
 from resbench.results.reference import reference_runs
-from resbench.runtime.hotpath import make_optimizer
+from resbench.device.hotpath import make_optimizer
 from resbench.settings.config import TrainConfig
 from resbench.train.step import device_norm, learning_rate
 

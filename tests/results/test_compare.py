@@ -286,7 +286,7 @@ def test_a_run_records_the_references_definitions_and_test_figures_at_every_eval
 
 
 def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
-    from resbench.runtime.lossscale import ConstantLossScale
+    from resbench.train.lossscale import ConstantLossScale
     from resbench.models.resnet import resnet
     from resbench.train.resume import RunState
     from resbench.train.step import StepStats, train_step

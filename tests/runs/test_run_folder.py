@@ -1,84 +1,18 @@
 """The run folder's format, tested against its schema (runs/schema.py) rather than through each
-command that reads it; and the layout rules that keep it in one place."""
+command that reads it (that its names are spelled in runs/ only: tests/test_layout.py)."""
 
-import ast
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import SRC
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
 from resbench.runs.reader import (find_run_folders, find_runs, last_iteration, read_metrics, read_summary,
                                   status_of)
 from resbench.runs.schema import RunFolderError
 from resbench.settings.config import TrainConfig
-
-PACKAGE = SRC / "resbench"
-FILE_NAMES = {schema.CONFIG, schema.METRICS, schema.LOG, schema.LAST, schema.BEST, schema.SUMMARY, schema.STDOUT,
-              schema.LOCK, *schema.SAVED_EVAL.values()}
-
-
-def modules() -> list[Path]:
-    return sorted(PACKAGE.rglob("*.py"))
-
-
-def strings_in(path: Path) -> set[str]:
-    """The string literals of a module, but not the text parts of f-strings (`f".{archive}.lock"` is
-    no run folder's lock)."""
-    tree = ast.parse(path.read_text())
-    parts = {id(value) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for value in node.values}
-    return {node.value for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts}
-
-
-def test_the_run_folders_file_names_are_spelled_in_runs_only():
-    spelled = {str(path.relative_to(PACKAGE)): sorted(strings_in(path) & FILE_NAMES) for path in modules()
-               if path.parent.name != "runs"}
-    assert {name: found for name, found in spelled.items() if found} == {}
-
-
-def imports_of(path: Path) -> set[str]:
-    found = set()
-    for node in ast.parse(path.read_text()).body:  # module level: what importing the module imports
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return found
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(SRC).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def test_only_the_command_line_and_the_train_flags_use_argparse():
-    users = {module_name(p) for p in modules() if any(i.startswith("argparse") for i in imports_of(p))}
-    assert {name for name in users if not name.startswith("resbench.cli.")} == {"resbench.settings.flags"}
-
-
-def test_no_module_imports_itself_back():
-    names = {module_name(p): p for p in modules()}
-    graph = {name: {i for i in imports_of(path) if i in names and i != name} for name, path in names.items()}
-
-    def reaches(start: str, goal: str, seen: set[str]) -> bool:
-        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
-
-    assert [name for name in graph if reaches(name, name, set())] == []
-
-
-def test_modules_and_functions_stay_short():
-    long_modules = [str(p.relative_to(PACKAGE)) for p in modules() if len(p.read_text().splitlines()) > 400]
-    long_functions = [f"{p.relative_to(PACKAGE)}:{node.name}" for p in modules()
-                      for node in ast.walk(ast.parse(p.read_text()))
-                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                      and node.end_lineno - node.lineno >= 80]
-    assert (long_modules, long_functions) == ([], [])
-
 
 # ---------------------------------------------------------------- written, then read back
 

@@ -12,15 +12,16 @@ import pytest
 import torch
 
 from conftest import LIMIT, REPO, cli_env, wait_until
-from resbench.runtime import bnstats
+from resbench.device import bnstats
 from resbench.runs import checkpoint
-from resbench.runtime import limits
+from resbench.device import memory
 from resbench.train import step as step_module
 from resbench.cli.main import main
-from resbench.runtime.distributed import World
-from resbench.runtime.lossscale import ConstantLossScale
+from resbench.device.distributed import World
+from resbench.train.lossscale import ConstantLossScale
 from resbench.models.resnet import count_parameters, resnet
-from resbench.settings.config import ConfigError, TrainConfig, default_run_name, validate_config
+from resbench.settings.config import ConfigError, TrainConfig, default_run_name
+from resbench.train.checks import validate_config
 from resbench.train import meter
 from resbench.train.loop import Interrupted, train
 from resbench.train.step import learning_rate, train_step
@@ -213,7 +214,7 @@ def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("depth, width, image_size", [(8, 3, 32), (14, 2, 64), (18, 1, 32), (50, 2, 32)])
 def test_the_memory_need_follows_the_built_network(depth, width, image_size):
-    params, outputs = limits.network_size(depth, width, 10, image_size)
+    params, outputs = memory.network_size(depth, width, 10, image_size)
     model = resnet(depth, width, 10, image_size)
     assert params == count_parameters(model)
     counted = []
@@ -226,7 +227,7 @@ def test_the_memory_need_follows_the_built_network(depth, width, image_size):
 
 
 def test_what_fits_is_decided_per_depth_against_the_device(monkeypatch):
-    monkeypatch.setattr(limits, "device_memory", lambda device: (8 * 2**30, "this machine has available"))
+    monkeypatch.setattr(memory, "device_memory", lambda device: (8 * 2**30, "this machine has available"))
     validate_config(TrainConfig(resnet_depth=8, resnet_width=16, device="cpu"))  # needs 1.6 GiB: fits
     with pytest.raises(ConfigError, match=r"training --resnet_depth 152 --resnet_width 16 \([\d,]+ parameters, with "
                                           r"gradients, momentum and the activations of 256 images per process\) needs "
@@ -240,7 +241,7 @@ def test_a_model_too_big_for_any_machine_is_one_line_at_once(capsys):
     assert main(["train", "--resnet_depth", "152", "--resnet_width", "64", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    params, _ = limits.network_size(152, 64, 10, 32)  # 1.2e11 since Bottlenecks widen their inner convolutions only
+    params, _ = memory.network_size(152, 64, 10, 32)  # 1.2e11 since Bottlenecks widen their inner convolutions only
     assert f"({params:,} parameters" in err and re.search(r"needs at least 1\d{3}\.\d GiB, more than", err), err
 
 

@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from resbench.data import tensors as data
-from resbench.runtime import hotpath
+from resbench.device import hotpath
 from resbench.models import resnet as models, packed
-from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device, validate_config
-from resbench.settings.flags import config_from_args
+from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
+from resbench.train.checks import validate_config
+from resbench.runs.reader import config_from_args
 from resbench.errors import ResbenchError
 from resbench.evaluate.metrics import EVAL_BATCH_SIZE, predict_logits
-from resbench.runtime.hotpath import autocast_for, sync
+from resbench.device.hotpath import autocast_for, sync
 from resbench.train.resume import RunState
 from resbench.train.step import StepStats, build_job, learning_rate
 

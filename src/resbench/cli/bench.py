@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     from resbench.bench.measure import bench_config, run_bench, spread_warning
-    from resbench.runtime import cpus
+    from resbench.device import cpus
 
     for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1), ("pack", 1)):
         if getattr(args, name) is not None and getattr(args, name) < least:

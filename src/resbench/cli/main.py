@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from resbench import __version__
+from resbench.version import __version__
 from resbench.cli import bench, compare, data, plot, sweep, table, train
 from resbench.cli import eval as evaluate  # the module of `resbench eval`, not the builtin
 from resbench.errors import ResbenchError, printable

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from resbench.errors import ResbenchError
-from resbench.runtime import cpus
+from resbench.device import cpus
 from resbench.sweep.grid import (READY_GRIDS, data_to_prepare, describe_plan, execute_all, load_grid, plan_runs,
                                  time_estimate, with_seeds)
 from resbench.sweep.launch import check_outputs, launch_dir, own_launch_dir, status_report

@@ -10,14 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from resbench.runtime import bnstats
+from resbench.device import bnstats
 from resbench.runs.checkpoint import load_checkpoint
 from resbench.runs.schema import RunFolderError
 from resbench.data.tensors import DATASETS, dataset_spec
-from resbench.runtime.distributed import World
+from resbench.device.distributed import World
 from resbench.errors import ResbenchError
-from resbench.runtime.hotpath import prepare_model
-from resbench.runtime.limits import check_inference_fits
+from resbench.device.hotpath import prepare_model
+from resbench.device.memory import check_inference_fits
 from resbench.models.resnet import architecture, resnet
 from resbench.runs import schema
 from resbench.runs.reader import is_run_folder, read_object

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resbench.data.tensors import to_model_input
-from resbench.runtime.distributed import World, all_reduce_sum, shard
+from resbench.device.distributed import World, all_reduce_sum, shard
 from resbench.evaluate.uncertainty import (log_probs)
 
 EVAL_BATCH_SIZE = 1024

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from resbench import __version__
+from resbench.version import __version__
 from resbench.runs import checkpoint
 from resbench import files
 from resbench.runs import schema

@@ -8,8 +8,10 @@ that summarise many runs skip such a folder with one warning line (`readable_run
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -17,7 +19,9 @@ from typing import Any, Callable, TypeVar
 from resbench.errors import ResbenchError, printable
 from resbench.runs import schema
 from resbench.runs.schema import RunFolderError, checked_fields
-from resbench.settings.config import TrainConfig, check_setting_types
+from resbench.settings.flags import given_settings, read_settings_file, typed_settings
+from resbench.settings.config import (PRECISION_OF_FLAG, ConfigError, LEGACY_TYPES, RESUMABLE_CHANGES, TrainConfig, canonical, has_json_type,
+                                      json_types, shown_value)
 
 T = TypeVar("T")
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
@@ -152,7 +156,7 @@ class Run:
         if self.summary:
             return self.summary["precision"]
         flag = str(self.setting("mixed_precision")).lower()
-        return self.resolved.get("precision") or schema.PRECISION_OF_FLAG.get(flag, flag)
+        return self.resolved.get("precision") or PRECISION_OF_FLAG.get(flag, flag)
 
     def setting(self, key: str) -> Any:
         """A setting as asked; an older config.json may lack one: it had the default then."""
@@ -238,3 +242,75 @@ def last_iteration(folder: Path) -> int:
     except RunFolderError:
         return 0
     return int(records[-1]["iter"]) if records else 0
+
+
+# ---------------------------------------------------------------- a run's saved settings
+
+def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
+    """Refuse to continue or reuse a run folder whose saved settings differ in anything that changes a number."""
+    differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
+                 for key in sorted(set(saved) | set(wanted))
+                 if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]
+    if differing:
+        raise RunFolderError(
+            f"{path} holds a run with other settings ({'; '.join(differing)}); "
+            "use another --save folder, or the saved settings to resume it")
+
+
+def check_saved_settings(saved: Any, path: Path) -> None:
+    """Refuse a saved config.json that is not an object of known settings, each of its field's type,
+    with one line naming the file and the setting (a hand-edited or foreign file would otherwise
+    fail somewhere deep in the run, with a traceback)."""
+    if not isinstance(saved, dict):
+        raise RunFolderError(f"{path} is not a resbench config.json (it holds a JSON {type(saved).__name__}, "
+                              "not an object of settings); restore it, or use another --save folder")
+    unknown = set(saved) - set(typing.get_type_hints(TrainConfig))
+    if unknown:
+        raise RunFolderError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; was it written by resbench?")
+    check_setting_types(saved, path, "restore the file, or use another --save folder")
+
+
+def check_setting_types(saved: dict[str, Any], path: Path, fix: str) -> None:
+    """Refuse a saved setting of another type than its field's (`resnet_depth: null`), naming the
+    file and the setting; settings this version does not know are left to the caller."""
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in saved.items():
+        if key in hints and not has_json_type(value, hints[key], LEGACY_TYPES.get(key, ())):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in json_types(hints[key]))
+            raise RunFolderError(f"{path}: setting {key} is {shown_value(value)}, not {names}; {fix}")
+
+
+def config_file_settings(path: str | Path) -> dict[str, Any]:
+    """The settings of a `--config` file (TOML, or a run folder's config.json without the values it
+    recorded as resolved), each parsed as its flag would parse it."""
+    path = Path(path)
+    values = read_settings_file(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path} is not a table of settings (name = value lines, or a JSON object)")
+    return typed_settings(schema.asked_settings(values), path)
+
+
+def config_from(given: dict[str, Any], config_file: str | None = None, resume: str | None = None) -> TrainConfig:
+    """The settings of a run: `given` over an optional --config file, or over RUN_DIR/config.json with
+    --resume (`resbench train`'s flags: `config_from_args`)."""
+    if config_file and resume:
+        raise ConfigError("--config and --resume cannot go together: a resumed run keeps the settings in its "
+                          "folder's config.json")
+    if not resume:
+        return TrainConfig(**{**(config_file_settings(config_file) if config_file else {}), **given})
+    if not is_run_folder(resume):
+        raise RunFolderError(f"cannot resume {resume}: it is not a run folder (no config.json); "
+                             "pass the --save folder of an earlier run")
+    saved_path = Path(resume) / schema.CONFIG
+    saved = read_json(saved_path, f"cannot resume {resume}: {saved_path}", "delete the folder to start over")
+    if given.get("save") not in (None, resume):
+        raise RunFolderError(f"--save {given['save']} and --resume {resume} name two folders; "
+                             "a resumed run stays in its folder")
+    saved = schema.asked_settings(saved) if isinstance(saved, dict) else saved
+    check_saved_settings(saved, saved_path)
+    return TrainConfig(**{**saved, **given, "save": str(resume)})
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The settings of a run from `resbench train`'s parsed flags."""
+    return config_from(given_settings(args), getattr(args, "config", None), getattr(args, "resume", None))

@@ -69,14 +69,6 @@ RECORD_FIELDS = {"iter": NUMBER, "val_acc": NUMBER, "trn_loss": NUMBER}
 # uninterrupted run's.
 TIME_FIELDS = ("elapsed_s", "eval_s")
 
-# How a run's precision is spelled: `--mixed_precision` as asked -> the precision it trains in where
-# the device is not known (an older config.json without "resolved"); `true` is fp16 (on a CPU it ran
-# as bf16, which matches the same reference run).
-PRECISION_OF_FLAG = {"false": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "true": "fp16"}
-# The train flags that ask for each precision (a sweep grid's `precision` axis; fp32 is the default).
-PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"], "bf16": ["--mixed_precision", "bf16"]}
-
-
 class RunFolderError(ResbenchError):
     """A run folder or one of its files is unreadable, unwritable, unsafe, damaged, or from another
     configuration; the message names the file and what to do.

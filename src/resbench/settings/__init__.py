@@ -1,1 +1,1 @@
-"""The settings of a run: TrainConfig, the one schema of the train flags and config.json."""
+"""The settings of a run: TrainConfig and the train flags that fill it; the floor every other package stands on."""

@@ -1,14 +1,14 @@
-"""The settings of a run: `TrainConfig` and its checks (the `resbench train` flags that fill it: `settings.flags`).
+"""The settings of a run: `TrainConfig` (the `resbench train` flags that fill it: `settings.flags`).
 
-Everything that decides what a run is lives here, apart from the loop that runs it, so that
-`train`, `evaluate`, `bench`, `sweep` and `cli` share one definition: the flag names are the
-reference's, the defaults are the seed's command, and `default_run_name` tells runs apart.
+The floor every other package stands on: plain values with defaults, importing nothing of resbench
+but errors, so that `train`, `evaluate`, `bench`, `sweep`, `runs` and `cli` share one definition.
+The flag names are the reference's, the defaults are the seed's command, and `default_run_name`
+tells runs apart. Whether a run can run is checked above, in `train.checks`; whether a saved
+config.json is one, in `runs.reader`.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import types
 import typing
 from dataclasses import dataclass
@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resbench.errors import ResbenchError, printable
-from resbench.runs.schema import PRECISION_OF_FLAG
 
-if TYPE_CHECKING:  # torch is imported where a run is checked, so that `--help` stays fast
+if TYPE_CHECKING:  # torch is imported where a device is resolved, so that `--help` stays fast
     import torch
+
+
+# How a run's precision is spelled: `--mixed_precision` as asked -> the precision it trains in where
+# the device is not known (an older config.json without "resolved"); `true` is fp16 (on a CPU it ran
+# as bf16, which matches the same reference run).
+PRECISION_OF_FLAG = {"false": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "true": "fp16"}
+# The train flags that ask for each precision (a sweep grid's `precision` axis; fp32 is the default).
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--mixed_precision", "true"], "bf16": ["--mixed_precision", "bf16"]}
 
 
 @dataclass
@@ -64,60 +71,6 @@ RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "t
 ROUNDING_SETTINGS = ("threads", "compile")
 class ConfigError(ResbenchError, ValueError):
     """A setting is impossible; the message names the flag and what to use instead."""
-
-
-# ---------------------------------------------------------------- checks
-
-def validate_config(cfg: TrainConfig) -> None:
-    """Reject impossible settings up front, each with one line naming the flag and the fix."""
-    try:
-        check_settings(cfg)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def check_settings(cfg: TrainConfig) -> None:
-    from resbench.data import tensors as data
-    from resbench.runtime import distributed, hotpath, limits
-    from resbench.models import resnet as models  # torch: loaded when a run is checked, not for --help
-
-    spec = data.dataset_spec(cfg.data_name)
-    models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
-    if not 0 <= cfg.seed < 2**63:
-        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
-    positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
-    for name, value in positive.items():
-        if value < 1:
-            raise ValueError(f"--{name} must be a positive integer, got {value}")
-    if not cfg.optim_lr > 0 or not math.isfinite(cfg.optim_lr):
-        raise ValueError(f"--optim_lr must be a positive number, got {cfg.optim_lr}")
-    if not 0 <= cfg.optim_momentum < 1:
-        raise ValueError(f"--optim_momentum must be in [0, 1), got {cfg.optim_momentum}")
-    if not 0 <= cfg.optim_weight_decay < 1:
-        raise ValueError(f"--optim_weight_decay must be in [0, 1), got {cfg.optim_weight_decay}")
-    if not 0 <= cfg.optim_label_smoothing < 1:
-        raise ValueError(f"--optim_label_smoothing must be in [0, 1), got {cfg.optim_label_smoothing}")
-    if cfg.optim_global_clipping is not None and not cfg.optim_global_clipping > 0:
-        raise ValueError(f"--optim_global_clipping must be positive, got {cfg.optim_global_clipping}")
-    num_train = data.DATASETS[cfg.data_name].num_train
-    if cfg.batch_size > num_train:
-        raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
-                         f"{cfg.data_name} ({num_train} images)")
-    device = resolve_device(cfg.device)
-    precision = precision_for(cfg.mixed_precision, device)
-    world_size = distributed.launched_world().world_size
-    if cfg.batch_size % world_size:
-        raise ValueError(f"--batch_size {cfg.batch_size} does not split evenly over {world_size} processes; "
-                         f"use a multiple of {world_size}")
-    limits.check_training_fits(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size,
-                               cfg.batch_size // world_size, precision, device)
-    if cfg.sync_bn and device.type != "cuda":
-        raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
-    hotpath.parse_compile(cfg.compile)
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"--threads must be a positive integer (or auto), got {cfg.threads}")
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,19 +139,6 @@ def canonical(key: str, value: Any) -> Any:
     return value
 
 
-def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
-    """Refuse to continue or reuse a run folder whose saved settings differ in anything that changes a number."""
-    differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
-                 for key in sorted(set(saved) | set(wanted))
-                 if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]
-    if differing:
-        from resbench.runs.schema import RunFolderError
-
-        raise RunFolderError(
-            f"{path} holds a run with other settings ({'; '.join(differing)}); "
-            "use another --save folder, or the saved settings to resume it")
-
-
 def rounding_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """The settings of ROUNDING_SETTINGS that differ between a saved run and its resumption, as flags."""
     return [f"--{key} {wanted.get(key)} (was {saved.get(key)})" for key in ROUNDING_SETTINGS
@@ -226,30 +166,3 @@ def shown_value(value: Any) -> str:
     """A value read from a file, short and printable, for an error message."""
     text = printable(repr(value))
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def check_saved_settings(saved: Any, path: Path) -> None:
-    """Refuse a saved config.json that is not an object of known settings, each of its field's type,
-    with one line naming the file and the setting (a hand-edited or foreign file would otherwise
-    fail somewhere deep in the run, with a traceback)."""
-    from resbench.runs.schema import RunFolderError
-
-    if not isinstance(saved, dict):
-        raise RunFolderError(f"{path} is not a resbench config.json (it holds a JSON {type(saved).__name__}, "
-                              "not an object of settings); restore it, or use another --save folder")
-    unknown = set(saved) - set(typing.get_type_hints(TrainConfig))
-    if unknown:
-        raise RunFolderError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; was it written by resbench?")
-    check_setting_types(saved, path, "restore the file, or use another --save folder")
-
-
-def check_setting_types(saved: dict[str, Any], path: Path, fix: str) -> None:
-    """Refuse a saved setting of another type than its field's (`resnet_depth: null`), naming the
-    file and the setting; settings this version does not know are left to the caller."""
-    from resbench.runs.schema import RunFolderError
-
-    hints = typing.get_type_hints(TrainConfig)
-    for key, value in saved.items():
-        if key in hints and not has_json_type(value, hints[key], LEGACY_TYPES.get(key, ())):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in json_types(hints[key]))
-            raise RunFolderError(f"{path}: setting {key} is {shown_value(value)}, not {names}; {fix}")

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from resbench.errors import ResbenchError, printable
-from resbench.runs.schema import asked_settings
-from resbench.settings.config import ConfigError, TrainConfig, check_saved_settings
+from resbench.settings.config import ConfigError, TrainConfig
 
 
 def dashed(option: str) -> str | None:
@@ -169,23 +168,18 @@ def train_flag_parser() -> argparse.ArgumentParser:
     return add_train_flags(Parser(prog="resbench train"))
 
 
-def settings_file(path: str | Path) -> dict[str, Any]:
-    """The settings of a `--config` file, each parsed as its flag would parse it.
-
-    TOML (`resnet_depth = 20`) or JSON (a run folder's config.json, where null means "not set").
-    """
-    path = Path(path)
+def read_settings_file(path: Path) -> Any:
+    """The parsed content of a `--config` file: TOML (`resnet_depth = 20`) or JSON (a run folder's
+    config.json, where null means "not set")."""
     try:
         text = path.read_text()
-        if path.suffix == ".json":
-            values = json.loads(text)
-        else:
-            values = parse_toml(text)
+        return json.loads(text) if path.suffix == ".json" else parse_toml(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSON and TOML decode errors are ValueErrors
         raise ConfigError(f"cannot read --config {path}: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path} is not a table of settings (name = value lines, or a JSON object)")
-    values = asked_settings(values)  # a run folder's config.json also records what they resolved to
+
+
+def typed_settings(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The settings of a `--config` file, each parsed as its flag would parse it."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(values) - set(fields)):
         raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}; the keys are the train "
@@ -201,31 +195,9 @@ def settings_file(path: str | Path) -> dict[str, Any]:
     return settings
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The settings of the run: from the flags over an optional --config file, or from RUN_DIR/config.json
-    with --resume."""
-    from resbench.runs import schema
-    from resbench.runs.reader import is_run_folder, read_json
-    from resbench.runs.schema import RunFolderError
-
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    config_file = getattr(args, "config", None)
-    if config_file and args.resume:
-        raise ConfigError("--config and --resume cannot go together: a resumed run keeps the settings in its "
-                          "folder's config.json")
-    if not args.resume:
-        return TrainConfig(**{**(settings_file(config_file) if config_file else {}), **given})
-    if not is_run_folder(args.resume):
-        raise RunFolderError(f"cannot resume {args.resume}: it is not a run folder (no config.json); "
-                             "pass the --save folder of an earlier run")
-    saved_path = Path(args.resume) / schema.CONFIG
-    saved = read_json(saved_path, f"cannot resume {args.resume}: {saved_path}", "delete the folder to start over")
-    if given.get("save") not in (None, args.resume):
-        raise RunFolderError(f"--save {given['save']} and --resume {args.resume} name two folders; "
-                              "a resumed run stays in its folder")
-    saved = asked_settings(saved) if isinstance(saved, dict) else saved
-    check_saved_settings(saved, saved_path)
-    return TrainConfig(**{**saved, **given, "save": str(args.resume)})
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (a flag left out is absent: only given flags change a resumed run)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
 
 
 def parse_train_flags(flags: list[str]) -> argparse.Namespace:

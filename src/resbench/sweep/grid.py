@@ -26,14 +26,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resbench.settings.config import TrainConfig, canonical, default_run_name, validate_config
-from resbench.settings.flags import config_from_args, flag_value, parse_toml, parse_train_flags
+from resbench.settings.config import PRECISION_FLAGS, TrainConfig, canonical, default_run_name
+from resbench.train.checks import validate_config
+from resbench.runs.reader import config_from_args
+from resbench.settings.flags import flag_value, parse_toml, parse_train_flags
 from resbench.files import open_own_file
 from resbench.runs import schema
 from resbench.runs.reader import last_iteration, read_summary
 from resbench.runs.schema import RunFolderError
 from resbench.errors import ResbenchError
-from resbench.runtime.progress import clock
+from resbench.console import clock
 from resbench.results.reference import reference_lookup, reference_rows, reference_weight_decays
 
 # A grid file's lists: `precision` (fp32/fp16/bf16, as the seed names its rows) and any train setting.
@@ -84,7 +86,7 @@ class PlannedRun:
 def seed_grid() -> list[list[str]]:
     """The 26 rows of seed-results.md, as train flags (trainer defaults give the seed's recipe)."""
     return [["--data_name", row.data_name, "--resnet_depth", str(row.depth), "--resnet_width", str(row.width),
-             *schema.PRECISION_FLAGS[row.precision]] for row in reference_rows()]
+             *PRECISION_FLAGS[row.precision]] for row in reference_rows()]
 
 
 def weight_decay_grid() -> list[list[str]]:
@@ -124,9 +126,9 @@ def toml_grid(path: Path) -> list[list[str]]:
     axes = {key: as_list(spec[key]) for key in GRID_AXES if key in spec}  # in GRID_AXES order
     if empty := [key for key, values in axes.items() if not values]:
         raise ResbenchError(f"grid {path}: {', '.join(empty)} is an empty list, so the grid has no runs")
-    bad = [value for value in axes.get("precision", []) if not isinstance(value, str) or value not in schema.PRECISION_FLAGS]
+    bad = [value for value in axes.get("precision", []) if not isinstance(value, str) or value not in PRECISION_FLAGS]
     if bad:
-        raise ResbenchError(f"grid {path}: precision must be one of {', '.join(schema.PRECISION_FLAGS)}, not {bad[0]!r}")
+        raise ResbenchError(f"grid {path}: precision must be one of {', '.join(PRECISION_FLAGS)}, not {bad[0]!r}")
     fixed_flags = [part for key, value in fixed.items() for part in (f"--{key}", flag_value(value))]
     return [axis_flags(dict(zip(axes, values))) + fixed_flags for values in itertools.product(*axes.values())]
 
@@ -135,7 +137,7 @@ def axis_flags(point: dict) -> list[str]:
     """Train flags for one point of the grid."""
     flags = []
     for key, value in point.items():
-        flags += schema.PRECISION_FLAGS[value] if key == "precision" else [f"--{key}", flag_value(value)]
+        flags += PRECISION_FLAGS[value] if key == "precision" else [f"--{key}", flag_value(value)]
     return flags
 
 

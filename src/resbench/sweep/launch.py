@@ -16,7 +16,7 @@ from resbench.files import UnsafeFileError, check_writable_in_place, replace_ato
 from resbench.runs import schema
 from resbench.runs.reader import last_iteration, read_json, status_of
 from resbench.runs.schema import RunFolderError
-from resbench.runtime.progress import clock
+from resbench.console import clock
 from resbench.sweep.grid import PlannedRun, final_figures
 
 LAUNCH_DIR = ".launch"  # below --runs_dir: the job scripts and the scheduler's own output

@@ -30,15 +30,16 @@ from typing import Any
 
 import torch
 
-from resbench.runtime import bnstats, cpus
+from resbench.device import bnstats, cpus
 from resbench.data import tensors as data
-from resbench.runtime import distributed
+from resbench.device import distributed
 from resbench.data.fetch import prepare as fetch
-from resbench.runtime import hotpath
-from resbench.settings.config import (TrainConfig, check_same_config, precision_for, resolve_device,
-                                      rounding_changes, run_folder_of, validate_config)
+from resbench.device import hotpath
+from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
+from resbench.runs.reader import check_same_config
+from resbench.train.checks import validate_config
 from resbench.evaluate.metrics import evaluate, reports_top5
-from resbench.runtime.progress import Progress
+from resbench.train.progress import Progress
 from resbench.train.meter import Meter
 from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
 from resbench.train.summary import final_summary, time_report

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from resbench.runtime import distributed, hotpath
+from resbench.device import distributed, hotpath
 from resbench.train.resume import RunState
 
 # Each session's first steps, timed apart from the steady ones: the first compiles the step, the

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from resbench.runs import checkpoint
-from resbench.runtime import distributed
-from resbench.settings.config import TrainConfig, check_same_config, has_json_type, shown_value
-from resbench.runtime.lossscale import ConstantLossScale
+from resbench.device import distributed
+from resbench.settings.config import TrainConfig, has_json_type, shown_value
+from resbench.runs.reader import check_same_config
+from resbench.train.lossscale import ConstantLossScale
 from resbench.runs import schema
 from resbench.runs.schema import RECORD_FIELDS, RunFolderError, invalid_fields
 from resbench.runs.folder import RunFolder

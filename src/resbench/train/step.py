@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from resbench.data import tensors as data
 from resbench.models import resnet as models
 from resbench.runs.folder import RunFolder
-from resbench.runtime import bnstats, distributed, hotpath
-from resbench.runtime.lossscale import ConstantLossScale
+from resbench.device import bnstats, distributed, hotpath
+from resbench.train.lossscale import ConstantLossScale
 from resbench.settings.config import TrainConfig
 from resbench.train.resume import RunState
 

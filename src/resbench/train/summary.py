@@ -7,7 +7,7 @@ from typing import Any
 
 from resbench.data import tensors as data
 from resbench.evaluate.metrics import reports_top5
-from resbench.runtime import distributed
+from resbench.device import distributed
 from resbench.train.resume import RunState
 from resbench.train.step import Job
 

@@ -11,23 +11,15 @@ read once per line (or bar update), so the loop still never waits for the device
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
 from tqdm import tqdm
 
+from resbench.console import clock
+
 LINE_EVERY_S = 30.0  # plain lines: wall seconds between two
 BAR_EVERY_S = 0.5  # terminal bar: seconds between two updates
-
-
-def clock(seconds: float | None) -> str:
-    """A duration as H:MM:SS ("?" when unknown)."""
-    if seconds is None or not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 class Progress:

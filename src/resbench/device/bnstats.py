@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from resbench.runtime.distributed import World, shard
+from resbench.device.distributed import World, shard
 
 
 def batchnorms(model: nn.Module) -> Iterator[tuple[str, nn.modules.batchnorm._BatchNorm]]:

@@ -15,10 +15,10 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
-from resbench.runtime import distributed
+from resbench.device import distributed
 from resbench.train import loop as train_module
 from resbench.data.tensors import PREPARED_FILES, TrainBatches, missing_prepared_files
-from resbench.runtime.lossscale import ConstantLossScale
+from resbench.train.lossscale import ConstantLossScale
 from resbench.models.resnet import resnet
 from resbench.settings.config import TrainConfig
 from resbench.train.step import train_step
@@ -198,7 +198,8 @@ def test_two_rank_run_stopped_between_evaluations_resumes_exactly(tmp_path, whol
 
 
 def test_batch_must_split_evenly(monkeypatch):
-    from resbench.settings.config import ConfigError, validate_config
+    from resbench.settings.config import ConfigError
+    from resbench.train.checks import validate_config
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):

@@ -1,0 +1,65 @@
+"""Whether a run's settings can run at all, checked before anything is written: each impossible
+setting refused with one line naming the flag and the fix, where a run would otherwise fail
+minutes in (a batch larger than the training split, fp16 on a CPU, a model that does not fit).
+
+Above settings/ because the checks ask the dataset, the model and the device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject impossible settings up front, each with one line naming the flag and the fix."""
+    try:
+        check_settings(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    from resbench.data import tensors as data
+    from resbench.device import distributed, hotpath, memory
+    from resbench.models import resnet as models  # torch: loaded when a run is checked, not for --help
+
+    spec = data.dataset_spec(cfg.data_name)
+    models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+    if not cfg.optim_lr > 0 or not math.isfinite(cfg.optim_lr):
+        raise ValueError(f"--optim_lr must be a positive number, got {cfg.optim_lr}")
+    if not 0 <= cfg.optim_momentum < 1:
+        raise ValueError(f"--optim_momentum must be in [0, 1), got {cfg.optim_momentum}")
+    if not 0 <= cfg.optim_weight_decay < 1:
+        raise ValueError(f"--optim_weight_decay must be in [0, 1), got {cfg.optim_weight_decay}")
+    if not 0 <= cfg.optim_label_smoothing < 1:
+        raise ValueError(f"--optim_label_smoothing must be in [0, 1), got {cfg.optim_label_smoothing}")
+    if cfg.optim_global_clipping is not None and not cfg.optim_global_clipping > 0:
+        raise ValueError(f"--optim_global_clipping must be positive, got {cfg.optim_global_clipping}")
+    num_train = data.DATASETS[cfg.data_name].num_train
+    if cfg.batch_size > num_train:
+        raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
+                         f"{cfg.data_name} ({num_train} images)")
+    device = resolve_device(cfg.device)
+    precision = precision_for(cfg.mixed_precision, device)
+    world_size = distributed.launched_world().world_size
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch_size {cfg.batch_size} does not split evenly over {world_size} processes; "
+                         f"use a multiple of {world_size}")
+    memory.check_training_fits(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size,
+                               cfg.batch_size // world_size, precision, device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
+    hotpath.parse_compile(cfg.compile)
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ValueError(f"--threads must be a positive integer (or auto), got {cfg.threads}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
