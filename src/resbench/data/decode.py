@@ -1,11 +1,13 @@
 """Image files decoded into uint8 RGB pixels of one size, in parallel across the cores (`data import`).
 
-Light (no torch), and kept so: the decoding children are forked, and a fork is safe only when the
-parent holds no threads the children could need, as torch's thread pools would be. The children
-import nothing: Pillow's format plugins are loaded before the fork (`Image.init`), and their
-`sys.path` loses the current folder anyway, so no module planted there is ever imported by them.
-Forking is used on Linux only (elsewhere forking is the platform's unsafe choice, and a spawned
-child imports its modules anew from the parent's path): other systems decode in this process.
+Light (no torch), and kept so: the decoding children are forked, which is safe only in a process
+without threads whose locks a child could need, as torch's thread pools are; a process that has
+loaded torch (a notebook calling the import) therefore decodes in itself. Pillow's format plugins
+are loaded before the fork (`Image.init`), and the children's `sys.path` loses the current folder,
+so a module Pillow imports only when it needs it (`copy`, for a GIF) never comes from a file
+planted there. Forking is used on Linux only (on macOS it is the unsafe choice, and a spawned child
+would import its modules anew from the parent's path, the current folder included): other systems
+decode in this process.
 
 Every image is made RGB and resized the same way, whatever its format (`as_rgb`, `at_size`).
 """
@@ -110,8 +112,10 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def can_fork() -> bool:
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+def decoding_processes(workers: int, files: int) -> int:
+    """How many processes decode `files` files when `workers` are asked for (see the module's note)."""
+    can_fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    return max(1, min(workers, files)) if can_fork and "torch" not in sys.modules else 1
 
 
 def worker_start() -> None:
@@ -124,13 +128,14 @@ def worker_start() -> None:
 
 
 def decode_files(paths: list[str], size: int, workers: int, on_each: Callable[[], None]) -> Iterator[Decoded]:
-    """Each file decoded at `size`, in the order of `paths`, by `workers` forked processes (1, or no
-    fork on this system: in this process); `on_each` is called after each (a progress bar).
+    """Each file decoded at `size`, in the order of `paths`, by `workers` forked processes (or in this
+    process: `decoding_processes`); `on_each` is called after each (a progress bar).
 
     Closing the iterator early (an unreadable file ends the import) ends the children at once."""
     decode = partial(decode_file, size=size)
-    Image.init()  # every format plugin imported here, before the fork: the children import nothing
-    if workers <= 1 or not can_fork() or len(paths) < 2:
+    Image.init()  # every format plugin imported here, before the fork
+    workers = decoding_processes(workers, len(paths))
+    if workers == 1:
         yield from counted(map(decode, paths), on_each)
         return
     chunk = max(1, min(256, len(paths) // (workers * 16)))

@@ -225,7 +225,7 @@ def facts_problem(record: Any) -> str | None:
     if not isinstance(record, dict):
         return f"it holds a JSON {type(record).__name__}, not an object of facts"
     if record.get("format") != FACTS_FORMAT:
-        return f"format {str(record.get('format'))[:20]!r} is not {FACTS_FORMAT} (written by another resbench?)"
+        return f"format {json.dumps(record.get('format'))[:20]} is not {FACTS_FORMAT} (written by another resbench?)"
     wanted = {f.name for f in fields(ImportedFacts)}
     if unknown := sorted(set(record) - wanted - {"format"}):
         return f"unknown fields {', '.join(map(str, unknown[:5]))} (written by another resbench?)"

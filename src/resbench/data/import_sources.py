@@ -215,7 +215,8 @@ def read_npz(path: Path, size: int) -> Source:
     check_npz_headers(path, headers)
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in headers}
-    source = Source("npz", [], *npz_split(arrays, "train", size, path))
+    images, labels, resized = npz_split(arrays, "train", size, path)
+    source = Source("npz", [], images, labels, resized=resized)
     if "x_test" in arrays:
         source.test_images, source.test_labels, resized = npz_split(arrays, "test", size, path)
         source.resized += resized

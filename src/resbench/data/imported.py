@@ -25,7 +25,7 @@ import numpy as np
 from resbench import __version__
 from resbench.console import log
 from resbench.data import facts
-from resbench.data.decode import RESIZE_NAME, available_cores, can_fork
+from resbench.data.decode import RESIZE_NAME, available_cores, decoding_processes
 from resbench.data.facts import FACTS_FILE, PREPARED_FILES, ImportedFacts
 from resbench.data.fetch import prepare
 from resbench.data.import_sources import Source, read_source
@@ -211,7 +211,8 @@ def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, 
                   speed: tuple[int, float, int]) -> list[str]:
     """What the import did, in a few lines: counts and speed, conversions, splits, what was left out, where."""
     count, seconds, workers = speed
-    processes = f"{workers} processes" if workers > 1 and can_fork() and source.kind == "imagefolder" else "1 process"
+    workers = decoding_processes(workers, count) if source.kind == "imagefolder" else 1
+    processes = f"{workers} processes" if workers > 1 else "1 process"
     size = f"{found.image_size}x{found.image_size}"
     kind = "an ImageFolder tree" if source.kind == "imagefolder" else "an .npz"
     lines = [f"{request.name}: {count:,} images in {len(found.classes)} classes from {request.src} ({kind}), read in "
