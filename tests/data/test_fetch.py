@@ -783,7 +783,7 @@ def test_a_dataset_folder_that_is_a_link_is_prepared_through_it(tmp_path, monkey
     assert (elsewhere / "NOTES.txt").read_text() == "mine"
     np.testing.assert_array_equal(np.load(elsewhere / "train_labels.npy"), cifar10[2])
     with pytest.raises(fetch.DataError, match=r"CIFAR100_x32 is not a folder \(a file or a broken link"):
-        fetch._write_dataset(root, "CIFAR100_x32", {})
+        fetch.write_dataset(root, "CIFAR100_x32", {})
 
 
 def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeypatch, cifar10, closed_url):

@@ -57,7 +57,7 @@ def bench_config(given: dict[str, Any], compile_choice: str, device: str, optim_
 
 def generated_batches(cfg: TrainConfig, device: torch.device) -> data.TrainBatches:
     """Random uint8 images in the dataset's shape, through the real augmentation path."""
-    spec = data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     gen = torch.Generator().manual_seed(0)
     count = max(BENCH_POOL, cfg.batch_size)
     images = torch.randint(0, 256, (count, spec.image_size, spec.image_size, 3), dtype=torch.uint8, generator=gen)
@@ -66,7 +66,7 @@ def generated_batches(cfg: TrainConfig, device: torch.device) -> data.TrainBatch
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    spec = data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
     return models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
 
@@ -311,7 +311,7 @@ def evaluations_of(cfg: TrainConfig) -> int:
 def eval_images_per_sec(cfg: TrainConfig, device: torch.device, images: int = 2 * EVAL_BATCH_SIZE) -> float:
     """Images/s of the evaluation path (BatchNorm in inference mode, `predict_logits`'s batches,
     the run's autocast), timed over `images` generated images after one warm-up batch."""
-    spec = data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     model = hotpath.prepare_model(build_model(cfg), device)
     gen = torch.Generator().manual_seed(1)
     pixels = torch.randint(0, 256, (images, spec.image_size, spec.image_size, 3), dtype=torch.uint8, generator=gen)
@@ -333,7 +333,7 @@ def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[s
     evaluation, an upper bound), plus the measured warm-up (compilation, CUDA-graph capture).
     """
     device = resolve_device(cfg.device)
-    spec = data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     record = run_bench(cfg, warmup, iters, windows, vs=False)
     eval_rate = eval_images_per_sec(cfg, device)
     eval_images = evaluations_of(cfg) * (spec.num_val + spec.num_test)

@@ -13,7 +13,7 @@ from resbench.settings.config import ConfigError, TrainConfig
 from resbench.settings.flags import NOT_GIVEN, flag_kind
 
 # Flags that describe one configuration; with --grid, the grid's rows give them.
-CONFIG_FLAGS = ("data_name", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
+CONFIG_FLAGS = ("data_name", "data_root", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     defaults = TrainConfig()
     parser.add_argument("--data_name", default=NOT_GIVEN,
                         help=f"dataset whose image shape and class count to generate (default {defaults.data_name})")
+    parser.add_argument("--data_root", default=NOT_GIVEN,
+                        help="folder holding an imported --data_name's dataset.json, as train's --data_root "
+                             f"(default {defaults.data_root})")
     parser.add_argument("--resnet_depth", type=int, default=NOT_GIVEN,
                         help=f"network depth, as train's --resnet_depth (default {defaults.resnet_depth})")
     parser.add_argument("--resnet_width", type=int, default=NOT_GIVEN,

@@ -1,4 +1,5 @@
-"""`resbench data download NAME` and `resbench data list`: fetch, verify and prepare datasets."""
+"""`resbench data download NAME`, `resbench data import NAME SRC` and `resbench data list`: fetch, verify
+and prepare the benchmark datasets, or prepare a researcher's own images the same way."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 from pathlib import Path
 
 from resbench.data.fetch.prepare import DATASETS
+from resbench.data.imported import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from resbench.errors import DataError
+
 
 def human_size(n: int) -> str:
     size = float(n)
@@ -38,20 +41,74 @@ def run_download(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     from resbench.data.fetch.prepare import dataset_status
+    from resbench.data.imported import imported_status
 
     if os.path.exists(args.data_root) and not os.path.isdir(args.data_root):
         raise DataError(f"data root {args.data_root} is not a folder; pass the folder that holds the datasets "
                         "as --data_root")
     print(f"data root: {Path(args.data_root).resolve()}")
-    print(format_status(dataset_status(args.data_root)))
+    print(format_status(dataset_status(args.data_root) + imported_status(args.data_root)))
     return 0
 
 
+def run_import(args: argparse.Namespace) -> int:
+    from resbench.data.imported import ImportRequest, import_dataset
+
+    request = ImportRequest(args.name, args.src, args.data_root, args.image_size, args.val_fraction,
+                            args.test_fraction, args.split_seed, args.skip_bad, args.workers)
+    _, _, lines = import_dataset(request)
+    print("\n".join(lines))
+    return 0
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_import_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "import", help="prepare your own images (an ImageFolder tree or an .npz) as a dataset to train on",
+        description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy and dataset.json (its facts) from "
+                    "SRC: an ImageFolder tree SRC/train/<class>/<image> (optionally SRC/test/<class>/<image>; "
+                    "any format Pillow reads) or an .npz holding x_train, y_train (optionally x_test, y_test, "
+                    "classes; uint8 NHWC or NCHW, grey allowed). Images are made RGB (alpha composited onto "
+                    "black, 16-bit grey scaled) and resized to --image_size with PIL's BICUBIC filter. A "
+                    "stratified, seeded validation split is held out of train (and a test split carved out "
+                    "first where SRC has none). Then: resbench train --data_name NAME --data_root DIR.")
+    parser.add_argument("name", metavar="NAME", help="the dataset's name: letters, digits, _, - and . (not first)")
+    parser.add_argument("src", metavar="SRC", help="an ImageFolder tree (a folder holding train/) or an .npz file")
+    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size (default 32)")
+    parser.add_argument("--val_fraction", type=fraction, default=DEFAULT_VAL_FRACTION,
+                        help=f"share of the training images held out for validation (default {DEFAULT_VAL_FRACTION})")
+    parser.add_argument("--test_fraction", type=fraction, default=DEFAULT_TEST_FRACTION,
+                        help="share of the training images carved out as the test split, where SRC has no test "
+                             f"split (default {DEFAULT_TEST_FRACTION})")
+    parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED,
+                        help=f"seed of the held-out splits, recorded in dataset.json (default {DEFAULT_SPLIT_SEED})")
+    parser.add_argument("--skip_bad", action="store_true",
+                        help="leave unreadable images out (counted in the summary) instead of stopping at the first")
+    parser.add_argument("--workers", type=positive, default=None,
+                        help="decoding processes (default: one per available core; 1: decode in this process)")
+    parser.set_defaults(func=run_import)
+    return parser
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``data download`` and ``data list``; each sets ``func`` (args -> exit code)."""
-    data = subparsers.add_parser("data", help="fetch, verify and prepare datasets",
-                                 description="Fetch, verify and prepare the benchmark datasets.")
-    commands = data.add_subparsers(dest="data_command", metavar="{download,list}", required=True)
+    """Register ``data download``, ``data import`` and ``data list``; each sets ``func`` (args -> exit code)."""
+    data = subparsers.add_parser("data", help="fetch, verify and prepare datasets, or import your own",
+                                 description="Fetch, verify and prepare the benchmark datasets, or prepare your "
+                                             "own images the same way (data import).")
+    commands = data.add_subparsers(dest="data_command", metavar="{download,import,list}", required=True)
 
     download_parser = commands.add_parser(
         "download", help="download (or use a placed archive), verify and prepare a dataset",
@@ -66,9 +123,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                  help="skip the MD5 check (prints a warning)")
     download_parser.set_defaults(func=run_download)
 
-    list_parser = commands.add_parser("list", help="show which datasets are prepared and complete")
+    import_parser = add_import_parser(commands)
+    list_parser = commands.add_parser("list", help="show which datasets are prepared and complete (imported ones too)")
     list_parser.set_defaults(func=run_list)
 
-    for parser in (download_parser, list_parser):
+    for parser in (download_parser, import_parser, list_parser):
         parser.add_argument("--data_root", default="./data", help="dataset folder (default: ./data)")
     return data

@@ -29,7 +29,7 @@ import torch
 
 from resbench.data import tensors as data
 from resbench.data.tensors import DataFileError, check_images, check_labels, load_npy
-from resbench.data.facts import SEVERITIES
+from resbench.data.facts import SEVERITIES, is_imported
 from resbench.data.recipes import cifar_c, tiny_c
 
 @dataclass(frozen=True)
@@ -141,15 +141,15 @@ def digits_corrupted(images: np.ndarray, corruption: str) -> np.ndarray:
 def ood_chunks(name: str, data_root: str | Path, model_size: int, id_count: int) -> tuple[int, Iterator[np.ndarray]]:
     """(image count, uint8 image arrays) of an OOD set, in pieces small enough to move to the device.
 
-    A training dataset contributes its test split; a corrupted set the highest severity of
+    A training dataset (built in or imported) contributes its test split; a corrupted set the highest severity of
     every corruption; ``Noise`` `id_count` images of uniform random pixels at the model's size.
     """
     if name == "Noise":
         rng = np.random.default_rng(0)
         return id_count, iter([rng.integers(0, 256, (id_count, model_size, model_size, 3), dtype=np.uint8)])
-    if name in data.DATASETS:
+    if name in data.DATASETS or is_imported(name, data_root):  # a training set (built in or imported): its test split
         images = data.digits_arrays()[2] if name == data.DEMO_DATASET else \
-            data.read_prepared(data.DATASETS[name], data_root, mmap_mode="r")[2]
+            data.read_prepared(data.dataset_spec(name, data_root), data_root, mmap_mode="r")[2]
         return len(images), iter([images])
     spec = EVAL_SETS[name]
     if not spec.corruptions:

@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resbench.data.facts import DATASETS, DEMO_DATASET, DEMO_TEST_SIZE, DatasetSpec, dataset_spec  # noqa: F401  (the tensors' facts, for their users)
+from resbench.data.facts import (DATASETS, DEMO_DATASET, DEMO_TEST_SIZE, PREPARED_FILES, DatasetSpec,  # noqa: F401
+                                  dataset_spec)  # (the tensors' facts, for their users)
 from resbench.errors import ResbenchError
 
 PAD = 4  # pixels of zero padding before the random crop
-
-
-PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
 
 
 class DataFileError(ResbenchError):
@@ -56,7 +54,7 @@ def missing_prepared_files(name: str, data_root: str | Path) -> list[Path]:
 
 def load_splits(name: str, data_root: str | Path, device: torch.device | str = "cpu") -> Splits:
     """Load train/val/test of `name` onto `device`, with the recipe's split of the training file."""
-    spec = dataset_spec(name)
+    spec = dataset_spec(name, data_root)
     if name == DEMO_DATASET:
         train_x, train_y, test_x, test_y = digits_arrays()
     else:
@@ -88,9 +86,11 @@ def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | Non
     """
     missing = missing_prepared_files(spec.name, data_root)
     if missing:
+        how = "import" if spec.imported else "download"
         raise DataFileError(
             f"dataset {spec.name} is not prepared: missing {', '.join(str(p) for p in missing)}; "
-            f"run `resbench data download {spec.name} --data_root {data_root}` or place the files there"
+            f"run `resbench data {how} {spec.name}{' SRC' if spec.imported else ''} --data_root {data_root}` "
+            f"{'again' if spec.imported else 'or place the files there'}"
         )
     folder = prepared_dir(spec.name, data_root)
     arrays = []

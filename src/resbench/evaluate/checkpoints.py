@@ -13,7 +13,7 @@ from torch import nn
 from resbench.device import bnstats
 from resbench.runs.checkpoint import load_checkpoint
 from resbench.runs.schema import RunFolderError
-from resbench.data.tensors import DATASETS, dataset_spec
+from resbench.data.tensors import DatasetSpec, dataset_spec
 from resbench.device.distributed import World
 from resbench.errors import ResbenchError
 from resbench.device.hotpath import prepare_model
@@ -40,21 +40,34 @@ def checkpoint_path(path: Path, which: str) -> Path:
     return path
 
 
-def load_run_config(run_dir: Path) -> dict:
-    """The training configuration saved beside a checkpoint; it fixes the model and dataset to rebuild."""
+def load_run_config(run_dir: Path, data_root: str | None = None) -> dict:
+    """The training configuration saved beside a checkpoint; it fixes the model and dataset to rebuild
+    (an imported dataset's facts are read from `data_root`, by default the run's)."""
     path = Path(run_dir) / schema.CONFIG
     if not path.exists():
         raise ResbenchError(f"no {path.name} beside the checkpoint in {run_dir}")
     config = read_object(path, schema.MODEL_SETTINGS, str(path), "evaluate a checkpoint in the run folder that trained it")
-    check_model_settings(config, path)
+    run_dataset(config, path, data_root)
+    try:
+        architecture(config["resnet_depth"], config["resnet_width"])
+    except ValueError as exc:
+        raise RunFolderError(f"{path}: {exc}") from None
     return config
 
 
-def check_model_settings(config: dict, path: Path) -> None:
-    """Refuse a config.json whose model or dataset cannot be rebuilt, before anything deeper fails on it."""
+def run_data_root(config: dict, path: Path, asked: str | None = None) -> str:
+    """Where the run's dataset is: `asked` (eval's --data_root), else the folder the run trained from."""
+    resolved = config.get(schema.RESOLVED_KEY) if isinstance(config.get(schema.RESOLVED_KEY), dict) else {}
+    data_root = asked or resolved.get("data_root") or config.get("data_root")
+    if not isinstance(data_root, str):
+        raise RunFolderError(f"{path} names no data_root; pass --data_root")
+    return data_root
+
+
+def run_dataset(config: dict, path: Path, data_root: str | None = None) -> DatasetSpec:
+    """The facts of the run's dataset (a built-in one, or one imported into its data root)."""
     try:
-        dataset_spec(config["data_name"])
-        architecture(config["resnet_depth"], config["resnet_width"])
+        return dataset_spec(config["data_name"], run_data_root(config, path, data_root))
     except ValueError as exc:
         raise RunFolderError(f"{path}: {exc}") from None
 
@@ -67,7 +80,7 @@ def model_weights(saved: Any) -> tuple[Any, str]:
     return saved, "best"
 
 
-def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path) -> None:
+def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_size: int) -> None:
     """Put last.pt's BatchNorm running variances into the form the trainer evaluates with.
 
     last.pt keeps PyTorch's form, in which training continues; the trainer's evaluations (and
@@ -79,7 +92,6 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path) -> Non
         raise RunFolderError(f"{ckpt.parent / schema.CONFIG} lacks a valid batch_size, which last.pt's "
                               "BatchNorm statistics need; was it written by resbench train?")
     world = World(world_size=max(1, len(saved.get("rank_buffers") or [])))
-    image_size = DATASETS[config["data_name"]].image_size
     counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn))
     bnstats.convert([(module, counts[name]) for name, module in bnstats.batchnorms(model)], to_reference=True)
 
@@ -101,9 +113,9 @@ def describe_weights(state: Any) -> str:
     return f"ResNet-{depth} x{first.shape[0] // stem.shape[0]}, {fc.shape[0]} classes"
 
 
-def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tuple[nn.Module, str]:
-    """Rebuild the run's network, load the checkpoint's weights, in inference mode; and which it was."""
-    spec = DATASETS[config["data_name"]]
+def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device, spec: DatasetSpec) -> tuple[nn.Module, str]:
+    """Rebuild the run's network for `spec`'s images and classes, load the checkpoint's weights, in
+    inference mode; and which it was."""
     try:
         check_inference_fits(config["resnet_depth"], config["resnet_width"], spec.num_classes, spec.image_size, device)
     except ValueError as exc:
@@ -121,7 +133,7 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device) -> tup
                               f"describes a {expected}; evaluate a checkpoint with the config.json of the run "
                               "that trained it") from None
     if which == "last":
-        as_evaluated(model, saved, config, ckpt)
+        as_evaluated(model, saved, config, ckpt, spec.image_size)
     return prepare_model(model, device).eval(), which
 
 
@@ -133,8 +145,9 @@ class Member:
     which: str  # "best" (best.pt, the best-validation model) or "last" (last.pt, the final iterate)
     config: dict
     model: nn.Module
+    spec: DatasetSpec  # its dataset's facts
 
 
-def load_member(ckpt: Path, config: dict, device: torch.device) -> Member:
-    model, found = load_checkpoint_model(ckpt, config, device)
-    return Member(ckpt, found, config, model)
+def load_member(ckpt: Path, config: dict, device: torch.device, spec: DatasetSpec) -> Member:
+    model, found = load_checkpoint_model(ckpt, config, device, spec)
+    return Member(ckpt, found, config, model, spec)

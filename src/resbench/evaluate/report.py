@@ -10,17 +10,17 @@ from typing import Any, Callable
 
 import torch
 
-from resbench.evaluate.checkpoints import checkpoint_path, load_member, load_run_config
+from resbench.evaluate.checkpoints import checkpoint_path, load_member, load_run_config, run_data_root, run_dataset
 from resbench.evaluate.metrics import (CPU_EVAL_BATCH_SIZE, EVAL_BATCH_SIZE, calibration_metrics, fit_temperature, nll,
                                       probability_metrics)
 from resbench.evaluate.scoring import Scorer, corruption_figures, heads, ood_figures
 from resbench.data import evalsets
 from resbench.data.fetch import prepare as fetch
 from resbench.runs.checkpoint import write_json
-from resbench.runs.schema import RunFolderError
 from resbench.settings.config import resolve_device
 from resbench.console import log
-from resbench.data.tensors import DATASETS, load_splits
+from resbench.data.facts import DATASETS, DatasetSpec, is_imported
+from resbench.data.tensors import load_splits
 from resbench.errors import ResbenchError
 from resbench.runs import schema
 from resbench.runs.reader import configured_folders
@@ -40,19 +40,24 @@ class EvalRequest:
     batch_size: int | None = None  # None: CPU_EVAL_BATCH_SIZE on a CPU, EVAL_BATCH_SIZE elsewhere
 
 
-def shifted_sets(request: EvalRequest, data_name: str) -> tuple[str | None, list[str]]:
-    """The corrupted set and the OOD sets to score a model of `data_name` on, checked."""
-    corrupted = None
+def shifted_sets(request: EvalRequest, spec: DatasetSpec, data_root: str) -> tuple[str | None, list[str]]:
+    """The corrupted set and the OOD sets to score a model of `spec`'s dataset on, checked (an OOD set
+    may also be another dataset imported into `data_root`)."""
+    data_name, corrupted = spec.name, None
     if request.corruptions:
-        corrupted = DATASETS[data_name].corrupted
+        corrupted = spec.corrupted
+        if corrupted is None and spec.imported:
+            raise ResbenchError(f"{data_name} is an imported dataset: no corrupted copy of its test split exists "
+                                "(--corruptions scores CIFAR10_C, CIFAR100_C, TinyImageNet200_C, Digits_C); "
+                                "leave --corruptions out")
         if corrupted is None:
             raise ResbenchError(f"no corrupted test set for {data_name}")
-    ood = [] if request.ood is None else list(dict.fromkeys(request.ood or DATASETS[data_name].natural_ood))
+    ood = [] if request.ood is None else list(dict.fromkeys(request.ood or spec.natural_ood))
     known = [*(n for n in DATASETS if n != data_name), *evalsets.EVAL_SETS]
     for name in ood:
         if name == data_name:
             raise ResbenchError(f"--ood {name} is the run's own dataset; name other datasets")
-        if name not in known:
+        if name not in known and not is_imported(name, data_root):
             hint = " (put RUNS_DIR before --ood)" if Path(name).is_dir() else ""
             raise ResbenchError(f"unknown OOD set {name!r}{hint}; choose from {', '.join(known)}")
     if request.ood is not None and not ood:
@@ -80,17 +85,15 @@ def evaluate_members(paths: list[Path], which: str, request: EvalRequest) -> dic
     except ValueError as exc:
         raise ResbenchError(str(exc)) from None
     ckpts = [checkpoint_path(path, which) for path in paths]
-    configs = [load_run_config(ckpt.parent) for ckpt in ckpts]
+    configs = [load_run_config(ckpt.parent, request.data_root) for ckpt in ckpts]
     data_name = configs[0]["data_name"]
     if other := [str(c) for c, config in zip(ckpts, configs) if config["data_name"] != data_name]:
         raise ResbenchError(f"an ensemble's members must share a dataset: {ckpts[0]} is {data_name}, "
                             f"but not {', '.join(other)}")
-    resolved = configs[0].get(schema.RESOLVED_KEY) if isinstance(configs[0].get(schema.RESOLVED_KEY), dict) else {}
-    data_root = request.data_root or resolved.get("data_root") or configs[0].get("data_root")
-    if not isinstance(data_root, str):
-        raise RunFolderError(f"{ckpts[0].parent / schema.CONFIG} names no data_root; pass --data_root")
-    corrupted, ood = shifted_sets(request, data_name)
-    members = [load_member(ckpt, config, device) for ckpt, config in zip(ckpts, configs)]
+    data_root = run_data_root(configs[0], ckpts[0].parent / schema.CONFIG, request.data_root)
+    spec = run_dataset(configs[0], ckpts[0].parent / schema.CONFIG, data_root)
+    corrupted, ood = shifted_sets(request, spec, data_root)
+    members = [load_member(ckpt, config, device, spec) for ckpt, config in zip(ckpts, configs)]
     prepare_missing([n for n in [corrupted, *ood] if n], data_root)
     splits = load_splits(data_name, data_root, device)
     batch_size = request.batch_size or (CPU_EVAL_BATCH_SIZE if device.type == "cpu" else EVAL_BATCH_SIZE)

@@ -14,7 +14,7 @@ from resbench.evaluate.checkpoints import Member
 from resbench.evaluate.metrics import predict_logits, probability_metrics
 from resbench.data import evalsets
 from resbench.console import log, progress
-from resbench.data.tensors import DATASETS, to_tensor
+from resbench.data.tensors import to_tensor
 from resbench.evaluate.uncertainty import (ensemble_log_probs, log_probs,
                                            ood_metrics, ood_scores)
 
@@ -30,7 +30,7 @@ class Scorer:
     def __init__(self, members: list[Member], device: torch.device, batch_size: int):
         self.models = [m.model for m in members]
         self.device, self.batch_size = device, batch_size
-        self.image_size = DATASETS[members[0].config["data_name"]].image_size
+        self.image_size = members[0].spec.image_size
         self.heads = len(members) + (len(members) > 1)  # the members, and their ensemble
 
     def __call__(self, images: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

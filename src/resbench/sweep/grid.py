@@ -215,6 +215,10 @@ def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
     for name, root, mirror in dict.fromkeys((r.config.data_name, r.config.data_root, r.config.mirror) for r in runs):
         if not missing_prepared_files(name, root):
             continue
+        if name not in RECIPES:  # an imported set: no archive to fetch it from; its runs will say so
+            lines.append(f"  {name}: not prepared in {Path(root) / name} and nothing to fetch it from: "
+                         f"`resbench data import {name} SRC --data_root {root}` first")
+            continue
         source = RECIPES[name].source
         placed = Path(root) / DOWNLOADS_DIR / source.filename
         origin = (f"the archive already in {placed}" if placed.is_file() else

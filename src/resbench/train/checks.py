@@ -26,7 +26,7 @@ def check_settings(cfg: TrainConfig) -> None:
     from resbench.device import distributed, hotpath, memory
     from resbench.models import resnet as models  # torch: loaded when a run is checked, not for --help
 
-    spec = data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
     if not 0 <= cfg.seed < 2**63:
         raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
@@ -44,7 +44,7 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--optim_label_smoothing must be in [0, 1), got {cfg.optim_label_smoothing}")
     if cfg.optim_global_clipping is not None and not cfg.optim_global_clipping > 0:
         raise ValueError(f"--optim_global_clipping must be positive, got {cfg.optim_global_clipping}")
-    num_train = data.DATASETS[cfg.data_name].num_train
+    num_train = spec.num_train
     if cfg.batch_size > num_train:
         raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
                          f"{cfg.data_name} ({num_train} images)")

@@ -178,7 +178,7 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
     """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    top5 = reports_top5(data.dataset_spec(job.cfg.data_name).num_classes)
+    top5 = reports_top5(data.dataset_spec(job.cfg.data_name, job.cfg.data_root).num_classes)
     val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
     test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
     record = {
@@ -266,7 +266,8 @@ def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.de
     Rank 0 prepares it while the others wait; ranks decide together, so a node that lacks the
     data (no shared file system) waits too and then fails with the usual "not prepared" error.
     """
-    missing = bool(data.missing_prepared_files(cfg.data_name, cfg.data_root))
+    missing = (bool(data.missing_prepared_files(cfg.data_name, cfg.data_root))  # an imported set has no archive:
+               and not data.dataset_spec(cfg.data_name, cfg.data_root).imported)  # the loader names its fix
     if not distributed.any_rank(missing, world, device):
         return
     if world.is_main and missing:

@@ -101,7 +101,7 @@ def build_job(cfg: TrainConfig, batches: data.TrainBatches, device: torch.device
               splits: data.Splits | None = None) -> Job:
     """The model initialised from the seed, its optimiser, and the hot path's choices applied, to
     train on `batches` (the caller's: a dataset's, or bench's generated images)."""
-    spec = data.dataset_spec(cfg.data_name)
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
     model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
     model = hotpath.prepare_model(model, device)

@@ -15,7 +15,7 @@ from resbench.train.step import Job
 def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
     """summary.json: the run's table figures (best validation and its test figures) and its cost."""
     cfg = job.cfg
-    num_train = data.DATASETS[cfg.data_name].num_train
+    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
     spent = time_breakdown(state)
     return {
         "status": status,
@@ -28,7 +28,7 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
         "tst_acc": state.tst_acc,
         "tst_nll": state.tst_nll,
         **({"val_top5": state.val_top5, "tst_top5": state.tst_top5}
-           if reports_top5(data.DATASETS[cfg.data_name].num_classes) else {}),
+           if reports_top5(spec.num_classes) else {}),
         "best_iter": state.best_iter,
         "iterations": state.step,
         "skipped_steps": state.skipped_steps,
@@ -36,7 +36,7 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
         "images_per_sec": state.step * cfg.batch_size / state.train_seconds if state.train_seconds else None,
         "steady_images_per_sec": steady_images_per_sec(spent, cfg.batch_size),
         "time": spent,
-        "epochs_per_min": epochs_per_minute(state.history, cfg.batch_size, num_train),
+        "epochs_per_min": epochs_per_minute(state.history, cfg.batch_size, spec.num_train),
         "device": job.run.device_name(job.device),
         "world_size": distributed.launched_world().world_size,
         "versions": job.run.versions(),

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -77,8 +77,9 @@ def _temporary_prefix(name: str) -> str:
     return f".{name}.tmp-"
 
 
-def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
-    """Save the arrays in a hidden temporary folder, then move them into place.
+def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, bytes]) -> Path:
+    """Save the arrays (or, for a value of bytes, those bytes: an imported set's dataset.json) in a
+    hidden temporary folder, then move them into place, in their order.
 
     A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
     or damaged earlier copy; maybe a link to another disk, maybe holding the user's own files)
@@ -96,7 +97,10 @@ def _write_dataset(data_root: Path, name: str, splits: Splits) -> Path:
     tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
     try:
         for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
-            np.save(tmp / filename, array, allow_pickle=False)
+            if isinstance(array, bytes):
+                (tmp / filename).write_bytes(array)
+            else:
+                np.save(tmp / filename, array, allow_pickle=False)
         if not replacing:
             os.replace(tmp, target)
             return target
@@ -125,10 +129,15 @@ def _remove_stale_temporaries(root: Path, source: Source) -> None:
     and in the dataset folders) and extraction folders. Called holding the archive's lock, under
     which all of them are made, so none of them belongs to a live process."""
     for name in (name for name, recipe in RECIPES.items() if recipe.source.filename == source.filename):
-        pattern = re.compile(re.escape(_temporary_prefix(name)) + r"[A-Za-z0-9_]+")
-        for folder in (root, root / name):
-            remove_stale(folder, pattern, folders=True)
+        remove_stale_dataset_temporaries(root, name)
     remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
+
+
+def remove_stale_dataset_temporaries(root: Path, name: str) -> None:
+    """Remove the temporary folders a killed `write_dataset` of `name` left (call it under the lock it writes under)."""
+    pattern = re.compile(re.escape(_temporary_prefix(name)) + r"[A-Za-z0-9_]+")
+    for folder in (root, root / name):
+        remove_stale(folder, pattern, folders=True)
 
 
 def _root_error(root: Path, action: str, err: OSError) -> DataError:
@@ -137,7 +146,7 @@ def _root_error(root: Path, action: str, err: OSError) -> DataError:
     return DataError(f"cannot {action} data root {root} ({cause}); pass a writable folder as --data_root")
 
 
-def _make_root(root: Path) -> None:
+def make_root(root: Path) -> None:
     """Create the data root, or say in one line why it cannot be (a file, an unwritable parent)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -146,8 +155,22 @@ def _make_root(root: Path) -> None:
 
 
 @contextmanager
-def _preparation_lock(root: Path, source: Source, names: Sequence[str]) -> Iterator[None]:
-    """Hold ``<root>/.<archive>.lock`` while this process downloads and prepares from ``source``.
+def undo_new_folders(path: Path) -> Iterator[None]:
+    """On failure, remove the folders up to `path` that did not exist before, if nothing else was written there."""
+    created = [p for p in (path, *path.parents) if not os.path.lexists(p)]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextmanager
+def preparation_lock(root: Path, lock_name: str, names: Sequence[str]) -> Iterator[None]:
+    """Hold ``<root>/.<lock_name>.lock`` while this process prepares ``names`` (from an archive: the
+    archive's name, so that every dataset of one download takes turns under one lock).
 
     Two runs preparing at once (``resbench sweep --jobs 2`` on an empty data root) would write the
     same ``.part`` file and dataset folders; the second waits instead. The lock is per archive
@@ -155,7 +178,7 @@ def _preparation_lock(root: Path, source: Source, names: Sequence[str]) -> Itera
     before releasing it (nothing is left behind); a waiter that then holds the deleted file
     notices and locks the path afresh.
     """
-    path = root / f".{source.filename}.lock"
+    path = root / f".{lock_name}.lock"
     try:
         fd = take_lock(path, on_wait=lambda: log(f"waiting for another process preparing {', '.join(names)} in "
                                                  f"{root} (lock file {path.name})"))
@@ -188,12 +211,12 @@ def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | N
     archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
     needed = []
     for source in (RECIPES[name].source for name in recipe.needs):
-        with _preparation_lock(root, source, group):
+        with preparation_lock(root, source.filename, group):
             needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
     log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
     arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
     for name in group:
-        log(f"{name}: ready in {_write_dataset(root, name, arrays[evalsets.image_size(name)])}")
+        log(f"{name}: ready in {write_dataset(root, name, arrays[evalsets.image_size(name)])}")
 
 
 def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
@@ -207,21 +230,15 @@ def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror:
     root = Path(data_root)
     names = [_check_name(name) for name in names]
     todo = _incomplete_by_recipe(root, names)
-    created = [p for p in (root / DOWNLOADS_DIR, root, *root.parents) if not os.path.lexists(p)]  # deepest first
-    try:
+    with undo_new_folders(root / DOWNLOADS_DIR):
         if todo:
-            _make_root(root)
+            make_root(root)
         for recipe, group in todo.items():
-            with _preparation_lock(root, recipe.source, group):
+            with preparation_lock(root, recipe.source.filename, group):
                 _remove_stale_temporaries(root, recipe.source)
                 left = _incomplete_by_recipe(root, group).get(recipe)
                 if left:
                     _prepare_group(root, recipe, left, mirror, verify)
-    except BaseException:
-        for folder in created:  # what this call created, if nothing else was written there
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
     return [root / name for name in names]
 
 
@@ -235,7 +252,7 @@ def prepare_dataset(name: str, data_root: str | os.PathLike, mirror: str | None 
     return prepare_datasets([name], data_root, mirror, verify)[0]
 
 
-def _disk_size(folder: Path) -> int:
+def disk_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
@@ -265,7 +282,7 @@ def dataset_status(data_root: str | os.PathLike) -> list[dict]:
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
             "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
-            "bytes": _disk_size(folder),
+            "bytes": disk_size(folder),
             "note": None if problem is None else f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}",
         })
     return [*rows, _demo_status()]

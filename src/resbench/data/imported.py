@@ -1,0 +1,291 @@
+"""`resbench data import NAME SRC`: a researcher's own images prepared as the built-in sets are.
+
+The result is `<data_root>/<NAME>/{train,test}_{images,labels}.npy` (uint8 NHWC, int64 labels), the
+training file holding the training split first and the held-out validation split after it, as
+the loader expects (`tensors.load_splits`), and `dataset.json`, its facts (`facts.ImportedFacts`).
+The validation split is stratified and seeded (`--split_seed`, recorded); where SRC has no test
+split one is carved out of train first, the same way.
+
+Nothing is written until all of SRC has been read and split; the folder is then written by the
+built-in sets' atomic writer (`prepare.write_dataset`) under a lock of its own. A re-import replaces
+only what an import wrote: a folder holding any other file is refused. Light (no torch), so that
+the decoding children can be forked (`decode`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from resbench import __version__
+from resbench.console import log
+from resbench.data import facts
+from resbench.data.decode import RESIZE_NAME, available_cores, decoding_processes
+from resbench.data.facts import FACTS_FILE, PREPARED_FILES, ImportedFacts
+from resbench.data.fetch import prepare
+from resbench.data.import_sources import Source, read_source
+from resbench.data.recipes import RECIPES
+from resbench.errors import DataError
+
+IMPORT_FILES = (*PREPARED_FILES, FACTS_FILE)  # everything an import writes, dataset.json last
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.1
+DEFAULT_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ImportRequest:
+    """What `resbench data import` was asked for."""
+
+    name: str
+    src: str
+    data_root: str = "./data"
+    image_size: int = 32
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    test_fraction: float = DEFAULT_TEST_FRACTION  # only where SRC has no test split
+    split_seed: int = DEFAULT_SPLIT_SEED
+    skip_bad: bool = False
+    workers: int | None = None  # decoding processes; None: one per available core
+
+
+def reserved_names() -> set[str]:
+    """Names an imported set cannot take: every built-in training and evaluation set's, and the
+    data root's downloads folder (tests/data/test_import.py checks this against `evalsets.EVAL_SETS`)."""
+    evaluation = {spec.corrupted for spec in facts.DATASETS.values() if spec.corrupted}
+    ood = {name for spec in facts.DATASETS.values() for name in spec.natural_ood}
+    return {*facts.DATASETS, *RECIPES, *evaluation, *ood, prepare.DOWNLOADS_DIR}
+
+
+def check_name(name: str) -> str:
+    """Refuse, in one line, a NAME that is no plain folder name or that a built-in set already has."""
+    if not facts.is_valid_name(name):
+        raise DataError(f"dataset name {name!r} is not allowed: use 1 to 64 letters, digits, _, - and . "
+                        "(not first), e.g. MySet_x32")
+    taken = {reserved.lower(): reserved for reserved in reserved_names()}
+    if name.lower() in taken:
+        raise DataError(f"dataset name {name} is taken by the built-in set {taken[name.lower()]}; choose another NAME")
+    return name
+
+
+# ---------------------------------------------------------------- the splits
+
+def held_out_counts(counts: np.ndarray, fraction: float) -> np.ndarray:
+    """How many images of each class to hold out: the floor or ceiling of its share, the largest
+    remainders rounded up, round(total x fraction) (at least 1) in all, and never a class's last
+    image (a class of one image stays in training)."""
+    room = np.maximum(counts - 1, 0)
+    target = min(max(1, math.floor(counts.sum() * fraction + 0.5)), int(room.sum()))
+    quota = counts * fraction
+    held = np.minimum(np.floor(quota).astype(np.int64), room)
+    order = np.argsort(-(quota - np.floor(quota)), kind="stable")
+    while held.sum() < target:
+        for c in order[held[order] < room[order]][:target - held.sum()]:
+            held[c] += 1
+    return held
+
+
+def stratified_split(labels: np.ndarray, num_classes: int, fraction: float, seed: int, stream: int,
+                     what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) indices of `labels`, each in ascending order: `held_out_counts` of each
+    class, drawn at random by a generator seeded with (seed, stream)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    held_counts = held_out_counts(counts, fraction)
+    if not held_counts.sum():
+        raise DataError(f"every class has a single training image: none can be held out for the {what} split; "
+                        "add images")
+    rng = np.random.default_rng([seed, stream])
+    by_class = np.split(np.argsort(labels, kind="stable"), np.cumsum(counts)[:-1])
+    held = np.concatenate([rng.permutation(members)[:n] for members, n in zip(by_class, held_counts)])
+    mask = np.zeros(len(labels), bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+@dataclass
+class ImportSplits:
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    carved: dict[str, float]
+
+
+def split_source(source: Source, request: ImportRequest) -> ImportSplits:
+    """Train, validation and test of SRC: the test split SRC's own or carved out of train, then the
+    validation split held out of what is left."""
+    images, labels, k = source.images, source.labels, len(source.classes)
+    test_images, test_labels, carved = source.test_images, source.test_labels, {"val": request.val_fraction}
+    if test_images is None:
+        kept, test = stratified_split(labels, k, request.test_fraction, request.split_seed, 1, "test")
+        test_images, test_labels, images, labels = images[test], labels[test], images[kept], labels[kept]
+        carved["test"] = request.test_fraction
+    kept, val = stratified_split(labels, k, request.val_fraction, request.split_seed, 2, "validation")
+    return ImportSplits(images[kept], labels[kept], images[val], labels[val], test_images, test_labels, carved)
+
+
+def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 images, in [0, 1], summed in float64 chunks."""
+    total, squares = np.zeros(3), np.zeros(3)
+    for start in range(0, len(images), 1024):
+        chunk = images[start:start + 1024].reshape(-1, 3).astype(np.float64)
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+    pixels = images.shape[0] * images.shape[1] * images.shape[2]
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean ** 2, 0.0))
+    return [round(float(m) / 255, 6) for m in mean], [round(float(s) / 255, 6) for s in std]
+
+
+def facts_of(splits: ImportSplits, source: Source, request: ImportRequest) -> ImportedFacts:
+    mean, std = channel_stats(splits.train_images)
+    k = len(source.classes)
+    counts = {split: tuple(int(n) for n in np.bincount(getattr(splits, f"{split}_labels"), minlength=k))
+              for split in facts.SPLITS}
+    return ImportedFacts(
+        classes=tuple(source.classes), image_size=request.image_size, num_train=len(splits.train_labels),
+        num_val=len(splits.val_labels), num_test=len(splits.test_labels), class_counts=counts,
+        mean=tuple(mean), std=tuple(std), source=str(request.src), source_kind=source.kind, resize=RESIZE_NAME,
+        resized=source.resized, split_seed=request.split_seed, carved=splits.carved,
+        skipped_bad=len(source.skipped_bad), skipped_links=source.skipped_links,
+        ignored_files=source.ignored_files, resbench=__version__)
+
+
+# ---------------------------------------------------------------- writing
+
+def check_own_folder(target: Path) -> None:
+    """Refuse an existing dataset folder holding anything an import did not write (it replaces only its own)."""
+    if not os.path.lexists(target) or not target.is_dir():
+        return  # nothing there (or no folder: write_dataset names it)
+    entries = sorted(entry.name for entry in os.scandir(target))
+    if foreign := [name for name in entries if name not in IMPORT_FILES]:
+        raise DataError(f"{target} holds files `resbench data import` did not write ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}); it replaces only its own: move them away, or choose "
+                        "another NAME")
+    if entries and FACTS_FILE not in entries:
+        raise DataError(f"{target} holds a dataset that `resbench data import` did not write (no {FACTS_FILE}), "
+                        "or one whose import was interrupted; delete it, or choose another NAME")
+
+
+def write_imported(request: ImportRequest, splits: ImportSplits, found: ImportedFacts) -> Path:
+    """The prepared files and dataset.json, written whole into place under the import's lock."""
+    root = Path(request.data_root)
+    files = {"train_images.npy": np.concatenate([splits.train_images, splits.val_images]),
+             "train_labels.npy": np.concatenate([splits.train_labels, splits.val_labels]),
+             "test_images.npy": splits.test_images, "test_labels.npy": splits.test_labels,
+             FACTS_FILE: facts.facts_json(found)}
+    assert tuple(files) == IMPORT_FILES
+    with prepare.undo_new_folders(root):
+        prepare.make_root(root)
+        with prepare.preparation_lock(root, f"{request.name}.import", [request.name]):
+            prepare.remove_stale_dataset_temporaries(root, request.name)
+            check_own_folder(root / request.name)
+            return prepare.write_dataset(root, request.name, files)
+
+
+def import_dataset(request: ImportRequest) -> tuple[Path, ImportedFacts, list[str]]:
+    """Read SRC whole, split it, write the prepared set; its folder, facts and the summary's lines."""
+    check_name(request.name)
+    workers = request.workers or available_cores()
+    start = time.perf_counter()
+    source = read_source(Path(request.src), request.image_size, request.skip_bad, workers)
+    seconds = time.perf_counter() - start
+    count = len(source.labels) + (len(source.test_labels) if source.test_labels is not None else 0)
+    for note in source.notes:
+        log(note)
+    splits = split_source(source, request)
+    found = facts_of(splits, source, request)
+    folder = write_imported(request, splits, found)
+    return folder, found, summary_lines(request, source, found, folder, (count, seconds, workers))
+
+
+# ---------------------------------------------------------------- what it says
+
+def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, folder: Path,
+                  speed: tuple[int, float, int]) -> list[str]:
+    """What the import did, in a few lines: counts and speed, conversions, splits, what was left out, where."""
+    count, seconds, workers = speed
+    workers = decoding_processes(workers, count) if source.kind == "imagefolder" else 1
+    processes = f"{workers} processes" if workers > 1 else "1 process"
+    size = f"{found.image_size}x{found.image_size}"
+    kind = "an ImageFolder tree" if source.kind == "imagefolder" else "an .npz"
+    lines = [f"{request.name}: {count:,} images in {len(found.classes)} classes from {request.src} ({kind}), read in "
+             f"{seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} images/s, {processes})",
+             f"  images: {size} RGB; {found.resized:,} resized to {size} with {RESIZE_NAME}" +
+             ("; made RGB: " + ", ".join(f"{n:,} {mode}" for mode, n in sorted(source.converted.items()))
+              if source.converted else "")]
+    test = (f"{found.num_test:,} test (SRC has no test split: carved out of train, {percent(found.carved['test'])}, "
+            "stratified)" if "test" in found.carved else f"{found.num_test:,} test (SRC's)")
+    lines.append(f"  splits: {found.num_train:,} train / {found.num_val:,} validation ({percent(found.carved['val'])} of "
+                 f"train, stratified, --split_seed {found.split_seed}) / {test}")
+    if absent := absent_classes(found):
+        lines.append(f"  {absent}")
+    lines.append(f"  skipped: {found.skipped_bad:,} unreadable images" +
+                 (f" (--skip_bad; e.g. {source.skipped_bad[0]})" if source.skipped_bad else "") +
+                 f", {found.skipped_links:,} symbolic links (not followed: out of SRC, to a folder or broken), "
+                 f"{found.ignored_files:,} files that are no images")
+    lines.append(f"ready in {folder} (facts in {FACTS_FILE}: mean {fmt(found.mean)}, std {fmt(found.std)} of the "
+                 "training split; training normalises with the recipe's fixed mean/std, as for every set)")
+    lines.append(f"  train on it: resbench train --data_name {request.name} --data_root {request.data_root}")
+    return lines
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.3g}%"
+
+
+def fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
+
+
+def absent_classes(found: ImportedFacts) -> str | None:
+    """One line naming the classes too small to appear in the held-out splits (they stay in training)."""
+    parts = []
+    for split, what in (("val", "validation"), ("test", "test")):
+        if split not in found.carved:
+            continue
+        missing = [found.classes[c] for c, n in enumerate(found.class_counts[split]) if n == 0]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            parts.append(f"{len(missing)} class{'es' * (len(missing) > 1)} in no {what} image ({shown})")
+    return "note: " + "; ".join(parts) + " (too few images to hold one out)" if parts else None
+
+
+# ---------------------------------------------------------------- `resbench data list`
+
+def imported_status(data_root: str | os.PathLike) -> list[dict]:
+    """One `data list` row per imported set in the data root (a folder with a dataset.json), its facts
+    and arrays checked as `resbench train` checks them."""
+    from resbench.data.tensors import read_prepared  # torch: `data list` checks the arrays as train does
+    from resbench.errors import ResbenchError
+
+    root, rows, reserved = Path(data_root), [], reserved_names()
+    names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir()) if root.is_dir() else []
+    for name in (n for n in names if n not in reserved and facts.is_imported(n, root)):
+        counts, problem, note = {}, None, None
+        try:
+            found = facts.read_facts(name, root)
+            train_x, _, test_x, _ = read_prepared(found.spec(name), root, mmap_mode="r")
+            counts = {"train": len(train_x), "test": len(test_x)}
+            note = facts_note(found)
+        except ResbenchError as err:
+            problem = str(err)
+        rows.append({"name": name, "path": str(root / name), "present": True, "complete": problem is None,
+                     "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
+                     "bytes": prepare.disk_size(root / name), "note": note})
+    return rows
+
+
+def facts_note(found: ImportedFacts) -> str:
+    size = f"{found.image_size}x{found.image_size}"
+    test = " (carved out of train)" if "test" in found.carved else ""
+    return (f"imported from {found.source} ({found.source_kind}): {len(found.classes)} classes, {size}, "
+            f"{found.num_train:,} train / {found.num_val:,} val / {found.num_test:,} test{test}, {found.resized:,} "
+            f"resized with {found.resize}; mean {fmt(found.mean)}, std {fmt(found.std)} (training normalises with "
+            "the recipe's fixed mean/std)")
