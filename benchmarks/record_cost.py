@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from resbench.data import tensors as data
+from resbench.data.facts import dataset_spec
 from resbench.device import hotpath
 from resbench.bench.measure import build_model, generated_batches, optimised_trainer, summarise, timed_windows
 from resbench.settings.config import TrainConfig, precision_for, resolve_device
@@ -56,7 +56,7 @@ def main() -> None:
     seconds, _ = timed_windows(trainers, device, args.warmup, args.iters, args.windows, probe=lambda: 0.0)
     with_stats, without = (summarise(seconds[t.name], args.iters, cfg.batch_size) for t in trainers)
 
-    spec = data.dataset_spec(cfg.data_name)
+    spec = dataset_spec(cfg.data_name)
     model = hotpath.prepare_model(build_model(cfg), device)
     params = list(model.parameters())
     for p in params:

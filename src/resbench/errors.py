@@ -1,5 +1,5 @@
 """The exception type the command line turns into `error: <message>` (exit status 2, no traceback), and its
-subclass shared by the data modules (download, archive, dataset readers, preparation)."""
+subclasses shared by the data modules (download, archive, dataset readers, preparation; prepared files)."""
 
 
 class ResbenchError(Exception):
@@ -8,6 +8,10 @@ class ResbenchError(Exception):
 
 class DataError(ResbenchError):
     """A dataset cannot be fetched or prepared; the message says what is wrong and what to do."""
+
+
+class DataFileError(ResbenchError):
+    """A prepared data file is missing or malformed; the message names the file and the fix."""
 
 
 def printable(text: str) -> str:

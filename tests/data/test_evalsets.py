@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from resbench.data import evalsets
-from resbench.data.fetch import prepare as fetch
+from resbench.data.fetch.prepare import dataset_status, is_complete, prepare_dataset
 from resbench.data.fetch.archive import Archive
 from resbench.data.recipes import cifar_c, tiny_c
 from resbench.errors import DataError
@@ -60,20 +60,20 @@ def test_cifar10_c_round_trip_over_http(tmp_path, monkeypatch, server, two_corru
     server.files["/CIFAR-10-C.tar"] = archive
     _use_archive(monkeypatch, "CIFAR-10-C.tar", archive, server.url)
 
-    folder = fetch.prepare_dataset("CIFAR10_C", tmp_path)
+    folder = prepare_dataset("CIFAR10_C", tmp_path)
 
     assert sorted(p.name for p in folder.iterdir()) == ["fog.npy", "gaussian_noise.npy", "labels.npy"]
     prepared_labels = np.load(folder / "labels.npy")
     assert prepared_labels.dtype == np.int64 and np.array_equal(prepared_labels, np.tile(labels, 5))
     for c in TWO:
         np.testing.assert_array_equal(np.load(folder / f"{c}.npy"), images[c])
-    assert fetch.is_complete(tmp_path, "CIFAR10_C")
-    status = {row["name"]: row for row in fetch.dataset_status(tmp_path)}["CIFAR10_C"]
+    assert is_complete(tmp_path, "CIFAR10_C")
+    status = {row["name"]: row for row in dataset_status(tmp_path)}["CIFAR10_C"]
     assert status["complete"] and status["test"] == 2 * 5 * PER_SEVERITY and status["train"] is None
     labels_read, files = evalsets.corrupted_set("CIFAR10_C", tmp_path)
     assert [c for c, _ in files] == list(TWO) and np.array_equal(labels_read, np.tile(labels, 5))
     (folder / "fog.npy").unlink()
-    assert "lacks fog.npy" in {r["name"]: r for r in fetch.dataset_status(tmp_path)}["CIFAR10_C"]["problem"]
+    assert "lacks fog.npy" in {r["name"]: r for r in dataset_status(tmp_path)}["CIFAR10_C"]["problem"]
 
 
 @pytest.mark.parametrize("name, filename, damage", [
@@ -92,9 +92,9 @@ def test_truncated_archive_is_refused(tmp_path, monkeypatch, closed_url, tiny, t
     _use_archive(monkeypatch, filename, archive, closed_url)
 
     with pytest.raises(DataError, match=f"checksum mismatch for {filename}"):
-        fetch.prepare_dataset(name, tmp_path)
+        prepare_dataset(name, tmp_path)
     with pytest.raises(DataError, match=damage):
-        fetch.prepare_dataset(name, tmp_path, verify=False)
+        prepare_dataset(name, tmp_path, verify=False)
 
     assert placed.exists() and not (tmp_path / name).exists()
 
@@ -135,7 +135,7 @@ def test_damaged_corruption_members_are_one_clear_error(tmp_path, monkeypatch, c
     _use_archive(monkeypatch, "CIFAR-10-C.tar", archive, closed_url)
 
     with pytest.raises(DataError, match=message):
-        fetch.prepare_dataset("CIFAR10_C", tmp_path)
+        prepare_dataset("CIFAR10_C", tmp_path)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]  # no dataset, no temporary folder
 
@@ -162,7 +162,7 @@ def test_tiny_imagenet_c_numbers_classes_by_wnids_txt(tmp_path, monkeypatch, ser
     _use_archive(monkeypatch, "Tiny-ImageNet-C.tar", archive, closed_url)
     _use_archive(monkeypatch, "tiny-imagenet-200.zip", tiny_zip, closed_url)
 
-    folder = fetch.prepare_dataset("TinyImageNet200_C", tmp_path, mirror=server.url)
+    folder = prepare_dataset("TinyImageNet200_C", tmp_path, mirror=server.url)
 
     assert sorted(path for path, _, _ in server.log) == ["/Tiny-ImageNet-C.tar", "/tiny-imagenet-200.zip"]
     labels = np.load(folder / "labels.npy")
@@ -171,7 +171,7 @@ def test_tiny_imagenet_c_numbers_classes_by_wnids_txt(tmp_path, monkeypatch, ser
         names = [f"Tiny-ImageNet-C/{c}/{s}/{wnid}/{f}" for s in range(1, 6) for f, wnid in files]
         decoded = np.stack([np.asarray(Image.open(io.BytesIO(jpegs[n])).convert("RGB")) for n in names])
         np.testing.assert_array_equal(np.load(folder / f"{c}.npy"), decoded)
-    assert fetch.is_complete(tmp_path, "TinyImageNet200_C")
+    assert is_complete(tmp_path, "TinyImageNet200_C")
     assert (tmp_path / "downloads" / "tiny-imagenet-200.zip").is_file()
 
 
@@ -188,7 +188,7 @@ def test_tiny_imagenet_c_with_uneven_severities_is_refused(tmp_path, monkeypatch
 
     message = "Tiny-ImageNet-C/fog/4/ holds other images than Tiny-ImageNet-C/gaussian_noise/1/"
     with pytest.raises(DataError, match=message):
-        fetch.prepare_dataset("TinyImageNet200_C", tmp_path)
+        prepare_dataset("TinyImageNet200_C", tmp_path)
     assert not (tmp_path / "TinyImageNet200_C").exists()
 
 
@@ -207,11 +207,11 @@ def test_svhn_test_split_from_the_mat_file(tmp_path, monkeypatch, server):  # no
     server.files["/test_32x32.mat"] = mat
     _use_archive(monkeypatch, "test_32x32.mat", mat, server.url)
 
-    folder = fetch.prepare_dataset("SVHN", tmp_path / "data")
+    folder = prepare_dataset("SVHN", tmp_path / "data")
 
     np.testing.assert_array_equal(np.load(folder / "test_images.npy"), images)
     assert np.load(folder / "test_labels.npy").tolist() == [0, 1, 2, 3, 9, 0, 5]
-    assert fetch.is_complete(tmp_path / "data", "SVHN")
+    assert is_complete(tmp_path / "data", "SVHN")
     count, chunks = evalsets.ood_chunks("SVHN", tmp_path / "data", 32, 0)
     assert count == 7 and np.array_equal(np.concatenate(list(chunks)), images)
 
@@ -220,10 +220,10 @@ def test_svhn_without_scipy_or_with_a_bad_file_is_one_clear_error(tmp_path, monk
     _place(tmp_path, "test_32x32.mat", b"MATLAB 5.0 MAT-file, but then nothing")
     _use_archive(monkeypatch, "test_32x32.mat", b"x", closed_url)
     with pytest.raises(DataError, match="cannot read test_32x32.mat as a MATLAB v5 file"):
-        fetch.prepare_dataset("SVHN", tmp_path, verify=False)
+        prepare_dataset("SVHN", tmp_path, verify=False)
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # as if scipy were not installed
     with pytest.raises(DataError, match=r"needs scipy: pip install 'resbench\[svhn\]'"):
-        fetch.prepare_dataset("SVHN", tmp_path, verify=False)
+        prepare_dataset("SVHN", tmp_path, verify=False)
     assert not (tmp_path / "SVHN").exists()
 
 

@@ -20,12 +20,16 @@ import pytest
 from PIL import Image
 
 from conftest import LIMIT, wait_until
-from resbench.data import recipes as datasets
-from resbench.data.fetch import download, prepare as fetch
+from resbench.data import recipes
+from resbench.data.fetch import download, prepare
+from resbench.data.facts import DATASETS, DatasetSpec
+from resbench.data.fetch.prepare import dataset_status, is_complete, prepare_dataset, prepare_datasets, training_datasets, write_dataset
 from resbench.data.fetch.archive import Archive, safe_extract
 from resbench.cli.main import main
 from resbench.data.recipes import cifar
-from resbench.data.tensors import DATASETS, PREPARED_FILES, DataFileError, load_splits
+from resbench.data.facts import PREPARED_FILES
+from resbench.errors import DataError, DataFileError
+from resbench.data.prepared import load_splits
 
 PER_BATCH = 20
 REAL_SPECS = dict(DATASETS)
@@ -223,10 +227,10 @@ def closed_url():
 def _use_archive(monkeypatch, filename: str, data: bytes, base_url: str, md5: str | None = None,
                  size: int | None = None) -> None:
     """Point every dataset using `filename` at base_url, expecting the md5 of `data` (or `md5`) and `size` bytes."""
-    for name, recipe in datasets.RECIPES.items():
+    for name, recipe in recipes.RECIPES.items():
         if recipe.source.filename == filename:
             new = download.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest(), size)
-            monkeypatch.setitem(datasets.RECIPES, name, dataclasses.replace(recipe, source=new))
+            monkeypatch.setitem(recipes.RECIPES, name, dataclasses.replace(recipe, source=new))
 
 
 def _place(data_root: Path, filename: str, data: bytes) -> Path:
@@ -252,7 +256,7 @@ def test_cifar10_round_trip_is_pixel_exact(tmp_path, monkeypatch, server, cifar1
     server.files["/cifar-10-python.tar.gz"] = archive
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url)
 
-    folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    folder = prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert folder == tmp_path / "CIFAR10_x32"
     arrays = _load(folder)
@@ -268,7 +272,7 @@ def test_cifar10_round_trip_is_pixel_exact(tmp_path, monkeypatch, server, cifar1
     assert (image[0, 1, 0], image[1, 0, 0], image[0, 0, 1], image[0, 0, 2]) == (row[1], row[32], row[1024], row[2048])
     # a second call is a no-op: no network, nothing rewritten
     mtime = (folder / "train_images.npy").stat().st_mtime_ns
-    assert fetch.prepare_dataset("CIFAR10_x32", tmp_path) == folder
+    assert prepare_dataset("CIFAR10_x32", tmp_path) == folder
     assert len(server.log) == 1 and (folder / "train_images.npy").stat().st_mtime_ns == mtime
     assert _all_files(tmp_path) == sorted(["downloads/cifar-10-python.tar.gz"]
                                           + [f"CIFAR10_x32/{f}" for f in PREPARED_FILES])
@@ -279,7 +283,7 @@ def test_cifar100_uses_fine_labels(tmp_path, monkeypatch, cifar100, closed_url):
     _place(tmp_path, "cifar-100-python.tar.gz", archive)
     _use_archive(monkeypatch, "cifar-100-python.tar.gz", archive, closed_url)
 
-    arrays = _load(fetch.prepare_dataset("CIFAR100_x32", tmp_path))
+    arrays = _load(prepare_dataset("CIFAR100_x32", tmp_path))
 
     for split in ("train", "test"):
         np.testing.assert_array_equal(arrays[f"{split}_images"], expected[split][0])
@@ -294,7 +298,7 @@ def test_tinyimagenet_both_variants_from_one_decode(tmp_path, monkeypatch, serve
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
 
-    x32, x64 = fetch.prepare_datasets(["TinyImageNet200_x32", "TinyImageNet200_x64"], tmp_path, mirror=server.url)
+    x32, x64 = prepare_datasets(["TinyImageNet200_x32", "TinyImageNet200_x64"], tmp_path, mirror=server.url)
 
     assert len(server.log) == 1
     assert len(opened) == sum(TINY_TRAIN_COUNTS.values()) + len(TINY_VAL)  # each JPEG decoded once
@@ -325,8 +329,8 @@ def test_checksum_mismatch_leaves_nothing_behind(tmp_path, monkeypatch, server, 
     server.files["/cifar-10-python.tar.gz"] = archive
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url, md5="0" * 32)
 
-    with pytest.raises(fetch.DataError) as excinfo:
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataError) as excinfo:
+        prepare_dataset("CIFAR10_x32", tmp_path)
 
     message = str(excinfo.value)
     assert "cifar-10-python.tar.gz" in message and "0" * 32 in message
@@ -339,8 +343,8 @@ def test_placed_archive_with_wrong_checksum_is_refused_but_kept(tmp_path, monkey
     placed = _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url, md5="f" * 32)
 
-    with pytest.raises(fetch.DataError, match="checksum mismatch for cifar-10-python.tar.gz"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataError, match="checksum mismatch for cifar-10-python.tar.gz"):
+        prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert placed.exists() and not (tmp_path / "CIFAR10_x32").exists()
 
@@ -356,8 +360,8 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch, closed_url):
     _place(tmp_path, "cifar-10-python.tar.gz", archive)
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
 
-    with pytest.raises(fetch.DataError, match=r"cannot read CIFAR batch data_batch_1 \(forbidden global"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataError, match=r"cannot read CIFAR batch data_batch_1 \(forbidden global"):
+        prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "CIFAR10_x32").exists()
 
@@ -372,7 +376,7 @@ def test_dropped_download_resumes_with_range(tmp_path, server):
     dest = tmp_path / "blob.bin"
     md5 = hashlib.md5(data).hexdigest()
 
-    with pytest.raises(fetch.DataError, match="could not download"):
+    with pytest.raises(DataError, match="could not download"):
         download.download(server.url + "blob.bin", dest, md5, tries=1)
     part = tmp_path / "blob.bin.part"
     assert part.stat().st_size == len(data) // 2 and not dest.exists()
@@ -400,7 +404,7 @@ def test_stalled_server_times_out(tmp_path, server):
     server.stall = LIMIT  # the download would take that long if the timeout did not work
     start = time.monotonic()
 
-    with pytest.raises(fetch.DataError, match="could not download .*timed out"):
+    with pytest.raises(DataError, match="could not download .*timed out"):
         download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, timeout=0.3, tries=1)
 
     assert time.monotonic() - start < LIMIT / 2
@@ -408,7 +412,7 @@ def test_stalled_server_times_out(tmp_path, server):
 
 def test_missing_file_is_not_retried(tmp_path, server):
     start = time.monotonic()
-    with pytest.raises(fetch.DataError, match="404"):
+    with pytest.raises(DataError, match="404"):
         download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=4, backoff=LIMIT)
     assert time.monotonic() - start < LIMIT / 2 and len(server.log) == 1  # a retry would sleep LIMIT first
 
@@ -425,7 +429,7 @@ def test_placed_archive_needs_no_network(tmp_path, monkeypatch, cifar10, closed_
         raise AssertionError("network access attempted")
 
     monkeypatch.setattr(download.urllib.request, "urlopen", no_network)
-    folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path, mirror=closed_url)
+    folder = prepare_dataset("CIFAR10_x32", tmp_path, mirror=closed_url)
 
     np.testing.assert_array_equal(np.load(folder / "test_labels.npy"), cifar10[4])
 
@@ -438,11 +442,11 @@ def test_local_mirror_folder(tmp_path, monkeypatch, cifar10, closed_url):
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
     root = tmp_path / "data"
 
-    with pytest.raises(fetch.DataError, match="not found in mirror folder"):
-        fetch.prepare_dataset("CIFAR100_x32", root, mirror=str(mirror))
-    folder = fetch.prepare_dataset("CIFAR10_x32", root, mirror=str(mirror))
+    with pytest.raises(DataError, match="not found in mirror folder"):
+        prepare_dataset("CIFAR100_x32", root, mirror=str(mirror))
+    folder = prepare_dataset("CIFAR10_x32", root, mirror=str(mirror))
 
-    assert fetch.is_complete(root, "CIFAR10_x32") and folder.is_dir()
+    assert is_complete(root, "CIFAR10_x32") and folder.is_dir()
     assert (root / "downloads" / "cifar-10-python.tar.gz").read_bytes() == archive
 
 
@@ -492,7 +496,7 @@ def test_unsafe_archive_members_are_refused(tmp_path, make, kind):
     dest = tmp_path / "out" / "dest"
     before = _all_files(tmp_path)
 
-    with pytest.raises(fetch.DataError, match=f"refusing unsafe archive {archive.name}: member"):
+    with pytest.raises(DataError, match=f"refusing unsafe archive {archive.name}: member"):
         safe_extract(archive, dest)
 
     assert _all_files(tmp_path) == before and not dest.exists()  # nothing extracted, inside or outside
@@ -514,8 +518,8 @@ def test_prepare_refuses_archive_with_dotdot_member(tmp_path, monkeypatch, close
     _place(tmp_path / "data", "cifar-10-python.tar.gz", archive)
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, closed_url)
 
-    with pytest.raises(fetch.DataError, match="refusing unsafe archive .*'../escaped'"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path / "data")
+    with pytest.raises(DataError, match="refusing unsafe archive .*'../escaped'"):
+        prepare_dataset("CIFAR10_x32", tmp_path / "data")
 
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "data" / "CIFAR10_x32").exists()
 
@@ -524,8 +528,8 @@ def test_damaged_archive_without_verification_is_reported(tmp_path, monkeypatch,
     _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0][: len(cifar10[0]) // 2])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
 
-    with pytest.raises(fetch.DataError, match="cifar-10-python.tar.gz is damaged .*delete it and download again"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz is damaged .*delete it and download again"):
+        prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
 
     assert "warning: --no-verify" in capfd.readouterr().err
     assert not (tmp_path / "CIFAR10_x32").exists()
@@ -547,25 +551,25 @@ def test_interrupted_preparation_leaves_no_dataset(tmp_path, monkeypatch, cifar1
 
     monkeypatch.setattr(np, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+        prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert saved and sorted(p.name for p in tmp_path.iterdir()) == ["downloads"]
     monkeypatch.setattr(np, "save", real_save)
-    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
-    assert fetch.is_complete(tmp_path, "CIFAR10_x32")
+    prepare_dataset("CIFAR10_x32", tmp_path)
+    assert is_complete(tmp_path, "CIFAR10_x32")
 
 
 def test_data_list_reports_complete_missing_and_damaged(tmp_path, monkeypatch, run_cli, cifar10, closed_url):
     _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
-    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    prepare_dataset("CIFAR10_x32", tmp_path)
     damaged = tmp_path / "TinyImageNet200_x64"
     damaged.mkdir()
     for split in ("train", "test"):
         np.save(damaged / f"{split}_images.npy", np.zeros((4, 32, 32, 3), np.uint8))  # wrong size for _x64
         np.save(damaged / f"{split}_labels.npy", np.zeros(4, np.int64))
 
-    status = {row["name"]: row for row in fetch.dataset_status(tmp_path)}
+    status = {row["name"]: row for row in dataset_status(tmp_path)}
     proc = run_cli("data", "list", "--data_root", tmp_path)
 
     assert status["CIFAR10_x32"]["complete"] and (status["CIFAR10_x32"]["train"], status["CIFAR10_x32"]["test"]) == (100, 20)
@@ -593,7 +597,7 @@ def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, run_cli, cif
         "error: checksum mismatch for cifar-10-python.tar.gz: expected md5 c58f30108f718f92721af3b95e74349a")
     assert placed.exists()
     assert forced.returncode == 0, forced.stderr
-    assert "warning" in forced.stderr and fetch.is_complete(tmp_path, "CIFAR10_x32")
+    assert "warning" in forced.stderr and is_complete(tmp_path, "CIFAR10_x32")
 
 
 def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
@@ -604,12 +608,11 @@ def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
     proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no-verify", "--mirror", "http://127.0.0.1:9/")
 
     assert proc.returncode == 0, proc.stderr
-    assert all(row["complete"] for row in fetch.dataset_status(tmp_path) if row["name"] in fetch.training_datasets())
+    assert all(row["complete"] for row in dataset_status(tmp_path) if row["name"] in training_datasets())
     assert proc.stderr.count("preparing") == 3  # one pass per archive: both TinyImageNet sizes together
 
 
 def test_train_prepares_a_missing_dataset_itself(tmp_path, monkeypatch, server, cifar10, capfd):
-    from resbench.data import tensors as data
     from resbench.settings.config import TrainConfig
     from resbench.train.loop import train
 
@@ -617,7 +620,7 @@ def test_train_prepares_a_missing_dataset_itself(tmp_path, monkeypatch, server, 
     server.files["/cifar-10-python.tar.gz"] = archive
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url)
     # The mini archive has 50 training images: split them 32/18 instead of 40,960/9,040.
-    monkeypatch.setitem(data.DATASETS, "CIFAR10_x32", data.DatasetSpec("CIFAR10_x32", 10, 32, 32))
+    monkeypatch.setitem(DATASETS, "CIFAR10_x32", DatasetSpec("CIFAR10_x32", 10, 32, 32))
     summary = train(TrainConfig(data_name="CIFAR10_x32", resnet_depth=8, batch_size=16, optim_ni=2,
                                 data_root=str(tmp_path / "data"), save=str(tmp_path / "run")))
     assert summary["status"] == "finished"
@@ -629,12 +632,12 @@ def test_too_few_training_images_is_not_prepared(tmp_path, monkeypatch, cifar10,
     """`data list`, `data download` and `train` make the same checks, so none calls usable what another refuses."""
     _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
-    fetch.prepare_dataset("CIFAR10_x32", tmp_path)  # 100 training images
+    prepare_dataset("CIFAR10_x32", tmp_path)  # 100 training images
     monkeypatch.setitem(DATASETS, "CIFAR10_x32", REAL_SPECS["CIFAR10_x32"])  # needs more than 40,960
     capfd.readouterr()
 
-    status = {row["name"]: row for row in fetch.dataset_status(tmp_path)}["CIFAR10_x32"]
-    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    status = {row["name"]: row for row in dataset_status(tmp_path)}["CIFAR10_x32"]
+    prepare_dataset("CIFAR10_x32", tmp_path)
 
     problem = "train_images.npy holds 100 images; CIFAR10_x32 needs more than 40960"
     assert not status["complete"] and problem in status["problem"]
@@ -655,18 +658,18 @@ def test_concurrent_preparations_take_turns(tmp_path, monkeypatch, server, cifar
     results, messages = {}, []
     # fetch's log lines, collected directly: polling a captured stderr while threads write to it
     # can lose a line between reading and truncating the capture
-    monkeypatch.setattr(fetch, "log", messages.append)
+    monkeypatch.setattr(prepare, "log", messages.append)
 
-    def prepare(key: str) -> None:
+    def prepare_in_thread(key: str) -> None:
         try:
-            results[key] = fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+            results[key] = prepare_dataset("CIFAR10_x32", tmp_path)
         except BaseException as err:  # reported by the assertion on results below
             results[key] = err
 
     def second_waits_or_downloads() -> bool:
         return len(server.log) > 1 or any("waiting for another process" in m for m in messages)
 
-    threads = {key: threading.Thread(target=prepare, args=(key,), daemon=True) for key in ("first", "second")}
+    threads = {key: threading.Thread(target=prepare_in_thread, args=(key,), daemon=True) for key in ("first", "second")}
     threads["first"].start()
     wait_until(lambda: bool(server.log))
     threads["second"].start()
@@ -710,8 +713,8 @@ def test_unusable_data_root_is_one_clear_error(tmp_path, monkeypatch, closed_url
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", b"", closed_url)
     root = _bad_data_root(tmp_path, kind)
 
-    with pytest.raises(fetch.DataError, match=message + "; pass a writable folder as --data_root$"):
-        fetch.prepare_dataset("CIFAR10_x32", root)
+    with pytest.raises(DataError, match=message + "; pass a writable folder as --data_root$"):
+        prepare_dataset("CIFAR10_x32", root)
 
 
 # ----------------------------------------------------------------------------- hostile files and servers (issue 14)
@@ -725,7 +728,7 @@ def test_a_symlink_planted_at_the_part_file_is_not_followed(tmp_path, server, ta
     part.parent.mkdir()
     part.symlink_to(tmp_path / target)
 
-    with pytest.raises(fetch.DataError, match=r"cannot download into \S+blob.bin.part \(it is a link .*remove it"):
+    with pytest.raises(DataError, match=r"cannot download into \S+blob.bin.part \(it is a link .*remove it"):
         download.download(server.url + "blob.bin", tmp_path / "downloads" / "blob.bin", None, tries=1)
 
     assert (tmp_path / "victim.txt").read_text() == "mine" and not (tmp_path / "created-outside").exists()
@@ -739,8 +742,8 @@ def test_a_symlink_planted_at_the_lock_file_is_not_followed(tmp_path, monkeypatc
     outside.parent.mkdir()
     (tmp_path / ".cifar-10-python.tar.gz.lock").symlink_to(outside)
 
-    with pytest.raises(fetch.DataError, match=r"cannot lock \S+/\.cifar-10-python\.tar\.gz\.lock \(a symbolic link"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataError, match=r"cannot lock \S+/\.cifar-10-python\.tar\.gz\.lock \(a symbolic link"):
+        prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert not outside.exists() and not (tmp_path / "CIFAR10_x32").exists()
 
@@ -748,16 +751,16 @@ def test_a_symlink_planted_at_the_lock_file_is_not_followed(tmp_path, monkeypatc
 def test_preparing_again_replaces_only_the_prepared_files(tmp_path, monkeypatch, cifar10, closed_url):
     _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
-    folder = fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    folder = prepare_dataset("CIFAR10_x32", tmp_path)
     (folder / "NOTES.txt").write_text("my notes")
     (folder / "my_augmented").mkdir()
     (folder / "my_augmented" / "flipped.npy").write_bytes(b"mine")
     (folder / "test_labels.npy").write_bytes(b"damaged")
-    assert not fetch.is_complete(tmp_path, "CIFAR10_x32")
+    assert not is_complete(tmp_path, "CIFAR10_x32")
 
-    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    prepare_dataset("CIFAR10_x32", tmp_path)
 
-    assert fetch.is_complete(tmp_path, "CIFAR10_x32")
+    assert is_complete(tmp_path, "CIFAR10_x32")
     np.testing.assert_array_equal(np.load(folder / "test_labels.npy"), cifar10[4])
     assert (folder / "NOTES.txt").read_text() == "my notes"
     assert (folder / "my_augmented" / "flipped.npy").read_bytes() == b"mine"
@@ -777,13 +780,13 @@ def test_a_dataset_folder_that_is_a_link_is_prepared_through_it(tmp_path, monkey
     _place(root, "cifar-10-python.tar.gz", cifar10[0])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
 
-    fetch.prepare_dataset("CIFAR10_x32", root)
+    prepare_dataset("CIFAR10_x32", root)
 
-    assert (root / "CIFAR10_x32").is_symlink() and fetch.is_complete(root, "CIFAR10_x32")
+    assert (root / "CIFAR10_x32").is_symlink() and is_complete(root, "CIFAR10_x32")
     assert (elsewhere / "NOTES.txt").read_text() == "mine"
     np.testing.assert_array_equal(np.load(elsewhere / "train_labels.npy"), cifar10[2])
-    with pytest.raises(fetch.DataError, match=r"CIFAR100_x32 is not a folder \(a file or a broken link"):
-        fetch.write_dataset(root, "CIFAR100_x32", {})
+    with pytest.raises(DataError, match=r"CIFAR100_x32 is not a folder \(a file or a broken link"):
+        write_dataset(root, "CIFAR100_x32", {})
 
 
 def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeypatch, cifar10, closed_url):
@@ -797,7 +800,7 @@ def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeyp
         folder.mkdir()
         (folder / "x.npy").write_bytes(b"x" * 1000)
 
-    fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    prepare_dataset("CIFAR10_x32", tmp_path)
 
     assert [f for f in stale if f.exists()] == [] and all(f.exists() for f in kept)
 
@@ -805,8 +808,8 @@ def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeyp
 def test_a_failed_preparation_leaves_no_empty_data_root(tmp_path, monkeypatch, cifar10, closed_url):
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
 
-    with pytest.raises(fetch.DataError, match="not found in mirror folder"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path / "new" / "data", mirror=str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="not found in mirror folder"):
+        prepare_dataset("CIFAR10_x32", tmp_path / "new" / "data", mirror=str(tmp_path / "missing"))
 
     assert list(tmp_path.iterdir()) == []
 
@@ -847,7 +850,7 @@ def _bomb(tmp_path: Path, kind: str) -> Path:
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
 def test_a_decompression_bomb_is_refused_from_its_headers(tmp_path, kind):
     bomb = _bomb(tmp_path, kind)
-    with pytest.raises(fetch.DataError, match=rf"refusing archive bomb.{kind}: it would unpack to .*209,715,200 bytes"
+    with pytest.raises(DataError, match=rf"refusing archive bomb.{kind}: it would unpack to .*209,715,200 bytes"
                                               ".*a decompression bomb"):
         Archive(bomb)
 
@@ -873,7 +876,7 @@ def _pickle_asking_for(kind: str) -> bytes:
 def test_a_cifar_pickle_cannot_allocate_more_than_it_holds(tmp_path, kind):
     batch = tmp_path / "data_batch_1"
     batch.write_bytes(_pickle_asking_for(kind))
-    with pytest.raises(fetch.DataError, match=r"cannot read CIFAR batch data_batch_1 \(.*(10,000,000,000,000 bytes|"
+    with pytest.raises(DataError, match=r"cannot read CIFAR batch data_batch_1 \(.*(10,000,000,000,000 bytes|"
                                               r"truncated|MemoryError)"):
         cifar.load_batch(batch, b"labels")
 
@@ -882,14 +885,14 @@ def test_a_trickling_server_is_cut_off(tmp_path, server):
     """One byte every 0.05 s would take hours; the minimum rate ends the attempt after its first window."""
     server.files["/blob.bin"] = os.urandom(LIMIT * 20)
     server.trickle = 0.05
-    with pytest.raises(fetch.DataError, match=r"could not download .*under the minimum of 1,000 bytes/s"):
+    with pytest.raises(DataError, match=r"could not download .*under the minimum of 1,000 bytes/s"):
         download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, tries=1, min_rate=1000, window=0.5)
 
 
 def test_a_server_trickling_its_headers_is_cut_off(tmp_path, server):
     server.files["/blob.bin"] = b"x"
     server.trickle_headers = 0.05  # headers of LIMIT * 20 bytes, one every 0.05 s
-    with pytest.raises(fetch.DataError, match=r"could not download .*no complete response within 0.5 s"):
+    with pytest.raises(DataError, match=r"could not download .*no complete response within 0.5 s"):
         download.download(server.url + "blob.bin", tmp_path / "blob.bin", None, tries=1, window=0.5)
 
 
@@ -901,8 +904,8 @@ def test_a_response_larger_than_the_archive_is_refused(tmp_path, monkeypatch, se
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url, size=len(archive))
     reason = "it is announced as .* bytes, but the archive is" if announced else "it is larger than the archive's"
 
-    with pytest.raises(fetch.DataError, match=f"refusing the download of .*cifar-10-python.tar.gz: {reason}"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
+    with pytest.raises(DataError, match=f"refusing the download of .*cifar-10-python.tar.gz: {reason}"):
+        prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
 
     assert list(tmp_path.iterdir()) == []  # nothing of it written, or kept
 
@@ -912,8 +915,8 @@ def test_a_content_length_other_than_the_archive_size_is_refused_when_verifying(
     server.files["/cifar-10-python.tar.gz"] = archive[:-1000]
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", archive, server.url, size=len(archive))
 
-    with pytest.raises(fetch.DataError, match=rf"announced as {len(archive) - 1000:,} bytes, but the archive is"):
-        fetch.prepare_dataset("CIFAR10_x32", tmp_path)
+    with pytest.raises(DataError, match=rf"announced as {len(archive) - 1000:,} bytes, but the archive is"):
+        prepare_dataset("CIFAR10_x32", tmp_path)
     assert list(tmp_path.iterdir()) == []
     shorter = download.download(server.url + "cifar-10-python.tar.gz", tmp_path / "a", None, size=len(archive))
     assert shorter.stat().st_size == len(archive) - 1000  # unverified (--no-verify), a smaller one is allowed
@@ -921,7 +924,7 @@ def test_a_content_length_other_than_the_archive_size_is_refused_when_verifying(
 
 def test_a_servers_status_text_is_printed_without_terminal_escapes(tmp_path, server):
     server.reason = "Not Found\x1b[2J\x1b]0;pwned\x07"
-    with pytest.raises(fetch.DataError) as excinfo:
+    with pytest.raises(DataError) as excinfo:
         download.download(server.url + "nothing.zip", tmp_path / "nothing.zip", None, tries=1)
     message = str(excinfo.value)
     assert "HTTP Error 404: Not Found\\x1b[2J\\x1b]0;pwned\\x07" in message and "\x1b" not in message
@@ -946,7 +949,7 @@ def test_a_server_trickling_its_tls_handshake_is_cut_off(tmp_path):
     threading.Thread(target=trickle, daemon=True).start()
     url = f"https://127.0.0.1:{listener.getsockname()[1]}/cifar-10-python.tar.gz"
     try:
-        with pytest.raises(fetch.DataError, match=r"could not download .*no complete response within 0.5 s"):
+        with pytest.raises(DataError, match=r"could not download .*no complete response within 0.5 s"):
             download.download(url, tmp_path / "a.tar.gz", None, tries=1, window=0.5)
     finally:
         hung_up.set()

@@ -17,7 +17,9 @@ import torch.multiprocessing as mp
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
 from resbench.device import distributed
 from resbench.train import loop as train_module
-from resbench.data.tensors import PREPARED_FILES, TrainBatches, missing_prepared_files
+from resbench.data.facts import PREPARED_FILES
+from resbench.data.batches import TrainBatches
+from resbench.data.prepared import missing_prepared_files
 from resbench.train.lossscale import ConstantLossScale
 from resbench.models.resnet import resnet
 from resbench.settings.config import TrainConfig

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from resbench.data import tensors as data, evalsets
-from resbench.data.fetch import prepare as fetch
+from resbench.data import evalsets
+from resbench.data.digits import digits_arrays
+from resbench.data.facts import DATASETS
+from resbench.data.fetch.prepare import is_complete
 from resbench.cli.main import main
 from resbench.settings.config import TrainConfig
 from resbench.cli.eval import format_eval_report
@@ -84,7 +86,7 @@ def test_corruptions_and_ood_of_the_demo_match_a_computation_by_hand(evaluated):
     run = evaluated / "s1"
     report = json.loads((run / "eval.json").read_text())  # Digits: Digits_C and Noise built in
 
-    test_images, test_labels = data.digits_arrays()[2:]
+    test_images, test_labels = digits_arrays()[2:]
     weights = best_weights(run)
     for corruption in ("gaussian_noise", "contrast"):
         images = evalsets.digits_corrupted(test_images, corruption)
@@ -121,7 +123,7 @@ def test_ensemble_matches_a_computation_by_hand(digits_runs, capsys):
     report = eval_json(capsys, "--ckpt", *runs, "--ood", "Noise")
     singles = [eval_json(capsys, "--ckpt", run) for run in runs]
 
-    test_images, labels = data.digits_arrays()[2:]
+    test_images, labels = digits_arrays()[2:]
     logits = np.stack([logits_by_hand(best_weights(run), 8, 10, test_images) for run in runs])
     probs = numpy_probs(logits.reshape(-1, 10)).reshape(logits.shape)
     mean_p = probs.mean(0)
@@ -156,7 +158,7 @@ def test_last_checkpoint_and_run_folders(digits_runs, capsys):
     val = eval_json(capsys, "--ckpt", run, "--which", "last", "--split", "val")
     assert val["acc"] == pytest.approx(final["val_acc"], abs=1e-6)
     assert val["nll"] == pytest.approx(final["val_nll"], abs=2e-7)
-    train_images, train_labels = data.digits_arrays()[:2]
+    train_images, train_labels = digits_arrays()[:2]
     raw = torch.load(run / "last.pt", weights_only=True)["model"]
     raw_nll = numpy_metrics(logits_by_hand(raw, 8, 10, train_images[1280:]), train_labels[1280:])["nll"]
     assert abs(raw_nll - final["val_nll"]) > 5 * abs(val["nll"] - final["val_nll"])  # measured: 8e-7 vs 4e-8
@@ -231,7 +233,7 @@ def test_a_run_folder_without_last_pt(tmp_path, digits_runs, capsys):
 
 def fake_run(folder: Path, data_name: str, data_root: Path, seed: int = 0) -> dict:
     """A run folder holding a random (not zero-initialised) depth-8 model of `data_name`."""
-    spec = data.DATASETS[data_name]
+    spec = DATASETS[data_name]
     torch.manual_seed(seed)
     model = resnet(8, 1, num_classes=spec.num_classes, image_size=spec.image_size)
     torch.nn.init.normal_(model.fc.weight, std=0.3)
@@ -243,7 +245,7 @@ def fake_run(folder: Path, data_name: str, data_root: Path, seed: int = 0) -> di
 
 
 def fake_prepared(data_root: Path, name: str, rng: np.random.Generator, train: int = 12, test: int = 6):
-    spec = data.DATASETS[name]
+    spec = DATASETS[name]
     folder = data_root / name
     folder.mkdir(parents=True)
     size = spec.image_size
@@ -255,8 +257,8 @@ def fake_prepared(data_root: Path, name: str, rng: np.random.Generator, train: i
 
 @pytest.fixture
 def small_splits(monkeypatch):
-    for name, spec in list(data.DATASETS.items()):
-        monkeypatch.setitem(data.DATASETS, name, dataclasses.replace(spec, num_train=8))
+    for name, spec in list(DATASETS.items()):
+        monkeypatch.setitem(DATASETS, name, dataclasses.replace(spec, num_train=8))
 
 
 def test_cifar10_run_against_its_natural_sets(tmp_path, monkeypatch, closed_url, capsys, two_corruptions,  # noqa: F811
@@ -276,7 +278,7 @@ def test_cifar10_run_against_its_natural_sets(tmp_path, monkeypatch, closed_url,
 
     report = eval_json(capsys, "--ckpt", tmp_path / "run", "--corruptions", "--ood")
 
-    assert fetch.is_complete(root, "CIFAR10_C") and fetch.is_complete(root, "SVHN")  # prepared on the way
+    assert is_complete(root, "CIFAR10_C") and is_complete(root, "SVHN")  # prepared on the way
     fog = logits_by_hand(weights, 8, 10, c_images["fog"])
     for severity in range(1, 6):
         block = slice((severity - 1) * 3, severity * 3)

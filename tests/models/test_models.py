@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from resbench.data.tensors import DATASETS
+from resbench.data.facts import DATASETS
 from resbench.models.resnet import Bottleneck, BasicBlock, count_parameters, resnet
 from resbench.results.reference import reference_rows
 

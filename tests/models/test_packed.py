@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from resbench.bench import measure as bench
+from resbench.bench import measure
 from resbench.models import packed
 from resbench.settings.config import TrainConfig
-from resbench.data.tensors import TrainBatches
+from resbench.data.batches import TrainBatches
 from resbench.train.lossscale import ConstantLossScale
 from resbench.models.resnet import resnet
 from resbench.train.step import train_step
@@ -134,7 +134,7 @@ def test_bench_grid_compiles_every_row_past_dynamos_recompile_limit(tmp_path, mo
         frames.append(counter.frame_count)
         return {"run_minutes": 1.0}
 
-    monkeypatch.setattr(bench, "bench_row", compiled_row)
+    monkeypatch.setattr(measure, "bench_row", compiled_row)
     with torch._dynamo.config.patch(recompile_limit=1):  # (monkeypatch's undo would delete the setting)
-        assert bench.run_grid(str(grid), "cpu", "true", 1, 1, 1)["total_minutes"] == 3.0
+        assert measure.run_grid(str(grid), "cpu", "true", 1, 1, 1)["total_minutes"] == 3.0
     assert frames == [1, 1, 1]  # every row compiled, none fell back to eager

@@ -556,7 +556,7 @@ def test_table_and_plot_of_real_runs(digits_runs, tmp_path, run_cli):
 
 
 def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
-    from resbench.data.tensors import load_splits
+    from resbench.data.prepared import load_splits
     from resbench.evaluate.metrics import predict_logits
     from resbench.models.resnet import resnet
 
@@ -645,11 +645,11 @@ def evil_folder(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("prefix", ["CHILD_PYTHON_SAFE_PATH", "CHILD_PYTHON_NO_CWD"])
 def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, prefix):
-    from resbench.sweep import grid as sweep
+    from resbench.sweep import plan
 
     if prefix == "CHILD_PYTHON_SAFE_PATH" and sys.version_info < (3, 11):
         pytest.skip("python -P needs Python 3.11")
-    proc = subprocess.run([*getattr(sweep, prefix), "--version"], cwd=evil_folder(tmp_path), env=cli_env(),
+    proc = subprocess.run([*getattr(plan, prefix), "--version"], cwd=evil_folder(tmp_path), env=cli_env(),
                           capture_output=True, text=True, timeout=LIMIT)
     assert proc.returncode == 0 and proc.stdout.startswith("resbench "), proc.stderr
     assert list(tmp_path.glob("imported-*")) == []
@@ -682,12 +682,12 @@ def test_a_sigkilled_sweep_stops_its_running_run_with_the_state_saved(tmp_path):
 
 
 def test_without_prctl_a_thread_notices_that_the_sweep_died(monkeypatch):
-    from resbench.sweep import grid as sweep
+    from resbench.sweep import local
 
     parents, sent = iter([100, 100, 1]), []  # the sweep (pid 100) dies: the run is re-parented to pid 1
-    monkeypatch.setattr(sweep.os, "getppid", lambda: next(parents))
-    monkeypatch.setattr(sweep.os, "kill", lambda pid, sig: sent.append((pid, sig)))
-    sweep.watch_parent(100, interval=0)
+    monkeypatch.setattr(local.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(local.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    local.watch_parent(100, interval=0)
     assert sent == [(os.getpid(), signal.SIGTERM)]
 
 

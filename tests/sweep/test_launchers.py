@@ -258,7 +258,7 @@ def test_a_dry_run_refuses_the_same_without_an_engine(tmp_path, monkeypatch, cap
 
 
 def test_sbatch_options_are_checked_against_its_own_names_and_quoted(tmp_path, monkeypatch):
-    from resbench.sweep.grid import plan_run
+    from resbench.sweep.plan import plan_run
     from resbench.sweep.slurm import sbatch_script, slurm_options
 
     monkeypatch.chdir(tmp_path)
@@ -370,7 +370,7 @@ def test_status_reads_every_state_from_the_folders(tmp_path):
 
 def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
     """No engine needed: the script a multi-GPU grid submits (this machine has no GPUs to run it on)."""
-    from resbench.sweep.grid import plan_run
+    from resbench.sweep.plan import plan_run
     from resbench.sweep.slurm import sbatch_script, slurm_options
 
     monkeypatch.chdir(tmp_path)

@@ -373,7 +373,7 @@ def test_best_pt_holds_the_reference_running_variance_and_last_pt_pytorchs(tmp_p
         tracked.append(BiasedRunningVariance(model))
         return model
 
-    monkeypatch.setattr(step_module.models, "resnet", tracked_resnet)
+    monkeypatch.setattr(step_module, "resnet", tracked_resnet)
     cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=3, eval_every=3,
                       device="cpu", save=str(tmp_path / "run"))
     assert train(cfg)["best_iter"] == 3

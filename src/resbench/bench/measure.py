@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from resbench.data import tensors as data
+from resbench.data.batches import TrainBatches
+from resbench.data.facts import dataset_spec
+from resbench.models.resnet import resnet
 from resbench.device import hotpath
-from resbench.models import resnet as models, packed
+from resbench.models import packed
 from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
 from resbench.train.checks import validate_config
 from resbench.runs.reader import config_from_args
@@ -55,23 +57,23 @@ def bench_config(given: dict[str, Any], compile_choice: str, device: str, optim_
     return cfg
 
 
-def generated_batches(cfg: TrainConfig, device: torch.device) -> data.TrainBatches:
+def generated_batches(cfg: TrainConfig, device: torch.device) -> TrainBatches:
     """Random uint8 images in the dataset's shape, through the real augmentation path."""
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
     gen = torch.Generator().manual_seed(0)
     count = max(BENCH_POOL, cfg.batch_size)
     images = torch.randint(0, 256, (count, spec.image_size, spec.image_size, 3), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, spec.num_classes, (count,), generator=gen)
-    return data.TrainBatches(images.to(device), labels.to(device), cfg.batch_size, cfg.seed)
+    return TrainBatches(images.to(device), labels.to(device), cfg.batch_size, cfg.seed)
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
-    return models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
+    return resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
 
 
-def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches,
+def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches,
                       step_stats: bool = True) -> Trainer:
     """The hot path `resbench train` runs, built by the same `build_job` (and, unless `step_stats`
     is off, with the per-step statistics the loop accumulates)."""
@@ -85,7 +87,7 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: data.Trai
                    step)
 
 
-def plain_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches) -> Trainer:
+def plain_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches) -> Trainer:
     """The textbook eager step: NCHW model and input, default SGD, no compile; the `--vs` baseline."""
     precision = precision_for(cfg.mixed_precision, device)
     model = build_model(cfg).to(device)
@@ -108,14 +110,14 @@ def plain_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBat
     return Trainer("plain eager", step)
 
 
-def packed_trainer(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches, runs: int) -> Trainer:
+def packed_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches, runs: int) -> Trainer:
     """`runs` seeds of the configuration packed into one network (packed.py): one step trains all of
     them, each on its own data order and augmentation. The `--pack` candidate for filling a GPU."""
     precision = precision_for(cfg.mixed_precision, device)
     if reason := packed.packable(cfg, precision):
         raise ConfigError(f"--pack: runs with these settings cannot be packed ({reason})")
     seeds = [cfg.seed + i for i in range(runs)]
-    pool = [data.TrainBatches(batches.images, batches.labels, cfg.batch_size, seed) for seed in seeds]
+    pool = [TrainBatches(batches.images, batches.labels, cfg.batch_size, seed) for seed in seeds]
     model = packed.pack([build_model(dataclasses.replace(cfg, seed=seed)) for seed in seeds])
     model = hotpath.prepare_model(model, device)
     optimizer = hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device)
@@ -161,7 +163,7 @@ def timed_windows(trainers: list[Trainer], device: torch.device, warmup: int, it
     return seconds, probes, warmup_seconds[0]
 
 
-def step_flops(cfg: TrainConfig, device: torch.device, batches: data.TrainBatches) -> float:
+def step_flops(cfg: TrainConfig, device: torch.device, batches: TrainBatches) -> float:
     """FLOPs of one training step (forward and backward), counted by FlopCounterMode."""
     model = hotpath.prepare_model(build_model(cfg), device)
     images, labels = batches.batch(0)
@@ -311,7 +313,7 @@ def evaluations_of(cfg: TrainConfig) -> int:
 def eval_images_per_sec(cfg: TrainConfig, device: torch.device, images: int = 2 * EVAL_BATCH_SIZE) -> float:
     """Images/s of the evaluation path (BatchNorm in inference mode, `predict_logits`'s batches,
     the run's autocast), timed over `images` generated images after one warm-up batch."""
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
     model = hotpath.prepare_model(build_model(cfg), device)
     gen = torch.Generator().manual_seed(1)
     pixels = torch.randint(0, 256, (images, spec.image_size, spec.image_size, 3), dtype=torch.uint8, generator=gen)
@@ -333,7 +335,7 @@ def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[s
     evaluation, an upper bound), plus the measured warm-up (compilation, CUDA-graph capture).
     """
     device = resolve_device(cfg.device)
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
     record = run_bench(cfg, warmup, iters, windows, vs=False)
     eval_rate = eval_images_per_sec(cfg, device)
     eval_images = evaluations_of(cfg) * (spec.num_val + spec.num_test)

@@ -14,11 +14,10 @@ import sys
 import threading
 
 from resbench.version import __version__
-from resbench.cli import bench, compare, data, plot, sweep, table, train
-from resbench.cli import eval as evaluate  # the module of `resbench eval`, not the builtin
+from resbench.cli import bench, compare, data, evaluate, plot, sweep, table, train
 from resbench.errors import ResbenchError, printable
 from resbench.settings.flags import Parser
-from resbench.sweep.grid import stop_with_parent
+from resbench.sweep.local import stop_with_parent
 
 COMMANDS = (train, data, evaluate, sweep, table, compare, plot, bench)
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from resbench.errors import ResbenchError
 from resbench.device import cpus
-from resbench.sweep.grid import (READY_GRIDS, data_to_prepare, describe_plan, execute_all, load_grid, plan_runs,
-                                 time_estimate, with_seeds)
-from resbench.sweep.launch import check_outputs, launch_dir, own_launch_dir, status_report
+from resbench.sweep.grid import READY_GRIDS, load_grid, with_seeds
+from resbench.sweep.plan import data_to_prepare, describe_plan, plan_runs, time_estimate
+from resbench.sweep.local import execute_all
+from resbench.sweep.cluster import check_outputs, launch_dir, own_launch_dir
+from resbench.sweep.status import status_report
 from resbench.sweep.ray_cluster import run_on_ray
 from resbench.sweep.slurm import STOP_BEFORE_LIMIT_S, sbatch_script, slurm_options, submit
 

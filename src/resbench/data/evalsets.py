@@ -27,8 +27,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from resbench.data import tensors as data
-from resbench.data.tensors import DataFileError, check_images, check_labels, load_npy
+from resbench.data.digits import digits_arrays
+from resbench.data.facts import DATASETS, DEMO_DATASET, dataset_spec
+from resbench.data.prepared import read_prepared
+from resbench.errors import DataFileError
+from resbench.data.prepared import check_images, check_labels, load_npy
 from resbench.data.facts import SEVERITIES, is_imported
 from resbench.data.recipes import cifar_c, tiny_c
 
@@ -74,7 +77,7 @@ TEST_ONLY_FILES = ("test_images.npy", "test_labels.npy")
 
 def image_size(name: str) -> int:
     """The stored image size of a training dataset or an evaluation set."""
-    return data.DATASETS[name].image_size if name in data.DATASETS else EVAL_SETS[name].image_size
+    return DATASETS[name].image_size if name in DATASETS else EVAL_SETS[name].image_size
 
 
 # ---------------------------------------------------------------- prepared files and their checks
@@ -119,7 +122,7 @@ def corrupted_set(name: str, data_root: str | Path) -> tuple[np.ndarray, Iterato
     """(labels of all 5 severities, (corruption, uint8 images) one corruption at a time)."""
     spec = EVAL_SETS[name]
     if name == "Digits_C":
-        test_images, test_labels = data.digits_arrays()[2:]
+        test_images, test_labels = digits_arrays()[2:]
         return np.tile(test_labels, SEVERITIES), ((c, digits_corrupted(test_images, c)) for c in spec.corruptions)
     inspect_prepared(name, data_root)
     folder = Path(data_root) / name
@@ -147,9 +150,9 @@ def ood_chunks(name: str, data_root: str | Path, model_size: int, id_count: int)
     if name == "Noise":
         rng = np.random.default_rng(0)
         return id_count, iter([rng.integers(0, 256, (id_count, model_size, model_size, 3), dtype=np.uint8)])
-    if name in data.DATASETS or is_imported(name, data_root):  # a training set (built in or imported): its test split
-        images = data.digits_arrays()[2] if name == data.DEMO_DATASET else \
-            data.read_prepared(data.dataset_spec(name, data_root), data_root, mmap_mode="r")[2]
+    if name in DATASETS or is_imported(name, data_root):  # a training set (built in or imported): its test split
+        images = digits_arrays()[2] if name == DEMO_DATASET else \
+            read_prepared(dataset_spec(name, data_root), data_root, mmap_mode="r")[2]
         return len(images), iter([images])
     spec = EVAL_SETS[name]
     if not spec.corruptions:

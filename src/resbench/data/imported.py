@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resbench import __version__
+from resbench.version import __version__
 from resbench.console import log
 from resbench.data import facts
 from resbench.data.decode import RESIZE_NAME, available_cores, decoding_processes
@@ -262,7 +262,7 @@ def absent_classes(found: ImportedFacts) -> str | None:
 def imported_status(data_root: str | os.PathLike) -> list[dict]:
     """One `data list` row per imported set in the data root (a folder with a dataset.json), its facts
     and arrays checked as `resbench train` checks them."""
-    from resbench.data.tensors import read_prepared  # torch: `data list` checks the arrays as train does
+    from resbench.data.prepared import read_prepared  # torch: `data list` checks the arrays as train does
     from resbench.errors import ResbenchError
 
     root, rows, reserved = Path(data_root), [], reserved_names()

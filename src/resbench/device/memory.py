@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from resbench.models import resnet as models
+from resbench.models.resnet import count_parameters, resnet
 
 # Bytes per parameter that training certainly holds on the device: the fp32 weight, its gradient
 # and its momentum buffer. (The checkpoint writes and the optimiser's workspace come on top.)
@@ -41,14 +41,14 @@ def network_size(depth: int, width: int, num_classes: int, image_size: int) -> t
         outputs += output.numel()
 
     with torch.device("meta"):
-        model = models.resnet(depth, width, num_classes, image_size).eval()
+        model = resnet(depth, width, num_classes, image_size).eval()
         for module in model.modules():
             if not any(True for _ in module.children()):
                 module.register_forward_hook(count)
         # The body only: the head runs in an autocast block, which the meta device does not have;
         # its output is one logit per class.
         model.stages(model.stem(torch.empty(1, 3, image_size, image_size)))
-    return models.count_parameters(model), outputs + num_classes
+    return count_parameters(model), outputs + num_classes
 
 
 def device_memory(device: torch.device) -> tuple[int | None, str]:

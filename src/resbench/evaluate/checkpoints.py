@@ -13,7 +13,7 @@ from torch import nn
 from resbench.device import bnstats
 from resbench.runs.checkpoint import load_checkpoint
 from resbench.runs.schema import RunFolderError
-from resbench.data.tensors import DatasetSpec, dataset_spec
+from resbench.data.facts import DatasetSpec, dataset_spec
 from resbench.device.distributed import World
 from resbench.errors import ResbenchError
 from resbench.device.hotpath import prepare_model

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resbench.data.tensors import to_model_input
+from resbench.data.batches import to_model_input
 from resbench.device.distributed import World, all_reduce_sum, shard
 from resbench.evaluate.uncertainty import (log_probs)
 

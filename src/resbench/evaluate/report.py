@@ -15,12 +15,13 @@ from resbench.evaluate.metrics import (CPU_EVAL_BATCH_SIZE, EVAL_BATCH_SIZE, cal
                                       probability_metrics)
 from resbench.evaluate.scoring import Scorer, corruption_figures, heads, ood_figures
 from resbench.data import evalsets
-from resbench.data.fetch import prepare as fetch
+from resbench.data.fetch.prepare import is_complete, prepare_datasets
 from resbench.runs.checkpoint import write_json
 from resbench.settings.config import resolve_device
 from resbench.console import log
 from resbench.data.facts import DATASETS, DatasetSpec, is_imported
-from resbench.data.tensors import load_splits
+from resbench.data.prepared import load_splits
+from resbench.data.recipes import RECIPES
 from resbench.errors import ResbenchError
 from resbench.runs import schema
 from resbench.runs.reader import configured_folders
@@ -67,11 +68,11 @@ def shifted_sets(request: EvalRequest, spec: DatasetSpec, data_root: str) -> tup
 
 def prepare_missing(names: list[str], data_root: str) -> None:
     """Download and prepare the sets eval needs that are not there yet, as train does for its dataset."""
-    downloadable = [n for n in names if n in fetch.RECIPES and not fetch.is_complete(data_root, n)]
+    downloadable = [n for n in names if n in RECIPES and not is_complete(data_root, n)]
     for name in downloadable:
         log(f"{name} is not prepared in {data_root}: fetching and preparing it now")
     if downloadable:
-        fetch.prepare_datasets(downloadable, data_root)
+        prepare_datasets(downloadable, data_root)
 
 
 def evaluate_members(paths: list[Path], which: str, request: EvalRequest) -> dict:

@@ -14,7 +14,7 @@ from resbench.evaluate.checkpoints import Member
 from resbench.evaluate.metrics import predict_logits, probability_metrics
 from resbench.data import evalsets
 from resbench.console import log, progress
-from resbench.data.tensors import to_tensor
+from resbench.data.prepared import to_tensor
 from resbench.evaluate.uncertainty import (ensemble_log_probs, log_probs,
                                            ood_metrics, ood_scores)
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from resbench.errors import ResbenchError, printable
 from resbench.files import replace_atomically
-from resbench.sweep.grid import CHILD_PYTHON, PACKAGE_ROOT, PlannedRun
-from resbench.sweep.launch import distributed_command, mark_submitted, own_launch_dir
+from resbench.sweep.plan import CHILD_PYTHON, PACKAGE_ROOT, PlannedRun
+from resbench.sweep.cluster import distributed_command, mark_submitted, own_launch_dir
 
 STOP_BEFORE_LIMIT_S = 120  # SIGTERM to the job step this long before the time limit: time to save last.pt
 SLURM_OUTPUT = "%A_%a.out"  # SLURM's own output of each task, in <runs_dir>/.launch/

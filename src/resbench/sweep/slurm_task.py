@@ -21,7 +21,7 @@ from typing import IO
 from resbench.errors import printable
 from resbench.files import open_own_file
 from resbench.runs import schema
-from resbench.sweep.launch import STOPPED_BY_SIGNAL
+from resbench.sweep.cluster import STOPPED_BY_SIGNAL
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT)  # to the job step, should they reach the batch step too
 

@@ -22,12 +22,12 @@ def validate_config(cfg: TrainConfig) -> None:
 
 
 def check_settings(cfg: TrainConfig) -> None:
-    from resbench.data import tensors as data
+    from resbench.data.facts import dataset_spec
+    from resbench.models.resnet import architecture
     from resbench.device import distributed, hotpath, memory
-    from resbench.models import resnet as models  # torch: loaded when a run is checked, not for --help
 
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
-    models.architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
+    architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width
     if not 0 <= cfg.seed < 2**63:
         raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
     positive = {"batch_size": cfg.batch_size, "optim_ni": cfg.optim_ni, "eval_every": cfg.eval_every}

@@ -31,9 +31,11 @@ from typing import Any
 import torch
 
 from resbench.device import bnstats, cpus
-from resbench.data import tensors as data
+from resbench.data.batches import TrainBatches
+from resbench.data.facts import dataset_spec
+from resbench.data.fetch.prepare import prepare_dataset
+from resbench.data.prepared import load_splits, missing_prepared_files
 from resbench.device import distributed
-from resbench.data.fetch import prepare as fetch
 from resbench.device import hotpath
 from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
 from resbench.runs.reader import check_same_config
@@ -89,8 +91,8 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
         return already_finished(run, cfg)
     resume_from = checked_resume_point(run, cfg, device, precision)
     ensure_prepared(cfg, world, device)
-    splits = data.load_splits(cfg.data_name, cfg.data_root, device)
-    batches = data.TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
+    splits = load_splits(cfg.data_name, cfg.data_root, device)
+    batches = TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
                                 world.rank, world.world_size)
     job = build_job(cfg, batches, device, precision, world, run, splits)
     state = start_or_resume(job, resume_from)
@@ -178,7 +180,7 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
     """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    top5 = reports_top5(data.dataset_spec(job.cfg.data_name, job.cfg.data_root).num_classes)
+    top5 = reports_top5(dataset_spec(job.cfg.data_name, job.cfg.data_root).num_classes)
     val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
     test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
     record = {
@@ -266,14 +268,14 @@ def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.de
     Rank 0 prepares it while the others wait; ranks decide together, so a node that lacks the
     data (no shared file system) waits too and then fails with the usual "not prepared" error.
     """
-    missing = (bool(data.missing_prepared_files(cfg.data_name, cfg.data_root))  # an imported set has no archive:
-               and not data.dataset_spec(cfg.data_name, cfg.data_root).imported)  # the loader names its fix
+    missing = (bool(missing_prepared_files(cfg.data_name, cfg.data_root))  # an imported set has no archive:
+               and not dataset_spec(cfg.data_name, cfg.data_root).imported)  # the loader names its fix
     if not distributed.any_rank(missing, world, device):
         return
     if world.is_main and missing:
         print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
               file=sys.stderr)
-        fetch.prepare_dataset(cfg.data_name, cfg.data_root, cfg.mirror)
+        prepare_dataset(cfg.data_name, cfg.data_root, cfg.mirror)
     distributed.wait_for_rank0(world)
 
 

@@ -13,8 +13,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from resbench.data import tensors as data
-from resbench.models import resnet as models
+from resbench.data.batches import TrainBatches
+from resbench.data.facts import dataset_spec
+from resbench.data.prepared import Splits
+from resbench.models.resnet import count_parameters, resnet
 from resbench.runs.folder import RunFolder
 from resbench.device import bnstats, distributed, hotpath
 from resbench.train.lossscale import ConstantLossScale
@@ -81,11 +83,11 @@ class Job:
     optimizer: torch.optim.Optimizer
     scaler: ConstantLossScale
     autocast: Any
-    batches: data.TrainBatches
+    batches: TrainBatches
     params: int
     bn_values: dict[str, int]  # values per channel in each BatchNorm's batch (see bnstats)
     run: RunFolder | None = None  # where `resbench train` writes; none for `bench`
-    splits: data.Splits | None = None  # the evaluation splits of `resbench train`
+    splits: Splits | None = None  # the evaluation splits of `resbench train`
 
     def step(self, step: int, lr: float, stats: StepStats | None = None, measure_grad_norm: bool = False,
              skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
@@ -96,14 +98,14 @@ class Job:
                           measure_grad_norm=measure_grad_norm, skipped=skipped, stats=stats)
 
 
-def build_job(cfg: TrainConfig, batches: data.TrainBatches, device: torch.device, precision: str,
+def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, precision: str,
               world: distributed.World = distributed.World(), run: RunFolder | None = None,
-              splits: data.Splits | None = None) -> Job:
+              splits: Splits | None = None) -> Job:
     """The model initialised from the seed, its optimiser, and the hot path's choices applied, to
     train on `batches` (the caller's: a dataset's, or bench's generated images)."""
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
-    model = models.resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
+    model = resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
     model = hotpath.prepare_model(model, device)
     parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
@@ -113,7 +115,7 @@ def build_job(cfg: TrainConfig, batches: data.TrainBatches, device: torch.device
         optimizer=hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device),
         scaler=ConstantLossScale(device, enabled=precision == "fp16"),
         autocast=hotpath.autocast_for(precision, device), batches=batches,
-        params=models.count_parameters(model),
+        params=count_parameters(model),
         bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn),
         run=run, splits=splits,
     )

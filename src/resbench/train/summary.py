@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from resbench.data import tensors as data
+from resbench.data.facts import dataset_spec
 from resbench.evaluate.metrics import reports_top5
 from resbench.device import distributed
 from resbench.train.resume import RunState
@@ -15,7 +15,7 @@ from resbench.train.step import Job
 def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
     """summary.json: the run's table figures (best validation and its test figures) and its cost."""
     cfg = job.cfg
-    spec = data.dataset_spec(cfg.data_name, cfg.data_root)
+    spec = dataset_spec(cfg.data_name, cfg.data_root)
     spent = time_breakdown(state)
     return {
         "status": status,

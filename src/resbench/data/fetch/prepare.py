@@ -42,9 +42,8 @@ DATASETS: tuple[str, ...] = tuple(RECIPES)
 
 def training_datasets() -> list[str]:
     """What `resbench data download all` prepares: the training datasets (evaluation sets by name)."""
-    from resbench.data import tensors as data
 
-    return [name for name in RECIPES if name in data.DATASETS]
+    return [name for name in RECIPES if name in DATASETS]
 
 
 def _check_name(name: str) -> str:
@@ -55,14 +54,15 @@ def _check_name(name: str) -> str:
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
     """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
-    from resbench.data import tensors as data
+    from resbench.data.facts import DATASETS
     from resbench.data import evalsets  # torch: loaded to check data, not for `resbench data --help`
-    from resbench.data.tensors import DataFileError, read_prepared
+    from resbench.errors import DataFileError
+    from resbench.data.prepared import read_prepared
 
     try:
         if name in evalsets.EVAL_SETS:
             return None, evalsets.inspect_prepared(name, data_root)
-        train_x, _, test_x, _ = read_prepared(data.DATASETS[name], data_root, mmap_mode="r")
+        train_x, _, test_x, _ = read_prepared(DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
         return str(err), {}
     return None, {"train": len(train_x), "test": len(test_x)}
@@ -258,7 +258,7 @@ def disk_size(folder: Path) -> int:
 
 def _demo_status() -> dict:
     """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
-    from resbench.data.tensors import DEMO_DATASET, DEMO_TEST_SIZE
+    from resbench.data.facts import DEMO_DATASET, DEMO_TEST_SIZE
 
     row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
     if importlib.util.find_spec("sklearn") is None:

@@ -1,26 +1,22 @@
-"""What the cluster launchers share: a run's command on several GPUs, the checks and the record before a
-run is handed to a scheduler, and the state of every run of a sweep read from its folder alone
-(`sweep --status`), so that 300 runs on a cluster can be watched without asking the scheduler."""
+"""What the cluster launchers share: a run's command on several GPUs, and the checks and the record
+before a run is handed to a scheduler (`slurm`, `ray_cluster`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from resbench.errors import ResbenchError, printable
 from resbench.files import UnsafeFileError, check_writable_in_place, replace_atomically
 from resbench.runs import schema
-from resbench.runs.reader import last_iteration, read_json, status_of
+from resbench.runs.reader import read_json
 from resbench.runs.schema import RunFolderError
-from resbench.console import clock
-from resbench.sweep.grid import PlannedRun, final_figures
+from resbench.sweep.plan import PlannedRun
 
 LAUNCH_DIR = ".launch"  # below --runs_dir: the job scripts and the scheduler's own output
-STATES = ("finished", "running", "queued", "stopped", "failed", "new")
 STOPPED_BY_SIGNAL = 130  # `resbench train`'s exit status once it has saved its state on a signal
 
 
@@ -73,44 +69,3 @@ def submitted(run: PlannedRun) -> str | None:
     except RunFolderError:
         return None
     return f"{record.get('launcher')} job {record.get('job')}" if isinstance(record, dict) else None
-
-
-def last_output_line(run: PlannedRun) -> str:
-    """The last line the run (or its job script) wrote to stdout.log, at most 300 characters of it."""
-    try:
-        with open(run.save / schema.STDOUT, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            lines = f.read().decode("utf-8", "replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
-def run_state(run: PlannedRun) -> tuple[str, str]:
-    """The state of a run (one of STATES) and a detail, from its folder alone."""
-    status = status_of(run.save)
-    if status == "finished":
-        return "finished", final_figures(run)
-    if status != "running":  # diverged, or a summary.json that cannot be read
-        return "failed", f"summary.json says {status}" if status != "unknown" else "summary.json cannot be read"
-    done, total = last_iteration(run.save), run.config.optim_ni
-    if (run.save / schema.LOCK).exists():
-        since = time.time() - max((run.save / name).stat().st_mtime for name in (schema.LOCK, schema.METRICS)
-                                  if (run.save / name).exists())
-        return "running", f"iteration {done} of {total}, last written {clock(since)} ago"
-    last = last_output_line(run)
-    if last.startswith(("error:", "resbench sweep: the run failed")):
-        return "failed", last
-    if done:
-        return "stopped", f"at iteration {done} of {total}; resumes when launched again ({submitted(run) or 'local'})"
-    where = submitted(run)
-    return ("queued", f"submitted as {where}") if where else ("new", "")
-
-
-def status_report(runs: list[PlannedRun]) -> str:
-    """One line per run, then the counts."""
-    states = [run_state(run) for run in runs]
-    lines = [f"  {state:8} {run.save}" + (f": {detail}" if detail else "") for run, (state, detail) in zip(runs, states)]
-    counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(s == state for s, _ in states)))
-    return "\n".join([f"sweep status: {len(runs)} runs: {counts}", *lines])

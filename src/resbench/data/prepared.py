@@ -1,13 +1,9 @@
-"""Datasets as uint8 tensors on the training device, and whole-batch augmentation.
+"""The prepared datasets: uint8 NHWC arrays in <data_root>/<name>/{train,test}_{images,labels}.npy,
+checked before use and loaded onto the training device as one tensor per split.
 
-Every split lives on the device as one uint8 NHWC tensor. A training batch is a slice of a
-per-epoch permutation, augmented (zero-pad 4, random crop, horizontal flip) for the whole batch
-with one gather, so no per-image Python runs on the hot path and no DataLoader is needed.
-
-Batch `t` is a pure function of (seed, t): the permutation of epoch e is drawn from a generator
-seeded with (seed, e), the crop offsets and flips of step t from one seeded with (seed, t). A run
-resumed at step t therefore sees exactly the batches the uninterrupted run would have seen, and
-data-parallel ranks can each cut their share out of the same global batch.
+Every split lives on the device whole, so that a batch is a slice and an augmentation is one gather
+(`data.batches`); each file's header is checked before its data is read, so that a damaged or
+foreign file costs one line, not the machine's memory.
 """
 
 from __future__ import annotations
@@ -20,15 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resbench.data.facts import (DATASETS, DEMO_DATASET, DEMO_TEST_SIZE, PREPARED_FILES, DatasetSpec,  # noqa: F401
-                                  dataset_spec)  # (the tensors' facts, for their users)
-from resbench.errors import ResbenchError
-
-PAD = 4  # pixels of zero padding before the random crop
-
-
-class DataFileError(ResbenchError):
-    """A prepared data file is missing or malformed; the message names the file and the fix."""
+from resbench.data.digits import digits_arrays
+from resbench.data.facts import DEMO_DATASET, PREPARED_FILES, DatasetSpec, dataset_spec
+from resbench.errors import DataFileError
 
 
 @dataclass
@@ -162,87 +152,3 @@ def check_labels(path: Path, labels: np.ndarray, count: int, num_classes: int) -
         raise DataFileError(
             f"{path} has labels in [{labels.min()}, {labels.max()}], expected [0, {num_classes - 1}]"
         )
-
-
-def digits_arrays() -> tuple[np.ndarray, ...]:
-    """scikit-learn's bundled digits as 32×32 RGB uint8, in a fixed shuffled order.
-
-    The 8×8 images (values 0..16) are upsampled bilinearly and repeated over three channels, so
-    the demo exercises exactly the code path of the real datasets.
-    """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataFileError(
-            "the Digits_x32 demo needs scikit-learn: pip install 'resbench[demo]'"
-        ) from None
-    digits = load_digits()
-    order = np.random.RandomState(0).permutation(len(digits.target))
-    small = torch.from_numpy(digits.images[order] / 16.0).float().unsqueeze(1)
-    big = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)
-    images = (big.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).numpy()
-    labels = digits.target[order].astype(np.int64)
-    n_train = len(labels) - DEMO_TEST_SIZE
-    return images[:n_train], labels[:n_train], images[n_train:], labels[n_train:]
-
-
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC → float [0, 1] NCHW, kept in channels_last memory (no copy of the layout)."""
-    return images.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Zero-pad by PAD, crop at offsets (dy, dx) in [0, 2·PAD], mirror where `flip`: one gather.
-
-    images: uint8 B×H×W×C. Works in pixel space before normalisation, as the reference does.
-    """
-    b, h, w, c = images.shape
-    padded = images.new_zeros(b, h + 2 * PAD, w + 2 * PAD, c)
-    padded[:, PAD:PAD + h, PAD:PAD + w] = images
-    ar_h = torch.arange(h, device=images.device)
-    ar_w = torch.arange(w, device=images.device)
-    rows = dy[:, None] + ar_h  # B×H
-    cols = dx[:, None] + torch.where(flip[:, None], (w - 1) - ar_w, ar_w)  # B×W
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]]
-
-
-class TrainBatches:
-    """The augmented training batches of one run: `batch(step)` for any step, in any order.
-
-    With `world_size` > 1 each rank gets its contiguous share of the same global batch.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
-        if batch_size > len(images):
-            raise ValueError(f"batch_size {batch_size} is larger than the training split ({len(images)} images)")
-        self.images, self.labels = images, labels
-        self.batch_size, self.seed = batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.steps_per_epoch = len(images) // batch_size  # a ragged last batch is dropped
-        self.device = images.device
-        self._epoch, self._perm = -1, None
-        self._gen = torch.Generator(device=self.device)
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(stream_seed(self.seed, 1, epoch))
-        return torch.randperm(len(self.images), generator=gen).to(self.device, non_blocking=True)
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch, self._perm = epoch, self.permutation(epoch)
-        b = self.batch_size
-        self._gen.manual_seed(stream_seed(self.seed, 2, step))
-        offsets = torch.randint(0, 2 * PAD + 1, (2, b), generator=self._gen, device=self.device)
-        flip = torch.rand(b, generator=self._gen, device=self.device) < 0.5
-        share = slice(self.rank * b // self.world_size, (self.rank + 1) * b // self.world_size)
-        idx = self._perm[i * b:(i + 1) * b][share]
-        images = crop_flip(self.images[idx], offsets[0, share], offsets[1, share], flip[share])
-        return to_model_input(images), self.labels[idx]
-
-
-def stream_seed(seed: int, stream: int, index: int) -> int:
-    """A distinct 63-bit seed for each (run seed, random stream, index)."""
-    return ((seed * 1_000_003 + stream) * 1_000_000_007 + index) & 0x7FFF_FFFF_FFFF_FFFF

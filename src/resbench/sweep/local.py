@@ -1,0 +1,120 @@
+"""`sweep --launcher local`: each run a `resbench train` subprocess, `--jobs` of them at a time, so
+that a crash or out-of-memory in one run cannot take the others down and several can share one
+device.
+
+A run stops, saving its state, when the sweep dies, even by SIGKILL (`stop_with_parent`): it must
+not train on unwatched, holding its folder's lock, once nobody will read its result.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from resbench.files import open_own_file
+from resbench.runs import schema
+from resbench.sweep.plan import PACKAGE_ROOT, PlannedRun, final_figures
+
+PARENT_VARIABLE = "RESBENCH_SWEEP_PID"  # set in a run's environment: the sweep it must not outlive
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a train subprocess: it must import this same resbench, installed or not,
+    and know the sweep whose death must stop it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    env[PARENT_VARIABLE] = str(os.getpid())
+    return env
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def stop_with_parent() -> None:
+    """In a run started by a sweep: get SIGTERM (and so save and stop) when the sweep dies.
+
+    SIGTERM and Ctrl-C reach the runs through the sweep, but a SIGKILLed sweep forwards nothing;
+    on Linux the kernel sends the signal (PR_SET_PDEATHSIG), elsewhere a thread watches the parent.
+    A sweep that died before this ran is noticed at once.
+    """
+    sweep = os.environ.pop(PARENT_VARIABLE, None)
+    if sweep is None or not sweep.isdigit():
+        return
+    linux = sys.platform.startswith("linux")
+    if not (linux and ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0):
+        threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True, name="resbench-parent").start()
+    if os.getppid() != int(sweep) and not process_exists(int(sweep)):  # (a wrapper may stand in between)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def watch_parent(parent: int, interval: float = 1.0) -> None:
+    """Send this process SIGTERM once its parent is no longer `parent` (it died: the child was re-parented)."""
+    while os.getppid() == parent:
+        threading.Event().wait(interval)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+RUNNING: set[subprocess.Popen] = set()  # the train subprocesses running now
+
+
+def execute(run: PlannedRun) -> str | None:
+    """Train one run, its output appended to <save>/stdout.log; the reason it failed, or None."""
+    try:
+        run.save.mkdir(parents=True, exist_ok=True)
+        with open_own_file(run.save / schema.STDOUT, append=True) as log:
+            child = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
+            RUNNING.add(child)
+            try:
+                code = child.wait()
+            finally:
+                RUNNING.discard(child)
+    except OSError as exc:  # e.g. a file where the run's folder goes: that run fails, the others go on
+        return f"cannot write {run.save}: {exc.strerror or exc}"
+    if code != 0:
+        return f"exit status {code}"
+    return None if run.state == "finished" else "no summary.json written"
+
+
+def execute_all(runs: list[PlannedRun], jobs: int) -> list[tuple[PlannedRun, str]]:
+    """Run the runs `jobs` at a time, reporting each as it starts and ends; the failed ones with their reasons."""
+    lock, started, done, failures = threading.Lock(), itertools.count(1), itertools.count(1), []
+
+    def job(run: PlannedRun) -> None:
+        with lock:
+            print(f"[start {next(started)}/{len(runs)}] {run.save} ({run.state}; its output goes to "
+                  f"{run.save / schema.STDOUT})", flush=True)
+        reason = execute(run)
+        with lock:
+            status = f"finished: {final_figures(run)}" if reason is None else \
+                f"FAILED ({reason}, see {run.save / schema.STDOUT})"
+            print(f"[{next(done)}/{len(runs)}] {run.save}: {status}", flush=True)
+            if reason is not None:
+                failures.append((run, reason))
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        list(pool.map(job, runs))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see cli.stop_on_sigterm): start nothing new,
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in list(RUNNING):  # and let each running run save its state and stop
+            child.send_signal(signal.SIGTERM)
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown()
+    return failures
