@@ -540,7 +540,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_run_files_follow_the_umask(tmp_path):
     checkpoint.save_checkpoint({"step": torch.tensor(1)}, tmp_path / "last.pt")
-    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~checkpoint.current_umask()
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~files.current_umask()
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):

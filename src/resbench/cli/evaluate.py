@@ -61,13 +61,14 @@ def run(args: argparse.Namespace) -> int:
         raise ResbenchError("saved figures (--save, RUNS_DIR) are the test split's; drop --split val")
     if args.batch_size is not None and args.batch_size < 1:
         raise ResbenchError(f"--batch_size must be positive, got {args.batch_size}")
-    from resbench.evaluate.report import EvalRequest, evaluate_members, save_report
+    from resbench.evaluate.figures import EvalRequest, evaluate_checkpoint, evaluate_ensemble, save_report
 
     request = EvalRequest(args.data_root, args.split, args.temperature_scaling, args.corruptions, args.ood,
                           args.device, args.batch_size)
     if args.runs_dir is not None:
         return eval_runs(args.runs_dir, args.which, request, args.json)
-    report = evaluate_members(args.ckpt, args.which, request)
+    report = (evaluate_ensemble(args.ckpt, args.which, request) if several
+              else evaluate_checkpoint(args.ckpt[0], args.which, request))
     if args.save:
         log(f"wrote {save_report(report)}")
     print(json.dumps(report, indent=2) if args.json else format_eval_report(report))
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def eval_runs(runs_dir: Path, which: str, request: Any, as_json: bool) -> int:
     """`resbench eval RUNS_DIR`: one line per run as it is scored (or all reports as JSON at the end);
     exit status 1 if a run could not be scored."""
-    from resbench.evaluate.report import evaluate_runs
+    from resbench.evaluate.figures import evaluate_runs
 
     def show(folder: Path, report: dict) -> None:
         if not as_json:

@@ -1,78 +1,25 @@
-"""Crash-safe files: every write goes to a temporary file, is flushed to disk, then renamed.
+"""Checkpoints: written crash-safe (`runs.writes`) with every tensor on the CPU, read back with
+`weights_only=True`, so that a file that would need pickled code is refused.
 
-A crash at any instant leaves either the previous file or the new one, never half of one.
-Checkpoints are read with `weights_only=True`, so a file that would need pickled code is refused.
-A write that fails (full disk, no permission) becomes one RunFolderError naming the folder.
-
-Files the tool creates never follow a planted link: temporary files are created exclusively
-(`mkstemp`), and files opened in place (logs, lock files, downloads) refuse a symbolic link or a
-file with other hard links (`open_own_file`). Each checkpoint's SHA-256 is recorded beside it in
-`<name>.sha256` when it is written and checked when it is loaded, so a damaged file is named
-instead of loading as other numbers.
+Each checkpoint's SHA-256 is recorded beside it in `<name>.sha256` when it is written and checked
+when it is loaded, so a damaged file is named instead of loading as other numbers.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import io
-import json
-import os
 import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from resbench.runs.schema import DIGEST_SUFFIX, RunFolderError
-from resbench.files import UnsafeFileError, current_umask, open_own_file, replace_atomically  # noqa: F401  (current_umask: for callers)
-
-
-@contextlib.contextmanager
-def write_errors_named(path: str | Path, replaces: bool = False) -> Iterator[None]:
-    """Turn an OSError while writing into `path` into one RunFolderError that says what to do.
-
-    `replaces`: the write goes to a temporary file renamed over `path`, so `path` is left as it was.
-    """
-    path = Path(path)
-    existed = replaces and os.path.isfile(path)  # os.path: no OSError for a name too long
-    try:
-        yield
-    except OSError as exc:
-        raise RunFolderError(write_error_message(path, exc, kept=existed)) from None
-
-
-def write_error_message(path: Path, exc: OSError, kept: bool = False) -> str:
-    if isinstance(exc, UnsafeFileError):
-        fix = "remove it, or use another --save folder"
-    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free space on that disk or use another --save folder"
-        if kept:
-            fix += f"; the previous {path.name} is intact"
-    elif exc.errno == errno.ENAMETOOLONG:
-        fix = "use a shorter --save folder name"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make that folder writable or use another --save folder"
-    elif exc.errno in (errno.EEXIST, errno.ENOTDIR):
-        fix = "a file stands where a folder is needed: --save must name a folder"
-    else:
-        fix = "use another --save folder"
-    return f"cannot write {path} ({exc.strerror or exc}); {fix}"
-
-
-def atomic_write(path: str | Path, write: Any) -> None:
-    """Call `write(file)` on a temporary file beside `path`, fsync it, and rename it into place."""
-    with write_errors_named(path, replaces=True):
-        replace_atomically(Path(path), write)
-
-
-def append_text(path: str | Path, text: str) -> None:
-    """Append to a log file; lines are appended, so a crash loses at most the last one."""
-    with write_errors_named(path), open_own_file(path, append=True) as f:
-        f.write(text.encode())
+from resbench.files import replace_atomically
+from resbench.runs.writes import write_errors_named
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
@@ -161,14 +108,6 @@ def on_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(on_cpu(value) for value in obj)
     return obj
-
-
-def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from resbench.version import __version__
-from resbench.runs import checkpoint
+from resbench.runs import checkpoint, writes
 from resbench import files
 from resbench.runs import schema
 from resbench.settings.flags import flag_value
@@ -159,7 +159,7 @@ class RunFolder:
 
         Holding it, the temporary files of a killed earlier run are removed (no live process can be
         writing them: every writer holds this lock)."""
-        with checkpoint.write_errors_named(self.path):
+        with writes.write_errors_named(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
             tempfile.TemporaryFile(dir=self.path).close()
             try:
@@ -178,23 +178,23 @@ class RunFolder:
         log.txt lists the resolved values (with the asked one where it differs), so a setting
         copied from it means on this machine what the run did.
         """
-        checkpoint.write_json(self.file(schema.CONFIG), {**vars(cfg), RESOLVED_KEY: resolved})
-        checkpoint.write_text(self.file(schema.METRICS), "")
+        writes.write_json(self.file(schema.CONFIG), {**vars(cfg), RESOLVED_KEY: resolved})
+        writes.write_text(self.file(schema.METRICS), "")
         lines = ["# resbench run", f"# started with: {' '.join(sys.argv)}"]
         lines += [f"# {key}: {value}" for key, value in self.environment(device).items()]
         lines += [f"# precision: {precision}", f"# params: {params:,}"]
         lines += [setting_line(key, value, resolved) for key, value in vars(cfg).items()]
-        checkpoint.write_text(self.file(schema.LOG), "\n".join(lines) + "\n")
+        writes.write_text(self.file(schema.LOG), "\n".join(lines) + "\n")
 
     @writer_only
     def log(self, line: str) -> None:
         """Print a line (above any progress bar) and append it to log.txt."""
         tqdm.write(line)
-        checkpoint.append_text(self.file(schema.LOG), line + "\n")
+        writes.append_text(self.file(schema.LOG), line + "\n")
 
     @writer_only
     def append_metrics(self, record: dict[str, Any]) -> None:
-        checkpoint.append_text(self.file(schema.METRICS), json.dumps(record) + "\n")
+        writes.append_text(self.file(schema.METRICS), json.dumps(record) + "\n")
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key != "iter" and isinstance(value, (int, float)):
@@ -211,7 +211,7 @@ class RunFolder:
     @writer_only
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
         """On resume: metrics.jsonl becomes exactly the records up to the checkpoint."""
-        checkpoint.write_text(self.file(schema.METRICS), "".join(json.dumps(r) + "\n" for r in history))
+        writes.write_text(self.file(schema.METRICS), "".join(json.dumps(r) + "\n" for r in history))
 
     @writer_only
     def save_last(self, state: dict[str, Any]) -> None:
@@ -223,7 +223,7 @@ class RunFolder:
 
     @writer_only
     def finish(self, summary: dict[str, Any]) -> None:
-        checkpoint.write_json(self.file(schema.SUMMARY), summary)
+        writes.write_json(self.file(schema.SUMMARY), summary)
         figure = lambda value: "none" if value is None else f"{value:.4f}"  # noqa: E731  (no evaluation yet)
         self.log(f"{summary['status']}: best val/acc {figure(summary['best_val_acc'])} at iteration "
                  f"{summary['best_iter']}, "

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from resbench.files import UnsafeFileError, open_own_file
 from resbench.console import log, progress
@@ -94,41 +94,62 @@ class Limits:
     window: float = STALL_WINDOW
 
 
+class RegisteredConnection:
+    """An HTTP(S) connection that appends its socket's descriptor to `descriptors`, so that a
+    watchdog can cut the request off (the same descriptor once TLS wraps the socket)."""
+
+    def __init__(self, *args: Any, descriptors: list[int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        create = self._create_connection  # type: ignore[attr-defined]
+
+        def create_registered(*args: Any, **kwargs: Any) -> socket.socket:
+            sock = create(*args, **kwargs)
+            descriptors.append(sock.fileno())
+            return sock
+
+        self._create_connection = create_registered
+
+
+class WatchedHTTPConnection(RegisteredConnection, http.client.HTTPConnection):
+    pass
+
+
+WATCHED: dict[type, type] = {http.client.HTTPConnection: WatchedHTTPConnection}
+
+
+class WatchedOpen:
+    """A urllib handler whose connections register their sockets in `descriptors`."""
+
+    def __init__(self, descriptors: list[int]):
+        super().__init__()
+        self.descriptors = descriptors
+
+    def do_open(self, http_class: type, req: urllib.request.Request, **kwargs: Any) -> http.client.HTTPResponse:
+        return super().do_open(WATCHED[http_class], req, descriptors=self.descriptors, **kwargs)  # type: ignore[misc]
+
+
+class WatchedHTTPHandler(WatchedOpen, urllib.request.HTTPHandler):
+    pass
+
+
+WATCHED_HANDLERS: list[type] = [WatchedHTTPHandler]
+if hasattr(http.client, "HTTPSConnection"):  # not in a Python built without ssl
+    class WatchedHTTPSConnection(RegisteredConnection, http.client.HTTPSConnection):
+        pass
+
+    class WatchedHTTPSHandler(WatchedOpen, urllib.request.HTTPSHandler):
+        pass
+
+    WATCHED[http.client.HTTPSConnection] = WatchedHTTPSConnection
+    WATCHED_HANDLERS.append(WatchedHTTPSHandler)
+
+
 def _open_watched(request: urllib.request.Request, timeout: float, deadline: float) -> http.client.HTTPResponse:
     """urlopen, but the connection is cut off when the response headers are not complete `deadline`
     seconds after the request: the socket timeout alone bounds each read, so a server sending one
     byte every few seconds (of its TLS handshake, or of its headers) could hold the request forever."""
     descriptors: list[int] = []  # of the sockets this request opened (redirects open more)
-
-    class Registered:
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            create = self._create_connection  # type: ignore[attr-defined]
-
-            def create_registered(*args, **kwargs):
-                sock = create(*args, **kwargs)
-                descriptors.append(sock.fileno())  # the same descriptor once TLS wraps the socket
-                return sock
-
-            self._create_connection = create_registered
-
-    class HTTPConnection(Registered, http.client.HTTPConnection):
-        pass
-
-    class HTTPHandler(urllib.request.HTTPHandler):
-        def http_open(self, req):
-            return self.do_open(HTTPConnection, req)
-
-    handlers: list[type] = [HTTPHandler]
-    if hasattr(http.client, "HTTPSConnection"):
-        class HTTPSConnection(Registered, http.client.HTTPSConnection):
-            pass
-
-        class HTTPSHandler(urllib.request.HTTPSHandler):
-            def https_open(self, req):
-                return self.do_open(HTTPSConnection, req)
-
-        handlers.append(HTTPSHandler)
+    handlers = [handler(descriptors) for handler in WATCHED_HANDLERS]
     fired = threading.Event()
 
     def cut_off() -> None:

@@ -42,8 +42,9 @@ DATASETS: tuple[str, ...] = tuple(RECIPES)
 
 def training_datasets() -> list[str]:
     """What `resbench data download all` prepares: the training datasets (evaluation sets by name)."""
+    from resbench.data import facts
 
-    return [name for name in RECIPES if name in DATASETS]
+    return [name for name in RECIPES if name in facts.DATASETS]
 
 
 def _check_name(name: str) -> str:
@@ -54,15 +55,14 @@ def _check_name(name: str) -> str:
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
     """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
-    from resbench.data.facts import DATASETS
-    from resbench.data import evalsets  # torch: loaded to check data, not for `resbench data --help`
+    from resbench.data import evalsets, facts  # torch: loaded to check data, not for `resbench data --help`
     from resbench.errors import DataFileError
     from resbench.data.prepared import read_prepared
 
     try:
         if name in evalsets.EVAL_SETS:
             return None, evalsets.inspect_prepared(name, data_root)
-        train_x, _, test_x, _ = read_prepared(DATASETS[name], data_root, mmap_mode="r")
+        train_x, _, test_x, _ = read_prepared(facts.DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
         return str(err), {}
     return None, {"train": len(train_x), "test": len(test_x)}

@@ -1,5 +1,9 @@
 """What `resbench eval` computes for its checkpoints (one, an ensemble, or every run below a folder):
-the split's figures, temperature scaling, corruptions and OOD detection, saved as eval.json."""
+the split's figures, temperature scaling, corruptions and OOD detection, saved as eval.json.
+
+One checkpoint's figures and an ensemble's are two functions with one shape each
+(`evaluate_checkpoint`, `evaluate_ensemble`), computed by the same `head_figures`.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,14 @@ from typing import Any, Callable
 
 import torch
 
-from resbench.evaluate.checkpoints import checkpoint_path, load_member, load_run_config, run_data_root, run_dataset
+from resbench.evaluate.checkpoints import (Member, checkpoint_path, load_member, load_run_config, run_data_root,
+                                           run_dataset)
 from resbench.evaluate.metrics import (CPU_EVAL_BATCH_SIZE, EVAL_BATCH_SIZE, calibration_metrics, fit_temperature, nll,
                                       probability_metrics)
 from resbench.evaluate.scoring import Scorer, corruption_figures, heads, ood_figures
 from resbench.data import evalsets
 from resbench.data.fetch.prepare import is_complete, prepare_datasets
-from resbench.runs.checkpoint import write_json
+from resbench.runs.writes import write_json
 from resbench.settings.config import resolve_device
 from resbench.console import log
 from resbench.data.facts import DATASETS, DatasetSpec, is_imported
@@ -25,7 +30,7 @@ from resbench.data.recipes import RECIPES
 from resbench.errors import ResbenchError
 from resbench.runs import schema
 from resbench.runs.reader import configured_folders
-from resbench.evaluate.uncertainty import (diversity)
+from resbench.evaluate.uncertainty import diversity
 
 
 @dataclass
@@ -75,12 +80,18 @@ def prepare_missing(names: list[str], data_root: str) -> None:
         prepare_datasets(downloadable, data_root)
 
 
-def evaluate_members(paths: list[Path], which: str, request: EvalRequest) -> dict:
-    """All `resbench eval` figures of one checkpoint, or of an ensemble and each of its members.
+@dataclass
+class Members:
+    """The checkpoints `resbench eval` scores together, loaded, with the dataset they share."""
 
-    Computed in float32 whatever the runs' precision (checkpoints hold float32 weights), so an
-    fp16/bf16 run's figures can differ from its summary.json in the third decimal.
-    """
+    members: list[Member]
+    spec: DatasetSpec
+    data_root: str
+    device: torch.device
+
+
+def load_members(paths: list[Path], which: str, request: EvalRequest) -> Members:
+    """The checkpoints of `paths` (run folders or .pt files), refused unless they share a dataset."""
     try:
         device = resolve_device(request.device)
     except ValueError as exc:
@@ -93,29 +104,51 @@ def evaluate_members(paths: list[Path], which: str, request: EvalRequest) -> dic
                             f"but not {', '.join(other)}")
     data_root = run_data_root(configs[0], ckpts[0].parent / schema.CONFIG, request.data_root)
     spec = run_dataset(configs[0], ckpts[0].parent / schema.CONFIG, data_root)
-    corrupted, ood = shifted_sets(request, spec, data_root)
-    members = [load_member(ckpt, config, device, spec) for ckpt, config in zip(ckpts, configs)]
-    prepare_missing([n for n in [corrupted, *ood] if n], data_root)
-    splits = load_splits(data_name, data_root, device)
-    batch_size = request.batch_size or (CPU_EVAL_BATCH_SIZE if device.type == "cpu" else EVAL_BATCH_SIZE)
-    score = Scorer(members, device, batch_size)
+    return Members([load_member(ckpt, config, device, spec) for ckpt, config in zip(ckpts, configs)],
+                   spec, data_root, device)
+
+
+def head_figures(loaded: Members, request: EvalRequest) -> tuple[list[dict], torch.Tensor, dict]:
+    """Each head's figures (every member's, then the ensemble's where there are several), the logits,
+    and what every report shares.
+
+    Computed in float32 whatever the runs' precision (checkpoints hold float32 weights), so an
+    fp16/bf16 run's figures can differ from its summary.json in the third decimal.
+    """
+    corrupted, ood = shifted_sets(request, loaded.spec, loaded.data_root)
+    prepare_missing([n for n in [corrupted, *ood] if n], loaded.data_root)
+    data_name = loaded.spec.name
+    splits = load_splits(data_name, loaded.data_root, loaded.device)
+    batch_size = request.batch_size or (CPU_EVAL_BATCH_SIZE if loaded.device.type == "cpu" else EVAL_BATCH_SIZE)
+    score = Scorer(loaded.members, loaded.device, batch_size)
     logits = score(getattr(splits, f"{request.split}_images"), f"{data_name} {request.split}")
     labels = getattr(splits, f"{request.split}_labels").cpu()
     reports = [probability_metrics(log_p, labels) for log_p, _ in heads(logits)]
     if request.temperature_scaling:
         reports[0]["temperature_scaling"] = temperature_scaled(logits[0], labels, request.split, splits, score)
     if corrupted:
-        for report, figures in zip(reports, corruption_figures(score, corrupted, data_root)):
+        for report, figures in zip(reports, corruption_figures(score, corrupted, loaded.data_root)):
             report["corruptions"] = figures
     if ood:
         id_logits = logits if request.split == "test" else score(splits.test_images, f"{data_name} test")
-        for report, figures in zip(reports, ood_figures(score, ood, data_root, id_logits)):
+        for report, figures in zip(reports, ood_figures(score, ood, loaded.data_root, id_logits)):
             report["ood"] = figures
-    common = {"data_name": data_name, "split": request.split, "n": len(labels)}
-    if len(members) == 1:
-        return {"ckpt": str(members[0].ckpt), "checkpoint": members[0].which, **common, **reports[0]}
+    return reports, logits, {"data_name": data_name, "split": request.split, "n": len(labels)}
+
+
+def evaluate_checkpoint(path: Path, which: str, request: EvalRequest) -> dict:
+    """All `resbench eval` figures of one checkpoint: what eval.json holds."""
+    loaded = load_members([path], which, request)
+    (report,), _, common = head_figures(loaded, request)
+    return {"ckpt": str(loaded.members[0].ckpt), "checkpoint": loaded.members[0].which, **common, **report}
+
+
+def evaluate_ensemble(paths: list[Path], which: str, request: EvalRequest) -> dict:
+    """The figures of an ensemble (its mean probability), its diversity, and each member's figures."""
+    loaded = load_members(paths, which, request)
+    reports, logits, common = head_figures(loaded, request)
     return {**common, "ensemble": reports[-1], "diversity": diversity(logits),
-            "members": [{"ckpt": str(m.ckpt), "checkpoint": m.which, **r} for m, r in zip(members, reports)]}
+            "members": [{"ckpt": str(m.ckpt), "checkpoint": m.which, **r} for m, r in zip(loaded.members, reports)]}
 
 
 def temperature_scaled(logits: torch.Tensor, labels: torch.Tensor, split: str, splits: Any, score: Scorer) -> dict:
@@ -149,7 +182,7 @@ def evaluate_runs(runs_dir: Path, which: str, request: EvalRequest,
     reports, failed = [], 0
     for folder in folders:
         try:
-            report = evaluate_members([folder], which, request)
+            report = evaluate_checkpoint(folder, which, request)
         except ResbenchError as exc:
             print(f"warning: cannot evaluate {folder}: {exc}", file=sys.stderr)
             failed += 1
