@@ -23,8 +23,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from resbench.bench import measure as bench
-from resbench.settings import config
 from resbench.device import hotpath
+from resbench.settings import config
 
 GROUPS = (  # name fragments -> the kind of work, first match wins (cuDNN kernels, then aten/oneDNN ops)
     (("wgrad", "dgrad", "bprop", "backward_data", "backward_filter", "convolution_backward"), "conv backward"),

@@ -21,12 +21,12 @@ import time
 
 import torch
 
+from resbench.bench.measure import build_model, generated_batches, optimised_trainer, summarise, timed_windows
 from resbench.data.facts import dataset_spec
 from resbench.device import hotpath
-from resbench.bench.measure import build_model, generated_batches, optimised_trainer, summarise, timed_windows
+from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.settings.config import TrainConfig, precision_for, resolve_device
 from resbench.train.checks import validate_config
-from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.train.resume import RunState
 from resbench.train.step import StepStats
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from resbench.device import hotpath
+from resbench.device.hotpath import autocast_for
 from resbench.models.resnet import resnet
 from resbench.settings.config import ConfigError, TrainConfig
 from resbench.train.checks import validate_config
-from resbench.device.hotpath import autocast_for
 from resbench.train.lossscale import REFERENCE_LOSS_SCALE, ConstantLossScale
 from resbench.train.step import train_step
 

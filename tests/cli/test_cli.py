@@ -15,12 +15,12 @@ import torch
 
 from conftest import LIMIT, REPO, cli_env
 from resbench import console
-from resbench.device import cpus
-from resbench.train import progress
 from resbench.cli.main import build_parser, main
-from resbench.settings.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
+from resbench.device import cpus
 from resbench.runs.reader import config_from_args
+from resbench.settings.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
 from resbench.settings.flags import train_flag_parser
+from resbench.train import progress
 from resbench.train.loop import train
 
 

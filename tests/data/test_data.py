@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from resbench.data.facts import DATASETS
 from resbench.data.batches import PAD, TrainBatches, crop_flip
-from resbench.errors import DataFileError
+from resbench.data.facts import DATASETS
 from resbench.data.prepared import load_splits, read_prepared
+from resbench.errors import DataFileError
 
 
 def test_crop_flip_matches_pad_then_slice():

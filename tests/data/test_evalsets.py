@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fetch import _jpeg, _place, _tar_gz, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
 
 from resbench.data import evalsets
-from resbench.data.fetch.prepare import dataset_status, is_complete, prepare_dataset
 from resbench.data.fetch.archive import Archive
+from resbench.data.fetch.prepare import dataset_status, is_complete, prepare_dataset
 from resbench.data.recipes import cifar_c, tiny_c
 from resbench.errors import DataError
-from test_fetch import _jpeg, _place, _tar_gz, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
 
 TWO = ("gaussian_noise", "fog")
 PER_SEVERITY = 3

@@ -20,16 +20,22 @@ import pytest
 from PIL import Image
 
 from conftest import LIMIT, wait_until
-from resbench.data import recipes
-from resbench.data.fetch import download, prepare
-from resbench.data.facts import DATASETS, DatasetSpec
-from resbench.data.fetch.prepare import dataset_status, is_complete, prepare_dataset, prepare_datasets, training_datasets, write_dataset
-from resbench.data.fetch.archive import Archive, safe_extract
 from resbench.cli.main import main
-from resbench.data.recipes import cifar
-from resbench.data.facts import PREPARED_FILES
-from resbench.errors import DataError, DataFileError
+from resbench.data import recipes
+from resbench.data.facts import DATASETS, PREPARED_FILES, DatasetSpec
+from resbench.data.fetch import download, prepare
+from resbench.data.fetch.archive import Archive, safe_extract
+from resbench.data.fetch.prepare import (
+    dataset_status,
+    is_complete,
+    prepare_dataset,
+    prepare_datasets,
+    training_datasets,
+    write_dataset,
+)
 from resbench.data.prepared import load_splits
+from resbench.data.recipes import cifar
+from resbench.errors import DataError, DataFileError
 
 PER_BATCH = 20
 REAL_SPECS = dict(DATASETS)

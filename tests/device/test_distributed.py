@@ -15,14 +15,14 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
-from resbench.device import distributed
-from resbench.train import loop as train_module
-from resbench.data.facts import PREPARED_FILES
 from resbench.data.batches import TrainBatches
+from resbench.data.facts import PREPARED_FILES
 from resbench.data.prepared import missing_prepared_files
-from resbench.train.lossscale import ConstantLossScale
+from resbench.device import distributed
 from resbench.models.resnet import resnet
 from resbench.settings.config import TrainConfig
+from resbench.train import loop as train_module
+from resbench.train.lossscale import ConstantLossScale
 from resbench.train.step import train_step
 
 CFG = TrainConfig(optim_momentum=0.9, optim_weight_decay=0.01)

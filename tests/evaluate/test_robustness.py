@@ -15,19 +15,19 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from test_evalsets import TWO, cifar_c_archive, svhn_mat, two_corruptions  # noqa: F401 (fixture)
+from test_fetch import _place, _use_archive, closed_url  # noqa: F401 (fixture)
+from test_results import numpy_metrics, numpy_probs
 
+from resbench.cli.eval import format_eval_report
+from resbench.cli.main import main
 from resbench.data import evalsets
 from resbench.data.digits import digits_arrays
 from resbench.data.facts import DATASETS
 from resbench.data.fetch.prepare import is_complete
-from resbench.cli.main import main
-from resbench.settings.config import TrainConfig
-from resbench.cli.eval import format_eval_report
 from resbench.models.resnet import resnet
+from resbench.settings.config import TrainConfig
 from resbench.train.loop import train
-from test_evalsets import TWO, cifar_c_archive, svhn_mat, two_corruptions  # noqa: F401 (fixture)
-from test_fetch import _place, _use_archive, closed_url  # noqa: F401 (fixture)
-from test_results import numpy_metrics, numpy_probs
 
 # ---------------------------------------------------------------- helpers
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resbench.data.facts import DATASETS
-from resbench.models.resnet import Bottleneck, BasicBlock, count_parameters, resnet
+from resbench.models.resnet import BasicBlock, Bottleneck, count_parameters, resnet
 from resbench.results.reference import reference_rows
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from resbench.bench import measure
-from resbench.models import packed
-from resbench.settings.config import TrainConfig
 from resbench.data.batches import TrainBatches
-from resbench.train.lossscale import ConstantLossScale
+from resbench.models import packed
 from resbench.models.resnet import resnet
+from resbench.settings.config import TrainConfig
+from resbench.train.lossscale import ConstantLossScale
 from resbench.train.step import train_step
 
 K = 3

@@ -16,9 +16,9 @@ import statistics
 import pytest
 import torch
 
+from resbench.device.hotpath import make_optimizer
 from resbench.models.resnet import resnet
 from resbench.results.reference import reference_runs
-from resbench.device.hotpath import make_optimizer
 from resbench.settings.config import TrainConfig
 from resbench.train.step import device_norm, learning_rate
 

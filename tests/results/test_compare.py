@@ -15,11 +15,11 @@ import torch
 from reference_runs import write_reference_run
 from resbench.results.compare import match_runs, render_markdown
 from resbench.results.noise import noise_model
-from resbench.settings.config import TrainConfig
 from resbench.results.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
+from resbench.results.stats import spread, t_quantile
 from resbench.results.table import selected_figures
 from resbench.runs.reader import find_run_folders as find_trained_runs
-from resbench.results.stats import spread, t_quantile
+from resbench.settings.config import TrainConfig
 
 C10_R20 = ("CIFAR10_x32", 20, 1, 0.001, "fp32")
 
@@ -286,8 +286,8 @@ def test_a_run_records_the_references_definitions_and_test_figures_at_every_eval
 
 
 def test_step_stats_are_the_means_of_the_norms_the_optimiser_sees():
-    from resbench.train.lossscale import ConstantLossScale
     from resbench.models.resnet import resnet
+    from resbench.train.lossscale import ConstantLossScale
     from resbench.train.resume import RunState
     from resbench.train.step import StepStats, train_step
 

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
-from resbench.evaluate.metrics import (brier_score, calibration_metrics, expected_calibration_error,
-                                       fit_temperature, nll)
+from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
 from resbench.results.reference import reference_rows
 from resbench.results.table import render_tables
 

@@ -14,8 +14,15 @@ import pytest
 
 from reference_runs import write_reference_run
 from resbench.results.compare import match_runs
-from resbench.results.noise import (ALPHA, Check, detectable, noise_model, pair_differences, runs_needed,
-                                    same_recipe_pairs)
+from resbench.results.noise import (
+    ALPHA,
+    Check,
+    detectable,
+    noise_model,
+    pair_differences,
+    runs_needed,
+    same_recipe_pairs,
+)
 from resbench.results.reference import reference_runs
 from resbench.runs.reader import find_run_folders
 

@@ -9,8 +9,7 @@ import torch
 
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
-from resbench.runs.reader import (find_run_folders, find_runs, last_iteration, read_metrics, read_summary,
-                                  status_of)
+from resbench.runs.reader import find_run_folders, find_runs, last_iteration, read_metrics, read_summary, status_of
 from resbench.runs.schema import RunFolderError
 from resbench.settings.config import TrainConfig
 

@@ -12,9 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
+from clusters import (
+    Ray,
+    Slurm,
+    ray_unavailable,
+    slurm_unavailable,
+    start_ray,
+    start_slurm,
+    stop_ray,
+    stop_slurm,
+    wait_for,
+)
 
-from clusters import (Ray, Slurm, ray_unavailable, slurm_unavailable, start_ray, start_slurm, stop_ray, stop_slurm,
-                      wait_for)
 from conftest import cli_env
 from resbench.errors import ResbenchError
 from resbench.runs import schema

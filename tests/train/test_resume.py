@@ -24,16 +24,16 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env, wait_until
-from resbench.runs import checkpoint, schema
 from resbench import files
-from resbench.train import lossscale
-from resbench.train import step as step_module
-from resbench.runs.schema import RunFolderError as CheckpointError
 from resbench.cli.main import main
 from resbench.models.resnet import resnet
+from resbench.runs import checkpoint, schema
 from resbench.runs.folder import RunFolder
-from resbench.settings.config import TrainConfig, default_run_name
 from resbench.runs.reader import check_same_config
+from resbench.runs.schema import RunFolderError as CheckpointError
+from resbench.settings.config import TrainConfig, default_run_name
+from resbench.train import lossscale
+from resbench.train import step as step_module
 from resbench.train.loop import StopSignals, TrainingDiverged, configure_determinism, train
 from resbench.train.step import train_step
 

@@ -12,18 +12,17 @@ import pytest
 import torch
 
 from conftest import LIMIT, REPO, cli_env, wait_until
-from resbench.device import bnstats
-from resbench.runs import checkpoint
-from resbench.device import memory
-from resbench.train import step as step_module
 from resbench.cli.main import main
+from resbench.device import bnstats, memory
 from resbench.device.distributed import World
-from resbench.train.lossscale import ConstantLossScale
 from resbench.models.resnet import count_parameters, resnet
+from resbench.runs import checkpoint
 from resbench.settings.config import ConfigError, TrainConfig, default_run_name
-from resbench.train.checks import validate_config
 from resbench.train import meter
+from resbench.train import step as step_module
+from resbench.train.checks import validate_config
 from resbench.train.loop import Interrupted, train
+from resbench.train.lossscale import ConstantLossScale
 from resbench.train.step import learning_rate, train_step
 
 

@@ -24,15 +24,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
-from resbench.models.resnet import resnet
 from resbench.device import hotpath
-from resbench.models import packed
-from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
-from resbench.train.checks import validate_config
-from resbench.runs.reader import config_from_args
+from resbench.device.hotpath import autocast_for, sync
 from resbench.errors import ResbenchError
 from resbench.evaluate.metrics import EVAL_BATCH_SIZE, predict_logits
-from resbench.device.hotpath import autocast_for, sync
+from resbench.models import packed
+from resbench.models.resnet import resnet
+from resbench.runs.reader import config_from_args
+from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
+from resbench.train.checks import validate_config
 from resbench.train.resume import RunState
 from resbench.train.step import StepStats, build_job, learning_rate
 
@@ -289,8 +289,8 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool,
 def grid_configs(grid: str, device: str, compile_choice: str) -> list[TrainConfig]:
     """Each distinct configuration of a sweep grid as `resbench sweep` would train it, checked as
     `train` checks it. Rows that differ only in their seed run at the same speed: timed once."""
-    from resbench.sweep.grid import load_grid
     from resbench.settings.flags import parse_train_flags  # sweep's grids; sweep does not import bench
+    from resbench.sweep.grid import load_grid
 
     configs: dict[tuple, TrainConfig] = {}
     for flags in load_grid(grid):

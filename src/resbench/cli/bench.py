@@ -22,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser("bench", help="measure training images/s of one configuration or a whole grid",
                                    description="Training throughput of one configuration, measured against "
                                                "the device's peak, on generated data of the dataset's shape; "
-                                               "or, with --grid, of every row of a sweep grid with what each run costs.")
+                                               "or, with --grid, of every row of a sweep grid with what each run "
+                                               "costs.")
     defaults = TrainConfig()
     parser.add_argument("--data_name", default=NOT_GIVEN,
                         help=f"dataset whose image shape and class count to generate (default {defaults.data_name})")

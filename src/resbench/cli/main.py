@@ -13,11 +13,11 @@ import signal
 import sys
 import threading
 
-from resbench.version import __version__
 from resbench.cli import bench, compare, data, evaluate, plot, sweep, table, train
 from resbench.errors import ResbenchError, printable
 from resbench.settings.flags import Parser
 from resbench.sweep.local import stop_with_parent
+from resbench.version import __version__
 
 COMMANDS = (train, data, evaluate, sweep, table, compare, plot, bench)
 

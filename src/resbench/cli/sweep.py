@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resbench.errors import ResbenchError
 from resbench.device import cpus
-from resbench.sweep.grid import READY_GRIDS, load_grid, with_seeds
-from resbench.sweep.plan import data_to_prepare, describe_plan, plan_runs, time_estimate
-from resbench.sweep.local import execute_all
+from resbench.errors import ResbenchError
 from resbench.sweep.cluster import check_outputs, launch_dir, own_launch_dir
-from resbench.sweep.status import status_report
+from resbench.sweep.grid import READY_GRIDS, load_grid, with_seeds
+from resbench.sweep.local import execute_all
+from resbench.sweep.plan import data_to_prepare, describe_plan, plan_runs, time_estimate
 from resbench.sweep.ray_cluster import run_on_ray
 from resbench.sweep.slurm import STOP_BEFORE_LIMIT_S, sbatch_script, slurm_options, submit
+from resbench.sweep.status import status_report
 
 
 def train_flags(remainder: list[str]) -> list[str]:
@@ -115,7 +115,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="`seed`: the 26 published rows (docs/reference/seed-results.md, the tables this "
                         "project reproduces); `wd`: the reference's weight-decay sweep, those rows at weight decay "
                         "1e-4, 3e-4, 1e-3, 3e-3; or a TOML file with lists of data_name, precision "
-                        "(fp32/fp16/bf16) and any train setting (resnet_depth, seed, optim_lr, ...) and a [flags] table")
+                        "(fp32/fp16/bf16) and any train setting (resnet_depth, seed, optim_lr, ...) and a [flags] "
+                        "table")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="run every grid point once per seed, e.g. --seeds 42 43 44 (table and compare then show "
                         "mean ± std and 95%% intervals)")

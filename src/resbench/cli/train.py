@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from resbench.errors import printable
-from resbench.settings.flags import add_train_flags
 from resbench.runs.reader import config_from_args
+from resbench.settings.flags import add_train_flags
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -28,12 +28,11 @@ import numpy as np
 import torch
 
 from resbench.data.digits import digits_arrays
-from resbench.data.facts import DATASETS, DEMO_DATASET, dataset_spec
-from resbench.data.prepared import read_prepared
-from resbench.errors import DataFileError
-from resbench.data.prepared import check_images, check_labels, load_npy
-from resbench.data.facts import SEVERITIES, is_imported
+from resbench.data.facts import DATASETS, DEMO_DATASET, SEVERITIES, dataset_spec, is_imported
+from resbench.data.prepared import check_images, check_labels, load_npy, read_prepared
 from resbench.data.recipes import cifar_c, tiny_c
+from resbench.errors import DataFileError
+
 
 @dataclass(frozen=True)
 class EvalSet:

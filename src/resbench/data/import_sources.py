@@ -15,6 +15,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
 
 from resbench.console import progress
@@ -211,7 +212,8 @@ def read_npz(path: Path, size: int) -> Source:
             headers = {key: npy_header(archive, members[key], f"{path}: {key}")
                        for key in NPZ_MEMBERS if key in members}
     except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{path} is not an .npz archive ({exc}); pass an ImageFolder tree or numpy.savez's file") from None
+        raise DataError(f"{path} is not an .npz archive ({exc}); pass an ImageFolder tree or numpy.savez's "
+                        "file") from None
     check_npz_headers(path, headers)
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in headers}
@@ -262,7 +264,8 @@ def check_npz_headers(path: Path, headers: dict[str, tuple[tuple[int, ...], np.d
 
 def npz_array_problem(key: str, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
     if key == "classes":
-        ok = dtype.kind == "U" and len(shape) == 1 and 2 <= shape[0] <= MAX_CLASSES and dtype.itemsize <= 4 * MAX_CLASS_NAME
+        ok = (dtype.kind == "U" and len(shape) == 1 and 2 <= shape[0] <= MAX_CLASSES
+              and dtype.itemsize <= 4 * MAX_CLASS_NAME)
         return None if ok else f"expected 2 to {MAX_CLASSES:,} class names (a 1-D array of str)"
     if key.startswith("y_"):
         ok = dtype.kind in "iu" and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))

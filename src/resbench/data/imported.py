@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from resbench.version import __version__
 from resbench.console import log
 from resbench.data import facts
 from resbench.data.decode import RESIZE_NAME, available_cores, decoding_processes
@@ -31,6 +30,7 @@ from resbench.data.fetch import prepare
 from resbench.data.import_sources import Source, read_source
 from resbench.data.recipes import RECIPES
 from resbench.errors import DataError
+from resbench.version import __version__
 
 IMPORT_FILES = (*PREPARED_FILES, FACTS_FILE)  # everything an import writes, dataset.json last
 DEFAULT_VAL_FRACTION = 0.1
@@ -222,8 +222,8 @@ def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, 
               if source.converted else "")]
     test = (f"{found.num_test:,} test (SRC has no test split: carved out of train, {percent(found.carved['test'])}, "
             "stratified)" if "test" in found.carved else f"{found.num_test:,} test (SRC's)")
-    lines.append(f"  splits: {found.num_train:,} train / {found.num_val:,} validation ({percent(found.carved['val'])} of "
-                 f"train, stratified, --split_seed {found.split_seed}) / {test}")
+    lines.append(f"  splits: {found.num_train:,} train / {found.num_val:,} validation "
+                 f"({percent(found.carved['val'])} of train, stratified, --split_seed {found.split_seed}) / {test}")
     if absent := absent_classes(found):
         lines.append(f"  {absent}")
     lines.append(f"  skipped: {found.skipped_bad:,} unreadable images" +

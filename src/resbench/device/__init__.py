@@ -1,1 +1,2 @@
-"""How a run uses its device: the hot path's speed choices, data parallelism, memory limits, CPU threads, and BatchNorm statistics across processes."""
+"""How a run uses its device: the hot path's speed choices, data parallelism, memory limits, CPU
+threads, and BatchNorm statistics across processes."""

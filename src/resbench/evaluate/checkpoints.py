@@ -10,17 +10,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from resbench.device import bnstats
-from resbench.runs.checkpoint import load_checkpoint
-from resbench.runs.schema import RunFolderError
 from resbench.data.facts import DatasetSpec, dataset_spec
+from resbench.device import bnstats
 from resbench.device.distributed import World
-from resbench.errors import ResbenchError
 from resbench.device.hotpath import prepare_model
 from resbench.device.memory import check_inference_fits
+from resbench.errors import ResbenchError
 from resbench.models.resnet import architecture, resnet
 from resbench.runs import schema
+from resbench.runs.checkpoint import load_checkpoint
 from resbench.runs.reader import is_run_folder, read_object
+from resbench.runs.schema import RunFolderError
 
 
 def checkpoint_path(path: Path, which: str) -> Path:
@@ -46,7 +46,8 @@ def load_run_config(run_dir: Path, data_root: str | None = None) -> dict:
     path = Path(run_dir) / schema.CONFIG
     if not path.exists():
         raise ResbenchError(f"no {path.name} beside the checkpoint in {run_dir}")
-    config = read_object(path, schema.MODEL_SETTINGS, str(path), "evaluate a checkpoint in the run folder that trained it")
+    config = read_object(path, schema.MODEL_SETTINGS, str(path),
+                         "evaluate a checkpoint in the run folder that trained it")
     run_dataset(config, path, data_root)
     try:
         architecture(config["resnet_depth"], config["resnet_width"])

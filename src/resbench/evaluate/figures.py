@@ -14,23 +14,35 @@ from typing import Any, Callable
 
 import torch
 
-from resbench.evaluate.checkpoints import (Member, checkpoint_path, load_member, load_run_config, run_data_root,
-                                           run_dataset)
-from resbench.evaluate.metrics import (CPU_EVAL_BATCH_SIZE, EVAL_BATCH_SIZE, calibration_metrics, fit_temperature, nll,
-                                      probability_metrics)
-from resbench.evaluate.scoring import Scorer, corruption_figures, heads, ood_figures
-from resbench.data import evalsets
-from resbench.data.fetch.prepare import is_complete, prepare_datasets
-from resbench.runs.writes import write_json
-from resbench.settings.config import resolve_device
 from resbench.console import log
+from resbench.data import evalsets
 from resbench.data.facts import DATASETS, DatasetSpec, is_imported
+from resbench.data.fetch.prepare import is_complete, prepare_datasets
 from resbench.data.prepared import load_splits
 from resbench.data.recipes import RECIPES
 from resbench.errors import ResbenchError
+from resbench.evaluate.checkpoints import (
+    Member,
+    checkpoint_path,
+    load_member,
+    load_run_config,
+    run_data_root,
+    run_dataset,
+)
+from resbench.evaluate.metrics import (
+    CPU_EVAL_BATCH_SIZE,
+    EVAL_BATCH_SIZE,
+    calibration_metrics,
+    fit_temperature,
+    nll,
+    probability_metrics,
+)
+from resbench.evaluate.scoring import Scorer, corruption_figures, heads, ood_figures
+from resbench.evaluate.uncertainty import diversity
 from resbench.runs import schema
 from resbench.runs.reader import configured_folders
-from resbench.evaluate.uncertainty import diversity
+from resbench.runs.writes import write_json
+from resbench.settings.config import resolve_device
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import nn
 
 from resbench.data.batches import to_model_input
 from resbench.device.distributed import World, all_reduce_sum, shard
-from resbench.evaluate.uncertainty import (log_probs)
+from resbench.evaluate.uncertainty import log_probs
 
 EVAL_BATCH_SIZE = 1024
 # resbench eval's default batch on a CPU: depth 20 scored 1,756 images/s at 512 and 1,583 at 1024 (2 cores).

@@ -8,15 +8,14 @@ import time
 import numpy as np
 import torch
 
+from resbench.console import log, progress
+from resbench.data import evalsets
 from resbench.data.facts import SEVERITIES
-from resbench.runs.schema import CORRUPTION_METRICS, OOD_SCORES
+from resbench.data.prepared import to_tensor
 from resbench.evaluate.checkpoints import Member
 from resbench.evaluate.metrics import predict_logits, probability_metrics
-from resbench.data import evalsets
-from resbench.console import log, progress
-from resbench.data.prepared import to_tensor
-from resbench.evaluate.uncertainty import (ensemble_log_probs, log_probs,
-                                           ood_metrics, ood_scores)
+from resbench.evaluate.uncertainty import ensemble_log_probs, log_probs, ood_metrics, ood_scores
+from resbench.runs.schema import CORRUPTION_METRICS, OOD_SCORES
 
 
 class Scorer:

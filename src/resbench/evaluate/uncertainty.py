@@ -26,8 +26,6 @@ import numpy as np
 import torch
 
 
-
-
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.double(), dim=-1)
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resbench.settings.config import TrainConfig
 from resbench.models.resnet import ResNet
+from resbench.settings.config import TrainConfig
 
 
 class PackedLinear(nn.Module):

@@ -18,11 +18,31 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from resbench.results.noise import (ALPHA, CURVES, FINALS, MEASURES, POWER, WARM_UP, Check, as_figure, detectable,
-                                    final_check, noise_model, published_figure, reference_curve, runs_needed,
-                                    window_label, window_mean)
-from resbench.results.reference import (REFERENCE_SETTINGS, ReferenceRun, dataset_sort_key, find_reference_run,
-                                        shape_sort_key)
+from resbench.results.noise import (
+    ALPHA,
+    CURVES,
+    FINALS,
+    MEASURES,
+    POWER,
+    WARM_UP,
+    Check,
+    as_figure,
+    detectable,
+    final_check,
+    noise_model,
+    published_figure,
+    reference_curve,
+    runs_needed,
+    window_label,
+    window_mean,
+)
+from resbench.results.reference import (
+    REFERENCE_SETTINGS,
+    ReferenceRun,
+    dataset_sort_key,
+    find_reference_run,
+    shape_sort_key,
+)
 from resbench.results.table import selected_figures
 from resbench.runs.reader import Run
 
@@ -129,7 +149,8 @@ class Cell:
         if v["status"] == "consistent so far":
             return (f"consistent so far: {len(self.tests)} tests up to iteration {v['reached']} of "
                     f"{REFERENCE_SETTINGS['optim_ni']}; the final figures are judged at the end")
-        return f"consistent with the reference ({len(self.tests)} tests, {ALPHA:.0%} false-alarm rate); {self.power_text()}"
+        return (f"consistent with the reference ({len(self.tests)} tests, {ALPHA:.0%} false-alarm rate); "
+                f"{self.power_text()}")
 
     def power_text(self) -> str:
         power = self.power()

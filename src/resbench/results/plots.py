@@ -17,15 +17,23 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from resbench.results.compare import Cell, match_runs
-from resbench.results.noise import published_figure
 from resbench.errors import ResbenchError, printable
 from resbench.files import open_own_file
+from resbench.results.compare import Cell, match_runs
+from resbench.results.noise import published_figure
 from resbench.results.reference import dataset_sort_key, precision_sort_key, shape_sort_key
-from resbench.results.table import (MINUS, SETTING_LABELS, Row, comparable, group_rows, setting_value,
-                                    settings_sort_key, varying_settings)
-from resbench.runs.reader import Run, find_run_folders, find_runs, runs_folder
 from resbench.results.stats import spread
+from resbench.results.table import (
+    MINUS,
+    SETTING_LABELS,
+    Row,
+    comparable,
+    group_rows,
+    setting_value,
+    settings_sort_key,
+    varying_settings,
+)
+from resbench.runs.reader import Run, find_run_folders, find_runs, runs_folder
 
 DPI = 100
 ZOOM_FRACTION = 0.25  # the zoomed accuracy panel shows the last quarter of the iterations

@@ -18,14 +18,20 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from resbench.settings.flags import flag_value
 from resbench.results.columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value
+from resbench.results.noise import FINALS, final_check, published_figure
+from resbench.results.reference import (
+    ReferenceRun,
+    dataset_sort_key,
+    find_reference_run,
+    precision_sort_key,
+    shape_sort_key,
+    table_reference,
+)
+from resbench.results.stats import spread
 from resbench.runs.reader import Run
 from resbench.runs.schema import NUMBER
-from resbench.results.noise import FINALS, final_check, published_figure
-from resbench.results.reference import (ReferenceRun, dataset_sort_key, find_reference_run, precision_sort_key,
-                                        shape_sort_key, table_reference)
-from resbench.results.stats import spread
+from resbench.settings.flags import flag_value
 
 # The seed's columns around the figures (--columns; by default its val/acc, tst/acc and tst/nll).
 HEADER = ("Depth", "Width", "# Params", "misc")
@@ -218,7 +224,8 @@ def setting_value(value: Any) -> str:
 
 def iterations_note(row: Row, selection: str) -> str:
     """Where a non-default selection found its figures: `iter 46000`, or a range over seeds."""
-    iters = sorted({int(run_figures(run, selection)["iter"]) for run in row.runs if run_figures(run, selection)["iter"]})
+    iters = sorted({int(run_figures(run, selection)["iter"]) for run in row.runs
+                    if run_figures(run, selection)["iter"]})
     if not iters:
         return ""
     return f"iter {iters[0]}" if len(iters) == 1 else f"iter {iters[0]}–{iters[-1]}"

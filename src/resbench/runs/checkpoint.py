@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from resbench.runs.schema import DIGEST_SUFFIX, RunFolderError
 from resbench.files import replace_atomically
+from resbench.runs.schema import DIGEST_SUFFIX, RunFolderError
 from resbench.runs.writes import write_errors_named
 
 

@@ -21,14 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from resbench.version import __version__
-from resbench.runs import checkpoint, writes
 from resbench import files
-from resbench.runs import schema
-from resbench.settings.flags import flag_value
+from resbench.runs import checkpoint, schema, writes
 from resbench.runs.reader import read_object
 from resbench.runs.schema import LAST_KEYS, RESOLVED_KEY, RunFolderError, asked_settings
-
+from resbench.settings.flags import flag_value
+from resbench.version import __version__
 
 # metrics.jsonl names a figure <split>_<name>; log.txt writes <split>/<name>, TensorBoard <group>/<name>.
 TENSORBOARD_GROUPS = {"trn": "train", "val": "val", "tst": "test"}
@@ -102,7 +100,8 @@ class RunFolder:
         """What the folder holds besides the lock, a sweep's stdout.log and interrupted writes' temporary files."""
         if not os.path.isdir(self.path):  # os.path: False, not OSError, for a name too long
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name not in schema.NOT_RUN_STATE and not p.name.endswith(".tmp"))
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name not in schema.NOT_RUN_STATE and not p.name.endswith(".tmp"))
 
     def load_last(self) -> dict[str, Any] | None:
         """The saved training state, or None for a new run."""

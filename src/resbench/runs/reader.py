@@ -19,9 +19,18 @@ from typing import Any, Callable, TypeVar
 from resbench.errors import ResbenchError, printable
 from resbench.runs import schema
 from resbench.runs.schema import RunFolderError, checked_fields
+from resbench.settings.config import (
+    LEGACY_TYPES,
+    PRECISION_OF_FLAG,
+    RESUMABLE_CHANGES,
+    ConfigError,
+    TrainConfig,
+    canonical,
+    has_json_type,
+    json_types,
+    shown_value,
+)
 from resbench.settings.flags import given_settings, read_settings_file, typed_settings
-from resbench.settings.config import (PRECISION_OF_FLAG, ConfigError, LEGACY_TYPES, RESUMABLE_CHANGES, TrainConfig, canonical, has_json_type,
-                                      json_types, shown_value)
 
 T = TypeVar("T")
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
@@ -266,7 +275,8 @@ def check_saved_settings(saved: Any, path: Path) -> None:
                               "not an object of settings); restore it, or use another --save folder")
     unknown = set(saved) - set(typing.get_type_hints(TrainConfig))
     if unknown:
-        raise RunFolderError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; was it written by resbench?")
+        raise RunFolderError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; "
+                             "was it written by resbench?")
     check_setting_types(saved, path, "restore the file, or use another --save folder")
 
 

@@ -11,10 +11,10 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-from resbench.settings.config import PRECISION_FLAGS, TrainConfig
-from resbench.settings.flags import flag_value, parse_toml
 from resbench.errors import ResbenchError
 from resbench.results.reference import reference_rows, reference_weight_decays
+from resbench.settings.config import PRECISION_FLAGS, TrainConfig
+from resbench.settings.flags import flag_value, parse_toml
 
 # A grid file's lists: `precision` (fp32/fp16/bf16, as the seed names its rows: fp16 is mixed precision,
 # which the trainer runs as bf16 where fp16 is unsupported) and any train setting.

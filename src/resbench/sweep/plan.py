@@ -15,16 +15,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resbench.settings.config import TrainConfig, canonical, default_run_name
-from resbench.train.checks import validate_config
-from resbench.runs.reader import config_from_args
-from resbench.settings.flags import parse_train_flags
-from resbench.runs import schema
-from resbench.runs.reader import last_iteration, read_summary
-from resbench.runs.schema import RunFolderError
-from resbench.errors import ResbenchError
 from resbench.console import clock
+from resbench.errors import ResbenchError
 from resbench.results.reference import reference_lookup
+from resbench.runs import schema
+from resbench.runs.reader import config_from_args, last_iteration, read_summary
+from resbench.runs.schema import RunFolderError
+from resbench.settings.config import TrainConfig, canonical, default_run_name
+from resbench.settings.flags import parse_train_flags
+from resbench.train.checks import validate_config
 
 # The folder that holds this resbench package, first on a run's PYTHONPATH: every run imports the
 # resbench that planned it.
@@ -123,9 +122,9 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool, launch
 
 def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
     """One line per dataset the runs need that is not prepared yet: where it will come from."""
+    from resbench.data.fetch.prepare import DOWNLOADS_DIR
     from resbench.data.prepared import missing_prepared_files
     from resbench.data.recipes import RECIPES
-    from resbench.data.fetch.prepare import DOWNLOADS_DIR
 
     lines = []
     for name, root, mirror in dict.fromkeys((r.config.data_name, r.config.data_root, r.config.mirror) for r in runs):

@@ -20,9 +20,9 @@ from pathlib import Path
 from resbench.errors import ResbenchError
 from resbench.files import drop_lock_file, open_own_file, take_lock
 from resbench.runs import schema
-from resbench.sweep.plan import PlannedRun, final_figures
-from resbench.sweep.local import child_env
 from resbench.sweep.cluster import STOPPED_BY_SIGNAL, distributed_command, mark_submitted
+from resbench.sweep.local import child_env
+from resbench.sweep.plan import PlannedRun, final_figures
 
 RETRIES = 10  # attempts after the first, for lost nodes and runs stopped by a signal
 CONNECT_SECONDS = 5.0

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from resbench.errors import ResbenchError, printable
 from resbench.files import replace_atomically
-from resbench.sweep.plan import CHILD_PYTHON, PACKAGE_ROOT, PlannedRun
 from resbench.sweep.cluster import distributed_command, mark_submitted, own_launch_dir
+from resbench.sweep.plan import CHILD_PYTHON, PACKAGE_ROOT, PlannedRun
 
 STOP_BEFORE_LIMIT_S = 120  # SIGTERM to the job step this long before the time limit: time to save last.pt
 SLURM_OUTPUT = "%A_%a.out"  # SLURM's own output of each task, in <runs_dir>/.launch/
@@ -50,7 +50,8 @@ SBATCH_OPTIONS = frozenset("""
     segment signal sockets-per-node spread-job switches test-only thread-spec threads-per-core time time-min
     tmp tres-bind tres-per-task uid usage use-min-nodes verbose version wait wait-all-nodes wckey wrap
     """.split())
-LOGS_REASON = f"SLURM's own output goes to <runs_dir>/.launch/{SLURM_OUTPUT}, appended across requeues, and each run's to its stdout.log"
+LOGS_REASON = (f"SLURM's own output goes to <runs_dir>/.launch/{SLURM_OUTPUT}, appended across requeues, and each "
+               "run's to its stdout.log")
 REQUEUE_REASON = "a task stopped by a signal requeues itself, to resume from last.pt"
 SUBMIT_REASON = "the sweep submits its own script and reads the job id sbatch answers"
 # sbatch options the launcher sets itself, and why: one `--slurm` of them is refused with its reason.

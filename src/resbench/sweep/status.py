@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
+from resbench.console import clock
 from resbench.runs import schema
 from resbench.runs.reader import last_iteration, status_of
-from resbench.console import clock
 from resbench.sweep.cluster import submitted
 from resbench.sweep.plan import PlannedRun, final_figures
 
@@ -50,6 +50,7 @@ def run_state(run: PlannedRun) -> tuple[str, str]:
 def status_report(runs: list[PlannedRun]) -> str:
     """One line per run, then the counts."""
     states = [run_state(run) for run in runs]
-    lines = [f"  {state:8} {run.save}" + (f": {detail}" if detail else "") for run, (state, detail) in zip(runs, states)]
+    lines = [f"  {state:8} {run.save}" + (f": {detail}" if detail else "")
+             for run, (state, detail) in zip(runs, states)]
     counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(s == state for s, _ in states)))
     return "\n".join([f"sweep status: {len(runs)} runs: {counts}", *lines])

@@ -23,8 +23,8 @@ def validate_config(cfg: TrainConfig) -> None:
 
 def check_settings(cfg: TrainConfig) -> None:
     from resbench.data.facts import dataset_spec
-    from resbench.models.resnet import architecture
     from resbench.device import distributed, hotpath, memory
+    from resbench.models.resnet import architecture
 
     spec = dataset_spec(cfg.data_name, cfg.data_root)
     architecture(cfg.resnet_depth, cfg.resnet_width)  # raises on unsupported depth/width

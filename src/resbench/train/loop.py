@@ -6,14 +6,14 @@ Where each number of a results table comes from:
 - tst_acc, tst_nll: the test split, which `evaluation()` scores at every evaluation; the figures
   of the evaluations where val_acc improves are the test figures of the best-validation
   checkpoint (`best.pt`). The others are recorded apart (`tst_*_at_eval`) and never select anything.
-- params: `count_parameters()` of the model built by `models.resnet()`.
+- params: `count_parameters()` of the model built by `models.resnet.resnet()`.
 - trn_lr, trn_w_norm, trn_g_norm: means over the steps since the previous evaluation, as the
   reference logs them (`StepStats`), beside trn_loss, the mean loss over the same steps.
 
-One step and what it trains with (model, optimiser, hot path) are in `step.py`; the settings and
-their checks in `settings/config.py`; what last.pt holds and when a folder may be resumed, in
-`resume.py`; summary.json's figures in `summary.py`, the clock they come from in `meter.py`; the run
-folder's files in `runs/`.
+One step and what it trains with (model, optimiser, hot path) are in `step.py`; the settings in
+`settings/config.py`, their checks in `checks.py`; what last.pt holds and when a folder may be
+resumed, in `resume.py`; summary.json's figures in `summary.py`, the clock they come from in
+`meter.py`; the run folder's files in `runs/`.
 """
 
 from __future__ import annotations
@@ -30,24 +30,22 @@ from typing import Any
 
 import torch
 
-from resbench.device import bnstats, cpus
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
 from resbench.data.fetch.prepare import prepare_dataset
 from resbench.data.prepared import load_splits, missing_prepared_files
-from resbench.device import distributed
-from resbench.device import hotpath
-from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
-from resbench.runs.reader import check_same_config
-from resbench.train.checks import validate_config
+from resbench.device import bnstats, cpus, distributed, hotpath
 from resbench.evaluate.metrics import evaluate, reports_top5
-from resbench.train.progress import Progress
-from resbench.train.meter import Meter
-from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
-from resbench.train.summary import final_summary, time_report
-from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
+from resbench.runs.reader import check_same_config
+from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
+from resbench.train.checks import validate_config
+from resbench.train.meter import Meter
+from resbench.train.progress import Progress
+from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
+from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
+from resbench.train.summary import final_summary, time_report
 
 # Iterations between logging points, where the loop folds the loss sums and (data-parallel) the ranks
 # agree on stopping; each synchronises with the device. Progress lines follow the clock (progress.py).
@@ -115,58 +113,68 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
 
 
 def train_loop(job: Job, state: RunState) -> None:
-    """The recipe, step by step: batch → SGD step → (every eval_every) evaluate → checkpoint."""
-    cfg, world = job.cfg, job.world
-    meter = Meter(state, job.device)
-    step_stats = StepStats(state, job.device)
-    progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=world.is_main)
+    """The recipe, step by step: batch → SGD step → (every eval_every) evaluate → checkpoint.
+
+    The clock is the Meter's: `meter.add` books the warm-up apart, `synchronise` the training time up
+    to each point where the loop waits for the device, `evaluate_and_save` the evaluation's own.
+    """
+    cfg = job.cfg
+    meter, step_stats = Meter(state, job.device), StepStats(state, job.device)
+    progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=job.world.is_main)
     with StopSignals() as signals, contextlib.closing(progress):
         for step in range(state.step, cfg.optim_ni):
             lr = learning_rate(step, cfg)
             is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
             loss, grad_norm = job.step(step, lr, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
-            meter.add(loss, state)
             state.step = step + 1
-            if state.step == meter.warmup_until and not is_eval:
-                meter.lap(state, wait=True)  # the warm-up's time, apart (an evaluation's lap ends it too)
-
-            # Where the loop waits for the device: at logging points, and for a progress line (at most
-            # one per progress.LINE_EVERY_S seconds). A single process may stop at any step; ranks
-            # agree on stopping at logging points only.
-            logging_point = is_eval or state.step % PROGRESS_EVERY == 0
-            stop = False
-            if logging_point or (signals.received is not None and not world.distributed):
-                if logging_point:
-                    meter.fold(state, world)
-                    check_finite(state.loss_sum, "the training loss", state, job.run)
-                stop = distributed.any_rank(signals.received is not None, world, job.device)
-                meter.lap(state)
+            meter.add(loss, state, is_eval)
+            stop = synchronise(job, state, meter, signals, is_eval)
             if progress.due(state.step) and not is_eval:  # the clock says so: one read of the device's loss sum
                 progress.show(state.step, meter.loss_mean(state), lr)
-
             if is_eval:
-                eval_start = time.perf_counter()
-                with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
-                    record = evaluation(job, state, grad_norm, lr, step_stats.means())
-                record["eval_s"] = time.perf_counter() - eval_start  # evaluation() ends reading its figures
-                state.eval_seconds += record["eval_s"]
-                step_stats.reset()
-                meter.stamp(state)
-                record["elapsed_s"] = state.wall_seconds
-                state.history.append(record)
-                state.loss_sum, state.loss_count = 0.0, 0
-                job.run.append_metrics(record)
-                save_last(job, state, meter, step_stats)
-                job.run.log(f"{job.run.format_record(record)}, evaluation {record['eval_s']:.1f} s, "
-                            f"{progress.timing(state.step, state.wall_seconds)}")
-                meter.restart(state)  # evaluation time is not training time
-                progress.restart(state.step)
-
+                evaluate_and_save(job, state, meter, step_stats, progress, grad_norm, lr)
             if stop and state.step < cfg.optim_ni:
                 save_last(job, state, meter, step_stats)
                 raise Interrupted(f"stopped by a signal at iteration {state.step}; "
                                   f"the state is saved in {job.run.path}: run the same command again to resume")
         meter.stamp(state)  # the last checkpoint's writing included
+
+
+def synchronise(job: Job, state: RunState, meter: Meter, signals: StopSignals, is_eval: bool) -> bool:
+    """Wait for the device where the loop must: at logging points (every PROGRESS_EVERY steps and
+    each evaluation), where the loss sums are folded and checked. A single process may stop at any
+    step; ranks agree on stopping at logging points only. Whether to stop now."""
+    logging_point = is_eval or state.step % PROGRESS_EVERY == 0
+    if not logging_point and (signals.received is None or job.world.distributed):
+        return False
+    if logging_point:
+        meter.fold(state, job.world)
+        check_finite(state.loss_sum, "the training loss", state, job.run)
+    stop = distributed.any_rank(signals.received is not None, job.world, job.device)
+    meter.lap(state)
+    return stop
+
+
+def evaluate_and_save(job: Job, state: RunState, meter: Meter, step_stats: StepStats, progress: Progress,
+                      grad_norm: float | None, lr: float) -> None:
+    """One evaluation: its record appended to metrics.jsonl and log.txt, last.pt written; its time is
+    booked as evaluation time, not training time."""
+    eval_start = time.perf_counter()
+    with bnstats.reference_running_variance(job.model, job.bn_values):  # biased, as the reference: best.pt too
+        record = evaluation(job, state, grad_norm, lr, step_stats.means())
+    record["eval_s"] = time.perf_counter() - eval_start  # evaluation() ends reading its figures
+    state.eval_seconds += record["eval_s"]
+    step_stats.reset()
+    meter.stamp(state)
+    record["elapsed_s"] = state.wall_seconds
+    state.history.append(record)
+    state.loss_sum, state.loss_count = 0.0, 0
+    job.run.append_metrics(record)
+    save_last(job, state, meter, step_stats)
+    job.run.log(f"{job.run.format_record(record)}, evaluation {record['eval_s']:.1f} s, "
+                f"{progress.timing(state.step, state.wall_seconds)}")
+    meter.restart(state)  # evaluation time is not training time
+    progress.restart(state.step)
 
 
 def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,

@@ -35,9 +35,13 @@ class Meter:
         self.interval_step = state.step  # the step the current interval started at
         self.warmup_until = state.step + WARMUP_STEPS  # this session's warm-up ends after this step
 
-    def add(self, loss: torch.Tensor, state: RunState) -> None:
+    def add(self, loss: torch.Tensor, state: RunState, is_eval: bool) -> None:
+        """Count the step just taken (`state.step` is past it); where it ends this session's warm-up,
+        book the warm-up's time apart (an evaluation's lap ends it too)."""
         self.loss_sum += loss
         state.loss_count += 1
+        if state.step == self.warmup_until and not is_eval:
+            self.lap(state, wait=True)
 
     def fold(self, state: RunState, world: distributed.World) -> None:
         """Move the device sums into the state (averaging the loss over ranks)."""

@@ -16,14 +16,13 @@ from typing import Any
 
 import torch
 
-from resbench.runs import checkpoint
 from resbench.device import distributed
-from resbench.settings.config import TrainConfig, has_json_type, shown_value
-from resbench.runs.reader import check_same_config
-from resbench.train.lossscale import ConstantLossScale
-from resbench.runs import schema
-from resbench.runs.schema import RECORD_FIELDS, RunFolderError, invalid_fields
+from resbench.runs import checkpoint, schema
 from resbench.runs.folder import RunFolder
+from resbench.runs.reader import check_same_config
+from resbench.runs.schema import RECORD_FIELDS, RunFolderError, invalid_fields
+from resbench.settings.config import TrainConfig, has_json_type, shown_value
+from resbench.train.lossscale import ConstantLossScale
 
 
 @dataclass

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
 from resbench.data.prepared import Splits
+from resbench.device import bnstats, distributed, hotpath
 from resbench.models.resnet import count_parameters, resnet
 from resbench.runs.folder import RunFolder
-from resbench.device import bnstats, distributed, hotpath
-from resbench.train.lossscale import ConstantLossScale
 from resbench.settings.config import TrainConfig
+from resbench.train.lossscale import ConstantLossScale
 from resbench.train.resume import RunState
 
 

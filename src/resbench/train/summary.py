@@ -6,8 +6,8 @@ import dataclasses
 from typing import Any
 
 from resbench.data.facts import dataset_spec
-from resbench.evaluate.metrics import reports_top5
 from resbench.device import distributed
+from resbench.evaluate.metrics import reports_top5
 from resbench.train.resume import RunState
 from resbench.train.step import Job
 

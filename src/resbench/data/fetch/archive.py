@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
+from resbench.errors import DataError
+from resbench.files import remove_stale
+
 # Bounds on what an archive may unpack to, from its size on disk. Images and pickled arrays barely
 # compress (the official archives unpack to 1.0-1.1 times their size); a bomb unpacks to ~1000.
 MAX_EXPANSION = 16  # unpacked bytes per archive byte, beyond the allowance below
@@ -28,8 +31,6 @@ EXPANSION_ALLOWANCE = 64 * 2**20  # small archives (label files, tests) may comp
 MIN_BYTES_PER_MEMBER = 256  # a member costs at least a 512-byte tar header or ~80 bytes of zip records
 MEMBER_ALLOWANCE = 10_000
 
-from resbench.files import remove_stale
-from resbench.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from resbench.files import UnsafeFileError, open_own_file
 from resbench.console import log, progress
 from resbench.errors import DataError, printable
+from resbench.files import UnsafeFileError, open_own_file
 
 _CHUNK = 1 << 20
 MIN_RATE = 10 * 1024  # bytes/s, averaged over each STALL_WINDOW

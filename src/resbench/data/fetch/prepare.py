@@ -28,11 +28,11 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from resbench.data.fetch.archive import remove_stale_scratch
 from resbench.console import log
+from resbench.data.fetch.archive import remove_stale_scratch
+from resbench.data.fetch.download import Source, fetch_archive
 from resbench.data.recipes import RECIPES, Recipe
 from resbench.data.recipes.common import Splits
-from resbench.data.fetch.download import Source, fetch_archive
 from resbench.errors import DataError
 from resbench.files import UnsafeFileError, current_umask, drop_lock_file, remove_stale, take_lock
 
@@ -56,8 +56,8 @@ def _check_name(name: str) -> str:
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
     """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
     from resbench.data import evalsets, facts  # torch: loaded to check data, not for `resbench data --help`
-    from resbench.errors import DataFileError
     from resbench.data.prepared import read_prepared
+    from resbench.errors import DataFileError
 
     try:
         if name in evalsets.EVAL_SETS:

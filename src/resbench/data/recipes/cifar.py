@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from resbench.data.fetch.archive import safe_extract, scratch_folder
-from resbench.errors import DataError
 from resbench.data.recipes.common import Reader, Splits
+from resbench.errors import DataError
 
 
 def _numpy_reconstruct() -> Callable:

@@ -19,8 +19,8 @@ import numpy as np
 
 from resbench.data.facts import SEVERITIES
 from resbench.data.fetch.archive import Archive
-from resbench.errors import DataError
 from resbench.data.recipes.common import LazySplits, Splits, checked_sizes, npy_from_bytes, severity_blocks
+from resbench.errors import DataError
 
 # The 15 corruptions of the benchmark (the mean corruption accuracy averages these), then the 4
 # extra ones the archive also holds ("held out for validation" in the paper).

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from resbench.errors import DataError
 from resbench.data.recipes.common import Splits, checked_sizes
+from resbench.errors import DataError
 
 
 def loadmat(path: Path) -> dict:

@@ -20,9 +20,9 @@ import numpy as np
 
 from resbench.data.facts import SEVERITIES
 from resbench.data.fetch.archive import Archive
-from resbench.errors import DataError
 from resbench.data.recipes.common import LazySplits, Splits, checked_sizes
 from resbench.data.recipes.tinyimagenet import decode_images, wnids_of
+from resbench.errors import DataError
 
 ROOT = "Tiny-ImageNet-C"
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",

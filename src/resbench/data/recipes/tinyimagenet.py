@@ -22,10 +22,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from resbench.data.fetch.archive import Archive
 from resbench.console import progress
-from resbench.errors import DataError
+from resbench.data.fetch.archive import Archive
 from resbench.data.recipes.common import Splits
+from resbench.errors import DataError
 
 _ROOT = "tiny-imagenet-200"
 
