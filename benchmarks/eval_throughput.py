@@ -53,12 +53,12 @@ def main() -> None:
     parser.add_argument("--per_severity", type=int, default=1000, help="images per severity (CIFAR-10-C: 10,000)")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch_size", default=None, help="eval --batch_size (default: eval's)")
+X
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = write_fake_data(Path(tmp), args.per_severity, args.depth)
         command = [sys.executable, "-m", "resbench", "eval", "--ckpt", str(run), "--corruptions",
-                   "--device", args.device, *(["--batch_size", args.batch_size] if args.batch_size else [])]
+                   "--device", args.device, *(["--eval_batch_size", args.eval_batch_size] if args.eval_batch_size else [])]
         proc = subprocess.run(command, capture_output=True, text=True, check=True)
     timed = [(int(n.replace(",", "")), float(s)) for n, s in LINE.findall(proc.stderr)]
     images, seconds = sum(n for n, _ in timed), sum(s for _, s in timed)

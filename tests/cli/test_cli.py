@@ -62,11 +62,11 @@ def test_threads_must_be_positive():
 def test_sweep_jobs_split_the_cores(tmp_path, capsys):
     grid = tmp_path / "grid.toml"
     grid.write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\nseed = [1, 2]\n')
-    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--jobs", "2", "--dry-run"]) == 0
+    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--jobs", "2", "--dry_run"]) == 0
     out = capsys.readouterr().out
     share = max(1, cpus.available_cores() // 2)
     assert out.count(f"--threads {share} --save") == 2
-    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--jobs", "2", "--dry-run",
+    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--jobs", "2", "--dry_run",
                  "--", "--threads", "3"]) == 0
     out = capsys.readouterr().out
     assert out.count("--threads 3 --save") == 2 and f"--threads {share} --save" not in out  # the user's value wins
@@ -272,7 +272,7 @@ def test_sweep_prints_each_run_and_its_figures(tmp_path):
 def test_sweep_dry_run_names_downloads_and_time(tmp_path, run_cli):
     (tmp_path / "data" / "downloads").mkdir(parents=True)
     (tmp_path / "data" / "downloads" / "cifar-100-python.tar.gz").write_bytes(b"placed")
-    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path / "runs", "--dry-run", "--", "--data_root",
+    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path / "runs", "--dry_run", "--", "--data_root",
                    tmp_path / "data", check=True)
     out = proc.stdout
     assert "CIFAR10_x32: prepared in" in out and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in out
@@ -350,8 +350,8 @@ def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
-    """`resbench sweep --grid wd --dry-run | head -1`: no traceback when the pipe closes."""
-    proc = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", "wd", "--dry-run", "--runs_dir",
+    """`resbench sweep --grid wd --dry_run | head -1`: no traceback when the pipe closes."""
+    proc = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", "wd", "--dry_run", "--runs_dir",
                              str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
     assert proc.stdout.readline().startswith(b"sweep: 104 runs")
     proc.stdout.close()

@@ -232,7 +232,7 @@ def test_cli_download_and_list_of_a_full_corruption_archive(tmp_path, run_cli):
     _place(tmp_path, "CIFAR-100-C.tar", archive)
 
     refused = run_cli("data", "download", "CIFAR100_C", "--data_root", tmp_path)
-    forced = run_cli("data", "download", "CIFAR100_C", "--data_root", tmp_path, "--no-verify")
+    forced = run_cli("data", "download", "CIFAR100_C", "--data_root", tmp_path, "--no_verify")
     listed = run_cli("data", "list", "--data_root", tmp_path, check=True)
 
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(

@@ -537,7 +537,7 @@ def test_damaged_archive_without_verification_is_reported(tmp_path, monkeypatch,
     with pytest.raises(DataError, match="cifar-10-python.tar.gz is damaged .*delete it and download again"):
         prepare_dataset("CIFAR10_x32", tmp_path, verify=False)
 
-    assert "warning: --no-verify" in capfd.readouterr().err
+    assert "warning: --no_verify" in capfd.readouterr().err
     assert not (tmp_path / "CIFAR10_x32").exists()
 
 
@@ -596,7 +596,7 @@ def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, run_cli, cif
     placed = _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])  # tiny archive: not the official md5
 
     refused = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path)
-    forced = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path, "--no-verify")
+    forced = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path, "--no_verify")
 
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(
@@ -611,7 +611,7 @@ def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
                               ("tiny-imagenet-200.zip", tiny[0])]:
         _place(tmp_path, filename, archive)
 
-    proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no-verify", "--mirror", "http://127.0.0.1:9/")
+    proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no_verify", "--mirror", "http://127.0.0.1:9/")
 
     assert proc.returncode == 0, proc.stderr
     assert all(row["complete"] for row in dataset_status(tmp_path) if row["name"] in training_datasets())
@@ -925,7 +925,7 @@ def test_a_content_length_other_than_the_archive_size_is_refused_when_verifying(
         prepare_dataset("CIFAR10_x32", tmp_path)
     assert list(tmp_path.iterdir()) == []
     shorter = download.download(server.url + "cifar-10-python.tar.gz", tmp_path / "a", None, size=len(archive))
-    assert shorter.stat().st_size == len(archive) - 1000  # unverified (--no-verify), a smaller one is allowed
+    assert shorter.stat().st_size == len(archive) - 1000  # unverified (--no_verify), a smaller one is allowed
 
 
 def test_a_servers_status_text_is_printed_without_terminal_escapes(tmp_path, server):

@@ -131,7 +131,7 @@ def test_sweep_and_bench_take_an_imported_set(twins, tmp_path, capsys):
     grid = tmp_path / "grid.toml"
     grid.write_text(f'data_name = ["FromNpz"]\nresnet_depth = [8]\n[flags]\ndata_root = "{root}"\nbatch_size = 8\n'
                     'optim_ni = 4\ndevice = "cpu"\n')
-    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--dry-run"]) == 0
+    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--dry_run"]) == 0
     assert "every dataset is prepared" in capsys.readouterr().out
     assert main(["bench", "--data_name", "FromNpz", "--data_root", str(root), "--resnet_depth", "8", "--batch_size",
                  "8", "--device", "cpu", "--warmup", "0", "--iters", "1", "--windows", "1", "--json"]) == 0

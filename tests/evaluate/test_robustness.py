@@ -201,14 +201,16 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path, run_cli):
 @pytest.mark.parametrize("args, message", [
     (["RUNS", "--ckpt", "RUN"], "give either RUNS_DIR (every run below it) or --ckpt"),
     ([], "give either RUNS_DIR (every run below it) or --ckpt"),
-    (["--ckpt", "RUN", "RUN", "--save"], "--save is for one checkpoint, not an ensemble"),
+    (["--ckpt", "RUN", "RUN", "--write_eval"], "--write_eval is for one checkpoint, not an ensemble"),
     (["--ckpt", "RUN", "RUN", "--temperature_scaling"], "--temperature_scaling is for one checkpoint"),
-    (["--ckpt", "RUN", "--save", "--split", "val"], "saved figures (--save, RUNS_DIR) are the test split's"),
+    (["--ckpt", "RUN", "--write_eval", "--split", "val"], "saved figures (--write_eval, RUNS_DIR) are the test split's"),
     (["--ckpt", "RUN", "--ood", "Nope"], "unknown OOD set 'Nope'; choose from CIFAR10_x32, "),
     (["--ckpt", "RUN", "--ood", "Digits_x32"], "--ood Digits_x32 is the run's own dataset"),
     (["--ckpt", "RUNS"], "is not a run folder (no config.json); to evaluate every run below it, pass it without"),
     (["--ckpt", "RUN/nothing.pt"], "no such checkpoint or run folder"),
-    (["--ckpt", "RUN", "--batch_size", "0"], "--batch_size must be positive"),
+    (["--ckpt", "RUN", "--eval_batch_size", "0"], "--eval_batch_size must be positive"),
+    (["--ckpt", "RUN", "--save"], "--save is now --write_eval (train's --save names a run folder"),
+    (["--ckpt", "RUN", "--batch-size", "64"], "--batch-size is now --eval_batch_size (train's --batch_size is"),
 ])
 def test_eval_argument_errors_are_one_line(digits_runs, capsys, args, message):
     args = [str(digits_runs / "s1") if a == "RUN" else str(digits_runs) if a == "RUNS" else

@@ -399,7 +399,7 @@ def test_top5_counts_a_label_among_the_five_largest_logits():
 # ---------------------------------------------------------------- sweep: seeds and the weight-decay grid
 
 def plan(run_cli, *args) -> list[str]:
-    proc = run_cli("sweep", *args, "--dry-run", check=True)
+    proc = run_cli("sweep", *args, "--dry_run", check=True)
     return [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("  new")]
 
 
@@ -414,7 +414,7 @@ def test_sweep_seeds_and_the_reference_weight_decay_grid(tmp_path, run_cli):
     grid.write_text('data_name = "Digits_x32"\noptim_lr = [0.05, 0.1]\nseed = [1]\n')
     assert [Path(p).name for p in plan(run_cli, "--grid", grid, "--runs_dir", tmp_path)] == [
         "R20x1-b256-i48k-lr0.05-wd0.001-s1", "R20x1-b256-i48k-lr0.1-wd0.001-s1"]
-    refused = run_cli("sweep", "--grid", grid, "--seeds", "1", "--dry-run")
+    refused = run_cli("sweep", "--grid", grid, "--seeds", "1", "--dry_run")
     assert refused.returncode == 2 and "sets seeds itself" in refused.stderr
 
 

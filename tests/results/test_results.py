@@ -362,7 +362,7 @@ def plan_lines(stdout: str) -> list[tuple[str, str]]:
 
 
 def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, run_cli):
-    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry-run", "--", "--optim_ni", "2000",
+    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry_run", "--", "--optim_ni", "2000",
                    check=True)
     runs = plan_lines(proc.stdout)
     assert len(runs) == 26 and {state for state, _ in runs} == {"new"}
@@ -396,7 +396,7 @@ def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
     started.mkdir()
-    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry-run", check=True)
+    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry_run", check=True)
     assert plan_lines(proc.stdout) == [("skip", str(finished)), ("resume", str(started)),
                                        ("new", str(runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s3"))]
     assert "3 runs: 1 to run, 1 to resume, 1 finished (skipped)" in proc.stdout
@@ -422,7 +422,7 @@ def test_a_terminated_sweep_stops_its_runs_saved_and_starts_no_more(tmp_path):
 def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
     grid = tmp_path / "grid.toml"
     grid.write_text('data_name = ["Digits_x32"]\nlearning_rate = [0.1]\n')
-    proc = run_cli("sweep", "--grid", grid, "--dry-run")
+    proc = run_cli("sweep", "--grid", grid, "--dry_run")
     assert proc.returncode == 2
     assert "unknown key(s) learning_rate" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -457,7 +457,7 @@ BAD_GRIDS = {  # grid file text: what the error must say about its first bad run
 def test_sweep_refuses_a_bad_grid_before_running_anything(tmp_path, capsys, text):
     grid = tmp_path / "grid.toml"
     grid.write_text(text if text.startswith("data_name") else f'data_name = "Digits_x32"\n{text}\n')
-    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry-run")
+    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
     assert code == 2 and out == ""
     assert err.startswith(f"error: grid {grid}") and BAD_GRIDS[text] in err
     assert err.count("\n") == 1 and "usage" not in err
@@ -481,7 +481,7 @@ def test_sweep_refuses_bad_train_flags_before_running_anything(tmp_path, capsys,
 def test_sweep_refuses_an_unreadable_grid_and_a_runs_dir_below_a_file(tmp_path, capsys):
     grid = tmp_path / "grid.toml"
     grid.write_bytes(b'data_name = "Digits_\xff"\n')
-    code, _, err = sweep_main(capsys, "--grid", grid, "--dry-run")
+    code, _, err = sweep_main(capsys, "--grid", grid, "--dry_run")
     assert code == 2 and err.startswith(f"error: cannot read grid {grid}: 'utf-8' codec can't decode byte 0xff")
     grid.write_text(DIGITS_GRID)
     (tmp_path / "a_file").write_text("")

@@ -124,14 +124,14 @@ def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path):
     """From a folder whose name is hostile to a shell and to sbatch: every path reaches the script as data."""
     tmp_path = tmp_path / HOSTILE_NAME
     write_grid(tmp_path, [1, 2, 3, 4], 10)
-    dry = sweep(tmp_path, "--launcher", "slurm", "--dry-run", env=slurm.env).stdout
+    dry = sweep(tmp_path, "--launcher", "slurm", "--dry_run", env=slurm.env).stdout
     script = dry.split("the job array sbatch would get:\n", 1)[1]
     assert script.startswith("#!/bin/bash\n") and "#SBATCH --array=0-3\n" in script
     start = time.monotonic()
     out = sweep(tmp_path, "--launcher", "slurm", env=slurm.env).stdout
     assert "sweep: submitted SLURM job array " in out
     [submitted] = (tmp_path / "runs" / ".launch").glob("slurm-*.sbatch")
-    assert submitted.read_text() == script  # --dry-run showed what was submitted
+    assert submitted.read_text() == script  # --dry_run showed what was submitted
     wait_for(lambda: len(list(tmp_path.glob("runs/Digits_x32/*/summary.json"))) == 4, LIMIT, "the job array")
     wall = time.monotonic() - start
     assert sweep(tmp_path, "--status").stdout.startswith("sweep status: 4 runs: 4 finished\n")
@@ -263,7 +263,7 @@ def test_what_a_user_passes_or_plants_never_reaches_sbatch(slurm, tmp_path, monk
 def test_a_dry_run_refuses_the_same_without_an_engine(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", "/nonexistent")
     (tmp_path / "elsewhere").mkdir()
-    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS, monkeypatch, capsys, "--dry-run")
+    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS, monkeypatch, capsys, "--dry_run")
 
 
 def test_sbatch_options_are_checked_against_its_own_names_and_quoted(tmp_path, monkeypatch):

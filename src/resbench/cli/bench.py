@@ -10,10 +10,17 @@ import sys
 from typing import Any
 
 from resbench.settings.config import ConfigError, TrainConfig
-from resbench.settings.flags import NOT_GIVEN, flag_kind
+from resbench.settings.flags import add_setting_flag
 
 # Flags that describe one configuration; with --grid, the grid's rows give them.
 CONFIG_FLAGS = ("data_name", "data_root", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
+# Where a train setting means something else to bench, its help says so; the others read as train's.
+BENCH_HELP = {
+    "data_name": "dataset whose image shape and class count to generate",
+    "compile": "auto | true | false, or --compile alone for true (auto decides as `resbench train` would for "
+               "--optim_ni)",
+    "optim_ni": "the run length `--compile auto` decides for",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,32 +31,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                                "the device's peak, on generated data of the dataset's shape; "
                                                "or, with --grid, of every row of a sweep grid with what each run "
                                                "costs.")
-    defaults = TrainConfig()
-    parser.add_argument("--data_name", default=NOT_GIVEN,
-                        help=f"dataset whose image shape and class count to generate (default {defaults.data_name})")
-    parser.add_argument("--data_root", default=NOT_GIVEN,
-                        help="folder holding an imported --data_name's dataset.json, as train's --data_root "
-                             f"(default {defaults.data_root})")
-    parser.add_argument("--resnet_depth", type=int, default=NOT_GIVEN,
-                        help=f"network depth, as train's --resnet_depth (default {defaults.resnet_depth})")
-    parser.add_argument("--resnet_width", type=int, default=NOT_GIVEN,
-                        help=f"channel multiplier, as train's --resnet_width (default {defaults.resnet_width})")
-    parser.add_argument("--batch_size", type=int, default=NOT_GIVEN,
-                        help=f"images per training step (default {defaults.batch_size})")
-    parser.add_argument("--mixed_precision", default=NOT_GIVEN,
-                        help=f"false | true | fp16 | bf16 (default {defaults.mixed_precision})")
+    for name in CONFIG_FLAGS:  # left out of the namespace when not given, so that --grid can refuse them
+        add_setting_flag(parser, name, help=BENCH_HELP.get(name))
     parser.add_argument("--grid", metavar="seed|FILE.toml", default=None,
                         help="time every row of a sweep grid instead (seed: the 26 rows of the published table, or "
                              "a grid file): images/s and minutes per run, evaluations and warm-up included, "
                              "and the total")
-    parser.add_argument("--compile", default=defaults.compile, nargs="?", const="true",
-                        help="auto | true | false, or --compile alone for true (auto decides as `resbench train` "
-                             "would for --optim_ni)")
-    parser.add_argument("--optim_ni", type=int, default=defaults.optim_ni,
-                        help="the run length `--compile auto` decides for")
-    parser.add_argument("--device", default=defaults.device, help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--threads", type=flag_kind("threads"), default=None,
-                        help="CPU threads (torch.set_num_threads), as train's --threads (default: torch's choice)")
+    defaults = TrainConfig()
+    for name in ("compile", "optim_ni", "device", "threads"):
+        add_setting_flag(parser, name, default=getattr(defaults, name), help=BENCH_HELP.get(name))
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--iters", type=int, default=10, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows (median and spread reported)")

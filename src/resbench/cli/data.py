@@ -119,7 +119,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                  help=f"one of {', '.join(DATASETS)}, or all (the training datasets)")
     download_parser.add_argument("--mirror", metavar="URL_OR_DIR", default=None,
                                  help="fetch the official file names from this base URL or local folder")
-    download_parser.add_argument("--no-verify", action="store_true",
+    download_parser.add_argument("--no_verify", action="store_true",
                                  help="skip the MD5 check (prints a warning)")
     download_parser.set_defaults(func=run_download)
 

@@ -12,10 +12,11 @@ from typing import Any
 from resbench.console import log
 from resbench.errors import ResbenchError
 from resbench.runs.schema import CORRUPTION_METRICS, OOD_METRICS, OOD_SCORES
+from resbench.settings.flags import RenamedFlag
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR) [--corruptions] [--ood [NAME ...]] [--save] [--json]`"""
+    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR) [--corruptions] [--ood [NAME ...]] [--write_eval]`"""
     p = subparsers.add_parser(
         "eval", help="accuracy, NLL, ECE, Brier; corruptions, OOD detection, ensembles",
         description="Evaluate checkpoints (model settings from each run folder's config.json): accuracy, NLL, "
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "detection; several --ckpt are scored as an ensemble (their probabilities averaged) beside "
                     "each member. RUNS_DIR: every run folder below it, each saved to its eval.json.")
     p.add_argument("runs_dir", nargs="?", type=Path, default=None, metavar="RUNS_DIR",
-                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as --save)")
+                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as --write_eval)")
     p.add_argument("--ckpt", type=Path, nargs="+", default=None, metavar="CKPT_OR_RUN_DIR",
                    help="best.pt, last.pt or a run folder (see --which); several: their ensemble")
     p.add_argument("--which", choices=("best", "last"), default="best",
@@ -39,11 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="OOD detection (AUROC, AUPR-In/Out, FPR95 for max-softmax, entropy and energy scores) of the "
                         "test split against each set: a dataset name, SVHN, a corrupted set, or Noise; none named: "
                         "the usual pairs (CIFAR-10 vs CIFAR-100 and SVHN, and so on)")
-    p.add_argument("--save", action="store_true",
+    p.add_argument("--write_eval", action="store_true",
                    help="write the figures into the run folder as eval.json (eval_last.json for last.pt), "
                         "which `resbench table --columns` reads")
-    p.add_argument("--batch_size", type=int, default=None,  # None: evaluate.CPU_EVAL_BATCH_SIZE / EVAL_BATCH_SIZE
+    p.add_argument("--eval_batch_size", type=int, default=None,  # None: CPU_EVAL_BATCH_SIZE / EVAL_BATCH_SIZE
                    help="images per inference batch (default 512 on a CPU, 1024 on a GPU)")
+    # Old spellings, which read as train's flags of the same names (a run folder, the training batch).
+    p.add_argument("--save", action=RenamedFlag, new="--write_eval",
+                   why=" (train's --save names a run folder; eval writes into the run's own)")
+    p.add_argument("--batch_size", action=RenamedFlag, new="--eval_batch_size",
+                   why=" (train's --batch_size is the training batch)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
@@ -54,22 +60,22 @@ def run(args: argparse.Namespace) -> int:
     if (args.runs_dir is None) == (args.ckpt is None):
         raise ResbenchError("give either RUNS_DIR (every run below it) or --ckpt CKPT_OR_RUN_DIR [...], not both")
     several = args.ckpt is not None and len(args.ckpt) > 1
-    if several and (args.save or args.temperature_scaling):
-        raise ResbenchError(f"{'--save' if args.save else '--temperature_scaling'} is for one checkpoint, "
+    if several and (args.write_eval or args.temperature_scaling):
+        raise ResbenchError(f"{'--write_eval' if args.write_eval else '--temperature_scaling'} is for one checkpoint, "
                             "not an ensemble; use --json to keep an ensemble's figures")
-    if (args.save or args.runs_dir is not None) and args.split != "test":
-        raise ResbenchError("saved figures (--save, RUNS_DIR) are the test split's; drop --split val")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ResbenchError(f"--batch_size must be positive, got {args.batch_size}")
+    if (args.write_eval or args.runs_dir is not None) and args.split != "test":
+        raise ResbenchError("saved figures (--write_eval, RUNS_DIR) are the test split's; drop --split val")
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise ResbenchError(f"--eval_batch_size must be positive, got {args.eval_batch_size}")
     from resbench.evaluate.figures import EvalRequest, evaluate_checkpoint, evaluate_ensemble, save_report
 
     request = EvalRequest(args.data_root, args.split, args.temperature_scaling, args.corruptions, args.ood,
-                          args.device, args.batch_size)
+                          args.device, args.eval_batch_size)
     if args.runs_dir is not None:
         return eval_runs(args.runs_dir, args.which, request, args.json)
     report = (evaluate_ensemble(args.ckpt, args.which, request) if several
               else evaluate_checkpoint(args.ckpt[0], args.which, request))
-    if args.save:
+    if args.write_eval:
         log(f"wrote {save_report(report)}")
     print(json.dumps(report, indent=2) if args.json else format_eval_report(report))
     return 0

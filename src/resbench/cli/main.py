@@ -34,7 +34,7 @@ examples:
       one row of the published tables (fetches CIFAR-10 first if it is missing)
   resbench train --config runs/CIFAR10_x32/R20x1-b256-i48k-lr0.1-wd0.001-s42/config.json --save runs/again
       the same run again, from its folder's settings
-  resbench sweep --grid seed --jobs 2 --dry-run
+  resbench sweep --grid seed --jobs 2 --dry_run
       the plan for all 26 published rows: folders, datasets to download, time
   resbench table runs --compare reference
       the finished runs as tables, the published figures beside ours

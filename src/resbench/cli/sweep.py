@@ -106,7 +106,7 @@ def launch(todo: list, script: str | None, args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench sweep [--grid seed|FILE.toml] [--runs_dir DIR] [--jobs N] [--dry-run] [-- TRAIN FLAGS]`."""
+    """`resbench sweep [--grid seed|FILE.toml] [--runs_dir DIR] [--jobs N] [--dry_run] [-- TRAIN FLAGS]`."""
     p = subparsers.add_parser(
         "sweep", help="train a grid of configurations (skips finished runs, resumes broken ones)",
         description="Train every configuration of a grid, each in <runs_dir>/<data_name>/<run name>. "
@@ -123,7 +123,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at the same time on the one device, each with --threads cores/N")
-    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+    p.add_argument("--dry_run", action="store_true",
                    help="print the plan, the train commands, the datasets to download and a time estimate; "
                         "run nothing")
     p.add_argument("--launcher", choices=["local", "slurm", "ray"], default="local",

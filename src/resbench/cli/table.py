@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench table RUNS_DIR [--compare reference] [--selection val|last|test|all] [--select-by val]`."""
+    """`resbench table RUNS_DIR [--compare reference] [--selection val|last|test|all] [--select_by val]`."""
     p = subparsers.add_parser("table", help="print finished runs as markdown tables in the published tables' format",
                               description="Print the finished runs below RUNS_DIR as markdown tables in the "
                                           "format of the published tables (docs/reference/seed-results.md): "
@@ -35,13 +35,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--selection", choices=[*SELECTIONS, "all"], default="val",
                    help="which evaluation of each run: val = best validation accuracy (the recipe's, default), "
                         "last = the last evaluation, test = best test accuracy (optimistic), all = the three")
-    p.add_argument("--select-by", "--select_by", dest="select_by", choices=["val"], default=None,
+    p.add_argument("--select_by", choices=["val"], default=None,
                    help="per configuration, keep only the setting (e.g. weight decay) with the best mean "
                         "validation accuracy, and name it")
     p.add_argument("--columns", default=",".join(DEFAULT_COLUMNS),
                    help="comma-separated figures: val/acc, tst/acc, tst/nll (summary.json; the default), ece, brier, "
                         "c/acc, c/nll, c/ece, ood/auroc, ood/aupr_in, ood/aupr_out, ood/fpr95 (eval.json of best.pt, "
-                        "written by `resbench eval RUNS_DIR` or `eval --save`); ood/auroc@SVHN for one set, "
+                        "written by `resbench eval RUNS_DIR` or `eval --write_eval`); ood/auroc@SVHN for one set, "
                         ":energy for a score. --selection changes the summary figures only")
     p.set_defaults(func=run)
     return p

@@ -2,7 +2,7 @@
 
 - ``val/acc``, ``tst/acc``, ``tst/nll``: the training run's own figures (summary.json), the
   seed's three columns and the default.
-- ``ece``, ``brier``: of the test split at T=1, from the eval.json that ``resbench eval --save``
+- ``ece``, ``brier``: of the test split at T=1, from the eval.json that ``resbench eval --write_eval``
   (or ``resbench eval RUNS_DIR``) wrote for best.pt.
 - ``c/acc`` (mCA), ``c/nll``, ``c/ece``: means over the benchmark corruptions and 5 severities.
 - ``ood/auroc``, ``ood/aupr_in``, ``ood/aupr_out``, ``ood/fpr95``: of the max-softmax score,

@@ -92,7 +92,7 @@ class Row:
     precision: str
     settings: tuple[tuple[str, Any], ...]  # the values of the settings that differ between the table's rows
     runs: list[Run] = field(default_factory=list)
-    chosen_from: int = 0  # under --select-by val: how many settings this row was chosen from
+    chosen_from: int = 0  # under --select_by val: how many settings this row was chosen from
 
     @property
     def params(self) -> int:

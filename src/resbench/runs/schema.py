@@ -8,7 +8,7 @@
     best.pt        the plain state_dict of the best-validation model
     *.pt.sha256    each checkpoint's SHA-256, recorded when written, checked when loaded
     summary.json   the results of the finished run; its presence means "done"
-    eval.json      `resbench eval --save` of best.pt (eval_last.json of last.pt), read by `table --columns`
+    eval.json      `resbench eval --write_eval` of best.pt (eval_last.json of last.pt), read by `table --columns`
     stdout.log     what `resbench sweep` captured of the run's output
     launch.json    `sweep --launcher slurm|ray`: that the run was handed to a scheduler, and its job
     .lock          held (flock) by the process training into the folder; removed when it ends
@@ -50,7 +50,7 @@ LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
 
 # The fields readers index, with their JSON types. A run that diverged before its first evaluation
 # has null figures; the trainer writes every other field as a value.
-# eval.json's figures (`resbench eval --save`), which `table --columns` reads back: per OOD set, each
+# eval.json's figures (`resbench eval --write_eval`), which `table --columns` reads back: per OOD set, each
 # score's detection metrics; per corruption, these means.
 OOD_SCORES = ("msp", "entropy", "energy")
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")

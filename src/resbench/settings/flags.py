@@ -31,18 +31,32 @@ def dashed(option: str) -> str | None:
     return "--" + option[2:].replace("_", "-")
 
 
-class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose every `--flag_name` also answers to `--flag-name`.
-
-    The alias is registered for parsing only: help, usage and error messages name the flag as it
-    was declared. Subcommand parsers are of the same class (argparse builds them with the parent's).
-    """
+class DashedAliases:
+    """`add_argument` of a parser or argument group whose every `--flag_name` also answers to
+    `--flag-name`: the alias is registered for parsing only, so that help, usage and error messages
+    name the flag as it was declared."""
 
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
         aliases = [alias for alias in map(dashed, names) if alias and alias not in names]
-        action = super().add_argument(*names, *aliases, **kwargs)
+        action = super().add_argument(*names, *aliases, **kwargs)  # type: ignore[misc]
         action.option_strings = [name for name in action.option_strings if name not in aliases]
         return action
+
+
+class FlagGroup(DashedAliases, argparse._ArgumentGroup):
+    """A titled group of flags in `--help` (train's: dataset, model, optimisation, ...)."""
+
+
+class Parser(DashedAliases, argparse.ArgumentParser):
+    """The ArgumentParser of every resbench command: flags declared with underscores answer to dashes
+    too (`DashedAliases`), a usage error is one line, and a flag's old spelling can be refused with
+    one line naming the new (`RenamedFlag`). Subcommand parsers are of the same class (argparse
+    builds them with the parent's)."""
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> FlagGroup:
+        group = FlagGroup(self, *args, **kwargs)
+        self._action_groups.append(group)
+        return group
 
     def error(self, message: str) -> NoReturn:
         """A usage error is one line and a pointer to --help, not argparse's whole usage block first."""
@@ -54,6 +68,19 @@ class Parser(argparse.ArgumentParser):
         for option_tuple in super()._get_option_tuples(option_string):
             unique.setdefault(id(option_tuple[0]), option_tuple)
         return list(unique.values())
+
+
+class RenamedFlag(argparse.Action):
+    """A flag's old spelling, hidden from --help and refused with one line naming the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, why: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.new, self.why = new, why
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} is now {self.new}{self.why}")
 
 
 def switch(on: Any) -> dict[str, Any]:
@@ -147,20 +174,42 @@ def parse_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def add_train_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """One `--<field>` flag per TrainConfig field, plus `--config FILE` and `--resume RUN_DIR`.
+# `resbench train --help` in groups, each setting once.
+FLAG_GROUPS = {
+    "dataset": ("data_name", "data_root", "mirror"),
+    "model": ("resnet_depth", "resnet_width"),
+    "optimisation (the recipe)": ("batch_size", "optim_ni", "optim_lr", "optim_momentum", "optim_weight_decay",
+                                  "optim_label_smoothing", "optim_global_clipping", "seed"),
+    "evaluation and the run folder": ("eval_every", "save", "tensorboard"),
+    "precision and speed (device, compile, threads)": ("mixed_precision", "device", "compile", "sync_bn",
+                                                       "deterministic", "threads"),
+}
 
-    On/off settings are switches too (`--tensorboard` alone means true), as is `--compile`."""
-    for f in dataclasses.fields(TrainConfig):
-        kind = flag_kind(f.name)
-        shown = "" if f.name in DEFAULT_IN_HELP else f" (default: {'off' if f.default is None else f.default})"
-        on = True if kind is parse_bool else "true" if f.name == "compile" else None
-        parser.add_argument(f"--{f.name}", type=kind, default=NOT_GIVEN, help=FLAG_HELP[f.name] + shown,
-                            **(switch(on) if on is not None else {}))
-    parser.add_argument("--config", metavar="FILE",
-                        help="read settings from a TOML or JSON file with the same keys as these flags, "
-                             "e.g. a run folder's config.json; flags given beside it override it")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="resume RUN_DIR with its saved settings")
+
+def add_setting_flag(container: argparse._ActionsContainer, name: str, default: Any = NOT_GIVEN,
+                     help: str | None = None) -> argparse.Action:
+    """The flag `--<name>` of a TrainConfig field, parsed as train parses it: `train` and `bench` (and
+    a sweep's rows) declare a setting through this one builder. On/off settings are switches too
+    (`--tensorboard` alone means true), as is `--compile`."""
+    kind = flag_kind(name)
+    field_default = TrainConfig.__dataclass_fields__[name].default
+    shown = "" if name in DEFAULT_IN_HELP else f" (default: {'off' if field_default is None else field_default})"
+    on = True if kind is parse_bool else "true" if name == "compile" else None
+    return container.add_argument(f"--{name}", type=kind, default=default, help=(help or FLAG_HELP[name]) + shown,
+                                  **(switch(on) if on is not None else {}))
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """One `--<field>` flag per TrainConfig field, in FLAG_GROUPS, plus `--config FILE` and `--resume RUN_DIR`."""
+    for title, names in FLAG_GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            add_setting_flag(group, name)
+    group = parser.add_argument_group("settings from a file or a run folder")
+    group.add_argument("--config", metavar="FILE",
+                       help="read settings from a TOML or JSON file with the same keys as these flags, "
+                            "e.g. a run folder's config.json; flags given beside it override it")
+    group.add_argument("--resume", metavar="RUN_DIR", help="resume RUN_DIR with its saved settings")
     return parser
 
 

@@ -66,7 +66,7 @@ def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check
     """A train command in its folder <runs_dir>/<data_name>/<run name>, checked as `resbench train`
     would check it; `--threads threads` is added unless the flags set the threads themselves.
 
-    Checking at planning time makes a bad grid fail at once (and under --dry-run), not once per
+    Checking at planning time makes a bad grid fail at once (and under --dry_run), not once per
     run after its folder was created.
     """
     args = parse_train_flags(flags)

@@ -1,7 +1,7 @@
 """`resbench sweep --launcher slurm`: the sweep's runs as one SLURM job array, a task per run folder.
 
 The script is written for `sbatch` directly rather than through submitit: it is a plain file a
-user can read, keep, edit and resubmit, `--dry-run` prints exactly what is submitted, nothing is
+user can read, keep, edit and resubmit, `--dry_run` prints exactly what is submitted, nothing is
 pickled between the login node and the compute nodes, and no Python package is needed on either
 side beyond resbench itself. Each task runs the very command the local sweep runs
 (`resbench train ... --save <folder>`, as a job step, through `sweep.slurm_task`), so what is

@@ -68,7 +68,7 @@ def check_md5(path: Path, expected: str, *, delete: bool) -> None:
         path.unlink()
         advice = "the download was deleted; try again, or use --mirror"
     else:
-        advice = f"replace or delete {path} (or, if you trust it, prepare it with `resbench data download --no-verify`)"
+        advice = f"replace or delete {path} (or, if you trust it, prepare it with `resbench data download --no_verify`)"
     raise DataError(f"checksum mismatch for {name}: expected md5 {expected}, got {actual}; {advice}")
 
 
@@ -323,7 +323,7 @@ def fetch_archive(source: Source, downloads: Path, mirror: str | None = None, ve
     """
     dest = downloads / source.filename
     if not verify:
-        log(f"warning: --no-verify: the MD5 of {source.filename} is not checked")
+        log(f"warning: --no_verify: the MD5 of {source.filename} is not checked")
     if dest.is_file():
         log(f"using {dest}")
         if verify:
