@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--per_severity", type=int, default=1000, help="images per severity (CIFAR-10-C: 10,000)")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--device", default="auto")
-X
+    parser.add_argument("--eval_batch_size", default=None, help="eval --eval_batch_size (default: eval's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = write_fake_data(Path(tmp), args.per_severity, args.depth)
