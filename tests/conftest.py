@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from resbench.settings.config import TrainConfig
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 REPO = SRC.parent
 # The longest a subprocess or a wait may take before a test fails: a limit for a machine busy with
@@ -66,3 +68,10 @@ def run_cli():
         return proc
 
     return run
+
+
+def tiny(folder: Path, **changes: object) -> TrainConfig:
+    """The settings of a run of a few seconds on the demo set, in `folder`."""
+    settings = dict(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=6, eval_every=3,
+                    device="cpu", save=str(folder))
+    return TrainConfig(**{**settings, **changes})

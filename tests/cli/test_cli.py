@@ -8,26 +8,16 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import LIMIT, REPO, cli_env
+from conftest import LIMIT, REPO, cli_env, tiny
 from resbench import console
-from resbench.cli.main import build_parser, main
 from resbench.device import cpus
-from resbench.runs.reader import config_from_args
-from resbench.settings.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
-from resbench.settings.flags import train_flag_parser
+from resbench.settings.config import RESUMABLE_CHANGES
 from resbench.train import progress
 from resbench.train.loop import train
-
-
-def tiny(folder: Path, **changes) -> TrainConfig:
-    settings = dict(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=6, eval_every=3,
-                    device="cpu", save=str(folder))
-    return TrainConfig(**{**settings, **changes})
 
 
 @pytest.fixture
@@ -50,26 +40,6 @@ def test_threads_is_a_train_setting_that_may_change_on_resume(tmp_path, keep_thr
     train(dataclasses.replace(cfg, threads=2))
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "note: resuming with --threads 2 (was 1): the same recipe to float rounding" in log
-
-
-def test_threads_must_be_positive():
-    with pytest.raises(ConfigError, match="--threads must be a positive integer"):
-        from resbench.train.checks import validate_config
-        validate_config(TrainConfig(threads=0))
-    assert config_from_args(train_flag_parser().parse_args(["--threads", "auto"])).threads is None
-
-
-def test_sweep_jobs_split_the_cores(tmp_path, capsys):
-    grid = tmp_path / "grid.toml"
-    grid.write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\nseed = [1, 2]\n')
-    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--jobs", "2", "--dry_run"]) == 0
-    out = capsys.readouterr().out
-    share = max(1, cpus.available_cores() // 2)
-    assert out.count(f"--threads {share} --save") == 2
-    assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--jobs", "2", "--dry_run",
-                 "--", "--threads", "3"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("--threads 3 --save") == 2 and f"--threads {share} --save" not in out  # the user's value wins
 
 
 def test_a_busy_machine_is_announced(monkeypatch):
@@ -128,47 +98,6 @@ def test_clock_format():
 
 # ---------------------------------------------------------------- 3. flags
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--tensorboard"], {"tensorboard": True}),
-    (["--tensorboard", "false"], {"tensorboard": False}),
-    (["--sync_bn", "--deterministic", "--seed", "3"], {"sync_bn": True, "deterministic": True, "seed": 3}),
-    (["--deterministic=false"], {"deterministic": False}),
-    (["--compile"], {"compile": "true"}),
-    (["--compile", "auto", "--tensorboard"], {"compile": "auto", "tensorboard": True}),
-    (["--compile", "--optim_ni", "5"], {"compile": "true", "optim_ni": 5}),
-    (["--data-name", "Digits_x32", "--optim-weight-decay", "0.01"],
-     {"data_name": "Digits_x32", "optim_weight_decay": 0.01}),
-    (["--sync", "--resnet_d", "8"], {"sync_bn": True, "resnet_depth": 8}),  # abbreviations still work
-])
-def test_train_flags_as_switches_and_dashed(argv, expected):
-    cfg = config_from_args(train_flag_parser().parse_args(argv))
-    assert {key: getattr(cfg, key) for key in expected} == expected
-
-
-@pytest.mark.parametrize("argv, dest, value", [
-    (["data", "list", "--data-root", "here"], "data_root", "here"),
-    (["data", "download", "all", "--data-root", "here"], "data_root", "here"),
-    (["eval", "--ckpt", "x.pt", "--temperature-scaling"], "temperature_scaling", True),
-    (["sweep", "--runs-dir", "elsewhere"], "runs_dir", Path("elsewhere")),
-    (["bench", "--resnet-depth", "8", "--batch-size", "4", "--compile"], "batch_size", 4),
-    (["train", "--eval-every", "7"], "eval_every", 7),
-])
-def test_every_command_takes_the_dashed_spelling(argv, dest, value):
-    assert getattr(build_parser().parse_args(argv), dest) == value
-
-
-def test_help_and_errors_name_the_flags_once(run_cli):
-    helped = run_cli("train", "--help", check=True).stdout
-    assert "--data_name DATA_NAME" in helped and "--data-name" not in helped
-    bad = run_cli("train", "--resnet-depth", "abc")
-    assert bad.returncode == 2 and "argument --resnet_depth: invalid int value: 'abc'" in bad.stderr
-
-
-def test_save_help_shows_one_default():
-    helped = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
-    save = helped[helped.index("--save SAVE run folder"):helped.rindex("--mixed_precision MIXED_PRECISION")]
-    assert save.count("default") == 1
-
 
 def test_train_has_the_mirror_its_errors_advise(tmp_path, run_cli):
     """A missing CIFAR-10, an unreachable official URL: the fix named works as a train flag."""
@@ -181,48 +110,6 @@ def test_train_has_the_mirror_its_errors_advise(tmp_path, run_cli):
 
 
 # ---------------------------------------------------------------- 11. config files
-
-def test_a_toml_config_with_flags_over_it(tmp_path):
-    (tmp_path / "run.toml").write_text('data_name = "Digits_x32"\nresnet_depth = 8\noptim_lr = 0.05\n'
-                                       'tensorboard = true\ncompile = "false"\n')
-    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(tmp_path / "run.toml"),
-                                                           "--optim-lr", "0.2"]))
-    assert (cfg.data_name, cfg.resnet_depth, cfg.optim_lr, cfg.tensorboard, cfg.compile) == (
-        "Digits_x32", 8, 0.2, True, "false")
-
-
-@pytest.mark.parametrize("text, message", [
-    ("resnet_depth = 8\nlearning_rate = 0.1\n", "unknown setting(s) learning_rate; the keys are the train flags"),
-    ('resnet_depth = "deep"\n', "resnet_depth = 'deep' is not a valid --resnet_depth"),
-    ("resnet_depth = [8]\n", "resnet_depth = [8] is not a valid --resnet_depth"),
-    ("resnet_depth = \n", "cannot read --config"),
-])
-def test_a_bad_config_file_is_one_clear_line(tmp_path, capsys, text, message):
-    (tmp_path / "run.toml").write_text(text)
-    assert main(["train", "--config", str(tmp_path / "run.toml")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
-
-
-def test_a_run_is_repeated_from_its_config_json_alone(tmp_path):
-    first = tiny(tmp_path / "first", seed=3, optim_lr=0.05)
-    train(first)
-    args = train_flag_parser().parse_args(["--config", str(tmp_path / "first" / "config.json"),
-                                           "--save", str(tmp_path / "again")])
-    again = config_from_args(args)
-    assert dataclasses.replace(again, save=first.save) == first
-    train(again)
-    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "again")]
-    for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "params"):
-        assert summaries[0][key] == summaries[1][key], key  # CPU runs are deterministic: the same, to the bit
-    weights = [torch.load(tmp_path / name / "best.pt", weights_only=True) for name in ("first", "again")]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-
-
-def test_config_and_resume_do_not_go_together(tmp_path, capsys):
-    (tmp_path / "run.toml").write_text("resnet_depth = 8\n")
-    assert main(["train", "--config", str(tmp_path / "run.toml"), "--resume", str(tmp_path)]) == 2
-    assert "--config and --resume cannot go together" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- 10. smaller points
@@ -255,34 +142,6 @@ def test_data_list_names_the_demo_and_the_fix(tmp_path, run_cli):
     assert f"`resbench data download CIFAR100_x32 --data_root {tmp_path}`" in lines["CIFAR100_x32"]
 
 
-def test_sweep_prints_each_run_and_its_figures(tmp_path):
-    grid = tmp_path / "grid.toml"
-    grid.write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\nseed = [1]\n'
-                    '[flags]\noptim_ni = 4\neval_every = 2\nbatch_size = 16\ndevice = "cpu"\n')
-    proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
-                           str(tmp_path / "runs")], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    folder = tmp_path / "runs" / "Digits_x32" / "R8x1-b16-i4-lr0.1-wd0.001-s1"
-    summary = json.loads((folder / "summary.json").read_text())
-    assert f"[start 1/1] {folder} (new; its output goes to {folder / 'stdout.log'})" in proc.stdout
-    figures = f"val/acc {summary['best_val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}"
-    assert f"[1/1] {folder}: finished: {figures}" in proc.stdout
-
-
-def test_sweep_dry_run_names_downloads_and_time(tmp_path, run_cli):
-    (tmp_path / "data" / "downloads").mkdir(parents=True)
-    (tmp_path / "data" / "downloads" / "cifar-100-python.tar.gz").write_bytes(b"placed")
-    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path / "runs", "--dry_run", "--", "--data_root",
-                   tmp_path / "data", check=True)
-    out = proc.stdout
-    assert "CIFAR10_x32: prepared in" in out and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in out
-    assert f"CIFAR100_x32: prepared in {tmp_path / 'data' / 'CIFAR100_x32'} by the first run that needs it, from " \
-           f"the archive already in {tmp_path / 'data' / 'downloads' / 'cifar-100-python.tar.gz'}" in out
-    # The reference's 26 wall times: 963.4 minutes in all (seed-runs.tsv).
-    assert "time: the same iterations took the reference 16:03:24 on one GeForce RTX 3090" in out
-    assert not (tmp_path / "runs").exists()
-
-
 def test_bench_warns_when_its_windows_spread():
     from resbench.bench.measure import spread_warning
 
@@ -296,13 +155,6 @@ def test_bench_runs_with_threads_and_dashed_flags(run_cli, tmp_path):
     proc = run_cli("bench", "--device", "cpu", "--data-name", "Digits_x32", "--resnet-depth", "8", "--batch-size",
                    "8", "--warmup", "0", "--iters", "1", "--windows", "1", "--threads", "1", "--json", check=True)
     assert json.loads(proc.stdout)["threads"] == 1
-
-
-def test_slurm_example_signals_the_job_steps():
-    """`--signal=B:...` reaches the batch shell only; the srun tasks (torchrun, the ranks) must get it."""
-    directives = [line for line in (REPO / "examples" / "slurm_2nodes.sbatch").read_text().splitlines()
-                  if line.startswith("#SBATCH --signal")]
-    assert directives == ["#SBATCH --signal=TERM@120"]
 
 
 # ---------------------------------------------------------------- 7. what it reproduces
@@ -335,18 +187,6 @@ def test_the_readmes_python_imports_name_what_the_package_has():
     for line in imports:
         exec(line, namespace)
     assert callable(namespace["resnet"]) and callable(namespace["train"])
-
-
-@pytest.mark.parametrize("key", ["sync_bn", "resnet_depth", "mixed_precision"])
-def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
-    """null unsets only the optional settings (clipping, threads, ...): a switch is not silently off."""
-    path = tmp_path / "settings.json"
-    path.write_text(json.dumps({key: None}))
-    with pytest.raises(ConfigError, match=f"{key} = None is not a valid --{key}"):
-        config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
-    path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
-    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
-    assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):

@@ -352,18 +352,6 @@ def test_resume_reads_a_config_with_resolved_values(digits_run, run_cli):
     assert "not retraining" in again.stderr
 
 
-def test_a_finished_lock_does_not_remove_the_next_holders_lock(tmp_path):
-    from resbench.runs.folder import RunFolder
-    from resbench.runs.schema import LOCK as LOCK_NAME
-
-    first = RunFolder(tmp_path / "run")
-    with first.claimed():
-        (tmp_path / "run" / LOCK_NAME).unlink()  # as if it ended, and another run took the folder
-        second = RunFolder(tmp_path / "run").lock()
-    assert (tmp_path / "run" / LOCK_NAME).exists()  # the first run's end left the second's lock alone
-    second.close()
-
-
 def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
     from resbench.train.loop import train
 
@@ -397,25 +385,6 @@ def test_top5_counts_a_label_among_the_five_largest_logits():
 
 
 # ---------------------------------------------------------------- sweep: seeds and the weight-decay grid
-
-def plan(run_cli, *args) -> list[str]:
-    proc = run_cli("sweep", *args, "--dry_run", check=True)
-    return [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("  new")]
-
-
-def test_sweep_seeds_and_the_reference_weight_decay_grid(tmp_path, run_cli):
-    seeded = plan(run_cli, "--grid", "seed", "--seeds", "42", "43", "44", "--runs_dir", tmp_path)
-    assert len(seeded) == 78 and seeded[:3] == [str(tmp_path / "CIFAR10_x32" / f"R20x1-b256-i48k-lr0.1-wd0.001-s{s}")
-                                                for s in (42, 43, 44)]
-    wd = plan(run_cli, "--grid", "wd", "--runs_dir", tmp_path)
-    assert len(wd) == 104 and {Path(p).name.split("-wd")[1].split("-")[0] for p in wd} == {"0.0001", "0.0003", "0.001",
-                                                                                          "0.003"}
-    grid = tmp_path / "grid.toml"
-    grid.write_text('data_name = "Digits_x32"\noptim_lr = [0.05, 0.1]\nseed = [1]\n')
-    assert [Path(p).name for p in plan(run_cli, "--grid", grid, "--runs_dir", tmp_path)] == [
-        "R20x1-b256-i48k-lr0.05-wd0.001-s1", "R20x1-b256-i48k-lr0.1-wd0.001-s1"]
-    refused = run_cli("sweep", "--grid", grid, "--seeds", "1", "--dry_run")
-    assert refused.returncode == 2 and "sets seeds itself" in refused.stderr
 
 
 # ---------------------------------------------------------------- plots

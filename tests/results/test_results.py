@@ -1,10 +1,9 @@
-"""Results: `resbench table`, `plot`, `sweep` and `eval` (issue 6)."""
+"""Results: `resbench table`, `plot` and `eval`, on hand-written run folders and on two real runs
+(the sweep itself: tests/sweep/test_sweep.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_sweep import DIGITS_GRID
 
-from conftest import LIMIT, cli_env, gone, process_tree, wait_until
+from conftest import LIMIT, cli_env
 from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
 from resbench.results.reference import reference_rows
 from resbench.results.table import render_tables
@@ -355,151 +355,6 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- sweep planning
 
-def plan_lines(stdout: str) -> list[tuple[str, str]]:
-    """(state, folder) for every run the sweep lists."""
-    return [tuple(line.split()[:2]) for line in stdout.splitlines() if line.startswith("  ") and
-            line.split()[0] in ("new", "resume", "skip")]
-
-
-def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, run_cli):
-    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry_run", "--", "--optim_ni", "2000",
-                   check=True)
-    runs = plan_lines(proc.stdout)
-    assert len(runs) == 26 and {state for state, _ in runs} == {"new"}
-    folders = [Path(folder) for _, folder in runs]
-    assert folders[0] == tmp_path / "CIFAR10_x32" / "R20x1-b256-i2k-lr0.1-wd0.001-s42"
-    assert sum(f.name.endswith(("-fp16", "-bf16")) for f in folders) == 4
-    assert [f.parent.name for f in folders].count("TinyImageNet200_x64") == 5
-    assert "train --data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --optim_ni 2000" in proc.stdout
-    assert list(tmp_path.iterdir()) == []  # a dry run creates nothing
-
-
-DIGITS_GRID = """\
-data_name = ["Digits_x32"]
-resnet_depth = [8]
-seed = [1, 2]
-
-[flags]
-optim_ni = 10
-eval_every = 5
-batch_size = 32
-device = "cpu"
-"""
-
-
-def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
-    grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("[1, 2]", "[1, 2, 3]"))
-    runs_dir = tmp_path / "runs"
-    finished = runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
-    started = runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s2"
-    finished.mkdir(parents=True)
-    (finished / "summary.json").write_text("{}")
-    started.mkdir()
-    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry_run", check=True)
-    assert plan_lines(proc.stdout) == [("skip", str(finished)), ("resume", str(started)),
-                                       ("new", str(runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s3"))]
-    assert "3 runs: 1 to run, 1 to resume, 1 finished (skipped)" in proc.stdout
-
-
-def test_a_terminated_sweep_stops_its_runs_saved_and_starts_no_more(tmp_path):
-    """`kill SWEEP_PID` (or `timeout`): the running run saves its state, queued runs never start."""
-    grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("optim_ni = 10", "optim_ni = 3000"))
-    runs_dir = tmp_path / "runs"
-    sweep = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
-                              str(runs_dir), "--jobs", "1"], env=cli_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    first = runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s1"
-    wait_until(lambda: (first / "last.pt").exists(), sweep)
-    sweep.send_signal(signal.SIGTERM)
-    output = sweep.communicate(timeout=LIMIT)[0]
-    assert sweep.returncode == 130, output
-    assert "stopped by a signal at iteration" in (first / "stdout.log").read_text()
-    assert not (runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s2").exists()
-
-
-def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
-    grid = tmp_path / "grid.toml"
-    grid.write_text('data_name = ["Digits_x32"]\nlearning_rate = [0.1]\n')
-    proc = run_cli("sweep", "--grid", grid, "--dry_run")
-    assert proc.returncode == 2
-    assert "unknown key(s) learning_rate" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def sweep_main(capsys, *args: object) -> tuple[int, str, str]:
-    """`resbench sweep ARGS...` in this process (planning needs no subprocess): exit status, stdout, stderr."""
-    from resbench.cli.main import main
-
-    code = main(["sweep", *map(str, args)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-BAD_GRIDS = {  # grid file text: what the error must say about its first bad run
-    'resnet_depth = ["abc"]': "run 1 of 1 (--data_name Digits_x32 --resnet_depth abc): argument --resnet_depth: "
-                              "invalid int value: 'abc'",
-    "resnet_depth = [[8]]": "argument --resnet_depth: invalid int value: '[8]'",
-    "seed = {a=1}": "argument --seed: invalid int value",
-    '[flags]\nbatch_size = "abc"': "argument --batch_size: invalid int value: 'abc'",
-    'data_name = ["Digits_x32", "Nope"]': "run 2 of 2 (--data_name Nope): unknown data_name 'Nope'",
-    "resnet_depth = [8, 9]": "run 2 of 2 (--data_name Digits_x32 --resnet_depth 9): unsupported resnet depth 9",
-    "[flags]\noptim_lr = -1": "--optim_lr must be a positive number, got -1.0",
-    "flags = 3": "flags must be a table",
-    'precision = [["fp32"]]': "precision must be one of fp32, fp16, bf16, not ['fp32']",
-    "seed = []": "seed is an empty list, so the grid has no runs",
-    '[flags]\nsave = "x"': "--save cannot be a flag of a sweep",
-    '[flags]\nresume = "x"': "--resume cannot be a flag of a sweep",
-}
-
-
-@pytest.mark.parametrize("text", BAD_GRIDS)
-def test_sweep_refuses_a_bad_grid_before_running_anything(tmp_path, capsys, text):
-    grid = tmp_path / "grid.toml"
-    grid.write_text(text if text.startswith("data_name") else f'data_name = "Digits_x32"\n{text}\n')
-    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
-    assert code == 2 and out == ""
-    assert err.startswith(f"error: grid {grid}") and BAD_GRIDS[text] in err
-    assert err.count("\n") == 1 and "usage" not in err
-    assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--optim_lr", "-1"], "--optim_lr must be a positive number"),
-    (["--save", "x"], "--save cannot be a flag of a sweep"),
-    (["--resume=x"], "--resume cannot be a flag of a sweep"),
-    (["--runs_dir", "x"], "--runs_dir is a sweep option: put it before `--`"),
-    (["--seed"], "argument --seed: expected one argument"),
-])
-def test_sweep_refuses_bad_train_flags_before_running_anything(tmp_path, capsys, flags, message):
-    code, out, err = sweep_main(capsys, "--runs_dir", tmp_path / "runs", "--", *flags)
-    assert code == 2 and out == ""
-    assert err.startswith("error: seed grid, run 1 of 26 (--data_name CIFAR10_x32 ") and message in err
-    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
-
-
-def test_sweep_refuses_an_unreadable_grid_and_a_runs_dir_below_a_file(tmp_path, capsys):
-    grid = tmp_path / "grid.toml"
-    grid.write_bytes(b'data_name = "Digits_\xff"\n')
-    code, _, err = sweep_main(capsys, "--grid", grid, "--dry_run")
-    assert code == 2 and err.startswith(f"error: cannot read grid {grid}: 'utf-8' codec can't decode byte 0xff")
-    grid.write_text(DIGITS_GRID)
-    (tmp_path / "a_file").write_text("")
-    for runs_dir in (tmp_path / "a_file", tmp_path / "a_file" / "runs"):
-        code, _, err = sweep_main(capsys, "--grid", grid, "--runs_dir", runs_dir)
-        assert code == 2
-        assert err == f"error: --runs_dir {runs_dir} is not a folder ({tmp_path / 'a_file'} is a file); name a folder\n"
-
-
-def test_sweep_reports_a_run_whose_folder_cannot_be_created(tmp_path, capsys):
-    grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "Digits_x32").write_text("")  # a file where the dataset's folder goes
-    code, out, _ = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs")
-    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
-    assert code == 1 and f"failed: {run} (cannot write {run}: Not a directory)" in out
-
 
 def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, run_cli):
     grid = tmp_path / "grid.toml"
@@ -530,16 +385,6 @@ def digits_runs(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sweep: 2 of 2 runs finished" in proc.stdout
     return root / "runs"
-
-
-def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, run_cli):
-    runs = sorted((digits_runs / "Digits_x32").iterdir())
-    assert [r.name for r in runs] == ["R8x1-b32-i10-lr0.1-wd0.001-s1", "R8x1-b32-i10-lr0.1-wd0.001-s2"]
-    for run in runs:
-        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
-        assert (run / "stdout.log").stat().st_size > 0
-    proc = run_cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
-    assert {state for state, _ in plan_lines(proc.stdout)} == {"skip"}
 
 
 def test_table_and_plot_of_real_runs(digits_runs, tmp_path, run_cli):
@@ -630,66 +475,6 @@ def test_plot_file_names_from_run_files_stay_inside_out(tmp_path):
     assert_pngs(written)
 
 
-EVIL_MODULE = "import pathlib\npathlib.Path({marker!r}).touch()\nraise SystemExit('imported from the current folder')\n"
-
-
-def evil_folder(tmp_path: Path) -> Path:
-    """A working folder whose modules shadow the ones resbench imports; each leaves a marker if imported."""
-    folder = tmp_path / "cwd"
-    folder.mkdir()
-    for module in ("tqdm", "torch", "numpy", "resbench"):
-        (folder / f"{module}.py").write_text(EVIL_MODULE.format(marker=str(tmp_path / f"imported-{module}")))
-    return folder
-
-
-@pytest.mark.parametrize("prefix", ["CHILD_PYTHON_SAFE_PATH", "CHILD_PYTHON_NO_CWD"])
-def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, prefix):
-    from resbench.sweep import plan
-
-    if prefix == "CHILD_PYTHON_SAFE_PATH" and sys.version_info < (3, 11):
-        pytest.skip("python -P needs Python 3.11")
-    proc = subprocess.run([*getattr(plan, prefix), "--version"], cwd=evil_folder(tmp_path), env=cli_env(),
-                          capture_output=True, text=True, timeout=LIMIT)
-    assert proc.returncode == 0 and proc.stdout.startswith("resbench "), proc.stderr
-    assert list(tmp_path.glob("imported-*")) == []
-
-
-def test_a_sweep_never_imports_from_the_folder_it_runs_in(tmp_path, monkeypatch, capsys):
-    grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 2"))
-    monkeypatch.chdir(evil_folder(tmp_path))
-    code, out, _ = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs")
-    assert code == 0 and "sweep: 1 of 1 runs finished" in out, out
-    assert list(tmp_path.glob("imported-*")) == []
-
-
-def test_a_sigkilled_sweep_stops_its_running_run_with_the_state_saved(tmp_path):
-    grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 3000"))
-    runs_dir = tmp_path / "runs"
-    sweep = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
-                              str(runs_dir)], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run = runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s1"
-    wait_until(lambda: (run / "last.pt").exists(), sweep)
-    children = process_tree(sweep.pid)[1:]
-    assert len(children) == 1, children
-    sweep.kill()  # forwards nothing: the run must notice by itself
-    sweep.communicate(timeout=LIMIT)
-    wait_until(lambda: gone(children[0]))
-    assert "stopped by a signal at iteration" in (run / "stdout.log").read_text()
-    assert torch.load(run / "last.pt", weights_only=True)["state"]["step"] > 0
-
-
-def test_without_prctl_a_thread_notices_that_the_sweep_died(monkeypatch):
-    from resbench.sweep import local
-
-    parents, sent = iter([100, 100, 1]), []  # the sweep (pid 100) dies: the run is re-parented to pid 1
-    monkeypatch.setattr(local.os, "getppid", lambda: next(parents))
-    monkeypatch.setattr(local.os, "kill", lambda pid, sig: sent.append((pid, sig)))
-    local.watch_parent(100, interval=0)
-    assert sent == [(os.getpid(), signal.SIGTERM)]
-
-
 def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
     from resbench.cli.main import main
 
@@ -699,10 +484,3 @@ def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
     assert "### Digits\\x1b[2J_x32" in out and "fp32\\x07" in out and "\x1b" not in out and "\x07" not in out
 
 
-def test_a_run_whose_sweep_died_before_it_started_stops_at_once(tmp_path):
-    gone_pid = subprocess.Popen([sys.executable, "-c", ""])
-    gone_pid.wait()
-    env = cli_env() | {"RESBENCH_SWEEP_PID": str(gone_pid.pid)}
-    proc = subprocess.run([sys.executable, "-m", "resbench", "data", "list", "--data_root", str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=LIMIT)
-    assert proc.returncode == 130 and proc.stderr == "interrupted\n", proc.stderr

@@ -1,0 +1,121 @@
+"""The train flags and --config files (settings/): switches, dashed spellings, help, TOML and config.json, and what a file may not do."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny
+from resbench.cli.main import build_parser, main
+from resbench.runs.reader import config_from_args
+from resbench.settings.config import ConfigError, TrainConfig
+from resbench.settings.flags import train_flag_parser
+from resbench.train.loop import train
+
+
+def test_threads_must_be_positive():
+    with pytest.raises(ConfigError, match="--threads must be a positive integer"):
+        from resbench.train.checks import validate_config
+        validate_config(TrainConfig(threads=0))
+    assert config_from_args(train_flag_parser().parse_args(["--threads", "auto"])).threads is None
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--tensorboard"], {"tensorboard": True}),
+    (["--tensorboard", "false"], {"tensorboard": False}),
+    (["--sync_bn", "--deterministic", "--seed", "3"], {"sync_bn": True, "deterministic": True, "seed": 3}),
+    (["--deterministic=false"], {"deterministic": False}),
+    (["--compile"], {"compile": "true"}),
+    (["--compile", "auto", "--tensorboard"], {"compile": "auto", "tensorboard": True}),
+    (["--compile", "--optim_ni", "5"], {"compile": "true", "optim_ni": 5}),
+    (["--data-name", "Digits_x32", "--optim-weight-decay", "0.01"],
+     {"data_name": "Digits_x32", "optim_weight_decay": 0.01}),
+    (["--sync", "--resnet_d", "8"], {"sync_bn": True, "resnet_depth": 8}),  # abbreviations still work
+])
+def test_train_flags_as_switches_and_dashed(argv, expected):
+    cfg = config_from_args(train_flag_parser().parse_args(argv))
+    assert {key: getattr(cfg, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("argv, dest, value", [
+    (["data", "list", "--data-root", "here"], "data_root", "here"),
+    (["data", "download", "all", "--data-root", "here"], "data_root", "here"),
+    (["eval", "--ckpt", "x.pt", "--temperature-scaling"], "temperature_scaling", True),
+    (["sweep", "--runs-dir", "elsewhere"], "runs_dir", Path("elsewhere")),
+    (["bench", "--resnet-depth", "8", "--batch-size", "4", "--compile"], "batch_size", 4),
+    (["train", "--eval-every", "7"], "eval_every", 7),
+])
+def test_every_command_takes_the_dashed_spelling(argv, dest, value):
+    assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+def test_help_and_errors_name_the_flags_once(run_cli):
+    helped = run_cli("train", "--help", check=True).stdout
+    assert "--data_name DATA_NAME" in helped and "--data-name" not in helped
+    bad = run_cli("train", "--resnet-depth", "abc")
+    assert bad.returncode == 2 and "argument --resnet_depth: invalid int value: 'abc'" in bad.stderr
+
+
+def test_save_help_shows_one_default():
+    helped = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
+    save = helped[helped.index("--save SAVE run folder"):helped.rindex("--tensorboard [TENSORBOARD]")]
+    assert save.count("default") == 1
+
+
+def test_a_toml_config_with_flags_over_it(tmp_path):
+    (tmp_path / "run.toml").write_text('data_name = "Digits_x32"\nresnet_depth = 8\noptim_lr = 0.05\n'
+                                       'tensorboard = true\ncompile = "false"\n')
+    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(tmp_path / "run.toml"),
+                                                           "--optim-lr", "0.2"]))
+    assert (cfg.data_name, cfg.resnet_depth, cfg.optim_lr, cfg.tensorboard, cfg.compile) == (
+        "Digits_x32", 8, 0.2, True, "false")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("resnet_depth = 8\nlearning_rate = 0.1\n", "unknown setting(s) learning_rate; the keys are the train flags"),
+    ('resnet_depth = "deep"\n', "resnet_depth = 'deep' is not a valid --resnet_depth"),
+    ("resnet_depth = [8]\n", "resnet_depth = [8] is not a valid --resnet_depth"),
+    ("resnet_depth = \n", "cannot read --config"),
+])
+def test_a_bad_config_file_is_one_clear_line(tmp_path, capsys, text, message):
+    (tmp_path / "run.toml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "run.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_run_is_repeated_from_its_config_json_alone(tmp_path):
+    first = tiny(tmp_path / "first", seed=3, optim_lr=0.05)
+    train(first)
+    args = train_flag_parser().parse_args(["--config", str(tmp_path / "first" / "config.json"),
+                                           "--save", str(tmp_path / "again")])
+    again = config_from_args(args)
+    assert dataclasses.replace(again, save=first.save) == first
+    train(again)
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "again")]
+    for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "params"):
+        assert summaries[0][key] == summaries[1][key], key  # CPU runs are deterministic: the same, to the bit
+    weights = [torch.load(tmp_path / name / "best.pt", weights_only=True) for name in ("first", "again")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_config_and_resume_do_not_go_together(tmp_path, capsys):
+    (tmp_path / "run.toml").write_text("resnet_depth = 8\n")
+    assert main(["train", "--config", str(tmp_path / "run.toml"), "--resume", str(tmp_path)]) == 2
+    assert "--config and --resume cannot go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["sync_bn", "resnet_depth", "mixed_precision"])
+def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
+    """null unsets only the optional settings (clipping, threads, ...): a switch is not silently off."""
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({key: None}))
+    with pytest.raises(ConfigError, match=f"{key} = None is not a valid --{key}"):
+        config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
+    path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
+    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
+    assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
