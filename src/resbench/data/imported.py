@@ -2,7 +2,7 @@
 
 The result is `<data_root>/<NAME>/{train,test}_{images,labels}.npy` (uint8 NHWC, int64 labels), the
 training file holding the training split first and the held-out validation split after it, as
-the loader expects (`tensors.load_splits`), and `dataset.json`, its facts (`facts.ImportedFacts`).
+the loader expects (`prepared.load_splits`), and `dataset.json`, its facts (`facts.ImportedFacts`).
 The validation split is stratified and seeded (`--split_seed`, recorded); where SRC has no test
 split one is carved out of train first, the same way.
 

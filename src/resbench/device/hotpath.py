@@ -1,7 +1,7 @@
 """The training hot path's choices, each one decided by measurement (benchmarks/RESULTS.md).
 
 - Layout: channels_last on every device. On CPU oneDNN's convolutions run natively in NHWC and
-  the data already arrives NHWC (`data.to_model_input`); on CUDA cuDNN's NHWC kernels are the
+  the data already arrives NHWC (`data.batches.to_model_input`); on CUDA cuDNN's NHWC kernels are the
   fast ones for fp16/bf16.
 - Compilation: `torch.compile` of the model (forward and backward through AOTAutograd). It
   costs tens of seconds up front, so `auto` turns it on only for runs long enough to repay it

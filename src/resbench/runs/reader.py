@@ -34,7 +34,7 @@ from resbench.settings.flags import given_settings, read_settings_file, typed_se
 
 T = TypeVar("T")
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
-# table row vary), paths and choices that do not change a number (settings.RESUMABLE_CHANGES), and
+# table row vary), paths and choices that do not change a number (settings.config.RESUMABLE_CHANGES), and
 # the configuration itself (dataset, depth, width, precision).
 NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard", "threads", "mirror",
                               "data_name", "resnet_depth", "resnet_width", "mixed_precision"})

@@ -48,14 +48,14 @@ RESOLVED_KEY = "resolved"
 # What last.pt must hold; a multi-process run adds "rank_buffers" (each rank's BatchNorm statistics).
 LAST_KEYS = {"config", "model", "optimizer", "scaler", "state", "rng"}
 
-# The fields readers index, with their JSON types. A run that diverged before its first evaluation
-# has null figures; the trainer writes every other field as a value.
 # eval.json's figures (`resbench eval --write_eval`), which `table --columns` reads back: per OOD set, each
 # score's detection metrics; per corruption, these means.
 OOD_SCORES = ("msp", "entropy", "energy")
 OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 CORRUPTION_METRICS = ("acc", "nll", "ece")
 
+# The fields readers index, with their JSON types. A run that diverged before its first evaluation
+# has null figures; the trainer writes every other field as a value.
 NUMBER = (int, float)
 FIGURE = (*NUMBER, type(None))
 SUMMARY_FIELDS = {"data_name": str, "depth": int, "width": int, "precision": str, "params": NUMBER,
