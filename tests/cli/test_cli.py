@@ -224,8 +224,8 @@ def test_config_and_resume_do_not_go_together(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 10. smaller points
 
-HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "list"], ["eval"], ["sweep"], ["table"],
-                 ["compare"], ["plot"], ["bench"]]
+HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "import"], ["data", "list"], ["eval"],
+                 ["sweep"], ["table"], ["compare"], ["plot"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "resbench")
