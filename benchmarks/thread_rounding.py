@@ -20,7 +20,7 @@ import torch
 
 VARIANT = r"""
 import sys, torch
-from resbench.data import tensors as data
+from resbench.data.batches import TrainBatches
 from resbench.models import resnet as models
 from resbench.device import hotpath
 from resbench.settings.config import TrainConfig
@@ -31,7 +31,7 @@ torch.set_num_threads(threads)
 cfg, device = TrainConfig(resnet_depth=depth, batch_size=64, optim_ni=1000), torch.device("cpu")
 gen = torch.Generator().manual_seed(0)
 images = torch.randint(0, 256, (2048, 32, 32, 3), dtype=torch.uint8, generator=gen)
-batches = data.TrainBatches(images, torch.randint(0, 10, (2048,), generator=gen), 64, 42)
+batches = TrainBatches(images, torch.randint(0, 10, (2048,), generator=gen), 64, 42)
 torch.manual_seed(42)
 model = hotpath.prepare_model(models.resnet(depth, 1, 10, 32), device)
 optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, device)

@@ -114,8 +114,8 @@ def test_train_has_the_mirror_its_errors_advise(tmp_path, run_cli):
 
 # ---------------------------------------------------------------- 10. smaller points
 
-HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "list"], ["eval"], ["sweep"], ["table"],
-                 ["compare"], ["plot"], ["bench"]]
+HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "import"], ["data", "list"], ["eval"],
+                 ["sweep"], ["table"], ["compare"], ["plot"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "resbench")

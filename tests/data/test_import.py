@@ -7,23 +7,24 @@ import io
 import json
 import os
 import re
+import shlex
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LIMIT, cli_env
+from conftest import LIMIT, REPO, cli_env
 from resbench.cli.main import main
-from resbench.data import decode, evalsets, facts
+from resbench.data import evalsets, facts
 from resbench.data.facts import DATASETS, FACTS_FILE, FactsError, dataset_spec, read_facts
 from resbench.data.imported import IMPORT_FILES, check_name, held_out_counts, reserved_names
 from resbench.errors import DataError
-from resbench.settings.config import TrainConfig
-from resbench.train.loop import train
 
 
 def save_png(path: Path, pixels: np.ndarray, **kwargs) -> Path:
@@ -75,7 +76,8 @@ def same_images_as_npz(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
-    """The same images imported from a tree and from an .npz, each trained for 20 iterations."""
+    """The same images imported from a tree and from an .npz, each trained by `resbench train` for 4
+    iterations (1 thread: on a busy 2-core machine that is 10 times faster than 2, and the same figures)."""
     tmp = tmp_path_factory.mktemp("twins")
     write_tree(tmp / "tree", CLASSES)
     write_tree(tmp / "tree", TEST, "test")
@@ -83,9 +85,12 @@ def twins(tmp_path_factory):
     root = tmp / "data"
     assert main(["data", "import", "FromTree", str(tmp / "tree"), "--data_root", str(root)]) == 0
     assert main(["data", "import", "FromNpz", str(tmp / "same.npz"), "--data_root", str(root)]) == 0
-    summaries = {name: train(TrainConfig(data_name=name, data_root=str(root), resnet_depth=8, batch_size=8, optim_ni=20,
-                                         eval_every=10, device="cpu", save=str(tmp / "runs" / name)))
-                 for name in ("FromTree", "FromNpz")}
+    summaries = {}
+    for name in ("FromTree", "FromNpz"):
+        run = tmp / "runs" / name
+        assert main(["train", "--data_name", name, "--data_root", str(root), "--resnet_depth", "8", "--batch_size", "8",
+                     "--optim_ni", "4", "--eval_every", "2", "--threads", "1", "--device", "cpu", "--save", str(run)]) == 0
+        summaries[name] = json.loads((run / "summary.json").read_text())
     return root, tmp / "runs", summaries
 
 
@@ -117,9 +122,12 @@ def test_an_imported_run_is_evaluated_tabulated_compared_and_listed(twins, capsy
     assert "\nFromNpz " in capsys.readouterr().out
     one_line_error(main(["eval", "--ckpt", str(run), "--corruptions"]), capsys.readouterr().err)
     assert main(["compare", str(runs)]) == 0
-    assert "the reference has no FromTree runs" in capsys.readouterr().out
+    said = [line for line in capsys.readouterr().out.splitlines() if "FromTree" in line]
+    assert len(said) == 1 and said[0].endswith("the reference has no FromTree runs"), said
     assert main(["table", str(runs)]) == 0
     assert "### FromTree" in capsys.readouterr().out
+    assert main(["plot", str(runs), "--out", str(runs.parent / "plots")]) == 0
+    assert (runs.parent / "plots" / "FromTree_curves.png").stat().st_size > 1000
     assert main(["data", "list", "--data_root", str(root)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["FromTree"].split()[1:4] == ["complete", "39", "8"]
@@ -132,9 +140,16 @@ def test_sweep_and_bench_take_an_imported_set(twins, tmp_path, capsys):
     grid.write_text(f'data_name = ["FromNpz"]\nresnet_depth = [8]\n[flags]\ndata_root = "{root}"\nbatch_size = 8\n'
                     'optim_ni = 4\ndevice = "cpu"\n')
     assert main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs"), "--dry_run"]) == 0
-    assert "every dataset is prepared" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "every dataset is prepared" in out and "--data_name FromNpz" in out
+    grid.write_text(grid.read_text().replace("FromNpz", "NotYet"))  # a set not imported: refused before any run
+    err = one_line_error(main(["sweep", "--grid", str(grid), "--runs_dir", str(tmp_path / "runs")]),
+                         capsys.readouterr().err)
+    assert "unknown data_name 'NotYet'" in err and "resbench data import NotYet SRC" in err
+    assert not (tmp_path / "runs").exists()
     assert main(["bench", "--data_name", "FromNpz", "--data_root", str(root), "--resnet_depth", "8", "--batch_size",
-                 "8", "--device", "cpu", "--warmup", "0", "--iters", "1", "--windows", "1", "--json"]) == 0
+                 "8", "--device", "cpu", "--compile", "false", "--threads", "1", "--warmup", "0", "--iters", "1",
+                 "--windows", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data_name"] == "FromNpz"
 
 
@@ -202,7 +217,10 @@ def test_held_out_counts_are_stratified_and_exact():
     ({"train/a/0.png": None, "train/a/1.png": None}, "a classifier needs 2 classes at least"),
     ({"train/a/0.png": None, "train/b/notes.txt": b"x"}, "class 'b' has no training images"),
     ({"train/a/0.png": None, "train/b/0.png": None, "test/c/0.png": None}, "test/c has no counterpart"),
-], ids=["0 images", "no train", "one class", "an empty class", "an unknown test class"])
+    ({"train/a/0.png": None, "train/b/0.png": None, "test/a/notes.txt": b"x"}, "test holds no readable images"),
+    ({"train/a/" + "d/" * 33 + "0.png": None, "train/b/0.png": None}, "33 folders below its class folder"),
+], ids=["0 images", "no train", "one class", "an empty class", "an unknown test class", "0 test images",
+        "folders too deep"])
 def test_a_tree_that_cannot_make_a_dataset_is_one_line(tmp_path, capsys, layout, message):
     for name, content in layout.items():
         path = tmp_path / "src" / name
@@ -222,13 +240,33 @@ def test_a_corrupt_image_ends_the_import_naming_it_or_is_skipped_with_skip_bad(t
     assert code == 0 and "skipped: 1 unreadable images (--skip_bad; e.g." in out
     found = read_facts("Set", tmp_path / "data")
     assert found.skipped_bad == 1 and found.num_train + found.num_val + found.num_test == 19
+    before = {f.name: f.read_bytes() for f in (tmp_path / "data" / "Set").iterdir()}
+    bad.rename(bad.with_name("zzz.png"))  # the last file read
+    err = one_line_error(*import_cli(capsys, "Set", tmp_path / "src", "--data_root", tmp_path / "data")[::2])
+    assert "zzz.png" in err  # nothing written until the whole set was read: the earlier import is untouched
+    assert {f.name: f.read_bytes() for f in (tmp_path / "data" / "Set").iterdir()} == before
+    assert sorted(os.listdir(tmp_path / "data")) == ["Set"]
 
 
-def test_an_image_too_large_is_refused_from_its_header(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(decode, "MAX_IMAGE_PIXELS", 100)
-    write_tree(tmp_path / "src", {"a": grey_images(2, 1, size=8), "b": grey_images(2, 2, size=11)})
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height RGB pixels and holds none: decoding it would fail, not refuse it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side, message", [
+    (10_000, "is 10000x10000 pixels, more than the 89,478,485 resbench decodes (a decompression bomb?)"),
+    (20_000, "is refused as a decompression bomb"),  # past twice the bound Pillow refuses it when opening
+])
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(tmp_path, capsys, side, message):
+    write_tree(tmp_path / "src", {"a": grey_images(2, 1), "b": grey_images(2, 2)})
+    png_header_only(tmp_path / "src" / "train" / "b" / "bomb.png", side, side)
     err = one_line_error(*import_cli(capsys, "Big", tmp_path / "src", "--data_root", tmp_path / "data")[::2])
-    assert "is 11x11 pixels, more than the 100 resbench decodes" in err
+    assert f"cannot import {tmp_path / 'src' / 'train' / 'b' / 'bomb.png'}: it {message}" in err
+    assert not (tmp_path / "data").exists()
 
 
 def test_symlinks_out_of_src_are_not_followed(tmp_path, capsys):
@@ -243,6 +281,9 @@ def test_symlinks_out_of_src_are_not_followed(tmp_path, capsys):
     found = read_facts("Links", tmp_path / "data")
     assert found.classes == ("a", "b") and found.skipped_links == 2
     assert found.num_train + found.num_val + found.num_test == 13
+    (src / "test").symlink_to(outside / "train")  # a whole split elsewhere: refused, not followed
+    err = one_line_error(*import_cli(capsys, "Links", src, "--data_root", tmp_path / "data")[::2])
+    assert f"{src}/test is a symbolic link" in err and read_facts("Links", tmp_path / "data") == found
 
 
 @pytest.mark.parametrize("name", ["CIFAR10_x32", "cifar10_x32", "SVHN", "Noise", "Digits_C", "TinyImageNet200_C",
@@ -309,8 +350,9 @@ def npy_bytes(array: np.ndarray) -> bytes:
     ({"x_train": np.zeros((4, 8, 8, 3), np.uint8), "y_train": np.arange(4) % 2, "x_test": np.zeros((1, 8, 8, 3), np.uint8)},
      "only one of x_test and y_test"),
     ({"x_train": np.zeros((4, 8, 8, 5), np.uint8), "y_train": np.arange(4) % 2}, "expected uint8 images"),
+    ({"x_train": np.zeros((0, 8, 8, 3), np.uint8), "y_train": np.zeros(0, np.int64)}, "expected 1 to 2,000,000 images"),
 ], ids=["float images", "a negative label", "counts differ", "no labels", "a class without images", "half a test split",
-        "5 channels"])
+        "5 channels", "0 images"])
 def test_an_npz_that_cannot_make_a_dataset_is_one_line(tmp_path, capsys, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     err = one_line_error(*import_cli(capsys, "Bad", tmp_path / "bad.npz", "--data_root", tmp_path / "data")[::2])
@@ -407,9 +449,27 @@ def test_decoding_children_import_nothing_and_the_import_loads_no_torch(tmp_path
         (tmp_path / "evil" / f"{module}.py").write_text(f"open({str(tmp_path / 'imported')!r}, 'w')\n")
     code = CHILD_CHECK.replace("{src}", str(tmp_path / "src")).replace("{root}", str(tmp_path / "parallel"))
     proc = subprocess.run([sys.executable, "-c", code, *paths], cwd=tmp_path / "evil", env=cli_env(),
-                          capture_output=True, text=True, timeout=LIMIT)
+                          capture_output=True, text=True, timeout=LIMIT, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "2 processes" in proc.stdout and not (tmp_path / "imported").exists()
     assert import_cli(capsys, "Par", tmp_path / "src", "--data_root", tmp_path / "serial")[0] == 0
     parallel, serial = prepared(tmp_path / "parallel", "Par"), prepared(tmp_path / "serial", "Par")
     assert all(np.array_equal(parallel[f], serial[f]) for f in serial)
+
+
+# ---------------------------------------------------------------- the README's worked example
+
+def test_the_readmes_worked_example_runs_verbatim_and_prints_what_it_shows(tmp_path, monkeypatch, capsys):
+    """README "Your own images": its Python block writes the digits as PNGs, its `resbench data import`
+    line imports them, and the summary is the one pasted there (but for the speed, which varies)."""
+    pytest.importorskip("sklearn")
+    section = (REPO / "README.md").read_text().split("## Your own images\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    after = section.split(block, 1)[1].splitlines()
+    command = next(line for line in after if line.startswith("resbench data import "))
+    monkeypatch.chdir(tmp_path)
+    exec(block, {})
+    assert main(shlex.split(command)[1:]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split(", read in")[0] in section
+    assert all(line in section.splitlines() for line in printed[1:]), printed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from resbench.data.fetch.prepare import DATASETS
 from resbench.data.imported import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from resbench.errors import DataError
+from resbench.errors import DataError, printable_lines
 
 
 def human_size(n: int) -> str:
@@ -47,7 +47,7 @@ def run_list(args: argparse.Namespace) -> int:
         raise DataError(f"data root {args.data_root} is not a folder; pass the folder that holds the datasets "
                         "as --data_root")
     print(f"data root: {Path(args.data_root).resolve()}")
-    print(format_status(dataset_status(args.data_root) + imported_status(args.data_root)))
+    print(printable_lines(format_status(dataset_status(args.data_root) + imported_status(args.data_root))))
     return 0
 
 
@@ -57,7 +57,7 @@ def run_import(args: argparse.Namespace) -> int:
     request = ImportRequest(args.name, args.src, args.data_root, args.image_size, args.val_fraction,
                             args.test_fraction, args.split_seed, args.skip_bad, args.workers)
     _, _, lines = import_dataset(request)
-    print("\n".join(lines))
+    print(printable_lines("\n".join(lines)))  # file names are data: they cannot act on the terminal
     return 0
 
 

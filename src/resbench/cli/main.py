@@ -40,6 +40,8 @@ examples:
       the finished runs as tables, the published figures beside ours
   resbench data list
       which datasets are prepared, and how to get the others
+  resbench data import MySet ./my_images && resbench train --data_name MySet
+      the recipe on your own images (my_images/train/<class>/*.png, or an .npz)
 
 Every flag written with underscores also takes dashes (--data-name). `resbench COMMAND --help`
 lists a command's flags."""

@@ -24,6 +24,7 @@ from resbench.data.facts import MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGES
 from resbench.errors import DataError
 
 MAX_ENTRIES = 4 * MAX_IMAGES  # folder entries a tree may hold in all (images and other files)
+MAX_DEPTH = 32  # folders below a class folder: deeper would exhaust the recursion that lists them
 MAX_NPZ_BYTES = 16 * 2**30  # of one .npz array, once read: more would not fit beside its resized copy
 NPZ_MEMBERS = ("x_train", "y_train", "x_test", "y_test", "classes")
 
@@ -119,8 +120,11 @@ def check_classes(classes: list[str], src: Path) -> None:
         raise DataError(f"class folder name {long[0][:40]!r}... is longer than {MAX_CLASS_NAME} characters")
 
 
-def image_files(folder: Path, listing: Listing, extensions: set[str]) -> list[str]:
-    """The image files below `folder` (subfolders too), sorted by name, as paths to open."""
+def image_files(folder: Path, listing: Listing, extensions: set[str], depth: int = 0) -> list[str]:
+    """The image files below `folder` (subfolders too, MAX_DEPTH deep at most), sorted by name, as paths to open."""
+    if depth > MAX_DEPTH:
+        raise DataError(f"{folder} is {depth} folders below its class folder; resbench reads {MAX_DEPTH} levels of "
+                        "subfolders at most: move its images up")
     found = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         listing.entries += 1
@@ -137,7 +141,7 @@ def image_files(folder: Path, listing: Listing, extensions: set[str]) -> list[st
             else:
                 listing.skipped_links += 1
         elif entry.is_dir():
-            found += image_files(Path(entry.path), listing, extensions)
+            found += image_files(Path(entry.path), listing, extensions, depth + 1)
         elif Path(entry.name).suffix.lower() in extensions:
             found.append(entry.path)
         else:

@@ -29,7 +29,7 @@ from resbench.data.facts import FACTS_FILE, PREPARED_FILES, ImportedFacts
 from resbench.data.fetch import prepare
 from resbench.data.import_sources import Source, read_source
 from resbench.data.recipes import RECIPES
-from resbench.errors import DataError
+from resbench.errors import DataError, printable
 from resbench.version import __version__
 
 IMPORT_FILES = (*PREPARED_FILES, FACTS_FILE)  # everything an import writes, dataset.json last
@@ -198,7 +198,7 @@ def import_dataset(request: ImportRequest) -> tuple[Path, ImportedFacts, list[st
     seconds = time.perf_counter() - start
     count = len(source.labels) + (len(source.test_labels) if source.test_labels is not None else 0)
     for note in source.notes:
-        log(note)
+        log(printable(note))
     splits = split_source(source, request)
     found = facts_of(splits, source, request)
     folder = write_imported(request, splits, found)
@@ -215,8 +215,8 @@ def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, 
     processes = f"{workers} processes" if workers > 1 else "1 process"
     size = f"{found.image_size}x{found.image_size}"
     kind = "an ImageFolder tree" if source.kind == "imagefolder" else "an .npz"
-    lines = [f"{request.name}: {count:,} images in {len(found.classes)} classes from {request.src} ({kind}), read in "
-             f"{seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} images/s, {processes})",
+    lines = [(f"{request.name}: {count:,} images in {len(found.classes)} classes from {request.src} ({kind}), read in "
+              f"{seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} images/s, {processes})"),
              f"  images: {size} RGB; {found.resized:,} resized to {size} with {RESIZE_NAME}" +
              ("; made RGB: " + ", ".join(f"{n:,} {mode}" for mode, n in sorted(source.converted.items()))
               if source.converted else "")]

@@ -93,7 +93,7 @@ def switch(on: Any) -> dict[str, Any]:
 
 FLAG_HELP = {
     "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, Digits_x32 "
-                 "(offline demo)",
+                 "(offline demo), or one of your own made by `resbench data import NAME SRC`",
     "resnet_depth": "6n+2 (20, 32, 44, 56, 110, ...) or 18, 34, 50, 101, 152",
     "resnet_width": "channel multiplier (of a Bottleneck's inner convolutions only, as the reference)",
     "batch_size": "global batch size",
