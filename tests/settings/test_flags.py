@@ -119,3 +119,11 @@ def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
     path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
     cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
     assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
+
+
+def test_every_help_prints_its_text_as_written():
+    """A description is printed as written, a flag's help through %-formatting: `95%%` shows through in the first."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    helps = [parser.format_help(), *(command.format_help() for command in commands.values())]
+    assert [text for text in helps if "%%" in text or "%(" in text] == []

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """`resbench plot RUNS_DIR [--out DIR] [--compare reference]`."""
     p = subparsers.add_parser("plot", help="PNG figures: learning curves, ours vs published, ours over the reference's",
                               description="Write PNG figures for the runs below RUNS_DIR: per dataset, learning curves "
-                                          "(mean and band over seeds), ours − published with 95%% intervals, and with "
+                                          "(mean and band over seeds), ours − published with 95% intervals, and with "
                                           "--compare reference our curves over the reference's. Needs matplotlib.")
     p.add_argument("runs_dir", type=Path, help="folder searched recursively for run folders")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/plots)")

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("table", help="print finished runs as markdown tables in the published tables' format",
                               description="Print the finished runs below RUNS_DIR as markdown tables in the "
                                           "format of the published tables (docs/reference/seed-results.md): "
-                                          "mean ± std [95%% Student-t interval] over the random seeds of a row, "
+                                          "mean ± std [95% Student-t interval] over the random seeds of a row, "
                                           "runs with other settings in rows of their own.")
     p.add_argument("runs_dir", type=Path, help="folder searched recursively for summary.json")
     p.add_argument("--compare", choices=["reference"], default=None,
