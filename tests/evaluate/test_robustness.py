@@ -19,7 +19,7 @@ from test_evalsets import TWO, cifar_c_archive, svhn_mat, two_corruptions  # noq
 from test_fetch import _place, _use_archive, closed_url  # noqa: F401 (fixture)
 from test_results import numpy_metrics, numpy_probs
 
-from resbench.cli.eval import format_eval_report
+from resbench.cli.evaluate import format_eval_report
 from resbench.cli.main import main
 from resbench.data import evalsets
 from resbench.data.digits import digits_arrays
