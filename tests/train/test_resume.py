@@ -33,7 +33,7 @@ from resbench.cli.main import main
 from resbench.models.resnet import resnet
 from resbench.runs.folder import RunFolder
 from resbench.settings.config import TrainConfig, check_same_config, default_run_name
-from resbench.train.loop import StopSignals, TrainingDiverged, configure_determinism, train
+from resbench.train.loop import Interrupted, StopSignals, TrainingDiverged, configure_determinism, train
 from resbench.train.step import train_step
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
@@ -179,6 +179,19 @@ def test_a_second_ctrl_c_stops_at_once_but_a_second_sigterm_does_not():
         signals._handle(signal.SIGINT, None)
         with pytest.raises(KeyboardInterrupt):
             signals._handle(signal.SIGINT, None)
+
+
+def test_a_reader_going_away_saves_and_stops_the_run(tmp_path, monkeypatch):
+    """`resbench train ... | head -1`: the next line written ends in a broken pipe, which must not end
+    the run unsaved; it stops as on a signal, at the next step, with its state in last.pt."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    monkeypatch.setattr(sys, "stdout", open(write_end, "w"))
+    with pytest.raises(Interrupted, match=r"stopped by its output closing \(a broken pipe\) at iteration 1; "):
+        train(tiny_config(tmp_path / "run"))
+    assert checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"] == 1
+    assert "starting at iteration 0 of 6" in (tmp_path / "run" / "log.txt").read_text()
+    sys.stdout.close()
 
 
 def finished_run(folder: Path, **changes) -> TrainConfig:

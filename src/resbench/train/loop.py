@@ -132,11 +132,12 @@ def train_loop(job: Job, state: RunState) -> None:
             # agree on stopping at logging points only.
             logging_point = is_eval or state.step % PROGRESS_EVERY == 0
             stop = False
-            if logging_point or (signals.received is not None and not world.distributed):
+            asked = signals.received is not None or job.run.output_lost or progress.output_lost
+            if logging_point or (asked and not world.distributed):
                 if logging_point:
                     meter.fold(state, world)
                     check_finite(state.loss_sum, "the training loss", state, job.run)
-                stop = distributed.any_rank(signals.received is not None, world, job.device)
+                stop = distributed.any_rank(asked, world, job.device)
                 meter.lap(state)
             if progress.due(state.step) and not is_eval:  # the clock says so: one read of the device's loss sum
                 progress.show(state.step, meter.loss_mean(state), lr)
@@ -161,7 +162,8 @@ def train_loop(job: Job, state: RunState) -> None:
 
             if stop and state.step < cfg.optim_ni:
                 save_last(job, state, meter, step_stats)
-                raise Interrupted(f"stopped by a signal at iteration {state.step}; "
+                cause = "a signal" if signals.received is not None else "its output closing (a broken pipe)"
+                raise Interrupted(f"stopped by {cause} at iteration {state.step}; "
                                   f"the state is saved in {job.run.path}: run the same command again to resume")
         meter.stamp(state)  # the last checkpoint's writing included
 
