@@ -33,6 +33,12 @@ def open_closed_standard_streams() -> None:
 def run(argv: list[str] | None = None) -> int:
     open_closed_standard_streams()
     try:
+        os.getcwd()
+    except OSError as exc:  # torch's own import dies of it, naming only a library ("oneMKL FATAL ERROR")
+        print(f"error: the current folder cannot be used ({exc.strerror}: deleted?); cd into an existing "
+              "folder and run the command again", file=sys.stderr)
+        return 2
+    try:
         from resbench.cli.main import main
 
         return main(argv)

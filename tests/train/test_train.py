@@ -321,6 +321,18 @@ def test_closed_standard_streams_become_dev_null(tmp_path):
     assert proc.returncode == 0 and script.read_text() == ""
 
 
+def test_a_deleted_current_folder_is_one_line_before_torch_is_imported(tmp_path):
+    """`cd dir; rmdir ../dir; resbench train ...` ended in oneMKL's "Cannot load libtorch_cpu.so"."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (f"import os, sys; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); "
+            "from resbench.__main__ import run; sys.exit(run(['train']))")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert (proc.returncode, proc.stderr) == (2, "error: the current folder cannot be used (No such file or "
+                                                 "directory: deleted?); cd into an existing folder and run the "
+                                                 "command again\n")
+
+
 def test_the_console_script_is_the_light_entry_point():
     assert 'resbench = "resbench.__main__:run"' in (REPO / "pyproject.toml").read_text()
 
