@@ -550,6 +550,27 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left
 
 
+@pytest.mark.parametrize("previous", [True, False], ids=["over_a_checkpoint", "the_first"])
+def test_a_checkpoint_the_disk_has_no_room_for_leaves_its_digest_file_as_it_was(tmp_path, monkeypatch, previous):
+    """A 20 MB tmpfs has room for the small .sha256 file but not for the checkpoint: afterwards
+    `sha256sum -c last.pt.sha256` must pass on the previous last.pt, and a first one leaves no digest file."""
+    run = RunFolder(tmp_path)
+    if previous:
+        run.save_last({"step": torch.tensor(1)})
+    before = folder_state(tmp_path)
+    fsync = os.fsync
+
+    def room_for_small_files(fd):
+        if os.fstat(fd).st_size > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", room_for_small_files)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        run.save_last({"step": torch.tensor(2), "weights": torch.zeros(1000)})
+    assert folder_state(tmp_path) == before
+
+
 def test_run_files_follow_the_umask(tmp_path):
     checkpoint.save_checkpoint({"step": torch.tensor(1)}, tmp_path / "last.pt")
     assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~checkpoint.current_umask()
