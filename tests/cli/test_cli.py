@@ -4,7 +4,9 @@ fast help, sweep output, `data list`, bench warnings, and the shipped reference.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import torch
 
 from conftest import LIMIT, REPO, cli_env, tiny
 from resbench import console
+from resbench.cli.main import main
 from resbench.device import cpus
 from resbench.settings.config import RESUMABLE_CHANGES
 from resbench.train import progress
@@ -197,3 +200,13 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=LIMIT) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_a_name_that_is_not_utf8_prints_escaped_on_a_strict_stdout(tmp_path, monkeypatch):
+    """PYTHONIOENCODING=utf-8 (or a UTF-8 locale) makes stdout strict: a folder name that is not
+    UTF-8 must not end the command with a UnicodeEncodeError."""
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", strict)
+    assert main(["data", "list", "--data_root", str(tmp_path / os.fsdecode(b"data\xff"))]) == 0
+    strict.flush()
+    assert b"data\\udcff" in strict.buffer.getvalue()

@@ -2,6 +2,7 @@
 command that reads it (that its names are spelled in runs/ only: tests/test_layout.py)."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,16 @@ def test_what_the_writer_writes_the_reader_reads(tmp_path):
     [finished] = find_runs(tmp_path, with_records=True)
     assert (finished.summary["best_val_acc"], finished.status, len(finished.records)) == (0.9, "finished", 2)
     assert not (run.path / schema.LOCK).exists()
+
+
+def test_a_folder_name_that_is_not_utf8_holds_its_run_and_its_log_names_it_in_its_bytes(tmp_path):
+    """A --save name with bytes that are not UTF-8 (a name from another system, LANG=C)."""
+    run = written_run(tmp_path / os.fsdecode(b"run\xff\xfe"))
+    with run.claimed():
+        run.log(f"in {run.path}")
+    assert os.fsencode(run.path) + b"\n" in (run.path / schema.LOG).read_bytes()
+    [read] = find_run_folders([tmp_path])
+    assert read.path == run.path and [r["iter"] for r in read.records] == [10, 20]
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_a_torn_middle_one_named(tmp_path):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -391,3 +393,20 @@ def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
     assert "export PYTHONSAFEPATH=1" in script  # torchrun's workers import nothing from the current folder
     given = sbatch_script([run], slurm_options(["gres=gpu:a100:4"]), tmp_path / ".launch", 4)
     assert "#SBATCH --gres=gpu:a100:4\n" in given and "--gres=gpu:4\n" not in given
+
+
+def test_ray_from_a_folder_whose_path_is_not_utf8_is_named_as_the_cause(tmp_path, monkeypatch):
+    """Ray sends the driver's sys.path (the current folder first) as UTF-8: from a folder whose name has
+    other bytes its init fails with a bare UnicodeEncodeError (seen with Ray 2.60); the line must say why."""
+    from resbench.sweep import ray_cluster
+
+    def init(**kwargs):
+        os.getcwd().encode()
+
+    folder = tmp_path / os.fsdecode(b"runs\xff")
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(ray_cluster, "import_ray", lambda: types.SimpleNamespace(init=init))
+    with pytest.raises(ResbenchError, match=r"Ray cannot run a sweep from .*/runs\\udcff: the folder's path is not "
+                                            "UTF-8; run it from another folder"):
+        ray_cluster.run_on_ray([], None, 1, 0)

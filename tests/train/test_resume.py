@@ -34,7 +34,7 @@ from resbench.runs.schema import RunFolderError as CheckpointError
 from resbench.settings.config import TrainConfig, default_run_name
 from resbench.train import lossscale
 from resbench.train import step as step_module
-from resbench.train.loop import StopSignals, TrainingDiverged, configure_determinism, train
+from resbench.train.loop import Interrupted, StopSignals, TrainingDiverged, configure_determinism, train
 from resbench.train.step import train_step
 
 RUN_ARGS = ["--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--optim_ni", "120",
@@ -180,6 +180,19 @@ def test_a_second_ctrl_c_stops_at_once_but_a_second_sigterm_does_not():
         signals._handle(signal.SIGINT, None)
         with pytest.raises(KeyboardInterrupt):
             signals._handle(signal.SIGINT, None)
+
+
+def test_a_reader_going_away_saves_and_stops_the_run(tmp_path, monkeypatch):
+    """`resbench train ... | head -1`: the next line written ends in a broken pipe, which must not end
+    the run unsaved; it stops as on a signal, at the next step, with its state in last.pt."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    monkeypatch.setattr(sys, "stdout", open(write_end, "w"))
+    with pytest.raises(Interrupted, match=r"stopped by its output closing \(a broken pipe\) at iteration 1; "):
+        train(tiny_config(tmp_path / "run"))
+    assert checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")["state"]["step"] == 1
+    assert "starting at iteration 0 of 6" in (tmp_path / "run" / "log.txt").read_text()
+    sys.stdout.close()
 
 
 def finished_run(folder: Path, **changes) -> TrainConfig:
@@ -536,6 +549,27 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert checkpoint.load_checkpoint(run.file("last.pt")) == {"step": torch.tensor(1)}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]  # no temporary file left
+
+
+@pytest.mark.parametrize("previous", [True, False], ids=["over_a_checkpoint", "the_first"])
+def test_a_checkpoint_the_disk_has_no_room_for_leaves_its_digest_file_as_it_was(tmp_path, monkeypatch, previous):
+    """A 20 MB tmpfs has room for the small .sha256 file but not for the checkpoint: afterwards
+    `sha256sum -c last.pt.sha256` must pass on the previous last.pt, and a first one leaves no digest file."""
+    run = RunFolder(tmp_path)
+    if previous:
+        run.save_last({"step": torch.tensor(1)})
+    before = folder_state(tmp_path)
+    fsync = os.fsync
+
+    def room_for_small_files(fd):
+        if os.fstat(fd).st_size > 1000:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", room_for_small_files)
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        run.save_last({"step": torch.tensor(2), "weights": torch.zeros(1000)})
+    assert folder_state(tmp_path) == before
 
 
 def test_run_files_follow_the_umask(tmp_path):

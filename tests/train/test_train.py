@@ -297,6 +297,42 @@ def test_ctrl_c_while_importing_is_one_line(tmp_path, entry):
     assert proc.returncode == 130 and err == "interrupted\n", err
 
 
+CLOSED_STREAMS = """
+import os, sys
+os.close(0); os.close(1)
+script = os.open(sys.argv[1], os.O_RDONLY)
+os.dup2(script, 2)  # stderr left on a file open for reading, as pyenv's shim does
+os.close(script)
+from resbench.__main__ import open_closed_standard_streams
+open_closed_standard_streams()
+print("to stderr", file=sys.stderr, flush=True); print("to stdout", flush=True)
+opened = os.open(sys.argv[1], os.O_RDONLY)
+assert opened > 2, opened
+assert all(os.path.samestat(os.fstat(fd), os.stat(os.devnull)) for fd in (0, 1, 2))
+"""
+
+
+def test_closed_standard_streams_become_dev_null(tmp_path):
+    """`resbench train ... <&- >&- 2>&-`: a print must not fail with EBADF mid-run, and no file the run
+    opens may take descriptor 0, 1 or 2 (where a library's message would land in it)."""
+    script = tmp_path / "script"
+    script.write_text("")
+    proc = subprocess.run([sys.executable, "-c", CLOSED_STREAMS, str(script)], env=cli_env(), timeout=LIMIT)
+    assert proc.returncode == 0 and script.read_text() == ""
+
+
+def test_a_deleted_current_folder_is_one_line_before_torch_is_imported(tmp_path):
+    """`cd dir; rmdir ../dir; resbench train ...` ended in oneMKL's "Cannot load libtorch_cpu.so"."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (f"import os, sys; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); "
+            "from resbench.__main__ import run; sys.exit(run(['train']))")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert (proc.returncode, proc.stderr) == (2, "error: the current folder cannot be used (No such file or "
+                                                 "directory: deleted?); cd into an existing folder and run the "
+                                                 "command again\n")
+
+
 def test_the_console_script_is_the_light_entry_point():
     assert 'resbench = "resbench.__main__:run"' in (REPO / "pyproject.toml").read_text()
 

@@ -63,7 +63,15 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def print_any_name() -> None:
+    """A folder name that is not UTF-8 (held as surrogates) printed on a strict stdout, as under
+    LANG=en_US.UTF-8, would end a run with a UnicodeEncodeError: such characters print escaped."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    print_any_name()
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop_on_sigterm)

@@ -7,6 +7,7 @@ when it is loaded, so a damaged file is named instead of loading as other number
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
@@ -29,16 +30,31 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
     RuntimeError, while writing the bytes ourselves keeps the OSError that names the cause.
     A crash at any instant leaves a checkpoint whose SHA-256 is one of those its `.sha256` file
     lists: the new digest is added before the rename, and the old one dropped after it. A failure
-    at any step is reported as a failure to write `path` itself.
+    at any step is reported as a failure to write `path` itself, and leaves the `.sha256` file as it
+    was (`sha256sum -c` passes on the previous checkpoint; no digest file without its checkpoint).
     """
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(on_cpu(obj), buffer)
     digest = hashlib.sha256(buffer.getbuffer()).hexdigest()
     with write_errors_named(path, replaces=True):
-        record_digests(path, [digest, *recorded_digests(path)])
-        replace_atomically(path, lambda f: f.write(buffer.getbuffer()))
+        before = recorded_digests(path)
+        record_digests(path, [digest, *before])
+        try:
+            replace_atomically(path, lambda f: f.write(buffer.getbuffer()))
+        except OSError:
+            restore_digests(path, before)
+            raise
         record_digests(path, [digest])
+
+
+def restore_digests(path: Path, digests: list[str]) -> None:
+    """After a failed write of `path`: its `.sha256` file lists `digests` again, or is gone if there were none."""
+    with contextlib.suppress(OSError):  # the write's own error is the one to report
+        if digests:
+            record_digests(path, digests)
+        else:
+            digest_file(path).unlink(missing_ok=True)
 
 
 MAX_DIGEST_FILE = 64 * 1024  # bytes of a .sha256 file read: a few digests, never a planted huge file

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from resbench import files
+from resbench.console import shown
 from resbench.runs import checkpoint, schema, writes
 from resbench.runs.reader import read_object
 from resbench.runs.schema import LAST_KEYS, RESOLVED_KEY, RunFolderError, asked_settings
@@ -78,6 +79,7 @@ class RunFolder:
         self.path = Path(path)
         self.writer = writer
         self.tensorboard: Any = None  # a SummaryWriter once open_tensorboard() is called
+        self.output_lost = False  # stdout's reader went away: the loop saves and stops
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -187,9 +189,10 @@ class RunFolder:
 
     @writer_only
     def log(self, line: str) -> None:
-        """Print a line (above any progress bar) and append it to log.txt."""
-        tqdm.write(line)
+        """Append a line to log.txt and print it (above any progress bar), at once: `| tee` shows it."""
         writes.append_text(self.file(schema.LOG), line + "\n")
+        if not shown(lambda: (tqdm.write(line, file=sys.stdout), sys.stdout.flush()), sys.stdout):
+            self.output_lost = True
 
     @writer_only
     def append_metrics(self, record: dict[str, Any]) -> None:

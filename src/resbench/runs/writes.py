@@ -62,11 +62,17 @@ def atomic_write(path: str | Path, write: Any) -> None:
 def append_text(path: str | Path, text: str) -> None:
     """Append to a log file; lines are appended, so a crash loses at most the last one."""
     with write_errors_named(path), open_own_file(path, append=True) as f:
-        f.write(text.encode())
+        f.write(file_bytes(text))
+
+
+def file_bytes(text: str) -> bytes:
+    """UTF-8, with a path's undecodable bytes (a non-UTF-8 --save name, held as surrogates) written back
+    as the bytes they were, as `os.fsencode` does: the log names the folder the file system holds."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(file_bytes(text)))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

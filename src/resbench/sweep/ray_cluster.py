@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from resbench.errors import ResbenchError
+from resbench.errors import ResbenchError, printable
 from resbench.files import drop_lock_file, open_own_file, take_lock
 from resbench.runs import schema
 from resbench.sweep.cluster import STOPPED_BY_SIGNAL, distributed_command, mark_submitted
@@ -96,6 +96,9 @@ def run_on_ray(runs: list[PlannedRun], address: str | None, cpus_per_run: int, g
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", include_dashboard=False,
                  configure_logging=False)
+    except UnicodeEncodeError:  # Ray sends the driver's sys.path, the current folder first, as UTF-8
+        raise ResbenchError(f"Ray cannot run a sweep from {printable(os.getcwd())}: the folder's path is not UTF-8; "
+                            "run it from another folder, or use --launcher local") from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ResbenchError(f"cannot start or join the Ray cluster{f' at {address}' if address else ''}: "
                             f"{' '.join(str(exc).split())[:300]}") from None

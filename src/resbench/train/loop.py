@@ -128,29 +128,32 @@ def train_loop(job: Job, state: RunState) -> None:
             loss, grad_norm = job.step(step, lr, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
             state.step = step + 1
             meter.add(loss, state, is_eval)
-            stop = synchronise(job, state, meter, signals, is_eval)
+            asked = signals.received is not None or job.run.output_lost or progress.output_lost
+            stop = synchronise(job, state, meter, asked, is_eval)
             if progress.due(state.step) and not is_eval:  # the clock says so: one read of the device's loss sum
                 progress.show(state.step, meter.loss_mean(state), lr)
             if is_eval:
                 evaluate_and_save(job, state, meter, step_stats, progress, grad_norm, lr)
             if stop and state.step < cfg.optim_ni:
                 save_last(job, state, meter, step_stats)
-                raise Interrupted(f"stopped by a signal at iteration {state.step}; "
+                cause = "a signal" if signals.received is not None else "its output closing (a broken pipe)"
+                raise Interrupted(f"stopped by {cause} at iteration {state.step}; "
                                   f"the state is saved in {job.run.path}: run the same command again to resume")
         meter.stamp(state)  # the last checkpoint's writing included
 
 
-def synchronise(job: Job, state: RunState, meter: Meter, signals: StopSignals, is_eval: bool) -> bool:
+def synchronise(job: Job, state: RunState, meter: Meter, asked: bool, is_eval: bool) -> bool:
     """Wait for the device where the loop must: at logging points (every PROGRESS_EVERY steps and
     each evaluation), where the loss sums are folded and checked. A single process may stop at any
-    step; ranks agree on stopping at logging points only. Whether to stop now."""
+    step it is `asked` to (a signal, its output gone); ranks agree on stopping at logging points
+    only. Whether to stop now."""
     logging_point = is_eval or state.step % PROGRESS_EVERY == 0
-    if not logging_point and (signals.received is None or job.world.distributed):
+    if not logging_point and (not asked or job.world.distributed):
         return False
     if logging_point:
         meter.fold(state, job.world)
         check_finite(state.loss_sum, "the training loss", state, job.run)
-    stop = distributed.any_rank(signals.received is not None, job.world, job.device)
+    stop = distributed.any_rank(asked, job.world, job.device)
     meter.lap(state)
     return stop
 

@@ -16,7 +16,7 @@ import time
 
 from tqdm import tqdm
 
-from resbench.console import clock
+from resbench.console import clock, shown
 
 LINE_EVERY_S = 30.0  # plain lines: wall seconds between two
 BAR_EVERY_S = 0.5  # terminal bar: seconds between two updates
@@ -41,6 +41,7 @@ class Progress:
         self.next_at = now  # the first step is shown as soon as it is done
         self.eta_origin: tuple[float, int] | None = None  # (time, step) once the first step is done
         self.last = (now, first_step)  # images/s is measured since here
+        self.output_lost = False  # stderr's reader went away: the loop saves and stops
 
     def due(self, step: int) -> bool:
         """Whether a line (or bar update) is due after `step`: a look at the host clock, nothing else."""
@@ -57,8 +58,10 @@ class Progress:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.4f}", img_s=f"{images_per_sec:.0f}")
             return
-        print(f"[iter {step:>6}/{self.total}] trn/loss {loss_mean:.4f} (mean since the last evaluation), "
-              f"trn/lr {lr:.4f}, {images_per_sec:,.0f} images/s, {self.timing(step)}", file=sys.stderr, flush=True)
+        line = (f"[iter {step:>6}/{self.total}] trn/loss {loss_mean:.4f} (mean since the last evaluation), "
+                f"trn/lr {lr:.4f}, {images_per_sec:,.0f} images/s, {self.timing(step)}")
+        if not shown(lambda: print(line, file=sys.stderr, flush=True), sys.stderr):
+            self.output_lost = True
 
     def eta(self, step: int) -> float | None:
         """Seconds left at the pace since the session's first step; None before there is a pace."""
