@@ -95,7 +95,7 @@ def preparing_worker(rank: int, port: int, data_root: str) -> None:
         for file in PREPARED_FILES:
             (folder / file).write_text("")
 
-    train_module.fetch.prepare_dataset = slow_prepare
+    train_module.prepare_dataset = slow_prepare
     train_module.ensure_prepared(TrainConfig(data_name="CIFAR10_x32", data_root=data_root), world, torch.device("cpu"))
     assert calls == (["CIFAR10_x32"] if rank == 0 else []), calls
     assert not missing_prepared_files("CIFAR10_x32", data_root), f"rank {rank} went on before the data was there"

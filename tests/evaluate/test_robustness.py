@@ -209,8 +209,6 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path, run_cli):
     (["--ckpt", "RUNS"], "is not a run folder (no config.json); to evaluate every run below it, pass it without"),
     (["--ckpt", "RUN/nothing.pt"], "no such checkpoint or run folder"),
     (["--ckpt", "RUN", "--eval_batch_size", "0"], "--eval_batch_size must be positive"),
-    (["--ckpt", "RUN", "--save"], "--save is now --write_eval (train's --save names a run folder"),
-    (["--ckpt", "RUN", "--batch-size", "64"], "--batch-size is now --eval_batch_size (train's --batch_size is"),
 ])
 def test_eval_argument_errors_are_one_line(digits_runs, capsys, args, message):
     args = [str(digits_runs / "s1") if a == "RUN" else str(digits_runs) if a == "RUNS" else
@@ -218,6 +216,16 @@ def test_eval_argument_errors_are_one_line(digits_runs, capsys, args, message):
     assert main(["eval", *args, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("old, message", [
+    (["--save"], "error: --save is now --write_eval (train's --save names a run folder; eval writes into the run's own)"),
+    (["--batch-size", "64"], "error: --batch-size is now --eval_batch_size (train's --batch_size is the training batch)"),
+])
+def test_eval_refuses_an_old_spelling_in_one_line_naming_the_new(capsys, old, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--ckpt", "run", *old])
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"{message} (see `resbench eval --help`)\n"
 
 
 def test_a_run_folder_without_last_pt(tmp_path, digits_runs, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_sweep import DIGITS_GRID
+from test_sweep import DIGITS_GRID, plan_lines
 
 from conftest import LIMIT, cli_env
 from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
@@ -484,3 +484,11 @@ def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
     assert "### Digits\\x1b[2J_x32" in out and "fp32\\x07" in out and "\x1b" not in out and "\x07" not in out
 
 
+def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, run_cli):
+    runs = sorted((digits_runs / "Digits_x32").iterdir())
+    assert [r.name for r in runs] == ["R8x1-b32-i10-lr0.1-wd0.001-s1", "R8x1-b32-i10-lr0.1-wd0.001-s2"]
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        assert (run / "stdout.log").stat().st_size > 0
+    proc = run_cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
+    assert {state for state, _ in plan_lines(proc.stdout)} == {"skip"}

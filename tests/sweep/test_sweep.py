@@ -164,16 +164,6 @@ def test_sweep_reports_a_run_whose_folder_cannot_be_created(tmp_path, capsys):
     assert code == 1 and f"failed: {run} (cannot write {run}: Not a directory)" in out
 
 
-def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, run_cli):
-    runs = sorted((digits_runs / "Digits_x32").iterdir())
-    assert [r.name for r in runs] == ["R8x1-b32-i10-lr0.1-wd0.001-s1", "R8x1-b32-i10-lr0.1-wd0.001-s2"]
-    for run in runs:
-        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
-        assert (run / "stdout.log").stat().st_size > 0
-    proc = run_cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
-    assert {state for state, _ in plan_lines(proc.stdout)} == {"skip"}
-
-
 def evil_folder(tmp_path: Path) -> Path:
     """A working folder whose modules shadow the ones resbench imports; each leaves a marker if imported."""
     folder = tmp_path / "cwd"

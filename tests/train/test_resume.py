@@ -27,7 +27,7 @@ from conftest import LIMIT, cli_env, wait_until
 from resbench import files
 from resbench.cli.main import main
 from resbench.models.resnet import resnet
-from resbench.runs import checkpoint, schema
+from resbench.runs import checkpoint, schema, writes
 from resbench.runs.folder import RunFolder
 from resbench.runs.reader import check_same_config
 from resbench.runs.schema import RunFolderError as CheckpointError
@@ -542,7 +542,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def disk_full(fd):  # the bytes went to the page cache; the disk has no room for them
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(CheckpointError, match=rf"cannot write {tmp_path}/last.pt \(No space left on device\).*"
                                               "previous last.pt is intact"):
         run.save_last({"step": torch.tensor(2)})
@@ -566,7 +566,7 @@ def test_a_checkpoint_the_disk_has_no_room_for_leaves_its_digest_file_as_it_was(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", room_for_small_files)
+    monkeypatch.setattr(files.os, "fsync", room_for_small_files)
     with pytest.raises(CheckpointError, match="No space left on device"):
         run.save_last({"step": torch.tensor(2), "weights": torch.zeros(1000)})
     assert folder_state(tmp_path) == before
@@ -584,7 +584,7 @@ def test_unwritable_folder_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     with pytest.raises(CheckpointError, match=r"\(Permission denied\); make that folder writable"):
         RunFolder(tmp_path).save_best({})
-    monkeypatch.setattr(checkpoint, "open_own_file", refuse)
+    monkeypatch.setattr(writes, "open_own_file", refuse)
     with pytest.raises(CheckpointError, match="Permission denied"):
         RunFolder(tmp_path).log("a line")
 
@@ -765,7 +765,7 @@ def test_full_disk_before_the_first_checkpoint_does_not_claim_one_is_intact(tmp_
     def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    monkeypatch.setattr(files.os, "fsync", disk_full)
     with pytest.raises(CheckpointError) as excinfo:
         RunFolder(tmp_path).save_last({"step": torch.tensor(1)})
     assert str(excinfo.value) == (f"cannot write {tmp_path}/last.pt (No space left on device); free space on that "
@@ -781,8 +781,8 @@ def test_files_written_in_place_refuse_links_and_special_files(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     for name in ("symlink", "dangling", "hardlink", "fifo"):  # a fifo without a reader: refused, not waited on
         for append in (False, True):
-            with pytest.raises(checkpoint.UnsafeFileError if name != "fifo" else OSError):
-                checkpoint.open_own_file(tmp_path / name, append=append)
+            with pytest.raises(files.UnsafeFileError if name != "fifo" else OSError):
+                files.open_own_file(tmp_path / name, append=append)
     assert victim.read_text() == "mine" and not (tmp_path / "created-outside").exists()
 
 

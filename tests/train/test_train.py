@@ -401,7 +401,7 @@ def test_best_pt_holds_the_reference_running_variance_and_last_pt_pytorchs(tmp_p
     variances of the reference and of PyTorch. Their difference is compared, as PyTorch's own float32
     batch variance of Digits' stem is off by ~4e-6 (relative), more than the 6e-5 factor at stake there."""
     tracked: list[BiasedRunningVariance] = []
-    real_resnet = step_module.models.resnet
+    real_resnet = step_module.resnet
 
     def tracked_resnet(*args, **kwargs):
         model = real_resnet(*args, **kwargs)

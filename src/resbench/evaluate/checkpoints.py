@@ -56,19 +56,25 @@ def load_run_config(run_dir: Path, data_root: str | None = None) -> dict:
     return config
 
 
-def run_data_root(config: dict, path: Path, asked: str | None = None) -> str:
-    """Where the run's dataset is: `asked` (eval's --data_root), else the folder the run trained from."""
+def named_data_root(config: dict, asked: str | None = None) -> str | None:
+    """`asked` (eval's --data_root), else the folder the run trained from; None where neither is named."""
     resolved = config.get(schema.RESOLVED_KEY) if isinstance(config.get(schema.RESOLVED_KEY), dict) else {}
     data_root = asked or resolved.get("data_root") or config.get("data_root")
-    if not isinstance(data_root, str):
+    return data_root if isinstance(data_root, str) else None
+
+
+def run_data_root(config: dict, path: Path, asked: str | None = None) -> str:
+    """Where the run's dataset is, to read it from."""
+    if (data_root := named_data_root(config, asked)) is None:
         raise RunFolderError(f"{path} names no data_root; pass --data_root")
     return data_root
 
 
 def run_dataset(config: dict, path: Path, data_root: str | None = None) -> DatasetSpec:
-    """The facts of the run's dataset (a built-in one, or one imported into its data root)."""
+    """The facts of the run's dataset: a built-in one, or one imported into its data root (a built-in
+    set, or a name that is neither, needs no data root to say so)."""
     try:
-        return dataset_spec(config["data_name"], run_data_root(config, path, data_root))
+        return dataset_spec(config["data_name"], named_data_root(config, data_root))
     except ValueError as exc:
         raise RunFolderError(f"{path}: {exc}") from None
 
