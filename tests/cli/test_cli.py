@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LIMIT, REPO, cli_env
+from conftest import LIMIT, REPO, cli_env, fails_if_blocked
 from resbench.runtime import cpus, progress
 from resbench.cli.main import build_parser, main
 from resbench.settings.config import RESUMABLE_CHANGES, ConfigError, TrainConfig
@@ -217,12 +216,7 @@ def test_a_config_or_grid_that_is_no_small_regular_file_is_one_line_at_once(tmp_
     zero.symlink_to("/dev/zero")
     with open(huge, "wb") as f:
         f.truncate(2 << 20)  # sparse: 2 MiB of NULs, nothing written
-    def blocked(signum, frame):
-        raise TimeoutError("the read blocked")
-
-    previous = signal.signal(signal.SIGALRM, blocked)
-    signal.alarm(60)  # without the bound the FIFO blocks: fail rather than hang the suite
-    try:
+    with fails_if_blocked(60, "the read blocked"):  # without the bound the FIFO blocks
         for path, reason in ((fifo, "it is not a regular file"), (zero, "it is not a regular file"),
                              (huge, "it is larger than 1,048,576 bytes"), (tmp_path, "it is a folder")):
             assert main(["train", "--config", str(path)]) == 2
@@ -231,9 +225,6 @@ def test_a_config_or_grid_that_is_no_small_regular_file_is_one_line_at_once(tmp_
                 ", more than resbench reads\n" if "larger" in reason else ", not a file\n")
             assert main(["sweep", "--grid", str(path), "--dry-run"]) == 2
             assert capsys.readouterr().err.startswith(f"error: cannot read grid {path}: {reason}")
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_run_is_repeated_from_its_config_json_alone(tmp_path):
