@@ -174,9 +174,10 @@ def curve_checks(cell: Cell) -> list[Check]:
     for name in CURVES:
         measure = MEASURES[name]
         theirs = reference_curve(cell.reference, measure)
+        curves = [(last_iteration(run), curve_values(run, name)) for run in live]  # once, not once per window
         for window in measure.windows:
-            ours = [m for run in live if last_iteration(run) >= window[1]
-                    and (m := window_mean(curve_values(run, name), measure, window)) is not None]
+            ours = [m for reached, curve in curves if reached >= window[1]
+                    and (m := window_mean(curve, measure, window)) is not None]
             if ours:
                 statistic = noise_model()[f"{name} {window_label(window)}"]
                 tests.append(Check(statistic, tuple(ours), window_mean(theirs, measure, window)))
