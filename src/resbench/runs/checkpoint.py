@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import torch
 
 from resbench.runs.schema import DIGEST_SUFFIX, RunFolderError
-from resbench.files import UnsafeFileError, current_umask, open_own_file, replace_atomically  # noqa: F401  (current_umask: for callers)
+from resbench.files import UnsafeFileError, current_umask, open_own_file, read_bounded, replace_atomically  # noqa: F401  (current_umask: for callers)
 
 
 @contextlib.contextmanager
@@ -110,8 +110,7 @@ def record_digests(path: Path, digests: list[str]) -> None:
 def recorded_digests(path: Path) -> list[str]:
     """The SHA-256 digests recorded for `path`; empty when none were (a file not written by resbench)."""
     try:
-        with open(digest_file(path), "rb") as f:
-            text = f.read(MAX_DIGEST_FILE).decode("ascii", "replace")
+        text = read_bounded(digest_file(path), MAX_DIGEST_FILE).decode("ascii", "replace")  # (a FIFO would block)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:
