@@ -265,9 +265,9 @@ def check_lines(cell: Cell) -> list[str]:
 def curve_lines(cell: Cell) -> list[str]:
     """Ours (the mean over the runs that have it) beside theirs at each of the reference's evaluations."""
     rows = []
+    curves = {key: [curve_values(run, key) for run in cell.runs] for key in CURVES}  # once, not per evaluation
     for theirs in cell.reference.records:
-        ours = {key: [v for run in cell.runs if (v := curve_values(run, key).get(theirs["iter"])) is not None]
-                for key in CURVES}
+        ours = {key: [v for curve in curves[key] if (v := curve.get(theirs["iter"])) is not None] for key in CURVES}
         if not any(ours.values()):
             continue
         row = [str(theirs["iter"])]
