@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +29,22 @@ def wait_until(condition, proc: subprocess.Popen | None = None, limit: float = L
         assert proc is None or proc.poll() is None, f"the process ended early:\n{proc.communicate()}"
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def fails_if_blocked(seconds: int, what: str):
+    """Raise TimeoutError in the block after `seconds` (SIGALRM): a read that would block forever
+    (a FIFO) or run for hours fails its test instead of hanging the suite."""
+    def blocked(signum, frame):
+        raise TimeoutError(what)
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def cli_env() -> dict[str, str]:

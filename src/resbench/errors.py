@@ -23,3 +23,9 @@ def printable(text: str) -> str:
 def printable_lines(text: str) -> str:
     """`printable` line by line: a report's line breaks kept, every other control character escaped."""
     return "\n".join(map(printable, text.split("\n")))
+
+
+def reason(exc: Exception) -> str:
+    """An exception's own words for a message that names the file already: an OSError's without
+    its errno and path ("No such file or directory"), any other's as it says them."""
+    return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)

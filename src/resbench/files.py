@@ -1,4 +1,5 @@
-"""Files the tool creates, made so that they never follow a planted link and never leave half a file.
+"""Files the tool creates, made so that they never follow a planted link and never leave half a file;
+and the small files it reads (settings, grids, a run's JSON files), read with a bound.
 
 Light (no torch), so that every module can use it. A file written whole goes to a new temporary
 file beside it (created exclusively: `mkstemp`), flushed to disk and renamed into place; a file
@@ -78,6 +79,29 @@ def open_lock_file(path: str | Path) -> int:
         if exc.errno == errno.ELOOP:
             raise UnsafeFileError(exc.errno, NO_LINKS, str(path)) from None
         raise
+
+
+def read_bounded(path: str | Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`; OSError if it is not one or holds more than `limit` bytes.
+
+    A FIFO would block the reader forever and /dev/zero never end (a planted link may lead to
+    either), and a huge file would be read whole into memory before anything could refuse it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, and is refused below)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "it is not a regular file (a device, FIFO or socket)", str(path))
+        data = b""
+        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"it is larger than {limit:,} bytes, more than resbench reads", str(path))
+    return data
 
 
 TEMPORARY_SUFFIX = ".tmp"

@@ -170,3 +170,21 @@ def test_a_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path):
         load_splits("CIFAR10_x32", tmp_path)
     with pytest.raises(DataFileError, match=message):
         read_prepared(DATASETS["CIFAR10_x32"], tmp_path, mmap_mode="r")
+
+
+def test_a_npy_header_with_a_negative_size_or_numpys_multiline_refusal_is_one_line(tmp_path):
+    import struct
+
+    from resbench.data.prepared import load_npy
+
+    path = tmp_path / "images.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (-1, 32, 32, 3)})
+        f.write(bytes(100))
+    with pytest.raises(DataFileError, match=r"declares the shape \(-1, 32, 32, 3\), with a negative size"):
+        load_npy(path, "r")
+    header = ("{'descr': '|u1', 'fortran_order': False, 'shape': (4,), }" + " " * 20_000 + "\n").encode()
+    path.write_bytes(b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header)) + header + bytes(4))
+    with pytest.raises(DataFileError, match="is large and may not be safe to load securely") as refused:
+        load_npy(path, "r")
+    assert "\n" not in str(refused.value)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from test_evalsets import TWO, cifar_c_archive, svhn_mat, two_corruptions  # noq
 from test_fetch import _place, _use_archive, closed_url  # noqa: F401 (fixture)
 from test_results import numpy_metrics, numpy_probs
 
+from conftest import fails_if_blocked
 from resbench.cli.evaluate import format_eval_report
 from resbench.cli.main import main
 from resbench.data import evalsets
@@ -196,6 +198,43 @@ def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path, run_cli):
     assert proc.stderr == (f"error: {tmp_path / 'best.pt'} holds ResNet-14 x2, 100 classes, but "
                            f"{tmp_path / 'config.json'} describes a ResNet-8 x1, 10 classes (Digits_x32); evaluate "
                            "a checkpoint with the config.json of the run that trained it\n")
+
+
+def crafted_weights(fault: str) -> dict:
+    state = resnet(8, 1, num_classes=10).state_dict()
+    if fault == "int keys":
+        return {i: value for i, value in enumerate(state.values())}
+    if fault == "complex":
+        return {key: value.to(torch.complex64) if value.is_floating_point() else value for key, value in state.items()}
+    if fault == "NaN":
+        return {**state, "fc.weight": torch.full_like(state["fc.weight"], float("nan"))}
+    return {"model": state, "optimizer": {}, "rank_buffers": 5}  # a last.pt whose rank_buffers is no list
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("int keys", "best.pt holds no state_dict of tensors, but"),
+    ("complex", "best.pt: stem.0.0.weight holds torch.complex64 values where the model has torch.float32"),
+    ("NaN", "best.pt: fc.weight holds NaN or infinite weights (a run that diverged)"),
+    ("rank_buffers", "best.pt holds rank_buffers that are not a list of each rank's statistics"),
+])
+def test_a_crafted_checkpoint_is_one_line_before_it_is_scored(tmp_path, capsys, fault, message):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "batch_size": 16, "data_root": "unused"}))
+    torch.save(crafted_weights(fault), tmp_path / "best.pt")
+    assert main(["eval", "--ckpt", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'best.pt'}") and message in err and err.count("\n") == 1
+
+
+def test_a_checksum_file_that_is_a_fifo_is_refused_without_blocking(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "data_root": "unused"}))
+    torch.save(resnet(8, 1, num_classes=10).state_dict(), tmp_path / "best.pt")
+    os.mkfifo(tmp_path / "best.pt.sha256")
+    with fails_if_blocked(60, "reading best.pt.sha256 blocked"):
+        assert main(["eval", "--ckpt", str(tmp_path), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"error: cannot read {tmp_path / 'best.pt.sha256'} (it is not a regular file "
+                                       "(a device, FIFO or socket))\n")
 
 
 @pytest.mark.parametrize("args, message", [

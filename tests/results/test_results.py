@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from test_sweep import DIGITS_GRID, plan_lines
 
-from conftest import LIMIT, cli_env
+from conftest import LIMIT, cli_env, fails_if_blocked
 from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
 from resbench.results.reference import reference_rows
 from resbench.results.table import render_tables
@@ -340,6 +341,73 @@ def test_plot_out_that_cannot_be_a_folder_is_one_error_line(tmp_path, run_cli):
         assert proc.returncode == 2
         assert proc.stderr == (f"error: cannot write the plots to {out} (a file is in the way); "
                                "pass --out a folder you can write\n")
+
+
+def hostile_run_folders(runs: Path) -> dict[str, str]:
+    """Run folders whose files a hostile user crafted, each with the warning that must skip it."""
+    s = summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5)
+    faults = {}
+    for name, line, fault in (("nan_iter", '{"iter": NaN, "val_acc": 0.5, "trn_loss": 1.0}',
+                               "metrics.jsonl line 5 has iteration nan, not a whole number of iterations"),
+                              ("repeated", '{"iter": 400, "val_acc": 0.5, "trn_loss": 1.0}',
+                               "metrics.jsonl line 5 has iteration 400 after 400; the evaluations must go forward")):
+        write_hand_run(runs / name, s)
+        with open(runs / name / "metrics.jsonl", "a") as f:
+            f.write(line + "\n" + '{"iter": 900, "val_acc": 0.5, "trn_loss": 1.0}\n')
+        faults[name] = fault
+    for name, file in (("zero", "metrics.jsonl"), ("fifo", "config.json")):
+        write_hand_run(runs / name, s)
+        (runs / name / file).unlink()
+        (runs / name / file).symlink_to("/dev/zero") if name == "zero" else os.mkfifo(runs / name / file)
+        faults[name] = f"{file} is unreadable (it is not a regular file (a device, FIFO or socket))"
+    write_hand_run(runs / "huge", s)
+    with open(runs / "huge" / "metrics.jsonl", "r+b") as f:
+        f.truncate(65 << 20)  # sparse: nothing written
+    faults["huge"] = "metrics.jsonl is unreadable (it is larger than 67,108,864 bytes, more than resbench reads)"
+    write_hand_run(runs / "deep", s)
+    (runs / "deep" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    faults["deep"] = "config.json is unreadable (nested too deeply)"
+    return faults
+
+
+def test_compare_skips_hostile_run_files_with_one_warning_each_and_reads_none_unbounded(tmp_path, capsys):
+    from resbench.cli.main import main
+
+    runs = tmp_path / "runs"
+    write_hand_run(runs / "ok", summary("CIFAR10_x32", 20, 1, "fp32", 272_474, 0.9, 0.9, 0.3))
+    faults = hostile_run_folders(runs)
+    assert main(["compare", str(runs), "--brief"]) == 0
+    out, err = capsys.readouterr()
+    assert "CIFAR10_x32" in out
+    assert sorted(err.splitlines()) == sorted(f"warning: skipping damaged run folder {runs / name}: {fault}"
+                                              for name, fault in faults.items())
+
+
+def test_plot_draws_nan_and_infinite_figures_and_a_name_of_100000_characters(tmp_path, capsys):
+    from resbench.cli.main import main
+
+    runs = tmp_path / "runs"
+    write_hand_run(runs / "a", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
+    with open(runs / "a" / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 500, "val_acc": NaN, "trn_loss": Infinity, "val_nll": -Infinity}\n')
+    write_hand_run(runs / "b", summary("\x1b" + "A" * 100_000, 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
+    with fails_if_blocked(120, "matplotlib is laying out a title of 100,000 characters"):
+        assert main(["plot", str(runs), "--out", str(tmp_path / "figs")]) == 0
+    assert capsys.readouterr().err == ""
+    assert_pngs(list((tmp_path / "figs").iterdir()))
+
+
+def test_plot_never_writes_through_a_planted_plots_link(tmp_path, capsys):
+    from resbench.cli.main import main
+
+    runs, outside = tmp_path / "runs", tmp_path / "outside"
+    write_hand_run(runs / "ok", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
+    outside.mkdir()
+    (runs / "plots").symlink_to(outside)
+    assert main(["plot", str(runs)]) == 2
+    assert capsys.readouterr().err == (f"error: {runs / 'plots'} is a symbolic link, and resbench never writes "
+                                       "through one; remove it, or name the folder to write with --out\n")
+    assert list(outside.iterdir()) == []
 
 
 def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import tiny
+from conftest import fails_if_blocked, tiny
 from resbench.cli.main import build_parser, main
 from resbench.runs.reader import config_from_args
 from resbench.settings.config import ConfigError, TrainConfig
@@ -80,12 +81,37 @@ def test_a_toml_config_with_flags_over_it(tmp_path):
     ('resnet_depth = "deep"\n', "resnet_depth = 'deep' is not a valid --resnet_depth"),
     ("resnet_depth = [8]\n", "resnet_depth = [8] is not a valid --resnet_depth"),
     ("resnet_depth = \n", "cannot read --config"),
+    ('data_root = ["x"]\n', "data_root = ['x'] is not a valid --data_root (an array where one value goes)"),
+    ("data_root = {a = 1}\n", "data_root = {'a': 1} is not a valid --data_root (a table where one value goes)"),
+    ("save = 1979-05-27\n", "is not a valid --save (a date or time where one value goes)"),
+    ('data_name = "Digits_x32"\ndata_root = "a\\u0000b"\n', "--data_root holds a NUL character"),
+    ('data_name = "Digits_x32"\nthreads = 1000000000000\n', "--threads must be from 1 to 4096"),
+    pytest.param("seed = " + "[" * 5000 + "]" * 5000 + "\n", "its values are nested too deeply", id="deep-nesting"),
 ])
 def test_a_bad_config_file_is_one_clear_line(tmp_path, capsys, text, message):
     (tmp_path / "run.toml").write_text(text)
-    assert main(["train", "--config", str(tmp_path / "run.toml")]) == 2
+    assert main(["train", "--config", str(tmp_path / "run.toml"), "--save", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_or_grid_that_is_no_small_regular_file_is_one_line_at_once(tmp_path, capsys):
+    """A FIFO would block the read forever, /dev/zero never end, a huge file fill the memory."""
+    fifo, zero, huge = tmp_path / "fifo.toml", tmp_path / "zero.toml", tmp_path / "huge.toml"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    with open(huge, "wb") as f:
+        f.truncate(2 << 20)  # sparse: 2 MiB of NULs, nothing written
+    with fails_if_blocked(60, "the read blocked"):  # without the bound the FIFO blocks
+        for path, reason in ((fifo, "it is not a regular file"), (zero, "it is not a regular file"),
+                             (huge, "it is larger than 1,048,576 bytes"), (tmp_path, "it is a folder")):
+            assert main(["train", "--config", str(path)]) == 2
+            assert capsys.readouterr().err == f"error: cannot read --config {path}: {reason}" + (
+                " (a device, FIFO or socket)\n" if "regular" in reason else
+                ", more than resbench reads\n" if "larger" in reason else ", not a file\n")
+            assert main(["sweep", "--grid", str(path), "--dry_run"]) == 2
+            assert capsys.readouterr().err.startswith(f"error: cannot read grid {path}: {reason}")
 
 
 def test_a_run_is_repeated_from_its_config_json_alone(tmp_path):

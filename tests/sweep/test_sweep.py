@@ -102,8 +102,10 @@ def sweep_main(capsys, *args: object) -> tuple[int, str, str]:
 BAD_GRIDS = {  # grid file text: what the error must say about its first bad run
     'resnet_depth = ["abc"]': "run 1 of 1 (--data_name Digits_x32 --resnet_depth abc): argument --resnet_depth: "
                               "invalid int value: 'abc'",
-    "resnet_depth = [[8]]": "argument --resnet_depth: invalid int value: '[8]'",
-    "seed = {a=1}": "argument --seed: invalid int value",
+    "resnet_depth = [[8]]": "resnet_depth holds an array where one value goes",
+    "seed = {a=1}": "seed holds a table where one value goes",
+    'data_root = [["a"]]': "data_root holds an array where one value goes",
+    '[flags]\ndata_root = ["a"]': "data_root holds an array where one value goes",
     '[flags]\nbatch_size = "abc"': "argument --batch_size: invalid int value: 'abc'",
     'data_name = ["Digits_x32", "Nope"]': "run 2 of 2 (--data_name Nope): unknown data_name 'Nope'",
     "resnet_depth = [8, 9]": "run 2 of 2 (--data_name Digits_x32 --resnet_depth 9): unsupported resnet depth 9",
@@ -125,6 +127,18 @@ def test_sweep_refuses_a_bad_grid_before_running_anything(tmp_path, capsys, text
     assert err.startswith(f"error: grid {grid}") and BAD_GRIDS[text] in err
     assert err.count("\n") == 1 and "usage" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_refuses_a_grid_of_a_billion_runs_without_enumerating_it(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    axis = "[" + ", ".join(map(str, range(1, 1001))) + "]"
+    grid.write_text(f'data_name = "Digits_x32"\nseed = {axis}\noptim_ni = {axis}\neval_every = {axis}\n')
+    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
+    assert code == 2 and out == "" and err == (f"error: grid {grid} has 1,000,000,000 runs, more than the 10,000 "
+                                               "one sweep plans; split it into several grids\n")
+    grid.write_text(f'data_name = "Digits_x32"\noptim_ni = {axis}\n')
+    code, out, err = sweep_main(capsys, "--grid", grid, "--seeds", *range(11), "--dry_run")
+    assert code == 2 and err.startswith(f"error: grid {grid} has 11,000 runs, more than the 10,000")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -122,6 +122,10 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
     (dict(optim_ni=-5), "--optim_ni must be a positive integer"),
     (dict(mixed_precision="maybe"), "--mixed_precision must be"),
     (dict(mixed_precision="fp16", device="cpu"), "fp16 needs a CUDA device"),
+    (dict(optim_ni=10**30), "--optim_ni must be at most 1,000,000,000 iterations"),
+    (dict(threads=10**12), "--threads must be from 1 to 4096"),
+    (dict(optim_global_clipping=float("inf")), "--optim_global_clipping must be a positive finite number"),
+    (dict(data_root="data\0x"), "--data_root holds a NUL character"),
 ])
 def test_bad_settings_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from resbench.errors import ResbenchError
+
 
 def run(args: argparse.Namespace) -> int:
     from resbench.results.plots import write_plots
 
-    for path in write_plots(args.runs_dir, args.out or args.runs_dir / "plots", args.compare == "reference"):
+    out = args.out or args.runs_dir / "plots"
+    if args.out is None and out.is_symlink():  # planted in the runs folder: the figures would land where it leads
+        raise ResbenchError(f"{out} is a symbolic link, and resbench never writes through one; remove it, "
+                            "or name the folder to write with --out")
+    for path in write_plots(args.runs_dir, out, args.compare == "reference"):
         print(path)
     return 0
 

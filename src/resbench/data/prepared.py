@@ -110,7 +110,8 @@ def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
         check_npy_size(path)
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise DataFileError(f"{path} is truncated or not a valid .npy file ({exc}); prepare it again") from None
+        reason = " ".join(str(exc).split())  # numpy's own messages may run over several lines
+        raise DataFileError(f"{path} is truncated or not a valid .npy file ({reason}); prepare it again") from None
 
 
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -130,6 +131,8 @@ def check_npy_size(path: Path) -> None:
         if version not in NPY_HEADER_READERS:
             raise ValueError(f"it is .npy format {version[0]}.{version[1]}; resbench reads 1.0 and 2.0")
         shape, _, dtype = NPY_HEADER_READERS[version](f)
+        if any(size < 0 for size in shape):
+            raise ValueError(f"its header declares the shape {shape}, with a negative size")
         declared = math.prod(shape) * dtype.itemsize
         held = os.fstat(f.fileno()).st_size - f.tell()
     if declared > held:

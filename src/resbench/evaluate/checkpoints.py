@@ -98,14 +98,19 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunFolderError(f"{ckpt.parent / schema.CONFIG} lacks a valid batch_size, which last.pt's "
                               "BatchNorm statistics need; was it written by resbench train?")
-    world = World(world_size=max(1, len(saved.get("rank_buffers") or [])))
+    rank_buffers = saved.get("rank_buffers") or []
+    if not isinstance(rank_buffers, list):
+        raise RunFolderError(f"{ckpt} holds rank_buffers that are not a list of each rank's statistics; "
+                             "only load checkpoints written by resbench")
+    world = World(world_size=max(1, len(rank_buffers)))
     counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn))
     bnstats.convert([(module, counts[name]) for name, module in bnstats.batchnorms(model)], to_reference=True)
 
 
 def describe_weights(state: Any) -> str:
     """What network a state_dict holds, in the words of config.json ("ResNet-20 x1, 10 classes")."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         return "no state_dict of tensors"
     blocks: dict[int, set[int]] = {}
     for key in state:
@@ -131,6 +136,7 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device, spec: 
                    image_size=spec.image_size)
     saved = load_checkpoint(ckpt)
     weights, which = model_weights(saved)
+    check_weight_values(weights, model.state_dict(), ckpt)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError):
@@ -142,6 +148,25 @@ def load_checkpoint_model(ckpt: Path, config: dict, device: torch.device, spec: 
     if which == "last":
         as_evaluated(model, saved, config, ckpt, spec.image_size)
     return prepare_model(model, device).eval(), which
+
+
+def check_weight_values(weights: Any, expected: dict[str, torch.Tensor], ckpt: Path) -> None:
+    """Refuse weights that would load but not score as trained: of another kind than the model's
+    (complex, integer or bool values where it has floats: load_state_dict casts them without a
+    word) or not finite (a diverged run's; the trainer never keeps them). Anything else that does
+    not fit is load_state_dict's to name."""
+    if not isinstance(weights, dict):
+        return
+    for key, value in weights.items():
+        want = expected.get(key) if isinstance(key, str) else None
+        if not isinstance(value, torch.Tensor) or want is None:
+            continue
+        if value.is_floating_point() != want.is_floating_point() or value.is_complex():
+            raise RunFolderError(f"{ckpt}: {key} holds {value.dtype} values where the model has {want.dtype}; "
+                                 "only load checkpoints written by resbench")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise RunFolderError(f"{ckpt}: {key} holds NaN or infinite weights (a run that diverged); "
+                                 "evaluate a checkpoint of a run that trained")
 
 
 @dataclass

@@ -195,9 +195,10 @@ def curve_checks(cell: Cell) -> list[Check]:
     for name in CURVES:
         measure = MEASURES[name]
         theirs = reference_curve(cell.reference, measure)
+        curves = [(last_iteration(run), curve_values(run, name)) for run in live]  # once, not once per window
         for window in measure.windows:
-            ours = [m for run in live if last_iteration(run) >= window[1]
-                    and (m := window_mean(curve_values(run, name), measure, window)) is not None]
+            ours = [m for reached, curve in curves if reached >= window[1]
+                    and (m := window_mean(curve, measure, window)) is not None]
             if ours:
                 statistic = noise_model()[f"{name} {window_label(window)}"]
                 tests.append(Check(statistic, tuple(ours), window_mean(theirs, measure, window)))
@@ -285,9 +286,9 @@ def check_lines(cell: Cell) -> list[str]:
 def curve_lines(cell: Cell) -> list[str]:
     """Ours (the mean over the runs that have it) beside theirs at each of the reference's evaluations."""
     rows = []
+    curves = {key: [curve_values(run, key) for run in cell.runs] for key in CURVES}  # once, not per evaluation
     for theirs in cell.reference.records:
-        ours = {key: [v for run in cell.runs if (v := curve_values(run, key).get(theirs["iter"])) is not None]
-                for key in CURVES}
+        ours = {key: [v for curve in curves[key] if (v := curve.get(theirs["iter"])) is not None] for key in CURVES}
         if not any(ours.values()):
             continue
         row = [str(theirs["iter"])]

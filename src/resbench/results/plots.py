@@ -12,6 +12,7 @@ w_norm, one row of panels per cell).
 from __future__ import annotations
 
 import io
+import math
 import re
 import statistics
 from pathlib import Path
@@ -65,6 +66,13 @@ def file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:100] or "unnamed"
 
 
+def shown_name(name: str, limit: int = 60) -> str:
+    """A name read from a run's files as a figure shows it: printable, and short (matplotlib takes
+    minutes to lay out a title of 100,000 characters)."""
+    text = printable(name)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def save_figure(plt, fig, path: Path) -> None:
     """Write `fig` as a PNG and close it; a failing write is one clear error line, not a traceback.
     Rendered in memory, then written into a file of our own (never through a link planted there)."""
@@ -111,6 +119,7 @@ def draw_curve(ax, runs: list[Run], key: str, label: str | None = None, **style:
 
 def zoom(ax, values: list[float], margin: float = 0.08) -> None:
     """Fit the y axis to `values` (with a margin) instead of matplotlib's or a fixed 0-1 range."""
+    values = [v for v in values if math.isfinite(v)]  # a NaN or infinite figure is not drawn: no axis limit
     if values:
         low, high = min(values), max(values)
         pad = (high - low) * margin or abs(high) * 0.01 or 0.01
@@ -130,7 +139,7 @@ def curve_groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
     labelled = []
     for (depth, width, precision, _, settings), members in ordered:
         shown = " ".join(setting_label(k, v) for k, v in settings)
-        seeds = f", mean ± std of n={len(members)}" if len(members) > 1 else f" ({members[0].path.name})"
+        seeds = f", mean ± std of n={len(members)}" if len(members) > 1 else f" ({shown_name(members[0].path.name)})"
         labelled.append((f"R{depth}x{width} {precision} {shown}".rstrip() + seeds, members))
     return labelled
 
@@ -161,7 +170,7 @@ def plot_curves(plt, data_name: str, runs: list[Run], path: Path) -> None:
                 zoomed += [v for i, v in zip(iters, drawn) if i >= (1 - ZOOM_FRACTION) * last]
             elif key == "val_acc":
                 all_acc += drawn
-        ax.set(title=f"{data_name}: {title}", xlabel="iteration")
+        ax.set(title=f"{shown_name(data_name)}: {title}", xlabel="iteration")
         ax.grid(alpha=0.3)
         if key == "trn_loss":
             ax.set_yscale("log")
@@ -218,7 +227,7 @@ def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
         ax.set_ylim(min(low, -least), max(high, least))
         ax.set(title=f"{title}: ours − published", ylabel=f"{title} difference")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{rows[0].data_name}: our figures (recipe's selection) minus the published ones; "
+    fig.suptitle(f"{shown_name(rows[0].data_name)}: our figures (recipe's selection) minus the published ones; "
                  "error bars: 95% Student-t interval of our mean (none for one run)", fontsize="medium")
     save_figure(plt, fig, path)
 

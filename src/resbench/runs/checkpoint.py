@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from resbench.files import replace_atomically
+from resbench.files import read_bounded, replace_atomically
 from resbench.runs.schema import DIGEST_SUFFIX, RunFolderError
 from resbench.runs.writes import write_errors_named
 
@@ -73,8 +73,7 @@ def record_digests(path: Path, digests: list[str]) -> None:
 def recorded_digests(path: Path) -> list[str]:
     """The SHA-256 digests recorded for `path`; empty when none were (a file not written by resbench)."""
     try:
-        with open(digest_file(path), "rb") as f:
-            text = f.read(MAX_DIGEST_FILE).decode("ascii", "replace")
+        text = read_bounded(digest_file(path), MAX_DIGEST_FILE).decode("ascii", "replace")  # (a FIFO would block)
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as exc:

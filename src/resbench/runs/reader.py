@@ -9,6 +9,7 @@ that summarise many runs skip such a folder with one warning line (`readable_run
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import typing
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from resbench.errors import ResbenchError, printable
+from resbench.errors import ResbenchError, printable, reason
+from resbench.files import read_bounded
 from resbench.runs import schema
 from resbench.runs.schema import RunFolderError, checked_fields
 from resbench.settings.config import (
@@ -28,11 +30,17 @@ from resbench.settings.config import (
     canonical,
     has_json_type,
     json_types,
+    setting_types,
     shown_value,
 )
 from resbench.settings.flags import given_settings, read_settings_file, typed_settings
 
 T = TypeVar("T")
+# The most bytes read of a run folder's JSON file, and of its metrics.jsonl: the trainer writes a few
+# kilobytes, and one line of about 600 bytes per evaluation (64 MiB: 100,000 evaluations). A planted
+# link to /dev/zero or a 1 GB file is refused as damaged, not read into memory.
+MAX_JSON_FILE = 16 << 20
+MAX_METRICS_FILE = 64 << 20
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
 # table row vary), paths and choices that do not change a number (settings.config.RESUMABLE_CHANGES), and
 # the configuration itself (dataset, depth, width, precision).
@@ -45,11 +53,19 @@ def read_json(path: Path, what: str | None = None, fix: str = "") -> Any:
     name by default), `fix` says what to do."""
     what = what or path.name
     try:
-        return json.loads(path.read_text())
+        return parse_json(read_bounded(path, MAX_JSON_FILE))
     except FileNotFoundError:
         raise RunFolderError(f"it has no {path.name}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"{what} is unreadable ({exc})" + (f"; {fix}" if fix else "")) from None
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"{what} is unreadable ({reason(exc)})" + (f"; {fix}" if fix else "")) from None
+
+
+def parse_json(text: bytes | str) -> Any:
+    """json.loads whose every failure is a ValueError: nesting deeper than the parser recurses too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def read_object(path: Path, fields: dict[str, Any], what: str | None = None, fix: str = "") -> dict:
@@ -74,24 +90,38 @@ def read_metrics(folder: Path) -> list[dict]:
     the records before it, each written whole, are kept. Anywhere else it means a damaged file.
     """
     path = Path(folder) / schema.METRICS
-    if not path.exists():
-        return []
     try:
-        lines = path.read_text().rstrip().splitlines()
+        lines = read_bounded(path, MAX_METRICS_FILE).decode().rstrip().splitlines()
+    except FileNotFoundError:
+        return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise RunFolderError(f"{path.name} is unreadable ({exc})") from None
-    records = []
+        raise RunFolderError(f"{path.name} is unreadable ({reason(exc)})") from None
+    records: list[dict] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line)
+        except ValueError:
             if number == len(lines):
                 break
             raise RunFolderError(f"{path.name} line {number} is not JSON") from None
-        records.append(checked_fields(record, schema.RECORD_FIELDS, f"{path.name} line {number}"))
+        what = f"{path.name} line {number}"
+        records.append(checked_fields(record, schema.RECORD_FIELDS, what))
+        check_iteration(records, what)
     return records
+
+
+def check_iteration(records: list[dict], what: str) -> None:
+    """The last record's iteration must be a whole number after the one before it: a NaN, a fraction,
+    a repeated or a backward iteration (never written by the trainer, which cuts the file back when
+    it resumes) would be drawn and compared as if it were an evaluation."""
+    step = records[-1]["iter"]
+    if not isinstance(step, int) or step < 0:
+        raise RunFolderError(f"{what} has iteration {shown_value(step)}, not a whole number of iterations")
+    if len(records) > 1 and step <= records[-2]["iter"]:
+        raise RunFolderError(f"{what} has iteration {step} after {records[-2]['iter']}; "
+                             "the evaluations must go forward")
 
 
 def read_eval(folder: Path, which: str = "best") -> dict | None:
@@ -100,10 +130,10 @@ def read_eval(folder: Path, which: str = "best") -> dict | None:
     if not path.is_file():
         return None
     try:
-        figures = json.loads(path.read_text())
+        figures = parse_json(read_bounded(path, MAX_JSON_FILE))
         if isinstance(figures, dict):
             return figures
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError):
         pass
     print(printable(f"warning: ignoring unreadable {path}"), file=sys.stderr)
     return None
@@ -113,10 +143,10 @@ def status_of(folder: Path) -> str:
     """summary.json's status (finished, diverged), `running` for a run without one, `unknown` where
     it cannot be read."""
     try:
-        summary = json.loads((Path(folder) / schema.SUMMARY).read_text())
+        summary = parse_json(read_bounded(Path(folder) / schema.SUMMARY, MAX_JSON_FILE))
     except FileNotFoundError:
         return "running"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return "unknown"
     return str(summary.get("status")) if isinstance(summary, dict) else "unknown"
 
@@ -171,8 +201,9 @@ class Run:
         """A setting as asked; an older config.json may lack one: it had the default then."""
         return self.config.get(key, getattr(TrainConfig, key))
 
-    @property
+    @functools.cached_property
     def status(self) -> str:
+        """Read once: compare asks it several times per run."""
         return status_of(self.path)
 
     @property
@@ -283,7 +314,7 @@ def check_saved_settings(saved: Any, path: Path) -> None:
 def check_setting_types(saved: dict[str, Any], path: Path, fix: str) -> None:
     """Refuse a saved setting of another type than its field's (`resnet_depth: null`), naming the
     file and the setting; settings this version does not know are left to the caller."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints = setting_types()
     for key, value in saved.items():
         if key in hints and not has_json_type(value, hints[key], LEGACY_TYPES.get(key, ())):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in json_types(hints[key]))

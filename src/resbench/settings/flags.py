@@ -20,8 +20,9 @@ import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
-from resbench.errors import ResbenchError, printable
-from resbench.settings.config import ConfigError, TrainConfig
+from resbench.errors import ResbenchError, printable, reason
+from resbench.files import read_bounded
+from resbench.settings.config import ConfigError, TrainConfig, shown_value
 
 
 def dashed(option: str) -> str | None:
@@ -157,12 +158,32 @@ def flag_kind(name: str) -> Any:
         hint, optional_float)
 
 
+# A settings or grid file is a few hundred bytes; the bound keeps /dev/zero or a planted huge file out of memory.
+MAX_SETTINGS_FILE = 1 << 20
+# The values a setting may have in a file: a TOML array, table or date where one value goes would
+# otherwise become its text (`data_root = ["x"]`, a folder named "['x']").
+SCALARS = (str, int, float, bool, type(None))
+
+
 def flag_value(value: object) -> str:
     """A value (from TOML, JSON or a TrainConfig) as the train flags spell it: booleans true/false,
     None (a setting not used, e.g. no clipping) off."""
     if value is None:
         return "off"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def file_value(value: object) -> str:
+    """`flag_value` of a value read from a settings or grid file; TypeError for anything but one value."""
+    if not isinstance(value, SCALARS):
+        kind = "an array" if isinstance(value, list) else "a table" if isinstance(value, dict) else "a date or time"
+        raise TypeError(f"{kind} where one value goes")
+    return flag_value(value)
+
+
+def read_settings_text(path: Path) -> str:
+    """The text of a --config or grid file, bounded (`MAX_SETTINGS_FILE`); OSError or UnicodeDecodeError."""
+    return read_bounded(path, MAX_SETTINGS_FILE).decode()
 
 
 def parse_toml(text: str) -> dict[str, Any]:
@@ -222,10 +243,12 @@ def read_settings_file(path: Path) -> Any:
     """The parsed content of a `--config` file: TOML (`resnet_depth = 20`) or JSON (a run folder's
     config.json, where null means "not set")."""
     try:
-        text = path.read_text()
+        text = read_settings_text(path)
         return json.loads(text) if path.suffix == ".json" else parse_toml(text)
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSON and TOML decode errors are ValueErrors
-        raise ConfigError(f"cannot read --config {path}: {exc}") from None
+        raise ConfigError(f"cannot read --config {path}: {reason(exc)}") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser recurses
+        raise ConfigError(f"cannot read --config {path}: its values are nested too deeply") from None
 
 
 def typed_settings(values: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -239,9 +262,10 @@ def typed_settings(values: dict[str, Any], path: Path) -> dict[str, Any]:
         if value is None and fields[key].default is not None:  # not "off": only optional settings may be unset
             raise ConfigError(f"--config {path}: {key} = None is not a valid --{key} (it needs a value)")
         try:
-            settings[key] = None if value is None else flag_kind(key)(flag_value(value))
+            settings[key] = None if value is None else flag_kind(key)(file_value(value))
         except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-            raise ConfigError(f"--config {path}: {key} = {value!r} is not a valid --{key} ({exc})") from None
+            raise ConfigError(f"--config {path}: {key} = {shown_value(value)} is not a valid --{key} "
+                              f"({exc})") from None
     return settings
 
 

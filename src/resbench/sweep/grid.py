@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from pathlib import Path
 
-from resbench.errors import ResbenchError
+from resbench.errors import ResbenchError, reason
 from resbench.results.reference import reference_rows, reference_weight_decays
 from resbench.settings.config import PRECISION_FLAGS, TrainConfig
-from resbench.settings.flags import flag_value, parse_toml
+from resbench.settings.flags import file_value, parse_toml, read_settings_text
 
 # A grid file's lists: `precision` (fp32/fp16/bf16, as the seed names its rows: fp16 is mixed precision,
 # which the trainer runs as bf16 where fp16 is unsupported) and any train setting.
@@ -23,6 +24,9 @@ GRID_AXES = ("data_name", "resnet_depth", "resnet_width", "precision", "seed",
                                                                                  "resnet_width", "seed", "save")))
 READY_GRIDS = {"seed": "the 26 rows of seed-results.md",
                "wd": "the reference's weight-decay sweep: the 26 rows at each weight decay it ran (104 runs)"}
+# The most runs one sweep plans: every run is checked before the first starts, so a grid file of a
+# few lines whose product is 10**9 runs is refused from its axes' lengths, never enumerated.
+MAX_RUNS = 10_000
 
 
 def seed_grid() -> list[list[str]]:
@@ -42,6 +46,7 @@ def with_seeds(grid: list[list[str]], seeds: list[int] | None, source: str) -> l
         return grid
     if any("--seed" in point for point in grid):
         raise ResbenchError(f"{source} sets seeds itself (a seed list or flag); drop it or --seeds")
+    check_run_count(len(grid) * len(seeds), source)
     return [[*point, "--seed", str(seed)] for point in grid for seed in seeds]
 
 
@@ -49,12 +54,30 @@ def as_list(value: object) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def check_run_count(count: int, source: str) -> None:
+    if count > MAX_RUNS:
+        raise ResbenchError(f"{source} has {count:,} runs, more than the {MAX_RUNS:,} one sweep plans; "
+                            "split it into several grids")
+
+
+def grid_value(key: str, value: object, path: Path) -> str:
+    """One value of a grid axis or of its [flags] as a train flag's text: a list inside an axis or a
+    table is refused (its text would become a setting, `data_root = [["a"]]` a folder named "['a']")."""
+    try:
+        return file_value(value)
+    except TypeError as exc:
+        raise ResbenchError(f"grid {path}: {key} holds {exc}; give a value, or for an axis a list of "
+                            "values") from None
+
+
 def toml_grid(path: Path) -> list[list[str]]:
     """The cartesian product of a user grid file's axes, each with the `[flags]` table appended."""
     try:
-        spec = parse_toml(Path(path).read_text())
+        spec = parse_toml(read_settings_text(Path(path)))
     except (OSError, ValueError) as exc:  # UnicodeDecodeError and TOML's decode errors are ValueErrors
-        raise ResbenchError(f"cannot read grid {path}: {exc}") from None
+        raise ResbenchError(f"cannot read grid {path}: {reason(exc)}") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser recurses
+        raise ResbenchError(f"cannot read grid {path}: its values are nested too deeply") from None
     fixed = spec.pop("flags", {})
     if not isinstance(fixed, dict):
         raise ResbenchError(f"grid {path}: flags must be a table: a [flags] line followed by name = value lines")
@@ -71,15 +94,18 @@ def toml_grid(path: Path) -> list[list[str]]:
     bad = [value for value in axes.get("precision", []) if not isinstance(value, str) or value not in PRECISION_FLAGS]
     if bad:
         raise ResbenchError(f"grid {path}: precision must be one of {', '.join(PRECISION_FLAGS)}, not {bad[0]!r}")
-    fixed_flags = [part for key, value in fixed.items() for part in (f"--{key}", flag_value(value))]
-    return [axis_flags(dict(zip(axes, values))) + fixed_flags for values in itertools.product(*axes.values())]
+    check_run_count(math.prod(map(len, axes.values())), f"grid {path}")
+    fixed_flags = [part for key, value in fixed.items() for part in (f"--{key}", grid_value(key, value, path))]
+    texts = {key: values if key == "precision" else [grid_value(key, value, path) for value in values]
+             for key, values in axes.items()}
+    return [axis_flags(dict(zip(texts, values))) + fixed_flags for values in itertools.product(*texts.values())]
 
 
 def axis_flags(point: dict) -> list[str]:
-    """Train flags for one point of the grid."""
+    """Train flags for one point of the grid (its values already as the flags' text)."""
     flags = []
     for key, value in point.items():
-        flags += PRECISION_FLAGS[value] if key == "precision" else [f"--{key}", flag_value(value)]
+        flags += PRECISION_FLAGS[value] if key == "precision" else [f"--{key}", value]
     return flags
 
 

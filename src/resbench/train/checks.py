@@ -10,7 +10,14 @@ from __future__ import annotations
 import importlib.util
 import math
 
-from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
+from resbench.settings.config import (
+    MAX_ITERATIONS,
+    MAX_THREADS,
+    ConfigError,
+    TrainConfig,
+    precision_for,
+    resolve_device,
+)
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -34,6 +41,10 @@ def check_settings(cfg: TrainConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise ValueError(f"--{name} must be a positive integer, got {value}")
+    if cfg.optim_ni > MAX_ITERATIONS:
+        raise ValueError(f"--optim_ni must be at most {MAX_ITERATIONS:,} iterations, got {cfg.optim_ni}")
+    if nul := [f"--{key}" for key, value in vars(cfg).items() if isinstance(value, str) and "\0" in value]:
+        raise ValueError(f"{', '.join(nul)} holds a NUL character, which no path or name can hold")
     if not cfg.optim_lr > 0 or not math.isfinite(cfg.optim_lr):
         raise ValueError(f"--optim_lr must be a positive number, got {cfg.optim_lr}")
     if not 0 <= cfg.optim_momentum < 1:
@@ -42,8 +53,9 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--optim_weight_decay must be in [0, 1), got {cfg.optim_weight_decay}")
     if not 0 <= cfg.optim_label_smoothing < 1:
         raise ValueError(f"--optim_label_smoothing must be in [0, 1), got {cfg.optim_label_smoothing}")
-    if cfg.optim_global_clipping is not None and not cfg.optim_global_clipping > 0:
-        raise ValueError(f"--optim_global_clipping must be positive, got {cfg.optim_global_clipping}")
+    if cfg.optim_global_clipping is not None and not 0 < cfg.optim_global_clipping < math.inf:
+        raise ValueError(f"--optim_global_clipping must be a positive finite number (or off), got "
+                         f"{cfg.optim_global_clipping}")
     num_train = spec.num_train
     if cfg.batch_size > num_train:
         raise ValueError(f"--batch_size {cfg.batch_size} is larger than the training split of "
@@ -59,7 +71,7 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
     hotpath.parse_compile(cfg.compile)
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"--threads must be a positive integer (or auto), got {cfg.threads}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
+        raise ValueError(f"--threads must be from 1 to {MAX_THREADS} (or auto), got {cfg.threads}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
