@@ -19,7 +19,7 @@ from resbench.train.loop import train
 
 
 def test_threads_must_be_positive():
-    with pytest.raises(ConfigError, match="--threads must be a positive integer"):
+    with pytest.raises(ConfigError, match="--threads must be from 1 to 4096"):
         from resbench.train.checks import validate_config
         validate_config(TrainConfig(threads=0))
     assert config_from_args(train_flag_parser().parse_args(["--threads", "auto"])).threads is None
