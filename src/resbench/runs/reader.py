@@ -12,7 +12,6 @@ import argparse
 import functools
 import json
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -304,7 +303,7 @@ def check_saved_settings(saved: Any, path: Path) -> None:
     if not isinstance(saved, dict):
         raise RunFolderError(f"{path} is not a resbench config.json (it holds a JSON {type(saved).__name__}, "
                               "not an object of settings); restore it, or use another --save folder")
-    unknown = set(saved) - set(typing.get_type_hints(TrainConfig))
+    unknown = set(saved) - set(setting_types())
     if unknown:
         raise RunFolderError(f"{path} has unknown settings {sorted(map(str, unknown))[:5]}; "
                              "was it written by resbench?")

@@ -16,13 +16,12 @@ import contextlib
 import dataclasses
 import io
 import json
-import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
 from resbench.errors import ResbenchError, printable, reason
 from resbench.files import read_bounded
-from resbench.settings.config import ConfigError, TrainConfig, shown_value
+from resbench.settings.config import ConfigError, TrainConfig, setting_types, shown_value
 
 
 def dashed(option: str) -> str | None:
@@ -153,7 +152,7 @@ def optional_float(text: str) -> float | None:
 
 def flag_kind(name: str) -> Any:
     """The function that parses the text of the flag `--<name>`."""
-    hint = typing.get_type_hints(TrainConfig)[name]
+    hint = setting_types()[name]
     return {bool: parse_bool, int: int, float: float, str: str, str | None: str, int | None: optional_int}.get(
         hint, optional_float)
 
