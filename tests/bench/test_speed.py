@@ -150,10 +150,10 @@ def test_compiled_fp16_step_matches_eager_on_cuda():
 
 @pytest.mark.cuda
 @cuda
-def test_mixed_precision_training_on_cuda(run_cli, tmp_path):
-    proc = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--optim_ni", "20",
-                   "--eval_every", "10", "--mixed_precision", "true", "--device", "cuda",
-                   "--save", tmp_path / "run", check=True)
+def test_mixed_precision_training_on_cuda(cli, tmp_path):
+    proc = cli("train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--optim_ni", "20",
+               "--eval_every", "10", "--mixed_precision", "true", "--device", "cuda",
+               "--save", tmp_path / "run", check=True)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["precision"] == "fp16", proc.stderr
 
@@ -178,10 +178,10 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch):
     assert hotpath.slow_precision_warning("bf16", torch.device("cpu")) is None
 
 
-def test_bench_reports_a_tiny_configuration_as_json(run_cli):
-    proc = run_cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32",
-                   "--compile", "false", "--device", "cpu", "--warmup", "1", "--iters", "2", "--windows", "2",
-                   "--vs", "--json", check=True)
+def test_bench_reports_a_tiny_configuration_as_json(cli):
+    proc = cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32",
+               "--compile", "false", "--device", "cpu", "--warmup", "1", "--iters", "2", "--windows", "2",
+               "--vs", "--json", check=True)
     record = json.loads(proc.stdout)
     assert record["precision"] == "fp32" and record["compile"] is False
     assert record["images_per_sec_min"] <= record["images_per_sec"] <= record["images_per_sec_max"]
@@ -193,12 +193,12 @@ def test_bench_reports_a_tiny_configuration_as_json(run_cli):
     assert record["baseline"]["images_per_sec"] > 0 and record["speedup_vs_baseline"] > 0
 
 
-def test_bench_table_and_bad_flags(run_cli):
-    table = run_cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
-                    "--optim_ni", "400", "--device", "cpu", "--warmup", "0", "--iters", "1", "--windows", "1",
-                    check=True).stdout
+def test_bench_table_and_bad_flags(cli):
+    table = cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
+                "--optim_ni", "400", "--device", "cpu", "--warmup", "0", "--iters", "1", "--windows", "1",
+                check=True).stdout
     assert "images/s" in table and "fraction of peak" in table
     # The default --compile auto leaves a 400-iteration CPU run eager, and the bench says which run it times.
     assert "a run of 400 iterations, which `train --compile auto` runs eager" in table
-    proc = run_cli("bench", "--iters", "0")
+    proc = cli("bench", "--iters", "0")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --iters")

@@ -102,12 +102,12 @@ def test_clock_format():
 # ---------------------------------------------------------------- 3. flags
 
 
-def test_train_has_the_mirror_its_errors_advise(tmp_path, run_cli):
+def test_train_has_the_mirror_its_errors_advise(tmp_path, cli):
     """A missing CIFAR-10, an unreachable official URL: the fix named works as a train flag."""
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    proc = run_cli("train", "--data_name", "CIFAR10_x32", "--data_root", tmp_path / "data", "--mirror", mirror,
-                   "--optim_ni", "1")
+    proc = cli("train", "--data_name", "CIFAR10_x32", "--data_root", tmp_path / "data", "--mirror", mirror,
+               "--optim_ni", "1")
     assert proc.returncode == 2
     assert f"cifar-10-python.tar.gz not found in mirror folder {mirror}" in proc.stderr
 
@@ -132,14 +132,14 @@ def test_help_does_not_import_torch(command):
     assert "usage: resbench" in proc.stdout
 
 
-def test_top_level_help_has_examples(run_cli):
-    helped = run_cli("--help", check=True).stdout
+def test_top_level_help_has_examples(cli):
+    helped = cli("--help", check=True).stdout
     assert "examples:" in helped and "resbench train --data_name Digits_x32" in helped
     assert "giung2-dev" in helped and "--data-name" in helped
 
 
-def test_data_list_names_the_demo_and_the_fix(tmp_path, run_cli):
-    out = run_cli("data", "list", "--data_root", tmp_path, check=True).stdout
+def test_data_list_names_the_demo_and_the_fix(tmp_path, cli):
+    out = cli("data", "list", "--data_root", tmp_path, check=True).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert lines["Digits_x32"].split()[1:4] == ["complete", "1497", "300"] and "built in" in lines["Digits_x32"]
     assert f"`resbench data download CIFAR100_x32 --data_root {tmp_path}`" in lines["CIFAR100_x32"]
@@ -154,9 +154,9 @@ def test_bench_warns_when_its_windows_spread():
     assert "spread 40% (70.0 to 110.0 images/s), more than 20%" in spread_warning(shaky)
 
 
-def test_bench_runs_with_threads_and_dashed_flags(run_cli, tmp_path):
-    proc = run_cli("bench", "--device", "cpu", "--data-name", "Digits_x32", "--resnet-depth", "8", "--batch-size",
-                   "8", "--warmup", "0", "--iters", "1", "--windows", "1", "--threads", "1", "--json", check=True)
+def test_bench_runs_with_threads_and_dashed_flags(cli, tmp_path):
+    proc = cli("bench", "--device", "cpu", "--data-name", "Digits_x32", "--resnet-depth", "8", "--batch-size",
+               "8", "--warmup", "0", "--iters", "1", "--windows", "1", "--threads", "1", "--json", check=True)
     assert json.loads(proc.stdout)["threads"] == 1
 
 

@@ -1,9 +1,13 @@
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import LIMIT, cli_env
+from resbench.data import digits
 from resbench.data.batches import PAD, TrainBatches, crop_flip
 from resbench.data.facts import DATASETS
 from resbench.data.prepared import load_splits, read_prepared
@@ -155,6 +159,22 @@ def test_digits_demo_splits():
     assert len(splits.val_images) + len(splits.train_images) + len(splits.test_images) == 1797
     assert splits.train_images.dtype == torch.uint8 and splits.train_images.shape[1:] == (32, 32, 3)
     assert set(splits.test_labels.tolist()) == set(range(10))
+
+
+def test_the_demo_reads_scikit_learns_digits_as_load_digits_does_without_importing_it(monkeypatch):
+    """Read from the bundled file in a process that never imports sklearn (1.7 s of every demo run),
+    and through load_digits where the file is not where it was: the same arrays both ways."""
+    from sklearn.datasets import load_digits
+
+    check = "import sys; from resbench.data.digits import digits_arrays; digits_arrays(); print('sklearn' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", check], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+    reference = load_digits()
+    read = digits.digits_8x8()
+    monkeypatch.setattr(digits, "bundled_digits_file", lambda: None)
+    for images, labels in (read, digits.digits_8x8()):
+        assert np.array_equal(images, reference.images) and images.dtype == reference.images.dtype
+        assert np.array_equal(labels, reference.target) and labels.dtype == np.int64
 
 
 def test_a_npy_header_declaring_more_than_the_file_holds_is_refused(tmp_path):

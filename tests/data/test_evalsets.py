@@ -227,13 +227,13 @@ def test_svhn_without_scipy_or_with_a_bad_file_is_one_clear_error(tmp_path, monk
     assert not (tmp_path / "SVHN").exists()
 
 
-def test_cli_download_and_list_of_a_full_corruption_archive(tmp_path, run_cli):
+def test_cli_download_and_list_of_a_full_corruption_archive(tmp_path, cli):
     archive = cifar_c_archive(cifar_c.CORRUPTIONS, "CIFAR-100-C", 100)[0]  # all 19 corruptions, 3 images each
     _place(tmp_path, "CIFAR-100-C.tar", archive)
 
-    refused = run_cli("data", "download", "CIFAR100_C", "--data_root", tmp_path)
-    forced = run_cli("data", "download", "CIFAR100_C", "--data_root", tmp_path, "--no_verify")
-    listed = run_cli("data", "list", "--data_root", tmp_path, check=True)
+    refused = cli("data", "download", "CIFAR100_C", "--data_root", tmp_path)
+    forced = cli("data", "download", "CIFAR100_C", "--data_root", tmp_path, "--no_verify")
+    listed = cli("data", "list", "--data_root", tmp_path, check=True)
 
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
         "error: checksum mismatch for CIFAR-100-C.tar: expected md5 11f0ed0f1191edbf9fa23466ae6021d3")

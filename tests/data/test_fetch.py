@@ -576,7 +576,7 @@ def test_data_list_reports_complete_missing_and_damaged(tmp_path, monkeypatch, r
         np.save(damaged / f"{split}_labels.npy", np.zeros(4, np.int64))
 
     status = {row["name"]: row for row in dataset_status(tmp_path)}
-    proc = run_cli("data", "list", "--data_root", tmp_path)
+    proc = run_cli("data", "list", "--data_root", tmp_path)  # in a new process: without this one's patches
 
     assert status["CIFAR10_x32"]["complete"] and (status["CIFAR10_x32"]["train"], status["CIFAR10_x32"]["test"]) == (100, 20)
     assert status["CIFAR10_x32"]["bytes"] > 100 * 3072
@@ -592,11 +592,11 @@ def test_data_list_reports_complete_missing_and_damaged(tmp_path, monkeypatch, r
     assert lines["TinyImageNet200_x64"][1] == "damaged"
 
 
-def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, run_cli, cifar10):
+def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, cli, cifar10):
     placed = _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])  # tiny archive: not the official md5
 
-    refused = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path)
-    forced = run_cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path, "--no_verify")
+    refused = cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path)
+    forced = cli("data", "download", "CIFAR10_x32", "--data_root", tmp_path, "--no_verify")
 
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(
@@ -606,12 +606,12 @@ def test_cli_download_errors_cleanly_then_no_verify_warns(tmp_path, run_cli, cif
     assert "warning" in forced.stderr and is_complete(tmp_path, "CIFAR10_x32")
 
 
-def test_cli_download_all_offline(tmp_path, run_cli, cifar10, cifar100, tiny):
+def test_cli_download_all_offline(tmp_path, cli, cifar10, cifar100, tiny):
     for filename, archive in [("cifar-10-python.tar.gz", cifar10[0]), ("cifar-100-python.tar.gz", cifar100[0]),
                               ("tiny-imagenet-200.zip", tiny[0])]:
         _place(tmp_path, filename, archive)
 
-    proc = run_cli("data", "download", "all", "--data_root", tmp_path, "--no_verify", "--mirror", "http://127.0.0.1:9/")
+    proc = cli("data", "download", "all", "--data_root", tmp_path, "--no_verify", "--mirror", "http://127.0.0.1:9/")
 
     assert proc.returncode == 0, proc.stderr
     assert all(row["complete"] for row in dataset_status(tmp_path) if row["name"] in training_datasets())

@@ -27,6 +27,7 @@ from resbench.data import evalsets
 from resbench.data.digits import digits_arrays
 from resbench.data.facts import DATASETS
 from resbench.data.fetch.prepare import is_complete
+from resbench.evaluate import metrics
 from resbench.models.resnet import resnet
 from resbench.settings.config import TrainConfig
 from resbench.train.loop import train
@@ -82,6 +83,25 @@ def auroc_by_sklearn(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- the demo: Digits_C and Noise
+
+
+@pytest.mark.parametrize("depth", [8, 20])
+def test_the_cpu_evaluation_batch_changes_no_figure(depth):
+    """Training's evaluations and `eval` score CPU batches of CPU_EVAL_BATCH_SIZE for speed: the logits,
+    and so every figure of a run, must be those of the GPU's batch of EVAL_BATCH_SIZE, bit for bit."""
+    torch.manual_seed(depth)
+    model = resnet(depth)
+    with torch.no_grad():  # off the zero-initialised layers, with BatchNorm statistics of its own
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.add_(0.05 * torch.rand_like(tensor))
+    images, labels = (torch.from_numpy(a) for a in digits_arrays()[2:])
+    assert metrics.eval_batch_size(torch.device("cpu")) < len(images) < metrics.EVAL_BATCH_SIZE
+    by_gpu_batch = metrics.predict_logits(model, images, metrics.EVAL_BATCH_SIZE)
+    assert torch.equal(metrics.predict_logits(model, images, metrics.CPU_EVAL_BATCH_SIZE), by_gpu_batch)
+    figures = metrics.evaluate(model, images, labels, top5=True)
+    assert figures["acc"] == (by_gpu_batch.argmax(1) == labels).float().mean().item()
+    assert figures["nll"] == torch.nn.functional.cross_entropy(by_gpu_batch, labels).item()
 
 
 def test_corruptions_and_ood_of_the_demo_match_a_computation_by_hand(evaluated):
@@ -189,11 +209,11 @@ def test_eval_of_runs_dir_writes_eval_json_that_table_reads(evaluated, digits_ru
     assert capsys.readouterr().out.splitlines()[3].split("|")[5].strip() == "n/a"
 
 
-def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path, run_cli):
+def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path, cli):
     (tmp_path / "config.json").write_text(json.dumps(
         {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "data_root": "unused"}))
     torch.save(resnet(14, 2, num_classes=100).state_dict(), tmp_path / "best.pt")
-    proc = run_cli("eval", "--ckpt", tmp_path)
+    proc = cli("eval", "--ckpt", tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr == (f"error: {tmp_path / 'best.pt'} holds ResNet-14 x2, 100 classes, but "
                            f"{tmp_path / 'config.json'} describes a ResNet-8 x1, 10 classes (Digits_x32); evaluate "

@@ -62,9 +62,9 @@ def test_the_reference_settings_are_the_trainers_defaults():
 
 # ---------------------------------------------------------------- compare
 
-def test_a_run_built_from_the_references_own_figures_compares_as_identical(tmp_path, run_cli):
+def test_a_run_built_from_the_references_own_figures_compares_as_identical(tmp_path, cli):
     write_reference_run(tmp_path / "run", reference())
-    report = json.loads(run_cli("compare", tmp_path / "run", "--json", check=True).stdout)
+    report = json.loads(cli("compare", tmp_path / "run", "--json", check=True).stdout)
     [cell] = report["cells"]
     assert cell["verdict"]["status"] == "consistent" and cell["verdict"]["failures"] == []
     assert cell["verdict"]["false_alarm_rate"] == 0.05 and cell["verdict"]["tests"] == len(cell["tests"]) == 12
@@ -74,7 +74,7 @@ def test_a_run_built_from_the_references_own_figures_compares_as_identical(tmp_p
     # The final figures are judged against the published row, which `table --compare reference` prints.
     assert cell["finals"]["tst_acc"]["reference"] == 0.924 and report["no_reference_run"] == []
     assert cell["verdict"]["power"]["tst_acc"]["runs_needed_for_half_a_point"] is None
-    text = run_cli("compare", tmp_path, check=True).stdout
+    text = cli("compare", tmp_path, check=True).stdout
     assert "| R20x1 wd 0.001 fp32 | 1 | 48000 | 0.9229 (ref 0.923, −0.0001) | 0.9238 (ref 0.924, −0.0002, p 0.96) |" in text
     assert ("consistent with the reference (12 tests, 5% false-alarm rate); would detect a tst/acc shortfall ≥ 0.013 "
             "(80% power, 1 run) or a tst/nll excess ≥ 0.03") in text
@@ -147,17 +147,17 @@ def test_a_diverged_run_fails_its_cell_and_a_run_without_evaluations_waits(tmp_p
     assert cells[0].verdict_text() == "DIFFERS: 1 of 1 runs diverged: diverged (after iteration 7000)"
 
 
-def test_a_finished_run_whose_summary_cannot_be_read_says_so(tmp_path, run_cli):
+def test_a_finished_run_whose_summary_cannot_be_read_says_so(tmp_path, cli):
     run = write_reference_run(tmp_path / "run", reference())
     (run / "summary.json").write_text("{torn")
     [cell], _ = compared(tmp_path)
     assert cell.verdict()["status"] == "consistent so far"  # it cannot be known to have finished
-    proc = run_cli("compare", tmp_path, "--brief", check=True)
+    proc = cli("compare", tmp_path, "--brief", check=True)
     assert proc.stderr.splitlines() == [f"warning: {run / 'summary.json'} cannot be read: the run counts as "
                                         "unfinished until it is restored"]
 
 
-def test_runs_with_other_settings_have_no_reference_run(tmp_path, run_cli):
+def test_runs_with_other_settings_have_no_reference_run(tmp_path, cli):
     write_reference_run(tmp_path / "b64", reference(), batch_size=64)
     write_reference_run(tmp_path / "wd", reference(), optim_weight_decay=0.002)
     write_reference_run(tmp_path / "clip", reference(), optim_global_clipping=1.0, optim_lr=0.2)
@@ -172,7 +172,7 @@ def test_runs_with_other_settings_have_no_reference_run(tmp_path, run_cli):
         "digits": "the reference has no Digits_x32 runs",
         "wd": "optim_weight_decay 0.002 (the reference's sweep: 0.0001, 0.0003, 0.001, 0.003)",
     }
-    text = run_cli("compare", tmp_path, "--brief", check=True).stdout
+    text = cli("compare", tmp_path, "--brief", check=True).stdout
     assert f"- {tmp_path / 'digits'}: no reference run: the reference has no Digits_x32 runs" in text
     assert find_reference_run("CIFAR10_x32", 110, 1, "fp32", {}) == "the reference has no R110x1 run on CIFAR10_x32"
     assert find_reference_run("CIFAR10_x32", 20, 1, "bf16", {}) == \
@@ -237,7 +237,7 @@ def test_selection_modes_pick_the_right_evaluations():
     assert selected_figures(older, "test")["tst_acc"] is None and selected_figures(older, "last")["tst_acc"] is None
 
 
-def test_table_selection_all_shows_the_three_side_by_side(tmp_path, run_cli):
+def test_table_selection_all_shows_the_three_side_by_side(tmp_path, cli):
     run = tmp_path / "runs" / "Digits_x32" / "r"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HAND_RECORDS))
@@ -245,14 +245,14 @@ def test_table_selection_all_shows_the_three_side_by_side(tmp_path, run_cli):
         "status": "finished", "data_name": "Digits_x32", "depth": 8, "width": 1, "precision": "fp32",
         "params": 78_032, "val_acc": 0.80, "tst_acc": 0.78, "tst_nll": 0.9, "best_iter": 3000,  # an older summary
         "wall_seconds": 10.0, "config": {"seed": 1}}))
-    lines = run_cli("table", tmp_path / "runs", "--selection", "all", check=True).stdout.splitlines()
+    lines = cli("table", tmp_path / "runs", "--selection", "all", check=True).stdout.splitlines()
     assert [cell.strip() for cell in lines[1].split("|")[1:]] == [
         "Depth", "Width", "# Params", "selection", "val/acc", "tst/acc", "tst/nll", "misc"]
     rows = [[cell.strip() for cell in line.split("|")[1:]] for line in lines[3:6]]
     assert [row[3:] for row in rows] == [["best val", "0.800", "0.780", "0.900", "iter 3000"],
                                          ["last", "0.800", "0.810", "0.800", "iter 5000"],
                                          ["best test", "0.790", "0.830", "0.700", "iter 4000"]]
-    last = run_cli("table", tmp_path / "runs", "--selection", "last", check=True).stdout.splitlines()
+    last = cli("table", tmp_path / "runs", "--selection", "last", check=True).stdout.splitlines()
     assert last[3].endswith("|   0.800 |   0.810 |   0.800 | iter 5000")
 
 
@@ -347,8 +347,8 @@ def test_run_files_say_what_they_mean(digits_run):
     assert not (digits_run / ".lock").exists()
 
 
-def test_resume_reads_a_config_with_resolved_values(digits_run, run_cli):
-    again = run_cli("train", "--resume", digits_run, check=True)
+def test_resume_reads_a_config_with_resolved_values(digits_run, cli):
+    again = cli("train", "--resume", digits_run, check=True)
     assert "not retraining" in again.stderr
 
 
@@ -389,14 +389,14 @@ def test_top5_counts_a_label_among_the_five_largest_logits():
 
 # ---------------------------------------------------------------- plots
 
-def test_plot_compare_reference_overlays_our_curves_on_theirs(tmp_path, run_cli):
+def test_plot_compare_reference_overlays_our_curves_on_theirs(tmp_path, cli):
     from PIL import Image
 
     for seed in (1, 2):
         write_reference_run(tmp_path / "runs" / f"s{seed}", reference(), seed=seed,
                             shift={"val_acc": (1000, 0.002 * seed)})
     write_reference_run(tmp_path / "runs" / "going", reference(("CIFAR10_x32", 18, 1, 0.001, "fp32")), until=9000)
-    proc = run_cli("plot", tmp_path / "runs", "--compare", "reference", "--out", tmp_path / "figs", check=True)
+    proc = cli("plot", tmp_path / "runs", "--compare", "reference", "--out", tmp_path / "figs", check=True)
     names = sorted(Path(line).name for line in proc.stdout.split())
     assert names == ["CIFAR10_x32_curves.png", "CIFAR10_x32_curves_vs_reference.png", "CIFAR10_x32_vs_reference.png"]
     with Image.open(tmp_path / "figs" / "CIFAR10_x32_curves_vs_reference.png") as image:

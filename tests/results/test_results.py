@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from test_sweep import DIGITS_GRID, plan_lines
 
-from conftest import LIMIT, cli_env, fails_if_blocked
+from conftest import fails_if_blocked
 from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
 from resbench.results.reference import reference_rows
 from resbench.results.table import render_tables
@@ -109,12 +110,12 @@ TINY_WITH_TWO_RUN_LENGTHS = """\
 |       |       |          |       |   0.643 |   0.642 |   1.631 | fp16 (1.1 hrs)"""
 
 
-def test_table_cli_keeps_runs_with_other_settings_in_rows_of_their_own(tmp_path, run_cli):
+def test_table_cli_keeps_runs_with_other_settings_in_rows_of_their_own(tmp_path, cli):
     summaries = seed_summaries("TinyImageNet200_x64") + seed_summaries("CIFAR10_x32")
     summaries[0]["config"]["optim_ni"] = 2000  # the fp16 depth-18 row, also run for 2,000 iterations only
     summaries.append(dict(summaries[0], config={"seed": 7, "optim_ni": 48000}))
     write_runs(tmp_path, summaries)
-    proc = run_cli("table", tmp_path, check=True)
+    proc = cli("table", tmp_path, check=True)
     cifar, tiny = proc.stdout.rstrip("\n").split("\n\n")
     assert cifar == SEED_CIFAR10  # no setting differs there: no extra column
     assert tiny == TINY_WITH_TWO_RUN_LENGTHS and proc.stderr == ""
@@ -144,8 +145,8 @@ def cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.split("|")[1:]]
 
 
-def test_table_cli_errors_without_runs(tmp_path, run_cli):
-    proc = run_cli("table", tmp_path)
+def test_table_cli_errors_without_runs(tmp_path, cli):
+    proc = cli("table", tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: no finished runs (summary.json) below {tmp_path}"
 
@@ -178,12 +179,12 @@ DAMAGED_SUMMARIES = {"not_json": "{bad", "empty": "", "a_list": "[1]", "no_field
                                                     best_val_acc="high"))}
 
 
-def test_table_skips_damaged_summaries_with_one_warning_each(tmp_path, run_cli):
+def test_table_skips_damaged_summaries_with_one_warning_each(tmp_path, cli):
     write_runs(tmp_path, [summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5)])
     for name, text in DAMAGED_SUMMARIES.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(text)
-    proc = run_cli("table", tmp_path, check=True)
+    proc = cli("table", tmp_path, check=True)
     assert proc.stdout.splitlines()[-1] == "|     8 |     1 |   0.08 M |   0.500 |   0.400 |   1.500 |"
     warnings = proc.stderr.splitlines()
     assert len(warnings) == len(DAMAGED_SUMMARIES) and "Traceback" not in proc.stderr
@@ -277,21 +278,21 @@ def write_hand_run(run: Path, s: dict, n_evals: int = 4) -> None:
     (run / "summary.json").write_text(json.dumps(s))
 
 
-def test_plot_writes_curves_and_reference_figures(tmp_path, run_cli):
+def test_plot_writes_curves_and_reference_figures(tmp_path, cli):
     for i, s in enumerate(seeds_and_compare_summaries()):
         write_hand_run(tmp_path / "runs" / s["data_name"] / f"run{i}", s)
-    proc = run_cli("plot", tmp_path / "runs", "--out", tmp_path / "figs", check=True)
+    proc = cli("plot", tmp_path / "runs", "--out", tmp_path / "figs", check=True)
     expected = {"CIFAR10_x32_curves.png", "CIFAR10_x32_vs_reference.png", "Digits_x32_curves.png"}  # no published Digits
     assert {p.name for p in (tmp_path / "figs").iterdir()} == expected
     assert sorted(proc.stdout.split()) == sorted(str(tmp_path / "figs" / name) for name in expected)
     assert_pngs(list((tmp_path / "figs").iterdir()))
 
 
-def test_plot_marks_runs_that_diverged_before_evaluating(tmp_path, run_cli):
+def test_plot_marks_runs_that_diverged_before_evaluating(tmp_path, cli):
     runs = tmp_path / "runs"
     write_hand_run(runs / "ok", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
     write_hand_run(runs / "diverged", diverged_summary(summary("Digits_x32", 14, 1, "fp32", 170_000, 0, 0, 0)), 0)
-    proc = run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    proc = cli("plot", runs, "--out", tmp_path / "figs", check=True)
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["Digits_x32_curves.png"]
     assert proc.stderr == ""
 
@@ -312,7 +313,7 @@ def test_read_metrics_drops_a_truncated_last_line_only(tmp_path):
         read_metrics(run)
 
 
-def test_plot_skips_damaged_runs_with_one_warning_each(tmp_path, run_cli):
+def test_plot_skips_damaged_runs_with_one_warning_each(tmp_path, cli):
     runs = tmp_path / "runs"
     s = summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5)
     for name in ("ok", "truncated", "no_config", "bad_record", "bad_summary"):
@@ -323,7 +324,7 @@ def test_plot_skips_damaged_runs_with_one_warning_each(tmp_path, run_cli):
     with open(runs / "bad_record" / "metrics.jsonl", "a") as f:
         f.write("[1]\n")
     (runs / "bad_summary" / "summary.json").write_text("{bad")
-    proc = run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    proc = cli("plot", runs, "--out", tmp_path / "figs", check=True)
     assert_pngs(list((tmp_path / "figs").iterdir()))
     assert proc.stderr.splitlines() == [
         f"warning: skipping damaged run folder {runs / 'bad_record'}: metrics.jsonl line 5 is not a JSON object",
@@ -333,11 +334,11 @@ def test_plot_skips_damaged_runs_with_one_warning_each(tmp_path, run_cli):
     ]
 
 
-def test_plot_out_that_cannot_be_a_folder_is_one_error_line(tmp_path, run_cli):
+def test_plot_out_that_cannot_be_a_folder_is_one_error_line(tmp_path, cli):
     write_hand_run(tmp_path / "runs" / "ok", summary("Digits_x32", 8, 1, "fp32", 78_000, 0.5, 0.4, 1.5))
     (tmp_path / "a_file").write_text("")
     for out in (tmp_path / "a_file", tmp_path / "a_file" / "plots"):
-        proc = run_cli("plot", tmp_path / "runs", "--out", out)
+        proc = cli("plot", tmp_path / "runs", "--out", out)
         assert proc.returncode == 2
         assert proc.stderr == (f"error: cannot write the plots to {out} (a file is in the way); "
                                "pass --out a folder you can write\n")
@@ -411,7 +412,6 @@ def test_plot_never_writes_through_a_planted_plots_link(tmp_path, capsys):
 
 
 def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
-    import sys
 
     from resbench.errors import ResbenchError
     from resbench.results.plots import pyplot
@@ -424,19 +424,19 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- sweep planning
 
 
-def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, run_cli):
+def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, cli):
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
     runs = tmp_path / "runs"
-    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs, "--", "--optim_lr", "1e30")
+    proc = cli("sweep", "--grid", grid, "--runs_dir", runs, "--", "--optim_lr", "1e30")
     assert proc.returncode == 1
     run = runs / "Digits_x32" / "R8x1-b32-i10-lr1e+30-wd0.001-s1"
     assert f"failed: {run} (exit status 1)" in proc.stdout
     assert "the training loss became nan" in (run / "stdout.log").read_text()
     assert json.loads((run / "summary.json").read_text())["best_val_acc"] is None  # diverged before evaluating
-    table = run_cli("table", runs, check=True).stdout.splitlines()
+    table = cli("table", runs, check=True).stdout.splitlines()
     assert table[-1].endswith("|     n/a |     n/a |     n/a | 1 diverged")
-    run_cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    cli("plot", runs, "--out", tmp_path / "figs", check=True)
     assert_pngs(list((tmp_path / "figs").iterdir()))
 
 
@@ -447,35 +447,35 @@ def digits_runs(tmp_path_factory) -> Path:
     """Two short real Digits_x32 runs (seeds 1 and 2) trained by a `--jobs 2` sweep."""
     root = tmp_path_factory.mktemp("sweep")
     (root / "grid.toml").write_text(DIGITS_GRID)
-    proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(root / "grid.toml"),
-                           "--runs_dir", str(root / "runs"), "--jobs", "2"],
-                          env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "sweep: 2 of 2 runs finished" in proc.stdout
+    from resbench.cli.main import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["sweep", "--grid", str(root / "grid.toml"), "--runs_dir", str(root / "runs"), "--jobs", "2"]) == 0
+    assert "sweep: 2 of 2 runs finished" in out.getvalue()
     return root / "runs"
 
 
-def test_table_and_plot_of_real_runs(digits_runs, tmp_path, run_cli):
+def test_table_and_plot_of_real_runs(digits_runs, tmp_path, cli):
     summaries = [json.loads(p.read_text()) for p in sorted(digits_runs.rglob("summary.json"))]
     acc = [s["tst_acc"] for s in summaries]
-    table = run_cli("table", digits_runs, check=True).stdout.splitlines()
+    table = cli("table", digits_runs, check=True).stdout.splitlines()
     assert table[0] == "### Digits_x32"
     assert table[3].startswith(f"|     8 |     1 |   {summaries[0]['params'] / 1e6:.2f} M | ")
     assert f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1):.3f}" in table[3] and table[3].endswith("| n=2")
-    run_cli("plot", digits_runs, "--out", tmp_path, check=True)
+    cli("plot", digits_runs, "--out", tmp_path, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Digits_x32_curves.png"]
     assert_pngs(list(tmp_path.iterdir()))
 
 
-def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
+def test_eval_matches_a_computation_by_hand(digits_runs, cli):
     from resbench.data.prepared import load_splits
     from resbench.evaluate.metrics import predict_logits
     from resbench.models.resnet import resnet
 
     run = digits_runs / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
     summary = json.loads((run / "summary.json").read_text())
-    report = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--json", "--temperature_scaling",
-                                check=True).stdout)
+    report = json.loads(cli("eval", "--ckpt", run / "best.pt", "--json", "--temperature_scaling",
+                            check=True).stdout)
     model = resnet(8, 1, num_classes=10, image_size=32)
     model.load_state_dict(torch.load(run / "best.pt", weights_only=True))
     splits = load_splits("Digits_x32", "unused")
@@ -485,7 +485,7 @@ def test_eval_matches_a_computation_by_hand(digits_runs, run_cli):
     assert report["nll"] == pytest.approx(summary["tst_nll"], abs=1e-4)
     scaled = report["temperature_scaling"]
     assert scaled["temperature"] > 0 and scaled["val_nll_after"] < scaled["val_nll_before"]
-    val = json.loads(run_cli("eval", "--ckpt", run / "best.pt", "--split", "val", "--json", check=True).stdout)
+    val = json.loads(cli("eval", "--ckpt", run / "best.pt", "--split", "val", "--json", check=True).stdout)
     assert val["acc"] == pytest.approx(summary["best_val_acc"], abs=1e-6)
 
 
@@ -511,17 +511,17 @@ def test_eval_with_a_damaged_config_is_one_clear_line(tmp_path, capsys, text):
     assert err.startswith(f"error: {tmp_path / 'config.json'}{BAD_RUN_CONFIGS[text]}") and err.count("\n") == 1
 
 
-def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, run_cli):
+def test_eval_of_a_foreign_or_corrupt_checkpoint_is_one_clear_line(tmp_path, cli):
     import torch
 
     (tmp_path / "config.json").write_text(json.dumps(
         {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "data_root": "unused"}))
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "best.pt")
-    proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")
+    proc = cli("eval", "--ckpt", tmp_path / "best.pt")
     assert proc.returncode == 2 and "holds no ResNet of resbench (keys fc.weight, ...), but" in proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
-    proc = run_cli("eval", "--ckpt", tmp_path / "best.pt")
+    proc = cli("eval", "--ckpt", tmp_path / "best.pt")
     assert proc.returncode == 2 and "is corrupted or not a checkpoint" in proc.stderr
 
 
@@ -552,11 +552,11 @@ def test_names_in_a_table_cannot_act_on_the_terminal(tmp_path, capsys):
     assert "### Digits\\x1b[2J_x32" in out and "fp32\\x07" in out and "\x1b" not in out and "\x07" not in out
 
 
-def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, run_cli):
+def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, cli):
     runs = sorted((digits_runs / "Digits_x32").iterdir())
     assert [r.name for r in runs] == ["R8x1-b32-i10-lr0.1-wd0.001-s1", "R8x1-b32-i10-lr0.1-wd0.001-s2"]
     for run in runs:
         assert json.loads((run / "summary.json").read_text())["status"] == "finished"
         assert (run / "stdout.log").stat().st_size > 0
-    proc = run_cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
+    proc = cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
     assert {state for state, _ in plan_lines(proc.stdout)} == {"skip"}

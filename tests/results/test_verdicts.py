@@ -190,7 +190,7 @@ def test_a_difference_exactly_at_the_tolerance_passes(tmp_path):
 
 # ---------------------------------------------------------------- table and compare agree
 
-def test_table_marks_the_final_figures_compare_flags(tmp_path, run_cli):
+def test_table_marks_the_final_figures_compare_flags(tmp_path, cli):
     short = write_reference_run(tmp_path / "runs" / "short", RUNS[("CIFAR10_x32", 20, 1, 0.001, "fp32")],
                                 final={"tst_acc": -0.02})
     for seed in (1, 2, 3):
@@ -199,20 +199,20 @@ def test_table_marks_the_final_figures_compare_flags(tmp_path, run_cli):
     cells = {cell.reference.depth: cell for cell in match_runs(find_run_folders([tmp_path / "runs"]))[0]}
     assert cells[20].finals["tst_acc"]["decision"] == "fail" and cells[32].finals["tst_nll"]["decision"] == "fail"
     assert cells[20].finals["tst_nll"]["decision"] == cells[32].finals["tst_acc"]["decision"] == "pass"
-    table = run_cli("table", tmp_path / "runs", "--compare", "reference", check=True).stdout
+    table = cli("table", tmp_path / "runs", "--compare", "reference", check=True).stdout
     r20 = next(line for line in table.splitlines() if line.startswith("|    20 |     1 "))
     r32 = next(line for line in table.splitlines() if line.startswith("|    32 |     1 "))
     assert "0.904 (ref 0.924, −0.020) ✗" in r20 and "0.278 (ref 0.278, +0.000) |" in r20
     assert "0.329 ± 0.000 [0.329, 0.329] (ref 0.289, +0.040) ✗" in r32
-    assert short.name in run_cli("compare", tmp_path / "runs", check=True).stdout
+    assert short.name in cli("compare", tmp_path / "runs", check=True).stdout
 
 
-def test_table_says_when_it_sets_another_selection_beside_the_references_best_validation(tmp_path, run_cli):
+def test_table_says_when_it_sets_another_selection_beside_the_references_best_validation(tmp_path, cli):
     """The reference logged test figures only at its best validation accuracy: a `last` or `best test` line
     is compared with that, and says so; only the recipe's selection is tested."""
     write_reference_run(tmp_path / "runs" / "r", RUNS[("CIFAR10_x32", 20, 1, 0.001, "fp32")], final={"tst_acc": -0.02})
-    lines = run_cli("table", tmp_path / "runs", "--compare", "reference", "--selection", "all",
-                    check=True).stdout.splitlines()
+    lines = cli("table", tmp_path / "runs", "--compare", "reference", "--selection", "all",
+                check=True).stdout.splitlines()
     best_val, last, best_test = lines[3], lines[4], lines[5]
     assert "best val" in best_val and "(ref 0.924, −0.020) ✗" in best_val
     assert "last | 0.922 (ref, its best val 0.923, −0.001) |" in last and "✗" not in last

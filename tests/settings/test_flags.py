@@ -54,10 +54,10 @@ def test_every_command_takes_the_dashed_spelling(argv, dest, value):
     assert getattr(build_parser().parse_args(argv), dest) == value
 
 
-def test_help_and_errors_name_the_flags_once(run_cli):
-    helped = run_cli("train", "--help", check=True).stdout
+def test_help_and_errors_name_the_flags_once(cli):
+    helped = cli("train", "--help", check=True).stdout
     assert "--data_name DATA_NAME" in helped and "--data-name" not in helped
-    bad = run_cli("train", "--resnet-depth", "abc")
+    bad = cli("train", "--resnet-depth", "abc")
     assert bad.returncode == 2 and "argument --resnet_depth: invalid int value: 'abc'" in bad.stderr
 
 

@@ -30,7 +30,8 @@ from conftest import cli_env
 from resbench.errors import ResbenchError
 from resbench.runs import schema
 
-TINY = ["--resnet_depth", "8", "--batch_size", "16", "--eval_every", "50", "--threads", "1"]
+# Eager steps: a run of 1,000+ iterations would spend its first seconds compiling (--compile auto).
+TINY = ["--resnet_depth", "8", "--batch_size", "16", "--eval_every", "50", "--threads", "1", "--compile", "false"]
 LIMIT = 600
 # The interrupted runs: long enough (about 13 s of training here) to be stopped after their second evaluation,
 # to a minute early, to arrive mid-run. One uninterrupted run of it is what each must equal.

@@ -24,9 +24,9 @@ def plan_lines(stdout: str) -> list[tuple[str, str]]:
             line.split()[0] in ("new", "resume", "skip")]
 
 
-def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, run_cli):
-    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry_run", "--", "--optim_ni", "2000",
-                   check=True)
+def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, cli):
+    proc = cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry_run", "--", "--optim_ni", "2000",
+               check=True)
     runs = plan_lines(proc.stdout)
     assert len(runs) == 26 and {state for state, _ in runs} == {"new"}
     folders = [Path(folder) for _, folder in runs]
@@ -50,7 +50,12 @@ device = "cpu"
 """
 
 
-def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
+# A run that is still training when it is stopped; eager, as the signals do not depend on the step
+# (--compile auto would spend its first 5 s compiling).
+LONG_RUN = 'optim_ni = 3000\ncompile = "false"'
+
+
+def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, cli):
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("[1, 2]", "[1, 2, 3]"))
     runs_dir = tmp_path / "runs"
@@ -59,7 +64,7 @@ def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
     started.mkdir()
-    proc = run_cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry_run", check=True)
+    proc = cli("sweep", "--grid", grid, "--runs_dir", runs_dir, "--dry_run", check=True)
     assert plan_lines(proc.stdout) == [("skip", str(finished)), ("resume", str(started)),
                                        ("new", str(runs_dir / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s3"))]
     assert "3 runs: 1 to run, 1 to resume, 1 finished (skipped)" in proc.stdout
@@ -68,7 +73,7 @@ def test_sweep_skips_finished_and_resumes_started_runs(tmp_path, run_cli):
 def test_a_terminated_sweep_stops_its_runs_saved_and_starts_no_more(tmp_path):
     """`kill SWEEP_PID` (or `timeout`): the running run saves its state, queued runs never start."""
     grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("optim_ni = 10", "optim_ni = 3000"))
+    grid.write_text(DIGITS_GRID.replace("optim_ni = 10", LONG_RUN))
     runs_dir = tmp_path / "runs"
     sweep = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
                               str(runs_dir), "--jobs", "1"], env=cli_env(), stdout=subprocess.PIPE,
@@ -82,10 +87,10 @@ def test_a_terminated_sweep_stops_its_runs_saved_and_starts_no_more(tmp_path):
     assert not (runs_dir / "Digits_x32" / "R8x1-b32-i3k-lr0.1-wd0.001-s2").exists()
 
 
-def test_sweep_rejects_unknown_grid_keys(tmp_path, run_cli):
+def test_sweep_rejects_unknown_grid_keys(tmp_path, cli):
     grid = tmp_path / "grid.toml"
     grid.write_text('data_name = ["Digits_x32"]\nlearning_rate = [0.1]\n')
-    proc = run_cli("sweep", "--grid", grid, "--dry_run")
+    proc = cli("sweep", "--grid", grid, "--dry_run")
     assert proc.returncode == 2
     assert "unknown key(s) learning_rate" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -210,7 +215,7 @@ def test_a_sweep_never_imports_from_the_folder_it_runs_in(tmp_path, monkeypatch,
 
 def test_a_sigkilled_sweep_stops_its_running_run_with_the_state_saved(tmp_path):
     grid = tmp_path / "grid.toml"
-    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 3000"))
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", LONG_RUN))
     runs_dir = tmp_path / "runs"
     sweep = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
                               str(runs_dir)], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -244,23 +249,23 @@ def test_a_run_whose_sweep_died_before_it_started_stops_at_once(tmp_path):
     assert proc.returncode == 130 and proc.stderr == "interrupted\n", proc.stderr
 
 
-def plan(run_cli, *args) -> list[str]:
-    proc = run_cli("sweep", *args, "--dry_run", check=True)
+def plan(cli, *args) -> list[str]:
+    proc = cli("sweep", *args, "--dry_run", check=True)
     return [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("  new")]
 
 
-def test_sweep_seeds_and_the_reference_weight_decay_grid(tmp_path, run_cli):
-    seeded = plan(run_cli, "--grid", "seed", "--seeds", "42", "43", "44", "--runs_dir", tmp_path)
+def test_sweep_seeds_and_the_reference_weight_decay_grid(tmp_path, cli):
+    seeded = plan(cli, "--grid", "seed", "--seeds", "42", "43", "44", "--runs_dir", tmp_path)
     assert len(seeded) == 78 and seeded[:3] == [str(tmp_path / "CIFAR10_x32" / f"R20x1-b256-i48k-lr0.1-wd0.001-s{s}")
                                                 for s in (42, 43, 44)]
-    wd = plan(run_cli, "--grid", "wd", "--runs_dir", tmp_path)
+    wd = plan(cli, "--grid", "wd", "--runs_dir", tmp_path)
     assert len(wd) == 104 and {Path(p).name.split("-wd")[1].split("-")[0] for p in wd} == {"0.0001", "0.0003", "0.001",
                                                                                           "0.003"}
     grid = tmp_path / "grid.toml"
     grid.write_text('data_name = "Digits_x32"\noptim_lr = [0.05, 0.1]\nseed = [1]\n')
-    assert [Path(p).name for p in plan(run_cli, "--grid", grid, "--runs_dir", tmp_path)] == [
+    assert [Path(p).name for p in plan(cli, "--grid", grid, "--runs_dir", tmp_path)] == [
         "R20x1-b256-i48k-lr0.05-wd0.001-s1", "R20x1-b256-i48k-lr0.1-wd0.001-s1"]
-    refused = run_cli("sweep", "--grid", grid, "--seeds", "1", "--dry_run")
+    refused = cli("sweep", "--grid", grid, "--seeds", "1", "--dry_run")
     assert refused.returncode == 2 and "sets seeds itself" in refused.stderr
 
 
@@ -277,13 +282,11 @@ def test_sweep_jobs_split_the_cores(tmp_path, capsys):
     assert out.count("--threads 3 --save") == 2 and f"--threads {share} --save" not in out  # the user's value wins
 
 
-def test_sweep_prints_each_run_and_its_figures(tmp_path):
+def test_sweep_prints_each_run_and_its_figures(tmp_path, cli):
     grid = tmp_path / "grid.toml"
     grid.write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\nseed = [1]\n'
                     '[flags]\noptim_ni = 4\neval_every = 2\nbatch_size = 16\ndevice = "cpu"\n')
-    proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", str(grid), "--runs_dir",
-                           str(tmp_path / "runs")], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = cli("sweep", "--grid", grid, "--runs_dir", tmp_path / "runs", check=True)
     folder = tmp_path / "runs" / "Digits_x32" / "R8x1-b16-i4-lr0.1-wd0.001-s1"
     summary = json.loads((folder / "summary.json").read_text())
     assert f"[start 1/1] {folder} (new; its output goes to {folder / 'stdout.log'})" in proc.stdout
@@ -291,11 +294,11 @@ def test_sweep_prints_each_run_and_its_figures(tmp_path):
     assert f"[1/1] {folder}: finished: {figures}" in proc.stdout
 
 
-def test_sweep_dry_run_names_downloads_and_time(tmp_path, run_cli):
+def test_sweep_dry_run_names_downloads_and_time(tmp_path, cli):
     (tmp_path / "data" / "downloads").mkdir(parents=True)
     (tmp_path / "data" / "downloads" / "cifar-100-python.tar.gz").write_bytes(b"placed")
-    proc = run_cli("sweep", "--grid", "seed", "--runs_dir", tmp_path / "runs", "--dry_run", "--", "--data_root",
-                   tmp_path / "data", check=True)
+    proc = cli("sweep", "--grid", "seed", "--runs_dir", tmp_path / "runs", "--dry_run", "--", "--data_root",
+               tmp_path / "data", check=True)
     out = proc.stdout
     assert "CIFAR10_x32: prepared in" in out and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in out
     assert f"CIFAR100_x32: prepared in {tmp_path / 'data' / 'CIFAR100_x32'} by the first run that needs it, from " \

@@ -27,7 +27,7 @@ from resbench.data.facts import dataset_spec
 from resbench.device import hotpath
 from resbench.device.hotpath import autocast_for, sync
 from resbench.errors import ResbenchError
-from resbench.evaluate.metrics import EVAL_BATCH_SIZE, predict_logits
+from resbench.evaluate.metrics import EVAL_BATCH_SIZE, eval_batch_size, predict_logits
 from resbench.models import packed
 from resbench.models.resnet import resnet
 from resbench.runs.reader import config_from_args
@@ -311,18 +311,19 @@ def evaluations_of(cfg: TrainConfig) -> int:
 
 
 def eval_images_per_sec(cfg: TrainConfig, device: torch.device, images: int = 2 * EVAL_BATCH_SIZE) -> float:
-    """Images/s of the evaluation path (BatchNorm in inference mode, `predict_logits`'s batches,
-    the run's autocast), timed over `images` generated images after one warm-up batch."""
+    """Images/s of the evaluation path (BatchNorm in inference mode, the run's evaluation batch and
+    autocast), timed over `images` generated images after one warm-up batch."""
     spec = dataset_spec(cfg.data_name, cfg.data_root)
     model = hotpath.prepare_model(build_model(cfg), device)
     gen = torch.Generator().manual_seed(1)
     pixels = torch.randint(0, 256, (images, spec.image_size, spec.image_size, 3), dtype=torch.uint8, generator=gen)
     pixels = pixels.to(device)
     autocast = autocast_for(precision_for(cfg.mixed_precision, device), device)
-    predict_logits(model, pixels[:EVAL_BATCH_SIZE], autocast=autocast)
+    batch_size = eval_batch_size(device)
+    predict_logits(model, pixels[:batch_size], batch_size, autocast)
     sync(device)
     start = time.perf_counter()
-    predict_logits(model, pixels, autocast=autocast)
+    predict_logits(model, pixels, batch_size, autocast)
     sync(device)
     return images / (time.perf_counter() - start)
 

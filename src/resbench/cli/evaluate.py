@@ -43,8 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--write_eval", action="store_true",
                    help="write the figures into the run folder as eval.json (eval_last.json for last.pt), "
                         "which `resbench table --columns` reads")
-    p.add_argument("--eval_batch_size", type=int, default=None,  # None: CPU_EVAL_BATCH_SIZE / EVAL_BATCH_SIZE
-                   help="images per inference batch (default 512 on a CPU, 1024 on a GPU)")
+    p.add_argument("--eval_batch_size", type=int, default=None,  # None: metrics.eval_batch_size(device)
+                   help="images per inference batch (default 64 on a CPU, 1024 on a GPU)")
     # Old spellings, which read as train's flags of the same names (a run folder, the training batch).
     p.add_argument("--save", action=RenamedFlag, new="--write_eval",
                    why=" (train's --save names a run folder; eval writes into the run's own)")

@@ -30,9 +30,8 @@ from resbench.evaluate.checkpoints import (
     run_dataset,
 )
 from resbench.evaluate.metrics import (
-    CPU_EVAL_BATCH_SIZE,
-    EVAL_BATCH_SIZE,
     calibration_metrics,
+    eval_batch_size,
     fit_temperature,
     nll,
     probability_metrics,
@@ -55,7 +54,7 @@ class EvalRequest:
     corruptions: bool = False
     ood: list[str] | None = None  # None: no OOD figures; []: the natural OOD sets of the dataset
     device: str = "auto"
-    batch_size: int | None = None  # None: CPU_EVAL_BATCH_SIZE on a CPU, EVAL_BATCH_SIZE elsewhere
+    batch_size: int | None = None  # None: metrics.eval_batch_size(device)
 
 
 def shifted_sets(request: EvalRequest, spec: DatasetSpec, data_root: str) -> tuple[str | None, list[str]]:
@@ -131,7 +130,7 @@ def head_figures(loaded: Members, request: EvalRequest) -> tuple[list[dict], tor
     prepare_missing([n for n in [corrupted, *ood] if n], loaded.data_root)
     data_name = loaded.spec.name
     splits = load_splits(data_name, loaded.data_root, loaded.device)
-    batch_size = request.batch_size or (CPU_EVAL_BATCH_SIZE if loaded.device.type == "cpu" else EVAL_BATCH_SIZE)
+    batch_size = request.batch_size or eval_batch_size(loaded.device)
     score = Scorer(loaded.members, loaded.device, batch_size)
     logits = score(getattr(splits, f"{request.split}_images"), f"{data_name} {request.split}")
     labels = getattr(splits, f"{request.split}_labels").cpu()

@@ -15,8 +15,15 @@ from resbench.device.distributed import World, all_reduce_sum, shard
 from resbench.evaluate.uncertainty import log_probs
 
 EVAL_BATCH_SIZE = 1024
-# resbench eval's default batch on a CPU: depth 20 scored 1,756 images/s at 512 and 1,583 at 1024 (2 cores).
-CPU_EVAL_BATCH_SIZE = 512
+# On a CPU a batch whose layer outputs stay in the caches scores faster, with the same logits bit for bit
+# (tests/evaluate/test_robustness.py): on 2 cores, depth 20 scored 1,067-1,293 images/s at 64, 1,284 at 128,
+# 751-913 at 512 and 638 at 1024 (`benchmarks/eval_throughput.py --per_severity 200 --eval_batch_size N`).
+CPU_EVAL_BATCH_SIZE = 64
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """The inference batch of training's evaluations and of `resbench eval` on `device`."""
+    return CPU_EVAL_BATCH_SIZE if device.type == "cpu" else EVAL_BATCH_SIZE
 
 
 @torch.inference_mode()
@@ -53,7 +60,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     In a data-parallel run each rank scores its share and the sums are added up across ranks.
     """
     part = shard(len(images), world)
-    logits = predict_logits(model, images[part], autocast=autocast)
+    logits = predict_logits(model, images[part], eval_batch_size(images.device), autocast)
     labels = labels[part]
     sums = [(logits.argmax(1) == labels).sum().float(), F.cross_entropy(logits, labels, reduction="sum")]
     if top5:

@@ -258,14 +258,13 @@ def disk_size(folder: Path) -> int:
 
 def _demo_status() -> dict:
     """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
+    from resbench.data.digits import digits_8x8
     from resbench.data.facts import DEMO_DATASET, DEMO_TEST_SIZE
 
     row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
     if importlib.util.find_spec("sklearn") is None:
         return {**row, "complete": False, "problem": "needs scikit-learn: pip install 'resbench[demo]'"}
-    from sklearn.datasets import load_digits
-
-    images = len(load_digits().target)
+    images = len(digits_8x8()[1])
     return {**row, "complete": True, "problem": None, "train": images - DEMO_TEST_SIZE, "test": DEMO_TEST_SIZE,
             "note": "built in (scikit-learn's digits), nothing to download"}
 
