@@ -89,30 +89,47 @@ def run_cli():
     return run
 
 
-@pytest.fixture
-def cli():
-    """Run `resbench ARGS...` in this process: run_cli's CompletedProcess without the seconds a new
-    process spends importing torch. For what a command does; run_cli for what its process does
-    (exit on a signal, closed streams, the environment, the folder it starts in)."""
+@contextlib.contextmanager
+def environment(env: dict[str, str]):
+    """os.environ is `env` inside the block (what child processes, sbatch's among them, inherit)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def resbench_in_process(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
+                        check: bool = False) -> subprocess.CompletedProcess:
+    """`resbench ARGS...` run in this process, in `cwd` with `env` (default: cli_env()): run_cli's
+    CompletedProcess without the seconds a new process spends importing torch. For what a command does;
+    run_cli for what its process does (exit on a signal, closed streams, the folder it starts in)."""
     import torch
 
     from resbench.cli.main import main
 
-    def run(*args: object, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-        argv, out, err, threads = [str(arg) for arg in args], io.StringIO(), io.StringIO(), torch.get_num_threads()
-        with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(argv)
-            except SystemExit as exit_:  # argparse's errors (2), --help and --version (0)
-                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
-            finally:
-                torch.set_num_threads(threads)  # a --threads flag must not slow the tests after it
-        proc = subprocess.CompletedProcess(["resbench", *argv], code, out.getvalue(), err.getvalue())
-        if check and code != 0:
-            raise AssertionError(f"resbench {' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}")
-        return proc
+    argv, out, err, threads = [str(arg) for arg in args], io.StringIO(), io.StringIO(), torch.get_num_threads()
+    with environment(env or cli_env()), contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse's errors (2), --help and --version (0)
+            code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        finally:
+            torch.set_num_threads(threads)  # a --threads flag must not slow the tests after it
+    proc = subprocess.CompletedProcess(["resbench", *argv], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"resbench {' '.join(argv)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
-    return run
+
+@pytest.fixture
+def cli():
+    """resbench_in_process, as a fixture beside run_cli."""
+    return resbench_in_process
 
 
 def tiny(folder: Path, **changes: object) -> TrainConfig:

@@ -156,7 +156,8 @@ def test_bench_warns_when_its_windows_spread():
 
 def test_bench_runs_with_threads_and_dashed_flags(cli, tmp_path):
     proc = cli("bench", "--device", "cpu", "--data-name", "Digits_x32", "--resnet-depth", "8", "--batch-size",
-               "8", "--warmup", "0", "--iters", "1", "--windows", "1", "--threads", "1", "--json", check=True)
+               "8", "--warmup", "0", "--iters", "1", "--windows", "1", "--threads", "1", "--compile", "false", "--json",
+               check=True)
     assert json.loads(proc.stdout)["threads"] == 1
 
 

@@ -22,8 +22,10 @@ def test_all_26_rows_are_checked():
 @pytest.mark.parametrize("width, params", [(1, 23_520_832), (2, 66_847_040)])
 def test_bottleneck_width_widens_the_inner_convolutions_only(width, params):
     """The reference's depth-50 counts (10 classes): as torchvision's resnet50 and wide_resnet50_2 with
-    a 3×3 stem and a 10-class bias-free head. Each block's output keeps 4 × base planes."""
-    model = resnet(50, width, num_classes=10)
+    a 3×3 stem and a 10-class bias-free head. Each block's output keeps 4 × base planes. (Built on the meta
+    device: shapes only, without initialising 67 million weights.)"""
+    with torch.device("meta"):
+        model = resnet(50, width, num_classes=10)
     assert count_parameters(model) == params
     for block in [m for m in model.modules() if isinstance(m, Bottleneck)]:
         assert block.conv2[0].out_channels == width * block.conv3[0].out_channels // 4

@@ -26,7 +26,7 @@ from clusters import (
     wait_for,
 )
 
-from conftest import cli_env
+from conftest import cli_env, resbench_in_process
 from resbench.errors import ResbenchError
 from resbench.runs import schema
 
@@ -75,11 +75,18 @@ def write_grid(folder: Path, seeds: list[int], optim_ni: int) -> Path:
     return grid
 
 
-def sweep(folder: Path, *args: str, env: dict | None = None, check: bool = True):
-    """`resbench sweep` in `folder`, as a user there would type it."""
-    proc = subprocess.run([sys.executable, "-m", "resbench", "sweep", "--grid", "grid.toml", "--runs_dir", "runs",
-                           *args, "--", *TINY], cwd=folder, env={**cli_env(), **(env or {})}, capture_output=True,
-                          text=True, timeout=LIMIT)
+def sweep(folder: Path, *args: str, env: dict | None = None, check: bool = True, new_process: bool = False):
+    """`resbench sweep` in `folder`, as a user there would type it, with `env` added to its environment.
+
+    In this process (a sweep to SLURM submits and ends; sbatch and the tasks are processes of their own),
+    or in a `new_process`: a sweep to Ray is the cluster's driver, which must not outlive the command."""
+    argv = ["sweep", "--grid", "grid.toml", "--runs_dir", "runs", *args, "--", *TINY]
+    env = {**cli_env(), **(env or {})}
+    if not new_process:
+        proc = resbench_in_process(*argv, cwd=folder, env=env)
+    else:
+        proc = subprocess.run([sys.executable, "-m", "resbench", *argv], cwd=folder, env=env, capture_output=True,
+                              text=True, timeout=LIMIT)
     if check and proc.returncode != 0:
         raise AssertionError(f"sweep {args} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -217,56 +224,45 @@ HOSTILE_OPTIONS = [
 ]
 
 
-def sweep_in_process(folder: Path, monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """`resbench sweep` run from `folder` in this process (no torch import to pay): status, stdout, stderr."""
-    from resbench.cli.main import main
-
-    monkeypatch.chdir(folder)
-    code = main(["sweep", "--grid", "grid.toml", "--runs_dir", "runs", *args, "--", *TINY])
-    out, err = capsys.readouterr()
-    return code, out, err
+def assert_refused(proc: subprocess.CompletedProcess, reason: str) -> None:
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and reason in err, \
+        (proc.returncode, out, err)
 
 
-def assert_refused(result: tuple[int, str, str], reason: str) -> None:
-    code, out, err = result
-    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and reason in err, result
-
-
-def hostile_sweeps(folder: Path, elsewhere: Path, options: list, monkeypatch, capsys, *args: str) -> None:
+def hostile_sweeps(folder: Path, elsewhere: Path, options: list, *args: str, env: dict | None = None) -> None:
     """Hostile --slurm options, a folder name with a newline in it and a planted stdout.log link: each refused
     in one line with exit status 2, before anything is printed or written; no file of the user's changed."""
     write_grid(folder, [1], 20)
     for option, reason in options:
-        assert_refused(sweep_in_process(folder, monkeypatch, capsys, "--launcher", "slurm", "--slurm",
-                                        option.format(elsewhere=elsewhere), *args), reason)
+        assert_refused(sweep(folder, "--launcher", "slurm", "--slurm", option.format(elsewhere=elsewhere), *args,
+                             env=env, check=False), reason)
     newline = folder / "nl\ntouch PWNED\n#"
     write_grid(newline, [1], 20)
-    assert_refused(sweep_in_process(newline, monkeypatch, capsys, "--launcher", "slurm", *args), "holds a newline")
+    assert_refused(sweep(newline, "--launcher", "slurm", *args, env=env, check=False), "holds a newline")
     assert not (newline / "runs").exists()
     victim = elsewhere / "victim.txt"
     victim.write_text("the user's own file\n")
-    [run] = [line.split()[1] for line in sweep_in_process(folder, monkeypatch, capsys, "--status")[1].splitlines()[1:]]
+    [run] = [line.split()[1] for line in sweep(folder, "--status").stdout.splitlines()[1:]]
     (folder / run).mkdir(parents=True)
     (folder / run / "stdout.log").symlink_to(victim)
-    assert_refused(sweep_in_process(folder, monkeypatch, capsys, "--launcher", "slurm", *args),
+    assert_refused(sweep(folder, "--launcher", "slurm", *args, env=env, check=False),
                    "stdout.log: a symbolic link stands there; resbench never writes through one; remove it")
     assert victim.read_text() == "the user's own file\n" and sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
     assert not list(folder.rglob("PWNED")) and not (folder / "runs" / ".launch").exists()
 
 
-def test_what_a_user_passes_or_plants_never_reaches_sbatch(slurm, tmp_path, monkeypatch, capsys):
+def test_what_a_user_passes_or_plants_never_reaches_sbatch(slurm, tmp_path):
     """Issue 31's three cases on the real SLURM: nothing submitted, nothing written outside."""
-    for key, value in slurm.env.items():
-        monkeypatch.setenv(key, value)
     (tmp_path / "elsewhere").mkdir()
-    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS[:1], monkeypatch, capsys)
+    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS[:1], env=slurm.env)
     assert slurm.queue() == []
 
 
-def test_a_dry_run_refuses_the_same_without_an_engine(tmp_path, monkeypatch, capsys):
+def test_a_dry_run_refuses_the_same_without_an_engine(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     (tmp_path / "elsewhere").mkdir()
-    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS, monkeypatch, capsys, "--dry_run")
+    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS, "--dry_run")
 
 
 def test_sbatch_options_are_checked_against_its_own_names_and_quoted(tmp_path, monkeypatch):
@@ -310,7 +306,8 @@ def test_a_grid_finishes_on_a_ray_cluster(ray_cluster, tmp_path):
         ray_cluster.add_worker()
     write_grid(tmp_path, [1, 2, 3, 4], 10)
     start = time.monotonic()
-    out = sweep(tmp_path, "--launcher", "ray", "--address", ray_cluster.address, env=ray_cluster.env).stdout
+    out = sweep(tmp_path, "--launcher", "ray", "--address", ray_cluster.address, env=ray_cluster.env,
+                new_process=True).stdout
     print(f"ray: 4 runs in {time.monotonic() - start:.1f} s")
     assert "sweep: 4 of 4 runs finished" in out
     assert all((run / "summary.json").is_file() for run in run_folders(tmp_path))
@@ -341,11 +338,11 @@ def test_a_run_on_a_lost_ray_node_is_retried_and_resumes_the_same(ray_cluster, t
 
 def test_ray_bad_input_is_one_line(ray_cluster, tmp_path):
     write_grid(tmp_path, [1], 20)
-    unreachable = sweep(tmp_path, "--launcher", "ray", "--address", "127.0.0.1:9", check=False)
+    unreachable = sweep(tmp_path, "--launcher", "ray", "--address", "127.0.0.1:9", check=False, new_process=True)
     assert unreachable.returncode == 2
     assert unreachable.stderr.splitlines()[-1].startswith("error: cannot reach a Ray cluster at 127.0.0.1:9")
     gpus = sweep(tmp_path, "--launcher", "ray", "--address", ray_cluster.address, "--gpus_per_run", "2",
-                 env=ray_cluster.env, check=False)
+                 env=ray_cluster.env, check=False, new_process=True)
     assert gpus.returncode == 2 and gpus.stderr.splitlines()[-1] == (
         "error: each run asks for 2 GPUs (--gpus_per_run) but the largest node of the Ray cluster has 0; ask for fewer")
     wrong = sweep(tmp_path, "--launcher", "local", "--address", ray_cluster.address, check=False)

@@ -173,15 +173,15 @@ def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
     assert "--optim_weight_decay 0.001" in log and "272,464" in log and "torch:" in log and "[iter      3]" in log
 
 
-def test_digits_demo_learns(tmp_path, run_cli):
+def test_digits_demo_learns(tmp_path, run_cli, cli):
     """A broken trainer (no augmentation sense, wrong schedule, wrong init) cannot reach 0.9 here."""
     proc = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
                    "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["tst_acc"] >= 0.9, proc.stdout
     assert summary["best_val_acc"] >= 0.9
-    again = run_cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
-                    "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
+    again = cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
+                "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
     assert "not retraining" in again.stderr
 
 
