@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import io
 import os
@@ -391,6 +392,71 @@ def test_dropped_download_resumes_with_range(tmp_path, server):
 
     assert server.log[1] == ("/blob.bin", f"bytes={len(data) // 2}-", 206)
     assert dest.read_bytes() == data and not part.exists()
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a disk that takes `room` bytes, then fails as a full one (ENOSPC)."""
+
+    def __init__(self, path: Path, room: int) -> None:
+        self.file, self.room = open(path, "ab"), room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def test_a_full_disk_stops_a_download_at_once_and_the_next_run_resumes_it(tmp_path, server, monkeypatch):
+    """Not retried as a network failure, and not called one: the line names the disk; the part is kept."""
+    data = os.urandom(3_000_000)
+    server.files["/blob.bin"] = data
+    dest = tmp_path / "blob.bin"
+    md5 = hashlib.md5(data).hexdigest()
+    monkeypatch.setattr(download, "open_own_file",
+                        lambda path, append=False: io.BufferedWriter(FullDisk(path, 1_000_000)))
+    with pytest.raises(DataError) as refused:
+        download.download(server.url + "blob.bin", dest, md5, tries=4, backoff=0, size=len(data))
+    assert str(refused.value) == (f"cannot write {dest}.part (No space left on device); free space on that disk "
+                                  "(the archive is 3,000,000 bytes) or pass another --data_root, then run again: "
+                                  "what is written so far is kept and resumed")
+    part = Path(f"{dest}.part")
+    kept = part.stat().st_size
+    assert len(server.log) == 1 and 0 < kept <= 1_000_000 and not dest.exists()
+    monkeypatch.undo()
+    download.download(server.url + "blob.bin", dest, md5, tries=1, size=len(data))
+    assert server.log[1] == ("/blob.bin", f"bytes={kept}-", 206)
+    assert dest.read_bytes() == data and not part.exists()
+
+
+def test_a_dataset_the_disk_has_no_room_for_leaves_nothing_half_written(tmp_path, monkeypatch, cifar10, closed_url):
+    _place(tmp_path, "cifar-10-python.tar.gz", cifar10[0])
+    _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
+    real_save, saved = np.save, []
+
+    def save(path, array, **kwargs):
+        if saved:  # the second file finds the disk full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        saved.append(path)
+        real_save(path, array, **kwargs)
+
+    monkeypatch.setattr(prepare.np, "save", save)
+    with pytest.raises(DataError) as refused:
+        prepare_dataset("CIFAR10_x32", tmp_path)
+    assert str(refused.value) == (f"cannot write CIFAR10_x32 in {tmp_path} (No space left on device); free space on "
+                                  "that disk or pass another --data_root, then run again (nothing half-written was "
+                                  "kept)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads"] and saved
+    monkeypatch.setattr(prepare.np, "save", real_save)
+    prepare_dataset("CIFAR10_x32", tmp_path)
+    assert is_complete(tmp_path, "CIFAR10_x32")
 
 
 def test_server_ignoring_range_restarts_from_zero(tmp_path, server):

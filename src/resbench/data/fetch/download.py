@@ -15,6 +15,7 @@ off, and retried from where it stopped), and a response larger than the archive'
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -82,6 +83,11 @@ class _Stalled(OSError):
 
 class _Oversized(DataError):
     """The response is larger than the archive can be (not retried; nothing of it is kept)."""
+
+
+class _CannotWrite(DataError):
+    """The disk refused the archive's bytes (full, over quota, read-only): not retried, as the network
+    is not the cause; what was written stays in the part file, for the next run to resume."""
 
 
 @dataclass(frozen=True)
@@ -224,13 +230,20 @@ def _fetch_once(url: str, part: Path, timeout: float, limits: Limits) -> None:
         length = response.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
         _check_announced(total, limits, url)
-        with open_own_file(part, append=resumed) as out, progress(total, part.name, start) as bar:
-            _stream(response, out, start, limits, url, bar.update)
+        out = open_own_file(part, append=resumed)
+        try:
+            with progress(total, part.name, start) as bar:
+                _stream(response, out, part, start, limits, url, bar.update)
+        except BaseException:
+            with contextlib.suppress(OSError):  # the bytes a full disk refused, offered again: the error is known
+                out.close()
+            raise
+        _write(out.close, part, limits)
     if total is not None and part.stat().st_size != total:
         raise _ShortTransfer(f"connection closed after {part.stat().st_size} of {total} bytes")
 
 
-def _stream(response: http.client.HTTPResponse, out: IO[bytes], start: int, limits: Limits, url: str,
+def _stream(response: http.client.HTTPResponse, out: IO[bytes], part: Path, start: int, limits: Limits, url: str,
             advance: Callable[[int], object]) -> None:
     """Copy the body as it arrives (read1: whatever the socket has, so a trickle is noticed), cutting
     the attempt off when it averages under `limits.min_rate` over a window or outgrows `limits.size`."""
@@ -240,7 +253,7 @@ def _stream(response: http.client.HTTPResponse, out: IO[bytes], start: int, limi
         if written > limits.size:
             raise _Oversized(f"refusing the download of {url}: it is larger than the archive's "
                              f"{limits.size:,} bytes; check the URL or --mirror")
-        out.write(chunk)
+        _write(lambda: out.write(chunk), part, limits)
         advance(len(chunk))
         window_bytes += len(chunk)
         elapsed = time.monotonic() - window_start
@@ -249,6 +262,23 @@ def _stream(response: http.client.HTTPResponse, out: IO[bytes], start: int, limi
                 raise _Stalled(f"only {window_bytes:,} bytes in {elapsed:.0f} s, under the minimum of "
                                f"{limits.min_rate:,.0f} bytes/s")
             window_start, window_bytes = time.monotonic(), 0
+
+
+def _write(write: Callable[[], object], part: Path, limits: Limits) -> None:
+    """`write()`, a failure of which is the disk's, said as such (a network error is retried instead)."""
+    try:
+        write()
+    except OSError as err:
+        need = f" (the archive is {limits.size:,} bytes)" if limits.exact else ""
+        raise _CannotWrite(f"cannot write {part} ({printable(err.strerror or err)}); {disk_advice(err, need)}, "
+                           "then run again: what is written so far is kept and resumed") from None
+
+
+def disk_advice(err: OSError, need: str = "") -> str:
+    """What to do when writing in the data root failed with `err`."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space on that disk{need} or pass another --data_root"
+    return "pass a --data_root this user can write in"
 
 
 def _describe(err: Exception) -> str:

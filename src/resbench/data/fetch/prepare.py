@@ -30,10 +30,10 @@ import numpy as np
 
 from resbench.console import log
 from resbench.data.fetch.archive import remove_stale_scratch
-from resbench.data.fetch.download import Source, fetch_archive
+from resbench.data.fetch.download import Source, disk_advice, fetch_archive
 from resbench.data.recipes import RECIPES, Recipe
 from resbench.data.recipes.common import Splits
-from resbench.errors import DataError
+from resbench.errors import DataError, printable
 from resbench.files import UnsafeFileError, current_umask, drop_lock_file, remove_stale, take_lock
 
 DOWNLOADS_DIR = "downloads"
@@ -109,8 +109,11 @@ def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, byte
         for filename in filenames:
             os.replace(tmp / filename, target / filename)
         tmp.rmdir()
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"cannot write {name} in {data_root} ({printable(exc.strerror or exc)}); "
+                            f"{disk_advice(exc)}, then run again (nothing half-written was kept)") from None
         raise
     return target
 
