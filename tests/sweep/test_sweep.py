@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LIMIT, REPO, cli_env, gone, process_tree, wait_until
+from conftest import LIMIT, REPO, cli_env, gone, process_tree, resbench_in_process, wait_until
 from resbench.cli.main import main
 from resbench.device import cpus
 
@@ -95,13 +95,10 @@ def test_sweep_rejects_unknown_grid_keys(tmp_path, cli):
     assert "unknown key(s) learning_rate" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def sweep_main(capsys, *args: object) -> tuple[int, str, str]:
+def sweep_main(*args: object) -> tuple[int, str, str]:
     """`resbench sweep ARGS...` in this process (planning needs no subprocess): exit status, stdout, stderr."""
-    from resbench.cli.main import main
-
-    code = main(["sweep", *map(str, args)])
-    out, err = capsys.readouterr()
-    return code, out, err
+    proc = resbench_in_process("sweep", *args)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 BAD_GRIDS = {  # grid file text: what the error must say about its first bad run
@@ -124,25 +121,25 @@ BAD_GRIDS = {  # grid file text: what the error must say about its first bad run
 
 
 @pytest.mark.parametrize("text", BAD_GRIDS)
-def test_sweep_refuses_a_bad_grid_before_running_anything(tmp_path, capsys, text):
+def test_sweep_refuses_a_bad_grid_before_running_anything(tmp_path, text):
     grid = tmp_path / "grid.toml"
     grid.write_text(text if text.startswith("data_name") else f'data_name = "Digits_x32"\n{text}\n')
-    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
+    code, out, err = sweep_main("--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
     assert code == 2 and out == ""
     assert err.startswith(f"error: grid {grid}") and BAD_GRIDS[text] in err
     assert err.count("\n") == 1 and "usage" not in err
     assert not (tmp_path / "runs").exists()
 
 
-def test_sweep_refuses_a_grid_of_a_billion_runs_without_enumerating_it(tmp_path, capsys):
+def test_sweep_refuses_a_grid_of_a_billion_runs_without_enumerating_it(tmp_path):
     grid = tmp_path / "grid.toml"
     axis = "[" + ", ".join(map(str, range(1, 1001))) + "]"
     grid.write_text(f'data_name = "Digits_x32"\nseed = {axis}\noptim_ni = {axis}\neval_every = {axis}\n')
-    code, out, err = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
+    code, out, err = sweep_main("--grid", grid, "--runs_dir", tmp_path / "runs", "--dry_run")
     assert code == 2 and out == "" and err == (f"error: grid {grid} has 1,000,000,000 runs, more than the 10,000 "
                                                "one sweep plans; split it into several grids\n")
     grid.write_text(f'data_name = "Digits_x32"\noptim_ni = {axis}\n')
-    code, out, err = sweep_main(capsys, "--grid", grid, "--seeds", *range(11), "--dry_run")
+    code, out, err = sweep_main("--grid", grid, "--seeds", *range(11), "--dry_run")
     assert code == 2 and err.startswith(f"error: grid {grid} has 11,000 runs, more than the 10,000")
 
 
@@ -153,32 +150,32 @@ def test_sweep_refuses_a_grid_of_a_billion_runs_without_enumerating_it(tmp_path,
     (["--runs_dir", "x"], "--runs_dir is a sweep option: put it before `--`"),
     (["--seed"], "argument --seed: expected one argument"),
 ])
-def test_sweep_refuses_bad_train_flags_before_running_anything(tmp_path, capsys, flags, message):
-    code, out, err = sweep_main(capsys, "--runs_dir", tmp_path / "runs", "--", *flags)
+def test_sweep_refuses_bad_train_flags_before_running_anything(tmp_path, flags, message):
+    code, out, err = sweep_main("--runs_dir", tmp_path / "runs", "--", *flags)
     assert code == 2 and out == ""
     assert err.startswith("error: seed grid, run 1 of 26 (--data_name CIFAR10_x32 ") and message in err
     assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
 
 
-def test_sweep_refuses_an_unreadable_grid_and_a_runs_dir_below_a_file(tmp_path, capsys):
+def test_sweep_refuses_an_unreadable_grid_and_a_runs_dir_below_a_file(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_bytes(b'data_name = "Digits_\xff"\n')
-    code, _, err = sweep_main(capsys, "--grid", grid, "--dry_run")
+    code, _, err = sweep_main("--grid", grid, "--dry_run")
     assert code == 2 and err.startswith(f"error: cannot read grid {grid}: 'utf-8' codec can't decode byte 0xff")
     grid.write_text(DIGITS_GRID)
     (tmp_path / "a_file").write_text("")
     for runs_dir in (tmp_path / "a_file", tmp_path / "a_file" / "runs"):
-        code, _, err = sweep_main(capsys, "--grid", grid, "--runs_dir", runs_dir)
+        code, _, err = sweep_main("--grid", grid, "--runs_dir", runs_dir)
         assert code == 2
         assert err == f"error: --runs_dir {runs_dir} is not a folder ({tmp_path / 'a_file'} is a file); name a folder\n"
 
 
-def test_sweep_reports_a_run_whose_folder_cannot_be_created(tmp_path, capsys):
+def test_sweep_reports_a_run_whose_folder_cannot_be_created(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "Digits_x32").write_text("")  # a file where the dataset's folder goes
-    code, out, _ = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs")
+    code, out, _ = sweep_main("--grid", grid, "--runs_dir", tmp_path / "runs")
     run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
     assert code == 1 and f"failed: {run} (cannot write {run}: Not a directory)" in out
 
@@ -204,11 +201,11 @@ def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, pre
     assert list(tmp_path.glob("imported-*")) == []
 
 
-def test_a_sweep_never_imports_from_the_folder_it_runs_in(tmp_path, monkeypatch, capsys):
+def test_a_sweep_never_imports_from_the_folder_it_runs_in(tmp_path, monkeypatch):
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 2"))
     monkeypatch.chdir(evil_folder(tmp_path))
-    code, out, _ = sweep_main(capsys, "--grid", grid, "--runs_dir", tmp_path / "runs")
+    code, out, _ = sweep_main("--grid", grid, "--runs_dir", tmp_path / "runs")
     assert code == 0 and "sweep: 1 of 1 runs finished" in out, out
     assert list(tmp_path.glob("imported-*")) == []
 

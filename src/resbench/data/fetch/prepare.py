@@ -17,7 +17,6 @@ those of a live process); folders created by a preparation that fails are remove
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import shutil
@@ -263,11 +262,13 @@ def _demo_status() -> dict:
     """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
     from resbench.data.digits import digits_8x8
     from resbench.data.facts import DEMO_DATASET, DEMO_TEST_SIZE
+    from resbench.errors import DataFileError
 
     row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
-    if importlib.util.find_spec("sklearn") is None:
-        return {**row, "complete": False, "problem": "needs scikit-learn: pip install 'resbench[demo]'"}
-    images = len(digits_8x8()[1])
+    try:
+        images = len(digits_8x8()[1])
+    except DataFileError as err:  # scikit-learn is not installed
+        return {**row, "complete": False, "problem": str(err)}
     return {**row, "complete": True, "problem": None, "train": images - DEMO_TEST_SIZE, "test": DEMO_TEST_SIZE,
             "note": "built in (scikit-learn's digits), nothing to download"}
 
