@@ -71,6 +71,34 @@ def check_writable_in_place(path: str | Path) -> None:
     check_own_file(info, path)
 
 
+def own_folder(named: str | Path, below: str | Path = "", create: bool = True) -> Path:
+    """`named / below`: the folder a user named (any folder, a link to another disk too), and below it
+    each folder the tool derived itself (`<data_name>/<run>`, `plots`, a dataset's `<NAME>`), created
+    if missing (unless not `create`) and checked with lstat, level by level: a symbolic link planted at
+    any of those levels is refused (UnsafeFileError naming it), since what the tool writes there would
+    land wherever it leads; so is a file standing where a folder goes. Not `create`: a missing level
+    ends the check (nothing is there to refuse)."""
+    path = Path(named)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    for part in Path(below).parts:
+        path = path / part
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if create:
+                raise
+            break
+        if stat.S_ISLNK(mode):
+            raise UnsafeFileError(errno.ELOOP, NO_LINKS, str(path))
+        if not stat.S_ISDIR(mode):
+            raise UnsafeFileError(errno.ENOTDIR, "a file stands there, where resbench makes a folder", str(path))
+    return Path(named) / below
+
+
 def open_lock_file(path: str | Path) -> int:
     """A descriptor of the lock file `path`, created if missing; a symbolic link there is refused."""
     try:
@@ -81,13 +109,15 @@ def open_lock_file(path: str | Path) -> int:
         raise
 
 
-def read_bounded(path: str | Path, limit: int) -> bytes:
-    """The bytes of the regular file `path`; OSError if it is not one or holds more than `limit` bytes.
+def read_bounded(path: str | Path, limit: int, follow_links: bool = True) -> bytes:
+    """The bytes of the regular file `path`; OSError if it is not one or holds more than `limit` bytes
+    (or, not `follow_links`, is a symbolic link: ELOOP).
 
     A FIFO would block the reader forever and /dev/zero never end (a planted link may lead to
     either), and a huge file would be read whole into memory before anything could refuse it.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, and is refused below)
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)  # (a FIFO opens at once, and is refused below)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):

@@ -4,9 +4,12 @@ an engine skips with one line where this machine cannot run it."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -62,9 +65,9 @@ def ray_cluster(tmp_path_factory) -> Ray:
     stop_ray(cluster)
 
 
-# A folder name a shell or sbatch would misread unquoted: spaces, both quotes, a comment, SLURM's `%`
-# patterns, a command substitution.
-HOSTILE_NAME = "a b#c %a %% $(touch PWNED) 'q' \"r\""
+# A folder name a shell or sbatch would misread: spaces, both quotes, a comment, SLURM's `%` patterns, a command
+# substitution, a line break, and issue 37's bytes that once added an sbatch option (all but its backslash).
+HOSTILE_NAME = "a b#c %a %% $(touch PWNED) 'q' \"r\"\n#SBATCH --output=x '\"'\"' \"-\"-output=INJECTED"
 
 
 def write_grid(folder: Path, seeds: list[int], optim_ni: int) -> Path:
@@ -130,18 +133,43 @@ def records_written(run: Path) -> int:
 
 # ---------------------------------------------------------------- SLURM
 
-def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path):
-    """From a folder whose name is hostile to a shell and to sbatch: every path reaches the script as data."""
+def submitted_argv(monkeypatch) -> list[list[str]]:
+    """The command lines the sweep runs sbatch with, recorded as it runs them."""
+    from resbench.sweep import slurm
+
+    calls, run = [], subprocess.run
+
+    def record(argv, **kwargs):
+        calls.append(argv)
+        return run(argv, **kwargs)
+
+    monkeypatch.setattr(slurm.subprocess, "run", record)
+    return calls
+
+
+def dry_run_submission(out: str) -> tuple[str, str]:
+    """(the sbatch command line, the job script) a --dry_run prints."""
+    tail = out.split(", sbatch would run:\n", 1)[1]
+    argv, script = tail.split("\njob.sbatch:\n", 1)
+    return argv, script
+
+
+def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path, monkeypatch):
+    """From a folder whose name is hostile to a shell and to sbatch: every path reaches sbatch as data."""
+    from resbench.errors import printable
+    from resbench.sweep.slurm import JOB_SCRIPT
+
     tmp_path = tmp_path / HOSTILE_NAME
     write_grid(tmp_path, [1, 2, 3, 4], 10)
-    dry = sweep(tmp_path, "--launcher", "slurm", "--dry_run", env=slurm.env).stdout
-    script = dry.split("the job array sbatch would get:\n", 1)[1]
-    assert script.startswith("#!/bin/bash\n") and "#SBATCH --array=0-3\n" in script
+    argv, script = dry_run_submission(sweep(tmp_path, "--launcher", "slurm", "--dry_run", env=slurm.env).stdout)
+    assert script == JOB_SCRIPT and " --array=0-3 " in argv
+    calls = submitted_argv(monkeypatch)
     start = time.monotonic()
     out = sweep(tmp_path, "--launcher", "slurm", env=slurm.env).stdout
     assert "sweep: submitted SLURM job array " in out
-    [submitted] = (tmp_path / "runs" / ".launch").glob("slurm-*.sbatch")
-    assert submitted.read_text() == script  # --dry_run showed what was submitted
+    assert [printable(shlex.join(["sbatch", *call[1:]])) for call in calls] == [argv]  # --dry_run showed it
+    launch = tmp_path / "runs" / ".launch"
+    assert (launch / "job.sbatch").read_text() == JOB_SCRIPT and len(list(launch.glob("plan-*.json"))) == 1
     wait_for(lambda: len(list(tmp_path.glob("runs/Digits_x32/*/summary.json"))) == 4, LIMIT, "the job array")
     wall = time.monotonic() - start
     assert sweep(tmp_path, "--status").stdout.startswith("sweep status: 4 runs: 4 finished\n")
@@ -150,8 +178,8 @@ def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path):
                for run in run_folders(tmp_path))
     again = sweep(tmp_path, "--launcher", "slurm", env=slurm.env).stdout
     assert "0 to run, 0 to resume, 4 finished (skipped)" in again and "submitted" not in again
-    assert len(list((tmp_path / "runs" / ".launch").glob("*_*.out"))) == 4  # SLURM's output, its `%` kept literal
-    assert not list(tmp_path.parent.rglob("PWNED"))
+    assert len(list(launch.glob("*_*.out"))) == 4  # SLURM's output, the folder's `%` kept literal
+    assert not list(tmp_path.parent.rglob("PWNED")) and not list(tmp_path.parent.rglob("INJECTED*"))
 
 
 def test_a_preempted_slurm_task_requeues_and_resumes_bit_identical(slurm, tmp_path, uninterrupted):
@@ -210,17 +238,24 @@ def test_slurm_bad_input_is_one_line_and_submits_nothing(slurm, tmp_path):
 
 
 HOSTILE_OPTIONS = [
-    # (--slurm value, what the one error line says); the first is issue 31's case 1, the others its kin
+    # (--slurm value, what the one error line says): issue 37's bypass of the quoting (a backslash inside quotes is
+    # an escape to sbatch's #SBATCH parser), the same with -chdir, a value ending in a backslash, issue 31's cases
+    ("comment=x\\'\"'\"'\" \"-\"-output={elsewhere}/INJECTED_%a\\'", "a quote or a backslash"),
+    ("comment=x\\'\"'\"'\" \"-\"-chdir={elsewhere}\\'", "a quote or a backslash"),
+    ("comment=ends in a backslash\\", "a quote or a backslash"),
     ("partition=debug --output={elsewhere}/OUTSIDE_%a.out", "one sbatch option per --slurm"),
+    ("comment=x -output={elsewhere}/OUTSIDE_%a.out", "one sbatch option per --slurm"),
     ("output={elsewhere}/OUTSIDE_%a.out", "the sweep sets --output itself"),
     ("error={elsewhere}/e.out", "the sweep sets --error itself"),
     ("chdir={elsewhere}", "the sweep sets --chdir itself"),
     ("job_name=x", "the sweep sets --job-name itself"),
     ("signal=B:TERM@60", "the sweep sets --signal itself"),
     ("wrap=touch {elsewhere}/PWNED", "the sweep sets --wrap itself"),
+    ("wait", "the sweep sets --wait itself"),
     ("o={elsewhere}/x", "not an sbatch option"),
     ("out={elsewhere}/x", "not an sbatch option"),  # an abbreviation sbatch itself would take for --output
     ("comment=a\n#SBATCH --output={elsewhere}/x", "holds a newline or another control character"),
+    ("comment=a\x1b[2Jb", "holds a newline or another control character"),
 ]
 
 
@@ -228,34 +263,46 @@ def assert_refused(proc: subprocess.CompletedProcess, reason: str) -> None:
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: ") and reason in err, \
         (proc.returncode, out, err)
+    assert "\x1b" not in err
 
 
 def hostile_sweeps(folder: Path, elsewhere: Path, options: list, *args: str, env: dict | None = None) -> None:
-    """Hostile --slurm options, a folder name with a newline in it and a planted stdout.log link: each refused
-    in one line with exit status 2, before anything is printed or written; no file of the user's changed."""
+    """Hostile --slurm options, a runs folder with a backslash in its path (SLURM cannot name an output file there),
+    and a link planted as a run's stdout.log or as its folder: each refused in one line with exit status 2, before
+    anything is printed or written; no file of the user's changed."""
     write_grid(folder, [1], 20)
     for option, reason in options:
         assert_refused(sweep(folder, "--launcher", "slurm", "--slurm", option.format(elsewhere=elsewhere), *args,
                              env=env, check=False), reason)
-    newline = folder / "nl\ntouch PWNED\n#"
-    write_grid(newline, [1], 20)
-    assert_refused(sweep(newline, "--launcher", "slurm", *args, env=env, check=False), "holds a newline")
-    assert not (newline / "runs").exists()
+    backslash = folder / "a\\b"
+    write_grid(backslash, [1], 20)
+    assert_refused(sweep(backslash, "--launcher", "slurm", *args, env=env, check=False), "holds a backslash")
+    assert not (backslash / "runs").exists()
     victim = elsewhere / "victim.txt"
     victim.write_text("the user's own file\n")
-    [run] = [line.split()[1] for line in sweep(folder, "--status").stdout.splitlines()[1:]]
-    (folder / run).mkdir(parents=True)
-    (folder / run / "stdout.log").symlink_to(victim)
+    [run] = [folder / line.split()[1] for line in sweep(folder, "--status").stdout.splitlines()[1:]]
+    run.mkdir(parents=True)
+    (run / "stdout.log").symlink_to(victim)
     assert_refused(sweep(folder, "--launcher", "slurm", *args, env=env, check=False),
                    "stdout.log: a symbolic link stands there; resbench never writes through one; remove it")
+    shutil.rmtree(run.parent)
+    run.parent.symlink_to(elsewhere)  # <runs_dir>/Digits_x32: one level up (issue 37)
+    assert_refused(sweep(folder, "--launcher", "slurm", *args, env=env, check=False),
+                   "Digits_x32: a symbolic link stands there; resbench never writes through one; remove it")
     assert victim.read_text() == "the user's own file\n" and sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
     assert not list(folder.rglob("PWNED")) and not (folder / "runs" / ".launch").exists()
+    run.parent.unlink()
+    (folder / "runs" / ".launch").symlink_to(elsewhere)
+    assert_refused(sweep(folder, "--launcher", "slurm", *args, env=env, check=False),
+                   ".launch: a symbolic link stands there; resbench never writes through one; the sweep writes its "
+                   "job scripts there: remove it")
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["victim.txt"]
 
 
 def test_what_a_user_passes_or_plants_never_reaches_sbatch(slurm, tmp_path):
-    """Issue 31's three cases on the real SLURM: nothing submitted, nothing written outside."""
+    """Issue 37's bypass and issue 31's case on the real SLURM: nothing submitted, nothing written outside."""
     (tmp_path / "elsewhere").mkdir()
-    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS[:1], env=slurm.env)
+    hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS[:2], env=slurm.env)
     assert slurm.queue() == []
 
 
@@ -265,38 +312,92 @@ def test_a_dry_run_refuses_the_same_without_an_engine(tmp_path, monkeypatch):
     hostile_sweeps(tmp_path / "sweep", tmp_path / "elsewhere", HOSTILE_OPTIONS, "--dry_run")
 
 
-def test_sbatch_options_are_checked_against_its_own_names_and_quoted(tmp_path, monkeypatch):
+def test_the_job_script_is_one_constant_text():
+    """Grep-style: JOB_SCRIPT is a plain string constant in slurm.py's source (no f-string, no formatting field
+    filled in), no code formats it or adds to it, and what a submission writes is that constant."""
+    from resbench.sweep import slurm
+
+    tree = ast.parse(Path(slurm.__file__).read_text())
+    [assigned] = [node for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(target, "id", None) == "JOB_SCRIPT" for target in node.targets)]
+    assert isinstance(assigned.value, ast.Constant) and isinstance(assigned.value.value, str)
+    uses = [node for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id == "JOB_SCRIPT"]
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for use in uses:  # every other use reads the text whole (writes or shows it): nothing goes into it
+        parent = parents[use]
+        assert use is assigned.targets[0] or isinstance(use.ctx, ast.Load), ast.dump(parent)
+        assert not isinstance(parent, (ast.BinOp, ast.AugAssign)), ast.dump(parent)
+        assert not (isinstance(parent, ast.Attribute) and parent.attr in ("format", "format_map", "replace"))
+    assert "{" not in slurm.JOB_SCRIPT.replace("${PYTHONPATH:+:$PYTHONPATH}", "")
+
+
+def test_sbatch_gets_each_option_as_one_argument(tmp_path, monkeypatch):
     from resbench.sweep.plan import plan_run
-    from resbench.sweep.slurm import sbatch_script, slurm_options
+    from resbench.sweep.slurm import job_plan, sbatch_argv, slurm_options
 
     monkeypatch.chdir(tmp_path)
     run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
-    options = slurm_options(["comment=a b 'c' \"d\" #e", "exclusive", "mail_type=END"])
-    assert options == {"comment": "a b 'c' \"d\" #e", "exclusive": None, "mail-type": "END"}
-    script = sbatch_script([run], options, tmp_path / "100%" / ".launch", 0)
-    # sbatch reads an #SBATCH argument with the shell's quotes (checked on SLURM 22.05 by the tests above)
-    assert "#SBATCH --comment='a b '\"'\"'c'\"'\"' \"d\" #e'\n" in script and "#SBATCH --exclusive\n" in script
-    assert f"#SBATCH --output={tmp_path}/100%%/.launch/%A_%a.out\n" in script
-    with pytest.raises(ResbenchError, match="holds a backslash"):
-        sbatch_script([run], {}, tmp_path / "a\\b", 0)
+    options = slurm_options(["comment=a b; c $(d) #e %a", "exclusive", "mail_type=END"])
+    assert options == {"comment": "a b; c $(d) #e %a", "exclusive": None, "mail-type": "END"}
+    name, plan = job_plan([run], 0)
+    argv = sbatch_argv(1, options, tmp_path / "100%" / ".launch", name, 0)
+    assert argv[:3] == ["sbatch", "--parsable", "--array=0-0"] and argv[-1] == name
+    assert f"--output={tmp_path}/100%%/.launch/%A_%a.out" in argv and "--requeue" in argv
+    assert "--comment=a b; c $(d) #e %a" in argv and "--exclusive" in argv and "--mail-type=END" in argv
+    assert json.loads(plan)["tasks"] == [{"save": str(run.save), "command": run.command}]
+    assert job_plan([run], 0) == (name, plan)  # named after its content: a dry run names the same file
 
 
-def test_a_slurm_task_never_appends_through_a_link_planted_after_submission(slurm, tmp_path):
-    """Submitted on hold, a link planted as the run's stdout.log, then released: the task refuses to open it,
-    says so in SLURM's own output, and starts nothing."""
-    write_grid(tmp_path, [1], 20)
-    sweep(tmp_path, "--launcher", "slurm", "--slurm", "hold", env=slurm.env)
-    [run] = run_folders(tmp_path)
-    victim = tmp_path / "victim.txt"
+def job_fields(slurm: Slurm, job: str) -> dict[str, str]:
+    """`scontrol show job`'s fields of one job whose paths hold no space (`Key=Value` pairs)."""
+    return dict(pair.split("=", 1) for pair in slurm.run("scontrol", "show", "job", job).split() if "=" in pair)
+
+
+def test_a_slurm_task_never_writes_through_a_link_planted_after_submission(slurm, tmp_path):
+    """Submitted on hold with an option full of shell and #SBATCH syntax: SLURM records the launcher's working
+    folder and output whatever the user passed. Then a link planted as run 0's stdout.log and as run 1's folder,
+    and the job released: each task refuses to write through it, says so in SLURM's own output, and starts nothing."""
+    write_grid(tmp_path, [1, 2], 20)
+    sweep(tmp_path, "--launcher", "slurm", "--slurm", "hold", "--slurm", "comment=x;y|z&$(w) #SBATCH", env=slurm.env)
+    runs, launch = run_folders(tmp_path), tmp_path / "runs" / ".launch"
+    job = json.loads((runs[0] / "launch.json").read_text())["job"].split("_")[0]
+    fields = job_fields(slurm, f"{job}_0")
+    assert fields["WorkDir"] == str(launch) and fields["StdOut"] == f"{launch}/{job}_0.out"
+    assert fields["Comment"] == "x;y|z&$(w)" and fields["Command"] == str(launch / "job.sbatch")  # (split at spaces)
+    victim, elsewhere = tmp_path / "victim.txt", tmp_path / "elsewhere"
     victim.write_text("the user's own file\n")
-    (run / "stdout.log").symlink_to(victim)
-    job = json.loads((run / "launch.json").read_text())["job"].split("_")[0]
+    (runs[0] / "stdout.log").symlink_to(victim)
+    shutil.rmtree(runs[1])
+    elsewhere.mkdir()
+    runs[1].symlink_to(elsewhere)
     slurm.run("scontrol", "release", job)
-    wait_for(lambda: slurm.queue() == [], LIMIT, "the task to end")
-    [out] = (tmp_path / "runs" / ".launch").glob("*_0.out")
+    wait_for(lambda: slurm.queue() == [], LIMIT, "the tasks to end")
+    first, second = ((launch / f"{job}_{i}.out").read_text() for i in (0, 1))
     assert "stdout.log (a symbolic link stands there; resbench never writes through one); the run was not started" in \
-        out.read_text()
-    assert victim.read_text() == "the user's own file\n" and not (run / "metrics.jsonl").exists()
+        first
+    assert f"cannot write {runs[1].relative_to(tmp_path)} (a symbolic link stands there; resbench never writes through one)" in second
+    assert victim.read_text() == "the user's own file\n" and list(elsewhere.iterdir()) == []
+    assert not (runs[0] / "metrics.jsonl").exists()
+
+
+def test_a_slurm_task_reads_its_plan_by_name_never_through_a_link(tmp_path, monkeypatch, capsys):
+    """No engine needed: the task's argument is a plan's file name, never a path, and a plan replaced by a link
+    (or damaged) is one line in SLURM's output; nothing is trained."""
+    from resbench.sweep.slurm_task import main
+
+    monkeypatch.setenv("SLURM_SUBMIT_DIR", str(tmp_path))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"format": 1, "workdir": "/", "tasks": [
+        {"save": str(tmp_path / "x" / "y"), "command": ["touch", str(tmp_path / "PWNED")]}]}))
+    (tmp_path / "plan-0123456789abcdef.json").symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "plan-ffffffffffffffff.json").write_text('{"format": 1, "tasks": [')
+    for name, line in (("../elsewhere.json", "is not the name of a sweep's plan"),
+                       ("plan-0123456789abcdef.json", "plan-0123456789abcdef.json (a symbolic link)"),
+                       ("plan-ffffffffffffffff.json", "plan-ffffffffffffffff.json (Expecting value")):
+        assert main([name]) == 2
+        out = capsys.readouterr().out
+        assert line in out and out.endswith("; the run was not started\n") and out.count("\n") == 1, out
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------- Ray
@@ -378,19 +479,24 @@ def test_status_reads_every_state_from_the_folders(tmp_path):
 
 
 def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
-    """No engine needed: the script a multi-GPU grid submits (this machine has no GPUs to run it on)."""
+    """No engine needed: what a multi-GPU grid submits (this machine has no GPUs to run it on). The task's command
+    is the plan's data; the script and its arguments stay the same."""
     from resbench.sweep.plan import plan_run
-    from resbench.sweep.slurm import sbatch_script, slurm_options
+    from resbench.sweep.slurm import job_plan, sbatch_argv, slurm_options
 
     monkeypatch.chdir(tmp_path)
     run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
-    script = sbatch_script([run], slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", 4)
-    assert "#SBATCH --gres=gpu:4\n" in script and "#SBATCH --partition=gpu\n" in script
-    assert "#SBATCH --cpus-per-task=16\n" in script and f"#SBATCH --chdir={tmp_path}\n" in script
-    assert "-P -m torch.distributed.run --standalone --nproc_per_node 4 -m resbench train " in script
-    assert "export PYTHONSAFEPATH=1" in script  # torchrun's workers import nothing from the current folder
-    given = sbatch_script([run], slurm_options(["gres=gpu:a100:4"]), tmp_path / ".launch", 4)
-    assert "#SBATCH --gres=gpu:a100:4\n" in given and "--gres=gpu:4\n" not in given
+    name, plan = job_plan([run], 4)
+    argv = sbatch_argv(1, slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", name, 4)
+    assert {"--gres=gpu:4", "--partition=gpu", "--cpus-per-task=16"} <= set(argv)
+    [task] = json.loads(plan)["tasks"]
+    assert " -P -m torch.distributed.run --standalone --nproc_per_node 4 -m resbench train " in shlex.join(task["command"])
+    assert json.loads(plan)["workdir"] == str(tmp_path)
+    one_gpu = sbatch_argv(1, {}, tmp_path / ".launch", job_plan([run], 1)[0], 1)
+    assert [arg for arg in one_gpu if not arg.startswith(("--gres", "plan-"))] == \
+        [arg for arg in argv if not arg.startswith(("--gres", "--partition", "--cpus-per-task", "plan-"))]
+    given = sbatch_argv(1, slurm_options(["gres=gpu:a100:4"]), tmp_path / ".launch", name, 4)
+    assert "--gres=gpu:a100:4" in given and "--gres=gpu:4" not in given
 
 
 def test_ray_from_a_folder_whose_path_is_not_utf8_is_named_as_the_cause(tmp_path, monkeypatch):

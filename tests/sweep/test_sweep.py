@@ -170,14 +170,28 @@ def test_sweep_refuses_an_unreadable_grid_and_a_runs_dir_below_a_file(tmp_path):
         assert err == f"error: --runs_dir {runs_dir} is not a folder ({tmp_path / 'a_file'} is a file); name a folder\n"
 
 
-def test_sweep_reports_a_run_whose_folder_cannot_be_created(tmp_path):
+def test_sweep_refuses_a_file_or_a_link_where_a_run_folder_goes(tmp_path):
+    """Below --runs_dir, every level of a run's folder is the sweep's own: a file there, or a link planted at
+    <runs_dir>/<data_name> or at the run's folder (issue 37: a local sweep trained the whole run into the link's
+    target), stops the sweep with one line before anything runs."""
     grid = tmp_path / "grid.toml"
     grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "Digits_x32").write_text("")  # a file where the dataset's folder goes
-    code, out, _ = sweep_main("--grid", grid, "--runs_dir", tmp_path / "runs")
-    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
-    assert code == 1 and f"failed: {run} (cannot write {run}: Not a directory)" in out
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    runs.mkdir()
+    elsewhere.mkdir()
+    run = runs / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
+    for planted, why in ((runs / "Digits_x32", "a file stands there, where resbench makes a folder"),
+                         (runs / "Digits_x32", "a symbolic link stands there; resbench never writes through one"),
+                         (run, "a symbolic link stands there; resbench never writes through one")):
+        if why.startswith("a file"):
+            planted.write_text("")
+        else:
+            planted.parent.mkdir(exist_ok=True)
+            planted.symlink_to(elsewhere)
+        code, out, err = sweep_main("--grid", grid, "--runs_dir", runs)
+        assert (code, out, err) == (2, "", f"error: {planted}: {why}; remove it, then start the sweep again\n")
+        planted.unlink()
+    assert list(elsewhere.iterdir()) == []
 
 
 def evil_folder(tmp_path: Path) -> Path:
@@ -189,13 +203,13 @@ def evil_folder(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("prefix", ["CHILD_PYTHON_SAFE_PATH", "CHILD_PYTHON_NO_CWD"])
-def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, prefix):
-    from resbench.sweep import plan
+@pytest.mark.parametrize("safe_path", [True, False])
+def test_run_commands_leave_the_current_folder_off_the_import_path(tmp_path, safe_path):
+    from resbench.sweep.plan import child_python
 
-    if prefix == "CHILD_PYTHON_SAFE_PATH" and sys.version_info < (3, 11):
+    if safe_path and sys.version_info < (3, 11):
         pytest.skip("python -P needs Python 3.11")
-    proc = subprocess.run([*getattr(plan, prefix), "--version"], cwd=evil_folder(tmp_path), env=cli_env(),
+    proc = subprocess.run([*child_python("resbench", safe_path), "--version"], cwd=evil_folder(tmp_path), env=cli_env(),
                           capture_output=True, text=True, timeout=LIMIT)
     assert proc.returncode == 0 and proc.stdout.startswith("resbench "), proc.stderr
     assert list(tmp_path.glob("imported-*")) == []

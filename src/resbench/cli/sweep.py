@@ -7,12 +7,21 @@ from pathlib import Path
 
 from resbench.device import cpus
 from resbench.errors import ResbenchError
-from resbench.sweep.cluster import check_outputs, launch_dir, own_launch_dir
+from resbench.sweep.cluster import check_outputs
 from resbench.sweep.grid import READY_GRIDS, load_grid, with_seeds
 from resbench.sweep.local import execute_all
 from resbench.sweep.plan import data_to_prepare, describe_plan, plan_runs, time_estimate
 from resbench.sweep.ray_cluster import run_on_ray
-from resbench.sweep.slurm import STOP_BEFORE_LIMIT_S, sbatch_script, slurm_options, submit
+from resbench.sweep.slurm import (
+    STOP_BEFORE_LIMIT_S,
+    Submission,
+    describe_submission,
+    job_plan,
+    own_launch_folder,
+    sbatch_argv,
+    slurm_options,
+    submit,
+)
 from resbench.sweep.status import status_report
 
 
@@ -64,9 +73,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     todo = [run for run in runs if run.state != "finished"]
     check_outputs(todo)
-    # Written (and so checked: every path and option) before anything is printed or submitted.
-    script = sbatch_script(todo, options, own_launch_dir(args.runs_dir, create=False), args.gpus_per_run,
-                           args.stop_before_limit_s) if args.launcher == "slurm" and todo else None
+    # The submission made (and so checked: every path and option) before anything is printed or submitted.
+    submission = slurm_submission(todo, options, args) if args.launcher == "slurm" and todo else None
     print(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher), flush=True)
     if args.launcher == "local" and threads is not None and todo:
         print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
@@ -74,26 +82,34 @@ def run(args: argparse.Namespace) -> int:
     if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
         print(busy, flush=True)
     if args.dry_run and todo:
-        print_dry_run(todo, script, args.jobs)
+        print_dry_run(todo, submission, args.jobs)
     if args.dry_run or not todo:
         return 0
-    return launch(todo, script, args)
+    return launch(todo, submission, args)
 
 
-def print_dry_run(todo: list, script: str | None, jobs: int) -> None:
+def slurm_submission(todo: list, options: dict[str, str | None], args: argparse.Namespace) -> Submission:
+    """sbatch's command line and the plan it names, for the runs `todo`."""
+    launch = own_launch_folder(args.runs_dir, create=False)
+    name, plan = job_plan(todo, args.gpus_per_run)
+    argv = sbatch_argv(len(todo), options, launch, name, args.gpus_per_run, args.stop_before_limit_s)
+    return Submission(argv, name, plan, launch)
+
+
+def print_dry_run(todo: list, submission: Submission | None, jobs: int) -> None:
     downloads = data_to_prepare(todo)
     print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
     print("\n".join([*downloads, time_estimate(todo, jobs)]), flush=True)
-    if script is not None:
-        print(f"the job array sbatch would get:\n{script}", end="", flush=True)
+    if submission is not None:
+        print(describe_submission(submission.argv, submission.launch), end="", flush=True)
 
 
-def launch(todo: list, script: str | None, args: argparse.Namespace) -> int:
+def launch(todo: list, submission: Submission | None, args: argparse.Namespace) -> int:
     """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report."""
-    if script is not None:
-        job = submit(todo, script, args.runs_dir)
-        print(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script and output are in "
-              f"{launch_dir(args.runs_dir)}. Watch it with the same command and --status.", flush=True)
+    if submission is not None:
+        job = submit(todo, submission, args.runs_dir)
+        print(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script, plan and output are in "
+              f"{submission.launch}. Watch it with the same command and --status.", flush=True)
         return 0
     if args.launcher == "ray":
         failures = run_on_ray(todo, args.address, args.cpus_per_run, args.gpus_per_run)
@@ -131,8 +147,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "when stopped; ray: one Ray task per run on a Ray cluster (--address) or a local one")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
                    help="an sbatch option for every task, one per flag, e.g. --slurm partition=gpu --slurm "
-                        "time=12:00:00 --slurm gres=gpu:1; the options the sweep sets itself (array, output, error, "
-                        "chdir, job-name, open-mode, requeue, signal) are refused")
+                        "time=12:00:00 --slurm gres=gpu:1 (no quote, backslash or control character in a value); the "
+                        "options the sweep sets itself (array, output, error, chdir, job-name, open-mode, requeue, "
+                        "signal, wait) are refused")
     p.add_argument("--stop_before_limit_s", type=int, default=STOP_BEFORE_LIMIT_S, metavar="SECONDS",
                    help="--launcher slurm: SIGTERM each run this long before its time limit, when it saves last.pt "
                         f"and its task requeues itself (default {STOP_BEFORE_LIMIT_S}; SLURM sends it up to a "

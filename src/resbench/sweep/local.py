@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from resbench.files import open_own_file
 from resbench.runs import schema
-from resbench.sweep.plan import PACKAGE_ROOT, PlannedRun, final_figures
+from resbench.sweep.plan import PACKAGE_ROOT, PlannedRun, final_figures, own_run_folder
 
 PARENT_VARIABLE = "RESBENCH_SWEEP_PID"  # set in a run's environment: the sweep it must not outlive
 
@@ -76,7 +76,7 @@ RUNNING: set[subprocess.Popen] = set()  # the train subprocesses running now
 def execute(run: PlannedRun) -> str | None:
     """Train one run, its output appended to <save>/stdout.log; the reason it failed, or None."""
     try:
-        run.save.mkdir(parents=True, exist_ok=True)
+        own_run_folder(run.save)
         with open_own_file(run.save / schema.STDOUT, append=True) as log:
             child = subprocess.Popen(run.command, stdout=log, stderr=subprocess.STDOUT, env=child_env())
             RUNNING.add(child)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from resbench.console import clock
 from resbench.errors import ResbenchError
+from resbench.files import own_folder
 from resbench.results.reference import reference_lookup
 from resbench.runs import schema
 from resbench.runs.reader import config_from_args, last_iteration, read_summary
@@ -30,12 +31,20 @@ from resbench.train.checks import validate_config
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 # Train flags a sweep sets itself: each run's folder is derived from its settings, below --runs_dir.
 SWEEP_OWNED_FLAGS = ("save", "resume")
-# How a run is started so that the current folder is not on its import path: `-P` (Python 3.11+),
-# or before that a command that drops the path's first entry (the current folder) before importing.
-CHILD_PYTHON_SAFE_PATH = [sys.executable, "-P", "-m", "resbench"]
-CHILD_PYTHON_NO_CWD = [sys.executable, "-c",
-                       "import sys; del sys.path[0]; from resbench.__main__ import run; sys.exit(run())"]
-CHILD_PYTHON = CHILD_PYTHON_SAFE_PATH if sys.version_info >= (3, 11) else CHILD_PYTHON_NO_CWD
+
+
+def child_python(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
+    """How a child runs `module` (`resbench`: its `__main__`; otherwise its `main()`) so that the current
+    folder is not on its import path: `-P` (Python 3.11+), or before that a command that drops the path's
+    first entry (the current folder) before importing."""
+    if safe_path:
+        return [sys.executable, "-P", "-m", module]
+    call = "from resbench.__main__ import run; sys.exit(run())" if module == "resbench" else \
+        f"from {module} import main; sys.exit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", f"import sys; del sys.path[0]; {call}"]
+
+
+CHILD_PYTHON = child_python("resbench")
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,13 @@ class PlannedRun:
     @property
     def command(self) -> list[str]:
         return [*CHILD_PYTHON, *self.train_args]
+
+
+def own_run_folder(save: Path, create: bool = True) -> Path:
+    """A run's folder <runs_dir>/<data_name>/<run>, created if missing (unless not `create`), each level
+    below --runs_dir checked to be a folder of its own: a link planted there would take the run's files
+    wherever it leads (`files.own_folder`)."""
+    return own_folder(save.parents[1], Path(*save.parts[-2:]), create)
 
 
 def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check: bool = True) -> PlannedRun:

@@ -22,7 +22,7 @@ from resbench.files import drop_lock_file, open_own_file, take_lock
 from resbench.runs import schema
 from resbench.sweep.cluster import STOPPED_BY_SIGNAL, distributed_command, mark_submitted
 from resbench.sweep.local import child_env
-from resbench.sweep.plan import PlannedRun, final_figures
+from resbench.sweep.plan import PlannedRun, final_figures, own_run_folder
 
 RETRIES = 10  # attempts after the first, for lost nodes and runs stopped by a signal
 CONNECT_SECONDS = 5.0
@@ -36,8 +36,7 @@ def train_task(command: list[str], save: str, cwd: str) -> int:
     """On a Ray worker: train one run into `save` (output appended to its stdout.log) from the folder the
     sweep was started in, `cwd` (where relative paths point: it must be on the storage every node sees);
     the exit status."""
-    folder = Path(cwd, save)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = own_run_folder(Path(cwd, save))
     # An earlier attempt's trainer may still be saving (its node's worker was lost): wait for its lock.
     lock = take_lock(folder / schema.LOCK, on_wait=lambda: print(f"waiting for {folder}'s earlier attempt to stop",
                                                                  file=sys.stderr, flush=True))
