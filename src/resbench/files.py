@@ -135,6 +135,10 @@ def read_bounded(path: str | Path, limit: int, follow_links: bool = True) -> byt
 
 
 TEMPORARY_SUFFIX = ".tmp"
+RANDOM_PART = "[a-z0-9_]{8}"  # the random part of a name mkstemp or mkdtemp makes (tempfile's own alphabet)
+# In every temporary folder the tool makes (`temporary_folder`), from its first instant until it is renamed
+# into place: what allows a later process to remove a folder a killed one left, never one a user named alike.
+TEMPORARY_MARK = ".resbench-temporary"
 
 
 def temporary_prefix(path: Path) -> str:
@@ -148,19 +152,48 @@ def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[str]:
     process can be writing them, and every one found is a leftover of a killed process.
     """
     prefixes = "|".join(re.escape(temporary_prefix(Path(name))) for name in names)
-    return remove_stale(folder, re.compile(f"(?:{prefixes})[A-Za-z0-9_]+{re.escape(TEMPORARY_SUFFIX)}"))
+    return remove_stale(folder, re.compile(f"(?:{prefixes}){RANDOM_PART}{re.escape(TEMPORARY_SUFFIX)}"))
 
 
-def remove_stale(folder: Path, pattern: re.Pattern[str], folders: bool = False) -> list[str]:
+def temporary_folder(parent: Path, prefix: str) -> Path:
+    """A new folder `<prefix>XXXXXXXX` in `parent` (mkdtemp: never one that was there), readable as the
+    umask says, holding TEMPORARY_MARK; `unmark` it before renaming it into place."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        folder.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's files
+        os.close(os.open(folder / TEMPORARY_MARK, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def unmark(folder: Path) -> None:
+    os.unlink(folder / TEMPORARY_MARK)
+
+
+def is_marked(folder: str | Path, mark: str = TEMPORARY_MARK) -> bool:
+    """Whether `folder` holds the regular file `mark` (not through a link)."""
+    try:
+        return stat.S_ISREG(os.lstat(Path(folder) / mark).st_mode)
+    except OSError:
+        return False
+
+
+def remove_stale(folder: Path, pattern: re.Pattern[str], folders: bool = False,
+                 owned: Callable[[str], bool] = is_marked) -> list[str]:
     """Delete the entries of `folder` whose whole name matches `pattern`: files, or with `folders`,
-    folders and what they hold; a link is never followed nor removed. Call it holding the lock that
-    the matching files or folders are made under, so that none of them belongs to a live process."""
+    folders the tool marked as its own (`owned(path)`, by default TEMPORARY_MARK) and what they hold; a
+    link is never followed nor removed. Call it holding the lock that the matching files or folders
+    are made under, so that none of them belongs to a live process."""
     removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             if not pattern.fullmatch(entry.name):
                 continue
             if folders and entry.is_dir(follow_symlinks=False):
+                if not owned(entry.path):
+                    continue
                 shutil.rmtree(entry.path, ignore_errors=True)
             elif not folders and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):

@@ -37,6 +37,7 @@ from resbench.data.fetch.prepare import (
 from resbench.data.prepared import load_splits
 from resbench.data.recipes import cifar
 from resbench.errors import DataError, DataFileError
+from resbench.files import TEMPORARY_MARK
 
 PER_BATCH = 20
 REAL_SPECS = dict(DATASETS)
@@ -839,8 +840,9 @@ def test_preparing_again_replaces_only_the_prepared_files(tmp_path, monkeypatch,
     assert sorted(p.name for p in folder.iterdir()) == sorted([*PREPARED_FILES, "NOTES.txt", "my_augmented"])
 
 
-def test_a_dataset_folder_that_is_a_link_is_prepared_through_it(tmp_path, monkeypatch, cifar10, closed_url):
-    """A damaged set on another disk, linked into the data root: repaired in place, the link and the user's files kept."""
+def test_a_dataset_folder_that_is_a_link_is_never_written_through(tmp_path, monkeypatch, cifar10, closed_url):
+    """A damaged set elsewhere, linked into the data root: refused in one line (issue 37: every folder written into
+    is the tool's own), the link and the files where it leads untouched; so is a link planted as downloads/."""
     elsewhere = tmp_path / "other-disk" / "cifar"
     elsewhere.mkdir(parents=True)
     (elsewhere / "train_images.npy").write_bytes(b"damaged")
@@ -852,13 +854,18 @@ def test_a_dataset_folder_that_is_a_link_is_prepared_through_it(tmp_path, monkey
     _place(root, "cifar-10-python.tar.gz", cifar10[0])
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
 
-    prepare_dataset("CIFAR10_x32", root)
-
-    assert (root / "CIFAR10_x32").is_symlink() and is_complete(root, "CIFAR10_x32")
-    assert (elsewhere / "NOTES.txt").read_text() == "mine"
-    np.testing.assert_array_equal(np.load(elsewhere / "train_labels.npy"), cifar10[2])
-    with pytest.raises(DataError, match=r"CIFAR100_x32 is not a folder \(a file or a broken link"):
+    with pytest.raises(DataError, match=r"CIFAR10_x32 is a symbolic link, and resbench never writes through one"):
+        prepare_dataset("CIFAR10_x32", root)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["NOTES.txt", "train_images.npy"]
+    assert (elsewhere / "train_images.npy").read_bytes() == b"damaged"
+    with pytest.raises(DataError, match=r"CIFAR100_x32 is a symbolic link"):
         write_dataset(root, "CIFAR100_x32", {})
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "downloads").symlink_to(root / "downloads")
+    with pytest.raises(DataError, match=r"downloads: a symbolic link stands there; resbench never writes through one"):
+        prepare_dataset("CIFAR10_x32", other)
+    assert sorted(p.name for p in (root / "downloads").iterdir()) == ["cifar-10-python.tar.gz"]
 
 
 def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeypatch, cifar10, closed_url):
@@ -867,10 +874,14 @@ def test_stale_temporaries_of_a_killed_preparation_are_removed(tmp_path, monkeyp
     _use_archive(monkeypatch, "cifar-10-python.tar.gz", cifar10[0], closed_url)
     stale = [tmp_path / ".CIFAR10_x32.tmp-abcd1234", tmp_path / "downloads" / ".extract-cifar-10-python.tar.gz-abcd1234"]
     kept = [tmp_path / ".CIFAR100_x32.tmp-abcd1234", tmp_path / "downloads" / ".extract-tiny-imagenet-200.zip-x1",
-            tmp_path / "my.tmp-folder"]
+            tmp_path / "my.tmp-folder",
+            # named as a temporary of this archive but not made by the tool (issue 37): another length, no mark
+            tmp_path / ".CIFAR10_x32.tmp-mine", tmp_path / ".CIFAR10_x32.tmp-abcd12345", tmp_path / ".CIFAR10_x32.tmp-zyxw9876"]
     for folder in stale + kept:
         folder.mkdir()
         (folder / "x.npy").write_bytes(b"x" * 1000)
+    for folder in [*stale, *kept[:-1]]:
+        (folder / TEMPORARY_MARK).write_text("")
 
     prepare_dataset("CIFAR10_x32", tmp_path)
 

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -23,8 +24,9 @@ from conftest import LIMIT, REPO, cli_env
 from resbench.cli.main import main
 from resbench.data import evalsets, facts
 from resbench.data.facts import DATASETS, FACTS_FILE, FactsError, dataset_spec, read_facts
-from resbench.data.imported import IMPORT_FILES, check_name, held_out_counts, reserved_names
+from resbench.data.imported import IMPORT_FILES, IMPORT_MARK, check_name, held_out_counts, reserved_names
 from resbench.errors import DataError
+from resbench.files import TEMPORARY_MARK
 
 
 def save_png(path: Path, pixels: np.ndarray, **kwargs) -> Path:
@@ -309,14 +311,71 @@ def test_a_reimport_replaces_only_what_an_import_wrote(tmp_path, capsys):
     assert import_cli(capsys, "Set", tmp_path / "src", "--data_root", root)[0] == 0
     assert import_cli(capsys, "Set", tmp_path / "src", "--data_root", root, "--split_seed", "3")[0] == 0
     assert read_facts("Set", root).split_seed == 3
-    assert sorted(os.listdir(root / "Set")) == sorted(IMPORT_FILES) and not list(root.glob(".Set*"))
+    assert sorted(os.listdir(root / "Set")) == sorted([*IMPORT_FILES, IMPORT_MARK]) and not list(root.glob(".Set*"))
     (root / "Set" / "notes.txt").write_text("mine")
     err = one_line_error(*import_cli(capsys, "Set", tmp_path / "src", "--data_root", root)[::2])
     assert "notes.txt" in err and (root / "Set" / "notes.txt").read_text() == "mine"
     (root / "Set" / "notes.txt").unlink()
-    (root / "Set" / FACTS_FILE).unlink()  # the reference layout, placed by hand
+    (root / "Set" / FACTS_FILE).write_text((root / "Set" / FACTS_FILE).read_text().replace('"split_seed": 3', '"split_seed": 4'))
+    err = one_line_error(*import_cli(capsys, "Set", tmp_path / "src", "--data_root", root)[::2])  # the mark no longer fits
+    assert f"no {IMPORT_MARK} matching its {FACTS_FILE}" in err and read_facts("Set", root).split_seed == 4
+
+
+def test_a_users_own_set_and_folders_named_like_temporaries_are_never_replaced_or_deleted(tmp_path, capsys):
+    """Issue 37, cause 4: a folder of the user's holding the four reference files and a dataset.json of their own
+    is refused (the names prove nothing: the import's mark does), and a re-import removes only the temporaries a
+    killed import left, by mkdtemp's exact name and the tool's mark."""
+    write_tree(tmp_path / "src", {"a": grey_images(10, 1), "b": grey_images(10, 2)})
+    root, theirs = tmp_path / "data", tmp_path / "theirs"
+    assert import_cli(capsys, "Set", tmp_path / "src", "--data_root", theirs)[0] == 0
+    (root / "Mine").mkdir(parents=True)
+    for name in IMPORT_FILES:  # a copy of a valid set, without the mark of an import into this folder
+        (root / "Mine" / name).write_bytes((theirs / "Set" / name).read_bytes())
+    before = {name: (root / "Mine" / name).read_bytes() for name in IMPORT_FILES}
+    err = one_line_error(*import_cli(capsys, "Mine", tmp_path / "src", "--data_root", root)[::2])
+    assert f"did not write (no {IMPORT_MARK}" in err
+    assert {name: (root / "Mine" / name).read_bytes() for name in IMPORT_FILES} == before
+    kept = [root / ".Set.tmp-mine", root / ".Set.tmp-abcdefgh", root / ".Set.old-abcdefgh", root / ".Set.tmp-abcdefghi"]
+    for folder in kept:  # the user's: not mkdtemp's name, or not marked
+        (folder / "keep").mkdir(parents=True)
+    stale = [root / ".Set.tmp-zyxwvuts", root / ".Set.old-zyxwvuts"]  # what a killed import leaves, marked
+    stale[0].mkdir()
+    (stale[0] / TEMPORARY_MARK).write_text("")
+    shutil.copytree(theirs / "Set", stale[1])
+    assert import_cli(capsys, "Set", tmp_path / "src", "--data_root", root)[0] == 0
+    assert all((folder / "keep").is_dir() for folder in kept) and not any(folder.exists() for folder in stale)
+    (root / "Set" / ".Set.tmp-abcdefgh").mkdir()  # inside the set: refused as a file the import did not write
     err = one_line_error(*import_cli(capsys, "Set", tmp_path / "src", "--data_root", root)[::2])
-    assert f"no {FACTS_FILE}" in err and len(os.listdir(root / "Set")) == 4
+    assert ".Set.tmp-abcdefgh" in err and (root / "Set" / ".Set.tmp-abcdefgh").is_dir()
+
+
+def test_a_reimport_while_a_run_loads_the_set_is_never_read_half_and_half(tmp_path, capsys, monkeypatch):
+    """Issue 37, cause 5: the set is re-imported (other images, another split) just after the loader read its first
+    file. The loader sees the folder replaced and reads again: every array and the split size are the second
+    import's, none a mix of the two."""
+    from resbench.data import prepared as loader
+
+    write_tree(tmp_path / "one", {"a": grey_images(10, 1), "b": grey_images(10, 2)})
+    write_tree(tmp_path / "two", {"a": grey_images(14, 3), "b": grey_images(6, 4), "c": grey_images(8, 5)})
+    root = tmp_path / "data"
+    assert import_cli(capsys, "Set", tmp_path / "one", "--data_root", root)[0] == 0
+    load, reimported = loader.load_npy, []
+
+    def load_then_reimport(path, mmap_mode=None):
+        array = load(path, mmap_mode)
+        if not reimported:
+            reimported.append(import_cli(capsys, "Set", tmp_path / "two", "--data_root", root)[0])
+        return array
+
+    monkeypatch.setattr(loader, "load_npy", load_then_reimport)
+    splits = loader.load_splits("Set", root)
+    assert reimported == [0]
+    second = prepared(root, "Set")
+    n = read_facts("Set", root).num_train
+    assert splits.spec.num_train == n and splits.spec.num_classes == 3
+    assert np.array_equal(splits.train_labels.numpy(), second["train_labels.npy"][:n])
+    assert np.array_equal(splits.val_labels.numpy(), second["train_labels.npy"][n:])
+    assert np.array_equal(splits.test_images.numpy(), second["test_images.npy"])
 
 
 # ---------------------------------------------------------------- .npz files

@@ -406,7 +406,7 @@ def test_plot_never_writes_through_a_planted_plots_link(tmp_path, capsys):
     outside.mkdir()
     (runs / "plots").symlink_to(outside)
     assert main(["plot", str(runs)]) == 2
-    assert capsys.readouterr().err == (f"error: {runs / 'plots'} is a symbolic link, and resbench never writes "
+    assert capsys.readouterr().err == (f"error: {runs / 'plots'}: a symbolic link stands there; resbench never writes "
                                        "through one; remove it, or name the folder to write with --out\n")
     assert list(outside.iterdir()) == []
 

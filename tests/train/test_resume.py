@@ -796,3 +796,22 @@ def test_a_symlink_planted_in_a_run_folder_is_not_followed(unfinished_run, name,
     err = capsys.readouterr().err
     assert code == 2 and "(a symbolic link stands there; resbench never writes through one); remove it" in err, err
     assert not outside.exists()
+
+
+
+def test_a_link_planted_at_the_default_run_folders_level_is_refused(tmp_path, cli):
+    """Issue 37: below the folder a run's folder is named by (here the default runs/), every level is the run's
+    own: a link planted as runs/<data_name> is one line naming it, and nothing is written where it leads."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "Digits_x32").symlink_to(outside)
+    proc = cli("train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--optim_ni", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: cannot write runs/Digits_x32 (a symbolic link stands there; resbench never writes through one); "
+        "remove it, or use another --save folder\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").symlink_to(outside)  # and <run>/tensorboard
+    with pytest.raises(CheckpointError, match="tensorboard \\(a symbolic link stands there; resbench never writes"):
+        RunFolder(tmp_path / "run").open_tensorboard(0)
+    assert list(outside.iterdir()) == []

@@ -5,18 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resbench.errors import ResbenchError
+from resbench.errors import printable
 
 
 def run(args: argparse.Namespace) -> int:
     from resbench.results.plots import write_plots
 
-    out = args.out or args.runs_dir / "plots"
-    if args.out is None and out.is_symlink():  # planted in the runs folder: the figures would land where it leads
-        raise ResbenchError(f"{out} is a symbolic link, and resbench never writes through one; remove it, "
-                            "or name the folder to write with --out")
-    for path in write_plots(args.runs_dir, out, args.compare == "reference"):
-        print(path)
+    for path in write_plots(args.runs_dir, args.out, args.compare == "reference"):
+        print(printable(path))
     return 0
 
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from resbench.data.digits import digits_arrays
-from resbench.data.facts import DATASETS, DEMO_DATASET, SEVERITIES, dataset_spec, is_imported
-from resbench.data.prepared import check_images, check_labels, load_npy, read_prepared
+from resbench.data.facts import DATASETS, SEVERITIES, is_imported
+from resbench.data.prepared import check_images, check_labels, load_npy, read_set
 from resbench.data.recipes import cifar_c, tiny_c
 from resbench.errors import DataFileError
 
@@ -150,8 +150,7 @@ def ood_chunks(name: str, data_root: str | Path, model_size: int, id_count: int)
         rng = np.random.default_rng(0)
         return id_count, iter([rng.integers(0, 256, (id_count, model_size, model_size, 3), dtype=np.uint8)])
     if name in DATASETS or is_imported(name, data_root):  # a training set (built in or imported): its test split
-        images = digits_arrays()[2] if name == DEMO_DATASET else \
-            read_prepared(dataset_spec(name, data_root), data_root, mmap_mode="r")[2]
+        images = read_set(name, data_root, mmap_mode="r")[1][2]
         return len(images), iter([images])
     spec = EVAL_SETS[name]
     if not spec.corruptions:

@@ -6,16 +6,22 @@ the loader expects (`prepared.load_splits`), and `dataset.json`, its facts (`fac
 The validation split is stratified and seeded (`--split_seed`, recorded); where SRC has no test
 split one is carved out of train first, the same way.
 
-Nothing is written until all of SRC has been read and split; the folder is then written by the
-built-in sets' atomic writer (`prepare.write_dataset`) under a lock of its own. A re-import replaces
-only what an import wrote: a folder holding any other file is refused. Light (no torch), so that
-the decoding children can be forked (`decode`).
+Nothing is written until all of SRC has been read and split; the set is then written whole into a
+marked temporary folder and swapped in place of the old one, under a lock of its own, so that a
+reader sees one import or the other, never a mix (`prepared.same_folder`). A re-import replaces only
+what an import wrote: a folder without the import's mark (`.resbench-import`, the digest of its
+dataset.json), or holding any other file, is refused; what a killed import left is removed by
+its exact name and mark. Light (no torch), so that the decoding children can be forked (`decode`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +36,11 @@ from resbench.data.fetch import prepare
 from resbench.data.import_sources import Source, read_source
 from resbench.data.recipes import RECIPES
 from resbench.errors import DataError, printable
+from resbench.files import RANDOM_PART, read_bounded, remove_stale, unmark
 from resbench.version import __version__
 
-IMPORT_FILES = (*PREPARED_FILES, FACTS_FILE)  # everything an import writes, dataset.json last
+IMPORT_FILES = (*PREPARED_FILES, FACTS_FILE)  # the set an import writes, dataset.json last
+IMPORT_MARK = ".resbench-import"  # then this: the import's mark of ownership (`is_own_import`)
 DEFAULT_VAL_FRACTION = 0.1
 DEFAULT_TEST_FRACTION = 0.1
 DEFAULT_SPLIT_SEED = 0
@@ -159,34 +167,84 @@ def facts_of(splits: ImportSplits, source: Source, request: ImportRequest) -> Im
 
 # ---------------------------------------------------------------- writing
 
+def import_mark(facts_text: bytes) -> bytes:
+    """What IMPORT_MARK holds: the SHA-256 of the dataset.json written beside it."""
+    return hashlib.sha256(facts_text).hexdigest().encode() + b"\n"
+
+
+def is_own_import(folder: str | Path) -> bool:
+    """Whether `folder` is an import's: its IMPORT_MARK, a regular file, holds the digest of its dataset.json."""
+    try:
+        mark = read_bounded(Path(folder) / IMPORT_MARK, 100, follow_links=False)
+        return mark == import_mark(read_bounded(Path(folder) / FACTS_FILE, facts.MAX_FACTS_BYTES, follow_links=False))
+    except OSError:
+        return False
+
+
 def check_own_folder(target: Path) -> None:
-    """Refuse an existing dataset folder holding anything an import did not write (it replaces only its own)."""
-    if not os.path.lexists(target) or not target.is_dir():
-        return  # nothing there (or no folder: write_dataset names it)
-    entries = sorted(entry.name for entry in os.scandir(target))
-    if foreign := [name for name in entries if name not in IMPORT_FILES]:
+    """Refuse an existing dataset folder that an import did not write (no IMPORT_MARK of its dataset.json:
+    the four files' names and a dataset.json prove nothing), or that holds anything else: a re-import
+    replaces the folder whole."""
+    if not os.path.lexists(target):
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise DataError(f"{target} is {'a symbolic link' if target.is_symlink() else 'not a folder'}; resbench "
+                        "imports only into a folder of its own: move it away, or choose another NAME")
+    if not is_own_import(target):
+        raise DataError(f"{target} holds a dataset that `resbench data import` did not write (no {IMPORT_MARK} "
+                        f"matching its {FACTS_FILE}), or one whose import was interrupted; move it away, or choose "
+                        "another NAME")
+    if foreign := sorted(entry.name for entry in os.scandir(target) if entry.name not in (*IMPORT_FILES, IMPORT_MARK)):
         raise DataError(f"{target} holds files `resbench data import` did not write ({', '.join(foreign[:3])}"
                         f"{', ...' if len(foreign) > 3 else ''}); it replaces only its own: move them away, or choose "
                         "another NAME")
-    if entries and FACTS_FILE not in entries:
-        raise DataError(f"{target} holds a dataset that `resbench data import` did not write (no {FACTS_FILE}), "
-                        "or one whose import was interrupted; delete it, or choose another NAME")
+
+
+def remove_stale_imports(root: Path, name: str) -> None:
+    """Remove what a killed import of `name` left, each by its exact name and the mark it was made with:
+    a temporary folder (`.<NAME>.tmp-XXXXXXXX`) and a replaced set (`.<NAME>.old-XXXXXXXX`). Call it under
+    the import's lock."""
+    prepare.remove_stale_dataset_temporaries(root, name)
+    remove_stale(root, re.compile(re.escape(f".{name}.old-") + RANDOM_PART), folders=True, owned=is_own_import)
+
+
+def replace_folder(root: Path, name: str, new: Path) -> Path:
+    """Put the complete set `new` in place of <root>/<NAME> whole: a reader holding the old folder reads it
+    to the end (`prepared.same_folder` notices the change and reads again), none sees a mix of two imports."""
+    target = root / name
+    if not os.path.lexists(target):
+        os.replace(new, target)
+        return target
+    old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
+    os.replace(target, old)  # (over mkdtemp's empty folder: a name no one else holds)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def write_imported(request: ImportRequest, splits: ImportSplits, found: ImportedFacts) -> Path:
-    """The prepared files and dataset.json, written whole into place under the import's lock."""
+    """The prepared files, dataset.json and the import's mark, written whole into a temporary folder that
+    then replaces the set's folder, under the import's lock."""
     root = Path(request.data_root)
     files = {"train_images.npy": np.concatenate([splits.train_images, splits.val_images]),
              "train_labels.npy": np.concatenate([splits.train_labels, splits.val_labels]),
              "test_images.npy": splits.test_images, "test_labels.npy": splits.test_labels,
              FACTS_FILE: facts.facts_json(found)}
     assert tuple(files) == IMPORT_FILES
+    files[IMPORT_MARK] = import_mark(files[FACTS_FILE])
     with prepare.undo_new_folders(root):
         prepare.make_root(root)
         with prepare.preparation_lock(root, f"{request.name}.import", [request.name]):
-            prepare.remove_stale_dataset_temporaries(root, request.name)
+            remove_stale_imports(root, request.name)
             check_own_folder(root / request.name)
-            return prepare.write_dataset(root, request.name, files)
+            with prepare.write_errors_named(root, request.name):
+                new = prepare.write_temporary(root, request.name, files)
+                try:
+                    unmark(new)
+                    return replace_folder(root, request.name, new)
+                except BaseException:
+                    shutil.rmtree(new, ignore_errors=True)
+                    raise
 
 
 def import_dataset(request: ImportRequest) -> tuple[Path, ImportedFacts, list[str]]:
@@ -262,7 +320,7 @@ def absent_classes(found: ImportedFacts) -> str | None:
 def imported_status(data_root: str | os.PathLike) -> list[dict]:
     """One `data list` row per imported set in the data root (a folder with a dataset.json), its facts
     and arrays checked as `resbench train` checks them."""
-    from resbench.data.prepared import read_prepared  # torch: `data list` checks the arrays as train does
+    from resbench.data.prepared import read_prepared, same_folder  # torch: `data list` checks the arrays as train does
     from resbench.errors import ResbenchError
 
     root, rows, reserved = Path(data_root), [], reserved_names()
@@ -270,8 +328,8 @@ def imported_status(data_root: str | os.PathLike) -> list[dict]:
     for name in (n for n in names if n not in reserved and facts.is_imported(n, root)):
         counts, problem, note = {}, None, None
         try:
-            found = facts.read_facts(name, root)
-            train_x, _, test_x, _ = read_prepared(found.spec(name), root, mmap_mode="r")
+            found, (train_x, _, test_x, _) = same_folder(root / name, lambda: (
+                (read := facts.read_facts(name, root)), read_prepared(read.spec(name), root, mmap_mode="r")))
             counts = {"train": len(train_x), "test": len(test_x)}
             note = facts_note(found)
         except ResbenchError as err:

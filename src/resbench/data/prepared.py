@@ -12,13 +12,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from resbench.data.digits import digits_arrays
 from resbench.data.facts import DEMO_DATASET, PREPARED_FILES, DatasetSpec, dataset_spec
-from resbench.errors import DataFileError
+from resbench.errors import DataFileError, ResbenchError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Splits:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    spec: DatasetSpec | None = None  # the facts the arrays were read with (an imported set's, of the same import)
 
 
 def prepared_dir(name: str, data_root: str | Path) -> Path:
@@ -44,18 +48,62 @@ def missing_prepared_files(name: str, data_root: str | Path) -> list[Path]:
 
 def load_splits(name: str, data_root: str | Path, device: torch.device | str = "cpu") -> Splits:
     """Load train/val/test of `name` onto `device`, with the recipe's split of the training file."""
-    spec = dataset_spec(name, data_root)
-    if name == DEMO_DATASET:
-        train_x, train_y, test_x, test_y = digits_arrays()
-    else:
-        train_x, train_y, test_x, test_y = read_prepared(spec, data_root)
+    spec, (train_x, train_y, test_x, test_y) = read_set(name, data_root)
     n = spec.num_train
     as_tensor = lambda a: to_tensor(a, device)  # noqa: E731
     return Splits(
         as_tensor(train_x[:n]), as_tensor(train_y[:n]).long(),
         as_tensor(train_x[n:]), as_tensor(train_y[n:]).long(),
-        as_tensor(test_x), as_tensor(test_y).long(),
+        as_tensor(test_x), as_tensor(test_y).long(), spec,
     )
+
+
+def read_set(name: str, data_root: str | Path, mmap_mode: str | None = None) -> tuple[DatasetSpec, tuple]:
+    """A set's facts and its four arrays, checked, all of one import (`same_folder`)."""
+    if name == DEMO_DATASET:
+        return dataset_spec(name), digits_arrays()
+
+    def read() -> tuple[DatasetSpec, tuple]:
+        spec = dataset_spec(name, data_root)
+        return spec, read_prepared(spec, data_root, mmap_mode)
+
+    return same_folder(prepared_dir(name, data_root), read)
+
+
+REREADS = 3
+
+
+def same_folder(folder: Path, read: Callable[[], T]) -> T:
+    """`read()` of files in `folder`, all from the one folder that stood there when it began.
+
+    A re-import replaces a set's folder whole (`data.imported`): a read that finds the name leading to
+    another folder at its end (or that failed, and finds so) may have mixed two imports, and is made
+    again. The open folder keeps its inode from being reused meanwhile, so the comparison is sound."""
+    for _ in range(REREADS):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return read()  # no folder there: the read names what is missing
+        try:
+            try:
+                result = read()
+            except (ResbenchError, ValueError):  # (a file gone with the folder it was in: FactsError, DataFileError)
+                if is_still(fd, folder):
+                    raise
+                continue
+            if is_still(fd, folder):
+                return result
+        finally:
+            os.close(fd)
+    raise DataFileError(f"{folder} was replaced while it was read, {REREADS} times (imported again meanwhile?); "
+                        "run again when the import is done")
+
+
+def is_still(fd: int, folder: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(folder))
+    except OSError:
+        return False
 
 
 def to_tensor(array: np.ndarray, device: torch.device | str) -> torch.Tensor:

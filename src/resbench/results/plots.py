@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from resbench.errors import ResbenchError, printable
-from resbench.files import open_own_file
+from resbench.files import UnsafeFileError, open_own_file, own_folder
 from resbench.results.compare import Cell, match_runs
 from resbench.results.noise import published_figure
 from resbench.results.reference import dataset_sort_key, precision_sort_key, shape_sort_key
@@ -37,6 +37,7 @@ from resbench.results.table import (
 from resbench.runs.reader import Run, find_run_folders, find_runs, runs_folder
 
 DPI = 100
+PLOTS_DIR = "plots"  # below RUNS_DIR, where the figures go by default
 ZOOM_FRACTION = 0.25  # the zoomed accuracy panel shows the last quarter of the iterations
 
 
@@ -259,17 +260,22 @@ def plot_reference_curves(plt, data_name: str, cells: list[Cell], path: Path) ->
     save_figure(plt, fig, path)
 
 
-def write_plots(runs_dir: Path, out_dir: Path, compare: bool = False) -> list[Path]:
+def write_plots(runs_dir: Path, out: Path | None = None, compare: bool = False) -> list[Path]:
     """Per dataset: `<name>_curves.png` (every run), `<name>_vs_reference.png` (finished runs with a
-    published figure) and, when comparing, `<name>_curves_vs_reference.png`."""
+    published figure) and, when comparing, `<name>_curves_vs_reference.png`; into `out`, or by default
+    RUNS_DIR/plots, a folder of the tool's own (a link planted there is refused: `files.own_folder`)."""
     plt = pyplot()
     trained = find_run_folders([runs_folder(runs_dir)])
     if not trained:
         raise ResbenchError(f"no readable runs (metrics.jsonl with config.json) below {runs_dir}")
+    named, below = (out, "") if out is not None else (runs_dir, PLOTS_DIR)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = own_folder(named, below)
+    except UnsafeFileError as exc:
+        raise ResbenchError(f"{printable(exc.filename)}: {exc.strerror}; remove it, or name the folder to write "
+                            "with --out") from None
     except OSError as exc:
-        raise unwritable(out_dir, exc) from None
+        raise unwritable(named / below, exc) from None
     by_dataset: dict[str, list[Run]] = {}
     for run in trained:
         by_dataset.setdefault(run.data_name, []).append(run)

@@ -75,8 +75,9 @@ class RunFolder:
     """The run's files. Only one process writes them: in a data-parallel run the others pass
     `writer=False` and every write below becomes a no-op for them."""
 
-    def __init__(self, path: str | Path, writer: bool = True):
+    def __init__(self, path: str | Path, writer: bool = True, named: str | Path | None = None):
         self.path = Path(path)
+        self.named = self.path if named is None else Path(named)  # the folder the user named: `path` or above it
         self.writer = writer
         self.tensorboard: Any = None  # a SummaryWriter once open_tensorboard() is called
         self.output_lost = False  # stdout's reader went away: the loop saves and stops
@@ -161,7 +162,7 @@ class RunFolder:
         Holding it, the temporary files of a killed earlier run are removed (no live process can be
         writing them: every writer holds this lock)."""
         with writes.write_errors_named(self.path):
-            self.path.mkdir(parents=True, exist_ok=True)
+            files.own_folder(self.named, self.path.relative_to(self.named))
             tempfile.TemporaryFile(dir=self.path).close()
             try:
                 lock = os.fdopen(files.take_lock(self.file(schema.LOCK)), "rb", buffering=0)
@@ -206,9 +207,11 @@ class RunFolder:
     @writer_only
     def open_tensorboard(self, step: int) -> None:
         """TensorBoard event files in <run>/tensorboard; events past `step` (a crash's leftovers) are purged."""
+        with writes.write_errors_named(self.file(schema.TENSORBOARD)):
+            folder = files.own_folder(self.path, schema.TENSORBOARD)  # never through a link planted there
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tensorboard = SummaryWriter(str(self.file(schema.TENSORBOARD)), purge_step=step or None)
+        self.tensorboard = SummaryWriter(str(folder), purge_step=step or None)
 
     @writer_only
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:

@@ -37,6 +37,7 @@ def write_errors_named(path: str | Path, replaces: bool = False) -> Iterator[Non
 
 def write_error_message(path: Path, exc: OSError, kept: bool = False) -> str:
     if isinstance(exc, UnsafeFileError):
+        path = Path(exc.filename or path)  # the link or file itself, maybe a level above the file written
         fix = "remove it, or use another --save folder"
     elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free space on that disk or use another --save folder"

@@ -134,8 +134,17 @@ def default_run_name(cfg: TrainConfig) -> str:
     return name
 
 
+DEFAULT_RUNS_DIR = Path("runs")
+
+
 def run_folder_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.save) if cfg.save else Path("runs") / cfg.data_name / default_run_name(cfg)
+    return Path(cfg.save) if cfg.save else DEFAULT_RUNS_DIR / cfg.data_name / default_run_name(cfg)
+
+
+def named_folder_of(cfg: TrainConfig) -> Path:
+    """The folder the run's folder was named by: --save itself, or the default runs folder, below which the
+    run's folder is derived (`<data_name>/<run name>`) and every level must be a folder of the tool's own."""
+    return Path(cfg.save) if cfg.save else DEFAULT_RUNS_DIR
 
 
 def canonical(key: str, value: Any) -> Any:

@@ -39,7 +39,14 @@ from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
 from resbench.runs.reader import check_same_config
-from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
+from resbench.settings.config import (
+    TrainConfig,
+    named_folder_of,
+    precision_for,
+    resolve_device,
+    rounding_changes,
+    run_folder_of,
+)
 from resbench.train.checks import validate_config
 from resbench.train.meter import Meter
 from resbench.train.progress import Progress
@@ -71,7 +78,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     try:
         device = distributed.local_device(device, world)
         agree = lambda failed: distributed.any_rank(failed, world, device)  # noqa: E731
-        with RunFolder(run_folder_of(cfg), writer=world.is_main).claimed(agree) as run:
+        with RunFolder(run_folder_of(cfg), writer=world.is_main, named=named_folder_of(cfg)).claimed(agree) as run:
             return train_in_world(cfg, run, device, world, busy)
     finally:
         distributed.shutdown(world)

@@ -103,7 +103,7 @@ def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, pre
               splits: Splits | None = None) -> Job:
     """The model initialised from the seed, its optimiser, and the hot path's choices applied, to
     train on `batches` (the caller's: a dataset's, or bench's generated images)."""
-    spec = dataset_spec(cfg.data_name, cfg.data_root)
+    spec = splits.spec if splits is not None and splits.spec else dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
     model = resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
     model = hotpath.prepare_model(model, device)

@@ -13,8 +13,8 @@ import contextlib
 import os
 import posixpath
 import re
+import shutil
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from resbench.errors import DataError
-from resbench.files import remove_stale
+from resbench.files import RANDOM_PART, remove_stale, temporary_folder
 
 # Bounds on what an archive may unpack to, from its size on disk. Images and pickled arrays barely
 # compress (the official archives unpack to 1.0-1.1 times their size); a bomb unpacks to ~1000.
@@ -182,16 +182,21 @@ class Archive:
 SCRATCH_PREFIX = ".extract-"
 
 
-def scratch_folder(archive: Path) -> contextlib.AbstractContextManager[str]:
+@contextlib.contextmanager
+def scratch_folder(archive: Path) -> Iterator[str]:
     """A temporary folder beside `archive` to extract into, removed afterwards: a reader that needs
-    members as files uses it. Named after the archive, so that the next preparation from it (under
-    its lock, see `fetch`) can remove one that a killed process left."""
-    return tempfile.TemporaryDirectory(dir=archive.parent, prefix=f"{SCRATCH_PREFIX}{archive.name}-")
+    members as files uses it. Named after the archive and marked (`files.temporary_folder`), so that
+    the next preparation from it (under its lock, see `fetch`) can remove one that a killed process left."""
+    folder = temporary_folder(archive.parent, f"{SCRATCH_PREFIX}{archive.name}-")
+    try:
+        yield str(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_stale_scratch(downloads: Path, archive_name: str) -> None:
     """Remove the scratch folders of `archive_name` that killed preparations left (call it holding its lock)."""
-    remove_stale(downloads, re.compile(re.escape(f"{SCRATCH_PREFIX}{archive_name}-") + r"[A-Za-z0-9_]+"), folders=True)
+    remove_stale(downloads, re.compile(re.escape(f"{SCRATCH_PREFIX}{archive_name}-") + RANDOM_PART), folders=True)
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike,

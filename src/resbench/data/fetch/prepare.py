@@ -9,9 +9,11 @@ once (``resbench sweep --jobs 2`` on an empty data root) take turns under
 ``<data_root>/.<archive>.lock``; the later one finds the data prepared.
 
 The tool deletes only what it wrote: preparing again into an existing ``<NAME>`` folder replaces
-its prepared files and leaves anything else there; the temporary folders a killed
-preparation left are removed by the next one from the same archive (under its lock, so never
-those of a live process); folders created by a preparation that fails are removed if empty.
+its prepared files and leaves anything else there (a ``<NAME>`` or ``downloads`` that is a link is
+refused: it writes only into folders of its own); the temporary folders a killed preparation left
+are removed by the next one from the same archive (under its lock, so never those of a live
+process), by their exact name and the mark they were made with (`files.temporary_folder`);
+folders created by a preparation that fails are removed if empty.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import contextlib
 import os
 import re
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -33,7 +34,16 @@ from resbench.data.fetch.download import Source, disk_advice, fetch_archive
 from resbench.data.recipes import RECIPES, Recipe
 from resbench.data.recipes.common import Splits
 from resbench.errors import DataError, printable
-from resbench.files import UnsafeFileError, current_umask, drop_lock_file, remove_stale, take_lock
+from resbench.files import (
+    RANDOM_PART,
+    UnsafeFileError,
+    drop_lock_file,
+    own_folder,
+    remove_stale,
+    take_lock,
+    temporary_folder,
+    unmark,
+)
 
 DOWNLOADS_DIR = "downloads"
 DATASETS: tuple[str, ...] = tuple(RECIPES)
@@ -76,49 +86,70 @@ def _temporary_prefix(name: str) -> str:
     return f".{name}.tmp-"
 
 
-def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, bytes]) -> Path:
-    """Save the arrays (or, for a value of bytes, those bytes: an imported set's dataset.json) in a
-    hidden temporary folder, then move them into place, in their order.
-
-    A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
-    or damaged earlier copy; maybe a link to another disk, maybe holding the user's own files)
-    keeps everything but the prepared files: their old copies are removed, then the new ones
-    renamed in from a temporary folder inside it, so an interruption leaves the dataset incomplete,
-    never a mix that looks complete.
-    """
-    filenames = list(splits)
-
-    target = data_root / name
-    replacing = os.path.lexists(target)
-    if replacing:
-        _check_replaceable(target, filenames)
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(name), dir=target if replacing else data_root))
-    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide a shared data root's datasets
+def write_temporary(parent: Path, name: str, splits: Splits | Mapping[str, bytes]) -> Path:
+    """The arrays (or, for a value of bytes, those bytes: an imported set's dataset.json) saved in their
+    order in a new marked temporary folder `.<name>.tmp-XXXXXXXX` of `parent` (`files.temporary_folder`);
+    nothing is left of it if that fails."""
+    tmp = temporary_folder(parent, _temporary_prefix(name))
     try:
         for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
             if isinstance(array, bytes):
                 (tmp / filename).write_bytes(array)
             else:
                 np.save(tmp / filename, array, allow_pickle=False)
-        if not replacing:
-            os.replace(tmp, target)
-            return target
-        for filename in filenames:
-            (target / filename).unlink(missing_ok=True)
-        for filename in filenames:
-            os.replace(tmp / filename, target / filename)
-        tmp.rmdir()
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise DataError(f"cannot write {name} in {data_root} ({printable(exc.strerror or exc)}); "
-                            f"{disk_advice(exc)}, then run again (nothing half-written was kept)") from None
         raise
+    return tmp
+
+
+@contextmanager
+def write_errors_named(data_root: Path, name: str) -> Iterator[None]:
+    """An OSError while writing `name` is one DataError naming the set and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"cannot write {name} in {data_root} ({printable(exc.strerror or exc)}); "
+                        f"{disk_advice(exc)}, then run again (nothing half-written was kept)") from None
+
+
+def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, bytes]) -> Path:
+    """Save the arrays in a hidden temporary folder (`write_temporary`), then move them into place.
+
+    A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
+    or damaged earlier copy, maybe holding the user's own files) keeps everything but the prepared
+    files: their old copies are removed, then the new ones renamed in from a temporary folder inside
+    it, so an interruption leaves the dataset incomplete, never a mix that looks complete.
+    """
+    filenames = list(splits)
+    target = data_root / name
+    replacing = os.path.lexists(target)
+    if replacing:
+        _check_replaceable(target, filenames)
+    with write_errors_named(data_root, name):
+        tmp = write_temporary(target if replacing else data_root, name, splits)
+        try:
+            unmark(tmp)
+            if not replacing:
+                os.replace(tmp, target)
+                return target
+            for filename in filenames:
+                (target / filename).unlink(missing_ok=True)
+            for filename in filenames:
+                os.replace(tmp / filename, target / filename)
+            tmp.rmdir()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
 
 
 def _check_replaceable(target: Path, filenames: list[str]) -> None:
-    """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced."""
+    """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced; a link
+    among them (the tool writes only into folders of its own: `files.own_folder`)."""
+    if target.is_symlink():
+        raise DataError(f"{target} is a symbolic link, and resbench never writes through one; move it away, or "
+                        "prepare the set where it leads (--data_root that folder's parent)")
     if not target.is_dir():
         raise DataError(f"{target} is not a folder (a file or a broken link stands there); move it away and run again")
     if folders := [f for f in filenames if (target / f).is_dir() and not (target / f).is_symlink()]:
@@ -132,14 +163,17 @@ def _remove_stale_temporaries(root: Path, source: Source) -> None:
     which all of them are made, so none of them belongs to a live process."""
     for name in (name for name, recipe in RECIPES.items() if recipe.source.filename == source.filename):
         remove_stale_dataset_temporaries(root, name)
-    remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
+    if not os.path.islink(root / DOWNLOADS_DIR):
+        remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
 
 
 def remove_stale_dataset_temporaries(root: Path, name: str) -> None:
-    """Remove the temporary folders a killed `write_dataset` of `name` left (call it under the lock it writes under)."""
-    pattern = re.compile(re.escape(_temporary_prefix(name)) + r"[A-Za-z0-9_]+")
-    for folder in (root, root / name):
-        remove_stale(folder, pattern, folders=True)
+    """Remove the temporary folders a killed `write_dataset` of `name` left, by their exact name and mark
+    (call it under the lock it writes under); never through a link planted as the set's folder."""
+    pattern = re.compile(re.escape(_temporary_prefix(name)) + RANDOM_PART)
+    remove_stale(root, pattern, folders=True)
+    if not os.path.islink(root / name):
+        remove_stale(root / name, pattern, folders=True)
 
 
 def _root_error(root: Path, action: str, err: OSError) -> DataError:
@@ -206,15 +240,26 @@ def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list
     return todo
 
 
+def own_downloads(root: Path) -> Path:
+    """<data_root>/downloads, where archives are fetched and extracted: a folder of the tool's own, never a link."""
+    try:
+        return own_folder(root, DOWNLOADS_DIR)
+    except UnsafeFileError as err:
+        raise DataError(f"{err.filename}: {err.strerror}; move it away (an archive there may be passed with "
+                        "--mirror FOLDER), then run again") from None
+    except OSError as err:
+        raise _root_error(root, "write in", err) from None
+
+
 def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
     """Fetch one archive (and those it needs) and write every dataset of ``group`` from a single decode."""
     from resbench.data import evalsets
 
-    archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
+    archive = fetch_archive(recipe.source, own_downloads(root), mirror, verify)
     needed = []
     for source in (RECIPES[name].source for name in recipe.needs):
         with preparation_lock(root, source.filename, group):
-            needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
+            needed.append(fetch_archive(source, own_downloads(root), mirror, verify))
     log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
     arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
     for name in group:
