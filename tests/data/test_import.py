@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LIMIT, REPO, cli_env
+from conftest import LIMIT, REPO, cli_env, fails_if_blocked
 from resbench.cli.main import main
 from resbench.data import evalsets, facts
 from resbench.data.facts import DATASETS, FACTS_FILE, FactsError, dataset_spec, read_facts
@@ -429,9 +429,61 @@ def test_an_npz_is_read_without_unpickling_and_its_sizes_checked_before_its_data
         archive.writestr("x_train.npy", header.getvalue() + b"\0" * 16)
         archive.writestr("y_train.npy", npy_bytes(np.arange(4) % 2))
     err = one_line_error(*import_cli(capsys, "B", tmp_path / "bomb.npz", "--data_root", tmp_path / "data")[::2])
-    assert "expected 1 to 2,000,000 images" in err
+    assert "x_train: its header declares uint8 (1000000000, 32, 32, 3), 3,072,000,000,000 bytes, but it holds 16" in err
     (tmp_path / "not.npz").write_bytes(b"hello")
     assert "is not an .npz archive" in one_line_error(*import_cli(capsys, "N", tmp_path / "not.npz")[::2])
+
+
+def test_an_npz_bomb_huge_labels_and_a_truncated_member_are_one_line_before_any_image_is_read(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """Issue 37, cause 6 and 7: an .npz whose members declare far more than an archive of its size holds (77 MB of
+    zeros in 75 KB; the issue's 4.6 MB declared 4.8 GB, read whole in 97 s and 10.5 GB) is refused from its
+    headers; a uint64 label of 2**64 - 1 (-1 once cast) is refused in its own type before the images are read; a
+    member shorter than its header says is one line."""
+    np.savez_compressed(tmp_path / "bomb.npz", x_train=np.zeros((25_000, 32, 32, 3), np.uint8),
+                        y_train=np.arange(25_000) % 2)
+    err = one_line_error(*import_cli(capsys, "B", tmp_path / "bomb.npz", "--data_root", tmp_path / "data")[::2])
+    assert "(a decompression bomb?); save it with numpy.savez (uncompressed), or pass an ImageFolder tree" in err
+    read = []
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda npz, key, get=np.lib.npyio.NpzFile.__getitem__: (
+        read.append(key), get(npz, key))[1])
+    np.savez(tmp_path / "huge.npz", x_train=np.zeros((4, 8, 8, 3), np.uint8),
+             y_train=np.array([0, 1, 2**64 - 1, 0], np.uint64))
+    err = one_line_error(*import_cli(capsys, "H", tmp_path / "huge.npz", "--data_root", tmp_path / "data")[::2])
+    assert "y_train holds the label 18446744073709551615; labels are 0 .. classes - 1, at most 9,999" in err
+    assert read == ["y_train"]
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as archive:
+        archive.writestr("x_train.npy", npy_bytes(np.zeros((4, 8, 8, 3), np.uint8))[:-100])
+        archive.writestr("y_train.npy", npy_bytes(np.arange(4) % 2))
+    err = one_line_error(*import_cli(capsys, "S", tmp_path / "short.npz", "--data_root", tmp_path / "data")[::2])
+    assert "x_train: its header declares uint8 (4, 8, 8, 3), 768 bytes, but it holds 668" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    from resbench.data import imported
+
+    def no_memory(*args):
+        raise MemoryError
+
+    monkeypatch.setattr(imported, "read_source", no_memory)
+    err = one_line_error(*import_cli(capsys, "M", tmp_path / "src", "--data_root", tmp_path / "data")[::2])
+    assert err == f"error: not enough memory to import {tmp_path / 'src'}: its images, resized, are held in memory " \
+                  "whole; free memory, or import fewer images\n"
+
+
+def test_a_fifo_named_like_an_image_is_never_opened(tmp_path, capsys):
+    """Issue 37, cause 7: a FIFO named *.png in the tree hung the import forever (--skip_bad too); it is no regular
+    file, so it is counted with the files that are no images, and one put there after the listing is refused."""
+    from resbench.data.decode import decode_file
+
+    write_tree(tmp_path / "src", {"a": grey_images(4, 1), "b": grey_images(4, 2)})
+    os.mkfifo(tmp_path / "src" / "train" / "a" / "zz.png")
+    with fails_if_blocked(60, "the import opened the FIFO"):
+        code, out, _ = import_cli(capsys, "F", tmp_path / "src", "--data_root", tmp_path / "data")
+        decoded = decode_file(str(tmp_path / "src" / "train" / "a" / "zz.png"), 32)
+    assert code == 0 and "8 images in 2 classes" in out and ", 1 files that are no images" in out
+    assert decoded.error == "cannot be read (not a regular file: a FIFO, a socket or a device)"
 
 
 # ---------------------------------------------------------------- the facts file

@@ -2,25 +2,32 @@
 `SRC/test/<class>/*`) or an .npz (`x_train`, `y_train`, optionally `x_test`, `y_test`, `classes`),
 as uint8 RGB images at the wanted size with their labels (`Source`).
 
-Bounded before anything is decoded: the files are counted (at most `facts.MAX_IMAGES`) and every
-image's header is checked (`decode.decode_file`); an .npz array's shape and type are read from its
-header and checked before its data is read, without unpickling anything. In a tree, a symbolic
-link is followed only to a file inside SRC; a link out of SRC, to a folder or to nothing is
-skipped and counted. Light (no torch).
+Bounded before anything is decoded: the files are counted (at most `facts.MAX_IMAGES`), only
+regular files are opened (a FIFO, a socket or a device is counted with the files that are no
+images) and every image's header is checked (`decode.decode_file`); an .npz's members may unpack
+to at most what an archive of its size holds (`archive.check_zip_size`), and each array's shape
+and type are read from its header and checked against the bytes it holds, without unpickling
+anything, the labels before any image is read. In a tree, a symbolic link is followed only to a
+regular file inside SRC; a link out of SRC, to a folder or to nothing is skipped and counted.
+Light (no torch).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from resbench.console import progress
 from resbench.data.decode import Decoded, at_size, decode_files, readable_extensions
 from resbench.data.facts import MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGES
+from resbench.data.fetch.archive import check_zip_size
 from resbench.errors import DataError
 
 MAX_ENTRIES = 4 * MAX_IMAGES  # folder entries a tree may hold in all (images and other files)
@@ -142,9 +149,9 @@ def image_files(folder: Path, listing: Listing, extensions: set[str], depth: int
                 listing.skipped_links += 1
         elif entry.is_dir():
             found += image_files(Path(entry.path), listing, extensions, depth + 1)
-        elif Path(entry.name).suffix.lower() in extensions:
+        elif entry.is_file(follow_symlinks=False) and Path(entry.name).suffix.lower() in extensions:
             found.append(entry.path)
-        else:
+        else:  # no image by its name, or no regular file (a FIFO would block its reader forever): never opened
             listing.ignored_files += 1
     return found
 
@@ -208,10 +215,16 @@ def check_every_class(source: Source, where: str) -> None:
 
 # ---------------------------------------------------------------- an .npz
 
+NPZ_FIX = "save it with numpy.savez (uncompressed), or pass an ImageFolder tree"
+NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)  # a member damaged past its header
+
+
 def read_npz(path: Path, size: int) -> Source:
-    """x_train/y_train (and x_test/y_test, classes) of an .npz, each checked from its header first."""
+    """x_train/y_train (and x_test/y_test, classes) of an .npz, each checked from its header first; the
+    labels checked before the images are read."""
     try:
         with zipfile.ZipFile(path) as archive:
+            check_zip_size(archive, path, NPZ_FIX)
             members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
             headers = {key: npy_header(archive, members[key], f"{path}: {key}")
                        for key in NPZ_MEMBERS if key in members}
@@ -220,11 +233,14 @@ def read_npz(path: Path, size: int) -> Source:
                         "file") from None
     check_npz_headers(path, headers)
     with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in headers}
-    images, labels, resized = npz_split(arrays, "train", size, path)
+        arrays = {key: npz_array(npz, key, path) for key in ("y_train", "y_test") if key in headers}
+        for key, labels in arrays.items():
+            check_npz_labels(labels, key, path)
+        arrays.update({key: npz_array(npz, key, path) for key in ("x_train", "x_test", "classes") if key in headers})
+    images, labels, resized = npz_split(arrays, "train", size)
     source = Source("npz", [], images, labels, resized=resized)
     if "x_test" in arrays:
-        source.test_images, source.test_labels, resized = npz_split(arrays, "test", size, path)
+        source.test_images, source.test_labels, resized = npz_split(arrays, "test", size)
         source.resized += resized
     if set(members) - set(NPZ_MEMBERS):
         source.notes.append(f"ignored the arrays {', '.join(sorted(set(members) - set(NPZ_MEMBERS)))} of {path}")
@@ -233,19 +249,41 @@ def read_npz(path: Path, size: int) -> Source:
     return source
 
 
+def npz_array(npz: Any, key: str, path: Path) -> np.ndarray:
+    try:
+        return npz[key]
+    except NPZ_ERRORS as exc:
+        raise DataError(f"{path}: {key} cannot be read ({' '.join(str(exc).split())}); {NPZ_FIX}") from None
+
+
+def check_npz_labels(labels: np.ndarray, key: str, path: Path) -> None:
+    """Labels from 0 to MAX_CLASSES - 1, checked in their own type (2**64 - 1 as int64 would be -1)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= MAX_CLASSES):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise DataError(f"{path}: {key} holds the label {bad}; labels are 0 .. classes - 1, at most "
+                        f"{MAX_CLASSES - 1:,}")
+
+
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def npy_header(archive: zipfile.ZipFile, member: str, what: str) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and type an array of the archive declares, read before any of its data."""
+    """The shape and type an array of the archive declares, read before any of its data, and checked
+    against the bytes the member holds."""
     with archive.open(member) as f:
         try:
             version = np.lib.format.read_magic(f)
             if version not in NPY_HEADER_READERS:
                 raise ValueError(f"format {version[0]}.{version[1]}; resbench reads 1.0 and 2.0")
             shape, _, dtype = NPY_HEADER_READERS[version](f)
-        except ValueError as exc:
-            raise DataError(f"{what} is not a valid .npy array ({exc})") from None
+            if any(n < 0 for n in shape):
+                raise ValueError(f"its header declares the shape {shape}, with a negative size")
+            declared, held = math.prod(shape) * dtype.itemsize, archive.getinfo(member).file_size - f.tell()
+        except NPZ_ERRORS as exc:
+            raise DataError(f"{what} is not a valid .npy array ({' '.join(str(exc).split())})") from None
+    if declared > held:
+        raise DataError(f"{what}: its header declares {dtype} {shape}, {declared:,} bytes, but it holds {held:,}; "
+                        "the file is truncated or damaged")
     return shape, dtype
 
 
@@ -285,8 +323,9 @@ def npz_array_problem(key: str, shape: tuple[int, ...], dtype: np.dtype) -> str 
     return None
 
 
-def npz_split(arrays: dict[str, np.ndarray], split: str, size: int, path: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(uint8 N x size x size x 3 RGB images, int64 labels, how many were resized) of one split."""
+def npz_split(arrays: dict[str, np.ndarray], split: str, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(uint8 N x size x size x 3 RGB images, int64 labels (checked: `check_npz_labels`), how many were resized)
+    of one split."""
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
     if x.ndim == 3:
         x = x[..., None]
@@ -294,8 +333,6 @@ def npz_split(arrays: dict[str, np.ndarray], split: str, size: int, path: Path) 
         x = x.transpose(0, 2, 3, 1)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
-    if y.min() < 0:
-        raise DataError(f"{path}: y_{split} holds the label {y.min()}; labels are 0 .. classes - 1")
     if x.shape[1:3] == (size, size):
         return np.ascontiguousarray(x), y.astype(np.int64), 0
     from PIL import Image

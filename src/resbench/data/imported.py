@@ -252,14 +252,18 @@ def import_dataset(request: ImportRequest) -> tuple[Path, ImportedFacts, list[st
     check_name(request.name)
     workers = request.workers or available_cores()
     start = time.perf_counter()
-    source = read_source(Path(request.src), request.image_size, request.skip_bad, workers)
-    seconds = time.perf_counter() - start
-    count = len(source.labels) + (len(source.test_labels) if source.test_labels is not None else 0)
-    for note in source.notes:
-        log(printable(note))
-    splits = split_source(source, request)
-    found = facts_of(splits, source, request)
-    folder = write_imported(request, splits, found)
+    try:
+        source = read_source(Path(request.src), request.image_size, request.skip_bad, workers)
+        seconds = time.perf_counter() - start
+        count = len(source.labels) + (len(source.test_labels) if source.test_labels is not None else 0)
+        for note in source.notes:
+            log(printable(note))
+        splits = split_source(source, request)
+        found = facts_of(splits, source, request)
+        folder = write_imported(request, splits, found)
+    except MemoryError:  # SRC's arrays, their resized copies and the splits are held in memory at once
+        raise DataError(f"not enough memory to import {request.src}: its images, resized, are held in memory "
+                        "whole; free memory, or import fewer images") from None
     return folder, found, summary_lines(request, source, found, folder, (count, seconds, workers))
 
 

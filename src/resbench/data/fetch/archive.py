@@ -66,9 +66,12 @@ def unpack_budget(archive_bytes: int) -> tuple[int, int]:
             archive_bytes // MIN_BYTES_PER_MEMBER + MEMBER_ALLOWANCE)
 
 
-def _bomb_error(path: Path, what: str) -> DataError:
+DOWNLOAD_AGAIN = "delete it and download again"
+
+
+def _bomb_error(path: Path, what: str, fix: str = DOWNLOAD_AGAIN) -> DataError:
     return DataError(f"refusing archive {path.name}: it would unpack to {what}, more than an archive of its size "
-                     f"holds (a decompression bomb?); delete it and download again")
+                     f"holds (a decompression bomb?); {fix}")
 
 
 def _tar_infos(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
@@ -85,13 +88,14 @@ def _tar_infos(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
     return tar.getmembers()
 
 
-def _check_zip_size(archive: zipfile.ZipFile, path: Path) -> None:
-    """zipfile reads a member up to its declared size; the declared sizes are bounded here."""
+def check_zip_size(archive: zipfile.ZipFile, path: Path, fix: str = DOWNLOAD_AGAIN) -> None:
+    """zipfile reads a member up to its declared size; the declared sizes are bounded here, before any
+    member is read (an .npz is a zip too)."""
     max_bytes, max_members = unpack_budget(path.stat().st_size)
     infos = archive.infolist()
     unpacked = sum(info.file_size for info in infos)
     if unpacked > max_bytes or len(infos) > max_members:
-        raise _bomb_error(path, f"{unpacked:,} bytes in {len(infos):,} members")
+        raise _bomb_error(path, f"{unpacked:,} bytes in {len(infos):,} members", fix)
 
 
 def _tar_members(infos: list[tarfile.TarInfo]) -> list[_Member]:
@@ -132,7 +136,7 @@ class Archive:
                 self._handle: zipfile.ZipFile | tarfile.TarFile = zf
                 self._open: Callable[[str], IO[bytes]] = zf.open
                 with self._closed_on_error():
-                    _check_zip_size(zf, self.path)
+                    check_zip_size(zf, self.path)
                     members = _zip_members(zf)
             elif tarfile.is_tarfile(self.path):
                 tar = tarfile.open(self.path)
