@@ -1,5 +1,6 @@
 """The exception type the command line turns into `error: <message>` (exit status 2, no traceback), and its
-subclasses shared by the data modules (download, archive, dataset readers, preparation; prepared files)."""
+subclasses shared by the data modules (download, archive, dataset readers, preparation; prepared files).
+(A message is printed by the printing rule of `console`: `console.printable` for the names it quotes.)"""
 
 
 class ResbenchError(Exception):
@@ -12,17 +13,6 @@ class DataError(ResbenchError):
 
 class DataFileError(ResbenchError):
     """A prepared data file is missing or malformed; the message names the file and the fix."""
-
-
-def printable(text: str) -> str:
-    """`text` with every control character escaped (`\\x1b`), so a message that quotes a server's
-    status text or a name read from a file cannot move the cursor or recolour the terminal."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
-
-
-def printable_lines(text: str) -> str:
-    """`printable` line by line: a report's line breaks kept, every other control character escaped."""
-    return "\n".join(map(printable, text.split("\n")))
 
 
 def reason(exc: Exception) -> str:

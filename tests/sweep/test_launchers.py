@@ -156,7 +156,7 @@ def dry_run_submission(out: str) -> tuple[str, str]:
 
 def test_a_grid_finishes_through_a_slurm_job_array(slurm, tmp_path, monkeypatch):
     """From a folder whose name is hostile to a shell and to sbatch: every path reaches sbatch as data."""
-    from resbench.errors import printable
+    from resbench.console import printable
     from resbench.sweep.slurm import JOB_SCRIPT
 
     tmp_path = tmp_path / HOSTILE_NAME

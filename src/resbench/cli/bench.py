@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
+from resbench.console import log, say
 from resbench.settings.config import ConfigError, TrainConfig
 from resbench.settings.flags import add_setting_flag
 
@@ -60,16 +60,16 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < least:
             raise ConfigError(f"--{name} must be an integer >= {least}, got {getattr(args, name)}")
     if busy := cpus.busy_warning():
-        print(busy, file=sys.stderr)
+        log(busy)
     cpus.use_threads(args.threads)
     if args.grid is not None:
         return run_grid_command(args)
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
     cfg = bench_config(given, args.compile, args.device, args.optim_ni)
     record = run_bench(cfg, args.warmup, args.iters, args.windows, args.vs, args.pack)
-    print(json.dumps(record, indent=2) if args.json else format_table(record))
+    say(json.dumps(record, indent=2) if args.json else format_table(record))
     if warning := spread_warning(record):
-        print(warning, file=sys.stderr)
+        log(warning)
     return 0
 
 
@@ -81,10 +81,10 @@ def run_grid_command(args: argparse.Namespace) -> int:
     if args.vs or args.pack > 1:
         raise ConfigError("--vs and --pack compare ways of training one configuration; leave them out with --grid")
     if not args.json:
-        print(GRID_HEADER, flush=True)
+        say(GRID_HEADER)
     result = run_grid(args.grid, args.device, args.compile, args.warmup, args.iters, args.windows,
-                      report=(lambda row: None) if args.json else (lambda row: print(grid_line(row), flush=True)))
-    print(json.dumps(result, indent=2) if args.json else "\n" + grid_total(result))
+                      report=(lambda row: None) if args.json else (lambda row: say(grid_line(row))))
+    say(json.dumps(result, indent=2) if args.json else "\n" + grid_total(result))
     return 0
 
 

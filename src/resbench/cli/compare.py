@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from resbench.errors import ResbenchError, printable, printable_lines
+from resbench.console import log, printable, say
+from resbench.errors import ResbenchError
 from resbench.results.compare import as_json, match_runs, render_markdown
 from resbench.runs.reader import find_run_folders
 from resbench.runs.schema import SUMMARY
@@ -19,14 +19,13 @@ def run(args: argparse.Namespace) -> int:
         raise ResbenchError(f"no run folders (metrics.jsonl with config.json) in {', '.join(map(str, args.runs))}")
     for run in runs:
         if run.status == "unknown":  # else a finished run would pass for one still going, without a word
-            print(printable(f"warning: {run.path / SUMMARY} cannot be read: the run counts as unfinished until it "
-                            "is restored"), file=sys.stderr)
+            log(f"warning: {printable(run.path / SUMMARY)} cannot be read: the run counts as unfinished until it "
+                "is restored")
     cells, unmatched = match_runs(runs)
     if args.json:
-        print(json.dumps(as_json(cells, unmatched), indent=2))
+        say(json.dumps(as_json(cells, unmatched), indent=2))
     else:
-        text = render_markdown(cells, unmatched, curves=not args.brief)
-        print(printable_lines(text), end="")  # names from run files cannot act on the terminal
+        say(render_markdown(cells, unmatched, curves=not args.brief), end="")
     return 0
 
 

@@ -7,9 +7,10 @@ import argparse
 import os
 from pathlib import Path
 
+from resbench.console import printable, say
 from resbench.data.fetch.prepare import DATASETS
 from resbench.data.imported import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from resbench.errors import DataError, printable_lines
+from resbench.errors import DataError
 
 
 def human_size(n: int) -> str:
@@ -25,7 +26,7 @@ def format_status(rows: list[dict]) -> str:
     lines = [f"{'dataset':<21} {'status':<10} {'train':>7} {'test':>7} {'size':>9}  note"]
     for row in rows:
         status = "complete" if row["complete"] else ("damaged" if row["present"] else "missing")
-        note = row.get("note") or row["problem"] or ""
+        note = printable(row.get("note") or row["problem"] or "")
         lines.append(f"{row['name']:<21} {status:<10} {row['train'] or '-':>7} {row['test'] or '-':>7} "
                      f"{human_size(row['bytes']) if row['present'] else '-':>9}  {note}".rstrip())
     return "\n".join(lines)
@@ -46,8 +47,8 @@ def run_list(args: argparse.Namespace) -> int:
     if os.path.exists(args.data_root) and not os.path.isdir(args.data_root):
         raise DataError(f"data root {args.data_root} is not a folder; pass the folder that holds the datasets "
                         "as --data_root")
-    print(f"data root: {Path(args.data_root).resolve()}")
-    print(printable_lines(format_status(dataset_status(args.data_root) + imported_status(args.data_root))))
+    say(f"data root: {printable(Path(args.data_root).resolve())}")
+    say(format_status(dataset_status(args.data_root) + imported_status(args.data_root)))
     return 0
 
 
@@ -57,7 +58,7 @@ def run_import(args: argparse.Namespace) -> int:
     request = ImportRequest(args.name, args.src, args.data_root, args.image_size, args.val_fraction,
                             args.test_fraction, args.split_seed, args.skip_bad, args.workers)
     _, _, lines = import_dataset(request)
-    print(printable_lines("\n".join(lines)))  # file names are data: they cannot act on the terminal
+    say("\n".join(lines))
     return 0
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from resbench.console import log
+from resbench.console import log, printable, say
 from resbench.errors import ResbenchError
 from resbench.runs.schema import CORRUPTION_METRICS, OOD_METRICS, OOD_SCORES
 from resbench.settings.flags import RenamedFlag
@@ -76,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     report = (evaluate_ensemble(args.ckpt, args.which, request) if several
               else evaluate_checkpoint(args.ckpt[0], args.which, request))
     if args.write_eval:
-        log(f"wrote {save_report(report)}")
-    print(json.dumps(report, indent=2) if args.json else format_eval_report(report))
+        log(f"wrote {printable(save_report(report))}")
+    say(json.dumps(report, indent=2) if args.json else format_eval_report(report))
     return 0
 
 
@@ -88,12 +87,12 @@ def eval_runs(runs_dir: Path, which: str, request: Any, as_json: bool) -> int:
 
     def show(folder: Path, report: dict) -> None:
         if not as_json:
-            print(f"{folder}: {summary_line(report)}", flush=True)
+            say(f"{printable(folder)}: {summary_line(report)}")
 
     reports, failed = evaluate_runs(runs_dir, which, request, show)
     if as_json:
-        print(json.dumps(reports, indent=2))
-    print(f"eval: {len(reports)} of {len(reports) + failed} run folders evaluated", file=sys.stderr)
+        say(json.dumps(reports, indent=2))
+    log(f"eval: {len(reports)} of {len(reports) + failed} run folders evaluated")
     return 1 if failed else 0
 
 
@@ -148,7 +147,7 @@ def format_eval_report(report: dict) -> str:
     if "ensemble" in report:
         return format_ensemble_report(report)
     scaled = report.get("temperature_scaling")
-    lines = [f"{report['ckpt']} ({report['checkpoint']}.pt): {report['data_name']} {report['split']} split, "
+    lines = [f"{printable(report['ckpt'])} ({report['checkpoint']}.pt): {report['data_name']} {report['split']} split, "
              f"{report['n']} images"]
     lines.append(f"{'':6}{'T=1':>10}" + (f"{'T=%.3f' % scaled['temperature']:>10}" if scaled else ""))
     for name in ("acc", "nll", "ece", "brier"):
@@ -163,7 +162,7 @@ def format_ensemble_report(report: dict) -> str:
     members, ensemble = report["members"], report["ensemble"]
     lines = [f"ensemble of {len(members)} checkpoints: {report['data_name']} {report['split']} split, "
              f"{report['n']} images (members' probabilities averaged)"]
-    lines += [f"{i:<10}{summary_line(m)}  {m['ckpt']}" for i, m in enumerate(members, 1)]
+    lines += [f"{i:<10}{summary_line(m)}  {printable(m['ckpt'])}" for i, m in enumerate(members, 1)]
     lines.append(f"{'ensemble':<10}{summary_line(ensemble)}")
     lines.append(f"diversity: pairwise disagreement {report['diversity']['disagreement']:.4f}, "
                  f"mean KL between members {report['diversity']['kl']:.4f}")

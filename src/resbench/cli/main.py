@@ -14,7 +14,8 @@ import sys
 import threading
 
 from resbench.cli import bench, compare, data, evaluate, plot, sweep, table, train
-from resbench.errors import ResbenchError, printable
+from resbench.console import printable
+from resbench.errors import ResbenchError
 from resbench.settings.flags import Parser
 from resbench.sweep.local import stop_with_parent
 from resbench.version import __version__

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resbench.errors import printable
+from resbench.console import printable, say
 
 
 def run(args: argparse.Namespace) -> int:
     from resbench.results.plots import write_plots
 
     for path in write_plots(args.runs_dir, args.out, args.compare == "reference"):
-        print(printable(path))
+        say(printable(path))
     return 0
 
 

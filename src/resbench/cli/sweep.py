@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from resbench.console import printable, say
 from resbench.device import cpus
 from resbench.errors import ResbenchError
 from resbench.sweep.cluster import check_outputs
@@ -69,18 +70,18 @@ def run(args: argparse.Namespace) -> int:
     grid = with_seeds(load_grid(args.grid), args.seeds, source)
     runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads, check=not args.status)
     if args.status:
-        print(status_report(runs))
+        say(status_report(runs))
         return 0
     todo = [run for run in runs if run.state != "finished"]
     check_outputs(todo)
     # The submission made (and so checked: every path and option) before anything is printed or submitted.
     submission = slurm_submission(todo, options, args) if args.launcher == "slurm" and todo else None
-    print(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher), flush=True)
+    say(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher))
     if args.launcher == "local" and threads is not None and todo:
-        print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
-              "(unless the train flags set --threads)")
+        say(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
+            "(unless the train flags set --threads)")
     if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
-        print(busy, flush=True)
+        say(busy)
     if args.dry_run and todo:
         print_dry_run(todo, submission, args.jobs)
     if args.dry_run or not todo:
@@ -98,26 +99,26 @@ def slurm_submission(todo: list, options: dict[str, str | None], args: argparse.
 
 def print_dry_run(todo: list, submission: Submission | None, jobs: int) -> None:
     downloads = data_to_prepare(todo)
-    print("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
-    print("\n".join([*downloads, time_estimate(todo, jobs)]), flush=True)
+    say("data: " + ("every dataset is prepared" if not downloads else "to download and prepare:"))
+    say("\n".join([*downloads, time_estimate(todo, jobs)]))
     if submission is not None:
-        print(describe_submission(submission.argv, submission.launch), end="", flush=True)
+        say(describe_submission(submission.argv, submission.launch), end="")
 
 
 def launch(todo: list, submission: Submission | None, args: argparse.Namespace) -> int:
     """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report."""
     if submission is not None:
         job = submit(todo, submission, args.runs_dir)
-        print(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script, plan and output are in "
-              f"{submission.launch}. Watch it with the same command and --status.", flush=True)
+        say(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script, plan and output are in "
+            f"{printable(submission.launch)}. Watch it with the same command and --status.")
         return 0
     if args.launcher == "ray":
         failures = run_on_ray(todo, args.address, args.cpus_per_run, args.gpus_per_run)
     else:
         failures = execute_all(todo, args.jobs)
-    print(f"sweep: {len(todo) - len(failures)} of {len(todo)} runs finished", flush=True)
+    say(f"sweep: {len(todo) - len(failures)} of {len(todo)} runs finished")
     for run, reason in failures:
-        print(f"  failed: {run.save} ({reason})")
+        say(f"  failed: {printable(run.save)} ({printable(reason)})")
     return 1 if failures else 0
 
 

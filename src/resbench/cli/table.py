@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from resbench.errors import ResbenchError, printable_lines
+from resbench.console import say
+from resbench.errors import ResbenchError
 from resbench.results.columns import DEFAULT_COLUMNS, parse_columns
 from resbench.results.table import SELECTIONS, render_tables
 from resbench.runs.reader import find_runs
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
         raise ResbenchError(f"no finished runs (summary.json) below {args.runs_dir}")
     table = render_tables(runs, compare=args.compare == "reference", selection=args.selection,
                           select_by=args.select_by, columns=parse_columns(args.columns))
-    print(printable_lines(table))  # names from summary.json cannot act on the terminal
+    say(table)
     return 0
 
 

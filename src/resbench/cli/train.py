@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from resbench.errors import printable
+from resbench.console import log, printable
 from resbench.runs.reader import config_from_args
 from resbench.settings.flags import add_train_flags
 
@@ -25,9 +24,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(config_from_args(args))
     except TrainingDiverged as exc:
-        print(f"error: {printable(exc)}", file=sys.stderr)
+        log(f"error: {printable(exc)}")
         return 1
     except Interrupted as exc:
-        print(str(exc), file=sys.stderr)
+        log(str(exc))
         return 130
     return 0 if summary.get("status") == "finished" else 1

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from resbench.console import log
+from resbench.console import log, printable
 from resbench.data import facts
 from resbench.data.decode import RESIZE_NAME, available_cores, decoding_processes
 from resbench.data.facts import FACTS_FILE, PREPARED_FILES, ImportedFacts
 from resbench.data.fetch import prepare
 from resbench.data.import_sources import Source, read_source
 from resbench.data.recipes import RECIPES
-from resbench.errors import DataError, printable
+from resbench.errors import DataError
 from resbench.files import RANDOM_PART, read_bounded, remove_stale, unmark
 from resbench.version import __version__
 
@@ -257,7 +257,7 @@ def import_dataset(request: ImportRequest) -> tuple[Path, ImportedFacts, list[st
         seconds = time.perf_counter() - start
         count = len(source.labels) + (len(source.test_labels) if source.test_labels is not None else 0)
         for note in source.notes:
-            log(printable(note))
+            log(printable(note))  # (a note names folders of SRC)
         splits = split_source(source, request)
         found = facts_of(splits, source, request)
         folder = write_imported(request, splits, found)
@@ -277,8 +277,8 @@ def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, 
     processes = f"{workers} processes" if workers > 1 else "1 process"
     size = f"{found.image_size}x{found.image_size}"
     kind = "an ImageFolder tree" if source.kind == "imagefolder" else "an .npz"
-    lines = [(f"{request.name}: {count:,} images in {len(found.classes)} classes from {request.src} ({kind}), read in "
-              f"{seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} images/s, {processes})"),
+    lines = [(f"{request.name}: {count:,} images in {len(found.classes)} classes from {printable(request.src)} "
+              f"({kind}), read in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} images/s, {processes})"),
              f"  images: {size} RGB; {found.resized:,} resized to {size} with {RESIZE_NAME}" +
              ("; made RGB: " + ", ".join(f"{n:,} {mode}" for mode, n in sorted(source.converted.items()))
               if source.converted else "")]
@@ -289,12 +289,12 @@ def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, 
     if absent := absent_classes(found):
         lines.append(f"  {absent}")
     lines.append(f"  skipped: {found.skipped_bad:,} unreadable images" +
-                 (f" (--skip_bad; e.g. {source.skipped_bad[0]})" if source.skipped_bad else "") +
+                 (f" (--skip_bad; e.g. {printable(source.skipped_bad[0])})" if source.skipped_bad else "") +
                  f", {found.skipped_links:,} symbolic links (not followed: out of SRC, to a folder or broken), "
                  f"{found.ignored_files:,} files that are no images")
-    lines.append(f"ready in {folder} (facts in {FACTS_FILE}: mean {fmt(found.mean)}, std {fmt(found.std)} of the "
-                 "training split; training normalises with the recipe's fixed mean/std, as for every set)")
-    lines.append(f"  train on it: resbench train --data_name {request.name} --data_root {request.data_root}")
+    lines.append(f"ready in {printable(folder)} (facts in {FACTS_FILE}: mean {fmt(found.mean)}, std {fmt(found.std)} "
+                 "of the training split; training normalises with the recipe's fixed mean/std, as for every set)")
+    lines.append(f"  train on it: resbench train --data_name {request.name} --data_root {printable(request.data_root)}")
     return lines
 
 
@@ -314,7 +314,8 @@ def absent_classes(found: ImportedFacts) -> str | None:
             continue
         missing = [found.classes[c] for c, n in enumerate(found.class_counts[split]) if n == 0]
         if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            shown = ", ".join(map(printable, missing[:3])) + more
             parts.append(f"{len(missing)} class{'es' * (len(missing) > 1)} in no {what} image ({shown})")
     return "note: " + "; ".join(parts) + " (too few images to hold one out)" if parts else None
 
@@ -347,7 +348,7 @@ def imported_status(data_root: str | os.PathLike) -> list[dict]:
 def facts_note(found: ImportedFacts) -> str:
     size = f"{found.image_size}x{found.image_size}"
     test = " (carved out of train)" if "test" in found.carved else ""
-    return (f"imported from {found.source} ({found.source_kind}): {len(found.classes)} classes, {size}, "
+    return (f"imported from {printable(found.source)} ({found.source_kind}): {len(found.classes)} classes, {size}, "
             f"{found.num_train:,} train / {found.num_val:,} val / {found.num_test:,} test{test}, {found.resized:,} "
             f"resized with {found.resize}; mean {fmt(found.mean)}, std {fmt(found.std)} (training normalises with "
             "the recipe's fixed mean/std)")

@@ -21,12 +21,13 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from resbench.console import log
 
 # Iterations from which `--compile auto` compiles: the compile time divided by the time it saves
 # per step, with a margin. CPU (2 cores, depth 20, batch 256): 50-90 s to compile, 0.11 s saved
@@ -121,7 +122,7 @@ def slow_precision_warning(precision: str, device: torch.device) -> str | None:
 def warn_if_slow_precision(precision: str, device: torch.device) -> None:
     message = slow_precision_warning(precision, device)
     if message:
-        print(message, file=sys.stderr)
+        log(message)
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -7,14 +7,13 @@ One checkpoint's figures and an ensemble's are two functions with one shape each
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from resbench.console import log
+from resbench.console import log, printable
 from resbench.data import evalsets
 from resbench.data.facts import DATASETS, DatasetSpec, is_imported
 from resbench.data.fetch.prepare import is_complete, prepare_datasets
@@ -195,7 +194,7 @@ def evaluate_runs(runs_dir: Path, which: str, request: EvalRequest,
         try:
             report = evaluate_checkpoint(folder, which, request)
         except ResbenchError as exc:
-            print(f"warning: cannot evaluate {folder}: {exc}", file=sys.stderr)
+            log(f"warning: cannot evaluate {printable(folder)}: {printable(exc)}")
             failed += 1
             continue
         save_report(report)

@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from resbench.console import printable
 from resbench.results.noise import (
     ALPHA,
     CURVES,
@@ -127,7 +128,8 @@ class Cell:
     def verdict_text(self) -> str:
         v = self.verdict()
         if v["status"] == "diverged":
-            runs = ", ".join(f"{run.path.name} (after iteration {last_iteration(run)})" for run in self.diverged())
+            runs = ", ".join(f"{printable(run.path.name)} (after iteration {last_iteration(run)})"
+                             for run in self.diverged())
             return f"DIFFERS: {len(self.diverged())} of {len(self.runs)} runs diverged: {runs}"
         if v["status"] == "no evaluation yet":
             return "no evaluation yet (the first window ends at iteration 4000)"
@@ -319,12 +321,12 @@ def render_markdown(cells: list[Cell], unmatched: list[tuple[Run, str]], curves:
         for cell in cells if curves else []:
             if cell.reference.data_name != data_name:
                 continue
-            lines += [f"#### {data_name} {cell.label}", "", "runs: " + ", ".join(str(run.path) for run in cell.runs),
-                      noise_note(cell), ""]
+            lines += [f"#### {data_name} {cell.label}", "",
+                      "runs: " + ", ".join(printable(run.path) for run in cell.runs), noise_note(cell), ""]
             lines += [*check_lines(cell), "", *curve_lines(cell), ""]
     if unmatched:
         lines += ["### No reference run", ""]
-        lines += [f"- {run.path}: no reference run: {reason}" for run, reason in unmatched]
+        lines += [f"- {printable(run.path)}: no reference run: {printable(reason)}" for run, reason in unmatched]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -18,7 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from resbench.errors import ResbenchError, printable
+from resbench.console import printable
+from resbench.errors import ResbenchError
 from resbench.files import UnsafeFileError, open_own_file, own_folder
 from resbench.results.compare import Cell, match_runs
 from resbench.results.noise import published_figure

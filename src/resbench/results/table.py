@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from resbench.console import printable
 from resbench.results.columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value
 from resbench.results.noise import FINALS, final_check, published_figure
 from resbench.results.reference import (
@@ -288,7 +289,9 @@ def row_lines(row: Row, previous: Row | None, rows: list[Row], selection: str, c
 # ---------------------------------------------------------------- tables
 
 def render_lines(header: list[str], align: list[str], cells: list[list[str]]) -> list[str]:
-    """Header, alignment row and body, right-aligned to the seed's column widths (wider if a cell needs it)."""
+    """Header, alignment row and body, right-aligned to the seed's column widths (wider if a cell needs it).
+    A cell may hold text from a run's files (a setting, a precision): each is printable, one line."""
+    header, align, cells = [printable(c) for c in header], align, [[printable(c) for c in row] for row in cells]
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header) - 1)]
 
     def line(row: list[str]) -> str:
@@ -314,7 +317,8 @@ def render_table(rows: list[Row], compare: bool = False, selection: str = "val",
     """One `### <data_name>` section in the seed's markdown format."""
     cells = [line for i, row in enumerate(rows)
              for line in row_lines(row, rows[i - 1] if i else None, rows, selection, compare, columns)]
-    return "\n".join([f"### {rows[0].data_name}", *render_lines(*table_header(rows, selection, columns), cells)])
+    heading = f"### {printable(rows[0].data_name)}"
+    return "\n".join([heading, *render_lines(*table_header(rows, selection, columns), cells)])
 
 
 def render_tables(runs: list[Run | dict], compare: bool = False, selection: str = "val",

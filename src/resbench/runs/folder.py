@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from resbench import files
-from resbench.console import shown
+from resbench.console import printable, printable_lines, shown
 from resbench.runs import checkpoint, schema, writes
 from resbench.runs.reader import read_object
 from resbench.runs.schema import LAST_KEYS, RESOLVED_KEY, RunFolderError, asked_settings
@@ -192,7 +192,7 @@ class RunFolder:
     def log(self, line: str) -> None:
         """Append a line to log.txt and print it (above any progress bar), at once: `| tee` shows it."""
         writes.append_text(self.file(schema.LOG), line + "\n")
-        if not shown(lambda: (tqdm.write(line, file=sys.stdout), sys.stdout.flush()), sys.stdout):
+        if not shown(lambda: (tqdm.write(printable_lines(line), file=sys.stdout), sys.stdout.flush()), sys.stdout):
             self.output_lost = True
 
     @writer_only
@@ -233,7 +233,7 @@ class RunFolder:
         self.log(f"{summary['status']}: best val/acc {figure(summary['best_val_acc'])} at iteration "
                  f"{summary['best_iter']}, "
                  f"tst/acc {figure(summary['tst_acc'])}, tst/nll {figure(summary['tst_nll'])}; summary in "
-                 f"{self.file(schema.SUMMARY)}")
+                 f"{printable(self.file(schema.SUMMARY))}")
 
     @staticmethod
     def format_record(r: dict[str, Any]) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from resbench.errors import ResbenchError, printable, reason
+from resbench.console import log, printable
+from resbench.errors import ResbenchError, reason
 from resbench.files import read_bounded
 from resbench.runs import schema
 from resbench.runs.schema import RunFolderError, checked_fields
@@ -79,7 +79,8 @@ def read_object(path: Path, fields: dict[str, Any], what: str | None = None, fix
 def read_summary(folder: Path) -> dict:
     """summary.json, checked; one written before `best_val_acc` was named apart has it as `val_acc`."""
     path = Path(folder) / schema.SUMMARY
-    return checked_fields(schema.renamed_fields(read_json(path)), schema.SUMMARY_FIELDS, path.name)
+    return checked_fields(schema.renamed_fields(read_json(path)), schema.SUMMARY_FIELDS, path.name,
+                          schema.OPTIONAL_SUMMARY_FIELDS)
 
 
 def read_metrics(folder: Path) -> list[dict]:
@@ -134,7 +135,7 @@ def read_eval(folder: Path, which: str = "best") -> dict | None:
             return figures
     except (OSError, ValueError):
         pass
-    print(printable(f"warning: ignoring unreadable {path}"), file=sys.stderr)
+    log(f"warning: ignoring unreadable {printable(path)}")
     return None
 
 
@@ -228,7 +229,7 @@ def readable_runs(paths: list[Path], read: Callable[[Path], T]) -> list[tuple[Pa
         try:
             found.append((path, read(path)))
         except RunFolderError as exc:
-            print(printable(f"warning: skipping damaged run folder {path.parent}: {exc}"), file=sys.stderr)
+            log(f"warning: skipping damaged run folder {printable(path.parent)}: {printable(exc)}")
     return found
 
 

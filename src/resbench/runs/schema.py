@@ -61,6 +61,8 @@ FIGURE = (*NUMBER, type(None))
 SUMMARY_FIELDS = {"data_name": str, "depth": int, "width": int, "precision": str, "params": NUMBER,
                   "wall_seconds": NUMBER, "config": (dict, type(None)),
                   "best_val_acc": FIGURE, "tst_acc": FIGURE, "tst_nll": FIGURE}
+# Fields an older summary.json may lack, but that readers index where it has them.
+OPTIONAL_SUMMARY_FIELDS = {"best_iter": int}
 CONFIG_FIELDS = {"data_name": str}
 MODEL_SETTINGS = {"data_name": str, "resnet_depth": int, "resnet_width": int}  # what rebuilds a model
 RECORD_FIELDS = {"iter": NUMBER, "val_acc": NUMBER, "trn_loss": NUMBER}
@@ -89,11 +91,14 @@ def invalid_fields(value: dict, fields: dict[str, type | tuple[type, ...]]) -> l
             if not isinstance(value.get(key), kind) or isinstance(value.get(key), bool)]
 
 
-def checked_fields(value: Any, fields: dict[str, type | tuple[type, ...]], what: str) -> dict:
-    """`value` if it is a JSON object whose `fields` have their types, so later code can index it safely."""
+def checked_fields(value: Any, fields: dict[str, type | tuple[type, ...]], what: str,
+                   optional: dict[str, type | tuple[type, ...]] | None = None) -> dict:
+    """`value` if it is a JSON object whose `fields` (and the `optional` ones it has) have their types, so
+    later code can index it safely."""
     if not isinstance(value, dict):
         raise RunFolderError(f"{what} is not a JSON object")
-    if bad := invalid_fields(value, fields):
+    present = {key: kind for key, kind in (optional or {}).items() if key in value}
+    if bad := invalid_fields(value, {**fields, **present}):
         raise RunFolderError(f"{what} lacks a valid {', '.join(bad)}")
     return value
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from resbench.errors import ResbenchError, printable
+from resbench.console import printable
+from resbench.errors import ResbenchError
 
 if TYPE_CHECKING:  # torch is imported where a device is resolved, so that `--help` stays fast
     import torch

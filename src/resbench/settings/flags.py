@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, NoReturn
 
-from resbench.errors import ResbenchError, printable, reason
+from resbench.console import printable
+from resbench.errors import ResbenchError, reason
 from resbench.files import read_bounded
 from resbench.settings.config import ConfigError, TrainConfig, setting_types, shown_value
 

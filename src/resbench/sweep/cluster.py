@@ -8,7 +8,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from resbench.errors import ResbenchError, printable
+from resbench.console import printable
+from resbench.errors import ResbenchError
 from resbench.files import UnsafeFileError, check_writable_in_place, replace_atomically
 from resbench.runs import schema
 from resbench.runs.reader import read_json

@@ -17,6 +17,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from resbench.console import printable, say
 from resbench.files import open_own_file
 from resbench.runs import schema
 from resbench.sweep.plan import PACKAGE_ROOT, PlannedRun, final_figures, own_run_folder
@@ -97,13 +98,13 @@ def execute_all(runs: list[PlannedRun], jobs: int) -> list[tuple[PlannedRun, str
 
     def job(run: PlannedRun) -> None:
         with lock:
-            print(f"[start {next(started)}/{len(runs)}] {run.save} ({run.state}; its output goes to "
-                  f"{run.save / schema.STDOUT})", flush=True)
+            say(f"[start {next(started)}/{len(runs)}] {printable(run.save)} ({run.state}; its output goes to "
+                f"{printable(run.save / schema.STDOUT)})")
         reason = execute(run)
         with lock:
             status = f"finished: {final_figures(run)}" if reason is None else \
-                f"FAILED ({reason}, see {run.save / schema.STDOUT})"
-            print(f"[{next(done)}/{len(runs)}] {run.save}: {status}", flush=True)
+                f"FAILED ({printable(reason)}, see {printable(run.save / schema.STDOUT)})"
+            say(f"[{next(done)}/{len(runs)}] {printable(run.save)}: {status}")
             if reason is not None:
                 failures.append((run, reason))
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resbench.console import clock
+from resbench.console import clock, printable
 from resbench.errors import ResbenchError
 from resbench.files import own_folder
 from resbench.results.reference import reference_lookup
@@ -130,9 +130,9 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool, launch
     how = {"local": f"{jobs} at a time", "slurm": "as one SLURM job array", "ray": "as Ray tasks"}[launcher]
     lines = [f"sweep: {len(runs)} runs: {counts}; {how}"]
     for run, state in zip(runs, states):
-        lines.append(f"  {'skip' if state == 'finished' else state:7} {run.save}")
+        lines.append(f"  {'skip' if state == 'finished' else state:7} {printable(run.save)}")
         if show_commands and state != "finished":
-            lines.append("          resbench " + shlex.join(run.train_args))
+            lines.append("          resbench " + printable(shlex.join(run.train_args)))
     return "\n".join(lines)
 
 
@@ -147,14 +147,15 @@ def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
         if not missing_prepared_files(name, root):
             continue
         if name not in RECIPES:  # an imported set: no archive to fetch it from; its runs will say so
-            lines.append(f"  {name}: not prepared in {Path(root) / name} and nothing to fetch it from: "
-                         f"`resbench data import {name} SRC --data_root {root}` first")
+            lines.append(f"  {name}: not prepared in {printable(Path(root) / name)} and nothing to fetch it from: "
+                         f"`resbench data import {name} SRC --data_root {printable(root)}` first")
             continue
         source = RECIPES[name].source
         placed = Path(root) / DOWNLOADS_DIR / source.filename
         origin = (f"the archive already in {placed}" if placed.is_file() else
                   f"{source.filename} from --mirror {mirror}" if mirror else source.url)
-        lines.append(f"  {name}: prepared in {Path(root) / name} by the first run that needs it, from {origin}")
+        lines.append(f"  {name}: prepared in {Path(root) / name} by the first run that needs it, from "
+                     f"{printable(origin)}")
     return lines
 
 
@@ -193,7 +194,7 @@ def final_figures(run: PlannedRun) -> str:
     try:
         summary = read_summary(run.save)
         return (f"val/acc {summary['best_val_acc']:.4f}, tst/acc {summary['tst_acc']:.4f}, "
-                f"tst/nll {summary['tst_nll']:.4f} (best at iteration {summary['best_iter']}), "
+                f"tst/nll {summary['tst_nll']:.4f} (best at iteration {printable(summary['best_iter'])}), "
                 f"{clock(summary['wall_seconds'])}")
     except (RunFolderError, KeyError, TypeError, ValueError):  # the trainer writes these; a hand-edited file may not
-        return f"see {run.save / schema.SUMMARY}"
+        return f"see {printable(run.save / schema.SUMMARY)}"

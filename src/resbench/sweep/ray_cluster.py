@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
-from resbench.errors import ResbenchError, printable
+from resbench.console import printable, say
+from resbench.errors import ResbenchError
 from resbench.files import drop_lock_file, open_own_file, take_lock
 from resbench.runs import schema
 from resbench.sweep.cluster import STOPPED_BY_SIGNAL, distributed_command, mark_submitted
@@ -38,8 +38,8 @@ def train_task(command: list[str], save: str, cwd: str) -> int:
     the exit status."""
     folder = own_run_folder(Path(cwd, save))
     # An earlier attempt's trainer may still be saving (its node's worker was lost): wait for its lock.
-    lock = take_lock(folder / schema.LOCK, on_wait=lambda: print(f"waiting for {folder}'s earlier attempt to stop",
-                                                                 file=sys.stderr, flush=True))
+    lock = take_lock(folder / schema.LOCK, on_wait=lambda: log(f"waiting for {printable(folder)}'s earlier attempt "
+                                                               "to stop"))
     drop_lock_file(folder / schema.LOCK, lock)
     os.close(lock)
     env = {**child_env(), "PYTHONSAFEPATH": "1"}  # torchrun's workers too: nothing from the current folder
@@ -109,8 +109,8 @@ def run_on_ray(runs: list[PlannedRun], address: str | None, cpus_per_run: int, g
         for run in runs:
             pending[task.remote(distributed_command(run, gpus_per_run), str(run.save), os.getcwd())] = run
             mark_submitted(run, "ray", ray.get_runtime_context().get_job_id())
-        print(f"sweep: {len(runs)} runs submitted to Ray ({plural(cpus_per_run, 'CPU')}, {plural(gpus_per_run, 'GPU')} "
-              "each)", flush=True)
+        say(f"sweep: {len(runs)} runs submitted to Ray ({plural(cpus_per_run, 'CPU')}, {plural(gpus_per_run, 'GPU')} "
+            "each)")
         return wait_for(ray, pending)
     finally:
         ray.shutdown()
@@ -131,8 +131,8 @@ def wait_for(ray, pending: dict) -> list[tuple[PlannedRun, str]]:
         except ray.exceptions.RayError as exc:  # retries spent: lost nodes, or stopped again and again
             reason = " ".join(str(exc).split())[:300]
         status = f"finished: {final_figures(run)}" if reason is None else \
-            f"FAILED ({reason}, see {run.save / schema.STDOUT})"
-        print(f"[{total - len(pending)}/{total}] {run.save}: {status}", flush=True)
+            f"FAILED ({printable(reason)}, see {printable(run.save / schema.STDOUT)})"
+        say(f"[{total - len(pending)}/{total}] {printable(run.save)}: {status}")
         if reason is not None:
             failures.append((run, reason))
     return failures

@@ -34,7 +34,8 @@ import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
-from resbench.errors import ResbenchError, printable
+from resbench.console import printable, say
+from resbench.errors import ResbenchError
 from resbench.files import UnsafeFileError, own_folder, replace_atomically
 from resbench.sweep.cluster import LAUNCH_DIR, distributed_command, mark_submitted
 from resbench.sweep.plan import PACKAGE_ROOT, PlannedRun, child_python
@@ -205,7 +206,7 @@ def submit(runs: list[PlannedRun], submission: Submission, runs_dir: Path) -> st
     replace_atomically(folder / SCRIPT_NAME, lambda f: f.write(JOB_SCRIPT.encode()))
     env, dropped = sbatch_environment()
     if dropped:
-        print(f"sweep: not passing {', '.join(dropped)} to sbatch: the sweep sets those options itself", flush=True)
+        say(f"sweep: not passing {', '.join(dropped)} to sbatch: the sweep sets those options itself")
     proc = subprocess.run([sbatch, *submission.argv[1:]], cwd=folder, capture_output=True, text=True, env=env,
                           errors="backslashreplace")
     if proc.returncode != 0:

@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
-from resbench.errors import printable, reason
+from resbench.console import printable
+from resbench.errors import reason
 from resbench.files import open_own_file, read_bounded
 from resbench.runs import schema
 from resbench.sweep.cluster import STOPPED_BY_SIGNAL

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from resbench.console import clock
+from resbench.console import clock, printable
 from resbench.runs import schema
 from resbench.runs.reader import last_iteration, status_of
 from resbench.sweep.cluster import submitted
@@ -32,7 +32,8 @@ def run_state(run: PlannedRun) -> tuple[str, str]:
     if status == "finished":
         return "finished", final_figures(run)
     if status != "running":  # diverged, or a summary.json that cannot be read
-        return "failed", f"summary.json says {status}" if status != "unknown" else "summary.json cannot be read"
+        return "failed", f"summary.json says {printable(status)}" if status != "unknown" else \
+            "summary.json cannot be read"
     done, total = last_iteration(run.save), run.config.optim_ni
     if (run.save / schema.LOCK).exists():
         since = time.time() - max((run.save / name).stat().st_mtime for name in (schema.LOCK, schema.METRICS)
@@ -40,17 +41,17 @@ def run_state(run: PlannedRun) -> tuple[str, str]:
         return "running", f"iteration {done} of {total}, last written {clock(since)} ago"
     last = last_output_line(run)
     if last.startswith(("error:", "resbench sweep: the run failed")):
-        return "failed", last
+        return "failed", printable(last)
+    where = printable(submitted(run) or "")
     if done:
-        return "stopped", f"at iteration {done} of {total}; resumes when launched again ({submitted(run) or 'local'})"
-    where = submitted(run)
+        return "stopped", f"at iteration {done} of {total}; resumes when launched again ({where or 'local'})"
     return ("queued", f"submitted as {where}") if where else ("new", "")
 
 
 def status_report(runs: list[PlannedRun]) -> str:
     """One line per run, then the counts."""
     states = [run_state(run) for run in runs]
-    lines = [f"  {state:8} {run.save}" + (f": {detail}" if detail else "")
+    lines = [f"  {state:8} {printable(run.save)}" + (f": {detail}" if detail else "")
              for run, (state, detail) in zip(runs, states)]
     counts = ", ".join(f"{n} {state}" for state in STATES if (n := sum(s == state for s, _ in states)))
     return "\n".join([f"sweep status: {len(runs)} runs: {counts}", *lines])

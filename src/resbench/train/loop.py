@@ -23,13 +23,13 @@ import dataclasses
 import math
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from resbench.console import log, printable
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
 from resbench.data.fetch.prepare import prepare_dataset
@@ -247,7 +247,7 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         job.run.open_tensorboard(state.step)
     threads = f", {torch.get_num_threads()} threads" if job.device.type == "cpu" else ""
     job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
-                f"in {job.run.path}: {job.device} ({job.precision}{threads}), {step_kind(job)}, "
+                f"in {printable(job.run.path)}: {job.device} ({job.precision}{threads}), {step_kind(job)}, "
                 f"{job.params:,} trainable parameters")
     if job.scaler.enabled:
         job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
@@ -275,8 +275,8 @@ def already_finished(run: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
     """The summary of a finished run with these settings; it is not trained again."""
     check_same_config(run.saved_config() or {}, dataclasses.asdict(cfg), run.path)
     summary = run.summary()
-    print(f"{run.path} already holds a {summary.get('status')} run; not retraining it. "
-          "Use another --save folder to train again.", file=sys.stderr)
+    log(f"{printable(run.path)} already holds a {printable(summary.get('status'))} run; not retraining it. "
+        "Use another --save folder to train again.")
     return summary
 
 
@@ -291,8 +291,7 @@ def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.de
     if not distributed.any_rank(missing, world, device):
         return
     if world.is_main and missing:
-        print(f"{cfg.data_name} is not prepared in {cfg.data_root}: fetching and preparing it now",
-              file=sys.stderr)
+        log(f"{cfg.data_name} is not prepared in {printable(cfg.data_root)}: fetching and preparing it now")
         prepare_dataset(cfg.data_name, cfg.data_root, cfg.mirror)
     distributed.wait_for_rank0(world)
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from resbench.console import log, progress
-from resbench.errors import DataError, printable
+from resbench.console import log, printable, progress
+from resbench.errors import DataError
 from resbench.files import UnsafeFileError, open_own_file
 
 _CHUNK = 1 << 20
@@ -309,7 +309,7 @@ def download(url: str, dest: Path, md5: str | None, *, timeout: float = 30.0, tr
     part = dest.with_name(dest.name + ".part")
     limits = Limits(size or MAX_UNKNOWN_SIZE, exact=size is not None and md5 is not None, min_rate=min_rate,
                     window=window)
-    log(f"downloading {url}")
+    log(f"downloading {printable(url)}")
     for attempt in range(1, tries + 1):
         try:
             _fetch_once(url, part, timeout, limits)
@@ -355,7 +355,7 @@ def fetch_archive(source: Source, downloads: Path, mirror: str | None = None, ve
     if not verify:
         log(f"warning: --no_verify: the MD5 of {source.filename} is not checked")
     if dest.is_file():
-        log(f"using {dest}")
+        log(f"using {printable(dest)}")
         if verify:
             check_md5(dest, source.md5, delete=False)
         return dest

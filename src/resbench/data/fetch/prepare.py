@@ -28,12 +28,12 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from resbench.console import log
+from resbench.console import log, printable
 from resbench.data.fetch.archive import remove_stale_scratch
 from resbench.data.fetch.download import Source, disk_advice, fetch_archive
 from resbench.data.recipes import RECIPES, Recipe
 from resbench.data.recipes.common import Splits
-from resbench.errors import DataError, printable
+from resbench.errors import DataError
 from resbench.files import (
     RANDOM_PART,
     UnsafeFileError,
@@ -217,7 +217,7 @@ def preparation_lock(root: Path, lock_name: str, names: Sequence[str]) -> Iterat
     path = root / f".{lock_name}.lock"
     try:
         fd = take_lock(path, on_wait=lambda: log(f"waiting for another process preparing {', '.join(names)} in "
-                                                 f"{root} (lock file {path.name})"))
+                                                 f"{printable(root)} (lock file {path.name})"))
     except UnsafeFileError as err:
         raise DataError(f"cannot lock {path} ({err.strerror}); remove it and run again") from None
     except OSError as err:
@@ -234,7 +234,7 @@ def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list
     todo: dict[Recipe, list[str]] = {}
     for name in names:
         if is_complete(root, name):
-            log(f"{name}: already prepared in {root / name}")
+            log(f"{name}: already prepared in {printable(root / name)}")
         else:
             todo.setdefault(RECIPES[name], []).append(name)
     return todo
@@ -263,7 +263,7 @@ def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | N
     log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
     arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
     for name in group:
-        log(f"{name}: ready in {write_dataset(root, name, arrays[evalsets.image_size(name)])}")
+        log(f"{name}: ready in {printable(write_dataset(root, name, arrays[evalsets.image_size(name)]))}")
 
 
 def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror: str | None = None,
