@@ -32,12 +32,17 @@ def wait_until(condition, proc: subprocess.Popen | None = None, limit: float = L
         time.sleep(0.02)
 
 
+class Blocked(BaseException):
+    """What `fails_if_blocked` raises: no Exception, so that the code under test cannot take it for one of
+    its own failures (a TimeoutError is an OSError) and block again further on."""
+
+
 @contextlib.contextmanager
 def fails_if_blocked(seconds: int, what: str):
-    """Raise TimeoutError in the block after `seconds` (SIGALRM): a read that would block forever
+    """Raise Blocked in the block after `seconds` (SIGALRM): a read that would block forever
     (a FIFO) or run for hours fails its test instead of hanging the suite."""
     def blocked(signum, frame):
-        raise TimeoutError(what)
+        raise Blocked(what)
 
     previous = signal.signal(signal.SIGALRM, blocked)
     signal.alarm(seconds)

@@ -109,26 +109,31 @@ def open_lock_file(path: str | Path) -> int:
         raise
 
 
-def read_bounded(path: str | Path, limit: int, follow_links: bool = True) -> bytes:
-    """The bytes of the regular file `path`; OSError if it is not one or holds more than `limit` bytes
-    (or, not `follow_links`, is a symbolic link: ELOOP).
-
-    A FIFO would block the reader forever and /dev/zero never end (a planted link may lead to
-    either), and a huge file would be read whole into memory before anything could refuse it.
-    """
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
-    fd = os.open(path, flags)  # (a FIFO opens at once, and is refused below)
+def open_regular(path: str | Path, follow_links: bool = True) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file; OSError otherwise (and, not `follow_links`, for a
+    symbolic link: ELOOP). Opened without blocking, so that a FIFO planted there (or put in place of a
+    file after it was listed) is refused, not waited on forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW))
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, "it is a folder, not a file", str(path))
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "it is not a regular file (a device, FIFO or socket)", str(path))
-        data = b""
-        while len(data) <= limit and (chunk := os.read(fd, limit + 1 - len(data))):
-            data += chunk
-    finally:
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_bounded(path: str | Path, limit: int, follow_links: bool = True) -> bytes:
+    """The bytes of the regular file `path` (`open_regular`); OSError if it holds more than `limit` bytes.
+
+    A FIFO would block the reader forever and /dev/zero never end (a planted link may lead to
+    either), and a huge file would be read whole into memory before anything could refuse it.
+    """
+    with open_regular(path, follow_links) as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"it is larger than {limit:,} bytes, more than resbench reads", str(path))
     return data

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LIMIT, REPO, cli_env, gone, process_tree, resbench_in_process, wait_until
+from conftest import LIMIT, REPO, cli_env, fails_if_blocked, gone, process_tree, resbench_in_process, wait_until
 from resbench.cli.main import main
 from resbench.device import cpus
 
@@ -192,6 +192,25 @@ def test_sweep_refuses_a_file_or_a_link_where_a_run_folder_goes(tmp_path):
         assert (code, out, err) == (2, "", f"error: {planted}: {why}; remove it, then start the sweep again\n")
         planted.unlink()
     assert list(elsewhere.iterdir()) == []
+
+
+def test_status_and_data_list_never_wait_on_a_fifo_planted_as_a_file_they_read(tmp_path):
+    """Issue 37's hostile round: a FIFO as a run's stdout.log blocked `sweep --status` forever, and one as an
+    imported set's dataset.json blocked `data list` (and train, eval on the set); each file is now opened
+    without blocking and refused unless regular."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
+    run = tmp_path / "runs" / "Digits_x32" / "R8x1-b32-i10-lr0.1-wd0.001-s1"
+    run.mkdir(parents=True)
+    os.mkfifo(run / "stdout.log")
+    (tmp_path / "data" / "Mine").mkdir(parents=True)
+    os.mkfifo(tmp_path / "data" / "Mine" / "dataset.json")
+    with fails_if_blocked(60, "a FIFO was opened to be read"):
+        code, out, _ = sweep_main("--grid", grid, "--runs_dir", tmp_path / "runs", "--status")
+        listed = resbench_in_process("data", "list", "--data_root", tmp_path / "data")
+    assert code == 0 and out.endswith(f"  new      {run}\n")
+    assert listed.returncode == 0 and "Mine                  damaged" in listed.stdout
+    assert "dataset.json (it is not a regular file (a device, FIFO or socket)); import the set again" in listed.stdout
 
 
 def evil_folder(tmp_path: Path) -> Path:

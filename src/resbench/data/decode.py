@@ -14,18 +14,18 @@ Every image is made RGB and resized the same way, whatever its format (`as_rgb`,
 
 from __future__ import annotations
 
-import errno
 import multiprocessing
 import os
 import signal
-import stat
 import sys
 import warnings
 from functools import partial
-from typing import IO, Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from resbench.files import open_regular
 
 #: Images not at the wanted size are resized with Pillow's bicubic filter, whole (the aspect ratio is
 #: not kept, nothing is cropped). One filter for both directions: Pillow widens its kernel by the
@@ -92,7 +92,7 @@ def decode_file(path: str, size: int) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's per-file warnings (EXIF, palettes) would flood the terminal
-            with regular_file(path) as f, Image.open(f) as image:
+            with open_regular(path) as f, Image.open(f) as image:  # (a FIFO put there is refused)
                 mode, dims = image.mode, image.size
                 if dims[0] * dims[1] > MAX_IMAGE_PIXELS:
                     return Decoded(None, dims, mode, False, f"is {dims[0]}x{dims[1]} pixels, more than the "
@@ -107,19 +107,6 @@ def decode_file(path: str, size: int) -> Decoded:
         return Decoded(None, dims, mode, False, f"cannot be read ({exc.strerror or exc})")
     except Exception as exc:  # noqa: BLE001 (a damaged file makes Pillow raise anything: SyntaxError, ValueError...)
         return Decoded(None, dims, mode, False, f"cannot be decoded ({type(exc).__name__}: {exc})")
-
-
-def regular_file(path: str) -> IO[bytes]:
-    """`path` opened for reading if it is a regular file; OSError otherwise. Opened without blocking, so
-    that a FIFO put in place of an image after the tree was listed is refused, not waited on forever."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file: a FIFO, a socket or a device")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def available_cores() -> int:

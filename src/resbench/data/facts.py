@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from resbench.errors import DataError
+from resbench.files import read_bounded
 
 SEVERITIES = 5  # of every corrupted test set (CIFAR-10-C's and TinyImageNet-C's five levels)
 
@@ -149,12 +150,9 @@ def read_facts(name: str, data_root: str | os.PathLike) -> ImportedFacts:
     path = facts_path(name, data_root)
     fix = f"import the set again (`resbench data import {name} SRC --data_root {data_root}`)"
     try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_FACTS_BYTES + 1)
+        text = read_bounded(path, MAX_FACTS_BYTES)  # (a FIFO planted there would block a plain read forever)
     except OSError as exc:
         raise FactsError(f"cannot read {path} ({exc.strerror or exc}); {fix}") from None
-    if len(text) > MAX_FACTS_BYTES:
-        raise FactsError(f"{path} is larger than {MAX_FACTS_BYTES // 2**20} MB: no dataset.json of resbench; {fix}")
     try:
         record = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:

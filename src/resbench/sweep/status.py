@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from resbench.console import clock, printable
+from resbench.files import open_regular
 from resbench.runs import schema
 from resbench.runs.reader import last_iteration, status_of
 from resbench.sweep.cluster import submitted
@@ -17,7 +18,7 @@ STATES = ("finished", "running", "queued", "stopped", "failed", "new")
 def last_output_line(run: PlannedRun) -> str:
     """The last line the run (or its job script) wrote to stdout.log, at most 300 characters of it."""
     try:
-        with open(run.save / schema.STDOUT, "rb") as f:
+        with open_regular(run.save / schema.STDOUT) as f:  # (a FIFO planted there would block forever)
             f.seek(0, 2)
             f.seek(max(0, f.tell() - 4096))
             lines = f.read().decode("utf-8", "replace").strip().splitlines()
