@@ -256,6 +256,7 @@ HOSTILE_OPTIONS = [
     ("out={elsewhere}/x", "not an sbatch option"),  # an abbreviation sbatch itself would take for --output
     ("comment=a\n#SBATCH --output={elsewhere}/x", "holds a newline or another control character"),
     ("comment=a\x1b[2Jb", "holds a newline or another control character"),
+    ("comment=" + "x" * 200_000, "its value is 200,000 characters long"),  # (the system refused to start sbatch)
 ]
 
 

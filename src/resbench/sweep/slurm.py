@@ -96,6 +96,7 @@ OWNED_VARIABLES = ("SBATCH_ARRAY_INX", "SBATCH_ERROR", "SBATCH_JOB_NAME", "SBATC
                    "SBATCH_OUTPUT", "SBATCH_REQUEUE", "SBATCH_SIGNAL", "SBATCH_WAIT")
 ANOTHER_OPTION = re.compile(r"(?:^|\s)--?[A-Za-z]")  # `partition=debug --output=...`: two options in one flag
 UNSAFE_VALUE = re.compile(r"[\"'\\]")
+MAX_VALUE = 4096  # characters of one --slurm value (a node list, a long comment)
 
 
 def slurm_options(pairs: list[str]) -> dict[str, str | None]:
@@ -118,7 +119,11 @@ def slurm_options(pairs: list[str]) -> dict[str, str | None]:
 
 
 def checked_value(key: str, value: str) -> str:
-    """An sbatch option's value as it may go to sbatch: one line, one option, no quote or backslash."""
+    """An sbatch option's value as it may go to sbatch: one line, one option, no quote or backslash, short
+    (one argument of 128 KiB would make the system refuse to start sbatch at all)."""
+    if len(value) > MAX_VALUE:
+        raise ResbenchError(f"--slurm {key}: its value is {len(value):,} characters long; sbatch options take at "
+                            f"most {MAX_VALUE:,} here")
     if not value.isprintable():
         raise ResbenchError(f"--slurm {key}: its value holds a newline or another control character "
                             f"({printable(value)}); give the value on one line")
