@@ -203,3 +203,9 @@ def test_the_card_of_a_reference_cells_run_says_how_it_compares_and_what_it_is(t
     assert ("> **This run did not finish** (it has no summary.json: stopped, or still training when exported): its "
             "last evaluation was at iteration 48000 of 48000") in stopped
     assert "wall time: not recorded" in stopped
+    for key, value in (("mixed_precision", "false\n```\n# not the command"), ("x`y", 1)):
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, key: value}))
+        proc = cli("export", run, tmp_path / "out")  # the card quotes every setting in the command: data, never text
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "which no train flag takes" in proc.stderr
+        (run / "config.json").write_text(json.dumps(config))

@@ -88,9 +88,9 @@ def renamed(run: Run, name: str) -> Run:
 
 
 def check_flag_values(settings: dict[str, Any], path: Path) -> None:
-    """Every published setting must read as a train flag's value: the card quotes them in the command."""
+    """Every published setting must read as a train flag and its value: the card quotes them in the command."""
     for key, value in settings.items():
-        if key not in LOCAL_SETTINGS and not FLAG_TEXT.fullmatch(flag_value(value)):
+        if key not in LOCAL_SETTINGS and not (FLAG_TEXT.fullmatch(key) and FLAG_TEXT.fullmatch(flag_value(value))):
             raise RunFolderError(f"{path}: setting {printable(key)[:40]} holds {printable(repr(value))[:40]}, which "
                                  "no train flag takes; restore the file")
 
