@@ -90,7 +90,8 @@ CRAFTED = {
                                                                 + bytes(2_000)),
                         "bytes of tensors"),
     "config: another depth": (lambda f: edit_config(f, resnet_depth=14), "but the network of its config.json has"),
-    "config: a huge width": (lambda f: edit_config(f, resnet_width=1024), "more than the"),
+    "config: a huge width": (lambda f: edit_config(f, resnet_width=1024), "bytes of tensors, but the network of its "
+                             "config.json has 310,330,001,424"),
     "config: a bool depth": (lambda f: edit_config(f, resnet_depth=True), "lacks a valid resnet_depth"),
     "config: other normalisation": (lambda f: edit_config(f, mean=[0.5, 0.5, 0.5]), "its mean and std are not"),
     "config: a later format": (lambda f: edit_config(f, resbench_export=2), "is in export format 2, not 1"),

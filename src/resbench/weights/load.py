@@ -48,6 +48,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     folder = model_folder(path)
     config = read_config(folder)
     expected = expected_tensors(config)
+    check_size(folder / layout.MODEL, tensor_bytes(expected))  # (a crafted config.json is caught here, at no cost)
     device = torch.device(device)
     try:
         check_inference_fits(config["resnet_depth"], config["resnet_width"], config["num_classes"],
@@ -133,8 +134,8 @@ def tensor_bytes(expected: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> in
 
 
 def read_tensors(path: Path, expected: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
-    """The tensors of model.safetensors, exactly those of `expected`, finite: refused in one line otherwise."""
-    check_size(path, tensor_bytes(expected))
+    """The tensors of model.safetensors (of the size `check_size` found), exactly those of `expected`,
+    finite: refused in one line otherwise."""
     from safetensors import SafetensorError, safe_open
 
     try:
