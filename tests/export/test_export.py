@@ -4,7 +4,6 @@ replace, a sweep's export and index, the card of a reference cell's run, and `re
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -162,23 +161,26 @@ def test_a_sweep_exports_every_finished_run_with_an_index(runs, tmp_path, cli, m
     assert "- Digits_x32-stopped: running, not finished" in index and "no reference run" in index
     assert "4 runs exported" in proc.stderr
 
-    report = cli("eval", out, "--device", "cpu", check=True)  # every export scored, nothing written beside them
-    assert "eval: 4 of 4 run folders evaluated" in report.stderr
-    assert sorted(os.listdir(out / names[0])) == sorted([layout.MODEL, layout.CONFIG, layout.CARD])
+    two = tmp_path / "two"  # RUNS_DIR holding exports (two of them: the same code scores each)
+    for name in names[:2]:
+        shutil.copytree(out / name, two / name)
+    report = cli("eval", two, "--device", "cpu", check=True)  # every export scored, nothing written beside them
+    assert "eval: 2 of 2 run folders evaluated" in report.stderr
+    assert sorted(os.listdir(two / names[0])) == sorted([layout.MODEL, layout.CONFIG, layout.CARD])
     ensemble = json.loads(cli("eval", "--ckpt", out / names[0], out / names[1], "--device", "cpu", "--json",
                               check=True).stdout)
     assert [m["checkpoint"] for m in ensemble["members"]] == ["exported", "exported"]
-    digits_c = evalsets.EVAL_SETS["Digits_C"]  # one corruption of the five: the same code, a fifth of the images
-    monkeypatch.setitem(evalsets.EVAL_SETS, "Digits_C", dataclasses.replace(digits_c, corruptions=("contrast",),
-                                                                            benchmark=("contrast",)))
+    arrays = digits_arrays()  # Digits_C of the first 20 test images: the same code, 1/15 of the images
+    monkeypatch.setattr(evalsets, "digits_arrays", lambda: (*arrays[:2], arrays[2][:20], arrays[3][:20]))
     single = cli("eval", out / names[0], "--corruptions", "--ood", "Noise", "--device", "cpu", check=True).stdout
     assert single.startswith(f"{out / names[0] / layout.MODEL}: Digits_x32 test split, 300 images\n")
-    assert "Digits_C: 1 corruptions x 5 severities" in single and "\nNoise " in single
+    assert "Digits_C: 5 corruptions x 5 severities, 20 images each" in single and "\nNoise " in single
     for args, message in ((["--write_eval"], "--write_eval writes into a run folder"),
                           (["--which", "last"], "holds exported weights, the best-validation model's only")):
         refused = cli("eval", "--ckpt", out / names[0], *args, "--device", "cpu")
         assert refused.returncode == 2 and message in refused.stderr
-    cli("export", "--sweep", sweep, out, check=True)  # its own sweep export is replaced
+    assert write.own_sweep(out) and not write.own_sweep(sweep)  # what a second export may replace, and not
+    write.check_replaceable(out)
 
 
 def test_the_card_of_a_reference_cells_run_says_how_it_compares_and_what_it_is(tmp_path, cli, monkeypatch):
