@@ -118,7 +118,7 @@ def test_train_has_the_mirror_its_errors_advise(tmp_path, cli):
 # ---------------------------------------------------------------- 10. smaller points
 
 HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "import"], ["data", "list"], ["eval"],
-                 ["sweep"], ["table"], ["compare"], ["plot"], ["bench"]]
+                 ["export"], ["sweep"], ["table"], ["compare"], ["plot"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "resbench")

@@ -13,20 +13,25 @@ from resbench.console import log
 from resbench.errors import ResbenchError
 from resbench.runs.schema import CORRUPTION_METRICS, OOD_METRICS, OOD_SCORES
 from resbench.settings.flags import RenamedFlag
+from resbench.weights.layout import EXPORTED, is_exported
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR) [--corruptions] [--ood [NAME ...]] [--write_eval]`"""
+    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR | EXPORTED) [--corruptions] [--ood [NAME ...]]
+    [--write_eval]`"""
     p = subparsers.add_parser(
         "eval", help="accuracy, NLL, ECE, Brier; corruptions, OOD detection, ensembles",
         description="Evaluate checkpoints (model settings from each run folder's config.json): accuracy, NLL, "
                     "ECE (15 bins), Brier score; with --corruptions the corrupted test split, with --ood OOD "
                     "detection; several --ckpt are scored as an ensemble (their probabilities averaged) beside "
-                    "each member. RUNS_DIR: every run folder below it, each saved to its eval.json.")
+                    "each member. RUNS_DIR: every run folder below it, each saved to its eval.json. Exported "
+                    "weights (`resbench export`'s folder, or a Hub id with huggingface_hub installed) are scored "
+                    "as a checkpoint is, in every mode; nothing is written beside them.")
     p.add_argument("runs_dir", nargs="?", type=Path, default=None, metavar="RUNS_DIR",
-                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as --write_eval)")
+                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as "
+                        "--write_eval); an exported folder: as --ckpt")
     p.add_argument("--ckpt", type=Path, nargs="+", default=None, metavar="CKPT_OR_RUN_DIR",
-                   help="best.pt, last.pt or a run folder (see --which); several: their ensemble")
+                   help="best.pt, last.pt, a run folder (see --which) or exported weights; several: their ensemble")
     p.add_argument("--which", choices=("best", "last"), default="best",
                    help="checkpoint of a run folder: best (best validation accuracy, default) or last (final iterate)")
     p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
@@ -59,10 +64,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if (args.runs_dir is None) == (args.ckpt is None):
         raise ResbenchError("give either RUNS_DIR (every run below it) or --ckpt CKPT_OR_RUN_DIR [...], not both")
+    if args.runs_dir is not None and is_exported(args.runs_dir):  # one model: its whole report
+        args.runs_dir, args.ckpt = None, [args.runs_dir]
     several = args.ckpt is not None and len(args.ckpt) > 1
     if several and (args.write_eval or args.temperature_scaling):
         raise ResbenchError(f"{'--write_eval' if args.write_eval else '--temperature_scaling'} is for one checkpoint, "
                             "not an ensemble; use --json to keep an ensemble's figures")
+    if args.write_eval and is_exported(args.ckpt[0]):
+        raise ResbenchError(f"--write_eval writes into a run folder; {args.ckpt[0]} is exported weights, kept as "
+                            "exported: use --json to keep the figures")
     if (args.write_eval or args.runs_dir is not None) and args.split != "test":
         raise ResbenchError("saved figures (--write_eval, RUNS_DIR) are the test split's; drop --split val")
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
@@ -148,8 +158,8 @@ def format_eval_report(report: dict) -> str:
     if "ensemble" in report:
         return format_ensemble_report(report)
     scaled = report.get("temperature_scaling")
-    lines = [f"{report['ckpt']} ({report['checkpoint']}.pt): {report['data_name']} {report['split']} split, "
-             f"{report['n']} images"]
+    which = "" if report["checkpoint"] == EXPORTED else f" ({report['checkpoint']}.pt)"
+    lines = [f"{report['ckpt']}{which}: {report['data_name']} {report['split']} split, {report['n']} images"]
     lines.append(f"{'':6}{'T=1':>10}" + (f"{'T=%.3f' % scaled['temperature']:>10}" if scaled else ""))
     for name in ("acc", "nll", "ece", "brier"):
         lines.append(f"{name:6}{report[name]:10.4f}" + (f"{scaled[name]:10.4f}" if scaled else ""))

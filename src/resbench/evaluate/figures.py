@@ -22,10 +22,10 @@ from resbench.data.prepared import load_splits
 from resbench.data.recipes import RECIPES
 from resbench.errors import ResbenchError
 from resbench.evaluate.checkpoints import (
+    EXPORTED,
     Member,
-    checkpoint_path,
+    checkpoint_and_config,
     load_member,
-    load_run_config,
     run_data_root,
     run_dataset,
 )
@@ -102,13 +102,12 @@ class Members:
 
 
 def load_members(paths: list[Path], which: str, request: EvalRequest) -> Members:
-    """The checkpoints of `paths` (run folders or .pt files), refused unless they share a dataset."""
+    """The checkpoints of `paths` (run folders, .pt files, exported weights), refused unless they share a dataset."""
     try:
         device = resolve_device(request.device)
     except ValueError as exc:
         raise ResbenchError(str(exc)) from None
-    ckpts = [checkpoint_path(path, which) for path in paths]
-    configs = [load_run_config(ckpt.parent, request.data_root) for ckpt in ckpts]
+    ckpts, configs = map(list, zip(*(checkpoint_and_config(path, which, request.data_root) for path in paths)))
     data_name = configs[0]["data_name"]
     if other := [str(c) for c, config in zip(ckpts, configs) if config["data_name"] != data_name]:
         raise ResbenchError(f"an ensemble's members must share a dataset: {ckpts[0]} is {data_name}, "
@@ -198,7 +197,8 @@ def evaluate_runs(runs_dir: Path, which: str, request: EvalRequest,
             print(f"warning: cannot evaluate {folder}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        save_report(report)
+        if report["checkpoint"] != EXPORTED:  # (exported weights: the figures are printed only)
+            save_report(report)
         reports.append(report)
         on_report(folder, report)
     return reports, failed
