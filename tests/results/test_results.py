@@ -98,6 +98,17 @@ def test_table_mean_std_and_compare_reference():
     assert render_tables(seeds_and_compare_summaries(), compare=True) == SEEDS_AND_COMPARE
 
 
+def test_a_set_that_validates_on_its_test_set_says_so_under_its_table_only():
+    runs = [summary("ImageNet1k_x32", 18, 1, "fp16", 11_680_832, 0.546, 0.546, 2.103),
+            *seed_summaries("CIFAR10_x32")]
+    cifar, imagenet = render_tables(runs).split("\n\n### ")
+    assert cifar == SEED_CIFAR10  # character for character, without the note
+    assert imagenet.splitlines()[-1] == ("val = test: ImageNet1k_x32 validates on its test set (the official validation "
+                                         "set), as the reference does; its val/acc is a test accuracy and its best "
+                                         "checkpoint is chosen on the test set (test-set selection, as `resbench table "
+                                         "--selection test` names it).")
+
+
 TINY_WITH_TWO_RUN_LENGTHS = """\
 ### TinyImageNet200_x64
 | Depth | Width | # Params | iters | val/acc | tst/acc | tst/nll | misc

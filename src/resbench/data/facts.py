@@ -41,6 +41,11 @@ class DatasetSpec:
     # official validation set is both validation and test, since the reference selects its best checkpoint on it.
     val_is_test: bool = False
 
+    @property
+    def images_per_evaluation(self) -> int:
+        """Images one evaluation scores: validation and test, or the test set once where it is both."""
+        return self.num_test if self.val_is_test else self.num_val + self.num_test
+
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -77,6 +82,18 @@ def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> Datas
            f"(there is no {Path(data_root) / name / FACTS_FILE})"
            if data_root is not None and is_valid_name(name) else "")
     raise ValueError(f"unknown data_name {name!r}: choose one of {', '.join(DATASETS)}{own}")
+
+
+def validates_on_test(name: str) -> bool:
+    """Whether `name` validates on its test set (`DatasetSpec.val_is_test`): its val/acc is a test accuracy."""
+    return name in DATASETS and DATASETS[name].val_is_test
+
+
+def val_is_test_note(name: str) -> str:
+    """What `table` and `compare` say under a set that validates on its test set."""
+    return (f"val = test: {name} validates on its test set (the official validation set), as the reference does; "
+            "its val/acc is a test accuracy and its best checkpoint is chosen on the test set (test-set selection, "
+            "as `resbench table --selection test` names it)")
 
 
 # ---------------------------------------------------------------- imported datasets: dataset.json

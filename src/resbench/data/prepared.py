@@ -43,7 +43,10 @@ def missing_prepared_files(name: str, data_root: str | Path) -> list[Path]:
 
 
 def load_splits(name: str, data_root: str | Path, device: torch.device | str = "cpu") -> Splits:
-    """Load train/val/test of `name` onto `device`, with the recipe's split of the training file."""
+    """Load train/val/test of `name` onto `device`, with the recipe's split of the training file.
+
+    Where validation is the test set (`DatasetSpec.val_is_test`), the two splits are one tensor.
+    """
     spec = dataset_spec(name, data_root)
     if name == DEMO_DATASET:
         train_x, train_y, test_x, test_y = digits_arrays()
@@ -51,11 +54,9 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
         train_x, train_y, test_x, test_y = read_prepared(spec, data_root)
     n = spec.num_train
     as_tensor = lambda a: to_tensor(a, device)  # noqa: E731
-    return Splits(
-        as_tensor(train_x[:n]), as_tensor(train_y[:n]).long(),
-        as_tensor(train_x[n:]), as_tensor(train_y[n:]).long(),
-        as_tensor(test_x), as_tensor(test_y).long(),
-    )
+    test = as_tensor(test_x), as_tensor(test_y).long()
+    val = test if spec.val_is_test else (as_tensor(train_x[n:]), as_tensor(train_y[n:]).long())
+    return Splits(as_tensor(train_x[:n]), as_tensor(train_y[:n]).long(), *val, *test)
 
 
 def to_tensor(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -95,9 +96,14 @@ def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | Non
 
 
 def check_train_count(path: Path, count: int, spec: DatasetSpec) -> None:
-    """The training file must hold more than `num_train` images, or the validation split is empty."""
+    """The training file must hold more than `num_train` images, or the validation split is empty; where
+    validation is the test set, exactly `num_train` (the whole file trains: another count is another set)."""
     n = spec.num_train
-    if count <= n:
+    if spec.val_is_test:
+        if count != n:
+            raise DataFileError(f"{path} holds {count:,} images; {spec.name} has {n:,} (its whole training set); "
+                                "prepare it again")
+    elif count <= n:
         raise DataFileError(
             f"{path} holds {count} images; {spec.name} needs more than {n} (the first {n} train, "
             "the rest validate); prepare it again"

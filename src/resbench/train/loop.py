@@ -187,13 +187,16 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
 
     The test split is scored at every evaluation, for the selection modes of `resbench table`
     (last iteration, best test); those figures are kept under their own names and never decide
-    which model is kept.
+    which model is kept. Where validation is the test set (ImageNet, as the reference) the split is
+    scored once and its figures are both.
     """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    top5 = reports_top5(dataset_spec(job.cfg.data_name, job.cfg.data_root).num_classes)
+    spec = dataset_spec(job.cfg.data_name, job.cfg.data_root)
+    top5 = reports_top5(spec.num_classes)
     val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
-    test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
+    test = val if spec.val_is_test else evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast,
+                                                 job.world, top5)
     record = {
         "iter": state.step,
         "epoch": state.step / job.batches.steps_per_epoch,
