@@ -237,7 +237,7 @@ def _use_archive(monkeypatch, filename: str, data: bytes, base_url: str, md5: st
                  size: int | None = None) -> None:
     """Point every dataset using `filename` at base_url, expecting the md5 of `data` (or `md5`) and `size` bytes."""
     for name, recipe in recipes.RECIPES.items():
-        if recipe.source.filename == filename:
+        if recipe.source and recipe.source.filename == filename:
             new = download.Source(filename, base_url + filename, md5 or hashlib.md5(data).hexdigest(), size)
             monkeypatch.setitem(recipes.RECIPES, name, dataclasses.replace(recipe, source=new))
 
