@@ -132,6 +132,13 @@ def test_table_cli_keeps_runs_with_other_settings_in_rows_of_their_own(tmp_path,
     assert tiny == TINY_WITH_TWO_RUN_LENGTHS and proc.stderr == ""
 
 
+def test_where_a_run_held_its_data_never_makes_a_row_of_its_own():
+    runs = [lr_sweep_summary(0.1, seed, 0.92) for seed in (1, 2)]
+    for run, placement in zip(runs, ("device", "stream")):
+        run["config"]["data_placement"] = placement  # the same batches either way
+    assert "n=2" in render_tables(runs) and "stream" not in render_tables(runs)
+
+
 def lr_sweep_summary(lr: float, seed: int, val: float, wd: float = 0.001) -> dict:
     s = summary("CIFAR10_x32", 20, 1, "fp32", 272_464, val, val - 0.001, 0.3, seed=seed)
     s["config"].update(optim_lr=lr, optim_weight_decay=wd)
