@@ -308,12 +308,17 @@ def placement(recipe: Recipe, name: str, root: Path) -> str:
     """What to place where for `name` (one line): each variant's official file names, and what is there."""
     downloads = root / DOWNLOADS_DIR
     (_, names), *others = recipe.placed.variants.items()
-    also = "".join(f" (or the {variant} variant: {' and '.join(files)})" for variant, files in others)
+    also = "".join(f" (or the {variant} variant: {listed(files)})" for variant, files in others)
     found = [n for files in recipe.placed.variants.values() for n in files if (downloads / n).is_file()]
     there = f"; {downloads} holds {', '.join(found)} but not all of one variant" if found else ""
-    return (f"{name} cannot be downloaded without an account: get {' and '.join(names)}{also} from "
+    return (f"{name} cannot be downloaded without an account: get {listed(names)}{also} from "
             f"{recipe.placed.where} and place them in {downloads.resolve()}, then run `resbench data download "
             f"{name} --data_root {root}`{there}")
+
+
+def listed(names: Sequence[str]) -> str:
+    """`a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def archive_origin(name: str, data_root: str | os.PathLike, mirror: str | None) -> str:
