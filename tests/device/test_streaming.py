@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import numpy as np
@@ -70,25 +69,6 @@ def test_auto_streams_what_does_not_fit_and_says_so_before_training(tmp_path, mo
     assert held.statement.startswith("data: Digits_x32's 3.8 MiB of training images stream from their memory-mapped "
                                      "file to cpu, 3 batches ahead of the step (host buffers of ")
     assert "they do not fit beside training: 5.3 MiB of images and " in held.statement
-
-
-def test_a_run_streaming_its_data_trains_as_one_holding_it(tmp_path, cli):
-    records = {}
-    for placement in ("device", "stream"):
-        run = tmp_path / placement
-        cli("train", *tiny_flags(run), "--data_placement", placement, check=True)
-        records[placement] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert f"data: Digits_x32{' held' if placement == 'device' else chr(39) + 's'}" in (run / "log.txt").read_text()
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("elapsed_s", "eval_s")} for r in rs]  # noqa: E731
-    assert strip(records["device"]) == strip(records["stream"])
-    assert not prefetching()
-
-
-def tiny_flags(run) -> list[str]:
-    cfg = tiny(run, optim_ni=4, eval_every=4)
-    return ["--data_name", cfg.data_name, "--resnet_depth", str(cfg.resnet_depth), "--batch_size",
-            str(cfg.batch_size), "--optim_ni", str(cfg.optim_ni), "--eval_every", str(cfg.eval_every),
-            "--device", "cpu", "--save", str(run), "--compile", "false"]
 
 
 def test_training_images_the_device_cannot_hold_are_one_line(monkeypatch):
