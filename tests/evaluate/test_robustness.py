@@ -140,6 +140,16 @@ def test_text_report_has_every_section(evaluated):
     assert [out[noise + k].split()[-5] for k in range(3)] == ["msp", "entropy", "energy"]
 
 
+def test_text_report_says_where_the_validation_split_is_the_test_split(evaluated):
+    report = json.loads((evaluated / "s1" / "eval.json").read_text())
+    assert report["val_is_test"] is False and "val = test" not in format_eval_report(report)
+    scaled = {**report, "data_name": "ImageNet1k_x32", "val_is_test": True,
+              "temperature_scaling": {"temperature": 1.5, "val_nll_before": 2.0, "val_nll_after": 1.9,
+                                      **{k: report[k] for k in ("acc", "nll", "ece", "brier")}}}
+    assert ("val = test: ImageNet1k_x32's validation split is its test split (the official validation set); the "
+            "temperature was fitted on these same images") in format_eval_report(scaled).splitlines()
+
+
 def test_ensemble_matches_a_computation_by_hand(digits_runs, capsys):
     runs = [digits_runs / "s1", digits_runs / "s2"]
     report = eval_json(capsys, "--ckpt", *runs, "--ood", "Noise")

@@ -3,6 +3,7 @@ the run files say (issue 16, item 6)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from reference_runs import write_reference_run
-from resbench.results.compare import match_runs, render_markdown
+from resbench.results.compare import as_json, match_runs, render_markdown
 from resbench.results.noise import noise_model
 from resbench.results.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
 from resbench.results.stats import spread, t_quantile
@@ -81,6 +82,22 @@ def test_a_run_built_from_the_references_own_figures_compares_as_identical(tmp_p
     assert "0.005 is below what any number of runs can detect (the reference is one run)" in text
     assert "\n| 1000 | 0.389 | 0.389 | 1.959 | 1.959 | 43.47 | 43.47\n" in text
     assert "| w_norm 1k–4k | 1 | +0.0% | ±1.50% | 1 | 0.0015 | pass" in text
+
+
+def test_compare_says_so_under_a_set_that_validates_on_its_test_set(tmp_path, monkeypatch):
+    from resbench.results import compare
+
+    ref = dataclasses.replace(reference(), data_name="ImageNet1k_x32")
+    write_reference_run(tmp_path / "run", ref)
+    monkeypatch.setattr(compare, "find_reference_run", lambda *args: ref)
+    cells, unmatched = compared(tmp_path)
+
+    text = render_markdown(cells, unmatched)
+    assert "\nval = test: ImageNet1k_x32 validates on its test set (the official validation set)" in text
+    assert as_json(cells, unmatched)["cells"][0]["val_is_test"] is True
+    monkeypatch.undo()
+    cifar = compared(write_reference_run(tmp_path / "cifar", reference()))
+    assert "val = test" not in render_markdown(*cifar) and as_json(*cifar)["cells"][0]["val_is_test"] is False
 
 
 @pytest.mark.parametrize("shift, key, label", [

@@ -98,6 +98,17 @@ def test_table_mean_std_and_compare_reference():
     assert render_tables(seeds_and_compare_summaries(), compare=True) == SEEDS_AND_COMPARE
 
 
+def test_a_set_that_validates_on_its_test_set_says_so_under_its_table_only():
+    runs = [summary("ImageNet1k_x32", 18, 1, "fp16", 11_680_832, 0.546, 0.546, 2.103),
+            *seed_summaries("CIFAR10_x32")]
+    cifar, imagenet = render_tables(runs).split("\n\n### ")
+    assert cifar == SEED_CIFAR10  # character for character, without the note
+    assert imagenet.splitlines()[-1] == ("val = test: ImageNet1k_x32 validates on its test set (the official validation "
+                                         "set), as the reference does; its val/acc is a test accuracy and its best "
+                                         "checkpoint is chosen on the test set (test-set selection, as `resbench table "
+                                         "--selection test` names it).")
+
+
 TINY_WITH_TWO_RUN_LENGTHS = """\
 ### TinyImageNet200_x64
 | Depth | Width | # Params | iters | val/acc | tst/acc | tst/nll | misc
@@ -119,6 +130,13 @@ def test_table_cli_keeps_runs_with_other_settings_in_rows_of_their_own(tmp_path,
     cifar, tiny = proc.stdout.rstrip("\n").split("\n\n")
     assert cifar == SEED_CIFAR10  # no setting differs there: no extra column
     assert tiny == TINY_WITH_TWO_RUN_LENGTHS and proc.stderr == ""
+
+
+def test_where_a_run_held_its_data_never_makes_a_row_of_its_own():
+    runs = [lr_sweep_summary(0.1, seed, 0.92) for seed in (1, 2)]
+    for run, placement in zip(runs, ("device", "stream")):
+        run["config"]["data_placement"] = placement  # the same batches either way
+    assert "n=2" in render_tables(runs) and "stream" not in render_tables(runs)
 
 
 def lr_sweep_summary(lr: float, seed: int, val: float, wd: float = 0.001) -> dict:

@@ -339,7 +339,7 @@ def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[s
     spec = dataset_spec(cfg.data_name, cfg.data_root)
     record = run_bench(cfg, warmup, iters, windows, vs=False)
     eval_rate = eval_images_per_sec(cfg, device)
-    eval_images = evaluations_of(cfg) * (spec.num_val + spec.num_test)
+    eval_images = evaluations_of(cfg) * spec.images_per_evaluation
     train_minutes = cfg.optim_ni * cfg.batch_size / record["images_per_sec"] / 60
     eval_minutes = eval_images / eval_rate / 60
     setup_minutes = record["warmup_seconds"] / 60

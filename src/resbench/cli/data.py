@@ -114,9 +114,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "download", help="download (or use a placed archive), verify and prepare a dataset",
         description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy (an evaluation set: its own "
                     "layout, see the README). An archive already in <data_root>/downloads/ under its official "
-                    "name is used without network access.")
+                    "name is used without network access. ImageNet1k_x32 and ImageNet1k_x64 (downsampled "
+                    "ImageNet) cannot be downloaded without an image-net.org account: place their official "
+                    "archives (npz or pickled variant) in <data_root>/downloads/ (the command says which when "
+                    "they are missing); they are checked (counts, shapes, labels) and their SHA-256 recorded in "
+                    "NAME/sources.json, since no checksum is published (docs/imagenet.md).")
     download_parser.add_argument("name", metavar="NAME", choices=[*DATASETS, "all"],
-                                 help=f"one of {', '.join(DATASETS)}, or all (the training datasets)")
+                                 help=f"one of {', '.join(DATASETS)}, or all (the training datasets that can be "
+                                      "downloaded: all but ImageNet's)")
     download_parser.add_argument("--mirror", metavar="URL_OR_DIR", default=None,
                                  help="fetch the official file names from this base URL or local folder")
     download_parser.add_argument("--no_verify", action="store_true",

@@ -166,7 +166,17 @@ def format_eval_report(report: dict) -> str:
     if scaled:
         lines.append(f"val nll {scaled['val_nll_before']:.4f} -> {scaled['val_nll_after']:.4f} "
                      f"after temperature scaling")
-    return "\n".join(lines + format_sections(report, report["n"]))
+    return "\n".join(lines + val_is_test_lines(report) + format_sections(report, report["n"]))
+
+
+def val_is_test_lines(report: dict) -> list[str]:
+    """Where the set validates on its test set (ImageNet), the note that the val and test splits are one: a
+    temperature is then fitted on the images it is scored on."""
+    if not report.get("val_is_test"):
+        return []
+    fitted = "; the temperature was fitted on these same images" if "temperature_scaling" in report else ""
+    return [f"val = test: {report['data_name']}'s validation split is its test split (the official validation "
+            f"set){fitted}"]
 
 
 def format_ensemble_report(report: dict) -> str:
@@ -177,5 +187,6 @@ def format_ensemble_report(report: dict) -> str:
     lines.append(f"{'ensemble':<10}{summary_line(ensemble)}")
     lines.append(f"diversity: pairwise disagreement {report['diversity']['disagreement']:.4f}, "
                  f"mean KL between members {report['diversity']['kl']:.4f}")
+    lines += val_is_test_lines(report)
     sections = format_sections(ensemble, report["n"])
     return "\n".join(lines + (["", "the ensemble:", *sections[1:]] if sections else []))

@@ -37,6 +37,14 @@ class DatasetSpec:
     # The OOD sets `resbench eval --ood` uses when none are named: the usual pairs of the literature.
     natural_ood: tuple[str, ...] = ()
     imported: bool = False  # made by `resbench data import` (facts in dataset.json), not downloaded
+    # The reference's ImageNet rows (docs/reference/imagenet-x.md): the whole training file trains and the
+    # official validation set is both validation and test, since the reference selects its best checkpoint on it.
+    val_is_test: bool = False
+
+    @property
+    def images_per_evaluation(self) -> int:
+        """Images one evaluation scores: validation and test, or the test set once where it is both."""
+        return self.num_test if self.val_is_test else self.num_val + self.num_test
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -48,6 +56,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     ("SVHN", "TinyImageNet200_C")),
         DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920, 18_080, 10_000, "TinyImageNet200_C",
                     ("TinyImageNet200_C",)),
+        DatasetSpec("ImageNet1k_x32", 1000, 32, 1_281_167, 50_000, 50_000, val_is_test=True),
+        DatasetSpec("ImageNet1k_x64", 1000, 64, 1_281_167, 50_000, 50_000, val_is_test=True),
         # Offline demo: scikit-learn's 1,797 bundled 8×8 digits, upsampled to 32×32 RGB.
         DatasetSpec("Digits_x32", 10, 32, 1_280, 217, 300, "Digits_C", ("Noise",)),
     )
@@ -72,6 +82,18 @@ def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> Datas
            f"(there is no {Path(data_root) / name / FACTS_FILE})"
            if data_root is not None and is_valid_name(name) else "")
     raise ValueError(f"unknown data_name {name!r}: choose one of {', '.join(DATASETS)}{own}")
+
+
+def validates_on_test(name: str) -> bool:
+    """Whether `name` validates on its test set (`DatasetSpec.val_is_test`): its val/acc is a test accuracy."""
+    return name in DATASETS and DATASETS[name].val_is_test
+
+
+def val_is_test_note(name: str) -> str:
+    """What `table` and `compare` say under a set that validates on its test set."""
+    return (f"val = test: {name} validates on its test set (the official validation set), as the reference does; "
+            "its val/acc is a test accuracy and its best checkpoint is chosen on the test set (test-set selection, "
+            "as `resbench table --selection test` names it)")
 
 
 # ---------------------------------------------------------------- imported datasets: dataset.json

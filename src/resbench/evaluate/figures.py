@@ -143,7 +143,8 @@ def head_figures(loaded: Members, request: EvalRequest) -> tuple[list[dict], tor
         id_logits = logits if request.split == "test" else score(splits.test_images, f"{data_name} test")
         for report, figures in zip(reports, ood_figures(score, ood, loaded.data_root, id_logits)):
             report["ood"] = figures
-    return reports, logits, {"data_name": data_name, "split": request.split, "n": len(labels)}
+    return reports, logits, {"data_name": data_name, "split": request.split, "n": len(labels),
+                             "val_is_test": loaded.spec.val_is_test}
 
 
 def evaluate_checkpoint(path: Path, which: str, request: EvalRequest) -> dict:

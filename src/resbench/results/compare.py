@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from resbench.data.facts import val_is_test_note, validates_on_test
 from resbench.results.noise import (
     ALPHA,
     CURVES,
@@ -315,7 +316,7 @@ def render_markdown(cells: list[Cell], unmatched: list[tuple[Run, str]], curves:
                  *(final_cell(cell.finals.get(m)) for m in SHOWN_FINALS), cell.verdict_text()]
                 for cell in cells if cell.reference.data_name == data_name]
         lines += markdown_table(["cell", "runs", "iter", "val/acc", "tst/acc", "tst/nll", "verdict"], rows, 1)
-        lines.append("")
+        lines += ["", val_is_test_note(data_name) + ".", ""] if validates_on_test(data_name) else [""]
         for cell in cells if curves else []:
             if cell.reference.data_name != data_name:
                 continue
@@ -333,6 +334,7 @@ def as_json(cells: list[Cell], unmatched: list[tuple[Run, str]]) -> dict[str, An
     return {
         "cells": [{"data_name": c.reference.data_name, "depth": c.reference.depth, "width": c.reference.width,
                    "weight_decay": c.reference.weight_decay, "precision": c.reference.precision,
+                   "val_is_test": validates_on_test(c.reference.data_name),
                    "runs": [str(run.path) for run in c.runs], "verdict": c.verdict(), "finals": c.finals,
                    "tests": [check_json(t) for t in c.tests]}
                   for c in cells],

@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from resbench.data.facts import val_is_test_note, validates_on_test
 from resbench.results.columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value
 from resbench.results.noise import FINALS, final_check, published_figure
 from resbench.results.reference import (
@@ -311,10 +312,12 @@ def table_header(rows: list[Row], selection: str,
 
 def render_table(rows: list[Row], compare: bool = False, selection: str = "val",
                  columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
-    """One `### <data_name>` section in the seed's markdown format."""
+    """One `### <data_name>` section in the seed's markdown format (and, under a set that validates on its
+    test set, a line saying so)."""
     cells = [line for i, row in enumerate(rows)
              for line in row_lines(row, rows[i - 1] if i else None, rows, selection, compare, columns)]
-    return "\n".join([f"### {rows[0].data_name}", *render_lines(*table_header(rows, selection, columns), cells)])
+    note = ["", val_is_test_note(rows[0].data_name) + "."] if validates_on_test(rows[0].data_name) else []
+    return "\n".join([f"### {rows[0].data_name}", *render_lines(*table_header(rows, selection, columns), cells), *note])
 
 
 def render_tables(runs: list[Run | dict], compare: bool = False, selection: str = "val",

@@ -43,8 +43,8 @@ MAX_METRICS_FILE = 64 << 20
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
 # table row vary), paths and choices that do not change a number (settings.config.RESUMABLE_CHANGES), and
 # the configuration itself (dataset, depth, width, precision).
-NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard", "threads", "mirror",
-                              "data_name", "resnet_depth", "resnet_width", "mixed_precision"})
+NOT_ROW_SETTINGS = frozenset({"seed", *RESUMABLE_CHANGES, "data_name", "resnet_depth", "resnet_width",
+                              "mixed_precision"})
 
 
 def read_json(path: Path, what: str | None = None, fix: str = "") -> Any:

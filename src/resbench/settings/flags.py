@@ -92,8 +92,9 @@ def switch(on: Any) -> dict[str, Any]:
 
 
 FLAG_HELP = {
-    "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, Digits_x32 "
-                 "(offline demo), or one of your own made by `resbench data import NAME SRC`",
+    "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, "
+                 "ImageNet1k_x32, ImageNet1k_x64, Digits_x32 (offline demo), or one of your own made by "
+                 "`resbench data import NAME SRC`",
     "resnet_depth": "6n+2 (20, 32, 44, 56, 110, ...) or 18, 34, 50, 101, 152",
     "resnet_width": "channel multiplier (of a Bottleneck's inner convolutions only, as the reference)",
     "batch_size": "global batch size",
@@ -121,6 +122,9 @@ FLAG_HELP = {
                "or $OMP_NUM_THREADS. `sweep --jobs N` gives each run cores/N (default: auto)",
     "mirror": "fetch a missing dataset's official archive from this base URL or local folder, as "
               "`resbench data download --mirror` does (default: the official URL)",
+    "data_placement": "auto | device | stream: the training images held on the training device, or streamed "
+                      "to it from their memory-mapped file a few batches ahead (the same batches); auto: on the "
+                      "device where they fit beside training, as the run's first lines say",
 }
 # Flags whose help already says their default.
 DEFAULT_IN_HELP = {"save", "threads", "mirror"}
@@ -202,7 +206,7 @@ FLAG_GROUPS = {
                                   "optim_label_smoothing", "optim_global_clipping", "seed"),
     "evaluation and the run folder": ("eval_every", "save", "tensorboard"),
     "precision and speed (device, compile, threads)": ("mixed_precision", "device", "compile", "sync_bn",
-                                                       "deterministic", "threads"),
+                                                       "deterministic", "threads", "data_placement"),
 }
 
 

@@ -122,7 +122,7 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool, launch
 
 def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
     """One line per dataset the runs need that is not prepared yet: where it will come from."""
-    from resbench.data.fetch.prepare import DOWNLOADS_DIR
+    from resbench.data.fetch.prepare import archive_origin
     from resbench.data.prepared import missing_prepared_files
     from resbench.data.recipes import RECIPES
 
@@ -134,10 +134,7 @@ def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
             lines.append(f"  {name}: not prepared in {Path(root) / name} and nothing to fetch it from: "
                          f"`resbench data import {name} SRC --data_root {root}` first")
             continue
-        source = RECIPES[name].source
-        placed = Path(root) / DOWNLOADS_DIR / source.filename
-        origin = (f"the archive already in {placed}" if placed.is_file() else
-                  f"{source.filename} from --mirror {mirror}" if mirror else source.url)
+        origin = archive_origin(name, root, mirror)
         lines.append(f"  {name}: prepared in {Path(root) / name} by the first run that needs it, from {origin}")
     return lines
 

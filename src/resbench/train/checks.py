@@ -30,7 +30,7 @@ def validate_config(cfg: TrainConfig) -> None:
 
 def check_settings(cfg: TrainConfig) -> None:
     from resbench.data.facts import dataset_spec
-    from resbench.device import distributed, hotpath, memory
+    from resbench.device import distributed, holding, hotpath, memory
     from resbench.models.resnet import architecture
 
     spec = dataset_spec(cfg.data_name, cfg.data_root)
@@ -71,6 +71,8 @@ def check_settings(cfg: TrainConfig) -> None:
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
     hotpath.parse_compile(cfg.compile)
+    if cfg.data_placement not in holding.PLACEMENTS:
+        raise ValueError(f"--data_placement must be one of {', '.join(holding.PLACEMENTS)}, got {cfg.data_placement!r}")
     if cfg.threads is not None and not 1 <= cfg.threads <= MAX_THREADS:
         raise ValueError(f"--threads must be from 1 to {MAX_THREADS} (or auto), got {cfg.threads}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:

@@ -30,11 +30,10 @@ from typing import Any
 
 import torch
 
-from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
 from resbench.data.fetch.prepare import prepare_dataset
-from resbench.data.prepared import load_splits, missing_prepared_files
-from resbench.device import bnstats, cpus, distributed, hotpath
+from resbench.data.prepared import missing_prepared_files
+from resbench.device import bnstats, cpus, distributed, holding, hotpath
 from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
@@ -89,12 +88,11 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
         return already_finished(run, cfg)
     resume_from = checked_resume_point(run, cfg, device, precision)
     ensure_prepared(cfg, world, device)
-    splits = load_splits(cfg.data_name, cfg.data_root, device)
-    batches = TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
-                                world.rank, world.world_size)
-    job = build_job(cfg, batches, device, precision, world, run, splits)
+    data = holding.hold_data(cfg, device, world, precision)
+    job = build_job(cfg, data.batches, device, precision, world, run, data.splits)
     state = start_or_resume(job, resume_from)
     state.setup_seconds += time.perf_counter() - setup_start
+    run.log(data.statement)
     if busy:
         run.log(busy)
     for change in rounding_changes(resume_from["config"], dataclasses.asdict(cfg)) if resume_from else []:
@@ -106,6 +104,8 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
     except TrainingDiverged:
         run.finish(final_summary(job, state, "diverged"))
         raise
+    finally:
+        data.batches.close()  # a streaming loader's prefetch thread
     summary = final_summary(job, state, "finished")
     run.log(time_report(summary))
     run.finish(summary)
@@ -187,13 +187,16 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
 
     The test split is scored at every evaluation, for the selection modes of `resbench table`
     (last iteration, best test); those figures are kept under their own names and never decide
-    which model is kept.
+    which model is kept. Where validation is the test set (ImageNet, as the reference) the split is
+    scored once and its figures are both.
     """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    top5 = reports_top5(dataset_spec(job.cfg.data_name, job.cfg.data_root).num_classes)
+    spec = dataset_spec(job.cfg.data_name, job.cfg.data_root)
+    top5 = reports_top5(spec.num_classes)
     val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
-    test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
+    test = val if spec.val_is_test else evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast,
+                                                 job.world, top5)
     record = {
         "iter": state.step,
         "epoch": state.step / job.batches.steps_per_epoch,

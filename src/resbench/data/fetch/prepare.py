@@ -29,9 +29,9 @@ import numpy as np
 
 from resbench.console import log
 from resbench.data.fetch.archive import remove_stale_scratch
-from resbench.data.fetch.download import Source, disk_advice, fetch_archive
+from resbench.data.fetch.download import disk_advice, download, fetch_archive
 from resbench.data.recipes import RECIPES, Recipe
-from resbench.data.recipes.common import Splits
+from resbench.data.recipes.common import Splits, StreamedArray
 from resbench.errors import DataError, printable
 from resbench.files import UnsafeFileError, current_umask, drop_lock_file, remove_stale, take_lock
 
@@ -40,10 +40,11 @@ DATASETS: tuple[str, ...] = tuple(RECIPES)
 
 
 def training_datasets() -> list[str]:
-    """What `resbench data download all` prepares: the training datasets (evaluation sets by name)."""
+    """What `resbench data download all` prepares: the training datasets that can be downloaded (evaluation
+    sets and the sets whose archives are placed by hand, ImageNet's, by name)."""
     from resbench.data import facts
 
-    return [name for name in RECIPES if name in facts.DATASETS]
+    return [name for name, recipe in RECIPES.items() if name in facts.DATASETS and not recipe.placed]
 
 
 def _check_name(name: str) -> str:
@@ -98,6 +99,8 @@ def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, byte
         for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
             if isinstance(array, bytes):
                 (tmp / filename).write_bytes(array)
+            elif isinstance(array, StreamedArray):
+                write_streamed(tmp / filename, array)
             else:
                 np.save(tmp / filename, array, allow_pickle=False)
         if not replacing:
@@ -117,6 +120,25 @@ def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, byte
     return target
 
 
+def write_streamed(path: Path, array: StreamedArray) -> None:
+    """A new .npy written piece by piece: the header np.save would write for the shape, then the rows as
+    the pieces come. Plain writes, not a memory map: the pages written go to the page cache, which the
+    kernel writes out and frees, where a map's would count as this process's memory until it ended."""
+    rows = 0
+    with open(path, "xb") as f:  # in the preparation's own new folder: nothing stands there
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(array.dtype),
+                                                 "fortran_order": False, "shape": array.shape})
+        for piece in array.pieces():
+            piece = np.ascontiguousarray(piece, dtype=array.dtype)
+            rows += len(piece)
+            if piece.shape[1:] != array.shape[1:] or rows > array.shape[0]:
+                raise DataError(f"{path.name}: a piece of shape {piece.shape} does not fit the {array.shape} "
+                                "declared; prepare it again")
+            f.write(piece.data)
+    if rows != array.shape[0]:
+        raise DataError(f"{path.name}: {rows:,} rows were made of the {array.shape[0]:,} declared; prepare it again")
+
+
 def _check_replaceable(target: Path, filenames: list[str]) -> None:
     """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced."""
     if not target.is_dir():
@@ -126,13 +148,13 @@ def _check_replaceable(target: Path, filenames: list[str]) -> None:
                         "move them away and run again")
 
 
-def _remove_stale_temporaries(root: Path, source: Source) -> None:
-    """Remove what killed preparations from `source` left: temporary dataset folders (in the data root
-    and in the dataset folders) and extraction folders. Called holding the archive's lock, under
+def _remove_stale_temporaries(root: Path, recipe: Recipe) -> None:
+    """Remove what killed preparations from `recipe`'s archive left: temporary dataset folders (in the data
+    root and in the dataset folders) and extraction folders. Called holding the archive's lock, under
     which all of them are made, so none of them belongs to a live process."""
-    for name in (name for name, recipe in RECIPES.items() if recipe.source.filename == source.filename):
+    for name in (name for name, other in RECIPES.items() if other.lock_name == recipe.lock_name):
         remove_stale_dataset_temporaries(root, name)
-    remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
+    remove_stale_scratch(root / DOWNLOADS_DIR, recipe.lock_name)
 
 
 def remove_stale_dataset_temporaries(root: Path, name: str) -> None:
@@ -207,16 +229,23 @@ def _incomplete_by_recipe(root: Path, names: Sequence[str]) -> dict[Recipe, list
 
 
 def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
-    """Fetch one archive (and those it needs) and write every dataset of ``group`` from a single decode."""
+    """Fetch one archive (and those it needs), or find the placed ones, and write every dataset of ``group``
+    from a single decode."""
     from resbench.data import evalsets
 
-    archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
-    needed = []
-    for source in (RECIPES[name].source for name in recipe.needs):
-        with preparation_lock(root, source.filename, group):
-            needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
-    log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
-    arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
+    sizes = sorted({evalsets.image_size(name) for name in group})
+    if recipe.placed:
+        archives = placed_archives(recipe, group[0], root, mirror)
+        log(f"preparing {', '.join(group)} from {', '.join(a.name for a in archives)}")
+        arrays = recipe.read(archives, sizes)
+    else:
+        archive = fetch_archive(recipe.source, root / DOWNLOADS_DIR, mirror, verify)
+        needed = []
+        for source in (RECIPES[name].source for name in recipe.needs):
+            with preparation_lock(root, source.filename, group):
+                needed.append(fetch_archive(source, root / DOWNLOADS_DIR, mirror, verify))
+        log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
+        arrays = recipe.read(archive, sizes, *needed)
     for name in group:
         log(f"{name}: ready in {write_dataset(root, name, arrays[evalsets.image_size(name)])}")
 
@@ -236,8 +265,8 @@ def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror:
         if todo:
             make_root(root)
         for recipe, group in todo.items():
-            with preparation_lock(root, recipe.source.filename, group):
-                _remove_stale_temporaries(root, recipe.source)
+            with preparation_lock(root, recipe.lock_name, group):
+                _remove_stale_temporaries(root, recipe)
                 left = _incomplete_by_recipe(root, group).get(recipe)
                 if left:
                     _prepare_group(root, recipe, left, mirror, verify)
@@ -252,6 +281,57 @@ def prepare_dataset(name: str, data_root: str | os.PathLike, mirror: str | None 
     DataError with a one-line message.
     """
     return prepare_datasets([name], data_root, mirror, verify)[0]
+
+
+# ---------------------------------------------------------------- archives placed by hand (ImageNet's)
+
+def placed_archives(recipe: Recipe, name: str, root: Path, mirror: str | None) -> list[Path]:
+    """The archives of the first variant found whole in <root>/downloads/ or a --mirror folder (read where
+    they lie), or downloaded from a --mirror URL (its first variant); otherwise one line saying which files
+    to place where."""
+    downloads = root / DOWNLOADS_DIR
+    folders = [downloads] + ([Path(mirror).expanduser()] if mirror and "://" not in mirror else [])
+    for folder in folders:
+        for names in recipe.placed.variants.values():
+            if all((folder / n).is_file() for n in names):
+                for archive in names:
+                    log(f"using {folder / archive}")
+                return [folder / n for n in names]
+    if mirror and "://" in mirror:
+        names = next(iter(recipe.placed.variants.values()))
+        return [download(mirror.rstrip("/") + "/" + n, downloads / n, None) if not (downloads / n).is_file()
+                else downloads / n for n in names]
+    raise DataError(placement(recipe, name, root))
+
+
+def placement(recipe: Recipe, name: str, root: Path) -> str:
+    """What to place where for `name` (one line): each variant's official file names, and what is there."""
+    downloads = root / DOWNLOADS_DIR
+    (_, names), *others = recipe.placed.variants.items()
+    also = "".join(f" (or the {variant} variant: {listed(files)})" for variant, files in others)
+    found = [n for files in recipe.placed.variants.values() for n in files if (downloads / n).is_file()]
+    there = f"; {downloads} holds {', '.join(found)} but not all of one variant" if found else ""
+    return (f"{name} cannot be downloaded without an account: get {listed(names)}{also} from "
+            f"{recipe.placed.where} and place them in {downloads.resolve()}, then run `resbench data download "
+            f"{name} --data_root {root}`{there}")
+
+
+def listed(names: Sequence[str]) -> str:
+    """`a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def archive_origin(name: str, data_root: str | os.PathLike, mirror: str | None) -> str:
+    """Where preparing `name` takes its archive from, in words (a sweep's dry run says it)."""
+    recipe, downloads = RECIPES[name], Path(data_root) / DOWNLOADS_DIR
+    if recipe.placed:
+        if any(all((downloads / n).is_file() for n in names) for names in recipe.placed.variants.values()):
+            return f"the archives placed in {downloads}"
+        return f"--mirror {mirror}" if mirror else f"nothing yet: {placement(recipe, name, Path(data_root))}"
+    source = recipe.source
+    if (downloads / source.filename).is_file():
+        return f"the archive already in {downloads / source.filename}"
+    return f"{source.filename} from --mirror {mirror}" if mirror else source.url
 
 
 def disk_size(folder: Path) -> int:
@@ -282,6 +362,8 @@ def dataset_status(data_root: str | os.PathLike) -> list[dict]:
         problem, counts = _inspect(Path(data_root), name) if folder.is_dir() else ("not prepared", {})
         fix = (f"`resbench data download {name} --data_root {data_root}` (or `resbench "
                f"{'train' if name in training else 'eval'}` fetches it itself)")
+        if RECIPES[name].placed:
+            fix = placement(RECIPES[name], name, Path(data_root))
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
             "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
