@@ -116,8 +116,19 @@ def precision_for(mixed_precision: str, device: torch.device) -> str:
 
 # ---------------------------------------------------------------- run folders
 
-def default_run_name(cfg: TrainConfig) -> str:
-    """A folder name that tells the settings apart, e.g. R20x1-b256-i48k-lr0.1-wd0.001-s42."""
+def named_precision(cfg: TrainConfig) -> str:
+    """The precision a run's folder name says: the one asked for, read without the device at hand, so
+    that a sweep planned on a CPU node names its folders as the GPU nodes that train them will.
+    `--mixed_precision true` is the seed's fp16 row, unless the device asked for is a CPU (bf16 there)."""
+    choice = canonical("mixed_precision", cfg.mixed_precision)
+    if choice == "true":
+        return "bf16" if cfg.device.lower().startswith("cpu") else "fp16"
+    return PRECISION_OF_FLAG.get(choice, choice)
+
+
+def default_run_name(cfg: TrainConfig, precision: str | None = None) -> str:
+    """A folder name that tells the settings apart, e.g. R20x1-b256-i48k-lr0.1-wd0.001-s42 (`precision`:
+    the one the name says, `named_precision` by default)."""
     ni = f"{cfg.optim_ni // 1000}k" if cfg.optim_ni % 1000 == 0 else str(cfg.optim_ni)
     name = (f"R{cfg.resnet_depth}x{cfg.resnet_width}-b{cfg.batch_size}-i{ni}-lr{cfg.optim_lr:g}"
             f"-wd{cfg.optim_weight_decay:g}-s{cfg.seed}")
@@ -127,15 +138,25 @@ def default_run_name(cfg: TrainConfig) -> str:
         name += f"-ls{cfg.optim_label_smoothing:g}"
     if cfg.optim_global_clipping is not None:
         name += f"-clip{cfg.optim_global_clipping:g}"
-    if cfg.precision != "fp32":
-        name += f"-{cfg.precision}"
+    precision = precision or named_precision(cfg)
+    if precision != "fp32":
+        name += f"-{precision}"
     if cfg.deterministic:
         name += "-det"
     return name
 
 
-def run_folder_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.save) if cfg.save else Path("runs") / cfg.data_name / default_run_name(cfg)
+def run_folder_of(cfg: TrainConfig, runs_dir: Path = Path("runs")) -> Path:
+    """--save, or <runs_dir>/<data_name>/<default_run_name>. A run named when names said the precision
+    trained in (`--mixed_precision true --device auto` on a CPU: -bf16, now -fp16) keeps its folder."""
+    if cfg.save:
+        return Path(cfg.save)
+    folder = Path(runs_dir) / cfg.data_name
+    named = folder / default_run_name(cfg)
+    if canonical("mixed_precision", cfg.mixed_precision) != "true" or cfg.device != "auto" or named.exists():
+        return named
+    earlier = folder / default_run_name(cfg, cfg.precision)
+    return earlier if earlier.exists() else named
 
 
 def canonical(key: str, value: Any) -> Any:
