@@ -61,6 +61,21 @@ def test_help_and_errors_name_the_flags_once(cli):
     assert bad.returncode == 2 and "argument --resnet_depth: invalid int value: 'abc'" in bad.stderr
 
 
+@pytest.mark.parametrize("argv, command", [
+    (["train", "--resnet_depth", "8", "--no_such_flag", "1"], "resbench train"),
+    (["data", "import", "Name", "src", "--no_such_flag"], "resbench data import"),
+    (["table", "runs", "extra"], "resbench table"),
+    (["--no_such_flag", "table", "runs"], "resbench"),  # before the command: the top level's
+])
+def test_unrecognized_arguments_point_at_the_commands_own_help(argv, command, capsys):
+    """argparse reports them from the top-level parser, whose help lists no command's flags (issue 39)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unrecognized arguments: ") and err.endswith(f"(see `{command} --help`)\n")
+
+
 def test_save_help_shows_one_default():
     helped = " ".join(build_parser()._subparsers._group_actions[0].choices["train"].format_help().split())
     save = helped[helped.index("--save SAVE run folder"):helped.rindex("--tensorboard [TENSORBOARD]")]

@@ -185,6 +185,25 @@ def test_digits_demo_learns(tmp_path, run_cli, cli):
     assert "not retraining" in again.stderr
 
 
+def test_evaluation_lines_keep_their_columns_when_validation_does_not_improve(tmp_path, monkeypatch):
+    """The test columns are best.pt's on every line, labelled so, and the learning rate is the last step's,
+    named as in metrics.jsonl (issue 39: they vanished where validation did not improve, and the lr was an
+    unlabelled mean)."""
+    from resbench.train import loop
+
+    scored = iter([0.5, 0.4, 0.3, 0.35])  # validation, test; validation worse, test
+    monkeypatch.setattr(loop, "evaluate", lambda *args: {"acc": next(scored), "nll": 1.0})
+    train(TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=4, eval_every=2, device="cpu",
+                      save=str(tmp_path / "run")))
+    lines = [line for line in (tmp_path / "run" / "log.txt").read_text().splitlines() if line.startswith("[iter ")]
+    labels = [re.findall(r"(?:^|, )([a-z_]+/[a-z_0-9]+) ", line.partition("] ")[2]) for line in lines]
+    assert labels[0] == labels[1] == ["trn/loss", "trn/lr_at_eval", "trn/w_norm", "trn/g_norm", "val/acc", "val/nll",
+                                      "val/best_acc", "tst/acc", "tst/nll"]
+    for line in lines:
+        assert ", tst/acc 0.4000, tst/nll 1.0000 (best.pt, iteration 2), evaluation " in line
+    assert "trn/lr_at_eval 0.0000, " in lines[1]  # the cosine's end, where the window mean is not 0
+
+
 def test_tensorboard_scalars_follow_the_evaluations(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any
 
+from resbench.console import count
 from resbench.settings.config import ConfigError, TrainConfig
 from resbench.settings.flags import add_setting_flag
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1), ("pack", 1)):
         if getattr(args, name) is not None and getattr(args, name) < least:
             raise ConfigError(f"--{name} must be an integer >= {least}, got {getattr(args, name)}")
-    if busy := cpus.busy_warning():
+    if busy := cpus.busy_warning(threads=args.threads):
         print(busy, file=sys.stderr)
     cpus.use_threads(args.threads)
     if args.grid is not None:
@@ -104,16 +105,16 @@ def grid_line(row: dict[str, Any]) -> str:
 
 def grid_total(result: dict[str, Any]) -> str:
     total = result["total_minutes"]
-    return (f"{result['device']}, {result['threads']} threads, torch {result['torch']}: {len(result['rows'])} runs of "
-            f"grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h (measured rates × each run's steps "
-            f"and evaluation images, plus the measured warm-up; warm-up {result['warmup']} steps, "
-            f"{result['windows']} windows of {result['iters']})")
+    return (f"{result['device']}, {count(result['threads'], 'thread')}, torch {result['torch']}: "
+            f"{len(result['rows'])} runs of grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h "
+            "(measured rates × each run's steps and evaluation images, plus the measured warm-up; warm-up "
+            f"{result['warmup']} steps, {result['windows']} windows of {result['iters']})")
 
 
 def format_table(record: dict[str, Any]) -> str:
     """The record as an aligned two-column table, for people."""
     rows = [
-        ("device", f"{record['device']}, {record['threads']} threads, torch {record['torch']}"),
+        ("device", f"{record['device']}, {count(record['threads'], 'thread')}, torch {record['torch']}"),
         ("configuration", f"{record['data_name']} depth {record['depth']} width {record['width']} "
                           f"batch {record['batch_size']} {record['precision']}"
                           f"{' compiled' if record['compile'] else ''}"),

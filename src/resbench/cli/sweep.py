@@ -71,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
     if args.launcher == "local" and threads is not None and todo:
         print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
               "(unless the train flags set --threads)")
-    if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
-        print(busy, flush=True)
     if args.dry_run and todo:
         print_dry_run(todo, script, args.jobs)
     if args.dry_run or not todo:
         return 0
+    if args.launcher == "local" and (busy := cpus.busy_warning(threads=todo[0].config.threads)):
+        print(busy, flush=True)  # (not for a plan: the machine's load then is not the runs' load)
     return launch(todo, script, args)
 
 

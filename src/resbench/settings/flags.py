@@ -31,6 +31,9 @@ def dashed(option: str) -> str | None:
     return "--" + option[2:].replace("_", "-")
 
 
+EXTRAS_OWNER = "_parser_of_unrecognized_arguments"  # a namespace attribute of `Parser`'s own, removed again
+
+
 class DashedAliases:
     """`add_argument` of a parser or argument group whose every `--flag_name` also answers to
     `--flag-name`: the alias is registered for parsing only, so that help, usage and error messages
@@ -57,6 +60,22 @@ class Parser(DashedAliases, argparse.ArgumentParser):
         group = FlagGroup(self, *args, **kwargs)
         self._action_groups.append(group)
         return group
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, noting the deepest (sub)command parser that left arguments unrecognized: argparse
+        reports them from the top-level parser, whose help (`resbench --help`) lists no command's flags."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            vars(parsed).setdefault(EXTRAS_OWNER, self)  # a subcommand's parser returns first: it stays
+        return parsed, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """Unrecognized arguments are refused by the command's own parser: `(see `resbench train --help`)`."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        owner = vars(parsed).pop(EXTRAS_OWNER, self)
+        if extras:
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         """A usage error is one line and a pointer to --help, not argparse's whole usage block first."""
