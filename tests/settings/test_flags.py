@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -160,6 +161,30 @@ def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
     path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
     cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
     assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
+
+
+def command_flags(parser: argparse.ArgumentParser, name: str = "resbench") -> list[tuple[str, argparse.Action]]:
+    """(command, flag) for every flag of every command and subcommand, help and version left out."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [flag for command, sub in action.choices.items() for flag in command_flags(sub, f"{name} {command}")]
+        elif action.option_strings and action.help != argparse.SUPPRESS and action.dest not in ("help", "version"):
+            found.append((name, action))
+    return found
+
+
+def test_every_flag_with_a_default_shows_it_one_way():
+    """`bench --help` showed no default for --warmup, --iters, --windows, and commands spelled defaults four ways
+    (issue 39): every flag with a default shows `(default: VALUE)`, and no help says it otherwise."""
+    flags = command_flags(build_parser())
+    assert len({command for command, _ in flags}) == 10 and len(flags) > 80
+    unshown = [f"{command} {action.option_strings[0]}" for command, action in flags
+               if action.default not in (None, argparse.SUPPRESS) and not isinstance(action.default, bool)
+               and "(default: " not in action.help]
+    assert unshown == []
+    assert [f"{command} {action.option_strings[0]}" for command, action in flags if "default" in action.help
+            and action.help.count("default") != action.help.count("(default: ")] == []
 
 
 def test_every_help_prints_its_text_as_written():

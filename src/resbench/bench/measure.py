@@ -57,6 +57,11 @@ def bench_config(given: dict[str, Any], compile_choice: str, device: str, optim_
     return cfg
 
 
+def will_compile(cfg: TrainConfig) -> bool:
+    """Whether the benchmark's step is compiled, as `train` would decide for the run it mirrors."""
+    return hotpath.use_compile(cfg.compile, resolve_device(cfg.device), cfg.optim_ni)
+
+
 def generated_batches(cfg: TrainConfig, device: torch.device) -> TrainBatches:
     """Random uint8 images in the dataset's shape, through the real augmentation path."""
     spec = dataset_spec(cfg.data_name, cfg.data_root)

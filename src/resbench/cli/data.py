@@ -87,14 +87,14 @@ def add_import_parser(commands: argparse._SubParsersAction) -> argparse.Argument
                     "first where SRC has none). Then: resbench train --data_name NAME --data_root DIR.")
     parser.add_argument("name", metavar="NAME", help="the dataset's name: letters, digits, _, - and . (not first)")
     parser.add_argument("src", metavar="SRC", help="an ImageFolder tree (a folder holding train/) or an .npz file")
-    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size (default 32)")
+    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size")
     parser.add_argument("--val_fraction", type=fraction, default=DEFAULT_VAL_FRACTION,
-                        help=f"share of the training images held out for validation (default {DEFAULT_VAL_FRACTION})")
+                        help="share of the training images held out for validation")
     parser.add_argument("--test_fraction", type=fraction, default=DEFAULT_TEST_FRACTION,
                         help="share of the training images carved out as the test split, where SRC has no test "
-                             f"split (default {DEFAULT_TEST_FRACTION})")
+                             "split")
     parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help=f"seed of the held-out splits, recorded in dataset.json (default {DEFAULT_SPLIT_SEED})")
+                        help="seed of the held-out splits, recorded in dataset.json")
     parser.add_argument("--skip_bad", action="store_true",
                         help="leave unreadable images out (counted in the summary) instead of stopping at the first")
     parser.add_argument("--workers", type=positive, default=None,
@@ -128,5 +128,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     list_parser.set_defaults(func=run_list)
 
     for parser in (download_parser, import_parser, list_parser):
-        parser.add_argument("--data_root", default="./data", help="dataset folder (default: ./data)")
+        parser.add_argument("--data_root", default="./data", help="dataset folder")
     return data

@@ -34,15 +34,25 @@ def dashed(option: str) -> str | None:
 EXTRAS_OWNER = "_parser_of_unrecognized_arguments"  # a namespace attribute of `Parser`'s own, removed again
 
 
+def show_default(action: argparse.Action) -> None:
+    """End a flag's help with its default, `(default: 0.1)`, one spelling for every command, where it has
+    one to show and its help does not say it already (a switch is off; None means "see the help")."""
+    default = action.default
+    if (action.option_strings and action.help not in (None, argparse.SUPPRESS) and "(default" not in action.help
+            and default not in (None, argparse.SUPPRESS) and not isinstance(default, bool)):
+        action.help += f" (default: {flag_value(default)})".replace("%", "%%")
+
+
 class DashedAliases:
     """`add_argument` of a parser or argument group whose every `--flag_name` also answers to
     `--flag-name`: the alias is registered for parsing only, so that help, usage and error messages
-    name the flag as it was declared."""
+    name the flag as it was declared. Its help shows its default (`show_default`)."""
 
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
         aliases = [alias for alias in map(dashed, names) if alias and alias not in names]
         action = super().add_argument(*names, *aliases, **kwargs)  # type: ignore[misc]
         action.option_strings = [name for name in action.option_strings if name not in aliases]
+        show_default(action)
         return action
 
 
@@ -232,7 +242,7 @@ def add_setting_flag(container: argparse._ActionsContainer, name: str, default: 
     (`--tensorboard` alone means true), as is `--compile`."""
     kind = flag_kind(name)
     field_default = TrainConfig.__dataclass_fields__[name].default
-    shown = "" if name in DEFAULT_IN_HELP else f" (default: {'off' if field_default is None else field_default})"
+    shown = "" if name in DEFAULT_IN_HELP else f" (default: {flag_value(field_default)})"
     on = True if kind is parse_bool else "true" if name == "compile" else None
     return container.add_argument(f"--{name}", type=kind, default=default, help=(help or FLAG_HELP[name]) + shown,
                                   **(switch(on) if on is not None else {}))
