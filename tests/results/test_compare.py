@@ -126,6 +126,20 @@ def test_a_run_still_going_is_judged_on_the_windows_it_completed(tmp_path):
                                    "are judged at the end")
 
 
+def test_a_run_younger_than_the_references_first_evaluation_is_set_beside_nothing(tmp_path, cli):
+    """Stopped at iteration 40, a run was printed beside `ref 0.389 by iter 40`: the reference's evaluation at
+    1,000 (issue 39). It has no figure of the reference's to stand beside yet, and says so."""
+    run = write_reference_run(tmp_path / "run", reference(), until=0)
+    (run / "metrics.jsonl").write_text(json.dumps({"iter": 40, "trn_loss": 2.2, "val_acc": 0.21, "val_nll": 2.1,
+                                                   "tst_acc": 0.2, "tst_nll": 2.1}) + "\n")
+    [cell], _ = compared(tmp_path)
+    assert cell.finals["val_acc"]["reference"] is None and cell.finals["val_acc"]["at_iteration"] == 40
+    assert reference().best(up_to=999) is None and reference().best(up_to=1000)["iter"] == 1000
+    text = cli("compare", tmp_path, "--brief", check=True).stdout
+    assert ("| R20x1 wd 0.001 fp32 | 1 | 40 | 0.2100 (no ref yet: its first evaluation is at iter 1000; judged at "
+            "the end) | 0.2000 (no ref yet") in text and "by iter 40" not in text
+
+
 def test_runs_at_different_stages_are_judged_each_with_the_runs_at_its_stage(tmp_path):
     """A finished run's best is never averaged with a run's best at iteration 5,000."""
     write_reference_run(tmp_path / "done", reference(), seed=1)
