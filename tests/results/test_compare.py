@@ -283,7 +283,7 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_a_run_records_the_references_definitions_and_test_figures_at_every_evaluation(digits_run):
-    from resbench.train.step import learning_rate
+    from resbench.settings.config import learning_rate
 
     records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     cfg = TrainConfig(optim_ni=20)

@@ -17,13 +17,13 @@ from resbench.device import bnstats, memory
 from resbench.device.distributed import World
 from resbench.models.resnet import count_parameters, resnet
 from resbench.runs import checkpoint
-from resbench.settings.config import ConfigError, TrainConfig, default_run_name
+from resbench.settings.config import ConfigError, TrainConfig, default_run_name, learning_rate
 from resbench.train import meter
 from resbench.train import step as step_module
 from resbench.train.checks import validate_config
 from resbench.train.loop import Interrupted, train
 from resbench.train.lossscale import ConstantLossScale
-from resbench.train.step import learning_rate, train_step
+from resbench.train.step import train_step
 
 
 def test_schedule_warmup_then_cosine():

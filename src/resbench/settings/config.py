@@ -10,6 +10,7 @@ config.json is one, in `runs.reader`.
 from __future__ import annotations
 
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -112,6 +113,20 @@ def precision_for(mixed_precision: str, device: torch.device) -> str:
     if choice in ("fp16", "bf16"):
         return choice
     raise ValueError(f"--mixed_precision must be false, true, fp16 or bf16, got {mixed_precision!r}")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """The recipe's schedule: linear warm-up from 0 over floor(0.1·ni) steps, then cosine to 0 over
+    floor(0.9·ni) steps. Here, with the settings, so that the trainer and `resbench plot` (which draws
+    a run's schedule from its config.json) use the one function.
+
+    `step` counts updates from 0, as optax does: the first update uses lr 0.
+    """
+    warmup, decay = int(0.1 * cfg.optim_ni), int(0.9 * cfg.optim_ni)
+    if step < warmup:
+        return cfg.optim_lr * step / warmup
+    progress = min(step - warmup, decay) / max(decay, 1)
+    return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------- run folders

@@ -40,12 +40,19 @@ from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
 from resbench.runs.reader import check_same_config
-from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
+from resbench.settings.config import (
+    TrainConfig,
+    learning_rate,
+    precision_for,
+    resolve_device,
+    rounding_changes,
+    run_folder_of,
+)
 from resbench.train.checks import validate_config
 from resbench.train.meter import Meter
 from resbench.train.progress import Progress
 from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
-from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
+from resbench.train.step import Job, StepStats, build_job, weight_norm
 from resbench.train.summary import final_summary, time_report
 
 # Iterations between logging points, where the loop folds the loss sums and (data-parallel) the ranks
