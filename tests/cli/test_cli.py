@@ -152,7 +152,8 @@ def test_top_level_help_has_examples(cli):
 def test_data_list_names_the_demo_and_the_fix(tmp_path, cli):
     out = cli("data", "list", "--data_root", tmp_path, check=True).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[2:]}
-    assert lines["Digits_x32"].split()[1:4] == ["complete", "1497", "300"] and "built in" in lines["Digits_x32"]
+    # train counts the training split, not the validation split the training file also holds (issue 39)
+    assert lines["Digits_x32"].split()[1:5] == ["complete", "1280", "217", "300"] and "built in" in lines["Digits_x32"]
     assert f"`resbench data download CIFAR100_x32 --data_root {tmp_path}`" in lines["CIFAR100_x32"]
 
 

@@ -130,7 +130,7 @@ def test_an_imported_run_is_evaluated_tabulated_compared_and_listed(twins, capsy
     assert (runs.parent / "plots" / "FromTree_curves.png").stat().st_size > 1000
     assert main(["data", "list", "--data_root", str(root)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
-    assert rows["FromTree"].split()[1:4] == ["complete", "39", "8"]
+    assert rows["FromTree"].split()[1:5] == ["complete", "35", "4", "8"]  # train, validation, test
     assert "PIL BICUBIC" in rows["FromTree"] and "recipe's fixed mean/std" in rows["FromTree"]
 
 

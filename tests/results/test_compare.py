@@ -348,7 +348,8 @@ def test_run_files_say_what_they_mean(digits_run):
     config = json.loads((digits_run / "config.json").read_text())
     assert config["save"] == str(digits_run) and config["device"] == "cpu" and config["compile"] == "auto"
     assert config["resolved"] == {"save": str(digits_run.resolve()), "data_root": str(Path("./data").resolve()),
-                                  "device": "cpu", "precision": "fp32", "compile": False}
+                                  "device": "cpu", "precision": "fp32", "compile": False,
+                                  "splits": {"train": 1280, "val": 217, "test": 300}}
     log = (digits_run / "log.txt").read_text()
     assert "None" not in log
     assert f"--data_root {Path('./data').resolve()}  # asked: ./data" in log

@@ -161,6 +161,8 @@ def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iterations"] == 3 and summary["params"] == 272_464
     assert summary["precision"] == "fp32" and summary["config"]["optim_weight_decay"] == 0.001
+    official = {"train": 40_960, "val": 9_040, "test": 10_000}  # what table and compare check (issue 39)
+    assert summary["splits"] == json.loads((run / "config.json").read_text())["resolved"]["splits"] == official
     for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "wall_seconds", "images_per_sec", "epochs_per_min",
                 "device", "versions", "data_name", "depth", "width"):
         assert summary[key] is not None, key

@@ -22,12 +22,16 @@ def human_size(n: int) -> str:
 
 
 def format_status(rows: list[dict]) -> str:
-    lines = [f"{'dataset':<21} {'status':<10} {'train':>7} {'test':>7} {'size':>9}  note"]
+    """`data list`'s table: images per split (train: the training split, without the validation split the
+    training file also holds), and a set whose sizes are not the official ones as `nonstandard`."""
+    lines = [f"{'dataset':<21} {'status':<11} {'train':>7} {'val':>6} {'test':>7} {'size':>9}  note"]
     for row in rows:
-        status = "complete" if row["complete"] else ("damaged" if row["present"] else "missing")
+        status = ("nonstandard" if row.get("nonstandard") else "complete" if row["complete"] else
+                  "damaged" if row["present"] else "missing")
         note = row.get("note") or row["problem"] or ""
-        lines.append(f"{row['name']:<21} {status:<10} {row['train'] or '-':>7} {row['test'] or '-':>7} "
-                     f"{human_size(row['bytes']) if row['present'] else '-':>9}  {note}".rstrip())
+        lines.append(f"{row['name']:<21} {status:<11} {row.get('train') or '-':>7} {row.get('val') or '-':>6} "
+                     f"{row.get('test') or '-':>7} {human_size(row['bytes']) if row['present'] else '-':>9}  "
+                     f"{note}".rstrip())
     return "\n".join(lines)
 
 

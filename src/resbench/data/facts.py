@@ -59,6 +59,22 @@ PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "te
 DEMO_TEST_SIZE = 300
 
 
+def split_sizes(spec: DatasetSpec, train_file: int, test_file: int) -> dict[str, int]:
+    """The sizes of a prepared set's splits from its files': the training file holds the training split
+    (its first `num_train` images), then the validation split."""
+    return {"train": min(train_file, spec.num_train), "val": max(train_file - spec.num_train, 0), "test": test_file}
+
+
+def size_problem(spec: DatasetSpec, sizes: dict[str, int]) -> str | None:
+    """How a built-in set's split sizes differ from the official ones, which its published figures are of,
+    or None; an imported set's sizes are its own."""
+    official = {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
+    if spec.imported or sizes == official:
+        return None
+    return (f"{' / '.join(f'{sizes[s]:,}' for s in official)} train / validation / test images where the official "
+            f"{spec.name} has {' / '.join(f'{n:,}' for n in official.values())}")
+
+
 def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> DatasetSpec:
     """The facts of a built-in dataset, or of one imported into `data_root` (its dataset.json, checked).
 

@@ -272,12 +272,12 @@ def imported_status(data_root: str | os.PathLike) -> list[dict]:
         try:
             found = facts.read_facts(name, root)
             train_x, _, test_x, _ = read_prepared(found.spec(name), root, mmap_mode="r")
-            counts = {"train": len(train_x), "test": len(test_x)}
+            counts = facts.split_sizes(found.spec(name), len(train_x), len(test_x))
             note = facts_note(found)
         except ResbenchError as err:
             problem = str(err)
         rows.append({"name": name, "path": str(root / name), "present": True, "complete": problem is None,
-                     "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
+                     "problem": problem, **counts,
                      "bytes": prepare.disk_size(root / name), "note": note})
     return rows
 

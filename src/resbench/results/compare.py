@@ -234,7 +234,8 @@ def match_runs(runs: list[Run]) -> tuple[list[Cell], list[tuple[Run, str]]]:
     cells: dict[tuple, Cell] = {}
     unmatched = []
     for run in runs:
-        found = find_reference_run(run.data_name, run.depth, run.width, run.precision, run.config)
+        found = (f"not the official {run.data_name}: {run.data_problem}" if run.data_problem else
+                 find_reference_run(run.data_name, run.depth, run.width, run.precision, run.config))
         if isinstance(found, str):
             unmatched.append((run, found))
         else:

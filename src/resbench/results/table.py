@@ -117,8 +117,15 @@ class Row:
     def hours(self) -> float:
         return statistics.fmean(float(s["wall_seconds"]) for s in self.summaries) / 3600
 
+    @property
+    def data_problem(self) -> str | None:
+        """How its runs' built-in set differed from the official one (`Run.data_problem`), or None."""
+        return next((run.data_problem for run in self.runs if run.data_problem), None)
+
     def reference_run(self) -> ReferenceRun | None:
-        """The reference's run of this row, if it has the reference's settings."""
+        """The reference's run of this row, if it has the reference's settings and the official data."""
+        if self.data_problem:
+            return None
         found = find_reference_run(self.data_name, self.depth, self.width, self.precision,
                                    self.runs[0].summary.get("config") or {})
         return None if isinstance(found, str) else found
@@ -161,7 +168,7 @@ def group_rows(runs: list[Run | dict]) -> dict[str, list[Row]]:
         rows: dict[tuple, Row] = {}
         for run in by_dataset[data_name]:
             s, settings = run.summary, tuple((k, run.settings().get(k)) for k in varying)
-            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings))
+            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings), bool(run.data_problem))
             rows.setdefault(key, Row(data_name, key[0], key[1], key[2], settings)).runs.append(run)
         tables[data_name] = sorted(rows.values(), key=lambda r: (shape_sort_key(r.depth, r.width),
                                                                  settings_sort_key(r.settings),
@@ -256,6 +263,8 @@ def misc_cell(row: Row, show_precision: bool, ref: ReferenceRun | None, selectio
     diverged = sum(s.get("status") == "diverged" for s in row.summaries)
     if first and diverged:
         parts.append(f"{diverged} diverged")
+    if first and row.data_problem:
+        parts.append("not the official data, no published figures")
     if first and row.chosen_from > 1:
         parts.append(f"best val/acc of {row.chosen_from} settings")
     if show_iterations:

@@ -57,6 +57,7 @@ class TrainConfig:
     tensorboard: bool = False  # also write the evaluation records as TensorBoard scalars
     threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
     mirror: str | None = None  # where to fetch a missing dataset's official archive from instead
+    allow_nonstandard: bool = False  # train on a built-in set whose split sizes are not the official ones
 
     @property
     def precision(self) -> str:
@@ -69,7 +70,7 @@ class TrainConfig:
 # weights 1.6e-5 apart (relative L2), eager against compiled 9.6e-6 (benchmarks/thread_rounding.py).
 # So a resumed run matches the uninterrupted one bit for bit only with the same threads and
 # compile; changed, it is the same recipe to rounding, and the log says so.
-RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror"}
+RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror", "allow_nonstandard"}
 ROUNDING_SETTINGS = ("threads", "compile")
 # Counts from a file or a flag are bounded before use: torch.set_num_threads takes a C int, and a run
 # of 10**30 iterations would start (its warm-up alone longer than any machine lives).

@@ -48,7 +48,7 @@ from resbench.settings.config import (
     rounding_changes,
     run_folder_of,
 )
-from resbench.train.checks import validate_config
+from resbench.train.checks import check_official_data, validate_config
 from resbench.train.meter import Meter
 from resbench.train.progress import Progress
 from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
@@ -71,6 +71,7 @@ class Interrupted(Exception):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
     validate_config(cfg)
+    check_official_data(cfg)
     busy = cpus.busy_warning(threads=cfg.threads)  # before this run adds to the load
     cpus.use_threads(cfg.threads)
     configure_determinism(cfg.deterministic)
@@ -260,7 +261,8 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
 def resolved_settings(job: Job) -> dict[str, Any]:
     """What the asked settings became on this machine: config.json keeps both, apart."""
     return {"save": str(job.run.path.resolve()), "data_root": str(Path(job.cfg.data_root).resolve()),
-            "device": str(job.device), "precision": job.precision, "compile": job.compiled}
+            "device": str(job.device), "precision": job.precision, "compile": job.compiled,
+            "splits": job.splits.sizes()}
 
 
 def step_kind(job: Job) -> str:
