@@ -377,7 +377,8 @@ def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
         np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         np.save(folder / f"{split}_labels.npy", rng.integers(0, 100, n))
     summary = train(TrainConfig(data_name="CIFAR100_x32", resnet_depth=8, batch_size=32, optim_ni=2, eval_every=1,
-                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu"))
+                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu",
+                                allow_nonstandard=True))  # 64 validation and 128 test images
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["val_acc"] <= r["val_top5"] <= 1 and r["tst_acc_at_eval"] <= r["tst_top5_at_eval"] for r in records)
     assert summary["val_top5"] >= summary["best_val_acc"] and summary["tst_top5"] >= summary["tst_acc"]

@@ -88,7 +88,9 @@ def add_import_parser(commands: argparse._SubParsersAction) -> argparse.Argument
                     "classes; uint8 NHWC or NCHW, grey allowed). Images are made RGB (alpha composited onto "
                     "black, 16-bit grey scaled) and resized to --image_size with PIL's BICUBIC filter. A "
                     "stratified, seeded validation split is held out of train (and a test split carved out "
-                    "first where SRC has none). Then: resbench train --data_name NAME --data_root DIR.")
+                    "first where SRC has none). It ends with the train command to run, its batch size, iterations "
+                    "and evaluation interval fitted to the set (the recipe's 300 epochs), and a warning where the "
+                    "validation or test split is too small for its figures to mean anything (under 100 images).")
     parser.add_argument("name", metavar="NAME", help="the dataset's name: letters, digits, _, - and . (not first)")
     parser.add_argument("src", metavar="SRC", help="an ImageFolder tree (a folder holding train/) or an .npz file")
     parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size")

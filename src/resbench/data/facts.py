@@ -75,6 +75,27 @@ def size_problem(spec: DatasetSpec, sizes: dict[str, int]) -> str | None:
             f"{spec.name} has {' / '.join(f'{n:,}' for n in official.values())}")
 
 
+# Images a held-out split needs before its figures mean something: below 100, one image moves an accuracy
+# by more than a point, and best-validation selection picks noise (3 x 30 images leave 8 and 9).
+MIN_SPLIT_FOR_FIGURES = 100
+
+
+def resolution(images: int) -> str:
+    """`one image = 12.5 points`: how much one image moves an accuracy on a split of `images`."""
+    return f"one image = {100 / images:.3g} points"
+
+
+def coarse_splits_warning(sizes: dict[str, int]) -> str | None:
+    """One line where the validation or test split is too small for its figures to mean anything, or None."""
+    small = [f"{what} {sizes[split]:,} image{'s' * (sizes[split] != 1)} ({resolution(sizes[split])})"
+             for split, what in (("val", "validation"), ("test", "test")) if sizes[split] < MIN_SPLIT_FOR_FIGURES]
+    if not small:
+        return None
+    return (f"warning: {' and '.join(small)}: below {MIN_SPLIT_FOR_FIGURES} images a split's figures are mostly "
+            "noise (best-validation selection and test figures alike); import more images, or hold out more "
+            "(--val_fraction, --test_fraction)")
+
+
 def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> DatasetSpec:
     """The facts of a built-in dataset, or of one imported into `data_root` (its dataset.json, checked).
 

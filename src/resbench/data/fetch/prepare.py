@@ -291,7 +291,8 @@ def dataset_status(data_root: str | os.PathLike) -> list[dict]:
         note = (f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}") if problem else None
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
-            "problem": problem, "nonstandard": other, **counts, "bytes": disk_size(folder),
+            "problem": problem, "nonstandard": other, "train": None, "val": None, "test": None, **counts,
+            "bytes": disk_size(folder),
             "note": note if not other else (f"not the official set: {other}; `resbench train` refuses it without "
                                             f"--allow_nonstandard (the official one: move it away, then {fix})"),
         })
