@@ -212,7 +212,7 @@ def test_bench_quick_is_an_eager_look_and_the_default_says_it_compiles(cli, monk
     default = cli("bench", *config, check=True)
     assert timed.pop() == (True, 3, 10, 3)
     assert ("bench: compiling the training step first, as `train --compile auto` does for a run of 48,000 "
-            "iterations (minutes on a CPU); --quick for an eager look in seconds") in default.stderr
+            "iterations (a long warm-up on a CPU); --quick for a quick look without it") in default.stderr
     helped = " ".join(cli("bench", "--help").stdout.split())
     assert "steps per timed window (default: 10; --quick: 3)" in helped
 

@@ -60,7 +60,8 @@ def test_the_busy_warning_fits_the_run_and_stays_out_of_a_plan(tmp_path, monkeyp
     assert "--threads 1" in cpus.busy_warning(cores=2) and "--threads 1" in cpus.busy_warning(cores=2, threads=2)
     assert cpus.busy_warning(cores=2, threads=1).endswith("This run already uses 1 thread: fewer processes at once "
                                                           "is what helps")
-    planned = cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry_run", check=True)
+    (tmp_path / "grid.toml").write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\n')
+    planned = cli("sweep", "--grid", tmp_path / "grid.toml", "--runs_dir", tmp_path, "--dry_run", check=True)
     assert "this machine is busy" not in planned.stdout + planned.stderr
 
 

@@ -3,8 +3,9 @@
 Its flags are defined without torch, so that `--help` stays fast; the measurement imports it.
 
 By default it measures what a run gets: train's defaults mirror a 48,000-iteration run, which
-`--compile auto` compiles, so the warm-up alone takes minutes on a CPU. `--quick` is the look in
-seconds: an eager step and a few steps timed once (rougher, and slower than a compiled run)."""
+`--compile auto` compiles, so the warm-up compiles the step first (issue 39's "short" bench took 4
+minutes on a 2-core CPU). `--quick` is a quick look: the eager step and 1 + 3 steps, timed once
+(rougher, and slower than a compiled run)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ BENCH_HELP = {
                "--optim_ni; --quick: false)",
     "optim_ni": "the run length `--compile auto` decides for",
 }
-# The timing's steps: by default (a steadier figure) and with --quick (a look in seconds).
+# The timing's steps: by default (a steadier figure) and with --quick (a quick look).
 STEPS = {"warmup": 3, "iters": 10, "windows": 3}
 QUICK_STEPS = {"warmup": 1, "iters": 3, "windows": 1}
 STEPS_HELP = {"warmup": "untimed steps first (compilation happens here)", "iters": "steps per timed window",
@@ -52,9 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     for name in ("optim_ni", "device", "threads"):
         add_setting_flag(parser, name, default=getattr(defaults, name), help=BENCH_HELP.get(name))
     parser.add_argument("--quick", action="store_true",
-                        help="a look in seconds: an eager step (unless --compile is given) and "
-                             f"{QUICK_STEPS['warmup']} + {QUICK_STEPS['iters']} steps; rougher, and slower than a "
-                             "compiled run")
+                        help="a quick look: the eager step (unless --compile is given) and "
+                             f"{QUICK_STEPS['warmup']} + {QUICK_STEPS['iters']} steps, no compilation; rougher, and "
+                             "slower than a compiled run")
     for name, steps in STEPS.items():
         parser.add_argument(f"--{name}", type=int, default=None,
                             help=f"{STEPS_HELP[name]} (default: {steps}; --quick: {QUICK_STEPS[name]})")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = bench_config(given, args.compile, args.device, args.optim_ni)
     if will_compile(cfg):
         print(f"bench: compiling the training step first, as `train --compile {args.compile}` does for a run of "
-              f"{cfg.optim_ni:,} iterations (minutes on a CPU); --quick for an eager look in seconds",
+              f"{cfg.optim_ni:,} iterations (a long warm-up on a CPU); --quick for a quick look without it",
               file=sys.stderr, flush=True)
     record = run_bench(cfg, args.warmup, args.iters, args.windows, args.vs, args.pack)
     print(json.dumps(record, indent=2) if args.json else format_table(record))
@@ -142,7 +143,7 @@ def format_table(record: dict[str, Any]) -> str:
                           f"{' compiled' if record['compile'] else ''}"),
         ("mirrors", f"a run of {record['optim_ni']:,} iterations, which `train --compile {record['compile_choice']}` "
                     f"{'compiles' if record['compile'] else 'runs eager'} (--optim_ni N mirrors another length)"),
-        ("images/s", f"{record['images_per_sec']:.1f} (median of {record['windows']} windows, "
+        ("images/s", f"{record['images_per_sec']:.1f} (median of {count(record['windows'], 'window')}, "
                      f"{record['images_per_sec_min']:.1f}..{record['images_per_sec_max']:.1f})"),
         ("ms/step", f"{record['ms_per_step']:.2f}"),
         ("48k iterations", f"{record['minutes_per_48k_iters']:.1f} min"),

@@ -163,7 +163,7 @@ CURVE_PANELS = (("val_acc", "val/acc", "validation accuracy"),
                 ("trn_loss", "trn/loss (log)", "training loss (mean since the previous evaluation)"),
                 ("trn_w_norm", "w_norm", "weight norm, L2 of all parameters\n(mean since the previous evaluation)"),
                 ("trn_lr", "learning rate", "the schedule, from each run's settings"))
-LEGEND_COLUMNS = 4
+PANEL_COLUMNS = 4
 
 
 def schedule(runs: list[Run]) -> tuple[list[int], list[float]]:
@@ -213,13 +213,16 @@ def plot_curves(plt, data_name: str, runs: list[Run], path: Path) -> None:
     next panel holds the legend."""
     groups = curve_groups(runs)
     last = max((r["iter"] for run in runs for r in run.records), default=0)
-    panels = [(key, title, label, title.endswith("last quarter")) for key, title, label in CURVE_PANELS]
-    panels = [panel for panel in panels if any(panel_values(panel[0], panel[3], groups, last))]
-    rows = max(1, math.ceil((len(panels) + 1) / LEGEND_COLUMNS))
-    fig, axes = plt.subplots(rows, LEGEND_COLUMNS, figsize=(4.6 * LEGEND_COLUMNS, 4.3 * rows), squeeze=False)
-    for (key, title, label, zoomed), ax in zip(panels, axes.flat):
+    panels = []
+    for key, title, axis in CURVE_PANELS:
+        zoomed = title.endswith("last quarter")
+        if any(panel_values(key, zoomed, groups, last)):
+            panels.append((key, title, axis, zoomed))
+    rows = max(1, math.ceil((len(panels) + 1) / PANEL_COLUMNS))
+    fig, axes = plt.subplots(rows, PANEL_COLUMNS, figsize=(4.6 * PANEL_COLUMNS, 4.3 * rows), squeeze=False)
+    for (key, title, axis, zoomed), ax in zip(panels, axes.flat):
         draw_panel(ax, key, zoomed, groups, last)
-        ax.set(title=f"{shown_name(data_name)}: {title}", xlabel="iteration", ylabel=label)
+        ax.set(title=f"{shown_name(data_name)}: {title}", xlabel="iteration", ylabel=axis)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
