@@ -288,12 +288,19 @@ def dataset_status(data_root: str | os.PathLike) -> list[dict]:
         fix = (f"`resbench data download {name} --data_root {data_root}` (or `resbench "
                f"{'train' if name in training else 'eval'}` fetches it itself)")
         other = facts.size_problem(facts.DATASETS[name], counts) if problem is None and name in training else None
-        note = (f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}") if problem else None
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
             "problem": problem, "nonstandard": other, "train": None, "val": None, "test": None, **counts,
-            "bytes": disk_size(folder),
-            "note": note if not other else (f"not the official set: {other}; `resbench train` refuses it without "
-                                            f"--allow_nonstandard (the official one: move it away, then {fix})"),
+            "bytes": disk_size(folder), "note": status_note(problem, other, folder.is_dir(), fix),
         })
     return [*rows, _demo_status()]
+
+
+def status_note(problem: str | None, nonstandard: str | None, present: bool, fix: str) -> str | None:
+    """`data list`'s note on a dataset that is not usable, or not the official set: what is wrong, and the fix."""
+    if nonstandard:
+        return (f"not the official set: {nonstandard}; `resbench train` refuses it without --allow_nonstandard "
+                f"(the official one: move it away, then {fix})")
+    if problem:
+        return f"{problem}; fix: {fix}" if present else f"get it: {fix}"
+    return None
