@@ -193,6 +193,30 @@ def test_bench_reports_a_tiny_configuration_as_json(cli):
     assert record["baseline"]["images_per_sec"] > 0 and record["speedup_vs_baseline"] > 0
 
 
+def test_bench_quick_is_an_eager_look_and_the_default_says_it_compiles(cli, monkeypatch):
+    """A 'short' bench took 4 minutes: train's defaults mirror a 48,000-iteration run, which compiles (issue 39)."""
+    from resbench.bench import measure
+
+    timed = []
+
+    def run_bench(cfg, warmup, iters, windows, vs, pack=1):
+        timed.append((measure.will_compile(cfg), warmup, iters, windows))
+        return {"images_per_sec": 1.0, "images_per_sec_min": 1.0, "images_per_sec_max": 1.0}
+
+    monkeypatch.setattr(measure, "run_bench", run_bench)
+    config = ("--data_name", "Digits_x32", "--resnet_depth", "8", "--device", "cpu", "--json")
+    quick = cli("bench", *config, "--quick", check=True)
+    assert timed.pop() == (False, 1, 3, 1) and "compiling" not in quick.stderr
+    cli("bench", *config, "--quick", "--compile", "true", "--windows", "2", check=True)
+    assert timed.pop() == (True, 1, 3, 2)  # what is given wins
+    default = cli("bench", *config, check=True)
+    assert timed.pop() == (True, 3, 10, 3)
+    assert ("bench: compiling the training step first, as `train --compile auto` does for a run of 48,000 "
+            "iterations (a long warm-up on a CPU); --quick for a quick look without it") in default.stderr
+    helped = " ".join(cli("bench", "--help").stdout.split())
+    assert "steps per timed window (default: 10; --quick: 3)" in helped
+
+
 def test_bench_table_and_bad_flags(cli):
     table = cli("bench", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
                 "--optim_ni", "400", "--device", "cpu", "--warmup", "0", "--iters", "1", "--windows", "1",

@@ -37,7 +37,7 @@ def test_threads_is_a_train_setting_that_may_change_on_resume(tmp_path, keep_thr
     cfg = tiny(tmp_path / "run", threads=1)
     train(cfg)
     log = (tmp_path / "run" / "log.txt").read_text()
-    assert "(fp32, 1 threads)" in log and torch.get_num_threads() == 1
+    assert "(fp32, 1 thread)" in log and torch.get_num_threads() == 1
     assert "threads" in RESUMABLE_CHANGES
     (tmp_path / "run" / "summary.json").unlink()  # as if killed after its last checkpoint
     train(dataclasses.replace(cfg, threads=2))
@@ -51,6 +51,18 @@ def test_a_busy_machine_is_announced(monkeypatch):
     monkeypatch.setattr(cpus, "load_average", lambda: 1.5)
     assert cpus.busy_warning(cores=2) is None
     assert cpus.threads_per_job(4, cores=2) == 1 and cpus.threads_per_job(2, cores=16) == 8
+
+
+def test_the_busy_warning_fits_the_run_and_stays_out_of_a_plan(tmp_path, monkeypatch, cli):
+    """No `--threads 1` advice to a run that has one thread (issue 39); none for `sweep --dry_run`,
+    which starts nothing, so the machine's load says nothing of its runs."""
+    monkeypatch.setattr(cpus, "load_average", lambda: 9.5)
+    assert "--threads 1" in cpus.busy_warning(cores=2) and "--threads 1" in cpus.busy_warning(cores=2, threads=2)
+    assert cpus.busy_warning(cores=2, threads=1).endswith("This run already uses 1 thread: fewer processes at once "
+                                                          "is what helps")
+    (tmp_path / "grid.toml").write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\n')
+    planned = cli("sweep", "--grid", tmp_path / "grid.toml", "--runs_dir", tmp_path, "--dry_run", check=True)
+    assert "this machine is busy" not in planned.stdout + planned.stderr
 
 
 def test_a_busy_machine_goes_into_the_run_log(tmp_path, monkeypatch):
@@ -141,7 +153,8 @@ def test_top_level_help_has_examples(cli):
 def test_data_list_names_the_demo_and_the_fix(tmp_path, cli):
     out = cli("data", "list", "--data_root", tmp_path, check=True).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[2:]}
-    assert lines["Digits_x32"].split()[1:4] == ["complete", "1497", "300"] and "built in" in lines["Digits_x32"]
+    # train counts the training split, not the validation split the training file also holds (issue 39)
+    assert lines["Digits_x32"].split()[1:5] == ["complete", "1280", "217", "300"] and "built in" in lines["Digits_x32"]
     assert f"`resbench data download CIFAR100_x32 --data_root {tmp_path}`" in lines["CIFAR100_x32"]
 
 

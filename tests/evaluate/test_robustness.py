@@ -208,8 +208,8 @@ def test_eval_of_runs_dir_writes_eval_json_that_table_reads(evaluated, digits_ru
 
     def stat(values):  # mean ± sample std [95% Student-t interval]; t(0.975, 1 degree of freedom) = 12.706
         mean, std = np.mean(values), np.std(values, ddof=1)
-        half = 12.7062047 * std / np.sqrt(len(values))
-        return f"{mean:.3f} ± {std:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+        half = 12.7062047 * std / np.sqrt(len(values))  # clipped to [0, 1]: all four are rates; † for n = 2
+        return f"{mean:.3f} ± {std:.3f} [{max(mean - half, 0):.3f}, {min(mean + half, 1):.3f}]†"
 
     assert cells[5] == stat([s["ece"] for s in saved])
     assert cells[6] == stat([s["corruptions"]["mean"]["acc"] for s in saved])

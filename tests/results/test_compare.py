@@ -143,6 +143,20 @@ def test_a_run_still_going_is_judged_on_the_windows_it_completed(tmp_path):
                                    "are judged at the end")
 
 
+def test_a_run_younger_than_the_references_first_evaluation_is_set_beside_nothing(tmp_path, cli):
+    """Stopped at iteration 40, a run was printed beside `ref 0.389 by iter 40`: the reference's evaluation at
+    1,000 (issue 39). It has no figure of the reference's to stand beside yet, and says so."""
+    run = write_reference_run(tmp_path / "run", reference(), until=0)
+    (run / "metrics.jsonl").write_text(json.dumps({"iter": 40, "trn_loss": 2.2, "val_acc": 0.21, "val_nll": 2.1,
+                                                   "tst_acc": 0.2, "tst_nll": 2.1}) + "\n")
+    [cell], _ = compared(tmp_path)
+    assert cell.finals["val_acc"]["reference"] is None and cell.finals["val_acc"]["at_iteration"] == 40
+    assert reference().best(up_to=999) is None and reference().best(up_to=1000)["iter"] == 1000
+    text = cli("compare", tmp_path, "--brief", check=True).stdout
+    assert ("| R20x1 wd 0.001 fp32 | 1 | 40 | 0.2100 (no ref yet: its first evaluation is at iter 1000; judged at "
+            "the end) | 0.2000 (no ref yet") in text and "by iter 40" not in text
+
+
 def test_runs_at_different_stages_are_judged_each_with_the_runs_at_its_stage(tmp_path):
     """A finished run's best is never averaged with a run's best at iteration 5,000."""
     write_reference_run(tmp_path / "done", reference(), seed=1)
@@ -286,7 +300,7 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_a_run_records_the_references_definitions_and_test_figures_at_every_evaluation(digits_run):
-    from resbench.train.step import learning_rate
+    from resbench.settings.config import learning_rate
 
     records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     cfg = TrainConfig(optim_ni=20)
@@ -351,7 +365,8 @@ def test_run_files_say_what_they_mean(digits_run):
     config = json.loads((digits_run / "config.json").read_text())
     assert config["save"] == str(digits_run) and config["device"] == "cpu" and config["compile"] == "auto"
     assert config["resolved"] == {"save": str(digits_run.resolve()), "data_root": str(Path("./data").resolve()),
-                                  "device": "cpu", "precision": "fp32", "compile": False}
+                                  "device": "cpu", "precision": "fp32", "compile": False,
+                                  "splits": {"train": 1280, "val": 217, "test": 300}}
     log = (digits_run / "log.txt").read_text()
     assert "None" not in log
     assert f"--data_root {Path('./data').resolve()}  # asked: ./data" in log
@@ -379,7 +394,8 @@ def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
         np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         np.save(folder / f"{split}_labels.npy", rng.integers(0, 100, n))
     summary = train(TrainConfig(data_name="CIFAR100_x32", resnet_depth=8, batch_size=32, optim_ni=2, eval_every=1,
-                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu"))
+                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu",
+                                allow_nonstandard=True))  # 64 validation and 128 test images
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["val_acc"] <= r["val_top5"] <= 1 and r["tst_acc_at_eval"] <= r["tst_top5_at_eval"] for r in records)
     assert summary["val_top5"] >= summary["best_val_acc"] and summary["tst_top5"] >= summary["tst_acc"]

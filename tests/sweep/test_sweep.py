@@ -3,6 +3,7 @@ import from the folder it runs in."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,10 +32,25 @@ def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, cli):
     assert len(runs) == 26 and {state for state, _ in runs} == {"new"}
     folders = [Path(folder) for _, folder in runs]
     assert folders[0] == tmp_path / "CIFAR10_x32" / "R20x1-b256-i2k-lr0.1-wd0.001-s42"
-    assert sum(f.name.endswith(("-fp16", "-bf16")) for f in folders) == 4
+    # The seed's fp16 rows are named as the GPUs that train them name them, on this CPU too (issue 39).
+    assert sum(f.name.endswith("-fp16") for f in folders) == 4 and not any(f.name.endswith("-bf16") for f in folders)
     assert [f.parent.name for f in folders].count("TinyImageNet200_x64") == 5
     assert "train --data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --optim_ni 2000" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # a dry run creates nothing
+
+
+def test_a_cpu_run_of_a_mixed_precision_row_keeps_the_folder_it_was_named_before(tmp_path):
+    """`--mixed_precision true --device auto` trained on a CPU was named -bf16 (the precision it trained
+    in); named -fp16 now (the row it is), a folder of the old name is still found and resumed."""
+    from resbench.settings.config import TrainConfig, run_folder_of
+
+    cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, mixed_precision="true")
+    assert run_folder_of(cfg, tmp_path) == tmp_path / "Digits_x32" / "R8x1-b256-i48k-lr0.1-wd0.001-s42-fp16"
+    earlier = tmp_path / "Digits_x32" / "R8x1-b256-i48k-lr0.1-wd0.001-s42-bf16"
+    earlier.mkdir(parents=True)
+    assert run_folder_of(cfg, tmp_path) == (earlier if not torch.cuda.is_available() else earlier.with_name(
+        "R8x1-b256-i48k-lr0.1-wd0.001-s42-fp16"))
+    assert run_folder_of(dataclasses.replace(cfg, device="cpu"), tmp_path) == earlier  # bf16 as asked
 
 
 DIGITS_GRID = """\

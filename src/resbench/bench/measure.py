@@ -31,10 +31,10 @@ from resbench.evaluate.metrics import EVAL_BATCH_SIZE, eval_batch_size, predict_
 from resbench.models import packed
 from resbench.models.resnet import resnet
 from resbench.runs.reader import config_from_args
-from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
+from resbench.settings.config import ConfigError, TrainConfig, learning_rate, precision_for, resolve_device
 from resbench.train.checks import validate_config
 from resbench.train.resume import RunState
-from resbench.train.step import StepStats, build_job, learning_rate
+from resbench.train.step import StepStats, build_job
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
 SPREAD_LIMIT = 0.2  # (max - min) / median images/s over the windows beyond which the figure is shaky
@@ -55,6 +55,11 @@ def bench_config(given: dict[str, Any], compile_choice: str, device: str, optim_
     cfg = TrainConfig(**given, compile=compile_choice, device=device, optim_ni=optim_ni)
     validate_config(cfg)
     return cfg
+
+
+def will_compile(cfg: TrainConfig) -> bool:
+    """Whether the benchmark's step is compiled, as `train` would decide for the run it mirrors."""
+    return hotpath.use_compile(cfg.compile, resolve_device(cfg.device), cfg.optim_ni)
 
 
 def generated_batches(cfg: TrainConfig, device: torch.device) -> TrainBatches:

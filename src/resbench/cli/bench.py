@@ -1,6 +1,11 @@
 """`resbench bench`: training images/s of one configuration, or of every row of a grid (bench/).
 
-Its flags are defined without torch, so that `--help` stays fast; the measurement imports it."""
+Its flags are defined without torch, so that `--help` stays fast; the measurement imports it.
+
+By default it measures what a run gets: train's defaults mirror a 48,000-iteration run, which
+`--compile auto` compiles, so the warm-up compiles the step first (issue 39's "short" bench took 4
+minutes on a 2-core CPU). `--quick` is a quick look: the eager step and 1 + 3 steps, timed once
+(rougher, and slower than a compiled run)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import json
 import sys
 from typing import Any
 
+from resbench.console import count
 from resbench.settings.config import ConfigError, TrainConfig
 from resbench.settings.flags import add_setting_flag
 
@@ -18,9 +24,14 @@ CONFIG_FLAGS = ("data_name", "data_root", "resnet_depth", "resnet_width", "batch
 BENCH_HELP = {
     "data_name": "dataset whose image shape and class count to generate",
     "compile": "auto | true | false, or --compile alone for true (auto decides as `resbench train` would for "
-               "--optim_ni)",
+               "--optim_ni; --quick: false)",
     "optim_ni": "the run length `--compile auto` decides for",
 }
+# The timing's steps: by default (a steadier figure) and with --quick (a quick look).
+STEPS = {"warmup": 3, "iters": 10, "windows": 3}
+QUICK_STEPS = {"warmup": 1, "iters": 3, "windows": 1}
+STEPS_HELP = {"warmup": "untimed steps first (compilation happens here)", "iters": "steps per timed window",
+              "windows": "timed windows (median and spread reported)"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,11 +49,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "a grid file): images/s and minutes per run, evaluations and warm-up included, "
                              "and the total")
     defaults = TrainConfig()
-    for name in ("compile", "optim_ni", "device", "threads"):
+    add_setting_flag(parser, "compile", help=BENCH_HELP["compile"])  # left out when not given: --quick decides
+    for name in ("optim_ni", "device", "threads"):
         add_setting_flag(parser, name, default=getattr(defaults, name), help=BENCH_HELP.get(name))
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
-    parser.add_argument("--iters", type=int, default=10, help="steps per timed window")
-    parser.add_argument("--windows", type=int, default=3, help="timed windows (median and spread reported)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a quick look: the eager step (unless --compile is given) and "
+                             f"{QUICK_STEPS['warmup']} + {QUICK_STEPS['iters']} steps, no compilation; rougher, and "
+                             "slower than a compiled run")
+    for name, steps in STEPS.items():
+        parser.add_argument(f"--{name}", type=int, default=None,
+                            help=f"{STEPS_HELP[name]} (default: {steps}; --quick: {QUICK_STEPS[name]})")
     parser.add_argument("--vs", action="store_true", help="also time a plain eager step, interleaved, for a ratio")
     parser.add_argument("--pack", type=int, default=1, metavar="K",
                         help="also time K seeds packed into one network (grouped convolutions), interleaved: "
@@ -53,19 +69,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from resbench.bench.measure import bench_config, run_bench, spread_warning
+    from resbench.bench.measure import bench_config, run_bench, spread_warning, will_compile
     from resbench.device import cpus
 
+    for name, steps in (QUICK_STEPS if args.quick else STEPS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, steps)
+    args.compile = getattr(args, "compile", "false" if args.quick else TrainConfig.compile)
     for name, least in (("warmup", 0), ("iters", 1), ("windows", 1), ("threads", 1), ("pack", 1)):
         if getattr(args, name) is not None and getattr(args, name) < least:
             raise ConfigError(f"--{name} must be an integer >= {least}, got {getattr(args, name)}")
-    if busy := cpus.busy_warning():
+    if busy := cpus.busy_warning(threads=args.threads):
         print(busy, file=sys.stderr)
     cpus.use_threads(args.threads)
     if args.grid is not None:
         return run_grid_command(args)
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
     cfg = bench_config(given, args.compile, args.device, args.optim_ni)
+    if will_compile(cfg):
+        print(f"bench: compiling the training step first, as `train --compile {args.compile}` does for a run of "
+              f"{cfg.optim_ni:,} iterations (a long warm-up on a CPU); --quick for a quick look without it",
+              file=sys.stderr, flush=True)
     record = run_bench(cfg, args.warmup, args.iters, args.windows, args.vs, args.pack)
     print(json.dumps(record, indent=2) if args.json else format_table(record))
     if warning := spread_warning(record):
@@ -104,22 +128,22 @@ def grid_line(row: dict[str, Any]) -> str:
 
 def grid_total(result: dict[str, Any]) -> str:
     total = result["total_minutes"]
-    return (f"{result['device']}, {result['threads']} threads, torch {result['torch']}: {len(result['rows'])} runs of "
-            f"grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h (measured rates × each run's steps "
-            f"and evaluation images, plus the measured warm-up; warm-up {result['warmup']} steps, "
-            f"{result['windows']} windows of {result['iters']})")
+    return (f"{result['device']}, {count(result['threads'], 'thread')}, torch {result['torch']}: "
+            f"{len(result['rows'])} runs of grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h "
+            "(measured rates × each run's steps and evaluation images, plus the measured warm-up; warm-up "
+            f"{result['warmup']} steps, {result['windows']} windows of {result['iters']})")
 
 
 def format_table(record: dict[str, Any]) -> str:
     """The record as an aligned two-column table, for people."""
     rows = [
-        ("device", f"{record['device']}, {record['threads']} threads, torch {record['torch']}"),
+        ("device", f"{record['device']}, {count(record['threads'], 'thread')}, torch {record['torch']}"),
         ("configuration", f"{record['data_name']} depth {record['depth']} width {record['width']} "
                           f"batch {record['batch_size']} {record['precision']}"
                           f"{' compiled' if record['compile'] else ''}"),
         ("mirrors", f"a run of {record['optim_ni']:,} iterations, which `train --compile {record['compile_choice']}` "
                     f"{'compiles' if record['compile'] else 'runs eager'} (--optim_ni N mirrors another length)"),
-        ("images/s", f"{record['images_per_sec']:.1f} (median of {record['windows']} windows, "
+        ("images/s", f"{record['images_per_sec']:.1f} (median of {count(record['windows'], 'window')}, "
                      f"{record['images_per_sec_min']:.1f}..{record['images_per_sec_max']:.1f})"),
         ("ms/step", f"{record['ms_per_step']:.2f}"),
         ("48k iterations", f"{record['minutes_per_48k_iters']:.1f} min"),

@@ -22,12 +22,16 @@ def human_size(n: int) -> str:
 
 
 def format_status(rows: list[dict]) -> str:
-    lines = [f"{'dataset':<21} {'status':<10} {'train':>7} {'test':>7} {'size':>9}  note"]
+    """`data list`'s table: images per split (train: the training split, without the validation split the
+    training file also holds), and a set whose sizes are not the official ones as `nonstandard`."""
+    lines = [f"{'dataset':<21} {'status':<11} {'train':>7} {'val':>6} {'test':>7} {'size':>9}  note"]
     for row in rows:
-        status = "complete" if row["complete"] else ("damaged" if row["present"] else "missing")
+        status = ("nonstandard" if row.get("nonstandard") else "complete" if row["complete"] else
+                  "damaged" if row["present"] else "missing")
         note = row.get("note") or row["problem"] or ""
-        lines.append(f"{row['name']:<21} {status:<10} {row['train'] or '-':>7} {row['test'] or '-':>7} "
-                     f"{human_size(row['bytes']) if row['present'] else '-':>9}  {note}".rstrip())
+        lines.append(f"{row['name']:<21} {status:<11} {row.get('train') or '-':>7} {row.get('val') or '-':>6} "
+                     f"{row.get('test') or '-':>7} {human_size(row['bytes']) if row['present'] else '-':>9}  "
+                     f"{note}".rstrip())
     return "\n".join(lines)
 
 
@@ -84,17 +88,19 @@ def add_import_parser(commands: argparse._SubParsersAction) -> argparse.Argument
                     "classes; uint8 NHWC or NCHW, grey allowed). Images are made RGB (alpha composited onto "
                     "black, 16-bit grey scaled) and resized to --image_size with PIL's BICUBIC filter. A "
                     "stratified, seeded validation split is held out of train (and a test split carved out "
-                    "first where SRC has none). Then: resbench train --data_name NAME --data_root DIR.")
+                    "first where SRC has none). It ends with the train command to run, its batch size, iterations "
+                    "and evaluation interval fitted to the set (the recipe's 300 epochs), and a warning where the "
+                    "validation or test split is too small for its figures to mean anything (under 100 images).")
     parser.add_argument("name", metavar="NAME", help="the dataset's name: letters, digits, _, - and . (not first)")
     parser.add_argument("src", metavar="SRC", help="an ImageFolder tree (a folder holding train/) or an .npz file")
-    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size (default 32)")
+    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size")
     parser.add_argument("--val_fraction", type=fraction, default=DEFAULT_VAL_FRACTION,
-                        help=f"share of the training images held out for validation (default {DEFAULT_VAL_FRACTION})")
+                        help="share of the training images held out for validation")
     parser.add_argument("--test_fraction", type=fraction, default=DEFAULT_TEST_FRACTION,
                         help="share of the training images carved out as the test split, where SRC has no test "
-                             f"split (default {DEFAULT_TEST_FRACTION})")
+                             "split")
     parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help=f"seed of the held-out splits, recorded in dataset.json (default {DEFAULT_SPLIT_SEED})")
+                        help="seed of the held-out splits, recorded in dataset.json")
     parser.add_argument("--skip_bad", action="store_true",
                         help="leave unreadable images out (counted in the summary) instead of stopping at the first")
     parser.add_argument("--workers", type=positive, default=None,
@@ -133,5 +139,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     list_parser.set_defaults(func=run_list)
 
     for parser in (download_parser, import_parser, list_parser):
-        parser.add_argument("--data_root", default="./data", help="dataset folder (default: ./data)")
+        parser.add_argument("--data_root", default="./data", help="dataset folder")
     return data

@@ -33,9 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--ckpt", type=Path, nargs="+", default=None, metavar="CKPT_OR_RUN_DIR",
                    help="best.pt, last.pt, a run folder (see --which) or exported weights; several: their ensemble")
     p.add_argument("--which", choices=("best", "last"), default="best",
-                   help="checkpoint of a run folder: best (best validation accuracy, default) or last (final iterate)")
+                   help="checkpoint of a run folder: best (best validation accuracy) or last (final iterate)")
     p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
-    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate")
     p.add_argument("--temperature_scaling", action="store_true",
                    help="also report the metrics after fitting one temperature T on the validation NLL")
     p.add_argument("--corruptions", action="store_true",
@@ -49,13 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="write the figures into the run folder as eval.json (eval_last.json for last.pt), "
                         "which `resbench table --columns` reads")
     p.add_argument("--eval_batch_size", type=int, default=None,  # None: metrics.eval_batch_size(device)
-                   help="images per inference batch (default 64 on a CPU, 1024 on a GPU)")
+                   help="images per inference batch (default: 64 on a CPU, 1024 on a GPU)")
     # Old spellings, which read as train's flags of the same names (a run folder, the training batch).
     p.add_argument("--save", action=RenamedFlag, new="--write_eval",
                    why=" (train's --save names a run folder; eval writes into the run's own)")
     p.add_argument("--batch_size", action=RenamedFlag, new="--eval_batch_size",
                    why=" (train's --batch_size is the training batch)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
     return p

@@ -71,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
     if args.launcher == "local" and threads is not None and todo:
         print(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
               "(unless the train flags set --threads)")
-    if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
-        print(busy, flush=True)
     if args.dry_run and todo:
         print_dry_run(todo, script, args.jobs)
     if args.dry_run or not todo:
         return 0
+    if args.launcher == "local" and (busy := cpus.busy_warning(threads=todo[0].config.threads)):
+        print(busy, flush=True)  # (not for a plan: the machine's load then is not the runs' load)
     return launch(todo, script, args)
 
 
@@ -120,14 +120,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="run every grid point once per seed, e.g. --seeds 42 43 44 (table and compare then show "
                         "mean ± std and 95%% intervals)")
-    p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
+    p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default: ./runs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at the same time on the one device, each with --threads cores/N")
     p.add_argument("--dry_run", action="store_true",
                    help="print the plan, the train commands, the datasets to download and a time estimate; "
                         "run nothing")
     p.add_argument("--launcher", choices=["local", "slurm", "ray"], default="local",
-                   help="local: subprocesses here (default); slurm: one sbatch job array, a task per run, requeued "
+                   help="local: subprocesses here; slurm: one sbatch job array, a task per run, requeued "
                         "when stopped; ray: one Ray task per run on a Ray cluster (--address) or a local one")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
                    help="an sbatch option for every task, one per flag, e.g. --slurm partition=gpu --slurm "
@@ -135,7 +135,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "chdir, job-name, open-mode, requeue, signal) are refused")
     p.add_argument("--stop_before_limit_s", type=int, default=STOP_BEFORE_LIMIT_S, metavar="SECONDS",
                    help="--launcher slurm: SIGTERM each run this long before its time limit, when it saves last.pt "
-                        f"and its task requeues itself (default {STOP_BEFORE_LIMIT_S}; SLURM sends it up to a "
+                        f"and its task requeues itself (default: {STOP_BEFORE_LIMIT_S}; SLURM sends it up to a "
                         "minute early)")
     p.add_argument("--address", default=None,
                    help="--launcher ray: the Ray cluster's address (HOST:PORT, ray://HOST:PORT or auto); "

@@ -69,6 +69,46 @@ PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "te
 DEMO_TEST_SIZE = 300
 
 
+def split_sizes(spec: DatasetSpec, train_file: int, test_file: int) -> dict[str, int]:
+    """The sizes of a prepared set's splits from its files': the training file holds the training split
+    (its first `num_train` images), then the validation split; where validation is the test set
+    (`val_is_test`), the whole training file trains."""
+    if spec.val_is_test:
+        return {"train": train_file, "val": test_file, "test": test_file}
+    return {"train": min(train_file, spec.num_train), "val": max(train_file - spec.num_train, 0), "test": test_file}
+
+
+def size_problem(spec: DatasetSpec, sizes: dict[str, int]) -> str | None:
+    """How a built-in set's split sizes differ from the official ones, which its published figures are of,
+    or None; an imported set's sizes are its own."""
+    official = {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
+    if spec.imported or sizes == official:
+        return None
+    return (f"{' / '.join(f'{sizes[s]:,}' for s in official)} train / validation / test images where the official "
+            f"{spec.name} has {' / '.join(f'{n:,}' for n in official.values())}")
+
+
+# Images a held-out split needs before its figures mean something: below 100, one image moves an accuracy
+# by more than a point, and best-validation selection picks noise (3 x 30 images leave 8 and 9).
+MIN_SPLIT_FOR_FIGURES = 100
+
+
+def resolution(images: int) -> str:
+    """`one image = 12.5 points`: how much one image moves an accuracy on a split of `images`."""
+    return f"one image = {100 / images:.3g} points"
+
+
+def coarse_splits_warning(sizes: dict[str, int]) -> str | None:
+    """One line where the validation or test split is too small for its figures to mean anything, or None."""
+    small = [f"{what} {sizes[split]:,} image{'s' * (sizes[split] != 1)} ({resolution(sizes[split])})"
+             for split, what in (("val", "validation"), ("test", "test")) if sizes[split] < MIN_SPLIT_FOR_FIGURES]
+    if not small:
+        return None
+    return (f"warning: {' and '.join(small)}: below {MIN_SPLIT_FOR_FIGURES} images a split's figures are mostly "
+            "noise (best-validation selection and test figures alike); import more images, or hold out more "
+            "(--val_fraction, --test_fraction)")
+
+
 def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> DatasetSpec:
     """The facts of a built-in dataset, or of one imported into `data_root` (its dataset.json, checked).
 

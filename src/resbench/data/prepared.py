@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from resbench.data.digits import digits_arrays
-from resbench.data.facts import DEMO_DATASET, PREPARED_FILES, DatasetSpec, dataset_spec
+from resbench.data.facts import DEMO_DATASET, PREPARED_FILES, DatasetSpec, dataset_spec, size_problem, split_sizes
 from resbench.errors import DataFileError
 
 
@@ -31,6 +31,11 @@ class Splits:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+
+    def sizes(self) -> dict[str, int]:
+        """Images per split, as a run records them (summary.json's `splits`): what `table` and `compare`
+        check against the official sizes before setting published figures beside the run's."""
+        return {"train": len(self.train_labels), "val": len(self.val_labels), "test": len(self.test_labels)}
 
 
 def prepared_dir(name: str, data_root: str | Path) -> Path:
@@ -64,6 +69,16 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
 
 # Bytes copied to the device at a time: a chunk in host memory, not the whole file.
 CHUNK_BYTES = 64 * 2**20
+
+
+def nonstandard_sizes(name: str, data_root: str | Path) -> str | None:
+    """How the prepared built-in set `name` differs in size from the official one (`facts.size_problem`),
+    or None: where it does not, is imported, or is not prepared yet (train then fetches the official one)."""
+    spec = dataset_spec(name, data_root)
+    if spec.imported or name == DEMO_DATASET or missing_prepared_files(name, data_root):
+        return None
+    train_x, _, test_x, _ = read_prepared(spec, data_root, mmap_mode="r")
+    return size_problem(spec, split_sizes(spec, len(train_x), len(test_x)))
 
 
 def to_tensor(array: np.ndarray, device: torch.device | str) -> torch.Tensor:

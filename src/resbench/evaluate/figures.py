@@ -16,7 +16,7 @@ import torch
 
 from resbench.console import log
 from resbench.data import evalsets
-from resbench.data.facts import DATASETS, DatasetSpec, is_imported
+from resbench.data.facts import DATASETS, MIN_SPLIT_FOR_FIGURES, DatasetSpec, is_imported, resolution
 from resbench.data.fetch.prepare import is_complete, prepare_datasets
 from resbench.data.prepared import load_splits
 from resbench.data.recipes import RECIPES
@@ -125,6 +125,8 @@ def head_figures(loaded: Members, request: EvalRequest) -> tuple[list[dict], tor
     Computed in float32 whatever the runs' precision (checkpoints hold float32 weights), so an
     fp16/bf16 run's figures can differ from its summary.json in the third decimal.
     """
+    if request.temperature_scaling:
+        check_temperature_split(loaded.spec.num_val)
     corrupted, ood = shifted_sets(request, loaded.spec, loaded.data_root)
     prepare_missing([n for n in [corrupted, *ood] if n], loaded.data_root)
     data_name = loaded.spec.name
@@ -162,10 +164,24 @@ def evaluate_ensemble(paths: list[Path], which: str, request: EvalRequest) -> di
             "members": [{"ckpt": str(m.ckpt), "checkpoint": m.which, **r} for m, r in zip(loaded.members, reports)]}
 
 
+def check_temperature_split(num_val: int) -> None:
+    """Refuse a temperature fitted on too few validation images: it is noise, and can make the test NLL
+    worse (issue 39: fitted on 8 images, it tripled a run's test NLL without a word)."""
+    if num_val < MIN_SPLIT_FOR_FIGURES:
+        raise ResbenchError(f"--temperature_scaling: the validation split has {num_val} images ({resolution(num_val)} "
+                            f"of accuracy); a temperature fitted on fewer than {MIN_SPLIT_FOR_FIGURES} is noise and "
+                            "can make the test NLL worse. Leave the flag out, or import the set with more images")
+
+
 def temperature_scaled(logits: torch.Tensor, labels: torch.Tensor, split: str, splits: Any, score: Scorer) -> dict:
-    """The figures at the one temperature that minimises the validation NLL."""
+    """The figures at the one temperature that minimises the validation NLL; refused where the model
+    classifies every validation image right: the NLL then falls as T goes to 0, and no T is fitted."""
     val_logits, val_labels = (logits, labels) if split == "val" else (score(splits.val_images, "val")[0],
                                                                        splits.val_labels.cpu())
+    if bool((val_logits.argmax(dim=1) == val_labels).all()):
+        raise ResbenchError(f"--temperature_scaling: the model classifies all {len(val_labels)} validation images "
+                            "right, so the validation NLL only falls as the temperature goes to 0: there is no "
+                            "temperature to fit. Leave the flag out")
     temperature = fit_temperature(val_logits, val_labels)
     return {"temperature": temperature, "val_nll_before": nll(val_logits, val_labels),
             "val_nll_after": nll(val_logits, val_labels, temperature),

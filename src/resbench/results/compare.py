@@ -217,11 +217,12 @@ def compare_cell(cell: Cell) -> Cell:
         if not ours:
             continue
         judged = bool(finished) and key in FINALS
-        theirs = (published_figure(cell.reference, key) if finished
-                  else cell.reference.best(up_to=cell.reached)[key])
+        so_far = None if finished else cell.reference.best(up_to=cell.reached)
+        theirs = published_figure(cell.reference, key) if finished else (so_far[key] if so_far else None)
         cell.finals[key] = {"ours": statistics.fmean(ours), "std": statistics.stdev(ours) if len(ours) > 1 else None,
                             "n": len(ours), "reference": theirs, "final": bool(finished),
-                            "at_iteration": None if finished else cell.reached}
+                            "at_iteration": None if finished else cell.reached,
+                            "reference_first_iteration": cell.reference.records[0]["iter"]}
         if judged:
             test = final_check(key, ours, cell.reference)
             cell.tests.append(test)
@@ -234,7 +235,8 @@ def match_runs(runs: list[Run]) -> tuple[list[Cell], list[tuple[Run, str]]]:
     cells: dict[tuple, Cell] = {}
     unmatched = []
     for run in runs:
-        found = find_reference_run(run.data_name, run.depth, run.width, run.precision, run.config)
+        found = (f"not the official {run.data_name}: {run.data_problem}" if run.data_problem else
+                 find_reference_run(run.data_name, run.depth, run.width, run.precision, run.config))
         if isinstance(found, str):
             unmatched.append((run, found))
         else:
@@ -252,6 +254,9 @@ def final_cell(final: dict[str, Any] | None) -> str:
     if final is None:
         return "n/a"
     ours = f"{final['ours']:.4f}" + (f" ± {final['std']:.4f}" if final["std"] is not None else "")
+    if final["reference"] is None:  # younger than the reference's first evaluation: nothing to set beside it
+        return (f"{ours} (no ref yet: its first evaluation is at iter {final['reference_first_iteration']}; "
+                "judged at the end)")
     difference = f"{final['ours'] - final['reference']:+.4f}".replace("-", "\u2212")
     theirs = f"{final['reference']:.4f}".rstrip("0")  # a published figure has 3 decimals, the log 4
     if not final["final"]:  # the best so far, beside the reference's best as far

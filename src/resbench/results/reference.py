@@ -124,11 +124,12 @@ class ReferenceRun:
     def label(self) -> str:
         return f"{self.data_name} R{self.depth}x{self.width} wd {self.weight_decay:g} {self.precision}"
 
-    def best(self, up_to: int | None = None) -> dict[str, Any]:
+    def best(self, up_to: int | None = None) -> dict[str, Any] | None:
         """The record of the best validation accuracy (the first, on ties), whose test figures the table
-        reports; with `up_to`, the best of the evaluations up to that iteration (the first if none)."""
-        records = [r for r in self.records if up_to is None or r["iter"] <= up_to] or self.records[:1]
-        return max(records, key=lambda r: (r["val_acc"], -r["iter"]))
+        reports; with `up_to`, the best of the evaluations up to that iteration: None before its first
+        (a run of ours younger than that has nothing of the reference's to stand beside)."""
+        records = [r for r in self.records if up_to is None or r["iter"] <= up_to]
+        return max(records, key=lambda r: (r["val_acc"], -r["iter"])) if records else None
 
     def at(self, iteration: int) -> dict[str, Any] | None:
         return next((r for r in self.records if r["iter"] == iteration), None)

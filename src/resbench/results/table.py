@@ -29,7 +29,7 @@ from resbench.results.reference import (
     shape_sort_key,
     table_reference,
 )
-from resbench.results.stats import spread
+from resbench.results.stats import CONFIDENCE, SHAKY_BELOW, figure_range, spread, t_quantile
 from resbench.runs.reader import Run
 from resbench.runs.schema import NUMBER
 from resbench.settings.flags import flag_value
@@ -46,8 +46,9 @@ SETTING_LABELS = {"batch_size": "batch", "optim_ni": "iters", "optim_lr": "lr", 
                   "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn"}
 MINUS = "\u2212"
 MISSING = "n/a"  # a cell none of whose runs has the figure (every one diverged before its first evaluation)
-INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; "
-                 "one run: its figure")
+INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean, clipped to what the figure can be: "
+                 "[0, 1] for an accuracy, ≥ 0 for an NLL] over the n runs (seeds) of a row; one run: its figure")
+SHAKY = "†"  # marks the interval of a row of fewer than SHAKY_BELOW runs
 
 # ---------------------------------------------------------------- selection: which evaluation counts
 
@@ -117,8 +118,15 @@ class Row:
     def hours(self) -> float:
         return statistics.fmean(float(s["wall_seconds"]) for s in self.summaries) / 3600
 
+    @property
+    def data_problem(self) -> str | None:
+        """How its runs' built-in set differed from the official one (`Run.data_problem`), or None."""
+        return next((run.data_problem for run in self.runs if run.data_problem), None)
+
     def reference_run(self) -> ReferenceRun | None:
-        """The reference's run of this row, if it has the reference's settings."""
+        """The reference's run of this row, if it has the reference's settings and the official data."""
+        if self.data_problem:
+            return None
         found = find_reference_run(self.data_name, self.depth, self.width, self.precision,
                                    self.runs[0].summary.get("config") or {})
         return None if isinstance(found, str) else found
@@ -161,7 +169,7 @@ def group_rows(runs: list[Run | dict]) -> dict[str, list[Row]]:
         rows: dict[tuple, Row] = {}
         for run in by_dataset[data_name]:
             s, settings = run.summary, tuple((k, run.settings().get(k)) for k in varying)
-            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings))
+            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings), bool(run.data_problem))
             rows.setdefault(key, Row(data_name, key[0], key[1], key[2], settings)).runs.append(run)
         tables[data_name] = sorted(rows.values(), key=lambda r: (shape_sort_key(r.depth, r.width),
                                                                  settings_sort_key(r.settings),
@@ -183,14 +191,23 @@ def select_by_val(rows: list[Row]) -> list[Row]:
 
 # ---------------------------------------------------------------- formatting cells
 
-def format_stat(values: list[float]) -> str:
-    """`0.923` for one run, `0.923 ± 0.002 [0.918, 0.928]` (mean ± sample std [95% t-interval]) for several."""
+def format_stat(values: list[float], column: str = "") -> str:
+    """`0.923` for one run, `0.923 ± 0.002 [0.918, 0.928]` (mean ± sample std [95% t-interval, clipped to the
+    column's `figure_range`]) for several, marked † for fewer than SHAKY_BELOW."""
     if not values:
         return MISSING
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    summary = spread(values)
-    return f"{summary.mean:.3f} ± {summary.std:.3f} [{summary.low:.3f}, {summary.high:.3f}]"
+    summary = spread(values, bounds=figure_range(column))
+    shaky = SHAKY if len(values) < SHAKY_BELOW else ""
+    return f"{summary.mean:.3f} ± {summary.std:.3f} [{summary.low:.3f}, {summary.high:.3f}]{shaky}"
+
+
+def shaky_note() -> str:
+    """What † means, where a row has it."""
+    t = t_quantile(0.5 + CONFIDENCE / 2, SHAKY_BELOW - 2)
+    return (f"{SHAKY} n = {SHAKY_BELOW - 1}: the interval of {SHAKY_BELOW - 1} runs spans ±{t:.1f} standard errors "
+            f"(Student's t, {SHAKY_BELOW - 2} degree of freedom) and says little; {SHAKY_BELOW} runs or more narrow it")
 
 
 def format_difference(ours: float, published: float) -> str:
@@ -204,7 +221,7 @@ def metric_cell(row: Row, column: str, selection: str, ref: ReferenceRun | None)
     best validation accuracy: other selections say so), and under the recipe's selection `compare`'s mark:
     ✗ where its test of a final figure fails, ? where it cannot tell."""
     values = row.values(column, selection)
-    ours = format_stat(values)
+    ours = format_stat(values, column)
     if ref is None or column not in SUMMARY_COLUMNS:  # the reference publishes the seed's three figures only
         return ours
     metric = SUMMARY_COLUMNS[column]
@@ -247,6 +264,8 @@ def misc_cell(row: Row, show_precision: bool, ref: ReferenceRun | None, selectio
     diverged = sum(s.get("status") == "diverged" for s in row.summaries)
     if first and diverged:
         parts.append(f"{diverged} diverged")
+    if first and row.data_problem:
+        parts.append("not the official data, no published figures")
     if first and row.chosen_from > 1:
         parts.append(f"best val/acc of {row.chosen_from} settings")
     if show_iterations:
@@ -329,4 +348,6 @@ def render_tables(runs: list[Run | dict], compare: bool = False, selection: str 
     text = "\n\n".join(render_table(rows, compare, selection, columns) for rows in tables.values())
     if any(len(row.runs) > 1 for rows in tables.values() for row in rows):
         text += f"\n\n{INTERVAL_NOTE}."
+    if SHAKY in text:
+        text += f"\n{shaky_note()}."
     return text

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from resbench.data.facts import DATASETS, SPLITS, size_problem
 from resbench.errors import ResbenchError, printable, reason
 from resbench.files import read_bounded
 from resbench.runs import schema
@@ -212,6 +213,19 @@ class Run:
     def settings(self) -> dict[str, Any]:
         """The run's settings that could make it a table row of its own."""
         return {k: v for k, v in self.config.items() if k not in NOT_ROW_SETTINGS}
+
+    @functools.cached_property
+    def data_problem(self) -> str | None:
+        """How the built-in set the run trained on differed from the official one (the split sizes it
+        recorded: summary.json's, or config.json's resolved `splits`), or None: as official, imported, or
+        recorded before runs recorded their sizes. Such a run is never set beside the published figures."""
+        sizes = (self.summary or {}).get("splits") or self.resolved.get("splits")
+        if self.data_name not in DATASETS or sizes is None:
+            return None
+        if not (isinstance(sizes, dict) and set(sizes) == set(SPLITS) and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in sizes.values())):
+            return f"its recorded split sizes are damaged ({shown_value(sizes)})"
+        return size_problem(DATASETS[self.data_name], sizes)
 
 
 def runs_folder(runs_dir: Path) -> Path:

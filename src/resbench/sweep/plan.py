@@ -10,6 +10,7 @@ would run).
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from resbench.results.reference import reference_lookup
 from resbench.runs import schema
 from resbench.runs.reader import config_from_args, last_iteration, read_summary
 from resbench.runs.schema import RunFolderError
-from resbench.settings.config import TrainConfig, canonical, default_run_name
+from resbench.settings.config import TrainConfig, canonical, run_folder_of
 from resbench.settings.flags import parse_train_flags
-from resbench.train.checks import validate_config
+from resbench.train.checks import check_official_data, validate_config
 
 # The folder that holds this resbench package, first on a run's PYTHONPATH: every run imports the
 # resbench that planned it.
@@ -78,7 +79,8 @@ def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check
     config = config_from_args(args)
     if check:  # (the device and memory checks load torch: `--status` reads folders and needs none of them)
         validate_config(config)
-    return PlannedRun(Path(runs_dir) / config.data_name / default_run_name(config), tuple(flags), config)
+        check_official_data(config)
+    return PlannedRun(run_folder_of(dataclasses.replace(config, save=None), Path(runs_dir)), tuple(flags), config)
 
 
 def check_runs_dir(runs_dir: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 
 from resbench.settings.config import (
     MAX_ITERATIONS,
@@ -26,6 +27,21 @@ def validate_config(cfg: TrainConfig) -> None:
         check_settings(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_official_data(cfg: TrainConfig) -> None:
+    """Refuse a built-in set whose split sizes are not the official ones (a hand-made CIFAR10_x32 of
+    41,000 / 200 images trained and was set beside the published figures), unless --allow_nonstandard."""
+    from resbench.data.prepared import nonstandard_sizes
+    from resbench.errors import DataError
+
+    if cfg.allow_nonstandard or not (problem := nonstandard_sizes(cfg.data_name, cfg.data_root)):
+        return
+    folder = Path(cfg.data_root) / cfg.data_name
+    raise DataError(f"{folder} is not the official {cfg.data_name}: {problem}, so its figures would not be the "
+                    f"published table's. Move it away and run `resbench data download {cfg.data_name}` for the "
+                    "official set, import your images under a name of their own (`resbench data import NAME SRC`), "
+                    "or pass --allow_nonstandard to train on it anyway")
 
 
 def check_settings(cfg: TrainConfig) -> None:

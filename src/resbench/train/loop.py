@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from resbench.console import count
 from resbench.data.facts import dataset_spec
 from resbench.data.fetch.prepare import prepare_dataset
 from resbench.data.prepared import missing_prepared_files
@@ -38,12 +39,19 @@ from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
 from resbench.runs.reader import check_same_config
-from resbench.settings.config import TrainConfig, precision_for, resolve_device, rounding_changes, run_folder_of
-from resbench.train.checks import validate_config
+from resbench.settings.config import (
+    TrainConfig,
+    learning_rate,
+    precision_for,
+    resolve_device,
+    rounding_changes,
+    run_folder_of,
+)
+from resbench.train.checks import check_official_data, validate_config
 from resbench.train.meter import Meter
 from resbench.train.progress import Progress
 from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
-from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
+from resbench.train.step import Job, StepStats, build_job, weight_norm
 from resbench.train.summary import final_summary, time_report
 
 # Iterations between logging points, where the loop folds the loss sums and (data-parallel) the ranks
@@ -62,7 +70,8 @@ class Interrupted(Exception):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
     validate_config(cfg)
-    busy = cpus.busy_warning()  # before this run adds to the load
+    check_official_data(cfg)
+    busy = cpus.busy_warning(threads=cfg.threads)  # before this run adds to the load
     cpus.use_threads(cfg.threads)
     configure_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)
@@ -174,7 +183,8 @@ def evaluate_and_save(job: Job, state: RunState, meter: Meter, step_stats: StepS
     state.loss_sum, state.loss_count = 0.0, 0
     job.run.append_metrics(record)
     save_last(job, state, meter, step_stats)
-    job.run.log(f"{job.run.format_record(record)}, evaluation {record['eval_s']:.1f} s, "
+    best = {"tst_acc": state.tst_acc, "tst_nll": state.tst_nll, "tst_top5": state.tst_top5, "iter": state.best_iter}
+    job.run.log(f"{job.run.format_record(record, best)}, evaluation {record['eval_s']:.1f} s, "
                 f"{progress.timing(state.step, state.wall_seconds)}")
     meter.restart(state)  # evaluation time is not training time
     progress.restart(state.step)
@@ -241,7 +251,7 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         job.run.start(job.cfg, job.params, job.device, job.precision, resolved_settings(job))
     if job.cfg.tensorboard:
         job.run.open_tensorboard(state.step)
-    threads = f", {torch.get_num_threads()} threads" if job.device.type == "cpu" else ""
+    threads = f", {count(torch.get_num_threads(), 'thread')}" if job.device.type == "cpu" else ""
     job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
                 f"in {job.run.path}: {job.device} ({job.precision}{threads}), {step_kind(job)}, "
                 f"{job.params:,} trainable parameters")
@@ -254,7 +264,8 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
 def resolved_settings(job: Job) -> dict[str, Any]:
     """What the asked settings became on this machine: config.json keeps both, apart."""
     return {"save": str(job.run.path.resolve()), "data_root": str(Path(job.cfg.data_root).resolve()),
-            "device": str(job.device), "precision": job.precision, "compile": job.compiled}
+            "device": str(job.device), "precision": job.precision, "compile": job.compiled,
+            "splits": job.splits.sizes()}
 
 
 def step_kind(job: Job) -> str:

@@ -6,7 +6,6 @@ train through these, so that the benchmark times the step a run takes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -22,18 +21,6 @@ from resbench.runs.folder import RunFolder
 from resbench.settings.config import TrainConfig
 from resbench.train.lossscale import ConstantLossScale
 from resbench.train.resume import RunState
-
-
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up from 0 over floor(0.1·ni) steps, then cosine to 0 over floor(0.9·ni) steps.
-
-    `step` counts updates from 0, as optax does: the first update uses lr 0.
-    """
-    warmup, decay = int(0.1 * cfg.optim_ni), int(0.9 * cfg.optim_ni)
-    if step < warmup:
-        return cfg.optim_lr * step / warmup
-    progress = min(step - warmup, decay) / max(decay, 1)
-    return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,

@@ -54,7 +54,8 @@ def _check_name(name: str) -> str:
 
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
-    """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
+    """(problem or None, images per split) of a prepared dataset: the trainer's (or eval's) own checks,
+    memory-mapped."""
     from resbench.data import evalsets, facts  # torch: loaded to check data, not for `resbench data --help`
     from resbench.data.prepared import read_prepared
     from resbench.errors import DataFileError
@@ -65,7 +66,7 @@ def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
         train_x, _, test_x, _ = read_prepared(facts.DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
         return str(err), {}
-    return None, {"train": len(train_x), "test": len(test_x)}
+    return None, facts.split_sizes(facts.DATASETS[name], len(train_x), len(test_x))
 
 
 def is_complete(data_root: str | os.PathLike, name: str) -> bool:
@@ -341,21 +342,25 @@ def disk_size(folder: Path) -> int:
 def _demo_status() -> dict:
     """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
     from resbench.data.digits import digits_8x8
-    from resbench.data.facts import DEMO_DATASET, DEMO_TEST_SIZE
+    from resbench.data.facts import DATASETS, DEMO_DATASET, DEMO_TEST_SIZE, split_sizes
     from resbench.errors import DataFileError
 
-    row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
+    row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0}
     try:
         images = len(digits_8x8()[1])
     except DataFileError as err:  # scikit-learn is not installed
         return {**row, "complete": False, "problem": str(err)}
-    return {**row, "complete": True, "problem": None, "train": images - DEMO_TEST_SIZE, "test": DEMO_TEST_SIZE,
+    return {**row, "complete": True, "problem": None, **split_sizes(DATASETS[DEMO_DATASET], images - DEMO_TEST_SIZE,
+                                                                    DEMO_TEST_SIZE),
             "note": "built in (scikit-learn's digits), nothing to download"}
 
 
 def dataset_status(data_root: str | os.PathLike) -> list[dict]:
-    """One dict per dataset: name, path, present, complete, problem, train/test counts, bytes, and
-    the fix when it is not usable; the demo dataset last."""
+    """One dict per dataset: name, path, present, complete, problem, nonstandard (how a training set's split
+    sizes differ from the official ones), images per split, bytes, and the fix when it is not usable or not
+    the official set; the demo dataset last."""
+    from resbench.data import facts
+
     rows, training = [], training_datasets()
     for name in DATASETS:
         folder = Path(data_root) / name
@@ -364,10 +369,20 @@ def dataset_status(data_root: str | os.PathLike) -> list[dict]:
                f"{'train' if name in training else 'eval'}` fetches it itself)")
         if RECIPES[name].placed:
             fix = placement(RECIPES[name], name, Path(data_root))
+        other = facts.size_problem(facts.DATASETS[name], counts) if problem is None and name in training else None
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
-            "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
-            "bytes": disk_size(folder),
-            "note": None if problem is None else f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}",
+            "problem": problem, "nonstandard": other, "train": None, "val": None, "test": None, **counts,
+            "bytes": disk_size(folder), "note": status_note(problem, other, folder.is_dir(), fix),
         })
     return [*rows, _demo_status()]
+
+
+def status_note(problem: str | None, nonstandard: str | None, present: bool, fix: str) -> str | None:
+    """`data list`'s note on a dataset that is not usable, or not the official set: what is wrong, and the fix."""
+    if nonstandard:
+        return (f"not the official set: {nonstandard}; `resbench train` refuses it without --allow_nonstandard "
+                f"(the official one: move it away, then {fix})")
+    if problem:
+        return f"{problem}; fix: {fix}" if present else f"get it: {fix}"
+    return None
