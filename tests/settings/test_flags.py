@@ -178,7 +178,7 @@ def test_every_flag_with_a_default_shows_it_one_way():
     """`bench --help` showed no default for --warmup, --iters, --windows, and commands spelled defaults four ways
     (issue 39): every flag with a default shows `(default: VALUE)`, and no help says it otherwise."""
     flags = command_flags(build_parser())
-    assert len({command for command, _ in flags}) == 10 and len(flags) > 80
+    assert len({command for command, _ in flags}) == 11 and len(flags) > 80
     unshown = [f"{command} {action.option_strings[0]}" for command, action in flags
                if action.default not in (None, argparse.SUPPRESS) and not isinstance(action.default, bool)
                and "(default: " not in action.help]
