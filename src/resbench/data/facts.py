@@ -37,6 +37,9 @@ class DatasetSpec:
     # The OOD sets `resbench eval --ood` uses when none are named: the usual pairs of the literature.
     natural_ood: tuple[str, ...] = ()
     imported: bool = False  # made by `resbench data import` (facts in dataset.json), not downloaded
+    # The reference's ImageNet rows (docs/reference/imagenet-x.md): the whole training file trains and the
+    # official validation set is both validation and test, since the reference selects its best checkpoint on it.
+    val_is_test: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -48,6 +51,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     ("SVHN", "TinyImageNet200_C")),
         DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920, 18_080, 10_000, "TinyImageNet200_C",
                     ("TinyImageNet200_C",)),
+        DatasetSpec("ImageNet1k_x32", 1000, 32, 1_281_167, 50_000, 50_000, val_is_test=True),
+        DatasetSpec("ImageNet1k_x64", 1000, 64, 1_281_167, 50_000, 50_000, val_is_test=True),
         # Offline demo: scikit-learn's 1,797 bundled 8×8 digits, upsampled to 32×32 RGB.
         DatasetSpec("Digits_x32", 10, 32, 1_280, 217, 300, "Digits_C", ("Noise",)),
     )
