@@ -103,7 +103,7 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
         for p, d, b in zip(expected, decayed, bufs):
             b.mul_(0.9).add_(d * min(1.0, clip / norm))
             p.sub_(lr * b)
-        _, gnorm = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
+        _, gnorm, _ = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
                               torch.autocast("cpu", enabled=False), measure_grad_norm=True)
         assert gnorm == pytest.approx(norm, rel=1e-5)  # the norm of g + wd·p, before clipping
         for (name, p), e in zip(model.named_parameters(), expected):

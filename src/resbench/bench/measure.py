@@ -81,7 +81,7 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatc
     stats = StepStats(RunState(), device) if step_stats else None
 
     def step(i: int) -> torch.Tensor:
-        return job.step(i, learning_rate(i, cfg), stats)[0]
+        return job.step(i, stats)[0]
 
     return Trainer(f"resbench{' compiled' if job.compiled else ''}{'' if step_stats else ' without step statistics'}",
                    step)

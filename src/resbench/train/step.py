@@ -37,23 +37,25 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,
-               images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
+               images: torch.Tensor, labels: torch.Tensor, lr: float | Callable[[], float], cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
-               skipped: torch.Tensor | None = None,
-               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None]:
-    """One SGD update. Returns the (device) loss, and the gradient norm when asked for (with
-    clipping on, the norm of g + wd·p before clipping).
+               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None, float]:
+    """One SGD update. Returns the (device) loss, the gradient norm when asked for (with clipping
+    on, the norm of g + wd·p before clipping), and the learning rate taken.
 
-    With loss scaling on, adds 1 to the device counter `skipped` when the update is skipped.
-    `stats` accumulates the step's learning rate and weight and gradient norms (on the device).
+    `lr` may be a function, called once the forward and backward pass are queued: under fp16 the
+    schedule waits for the previous step's skip flag (`Job.learning_rate`), which the device has
+    written by then. `stats` accumulates the step's learning rate and weight and gradient norms
+    (on the device).
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     with autocast:
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim_label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale_loss(loss).backward()
+    lr = lr() if callable(lr) else lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     grad_norm = None
     if stats is not None:
         scaler.unscale_(optimizer)  # the norms of the true gradients (a no-op without loss scaling)
@@ -65,8 +67,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     elif measure_grad_norm:
         scaler.unscale_(optimizer)
         grad_norm = global_norm([p.grad for p in model.parameters() if p.grad is not None])
-    scaler.step(optimizer, skipped)
-    return loss.detach(), grad_norm
+    scaler.step(optimizer)
+    return loss.detach(), grad_norm, lr
 
 
 @dataclass
@@ -89,13 +91,19 @@ class Job:
     run: RunFolder | None = None  # where `resbench train` writes; none for `bench`
     splits: Splits | None = None  # the evaluation splits of `resbench train`
 
-    def step(self, step: int, lr: float, stats: StepStats | None = None, measure_grad_norm: bool = False,
-             skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
-        """Training iteration `step` at learning rate `lr` (`learning_rate(step, cfg)`): its batch, one
-        `train_step`."""
+    def step(self, step: int, stats: StepStats | None = None,
+             measure_grad_norm: bool = False) -> tuple[torch.Tensor, float | None, float]:
+        """Training iteration `step`: its batch, one `train_step` at the schedule's learning rate.
+        Returns the loss, the gradient norm (if measured) and the learning rate taken."""
         images, labels = self.batches.batch(step)
-        return train_step(self.step_model, self.optimizer, self.scaler, images, labels, lr, self.cfg, self.autocast,
-                          measure_grad_norm=measure_grad_norm, skipped=skipped, stats=stats)
+        return train_step(self.step_model, self.optimizer, self.scaler, images, labels,
+                          lambda: self.learning_rate(step), self.cfg, self.autocast,
+                          measure_grad_norm=measure_grad_norm, stats=stats)
+
+    def learning_rate(self, step: int) -> float:
+        """The schedule at the reference's optimiser count: iteration `step` less the fp16 updates
+        skipped before it, since a skipped update leaves that count as it was (lossscale.py)."""
+        return learning_rate(step - self.scaler.skipped_updates(), self.cfg)
 
 
 def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, precision: str,
