@@ -42,7 +42,8 @@ SELECTIONS = {"val": "best val", "last": "last", "test": "best test"}
 # Column headers of the settings that tell rows apart, in this order; others after, by name.
 SETTING_LABELS = {"batch_size": "batch", "optim_ni": "iters", "optim_lr": "lr", "optim_momentum": "momentum",
                   "optim_weight_decay": "wd", "optim_label_smoothing": "smoothing", "optim_global_clipping": "clip",
-                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn"}
+                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn",
+                  "bn_groups": "BN groups"}
 MINUS = "\u2212"
 MISSING = "n/a"  # a cell none of whose runs has the figure (every one diverged before its first evaluation)
 INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; "

@@ -68,6 +68,7 @@ def check_settings(cfg: TrainConfig) -> None:
                          f"use a multiple of {world_size}")
     memory.check_training_fits(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size,
                                cfg.batch_size // world_size, precision, device)
+    check_bn_groups(cfg, world_size)
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
     hotpath.parse_compile(cfg.compile)
@@ -75,3 +76,17 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"--threads must be from 1 to {MAX_THREADS} (or auto), got {cfg.threads}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
+
+
+def check_bn_groups(cfg: TrainConfig, world_size: int) -> None:
+    """--bn_groups splits each device's share of the batch evenly, and is per-device statistics, which
+    --sync_bn (statistics over the global batch) is the opposite of."""
+    if cfg.bn_groups < 1:
+        raise ValueError(f"--bn_groups must be a positive integer, got {cfg.bn_groups}")
+    share = cfg.batch_size // world_size
+    if share % cfg.bn_groups:
+        where = f"each of the {world_size} processes' {share} images" if world_size > 1 else f"{share} images"
+        raise ValueError(f"--bn_groups {cfg.bn_groups} does not split {where} evenly; use a divisor of {share}")
+    if cfg.bn_groups > 1 and cfg.sync_bn:
+        raise ValueError("--bn_groups (per-device statistics over groups) and --sync_bn (statistics over the "
+                         "global batch) contradict each other; use one")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
 from resbench.data.prepared import Splits
-from resbench.device import bnstats, distributed, hotpath
+from resbench.device import bngroups, bnstats, distributed, hotpath
 from resbench.models.resnet import count_parameters, resnet
 from resbench.runs.folder import RunFolder
 from resbench.settings.config import TrainConfig
@@ -114,7 +114,7 @@ def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, pre
     spec = dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
     model = resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
-    model = hotpath.prepare_model(model, device)
+    model = hotpath.prepare_model(bngroups.group_batchnorms(model, cfg.bn_groups), device)
     parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
     return Job(
@@ -124,7 +124,8 @@ def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, pre
         scaler=ConstantLossScale(device, enabled=precision == "fp16"),
         autocast=hotpath.autocast_for(precision, device), batches=batches,
         params=count_parameters(model),
-        bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn),
+        bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn,
+                                             cfg.bn_groups),
         run=run, splits=splits,
     )
 
