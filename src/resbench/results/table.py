@@ -240,7 +240,9 @@ def misc_cell(row: Row, show_precision: bool, ref: ReferenceRun | None, selectio
     if first and show_precision:
         hours = f"{row.hours():.1f} hrs"
         if ref is not None:
-            hours += f"; ref {table_reference(ref).wall_min / 60:.1f} hrs"
+            published = table_reference(ref)
+            hours += f"; ref {published.wall_min / 60:.1f} hrs" + (
+                f" on {published.devices} GPUs" if published.devices > 1 else "")
         parts.append(f"{row.precision} ({hours})")
     if first and len(row.runs) > 1:
         parts.append(f"n={len(row.runs)}")
