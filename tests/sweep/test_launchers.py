@@ -383,7 +383,7 @@ def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
     from resbench.sweep.slurm import sbatch_script, slurm_options
 
     monkeypatch.chdir(tmp_path)
-    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
+    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"], processes=4)
     script = sbatch_script([run], slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", 4)
     assert "#SBATCH --gres=gpu:4\n" in script and "#SBATCH --partition=gpu\n" in script
     assert "#SBATCH --cpus-per-task=16\n" in script and f"#SBATCH --chdir={tmp_path}\n" in script

@@ -56,6 +56,16 @@ class ReferenceRow:
     def key(self) -> tuple[str, int, int, str]:
         return (self.data_name, self.depth, self.width, self.precision)
 
+    def minutes_for(self, iterations: int, batch_size: int) -> float:
+        """Its wall time scaled to `iterations` steps of `batch_size` images (on its `devices` GPUs)."""
+        return self.wall_min * iterations * batch_size / (self.optim_ni * self.batch_size)
+
+
+def published_row(data_name: str, depth: int, width: int, precision: str) -> ReferenceRow | None:
+    """The published row of a configuration: `precision` fp32, fp16 or bf16 (the reference's fp16 rows are
+    mixed precision: bf16 where fp16 is slow)."""
+    return reference_lookup().get((data_name, depth, width, "fp32" if precision == "fp32" else "fp16"))
+
 
 ROW_TYPES = {"depth": int, "width": int, "params": int, "val_acc": float, "tst_acc": float, "tst_nll": float,
              "wall_min": float, "devices": int, "weight_decay": float, "batch_size": int, "optim_ni": int,

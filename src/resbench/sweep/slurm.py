@@ -31,7 +31,7 @@ from pathlib import Path
 
 from resbench.errors import ResbenchError, printable
 from resbench.files import replace_atomically
-from resbench.sweep.cluster import distributed_command, mark_submitted, own_launch_dir
+from resbench.sweep.cluster import mark_submitted, own_launch_dir
 from resbench.sweep.plan import CHILD_PYTHON, PACKAGE_ROOT, PlannedRun
 
 STOP_BEFORE_LIMIT_S = 120  # SIGTERM to the job step this long before the time limit: time to save last.pt
@@ -138,7 +138,7 @@ def sbatch_script(runs: list[PlannedRun], options: dict[str, str | None], log_di
     cases = []
     for i, run in enumerate(runs):
         save = shlex.quote(script_path(run.save, "the run folder"))
-        command = shlex.join(script_path(part, "the train command") for part in distributed_command(run, gpus_per_run))
+        command = shlex.join(script_path(part, "the train command") for part in run.command)
         cases.append(f"  {i}) save={save}; command=({command}) ;;")
     task = shlex.join([script_path(CHILD_PYTHON[0], "the Python interpreter"), "-P", "-m", "resbench.sweep.slurm_task"])
     return "\n".join([

@@ -20,15 +20,19 @@ from resbench.settings.config import (
 )
 
 
-def validate_config(cfg: TrainConfig) -> None:
-    """Reject impossible settings up front, each with one line naming the flag and the fix."""
+def validate_config(cfg: TrainConfig, processes: int | None = None, check_memory: bool = True) -> None:
+    """Reject impossible settings up front, each with one line naming the flag and the fix.
+
+    `processes`: the data-parallel processes it will train with (default: torchrun's world here);
+    `check_memory`: whether this machine's memory is the one it will train in (not so for a sweep
+    planned for a cluster)."""
     try:
-        check_settings(cfg)
+        check_settings(cfg, processes, check_memory)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def check_settings(cfg: TrainConfig) -> None:
+def check_settings(cfg: TrainConfig, processes: int | None = None, check_memory: bool = True) -> None:
     from resbench.data.facts import dataset_spec
     from resbench.device import distributed, hotpath, memory
     from resbench.models.resnet import architecture
@@ -62,12 +66,13 @@ def check_settings(cfg: TrainConfig) -> None:
                          f"{cfg.data_name} ({num_train} images)")
     device = resolve_device(cfg.device)
     precision = precision_for(cfg.mixed_precision, device)
-    world_size = distributed.launched_world().world_size
+    world_size = processes or distributed.launched_world().world_size
     if cfg.batch_size % world_size:
         raise ValueError(f"--batch_size {cfg.batch_size} does not split evenly over {world_size} processes; "
                          f"use a multiple of {world_size}")
-    memory.check_training_fits(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size,
-                               cfg.batch_size // world_size, precision, device)
+    if check_memory:
+        memory.check_training_fits(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size,
+                                   cfg.batch_size // world_size, precision, device)
     check_bn_groups(cfg, world_size)
     if cfg.sync_bn and device.type != "cuda":
         raise ValueError("--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm); leave it off on CPU")
