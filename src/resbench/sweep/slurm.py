@@ -120,7 +120,8 @@ def output_pattern(log_dir: Path) -> str:
 
 def directives(count: int, options: dict[str, str | None], log_dir: Path, gpus_per_run: int,
                stop_before_limit_s: int) -> list[str]:
-    """The `#SBATCH` lines: the sweep's own options, then the user's, every value quoted."""
+    """The `#SBATCH` lines: the sweep's own options, then the user's, every value quoted; `gpus_per_run`:
+    the GPUs each task asks for (none for runs of CPU processes)."""
     asked = {"array": f"0-{count - 1}", "chdir": script_path(Path.cwd(), "the folder the sweep runs in"),
              "output": output_pattern(log_dir), "open-mode": "append", "job-name": JOB_NAME,
              "signal": f"TERM@{stop_before_limit_s}", **options}
@@ -133,8 +134,11 @@ def directives(count: int, options: dict[str, str | None], log_dir: Path, gpus_p
 def sbatch_script(runs: list[PlannedRun], options: dict[str, str | None], log_dir: Path, gpus_per_run: int,
                   stop_before_limit_s: int = STOP_BEFORE_LIMIT_S) -> str:
     """The job array: task i trains run i through `sweep.slurm_task` (which skips a finished run, appends
-    the run's output to its stdout.log and requeues the task when a signal stopped it). It runs in the
-    folder the sweep was started in, where the runs' relative paths point."""
+    the run's output to its stdout.log and requeues the task when a signal stopped it), a torchrun of its
+    processes where it has several. It runs in the folder the sweep was started in, where the runs'
+    relative paths point."""
+    if all(run.config.device == "cpu" for run in runs):  # --gpus_per_run N CPU processes: no GPU to ask for
+        gpus_per_run = 0
     cases = []
     for i, run in enumerate(runs):
         save = shlex.quote(script_path(run.save, "the run folder"))
