@@ -82,6 +82,7 @@ def test_each_packed_run_trains_as_it_would_alone():
 def test_runs_that_decide_per_run_are_not_packed():
     assert packed.packable(TrainConfig(optim_global_clipping=1.0), "fp32")
     assert packed.packable(TrainConfig(), "fp16")
+    assert packed.packable(TrainConfig(bn_groups=2), "fp32")
     assert packed.packable(TrainConfig(), "bf16") is None
 
 
