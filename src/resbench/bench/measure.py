@@ -259,7 +259,7 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "data_name": cfg.data_name, "depth": cfg.resnet_depth, "width": cfg.resnet_width,
-        "batch_size": cfg.batch_size, "precision": precision,
+        "batch_size": cfg.batch_size, "precision": precision, "bn_groups": cfg.bn_groups,
         "compile": hotpath.use_compile(cfg.compile, device, cfg.optim_ni),
         "compile_choice": hotpath.parse_compile(cfg.compile), "optim_ni": cfg.optim_ni,  # the run it mirrors
         "warmup": warmup, "iters": iters, "windows": windows,
@@ -355,8 +355,7 @@ def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[s
         "ms_per_step": record["ms_per_step"], "eval_images_per_sec": eval_rate,
         "warmup_seconds": record["warmup_seconds"], "peak_memory_mb": record["peak_memory_mb"],
         "train_minutes": train_minutes, "eval_minutes": eval_minutes,
-        "run_minutes": setup_minutes + train_minutes + eval_minutes,
-        "bn_groups": cfg.bn_groups,
+        "run_minutes": setup_minutes + train_minutes + eval_minutes, "bn_groups": cfg.bn_groups,
         "reference_minutes": None if reference is None else reference.minutes_for(cfg.optim_ni, cfg.batch_size),
         "reference_devices": None if reference is None else reference.devices,
     }

@@ -98,7 +98,9 @@ GRID_HEADER = "| " + " | ".join(GRID_COLUMNS) + " |\n|" + " --- |" * len(GRID_CO
 
 def grid_line(row: dict[str, Any]) -> str:
     """One row of the grid table (markdown), printed as soon as the row is measured."""
-    cells = (row["data_name"], row["depth"], row["width"], row["precision"] + (" compiled" if row["compile"] else ""),
+    groups = f", {row['bn_groups']} BatchNorm groups" if row.get("bn_groups", 1) > 1 else ""
+    cells = (row["data_name"], row["depth"], row["width"],
+             row["precision"] + (" compiled" if row["compile"] else "") + groups,
              f"{row['images_per_sec']:,.1f}", f"{row['ms_per_step']:.1f}", f"{row['eval_images_per_sec']:,.0f}",
              f"{row['warmup_seconds']:.0f}", f"{row['train_minutes']:,.1f}", f"{row['eval_minutes']:,.1f}",
              f"{row['run_minutes']:,.1f}", reference_cell(row))
@@ -127,11 +129,12 @@ def grid_total(result: dict[str, Any]) -> str:
 
 def format_table(record: dict[str, Any]) -> str:
     """The record as an aligned two-column table, for people."""
+    groups = f", {record['bn_groups']} BatchNorm groups" if record.get("bn_groups", 1) > 1 else ""
     rows = [
         ("device", f"{record['device']}, {record['threads']} threads, torch {record['torch']}"),
         ("configuration", f"{record['data_name']} depth {record['depth']} width {record['width']} "
                           f"batch {record['batch_size']} {record['precision']}"
-                          f"{' compiled' if record['compile'] else ''}"),
+                          f"{' compiled' if record['compile'] else ''}{groups}"),
         ("mirrors", f"a run of {record['optim_ni']:,} iterations, which `train --compile {record['compile_choice']}` "
                     f"{'compiles' if record['compile'] else 'runs eager'} (--optim_ni N mirrors another length)"),
         ("images/s", f"{record['images_per_sec']:.1f} (median of {record['windows']} windows, "
