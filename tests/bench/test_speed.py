@@ -75,20 +75,20 @@ def steps_with_a_skip(device: torch.device, steps: int, skip: int | None,
     model = hotpath.prepare_model(resnet(8), device)
     with mock.patch.object(hotpath, "fused_sgd_available", lambda device: fused):
         optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, device)
-    scaler, skipped = ConstantLossScale(device, enabled=True), torch.zeros((), device=device)
+    scaler = ConstantLossScale(device, enabled=True)
     x, y = batches(device, count=1)[0]
     autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         for step in range(steps):
             hook = model.fc.weight.register_hook(lambda g: torch.full_like(g, float("inf"))) if step == skip else None
-            train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast, skipped=skipped)
+            train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast)
             if hook:
                 hook.remove()
     finally:
         torch.use_deterministic_algorithms(False)
     momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
-    return [p.detach().clone() for p in model.parameters()], momentum, scaler, skipped.item()
+    return [p.detach().clone() for p in model.parameters()], momentum, scaler, scaler.skipped_updates()
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])

@@ -193,6 +193,24 @@ def test_the_reference_is_shipped_and_agrees_with_the_package():
     assert "docs/reference/" in readme and (docs / "recipe.md").is_file()
 
 
+def test_the_imagenet_reference_is_shipped_and_agrees_with_the_package():
+    """docs/reference/imagenet-x.md's tables of the logs are the package's ImageNet rows (imagenet_results.tsv)."""
+    from resbench.results.reference import imagenet_rows
+
+    text = (REPO / "docs" / "reference" / "imagenet-x.md").read_text()
+    assert "[imagenet-x.md](imagenet-x.md)" in (REPO / "docs" / "reference" / "README.md").read_text()
+    logged = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[0].startswith("ImageNet1k") and cells[2] == "1e-4":
+            logged[(cells[0], int(cells[1]))] = (cells[3].split()[0], cells[4], cells[5], int(cells[6]), cells[7])
+    assert {key: value[1:] for key, value in logged.items()} == {
+        (r.data_name, r.depth): (f"{r.tst_nll:.3f}", f"{r.wall_min / 60:.2f}", r.devices, f"{r.params:,}")
+        for r in imagenet_rows()}
+    for row in imagenet_rows():  # the README's val/acc, the log's to 4 decimals; tst/acc is the same figure here
+        assert round(float(logged[(row.data_name, row.depth)][0]), 3) == row.val_acc == row.tst_acc
+
+
 def test_the_readmes_python_imports_name_what_the_package_has():
     """The README's Python API is copied as written: each of its imports must resolve (and the model
     builder it shows must be the function, not its module)."""

@@ -256,6 +256,17 @@ def test_a_crafted_checkpoint_is_one_line_before_it_is_scored(tmp_path, capsys, 
     assert err.startswith(f"error: {tmp_path / 'best.pt'}") and message in err and err.count("\n") == 1
 
 
+def test_a_last_pt_of_a_config_whose_bn_groups_split_no_batch_is_one_line(tmp_path, capsys):
+    """last.pt's BatchNorm statistics follow from the images per group: a config.json's bn_groups is bounded."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "batch_size": 16, "bn_groups": 10**9,
+         "data_root": "unused"}))
+    torch.save({"model": resnet(8, 1, num_classes=10).state_dict(), "optimizer": {}}, tmp_path / "last.pt")
+    assert main(["eval", "--ckpt", str(tmp_path / "last.pt"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'config.json'}: bn_groups 1000000000 does not split the "
+                                       "batch 16 of 1 rank(s); was it written by resbench train?\n")
+
+
 def test_a_checksum_file_that_is_a_fifo_is_refused_without_blocking(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(
         {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "data_root": "unused"}))

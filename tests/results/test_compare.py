@@ -16,7 +16,14 @@ import torch
 from reference_runs import write_reference_run
 from resbench.results.compare import as_json, match_runs, render_markdown
 from resbench.results.noise import noise_model
-from resbench.results.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
+from resbench.results.reference import (
+    REFERENCE_SETTINGS,
+    find_reference_run,
+    imagenet_rows,
+    reference_rows,
+    reference_runs,
+    seed_runs,
+)
 from resbench.results.stats import spread, t_quantile
 from resbench.results.table import selected_figures
 from resbench.runs.reader import find_run_folders as find_trained_runs
@@ -37,7 +44,7 @@ def compared(*paths: Path):
 # ---------------------------------------------------------------- the shipped logs
 
 def test_the_shipped_logs_hold_the_104_reference_runs_and_agree_with_the_published_table():
-    runs = reference_runs()
+    runs = seed_runs()
     assert len(runs) == 104 and all(len(run.records) == 48 for run in runs.values())
     assert sorted({key[3] for key in runs}) == [0.0001, 0.0003, 0.001, 0.003]
     assert [r["iter"] for r in reference().records] == list(range(1000, 48001, 1000))
@@ -52,6 +59,46 @@ def test_the_shipped_logs_hold_the_104_reference_runs_and_agree_with_the_publish
             at = runs[(row.data_name, 56, 1, 0.001, "fp32")].at(45000)
             logged = (at["val_acc"], at["tst_acc"], at["tst_nll"])
         assert logged == pytest.approx((row.val_acc, row.tst_acc, row.tst_nll), abs=0.00051), row
+
+
+IMAGENET_R18 = ("ImageNet1k_x32", 18, 1, 0.0001, "fp16")
+
+
+def test_the_shipped_imagenet_logs_hold_its_7_runs_and_agree_with_its_published_rows():
+    """imagenet-x.md: six published rows (the README's val/acc; tst/nll and wall time from the logs) and a seventh
+    log (R50 at wd 3e-4); 34.2 hours of wall time on 2-4 GPUs, 113 GPU-hours."""
+    runs = {key: run for key, run in reference_runs().items() if key not in seed_runs()}
+    assert len(runs) == 7 and all([r["iter"] for r in run.records] == list(range(1000, 128001, 1000))
+                                  for run in runs.values())
+    for row in imagenet_rows():
+        run = runs[(row.data_name, row.depth, row.width, row.weight_decay, row.precision)]
+        best = run.best()
+        assert (best["val_acc"], best["tst_acc"], best["tst_nll"]) == pytest.approx(
+            (row.val_acc, row.tst_acc, row.tst_nll), abs=0.00051), row
+        assert run.records[-1]["elapsed_s"] / 60 == pytest.approx(row.wall_min, abs=0.05)
+        assert (run.batch_size, run.optim_ni, run.optim_lr, run.devices) == (1024, 128_000, 0.4, row.devices)
+        assert row.devices == (2 if row.data_name == "ImageNet1k_x32" else 4)
+    assert sum(row.wall_min for row in imagenet_rows()) / 60 == pytest.approx(34.2, abs=0.05)
+    assert sum(row.wall_min * row.devices for row in imagenet_rows()) / 60 == pytest.approx(113, abs=0.5)
+    assert sum(math.isinf(r["g_norm"]) or math.isnan(r["g_norm"]) for r in runs[IMAGENET_R18].records) > 90
+
+
+def test_an_imagenet_run_of_the_references_own_figures_is_consistent_and_says_its_noise_is_borrowed(tmp_path, cli):
+    """Its windows are the 128k schedule's, its nan/inf g_norm windows are no divergence, and every verdict says
+    that the noise model is the CIFAR/TinyImageNet runs' (one fp16 log per ImageNet cell calibrates nothing)."""
+    write_reference_run(tmp_path / "run", reference(IMAGENET_R18))
+    [cell] = json.loads(cli("compare", tmp_path / "run", "--json", check=True).stdout)["cells"]
+    assert cell["verdict"]["status"] == "consistent" and cell["verdict"]["calibrated"] is False
+    assert [t["window"] for t in cell["tests"] if t["metric"] == "val_acc"] == [
+        [1000, 10000], [11000, 32000], [33000, 64000], [65000, 96000], [97000, 128000]]
+    text = cli("compare", tmp_path / "run", "--brief", check=True).stdout
+    assert "consistent with the reference (12 tests" in text and "not calibrated here" in text
+    assert find_reference_run("ImageNet1k_x32", 18, 1, "fp16", {}) == (
+        "other settings: batch_size 256 (the reference's: 1024); optim_ni 48000 (the reference's: 128000); "
+        "optim_lr 0.1 (the reference's: 0.4)")
+    assert find_reference_run("ImageNet1k_x32", 50, 1, "fp16", {"batch_size": 1024, "optim_ni": 128_000,
+                                                               "optim_lr": 0.4}) == (
+        "optim_weight_decay 0.001 (the reference's sweep: 0.0001, 0.0003)")
 
 
 def test_the_reference_settings_are_the_trainers_defaults():

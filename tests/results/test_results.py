@@ -17,7 +17,7 @@ from test_sweep import DIGITS_GRID, plan_lines
 
 from conftest import fails_if_blocked
 from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
-from resbench.results.reference import reference_rows
+from resbench.results.reference import imagenet_rows, reference_rows
 from resbench.results.table import render_tables
 
 # ---------------------------------------------------------------- hand-written summaries and golden tables
@@ -107,6 +107,8 @@ def test_a_set_that_validates_on_its_test_set_says_so_under_its_table_only():
                                          "set), as the reference does; its val/acc is a test accuracy and its best "
                                          "checkpoint is chosen on the test set (test-set selection, as `resbench table "
                                          "--selection test` names it).")
+
+
 def test_a_table_of_two_runs_keeps_its_intervals_within_what_a_figure_can_be_and_flags_them():
     """n = 2 printed `tst/acc 0.944 ± 0.079 [0.239, 1.650]` and NLL intervals below 0 (issue 39)."""
     runs = [summary("CIFAR10_x32", 20, 1, "fp32", 272_464, 0.95, tst, nll, seed=seed)
@@ -116,6 +118,25 @@ def test_a_table_of_two_runs_keeps_its_intervals_within_what_a_figure_can_be_and
     assert text.endswith("\n† n = 2: the interval of 2 runs spans ±12.7 standard errors (Student's t, 1 degree of "
                          "freedom) and says little; 3 runs or more narrow it.")
     assert "†" not in render_tables(seeds_and_compare_summaries())  # n = 3: no mark
+
+
+IMAGENET_X32_BESIDE_THE_REFERENCE = """\
+### ImageNet1k_x32
+| Depth | Width | # Params |                   val/acc |                   tst/acc |                   tst/nll | misc
+|    -: |    -: |       -: |                       :-: |                       :-: |                       :-: | :-
+|    18 |     1 |  11.68 M | 0.546 (ref 0.546, +0.000) | 0.546 (ref 0.546, +0.000) | 2.103 (ref 2.103, +0.000) | fp16 (1.1 hrs; ref 2.1 hrs on 2 GPUs)
+|    34 |     1 |  21.79 M | 0.573 (ref 0.573, +0.000) | 0.573 (ref 0.573, +0.000) | 2.102 (ref 2.102, +0.000) | fp16 (2.0 hrs; ref 3.9 hrs on 2 GPUs)
+|    50 |     1 |  25.55 M | 0.613 (ref 0.613, +0.000) | 0.613 (ref 0.613, +0.000) | 1.946 (ref 1.946, +0.000) | fp16 (2.8 hrs; ref 5.7 hrs on 2 GPUs)"""
+
+
+def test_table_puts_the_published_imagenet_rows_beside_ours():
+    """Ours with the reference's figures and half its wall time: the published row (its README's val/acc,
+    tst/acc the same since validation is the test set, its log's tst/nll) and its hours on its 2 GPUs."""
+    config = {"seed": 42, "batch_size": 1024, "optim_ni": 128_000, "optim_lr": 0.4, "optim_weight_decay": 1e-4}
+    summaries = [{**summary(r.data_name, r.depth, r.width, r.precision, r.params, r.val_acc, r.tst_acc, r.tst_nll,
+                            wall_seconds=r.wall_min * 30), "config": config}
+                 for r in imagenet_rows()[::-1] if r.data_name == "ImageNet1k_x32"]
+    assert render_tables(summaries, compare=True) == IMAGENET_X32_BESIDE_THE_REFERENCE
 
 
 TINY_WITH_TWO_RUN_LENGTHS = """\

@@ -383,7 +383,7 @@ def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
     from resbench.sweep.slurm import sbatch_script, slurm_options
 
     monkeypatch.chdir(tmp_path)
-    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
+    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"], processes=4)
     script = sbatch_script([run], slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", 4)
     assert "#SBATCH --gres=gpu:4\n" in script and "#SBATCH --partition=gpu\n" in script
     assert "#SBATCH --cpus-per-task=16\n" in script and f"#SBATCH --chdir={tmp_path}\n" in script
@@ -408,3 +408,21 @@ def test_ray_from_a_folder_whose_path_is_not_utf8_is_named_as_the_cause(tmp_path
     with pytest.raises(ResbenchError, match=r"Ray cannot run a sweep from .*/runs\\udcff: the folder's path is not "
                                             "UTF-8; run it from another folder"):
         ray_cluster.run_on_ray([], None, 1, 0)
+
+
+def test_a_slurm_task_of_a_two_process_run_is_one_torchrun_and_finishes(slurm, tmp_path):
+    """`--gpus_per_run 2` with `--device cpu`: the script (shown by --dry_run) asks for no GPU and runs a torchrun
+    of 2 CPU processes (gloo) as the task's job step, on the single-node SLURM."""
+    write_grid(tmp_path, [1], 4)
+    argv = ["sweep", "--grid", "grid.toml", "--runs_dir", "runs", "--launcher", "slurm", "--gpus_per_run", "2"]
+    train = ["--", *TINY, "--device", "cpu"]
+    dry = resbench_in_process(*argv, "--dry_run", *train, cwd=tmp_path, env={**cli_env(), **slurm.env},
+                              check=True).stdout
+    script = dry.split("the job array sbatch would get:\n", 1)[1]
+    assert "--gres" not in script and " -m torch.distributed.run --standalone --nproc_per_node 2 -m resbench train " \
+        in script and "[2 processes (torchrun)]" in dry
+    resbench_in_process(*argv, *train, cwd=tmp_path, env={**cli_env(), **slurm.env}, check=True)
+    [run] = run_folders(tmp_path)
+    wait_for(lambda: (run / "summary.json").is_file(), LIMIT, "the two-process task")
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    wait_for(lambda: slurm.queue() == [], LIMIT, "the task to end")

@@ -103,7 +103,7 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
         for p, d, b in zip(expected, decayed, bufs):
             b.mul_(0.9).add_(d * min(1.0, clip / norm))
             p.sub_(lr * b)
-        _, gnorm = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
+        _, gnorm, _ = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
                               torch.autocast("cpu", enabled=False), measure_grad_norm=True)
         assert gnorm == pytest.approx(norm, rel=1e-5)  # the norm of g + wd·p, before clipping
         for (name, p), e in zip(model.named_parameters(), expected):
@@ -126,6 +126,9 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
     (dict(threads=10**12), "--threads must be from 1 to 4096"),
     (dict(optim_global_clipping=float("inf")), "--optim_global_clipping must be a positive finite number"),
     (dict(data_root="data\0x"), "--data_root holds a NUL character"),
+    (dict(bn_groups=0), "--bn_groups must be a positive integer"),
+    (dict(bn_groups=3), "--bn_groups 3 does not split 256 images evenly; use a divisor of 256"),
+    (dict(bn_groups=2, sync_bn=True), "--bn_groups .* and --sync_bn .* contradict each other"),
 ])
 def test_bad_settings_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -136,6 +139,7 @@ def test_default_run_name():
     assert default_run_name(TrainConfig()) == "R20x1-b256-i48k-lr0.1-wd0.001-s42"
     cfg = TrainConfig(resnet_depth=18, optim_ni=500, mixed_precision="bf16", device="cpu")
     assert default_run_name(cfg) == "R18x1-b256-i500-lr0.1-wd0.001-s42-bf16"
+    assert default_run_name(TrainConfig(bn_groups=2)) == "R20x1-b256-i48k-lr0.1-wd0.001-s42-bng2"
 
 
 SEED_COMMAND = ("--data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --batch_size 256 --optim_ni 48000 "

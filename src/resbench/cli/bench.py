@@ -19,7 +19,8 @@ from resbench.settings.config import ConfigError, TrainConfig
 from resbench.settings.flags import add_setting_flag
 
 # Flags that describe one configuration; with --grid, the grid's rows give them.
-CONFIG_FLAGS = ("data_name", "data_root", "resnet_depth", "resnet_width", "batch_size", "mixed_precision")
+CONFIG_FLAGS = ("data_name", "data_root", "resnet_depth", "resnet_width", "batch_size", "mixed_precision",
+                "bn_groups")
 # Where a train setting means something else to bench, its help says so; the others read as train's.
 BENCH_HELP = {
     "data_name": "dataset whose image shape and class count to generate",
@@ -44,10 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                                "costs.")
     for name in CONFIG_FLAGS:  # left out of the namespace when not given, so that --grid can refuse them
         add_setting_flag(parser, name, help=BENCH_HELP.get(name))
-    parser.add_argument("--grid", metavar="seed|FILE.toml", default=None,
-                        help="time every row of a sweep grid instead (seed: the 26 rows of the published table, or "
-                             "a grid file): images/s and minutes per run, evaluations and warm-up included, "
-                             "and the total")
+    parser.add_argument("--grid", metavar="seed|wd|imagenet|FILE.toml", default=None,
+                        help="time every row of a sweep grid instead (seed: the 26 rows of the published table; "
+                             "imagenet: its six ImageNet rows, on this one device with the reference's per-device "
+                             "BatchNorm as --bn_groups; or a grid file): images/s and minutes per run, evaluations "
+                             "and warm-up included, beside the reference's wall time of the rows it ran, and the "
+                             "total")
     defaults = TrainConfig()
     add_setting_flag(parser, "compile", help=BENCH_HELP["compile"])  # left out when not given: --quick decides
     for name in ("optim_ni", "device", "threads"):
@@ -113,34 +116,49 @@ def run_grid_command(args: argparse.Namespace) -> int:
 
 
 GRID_COLUMNS = ("data_name", "depth", "width", "precision", "images/s", "ms/step", "eval img/s",
-                "warm-up s", "train min", "eval min", "run min")
+                "warm-up s", "train min", "eval min", "run min", "reference min")
 GRID_HEADER = "| " + " | ".join(GRID_COLUMNS) + " |\n|" + " --- |" * len(GRID_COLUMNS)
 
 
 def grid_line(row: dict[str, Any]) -> str:
     """One row of the grid table (markdown), printed as soon as the row is measured."""
-    cells = (row["data_name"], row["depth"], row["width"], row["precision"] + (" compiled" if row["compile"] else ""),
+    groups = f", {row['bn_groups']} BatchNorm groups" if row.get("bn_groups", 1) > 1 else ""
+    cells = (row["data_name"], row["depth"], row["width"],
+             row["precision"] + (" compiled" if row["compile"] else "") + groups,
              f"{row['images_per_sec']:,.1f}", f"{row['ms_per_step']:.1f}", f"{row['eval_images_per_sec']:,.0f}",
              f"{row['warmup_seconds']:.0f}", f"{row['train_minutes']:,.1f}", f"{row['eval_minutes']:,.1f}",
-             f"{row['run_minutes']:,.1f}")
+             f"{row['run_minutes']:,.1f}", reference_cell(row))
     return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def reference_cell(row: dict[str, Any]) -> str:
+    """What the reference's run of the row took, on how many GPUs (RTX 3090); empty where it has none."""
+    if row.get("reference_minutes") is None:
+        return ""
+    gpus = row["reference_devices"]
+    return f"{row['reference_minutes']:,.1f} on {gpus} GPU{'s' if gpus > 1 else ''}"
 
 
 def grid_total(result: dict[str, Any]) -> str:
     total = result["total_minutes"]
+    ran = [row for row in result["rows"] if row.get("reference_minutes") is not None]
+    reference = (f"; the reference took {result['reference_minutes'] / 60:,.2f} h of wall time for the {len(ran)} of "
+                 f"them it ran, on {'-'.join(map(str, sorted({row['reference_devices'] for row in ran})))} RTX 3090 "
+                 "per run" if ran else "")
     return (f"{result['device']}, {count(result['threads'], 'thread')}, torch {result['torch']}: "
-            f"{len(result['rows'])} runs of grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h "
-            "(measured rates × each run's steps and evaluation images, plus the measured warm-up; warm-up "
-            f"{result['warmup']} steps, {result['windows']} windows of {result['iters']})")
+            f"{len(result['rows'])} runs of grid {result['grid']} take {total:,.1f} min = {total / 60:,.2f} h on this "
+            "one device (measured rates × each run's steps and evaluation images, plus the measured warm-up; warm-up "
+            f"{result['warmup']} steps, {result['windows']} windows of {result['iters']}){reference}")
 
 
 def format_table(record: dict[str, Any]) -> str:
     """The record as an aligned two-column table, for people."""
+    groups = f", {record['bn_groups']} BatchNorm groups" if record.get("bn_groups", 1) > 1 else ""
     rows = [
         ("device", f"{record['device']}, {count(record['threads'], 'thread')}, torch {record['torch']}"),
         ("configuration", f"{record['data_name']} depth {record['depth']} width {record['width']} "
                           f"batch {record['batch_size']} {record['precision']}"
-                          f"{' compiled' if record['compile'] else ''}"),
+                          f"{' compiled' if record['compile'] else ''}{groups}"),
         ("mirrors", f"a run of {record['optim_ni']:,} iterations, which `train --compile {record['compile_choice']}` "
                     f"{'compiles' if record['compile'] else 'runs eager'} (--optim_ni N mirrors another length)"),
         ("images/s", f"{record['images_per_sec']:.1f} (median of {count(record['windows'], 'window')}, "

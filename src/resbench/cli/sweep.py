@@ -9,7 +9,7 @@ from resbench.device import cpus
 from resbench.errors import ResbenchError
 from resbench.sweep.cluster import check_outputs, launch_dir, own_launch_dir
 from resbench.sweep.grid import READY_GRIDS, load_grid, with_seeds
-from resbench.sweep.local import execute_all
+from resbench.sweep.local import execute_all, gpu_slots
 from resbench.sweep.plan import data_to_prepare, describe_plan, plan_runs, time_estimate
 from resbench.sweep.ray_cluster import run_on_ray
 from resbench.sweep.slurm import STOP_BEFORE_LIMIT_S, sbatch_script, slurm_options, submit
@@ -25,7 +25,7 @@ def train_flags(remainder: list[str]) -> list[str]:
 
 # Flags that mean something to one launcher only: given to another, they would be ignored.
 LAUNCHER_OF_FLAG = {"--slurm": ("slurm",), "--stop_before_limit_s": ("slurm",), "--address": ("ray",),
-                    "--cpus_per_run": ("ray",), "--jobs": ("local",), "--gpus_per_run": ("slurm", "ray")}
+                    "--cpus_per_run": ("ray",), "--jobs": ("local",)}
 MAX_SIGNAL_SECONDS = 65535  # the most sbatch's --signal=SIG@TIME takes
 
 
@@ -44,26 +44,36 @@ def check_launcher_flags(args: argparse.Namespace) -> None:
                                 f"{args.launcher}")
 
 
+def processes_per_run(args: argparse.Namespace) -> int:
+    """The data-parallel processes of each run: one per GPU of --gpus_per_run, at least one."""
+    return max(args.gpus_per_run, 1)
+
+
 def threads_per_run(args: argparse.Namespace) -> int | None:
-    """The --threads each run gets unless its train flags set them: runs at once share the cores (local
-    --jobs N), a Ray task uses the CPUs it reserves; under SLURM, the trainer's default (its allocation)."""
+    """The --threads each process of a run gets unless its train flags set them: the processes at once share
+    the cores (local --jobs N, each run's --gpus_per_run processes), a Ray task's processes the CPUs it
+    reserves; under SLURM, the trainer's default (its allocation)."""
+    processes = processes_per_run(args)
     if args.launcher == "ray":
-        return args.cpus_per_run
-    return cpus.threads_per_job(args.jobs) if args.launcher == "local" and args.jobs > 1 else None
+        return max(1, args.cpus_per_run // processes)
+    at_once = args.jobs * processes
+    return cpus.threads_per_job(at_once) if args.launcher == "local" and at_once > 1 else None
 
 
 def run(args: argparse.Namespace) -> int:
     check_launcher_flags(args)
     options = slurm_options(args.slurm or [])
     source = f"{args.grid} grid" if args.grid in READY_GRIDS else f"grid {args.grid}"
-    threads = threads_per_run(args)
-    grid = with_seeds(load_grid(args.grid), args.seeds, source)
-    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads, check=not args.status)
+    threads, processes = threads_per_run(args), processes_per_run(args)
+    grid = with_seeds(load_grid(args.grid, processes), args.seeds, source)
+    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads, check=not args.status,
+                     processes=processes, here=args.launcher == "local")
     if args.status:
         print(status_report(runs))
         return 0
     todo = [run for run in runs if run.state != "finished"]
     check_outputs(todo)
+    slots = gpu_slots(args.jobs, args.gpus_per_run) if args.launcher == "local" and todo else None
     # Written (and so checked: every path and option) before anything is printed or submitted.
     script = sbatch_script(todo, options, own_launch_dir(args.runs_dir, create=False), args.gpus_per_run,
                            args.stop_before_limit_s) if args.launcher == "slurm" and todo else None
@@ -77,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.launcher == "local" and (busy := cpus.busy_warning(threads=todo[0].config.threads)):
         print(busy, flush=True)  # (not for a plan: the machine's load then is not the runs' load)
-    return launch(todo, script, args)
+    return launch(todo, script, args, slots)
 
 
 def print_dry_run(todo: list, script: str | None, jobs: int) -> None:
@@ -88,8 +98,9 @@ def print_dry_run(todo: list, script: str | None, jobs: int) -> None:
         print(f"the job array sbatch would get:\n{script}", end="", flush=True)
 
 
-def launch(todo: list, script: str | None, args: argparse.Namespace) -> int:
-    """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report."""
+def launch(todo: list, script: str | None, args: argparse.Namespace, slots=None) -> int:
+    """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report. `slots`: the
+    GPUs of the local runs at once (local.gpu_slots)."""
     if script is not None:
         job = submit(todo, script, args.runs_dir)
         print(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script and output are in "
@@ -98,7 +109,7 @@ def launch(todo: list, script: str | None, args: argparse.Namespace) -> int:
     if args.launcher == "ray":
         failures = run_on_ray(todo, args.address, args.cpus_per_run, args.gpus_per_run)
     else:
-        failures = execute_all(todo, args.jobs)
+        failures = execute_all(todo, args.jobs, slots)
     print(f"sweep: {len(todo) - len(failures)} of {len(todo)} runs finished", flush=True)
     for run, reason in failures:
         print(f"  failed: {run.save} ({reason})")
@@ -141,7 +152,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="--launcher ray: the Ray cluster's address (HOST:PORT, ray://HOST:PORT or auto); "
                         "without it a local cluster is started")
     p.add_argument("--gpus_per_run", type=int, default=0,
-                   help="GPUs each run uses (slurm, ray); more than 1 trains the run data parallel under torchrun")
+                   help="GPUs each run trains on, one process each, data parallel under torchrun when more than 1 "
+                        "(with --device cpu among the train flags, as many CPU processes, gloo). local: the runs at "
+                        "once get disjoint GPUs; slurm: each array task asks for them (gres); ray: each task "
+                        "reserves them on one node. --grid imagenet keeps the reference's per-device BatchNorm "
+                        "(2 GPUs at 32 px, 4 at 64 px) whatever N divides them, with --bn_groups for the rest")
     p.add_argument("--cpus_per_run", type=int, default=1, help="--launcher ray: CPUs each run reserves (its --threads)")
     p.add_argument("--status", action="store_true",
                    help="the state of every run of the grid (finished, running, queued, stopped, failed, new), "

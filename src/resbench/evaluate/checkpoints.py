@@ -99,6 +99,7 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_
     its number of ranks (one saved set of buffers per rank) and --sync_bn.
     """
     batch_size, sync_bn = config.get("batch_size"), config.get("sync_bn", False)
+    groups = config.get("bn_groups", 1)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunFolderError(f"{ckpt.parent / schema.CONFIG} lacks a valid batch_size, which last.pt's "
                               "BatchNorm statistics need; was it written by resbench train?")
@@ -107,7 +108,10 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_
         raise RunFolderError(f"{ckpt} holds rank_buffers that are not a list of each rank's statistics; "
                              "only load checkpoints written by resbench")
     world = World(world_size=max(1, len(rank_buffers)))
-    counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn))
+    if not isinstance(groups, int) or isinstance(groups, bool) or not 1 <= groups <= batch_size // world.world_size:
+        raise RunFolderError(f"{ckpt.parent / schema.CONFIG}: bn_groups {groups!r} does not split the batch "
+                             f"{batch_size} of {world.world_size} rank(s); was it written by resbench train?")
+    counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn), groups)
     bnstats.convert([(module, counts[name]) for name, module in bnstats.batchnorms(model)], to_reference=True)
 
 

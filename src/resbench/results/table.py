@@ -43,7 +43,8 @@ SELECTIONS = {"val": "best val", "last": "last", "test": "best test"}
 # Column headers of the settings that tell rows apart, in this order; others after, by name.
 SETTING_LABELS = {"batch_size": "batch", "optim_ni": "iters", "optim_lr": "lr", "optim_momentum": "momentum",
                   "optim_weight_decay": "wd", "optim_label_smoothing": "smoothing", "optim_global_clipping": "clip",
-                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn"}
+                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn",
+                  "bn_groups": "BN groups"}
 MINUS = "\u2212"
 MISSING = "n/a"  # a cell none of whose runs has the figure (every one diverged before its first evaluation)
 INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean, clipped to what the figure can be: "
@@ -257,7 +258,9 @@ def misc_cell(row: Row, show_precision: bool, ref: ReferenceRun | None, selectio
     if first and show_precision:
         hours = f"{row.hours():.1f} hrs"
         if ref is not None:
-            hours += f"; ref {table_reference(ref).wall_min / 60:.1f} hrs"
+            published = table_reference(ref)
+            hours += f"; ref {published.wall_min / 60:.1f} hrs" + (
+                f" on {published.devices} GPUs" if published.devices > 1 else "")
         parts.append(f"{row.precision} ({hours})")
     if first and len(row.runs) > 1:
         parts.append(f"n={len(row.runs)}")

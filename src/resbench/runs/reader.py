@@ -25,6 +25,7 @@ from resbench.settings.config import (
     LEGACY_TYPES,
     PRECISION_OF_FLAG,
     RESUMABLE_CHANGES,
+    SETTING_DEFAULTS,
     ConfigError,
     TrainConfig,
     canonical,
@@ -212,7 +213,7 @@ class Run:
 
     def settings(self) -> dict[str, Any]:
         """The run's settings that could make it a table row of its own."""
-        return {k: v for k, v in self.config.items() if k not in NOT_ROW_SETTINGS}
+        return {k: v for k, v in {**SETTING_DEFAULTS, **self.config}.items() if k not in NOT_ROW_SETTINGS}
 
     @functools.cached_property
     def data_problem(self) -> str | None:
@@ -301,6 +302,7 @@ def last_iteration(folder: Path) -> int:
 
 def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
     """Refuse to continue or reuse a run folder whose saved settings differ in anything that changes a number."""
+    saved = {**SETTING_DEFAULTS, **saved}  # a setting added since the run started: the default it ran with
     differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
                  for key in sorted(set(saved) | set(wanted))
                  if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]

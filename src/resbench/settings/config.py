@@ -13,7 +13,7 @@ import functools
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: str = "auto"  # auto | true | false; auto: where the run repays the compile time
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
+    bn_groups: int = 1  # BatchNorm statistics over this many groups of each device's batch, as on as many devices
     deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
     tensorboard: bool = False  # also write the evaluation records as TensorBoard scalars
     threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
@@ -64,6 +65,9 @@ class TrainConfig:
     def precision(self) -> str:
         return precision_for(self.mixed_precision, resolve_device(self.device))
 
+
+# Every setting's default: what a run folder saved before the setting existed ran with.
+SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
 
 # Settings that change where and how a run computes, not what: a run may resume with them changed
 # (a sweep resumed with another --jobs gives its runs another --threads). Two of them change the
@@ -159,6 +163,8 @@ def default_run_name(cfg: TrainConfig, precision: str | None = None) -> str:
     precision = precision or named_precision(cfg)
     if precision != "fp32":
         name += f"-{precision}"
+    if cfg.bn_groups != 1:
+        name += f"-bng{cfg.bn_groups}"
     if cfg.deterministic:
         name += "-det"
     return name

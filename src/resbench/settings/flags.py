@@ -136,13 +136,17 @@ FLAG_HELP = {
     "seed": "random seed (init, data order, augmentation)",
     "data_root": "folder holding <data_name>/{train,test}_{images,labels}.npy",
     "save": "run folder (default: runs/<data_name>/<settings>); an existing one is resumed",
-    "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
+    "mixed_precision": "false | true (fp16 with the reference's constant loss scale 65,536 on CUDA, bf16 elsewhere) "
+                       "| fp16 | bf16",
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
     "compile": "auto | true | false; --compile alone means true: torch.compile the training step "
                "(auto: only for runs long enough to repay the compile time)",
     "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA); "
                "a switch: --sync_bn, or --sync_bn true/false",
+    "bn_groups": "BatchNorm batch statistics over N equal groups of each device's batch, as N devices would compute "
+                 "them (a ghost batch norm: the reference's ImageNet rows ran on 2 and 4 GPUs, `--bn_groups 2`/`4` "
+                 "on one); running statistics are the groups' average, as the devices' before each evaluation",
     "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package); "
                    "a switch: --tensorboard, or --tensorboard true/false",
     "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (slower); "
@@ -238,7 +242,7 @@ FLAG_GROUPS = {
                                   "optim_label_smoothing", "optim_global_clipping", "seed"),
     "evaluation and the run folder": ("eval_every", "save", "tensorboard"),
     "precision and speed (device, compile, threads)": ("mixed_precision", "device", "compile", "sync_bn",
-                                                       "deterministic", "threads", "data_placement"),
+                                                       "bn_groups", "deterministic", "threads", "data_placement"),
 }
 
 

@@ -1,11 +1,10 @@
-"""What the cluster launchers share: a run's command on several GPUs, and the checks and the record
-before a run is handed to a scheduler (`slurm`, `ray_cluster`)."""
+"""What the cluster launchers share: the checks and the record before a run is handed to a scheduler
+(`slurm`, `ray_cluster`)."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,14 +44,6 @@ def check_outputs(runs: list[PlannedRun]) -> None:
         except UnsafeFileError as exc:
             raise ResbenchError(f"{printable(exc.filename)}: {exc.strerror}; remove it, then start the sweep "
                                 "again") from None
-
-
-def distributed_command(run: PlannedRun, gpus_per_run: int) -> list[str]:
-    """The run's train command; on several GPUs under torchrun, one process per GPU (data parallel)."""
-    if gpus_per_run <= 1:
-        return run.command
-    return [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            str(gpus_per_run), "-m", "resbench", *run.train_args]
 
 
 def mark_submitted(run: PlannedRun, launcher: str, job: str) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from resbench.errors import ResbenchError, printable
 from resbench.files import drop_lock_file, open_own_file, take_lock
 from resbench.runs import schema
-from resbench.sweep.cluster import STOPPED_BY_SIGNAL, distributed_command, mark_submitted
+from resbench.sweep.cluster import STOPPED_BY_SIGNAL, mark_submitted
 from resbench.sweep.local import child_env
 from resbench.sweep.plan import PlannedRun, final_figures
 
@@ -108,7 +108,7 @@ def run_on_ray(runs: list[PlannedRun], address: str | None, cpus_per_run: int, g
                                               retry_exceptions=[RunStopped], name="resbench-train")
         pending = {}
         for run in runs:
-            pending[task.remote(distributed_command(run, gpus_per_run), str(run.save), os.getcwd())] = run
+            pending[task.remote(run.command, str(run.save), os.getcwd())] = run
             mark_submitted(run, "ray", ray.get_runtime_context().get_job_id())
         print(f"sweep: {len(runs)} runs submitted to Ray ({plural(cpus_per_run, 'CPU')}, {plural(gpus_per_run, 'GPU')} "
               "each)", flush=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from resbench.errors import ResbenchError, printable
 from resbench.files import replace_atomically
-from resbench.sweep.cluster import distributed_command, mark_submitted, own_launch_dir
+from resbench.sweep.cluster import mark_submitted, own_launch_dir
 from resbench.sweep.plan import CHILD_PYTHON, PACKAGE_ROOT, PlannedRun
 
 STOP_BEFORE_LIMIT_S = 120  # SIGTERM to the job step this long before the time limit: time to save last.pt
@@ -120,7 +120,8 @@ def output_pattern(log_dir: Path) -> str:
 
 def directives(count: int, options: dict[str, str | None], log_dir: Path, gpus_per_run: int,
                stop_before_limit_s: int) -> list[str]:
-    """The `#SBATCH` lines: the sweep's own options, then the user's, every value quoted."""
+    """The `#SBATCH` lines: the sweep's own options, then the user's, every value quoted; `gpus_per_run`:
+    the GPUs each task asks for (none for runs of CPU processes)."""
     asked = {"array": f"0-{count - 1}", "chdir": script_path(Path.cwd(), "the folder the sweep runs in"),
              "output": output_pattern(log_dir), "open-mode": "append", "job-name": JOB_NAME,
              "signal": f"TERM@{stop_before_limit_s}", **options}
@@ -133,12 +134,15 @@ def directives(count: int, options: dict[str, str | None], log_dir: Path, gpus_p
 def sbatch_script(runs: list[PlannedRun], options: dict[str, str | None], log_dir: Path, gpus_per_run: int,
                   stop_before_limit_s: int = STOP_BEFORE_LIMIT_S) -> str:
     """The job array: task i trains run i through `sweep.slurm_task` (which skips a finished run, appends
-    the run's output to its stdout.log and requeues the task when a signal stopped it). It runs in the
-    folder the sweep was started in, where the runs' relative paths point."""
+    the run's output to its stdout.log and requeues the task when a signal stopped it), a torchrun of its
+    processes where it has several. It runs in the folder the sweep was started in, where the runs'
+    relative paths point."""
+    if all(run.config.device == "cpu" for run in runs):  # --gpus_per_run N CPU processes: no GPU to ask for
+        gpus_per_run = 0
     cases = []
     for i, run in enumerate(runs):
         save = shlex.quote(script_path(run.save, "the run folder"))
-        command = shlex.join(script_path(part, "the train command") for part in distributed_command(run, gpus_per_run))
+        command = shlex.join(script_path(part, "the train command") for part in run.command)
         cases.append(f"  {i}) save={save}; command=({command}) ;;")
     task = shlex.join([script_path(CHILD_PYTHON[0], "the Python interpreter"), "-P", "-m", "resbench.sweep.slurm_task"])
     return "\n".join([

@@ -41,7 +41,6 @@ from resbench.runs.folder import RunFolder
 from resbench.runs.reader import check_same_config
 from resbench.settings.config import (
     TrainConfig,
-    learning_rate,
     precision_for,
     resolve_device,
     rounding_changes,
@@ -132,9 +131,8 @@ def train_loop(job: Job, state: RunState) -> None:
     progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=job.world.is_main)
     with StopSignals() as signals, contextlib.closing(progress):
         for step in range(state.step, cfg.optim_ni):
-            lr = learning_rate(step, cfg)
             is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
-            loss, grad_norm = job.step(step, lr, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
+            loss, grad_norm, lr = job.step(step, step_stats, measure_grad_norm=is_eval)
             state.step = step + 1
             meter.add(loss, state, is_eval)
             asked = signals.received is not None or job.run.output_lost or progress.output_lost
@@ -161,6 +159,7 @@ def synchronise(job: Job, state: RunState, meter: Meter, asked: bool, is_eval: b
         return False
     if logging_point:
         meter.fold(state, job.world)
+        state.skipped_steps = job.scaler.skipped_updates()
         check_finite(state.loss_sum, "the training loss", state, job.run)
     stop = distributed.any_rank(asked, job.world, job.device)
     meter.lap(state)
@@ -246,6 +245,7 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         state = restore_training_state(resume_from, job.model, job.optimizer, job.scaler, job.world,
                                        job.run.file(schema.LAST))
         state.device_type, state.precision = job.device.type, job.precision
+        job.scaler.skipped = state.skipped_steps  # the schedule's lag goes on where it was
         job.run.rewrite_metrics(state.history)
     else:
         job.run.start(job.cfg, job.params, job.device, job.precision, resolved_settings(job))
@@ -257,7 +257,7 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
                 f"{job.params:,} trainable parameters")
     if job.scaler.enabled:
         job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
-                    "gradients are not finite is skipped and counted")
+                    "gradients are not finite is skipped and counted, and delays the schedule by one step")
     return state
 
 
@@ -324,7 +324,7 @@ def save_last(job: Job, state: RunState, meter: Meter, step_stats: StepStats) ->
     start = time.perf_counter()
     state.loss_unlogged = meter.loss_sum.item()
     state.step_stats = step_stats.snapshot()
-    meter.fold_skipped(state)
+    state.skipped_steps = job.scaler.skipped_updates()
     check_finite(state.loss_sum + state.loss_unlogged, "the training loss", state, job.run)
     check_finite(weight_norm(job.model), "the weight norm", state, job.run)
     job.run.save_last(training_checkpoint(job.cfg, job.model, job.optimizer, job.scaler, state, job.world))
