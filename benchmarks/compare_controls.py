@@ -17,10 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' writer of such folders
 from reference_runs import write_reference_run  # noqa: E402
 from resbench.results.compare import match_runs  # noqa: E402
-from resbench.results.reference import reference_runs  # noqa: E402
+from resbench.results.reference import seed_runs  # noqa: E402
 from resbench.runs.reader import find_run_folders  # noqa: E402
 
-runs = reference_runs()
+runs = seed_runs()
 keys = sorted(runs)
 
 def as_precision(folder, precision):

@@ -20,8 +20,9 @@ def write_reference_run(run: Path, ref: ReferenceRun, seed: int = 42, until: int
     changes one of our figures from an iteration on: multiplied for norms and losses, added for accuracies.
     `final[key]` is added to a test figure (tst_acc, tst_nll) of the best validation's record."""
     run.mkdir(parents=True)
-    config = {"data_name": ref.data_name, "resnet_depth": ref.depth, "resnet_width": ref.width, "batch_size": 256,
-              "optim_ni": 48000, "optim_lr": 0.1, "optim_momentum": 0.9, "optim_weight_decay": ref.weight_decay,
+    config = {"data_name": ref.data_name, "resnet_depth": ref.depth, "resnet_width": ref.width,
+              "batch_size": ref.batch_size, "optim_ni": ref.optim_ni, "optim_lr": ref.optim_lr, "optim_momentum": 0.9,
+              "optim_weight_decay": ref.weight_decay,
               "optim_label_smoothing": 0.0, "optim_global_clipping": None, "seed": seed,
               "mixed_precision": "false" if ref.precision == "fp32" else "true", "eval_every": 1000,
               **settings}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import SRC
 from resbench.runs import schema
+from resbench.weights import layout
 
 PACKAGE = SRC / "resbench"
 # Bottom to top: a package imports only packages on a lower floor (and itself).
@@ -19,7 +20,9 @@ FLOORS = [
     {"data", "models"},  # datasets as tensors; the networks
     {"device"},  # how a run computes: hot path, processes, memory, threads
     {"runs"},  # the run folder: written crash-safe, read back
+    {"weights"},  # exported weights read back as a model: resbench.load_model and eval load no training code
     {"evaluate", "results"},  # scoring a checkpoint; tables, comparisons, plots from run folders
+    {"export"},  # run folders as folders to publish: weights, config.json, model card with compare's verdict
     {"train"},  # the loop
     {"sweep"},  # many runs, locally or on a cluster
     {"bench"},  # training speed against a run's
@@ -109,6 +112,13 @@ def strings_in(path: Path) -> set[str]:
 def test_the_run_folders_file_names_are_spelled_in_runs_only():
     spelled = {str(path.relative_to(PACKAGE)): sorted(strings_in(path) & FILE_NAMES) for path in modules()
                if path.parent.name != "runs"}
+    assert {name: found for name, found in spelled.items() if found} == {}
+
+
+def test_the_exported_folders_file_names_are_spelled_in_weights_layout_only():
+    names = {layout.MODEL, layout.CARD, layout.CURVES, layout.INDEX}
+    spelled = {str(path.relative_to(PACKAGE)): sorted(strings_in(path) & names) for path in modules()
+               if path != PACKAGE / "weights" / "layout.py"}
     assert {name: found for name, found in spelled.items() if found} == {}
 
 

@@ -72,3 +72,8 @@ def clock(seconds: float | None) -> str:
     minutes, secs = divmod(int(round(max(seconds, 0.0))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def count(n: int, noun: str) -> str:
+    """`1 thread`, `2 threads`: a count and its noun, singular for one."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

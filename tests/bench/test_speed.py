@@ -75,20 +75,20 @@ def steps_with_a_skip(device: torch.device, steps: int, skip: int | None,
     model = hotpath.prepare_model(resnet(8), device)
     with mock.patch.object(hotpath, "fused_sgd_available", lambda device: fused):
         optimizer = hotpath.make_optimizer(model, 0.9, 1e-3, device)
-    scaler, skipped = ConstantLossScale(device, enabled=True), torch.zeros((), device=device)
+    scaler = ConstantLossScale(device, enabled=True)
     x, y = batches(device, count=1)[0]
     autocast = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         for step in range(steps):
             hook = model.fc.weight.register_hook(lambda g: torch.full_like(g, float("inf"))) if step == skip else None
-            train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast, skipped=skipped)
+            train_step(model, optimizer, scaler, x, y, 0.1, TrainConfig(), autocast)
             if hook:
                 hook.remove()
     finally:
         torch.use_deterministic_algorithms(False)
     momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
-    return [p.detach().clone() for p in model.parameters()], momentum, scaler, skipped.item()
+    return [p.detach().clone() for p in model.parameters()], momentum, scaler, scaler.skipped_updates()
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "foreach"])
@@ -191,6 +191,30 @@ def test_bench_reports_a_tiny_configuration_as_json(cli):
     assert 0 < record["fraction_of_peak"] < 1.5
     assert record["peak_memory_mb"] > 0 and record["matmul_peak_tflops"] > 0
     assert record["baseline"]["images_per_sec"] > 0 and record["speedup_vs_baseline"] > 0
+
+
+def test_bench_quick_is_an_eager_look_and_the_default_says_it_compiles(cli, monkeypatch):
+    """A 'short' bench took 4 minutes: train's defaults mirror a 48,000-iteration run, which compiles (issue 39)."""
+    from resbench.bench import measure
+
+    timed = []
+
+    def run_bench(cfg, warmup, iters, windows, vs, pack=1):
+        timed.append((measure.will_compile(cfg), warmup, iters, windows))
+        return {"images_per_sec": 1.0, "images_per_sec_min": 1.0, "images_per_sec_max": 1.0}
+
+    monkeypatch.setattr(measure, "run_bench", run_bench)
+    config = ("--data_name", "Digits_x32", "--resnet_depth", "8", "--device", "cpu", "--json")
+    quick = cli("bench", *config, "--quick", check=True)
+    assert timed.pop() == (False, 1, 3, 1) and "compiling" not in quick.stderr
+    cli("bench", *config, "--quick", "--compile", "true", "--windows", "2", check=True)
+    assert timed.pop() == (True, 1, 3, 2)  # what is given wins
+    default = cli("bench", *config, check=True)
+    assert timed.pop() == (True, 3, 10, 3)
+    assert ("bench: compiling the training step first, as `train --compile auto` does for a run of 48,000 "
+            "iterations (a long warm-up on a CPU); --quick for a quick look without it") in default.stderr
+    helped = " ".join(cli("bench", "--help").stdout.split())
+    assert "steps per timed window (default: 10; --quick: 3)" in helped
 
 
 def test_bench_table_and_bad_flags(cli):

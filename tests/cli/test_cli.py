@@ -37,7 +37,7 @@ def test_threads_is_a_train_setting_that_may_change_on_resume(tmp_path, keep_thr
     cfg = tiny(tmp_path / "run", threads=1)
     train(cfg)
     log = (tmp_path / "run" / "log.txt").read_text()
-    assert "(fp32, 1 threads)" in log and torch.get_num_threads() == 1
+    assert "(fp32, 1 thread)" in log and torch.get_num_threads() == 1
     assert "threads" in RESUMABLE_CHANGES
     (tmp_path / "run" / "summary.json").unlink()  # as if killed after its last checkpoint
     train(dataclasses.replace(cfg, threads=2))
@@ -51,6 +51,18 @@ def test_a_busy_machine_is_announced(monkeypatch):
     monkeypatch.setattr(cpus, "load_average", lambda: 1.5)
     assert cpus.busy_warning(cores=2) is None
     assert cpus.threads_per_job(4, cores=2) == 1 and cpus.threads_per_job(2, cores=16) == 8
+
+
+def test_the_busy_warning_fits_the_run_and_stays_out_of_a_plan(tmp_path, monkeypatch, cli):
+    """No `--threads 1` advice to a run that has one thread (issue 39); none for `sweep --dry_run`,
+    which starts nothing, so the machine's load says nothing of its runs."""
+    monkeypatch.setattr(cpus, "load_average", lambda: 9.5)
+    assert "--threads 1" in cpus.busy_warning(cores=2) and "--threads 1" in cpus.busy_warning(cores=2, threads=2)
+    assert cpus.busy_warning(cores=2, threads=1).endswith("This run already uses 1 thread: fewer processes at once "
+                                                          "is what helps")
+    (tmp_path / "grid.toml").write_text('data_name = ["Digits_x32"]\nresnet_depth = [8]\n')
+    planned = cli("sweep", "--grid", tmp_path / "grid.toml", "--runs_dir", tmp_path, "--dry_run", check=True)
+    assert "this machine is busy" not in planned.stdout + planned.stderr
 
 
 def test_a_busy_machine_goes_into_the_run_log(tmp_path, monkeypatch):
@@ -118,7 +130,7 @@ def test_train_has_the_mirror_its_errors_advise(tmp_path, cli):
 # ---------------------------------------------------------------- 10. smaller points
 
 HELP_COMMANDS = [[], ["train"], ["data"], ["data", "download"], ["data", "import"], ["data", "list"], ["eval"],
-                 ["sweep"], ["table"], ["compare"], ["plot"], ["bench"]]
+                 ["export"], ["sweep"], ["table"], ["compare"], ["plot"], ["bench"]]
 
 
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "resbench")
@@ -141,7 +153,8 @@ def test_top_level_help_has_examples(cli):
 def test_data_list_names_the_demo_and_the_fix(tmp_path, cli):
     out = cli("data", "list", "--data_root", tmp_path, check=True).stdout
     lines = {line.split()[0]: line for line in out.splitlines()[2:]}
-    assert lines["Digits_x32"].split()[1:4] == ["complete", "1497", "300"] and "built in" in lines["Digits_x32"]
+    # train counts the training split, not the validation split the training file also holds (issue 39)
+    assert lines["Digits_x32"].split()[1:5] == ["complete", "1280", "217", "300"] and "built in" in lines["Digits_x32"]
     assert f"`resbench data download CIFAR100_x32 --data_root {tmp_path}`" in lines["CIFAR100_x32"]
 
 
@@ -180,6 +193,24 @@ def test_the_reference_is_shipped_and_agrees_with_the_package():
     assert "docs/reference/" in readme and (docs / "recipe.md").is_file()
 
 
+def test_the_imagenet_reference_is_shipped_and_agrees_with_the_package():
+    """docs/reference/imagenet-x.md's tables of the logs are the package's ImageNet rows (imagenet_results.tsv)."""
+    from resbench.results.reference import imagenet_rows
+
+    text = (REPO / "docs" / "reference" / "imagenet-x.md").read_text()
+    assert "[imagenet-x.md](imagenet-x.md)" in (REPO / "docs" / "reference" / "README.md").read_text()
+    logged = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 8 and cells[0].startswith("ImageNet1k") and cells[2] == "1e-4":
+            logged[(cells[0], int(cells[1]))] = (cells[3].split()[0], cells[4], cells[5], int(cells[6]), cells[7])
+    assert {key: value[1:] for key, value in logged.items()} == {
+        (r.data_name, r.depth): (f"{r.tst_nll:.3f}", f"{r.wall_min / 60:.2f}", r.devices, f"{r.params:,}")
+        for r in imagenet_rows()}
+    for row in imagenet_rows():  # the README's val/acc, the log's to 4 decimals; tst/acc is the same figure here
+        assert round(float(logged[(row.data_name, row.depth)][0]), 3) == row.val_acc == row.tst_acc
+
+
 def test_the_readmes_python_imports_name_what_the_package_has():
     """The README's Python API is copied as written: each of its imports must resolve (and the model
     builder it shows must be the function, not its module)."""
@@ -194,10 +225,12 @@ def test_the_readmes_python_imports_name_what_the_package_has():
 
 
 def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
-    """`resbench sweep --grid wd --dry_run | head -1`: no traceback when the pipe closes."""
-    proc = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", "wd", "--dry_run", "--runs_dir",
-                             str(tmp_path / "runs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
-    assert proc.stdout.readline().startswith(b"sweep: 104 runs")
+    """`resbench sweep --grid wd --dry_run | head -1`: no traceback when the pipe closes. Eight seeds make the plan
+    (about 225 kB) larger than a pipe's buffer (64 kB), so the sweep is still writing when the pipe closes."""
+    proc = subprocess.Popen([sys.executable, "-m", "resbench", "sweep", "--grid", "wd", "--seeds", *"12345678",
+                             "--dry_run", "--runs_dir", str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env())
+    assert proc.stdout.readline().startswith(b"sweep: 832 runs")
     proc.stdout.close()
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=LIMIT) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr

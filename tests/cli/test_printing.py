@@ -76,7 +76,8 @@ def assert_clean(proc, *expected: str) -> None:
 
 
 def test_every_command_prints_crafted_names_and_files_as_data(crafted):
-    """table, compare, plot, eval RUNS_DIR, train, sweep --status and --dry_run, data import and data list."""
+    """table, compare, plot, eval RUNS_DIR, train, sweep --status and --dry_run, data import, data list and export
+    (its model card too)."""
     def command(*args: object, cwd: Path = crafted):
         return resbench_in_process(*args, cwd=cwd)
 
@@ -96,3 +97,10 @@ def test_every_command_prints_crafted_names_and_files_as_data(crafted):
     (crafted / "data" / "Other").mkdir()
     (crafted / "data" / "Other" / "dataset.json").write_text(json.dumps({"format": 1, "source": PAYLOAD}))
     assert_clean(command("data", "list", "--data_root", "data"), "imported from \\x1b]0;pwned", "it lacks classes")
+    edit_json(crafted / "runs" / "Digits_x32" / PAYLOAD / "summary.json", device=PAYLOAD)
+    exported = command("export", "--sweep", "runs", "exported")  # (its folder names are made plain file names)
+    [card] = (crafted / "exported").glob("*/README.md")  # the model card quotes summary.json's device
+    assert "1 run exported" in exported.stderr and "warning: not exporting runs/" in exported.stderr
+    assert "device: \\x1b]0;pwned" in card.read_text()
+    for text in (exported.stdout, exported.stderr, card.read_text()):
+        assert not CONTROL.search(text) and not re.search("^FORGED", text, re.MULTILINE), text[-2000:]

@@ -1,4 +1,6 @@
 import dataclasses
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -7,11 +9,13 @@ import pytest
 import torch
 
 from conftest import LIMIT, cli_env
+from reference_runs import write_reference_run
 from resbench.data import digits
 from resbench.data.batches import PAD, TrainBatches, crop_flip
 from resbench.data.facts import DATASETS
 from resbench.data.prepared import load_splits, read_prepared
 from resbench.errors import DataFileError
+from resbench.results.reference import reference_runs
 
 
 def test_crop_flip_matches_pad_then_slice():
@@ -82,6 +86,35 @@ def test_ranks_share_the_global_batch():
     parts = [TrainBatches(images, labels, 256, seed=5, rank=r, world_size=2).batch(3) for r in range(2)]
     assert torch.equal(torch.cat([p[0] for p in parts]), whole[0])
     assert torch.equal(torch.cat([p[1] for p in parts]), whole[1])
+
+
+def test_batches_of_a_split_the_batch_divides_are_as_before_bit_for_bit():
+    """The epoch's padded last batch changes nothing where there is none (every built-in set's recipe):
+    the digest of these batches was taken before the padding existed (a ragged batch was dropped)."""
+    images = torch.randint(0, 256, (1024, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    digest = hashlib.sha256()
+    for world_size in (1, 2):
+        for rank in range(world_size):
+            batches = TrainBatches(images, torch.arange(1024), 256, seed=11, rank=rank, world_size=world_size)
+            for step in range(9):
+                for tensor in batches.batch(step):
+                    digest.update(tensor.numpy().tobytes())
+    assert digest.hexdigest() == "b18c93c088477431d90e9438d19aa5b87c4e55b7874140721d36bbbf696e5064"
+
+
+def test_the_epochs_last_batch_is_padded_with_zero_images_labelled_0():
+    n, b = 200, 48  # 4 full batches and one of 8 images padded with 40 zero images, every epoch
+    images = torch.randint(1, 256, (n, 8, 8, 3), dtype=torch.uint8)
+    labels = torch.arange(1, n + 1)
+    batches = TrainBatches(images, labels, b, seed=3)
+    assert batches.steps_per_epoch == 5
+    x, y = batches.batch(4)
+    assert x.shape[0] == b and (y[8:] == 0).all() and (y[:8] > 0).all() and (x[8:] == 0).all()
+    seen = torch.cat([batches.batch(step)[1] for step in range(5)])
+    assert torch.equal(seen[seen > 0].sort().values, labels)  # every image once per epoch
+    ranks = [TrainBatches(images, labels, b, seed=3, rank=rank, world_size=2).batch(9) for rank in range(2)]
+    assert torch.equal(ranks[1][1], torch.zeros(24, dtype=torch.long))  # the padding falls to the last places
+    assert torch.equal(torch.cat([ranks[0][0], ranks[1][0]]), batches.batch(9)[0])
 
 
 def write_prepared(root, name, train_n, test_n, size=32, classes=10, seed=0):
@@ -208,3 +241,34 @@ def test_a_npy_header_with_a_negative_size_or_numpys_multiline_refusal_is_one_li
     with pytest.raises(DataFileError, match="is large and may not be safe to load securely") as refused:
         load_npy(path, "r")
     assert "\n" not in str(refused.value)
+
+
+def test_a_built_in_set_of_other_sizes_is_flagged_refused_and_never_set_beside_the_published_figures(tmp_path, cli):
+    """A hand-made CIFAR10_x32 of 41,000 / 200 images was `complete`, trained, and stood beside the published
+    figures in `table --compare reference` (issue 39). The trainer records the sizes (test_train.py's seed
+    command checks them); a run that recorded these has no published figures beside it."""
+    folder = tmp_path / "data" / "CIFAR10_x32"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 41_000), ("test", 200)):
+        np.save(folder / f"{split}_images.npy", np.zeros((n, 32, 32, 3), np.uint8))
+        np.save(folder / f"{split}_labels.npy", np.arange(n) % 10)
+    listed = cli("data", "list", "--data_root", tmp_path / "data", check=True).stdout
+    row = next(line for line in listed.splitlines() if line.startswith("CIFAR10_x32"))
+    assert row.split()[1:5] == ["nonstandard", "40960", "40", "200"]
+    sizes = "40,960 / 40 / 200 train / validation / test images where the official CIFAR10_x32 has 40,960 / 9,040 / 10,000"
+    assert f"not the official set: {sizes}; `resbench train` refuses it without --allow_nonstandard" in row
+    flags = ("train", "--data_name", "CIFAR10_x32", "--data_root", tmp_path / "data", "--save", tmp_path / "run")
+    refused = cli(*flags)
+    assert refused.returncode == 2 and refused.stderr.startswith(f"error: {folder} is not the official CIFAR10_x32: "
+                                                                 f"{sizes}, so its figures would not be")
+    assert "--allow_nonstandard to train on it anyway" in refused.stderr and not (tmp_path / "run").exists()
+    run = write_reference_run(tmp_path / "runs" / "run", reference_runs()[("CIFAR10_x32", 20, 1, 0.001, "fp32")])
+    recorded = {"train": 40_960, "val": 40, "test": 200}
+    for name in ("summary.json", "config.json"):
+        saved = json.loads((run / name).read_text())
+        saved.update(splits=recorded) if name == "summary.json" else saved["resolved"].update(splits=recorded)
+        (run / name).write_text(json.dumps(saved))
+    table = cli("table", tmp_path / "runs", "--compare", "reference", check=True).stdout
+    assert "(ref " not in table and table.rstrip().endswith("| not the official data, no published figures")
+    compared = cli("compare", tmp_path / "runs", "--brief", check=True).stdout
+    assert f"{run}: no reference run: not the official CIFAR10_x32: {sizes}" in compared

@@ -239,7 +239,7 @@ def test_cli_download_and_list_of_a_full_corruption_archive(tmp_path, cli):
         "error: checksum mismatch for CIFAR-100-C.tar: expected md5 11f0ed0f1191edbf9fa23466ae6021d3")
     assert forced.returncode == 0, forced.stderr
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[2:]}
-    assert rows["CIFAR100_C"][1:4] == ["complete", "-", str(19 * 5 * PER_SEVERITY)]
+    assert rows["CIFAR100_C"][1:5] == ["complete", "-", "-", str(19 * 5 * PER_SEVERITY)]  # train, val, test
     assert rows["CIFAR10_C"][1] == rows["SVHN"][1] == rows["TinyImageNet200_C"][1] == "missing"
 
 

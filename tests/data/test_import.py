@@ -25,7 +25,7 @@ from resbench.cli.main import main
 from resbench.data import evalsets, facts
 from resbench.data.facts import DATASETS, FACTS_FILE, FactsError, dataset_spec, read_facts
 from resbench.data.imported import IMPORT_FILES, IMPORT_MARK, check_name, held_out_counts, reserved_names
-from resbench.errors import DataError
+from resbench.errors import DataError, ResbenchError
 from resbench.files import TEMPORARY_MARK
 
 
@@ -115,6 +115,46 @@ def test_a_tree_and_an_npz_of_the_same_images_import_and_train_to_the_same_figur
     assert losses[0] == losses[1] and len(losses[0]) == 2
 
 
+def test_a_small_set_gets_a_command_that_fits_it_and_a_warning_that_its_figures_are_noise(tmp_path, capsys):
+    """3 x 30 images: the printed command (batch 256) failed at once on 73 training images, nothing said that 8
+    validation and 9 test images make noise of the figures, and eval fitted a temperature to 8 images (issue 39)."""
+    from resbench.runs.reader import config_from_args
+    from resbench.settings.flags import parse_train_flags
+    from resbench.train.checks import validate_config
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "shapes.npz", x_train=rng.integers(0, 256, (90, 32, 32, 3), dtype=np.uint8),
+             y_train=np.repeat(np.arange(3), 30))
+    code, out, _ = import_cli(capsys, "Shapes", tmp_path / "shapes.npz", "--data_root", tmp_path / "data")
+    assert code == 0 and "splits: 73 train / 8 validation (10% of train" in out
+    assert ("\nwarning: validation 8 images (one image = 12.5 points) and test 9 images (one image = 11.1 points): "
+            "below 100 images a split's figures are mostly noise") in out
+    command = next(line for line in out.splitlines() if "train on it: " in line).partition("train on it: ")[2]
+    assert command == (f"resbench train --data_name Shapes --data_root {tmp_path / 'data'} --batch_size 16 "
+                       "--optim_ni 1369 --eval_every 28")  # 300 epochs of 73 images, 48 evaluations
+    flags = shlex.split(command)[2:]
+    validate_config(config_from_args(parse_train_flags(flags)))  # as printed, checked as train checks it
+    run = tmp_path / "run"
+    shortened = [*flags, "--resnet_depth", "8", "--optim_ni", "2", "--threads", "1", "--device", "cpu", "--save", run]
+    assert main(["train", *map(str, shortened)]) == 0  # as printed, shortened (flags given later win)
+    capsys.readouterr()
+    code = main(["eval", "--ckpt", str(run), "--temperature_scaling", "--device", "cpu"])
+    assert capsys.readouterr().err == ("error: --temperature_scaling: the validation split has 8 images (one image = 12.5 points of "
+                   "accuracy); a temperature fitted on fewer than 100 is noise and can make the test NLL worse. "
+                   "Leave the flag out, or import the set with more images\n") and code == 2
+
+
+def test_temperature_scaling_is_refused_where_every_validation_image_is_right():
+    """The NLL of a perfectly classified split falls as T goes to 0: the fit returned T = 0.117 and worse figures."""
+    import torch
+
+    from resbench.evaluate.figures import temperature_scaled
+
+    logits, labels = torch.eye(3).repeat(40, 1) * 5, torch.arange(3).repeat(40)
+    with pytest.raises(ResbenchError, match="classifies all 120 validation images right"):
+        temperature_scaled(logits, labels, "val", None, None)
+
+
 def test_an_imported_run_is_evaluated_tabulated_compared_and_listed(twins, capsys):
     root, runs, _ = twins
     run = runs / "FromTree"
@@ -132,7 +172,7 @@ def test_an_imported_run_is_evaluated_tabulated_compared_and_listed(twins, capsy
     assert (runs.parent / "plots" / "FromTree_curves.png").stat().st_size > 1000
     assert main(["data", "list", "--data_root", str(root)]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
-    assert rows["FromTree"].split()[1:4] == ["complete", "39", "8"]
+    assert rows["FromTree"].split()[1:5] == ["complete", "35", "4", "8"]  # train, validation, test
     assert "PIL BICUBIC" in rows["FromTree"] and "recipe's fixed mean/std" in rows["FromTree"]
 
 

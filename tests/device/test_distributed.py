@@ -18,7 +18,7 @@ from conftest import LIMIT, cli_env, gone, process_tree, wait_until
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import PREPARED_FILES
 from resbench.data.prepared import missing_prepared_files
-from resbench.device import distributed
+from resbench.device import bngroups, distributed
 from resbench.models.resnet import resnet
 from resbench.settings.config import TrainConfig
 from resbench.train import loop as train_module
@@ -40,13 +40,22 @@ def toy_data():
     return images, torch.randint(0, 10, (64,), generator=generator)
 
 
-def new_model_and_optimizer():
+def new_model_and_optimizer(bn_groups: int = 1):
+    """In float64, so that one process and two ranks differ only by the order of sums, far below any error."""
     torch.manual_seed(0)
-    model = resnet(8).to(memory_format=torch.channels_last)  # as train() builds it
+    model = bngroups.group_batchnorms(resnet(8), bn_groups).double().to(memory_format=torch.channels_last)
     with torch.no_grad():  # a non-trivial start: zero-init layers would hide errors in the gradient
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model, torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=0.01)
+
+
+def batchnorms(model: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def momenta(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
 
 
 def rank_worker(rank: int, port: int, out: str) -> None:
@@ -71,12 +80,13 @@ def train_three_steps(world: distributed.World, out: str) -> weakref.ref:
     batches = TrainBatches(*toy_data(), batch_size=32, seed=7, rank=world.rank, world_size=2)
     scaler = ConstantLossScale("cpu", enabled=False)
     for step in range(3):
-        train_step(ddp, optimizer, scaler, *batches.batch(step), 0.1, CFG, torch.autocast("cpu", enabled=False))
-    running_means = [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        images, labels = batches.batch(step)
+        train_step(ddp, optimizer, scaler, images.double(), labels, 0.1, CFG, torch.autocast("cpu", enabled=False))
+    running_means = [m.running_mean.clone() for m in batchnorms(model)]
     distributed.average_bn_statistics(model, world)
-    torch.save({"params": [p.detach() for p in model.parameters()], "running_means": running_means,
-                "averaged": [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]},
-               f"{out}/rank{world.rank}.pt")
+    torch.save({"params": [p.detach() for p in model.parameters()], "momenta": momenta(model, optimizer),
+                "running_means": running_means, "averaged": [m.running_mean for m in batchnorms(model)],
+                "averaged_vars": [m.running_var for m in batchnorms(model)]}, f"{out}/rank{world.rank}.pt")
     return weakref.ref(ddp)
 
 
@@ -106,10 +116,28 @@ def test_other_ranks_wait_while_rank0_prepares_the_data(tmp_path):
     mp.spawn(preparing_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
 
 
-def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
-    mp.spawn(rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    """What each of 2 gloo ranks holds after 3 steps (float64): weights, momenta, BatchNorm statistics."""
+    folder = tmp_path_factory.mktemp("ranks")
+    mp.spawn(rank_worker, args=(free_port(), str(folder)), nprocs=2, join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
+
+def assert_same_as_the_ranks(ranks: list[dict], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Weights and momenta as the ranks', and the BatchNorm running statistics as the ranks' average (what
+    both evaluate with), up to the order of float64 sums (all-reduce against one backward pass)."""
+    close = {"rtol": 1e-9, "atol": 1e-12}
+    for ours, theirs in ((list(model.parameters()), "params"), (momenta(model, optimizer), "momenta")):
+        for mine, r0, r1 in zip(ours, ranks[0][theirs], ranks[1][theirs]):
+            assert torch.equal(r0, r1)  # the ranks stay in lock step
+            torch.testing.assert_close(mine.detach(), r0, **close)
+    for bn, mean, var in zip(batchnorms(model), ranks[0]["averaged"], ranks[0]["averaged_vars"]):
+        torch.testing.assert_close(bn.running_mean, mean, **close)
+        torch.testing.assert_close(bn.running_var, var, **close)
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(two_ranks):
     # One process, the same global batches, BatchNorm statistics per half as on the two ranks.
     model, optimizer = new_model_and_optimizer()
     batches = TrainBatches(*toy_data(), batch_size=32, seed=7)
@@ -118,17 +146,31 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
         for group in optimizer.param_groups:
             group["lr"] = 0.1
         optimizer.zero_grad()
-        halves = [torch.nn.functional.cross_entropy(model(images[s]), labels[s]) for s in (slice(0, 16), slice(16, 32))]
+        halves = [torch.nn.functional.cross_entropy(model(images[s].double()).float(), labels[s])  # as train_step
+                  for s in (slice(0, 16), slice(16, 32))]
         (sum(halves) / 2).backward()
         optimizer.step()
 
-    for p, p0, p1 in zip(model.parameters(), ranks[0]["params"], ranks[1]["params"]):
+    for p, p0, p1 in zip(model.parameters(), two_ranks[0]["params"], two_ranks[1]["params"]):
         assert torch.equal(p0, p1)  # the ranks stay in lock step
-        # Equal up to the order of floating-point sums (all-reduce vs one backward pass).
-        torch.testing.assert_close(p.detach(), p0, rtol=1e-3, atol=2e-5)
+        torch.testing.assert_close(p.detach(), p0, rtol=1e-9, atol=1e-12)  # up to the order of sums
+    ranks = two_ranks
     for m0, m1, avg in zip(ranks[0]["running_means"], ranks[1]["running_means"], ranks[0]["averaged"]):
         torch.testing.assert_close(avg, (m0 + m1) / 2)
     assert not all(torch.equal(m0, m1) for m0, m1 in zip(ranks[0]["running_means"], ranks[1]["running_means"]))
+
+
+def test_bn_groups_on_one_device_take_the_step_of_as_many_ranks(two_ranks):
+    """`--bn_groups 2` on one process: the same weights, momenta and (averaged) running statistics as 2
+    ranks, each normalising its half of the global batch (recipe.md's Multi-device)."""
+    model, optimizer = new_model_and_optimizer(bn_groups=2)
+    batches = TrainBatches(*toy_data(), batch_size=32, seed=7)
+    scaler = ConstantLossScale("cpu", enabled=False)
+    for step in range(3):
+        images, labels = batches.batch(step)
+        train_step(model, optimizer, scaler, images.double(), labels, 0.1, CFG, torch.autocast("cpu", enabled=False))
+    assert_same_as_the_ranks(two_ranks, model, optimizer)
+    assert all(m.num_batches_tracked == 3 for m in batchnorms(model))
 
 
 def torchrun(save, *extra):
@@ -199,6 +241,25 @@ def test_two_rank_run_stopped_between_evaluations_resumes_exactly(tmp_path, whol
     rank0, rank1 = saved["rank_buffers"]
     assert not all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks' statistics differ here"
     resume_and_compare(tmp_path / "stopped", whole_two_rank_run)
+
+
+def test_torchrun_on_two_cpu_processes_and_bn_groups_on_one_train_alike(tmp_path, cli):
+    """`torchrun --nproc_per_node 2 -m resbench train` (gloo) and `resbench train --bn_groups 2` in one process:
+    the same evaluation and weights, up to float32 rounding (over many steps the runs part as any two
+    roundings do, so two steps)."""
+    few = ["--optim_ni", "2", "--eval_every", "2", "--compile", "false"]
+    ranks = torchrun(tmp_path / "ranks", *few)
+    output = ranks.communicate(timeout=LIMIT)[0]
+    assert ranks.returncode == 0, output
+    cli("train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--device", "cpu",
+        *few, "--bn_groups", "2", "--threads", "1", "--save", tmp_path / "groups", check=True)
+    (two,), (one,) = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                      for run in ("ranks", "groups"))
+    for key in ("trn_loss", "val_acc", "val_nll", "tst_acc_at_eval", "tst_nll_at_eval"):
+        assert one[key] == pytest.approx(two[key], rel=1e-6), key
+    a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in ("ranks", "groups"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_batch_must_split_evenly(monkeypatch):

@@ -140,6 +140,16 @@ def test_text_report_has_every_section(evaluated):
     assert [out[noise + k].split()[-5] for k in range(3)] == ["msp", "entropy", "energy"]
 
 
+def test_text_report_says_where_the_validation_split_is_the_test_split(evaluated):
+    report = json.loads((evaluated / "s1" / "eval.json").read_text())
+    assert report["val_is_test"] is False and "val = test" not in format_eval_report(report)
+    scaled = {**report, "data_name": "ImageNet1k_x32", "val_is_test": True,
+              "temperature_scaling": {"temperature": 1.5, "val_nll_before": 2.0, "val_nll_after": 1.9,
+                                      **{k: report[k] for k in ("acc", "nll", "ece", "brier")}}}
+    assert ("val = test: ImageNet1k_x32's validation split is its test split (the official validation set); the "
+            "temperature was fitted on these same images") in format_eval_report(scaled).splitlines()
+
+
 def test_ensemble_matches_a_computation_by_hand(digits_runs, capsys):
     runs = [digits_runs / "s1", digits_runs / "s2"]
     report = eval_json(capsys, "--ckpt", *runs, "--ood", "Noise")
@@ -198,8 +208,8 @@ def test_eval_of_runs_dir_writes_eval_json_that_table_reads(evaluated, digits_ru
 
     def stat(values):  # mean ± sample std [95% Student-t interval]; t(0.975, 1 degree of freedom) = 12.706
         mean, std = np.mean(values), np.std(values, ddof=1)
-        half = 12.7062047 * std / np.sqrt(len(values))
-        return f"{mean:.3f} ± {std:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+        half = 12.7062047 * std / np.sqrt(len(values))  # clipped to [0, 1]: all four are rates; † for n = 2
+        return f"{mean:.3f} ± {std:.3f} [{max(mean - half, 0):.3f}, {min(mean + half, 1):.3f}]†"
 
     assert cells[5] == stat([s["ece"] for s in saved])
     assert cells[6] == stat([s["corruptions"]["mean"]["acc"] for s in saved])
@@ -244,6 +254,17 @@ def test_a_crafted_checkpoint_is_one_line_before_it_is_scored(tmp_path, capsys, 
     assert main(["eval", "--ckpt", str(tmp_path), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'best.pt'}") and message in err and err.count("\n") == 1
+
+
+def test_a_last_pt_of_a_config_whose_bn_groups_split_no_batch_is_one_line(tmp_path, capsys):
+    """last.pt's BatchNorm statistics follow from the images per group: a config.json's bn_groups is bounded."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"data_name": "Digits_x32", "resnet_depth": 8, "resnet_width": 1, "batch_size": 16, "bn_groups": 10**9,
+         "data_root": "unused"}))
+    torch.save({"model": resnet(8, 1, num_classes=10).state_dict(), "optimizer": {}}, tmp_path / "last.pt")
+    assert main(["eval", "--ckpt", str(tmp_path / "last.pt"), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'config.json'}: bn_groups 1000000000 does not split the "
+                                       "batch 16 of 1 rank(s); was it written by resbench train?\n")
 
 
 def test_a_checksum_file_that_is_a_fifo_is_refused_without_blocking(tmp_path, capsys):

@@ -5,18 +5,29 @@ import torch
 
 from resbench.data.facts import DATASETS
 from resbench.models.resnet import BasicBlock, Bottleneck, count_parameters, resnet
-from resbench.results.reference import reference_rows
+from resbench.results.reference import imagenet_rows, reference_rows
 
 
 @pytest.mark.parametrize("row", reference_rows(), ids=lambda r: f"{r.data_name}-R{r.depth}x{r.width}-{r.precision}")
 def test_parameter_count_matches_reference(row):
     spec = DATASETS[row.data_name]
-    model = resnet(row.depth, row.width, spec.num_classes, spec.image_size)
+    with torch.device("meta"):  # shapes only: a count needs no initialised weights
+        model = resnet(row.depth, row.width, spec.num_classes, spec.image_size)
     assert count_parameters(model) == row.params
 
 
 def test_all_26_rows_are_checked():
     assert len(reference_rows()) == 26
+
+
+@pytest.mark.parametrize("depth, params", [(18, 11_680_832), (34, 21_788_992), (50, 25_548_352)])
+def test_the_imagenet_rows_counts_at_1000_classes(depth, params):
+    """imagenet-x.md's exact counts (the same at 32 and 64 px: the head pools globally); on the meta device."""
+    assert {row.params for row in imagenet_rows() if row.depth == depth} == {params}
+    for image_size in (32, 64):
+        with torch.device("meta"):
+            model = resnet(depth, 1, num_classes=1000, image_size=image_size)
+        assert count_parameters(model) == params
 
 
 @pytest.mark.parametrize("width, params", [(1, 23_520_832), (2, 66_847_040)])

@@ -82,6 +82,7 @@ def test_each_packed_run_trains_as_it_would_alone():
 def test_runs_that_decide_per_run_are_not_packed():
     assert packed.packable(TrainConfig(optim_global_clipping=1.0), "fp32")
     assert packed.packable(TrainConfig(), "fp16")
+    assert packed.packable(TrainConfig(bn_groups=2), "fp32")
     assert packed.packable(TrainConfig(), "bf16") is None
 
 
@@ -140,3 +141,33 @@ def test_bench_grid_compiles_every_row_past_dynamos_recompile_limit(tmp_path, mo
     with torch._dynamo.config.patch(recompile_limit=1):  # (monkeypatch's undo would delete the setting)
         assert measure.run_grid(str(grid), "cpu", "true", 1, 1, 1)["total_minutes"] == 3.0
     assert frames == [1, 1, 1]  # every row compiled, none fell back to eager
+
+
+def test_bench_grid_imagenet_projects_each_row_beside_the_references_wall_time(cli, monkeypatch):
+    """The six rows on this one device, each with the reference's per-device BatchNorm (--bn_groups 2 at 32 px,
+    4 at 64 px), beside the reference's hours on its 2 or 4 GPUs. The steps are not timed here (a depth-50
+    64 px step of 1,024 images needs about 32 GiB): a fixed rate stands in for the measurement."""
+    from resbench.device import memory
+
+    timed = []
+
+    def fixed_rate(cfg, *args, **kwargs):
+        timed.append(cfg)
+        return {"precision": "bf16", "compile": False, "images_per_sec": 2048.0, "window_images_per_sec": [2048.0],
+                "ms_per_step": 500.0, "warmup_seconds": 60.0, "peak_memory_mb": 1.0}
+
+    monkeypatch.setattr(memory, "check_training_fits", lambda *args: None)
+    monkeypatch.setattr(measure, "run_bench", fixed_rate)
+    monkeypatch.setattr(measure, "eval_images_per_sec", lambda cfg, device: 10_000.0)
+    result = json.loads(cli("bench", "--grid", "imagenet", "--device", "cpu", "--json", check=True).stdout)
+    assert [(c.data_name, c.resnet_depth, c.bn_groups, c.batch_size, c.optim_ni) for c in timed] == [
+        (f"ImageNet1k_x{size}", depth, size // 16, 1024, 128_000) for size in (32, 64) for depth in (18, 34, 50)]
+    rows = result["rows"]
+    assert [(row["reference_minutes"], row["reference_devices"]) for row in rows] == [
+        (127.3, 2), (235.9, 2), (341.0, 2), (224.2, 4), (415.1, 4), (707.3, 4)]  # imagenet_results.tsv
+    assert rows[0]["train_minutes"] == 128_000 * 1024 / 2048 / 60
+    assert rows[0]["eval_minutes"] == 128 * 100_000 / 10_000 / 60  # validation and test (the same set) each time
+    table = cli("bench", "--grid", "imagenet", "--device", "cpu", check=True).stdout.splitlines()
+    assert table[2].endswith("| 127.3 on 2 GPUs |") and table[7].endswith("| 707.3 on 4 GPUs |")
+    assert table[-1].endswith("; the reference took 34.18 h of wall time for the 6 of them it ran, on 2-4 RTX 3090 "
+                              "per run")

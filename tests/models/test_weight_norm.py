@@ -19,8 +19,8 @@ import torch
 from resbench.device.hotpath import make_optimizer
 from resbench.models.resnet import resnet
 from resbench.results.reference import reference_runs
-from resbench.settings.config import TrainConfig
-from resbench.train.step import device_norm, learning_rate
+from resbench.settings.config import TrainConfig, learning_rate
+from resbench.train.step import device_norm
 
 
 @functools.lru_cache(maxsize=None)

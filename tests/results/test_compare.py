@@ -3,6 +3,7 @@ the run files say (issue 16, item 6)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -13,9 +14,16 @@ import pytest
 import torch
 
 from reference_runs import write_reference_run
-from resbench.results.compare import match_runs, render_markdown
+from resbench.results.compare import as_json, match_runs, render_markdown
 from resbench.results.noise import noise_model
-from resbench.results.reference import REFERENCE_SETTINGS, find_reference_run, reference_rows, reference_runs
+from resbench.results.reference import (
+    REFERENCE_SETTINGS,
+    find_reference_run,
+    imagenet_rows,
+    reference_rows,
+    reference_runs,
+    seed_runs,
+)
 from resbench.results.stats import spread, t_quantile
 from resbench.results.table import selected_figures
 from resbench.runs.reader import find_run_folders as find_trained_runs
@@ -36,7 +44,7 @@ def compared(*paths: Path):
 # ---------------------------------------------------------------- the shipped logs
 
 def test_the_shipped_logs_hold_the_104_reference_runs_and_agree_with_the_published_table():
-    runs = reference_runs()
+    runs = seed_runs()
     assert len(runs) == 104 and all(len(run.records) == 48 for run in runs.values())
     assert sorted({key[3] for key in runs}) == [0.0001, 0.0003, 0.001, 0.003]
     assert [r["iter"] for r in reference().records] == list(range(1000, 48001, 1000))
@@ -51,6 +59,46 @@ def test_the_shipped_logs_hold_the_104_reference_runs_and_agree_with_the_publish
             at = runs[(row.data_name, 56, 1, 0.001, "fp32")].at(45000)
             logged = (at["val_acc"], at["tst_acc"], at["tst_nll"])
         assert logged == pytest.approx((row.val_acc, row.tst_acc, row.tst_nll), abs=0.00051), row
+
+
+IMAGENET_R18 = ("ImageNet1k_x32", 18, 1, 0.0001, "fp16")
+
+
+def test_the_shipped_imagenet_logs_hold_its_7_runs_and_agree_with_its_published_rows():
+    """imagenet-x.md: six published rows (the README's val/acc; tst/nll and wall time from the logs) and a seventh
+    log (R50 at wd 3e-4); 34.2 hours of wall time on 2-4 GPUs, 113 GPU-hours."""
+    runs = {key: run for key, run in reference_runs().items() if key not in seed_runs()}
+    assert len(runs) == 7 and all([r["iter"] for r in run.records] == list(range(1000, 128001, 1000))
+                                  for run in runs.values())
+    for row in imagenet_rows():
+        run = runs[(row.data_name, row.depth, row.width, row.weight_decay, row.precision)]
+        best = run.best()
+        assert (best["val_acc"], best["tst_acc"], best["tst_nll"]) == pytest.approx(
+            (row.val_acc, row.tst_acc, row.tst_nll), abs=0.00051), row
+        assert run.records[-1]["elapsed_s"] / 60 == pytest.approx(row.wall_min, abs=0.05)
+        assert (run.batch_size, run.optim_ni, run.optim_lr, run.devices) == (1024, 128_000, 0.4, row.devices)
+        assert row.devices == (2 if row.data_name == "ImageNet1k_x32" else 4)
+    assert sum(row.wall_min for row in imagenet_rows()) / 60 == pytest.approx(34.2, abs=0.05)
+    assert sum(row.wall_min * row.devices for row in imagenet_rows()) / 60 == pytest.approx(113, abs=0.5)
+    assert sum(math.isinf(r["g_norm"]) or math.isnan(r["g_norm"]) for r in runs[IMAGENET_R18].records) > 90
+
+
+def test_an_imagenet_run_of_the_references_own_figures_is_consistent_and_says_its_noise_is_borrowed(tmp_path, cli):
+    """Its windows are the 128k schedule's, its nan/inf g_norm windows are no divergence, and every verdict says
+    that the noise model is the CIFAR/TinyImageNet runs' (one fp16 log per ImageNet cell calibrates nothing)."""
+    write_reference_run(tmp_path / "run", reference(IMAGENET_R18))
+    [cell] = json.loads(cli("compare", tmp_path / "run", "--json", check=True).stdout)["cells"]
+    assert cell["verdict"]["status"] == "consistent" and cell["verdict"]["calibrated"] is False
+    assert [t["window"] for t in cell["tests"] if t["metric"] == "val_acc"] == [
+        [1000, 10000], [11000, 32000], [33000, 64000], [65000, 96000], [97000, 128000]]
+    text = cli("compare", tmp_path / "run", "--brief", check=True).stdout
+    assert "consistent with the reference (12 tests" in text and "not calibrated here" in text
+    assert find_reference_run("ImageNet1k_x32", 18, 1, "fp16", {}) == (
+        "other settings: batch_size 256 (the reference's: 1024); optim_ni 48000 (the reference's: 128000); "
+        "optim_lr 0.1 (the reference's: 0.4)")
+    assert find_reference_run("ImageNet1k_x32", 50, 1, "fp16", {"batch_size": 1024, "optim_ni": 128_000,
+                                                               "optim_lr": 0.4}) == (
+        "optim_weight_decay 0.001 (the reference's sweep: 0.0001, 0.0003)")
 
 
 def test_the_reference_settings_are_the_trainers_defaults():
@@ -81,6 +129,22 @@ def test_a_run_built_from_the_references_own_figures_compares_as_identical(tmp_p
     assert "0.005 is below what any number of runs can detect (the reference is one run)" in text
     assert "\n| 1000 | 0.389 | 0.389 | 1.959 | 1.959 | 43.47 | 43.47\n" in text
     assert "| w_norm 1k–4k | 1 | +0.0% | ±1.50% | 1 | 0.0015 | pass" in text
+
+
+def test_compare_says_so_under_a_set_that_validates_on_its_test_set(tmp_path, monkeypatch):
+    from resbench.results import compare
+
+    ref = dataclasses.replace(reference(), data_name="ImageNet1k_x32")
+    write_reference_run(tmp_path / "run", ref)
+    monkeypatch.setattr(compare, "find_reference_run", lambda *args: ref)
+    cells, unmatched = compared(tmp_path)
+
+    text = render_markdown(cells, unmatched)
+    assert "\nval = test: ImageNet1k_x32 validates on its test set (the official validation set)" in text
+    assert as_json(cells, unmatched)["cells"][0]["val_is_test"] is True
+    monkeypatch.undo()
+    cifar = compared(write_reference_run(tmp_path / "cifar", reference()))
+    assert "val = test" not in render_markdown(*cifar) and as_json(*cifar)["cells"][0]["val_is_test"] is False
 
 
 @pytest.mark.parametrize("shift, key, label", [
@@ -124,6 +188,20 @@ def test_a_run_still_going_is_judged_on_the_windows_it_completed(tmp_path):
     assert cell.finals["val_acc"]["reference"] == theirs and not cell.finals["val_acc"]["final"]  # their best so far
     assert cell.verdict_text() == ("consistent so far: 3 tests up to iteration 5000 of 48000; the final figures "
                                    "are judged at the end")
+
+
+def test_a_run_younger_than_the_references_first_evaluation_is_set_beside_nothing(tmp_path, cli):
+    """Stopped at iteration 40, a run was printed beside `ref 0.389 by iter 40`: the reference's evaluation at
+    1,000 (issue 39). It has no figure of the reference's to stand beside yet, and says so."""
+    run = write_reference_run(tmp_path / "run", reference(), until=0)
+    (run / "metrics.jsonl").write_text(json.dumps({"iter": 40, "trn_loss": 2.2, "val_acc": 0.21, "val_nll": 2.1,
+                                                   "tst_acc": 0.2, "tst_nll": 2.1}) + "\n")
+    [cell], _ = compared(tmp_path)
+    assert cell.finals["val_acc"]["reference"] is None and cell.finals["val_acc"]["at_iteration"] == 40
+    assert reference().best(up_to=999) is None and reference().best(up_to=1000)["iter"] == 1000
+    text = cli("compare", tmp_path, "--brief", check=True).stdout
+    assert ("| R20x1 wd 0.001 fp32 | 1 | 40 | 0.2100 (no ref yet: its first evaluation is at iter 1000; judged at "
+            "the end) | 0.2000 (no ref yet") in text and "by iter 40" not in text
 
 
 def test_runs_at_different_stages_are_judged_each_with_the_runs_at_its_stage(tmp_path):
@@ -269,7 +347,7 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_a_run_records_the_references_definitions_and_test_figures_at_every_evaluation(digits_run):
-    from resbench.train.step import learning_rate
+    from resbench.settings.config import learning_rate
 
     records = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
     cfg = TrainConfig(optim_ni=20)
@@ -334,7 +412,8 @@ def test_run_files_say_what_they_mean(digits_run):
     config = json.loads((digits_run / "config.json").read_text())
     assert config["save"] == str(digits_run) and config["device"] == "cpu" and config["compile"] == "auto"
     assert config["resolved"] == {"save": str(digits_run.resolve()), "data_root": str(Path("./data").resolve()),
-                                  "device": "cpu", "precision": "fp32", "compile": False}
+                                  "device": "cpu", "precision": "fp32", "compile": False,
+                                  "splits": {"train": 1280, "val": 217, "test": 300}}
     log = (digits_run / "log.txt").read_text()
     assert "None" not in log
     assert f"--data_root {Path('./data').resolve()}  # asked: ./data" in log
@@ -362,7 +441,8 @@ def test_a_hundred_class_run_reports_top5_beside_top1(tmp_path):
         np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
         np.save(folder / f"{split}_labels.npy", rng.integers(0, 100, n))
     summary = train(TrainConfig(data_name="CIFAR100_x32", resnet_depth=8, batch_size=32, optim_ni=2, eval_every=1,
-                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu"))
+                                data_root=str(tmp_path / "data"), save=str(tmp_path / "run"), device="cpu",
+                                allow_nonstandard=True))  # 64 validation and 128 test images
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["val_acc"] <= r["val_top5"] <= 1 and r["tst_acc_at_eval"] <= r["tst_top5_at_eval"] for r in records)
     assert summary["val_top5"] >= summary["best_val_acc"] and summary["tst_top5"] >= summary["tst_acc"]

@@ -17,7 +17,7 @@ from test_sweep import DIGITS_GRID, plan_lines
 
 from conftest import fails_if_blocked
 from resbench.evaluate.metrics import brier_score, calibration_metrics, expected_calibration_error, fit_temperature, nll
-from resbench.results.reference import reference_rows
+from resbench.results.reference import imagenet_rows, reference_rows
 from resbench.results.table import render_tables
 
 # ---------------------------------------------------------------- hand-written summaries and golden tables
@@ -49,7 +49,7 @@ SEEDS_AND_COMPARE = """\
 |    -: |    -: |       -: |     :-: |     :-: |     :-: | :-
 |     8 |     1 |   0.08 M |   0.500 |   0.400 |   1.500 |
 
-mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; one run: its figure."""
+mean ± sample std [95% Student-t interval of the mean, clipped to what the figure can be: [0, 1] for an accuracy, ≥ 0 for an NLL] over the n runs (seeds) of a row; one run: its figure."""
 
 
 def summary(data_name: str, depth: int, width: int, precision: str, params: int, val_acc: float,
@@ -98,6 +98,47 @@ def test_table_mean_std_and_compare_reference():
     assert render_tables(seeds_and_compare_summaries(), compare=True) == SEEDS_AND_COMPARE
 
 
+def test_a_set_that_validates_on_its_test_set_says_so_under_its_table_only():
+    runs = [summary("ImageNet1k_x32", 18, 1, "fp16", 11_680_832, 0.546, 0.546, 2.103),
+            *seed_summaries("CIFAR10_x32")]
+    cifar, imagenet = render_tables(runs).split("\n\n### ")
+    assert cifar == SEED_CIFAR10  # character for character, without the note
+    assert imagenet.splitlines()[-1] == ("val = test: ImageNet1k_x32 validates on its test set (the official validation "
+                                         "set), as the reference does; its val/acc is a test accuracy and its best "
+                                         "checkpoint is chosen on the test set (test-set selection, as `resbench table "
+                                         "--selection test` names it).")
+
+
+def test_a_table_of_two_runs_keeps_its_intervals_within_what_a_figure_can_be_and_flags_them():
+    """n = 2 printed `tst/acc 0.944 ± 0.079 [0.239, 1.650]` and NLL intervals below 0 (issue 39)."""
+    runs = [summary("CIFAR10_x32", 20, 1, "fp32", 272_464, 0.95, tst, nll, seed=seed)
+            for seed, tst, nll in ((1, 0.988, 0.05), (2, 0.9, 0.4))]
+    text = render_tables(runs)
+    assert "| 0.950 ± 0.000 [0.950, 0.950]† | 0.944 ± 0.062 [0.385, 1.000]† | 0.225 ± 0.247 [0.000, 2.449]† | n=2" in text
+    assert text.endswith("\n† n = 2: the interval of 2 runs spans ±12.7 standard errors (Student's t, 1 degree of "
+                         "freedom) and says little; 3 runs or more narrow it.")
+    assert "†" not in render_tables(seeds_and_compare_summaries())  # n = 3: no mark
+
+
+IMAGENET_X32_BESIDE_THE_REFERENCE = """\
+### ImageNet1k_x32
+| Depth | Width | # Params |                   val/acc |                   tst/acc |                   tst/nll | misc
+|    -: |    -: |       -: |                       :-: |                       :-: |                       :-: | :-
+|    18 |     1 |  11.68 M | 0.546 (ref 0.546, +0.000) | 0.546 (ref 0.546, +0.000) | 2.103 (ref 2.103, +0.000) | fp16 (1.1 hrs; ref 2.1 hrs on 2 GPUs)
+|    34 |     1 |  21.79 M | 0.573 (ref 0.573, +0.000) | 0.573 (ref 0.573, +0.000) | 2.102 (ref 2.102, +0.000) | fp16 (2.0 hrs; ref 3.9 hrs on 2 GPUs)
+|    50 |     1 |  25.55 M | 0.613 (ref 0.613, +0.000) | 0.613 (ref 0.613, +0.000) | 1.946 (ref 1.946, +0.000) | fp16 (2.8 hrs; ref 5.7 hrs on 2 GPUs)"""
+
+
+def test_table_puts_the_published_imagenet_rows_beside_ours():
+    """Ours with the reference's figures and half its wall time: the published row (its README's val/acc,
+    tst/acc the same since validation is the test set, its log's tst/nll) and its hours on its 2 GPUs."""
+    config = {"seed": 42, "batch_size": 1024, "optim_ni": 128_000, "optim_lr": 0.4, "optim_weight_decay": 1e-4}
+    summaries = [{**summary(r.data_name, r.depth, r.width, r.precision, r.params, r.val_acc, r.tst_acc, r.tst_nll,
+                            wall_seconds=r.wall_min * 30), "config": config}
+                 for r in imagenet_rows()[::-1] if r.data_name == "ImageNet1k_x32"]
+    assert render_tables(summaries, compare=True) == IMAGENET_X32_BESIDE_THE_REFERENCE
+
+
 TINY_WITH_TWO_RUN_LENGTHS = """\
 ### TinyImageNet200_x64
 | Depth | Width | # Params | iters | val/acc | tst/acc | tst/nll | misc
@@ -121,6 +162,13 @@ def test_table_cli_keeps_runs_with_other_settings_in_rows_of_their_own(tmp_path,
     assert tiny == TINY_WITH_TWO_RUN_LENGTHS and proc.stderr == ""
 
 
+def test_where_a_run_held_its_data_never_makes_a_row_of_its_own():
+    runs = [lr_sweep_summary(0.1, seed, 0.92) for seed in (1, 2)]
+    for run, placement in zip(runs, ("device", "stream")):
+        run["config"]["data_placement"] = placement  # the same batches either way
+    assert "n=2" in render_tables(runs) and "stream" not in render_tables(runs)
+
+
 def lr_sweep_summary(lr: float, seed: int, val: float, wd: float = 0.001) -> dict:
     s = summary("CIFAR10_x32", 20, 1, "fp32", 272_464, val, val - 0.001, 0.3, seed=seed)
     s["config"].update(optim_lr=lr, optim_weight_decay=wd)
@@ -134,9 +182,10 @@ def test_table_tabulates_a_sweep_and_select_by_val_names_the_setting():
     assert rows[0][:5] == ["Depth", "Width", "# Params", "lr", "val/acc"]
     assert [row[3] for row in rows[2:]] == ["0.05", "0.1", "0.2"]  # one row per lr, not one average
     assert [row[4].split(" [")[0] for row in rows[2:]] == ["0.911 ± 0.001", "0.923 ± 0.003", "0.900"]
+    assert rows[2][4].endswith("]†")  # two runs: an interval that says little
     assert [row[-1] for row in rows[2:]] == ["n=2", "n=2", ""]
     chosen = render_tables(runs, select_by="val").splitlines()
-    assert len(chosen) == 4 + 2  # one row, then the note on the interval
+    assert len(chosen) == 4 + 3  # one row, then the notes on the interval and on n = 2
     assert cells(chosen[3])[:4] == ["20", "1", "0.27 M", "0.1"]
     assert cells(chosen[3])[-1] == "n=2, best val/acc of 3 settings"
 
@@ -153,12 +202,13 @@ def test_table_cli_errors_without_runs(tmp_path, cli):
 
 DIVERGED_BEFORE_EVALUATING = """\
 ### CIFAR10_x32
-| Depth | Width | # Params |                                          val/acc |                                          tst/acc |                                          tst/nll | misc
-|    -: |    -: |       -: |                                              :-: |                                              :-: |                                              :-: | :-
-|    20 |     1 |   0.27 M | 0.923 ± 0.003 [0.898, 0.948] (ref 0.923, +0.000) | 0.920 ± 0.008 [0.844, 0.996] (ref 0.924, −0.004) | 0.300 ± 0.000 [0.300, 0.300] (ref 0.278, +0.022) | n=3, 1 diverged
-|    18 |     1 |  11.17 M |                                  n/a (ref 0.952) |                                  n/a (ref 0.948) |                                  n/a (ref 0.199) | fp32 (0.0 hrs; ref 0.6 hrs), 1 diverged
+| Depth | Width | # Params |                                           val/acc |                                           tst/acc |                                           tst/nll | misc
+|    -: |    -: |       -: |                                               :-: |                                               :-: |                                               :-: | :-
+|    20 |     1 |   0.27 M | 0.923 ± 0.003 [0.898, 0.948]† (ref 0.923, +0.000) | 0.920 ± 0.008 [0.844, 0.996]† (ref 0.924, −0.004) | 0.300 ± 0.000 [0.300, 0.300]† (ref 0.278, +0.022) | n=3, 1 diverged
+|    18 |     1 |  11.17 M |                                   n/a (ref 0.952) |                                   n/a (ref 0.948) |                                   n/a (ref 0.199) | fp32 (0.0 hrs; ref 0.6 hrs), 1 diverged
 
-mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; one run: its figure."""
+mean ± sample std [95% Student-t interval of the mean, clipped to what the figure can be: [0, 1] for an accuracy, ≥ 0 for an NLL] over the n runs (seeds) of a row; one run: its figure.
+† n = 2: the interval of 2 runs spans ±12.7 standard errors (Student's t, 1 degree of freedom) and says little; 3 runs or more narrow it."""
 
 
 def diverged_summary(s: dict) -> dict:
@@ -286,6 +336,59 @@ def test_plot_writes_curves_and_reference_figures(tmp_path, cli):
     assert {p.name for p in (tmp_path / "figs").iterdir()} == expected
     assert sorted(proc.stdout.split()) == sorted(str(tmp_path / "figs" / name) for name in expected)
     assert_pngs(list((tmp_path / "figs").iterdir()))
+
+
+def drawn_curves(runs: Path, monkeypatch) -> dict[str, object]:
+    """The panels of the curves figure `resbench plot` draws for `runs`, by title (after the dataset's name)."""
+    from resbench.results import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda plt, fig, path: figures.append(fig))
+    plots.write_plots(runs, runs / "plots")
+    [figure] = figures
+    plots.pyplot().close(figure)
+    return {ax.get_title().partition(": ")[2]: ax for ax in figure.axes if ax.get_title()}
+
+
+def curve_run(run: Path, seed: int, val_acc: list[float], tested: bool = True, **config) -> None:
+    """A run folder of evaluations every 100 iterations with the figures every panel draws (the test
+    split's at every evaluation only if `tested`: older runs recorded it where validation improved)."""
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data_name": "Digits_x32", "seed": seed, **config}))
+    records = [{"iter": 100 * (i + 1), "trn_loss": 1.0 / (i + 1), "trn_lr": 0.05, "trn_w_norm": 30.0 - i,
+                "val_acc": acc, "val_nll": 1.0 - acc, **({"tst_acc_at_eval": acc} if tested else {})}
+               for i, acc in enumerate(val_acc)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_plot_panels_have_axis_labels_test_accuracy_weight_norm_the_schedule_and_bands_within_range(
+        tmp_path, monkeypatch):
+    """Issue 39: no axis labels, no tst/acc or w_norm panel, the lr as jagged window means, bands past 1."""
+    from resbench.settings.config import TrainConfig, learning_rate
+
+    curve_run(tmp_path / "a", 1, [0.5, 0.9, 0.99, 0.999, 0.999, 0.999, 0.999, 0.999], optim_ni=800)
+    curve_run(tmp_path / "b", 2, [0.5, 0.7, 0.98, 0.9, 0.8, 0.7, 0.6, 0.5], optim_ni=800)
+    panels = drawn_curves(tmp_path, monkeypatch)
+    assert list(panels) == ["val/acc", "val/acc, last quarter", "tst/acc", "val/nll", "trn/loss (log)", "w_norm",
+                            "learning rate"]
+    assert all(ax.get_xlabel() == "iteration" and ax.get_ylabel() for ax in panels.values())
+    [schedule] = panels["learning rate"].get_lines()
+    steps = [int(x) - 1 for x in schedule.get_xdata()]  # drawn at iteration = updates done
+    assert list(schedule.get_ydata()) == [learning_rate(s, TrainConfig(optim_ni=800)) for s in steps]
+    assert 80 in steps and max(schedule.get_ydata()) == 0.1  # the warm-up's peak, which no window mean reaches
+    for title in ("val/acc", "tst/acc"):
+        [band] = panels[title].collections
+        assert max(y for path in band.get_paths() for _, y in path.vertices) == 1.0  # the mean + std passes 1
+
+
+def test_plot_leaves_out_a_panel_it_has_no_figures_for(tmp_path, monkeypatch):
+    """A run of one evaluation drew an empty `last quarter` panel (issue 39); an older run has no tst/acc."""
+    curve_run(tmp_path / "short" / "run", 1, [0.3])
+    panels = drawn_curves(tmp_path / "short", monkeypatch)
+    assert "val/acc, last quarter" not in panels and "tst/acc" in panels and len(panels) == 6
+    curve_run(tmp_path / "older" / "run", 2, [0.3, 0.4, 0.5, 0.6], tested=False)
+    assert list(drawn_curves(tmp_path / "older", monkeypatch)) == [
+        "val/acc", "val/acc, last quarter", "val/nll", "trn/loss (log)", "w_norm", "learning rate"]
 
 
 def test_plot_marks_runs_that_diverged_before_evaluating(tmp_path, cli):

@@ -23,10 +23,10 @@ from resbench.results.noise import (
     runs_needed,
     same_recipe_pairs,
 )
-from resbench.results.reference import reference_runs
+from resbench.results.reference import seed_runs
 from resbench.runs.reader import find_run_folders
 
-RUNS = reference_runs()
+RUNS = seed_runs()  # the runs the noise model is calibrated on
 
 
 def verdicts(folders) -> list[str]:

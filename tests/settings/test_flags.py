@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -59,6 +60,21 @@ def test_help_and_errors_name_the_flags_once(cli):
     assert "--data_name DATA_NAME" in helped and "--data-name" not in helped
     bad = cli("train", "--resnet-depth", "abc")
     assert bad.returncode == 2 and "argument --resnet_depth: invalid int value: 'abc'" in bad.stderr
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["train", "--resnet_depth", "8", "--no_such_flag", "1"], "resbench train"),
+    (["data", "import", "Name", "src", "--no_such_flag"], "resbench data import"),
+    (["table", "runs", "extra"], "resbench table"),
+    (["--no_such_flag", "table", "runs"], "resbench"),  # before the command: the top level's
+])
+def test_unrecognized_arguments_point_at_the_commands_own_help(argv, command, capsys):
+    """argparse reports them from the top-level parser, whose help lists no command's flags (issue 39)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unrecognized arguments: ") and err.endswith(f"(see `{command} --help`)\n")
 
 
 def test_save_help_shows_one_default():
@@ -145,6 +161,30 @@ def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
     path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
     cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
     assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
+
+
+def command_flags(parser: argparse.ArgumentParser, name: str = "resbench") -> list[tuple[str, argparse.Action]]:
+    """(command, flag) for every flag of every command and subcommand, help and version left out."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [flag for command, sub in action.choices.items() for flag in command_flags(sub, f"{name} {command}")]
+        elif action.option_strings and action.help != argparse.SUPPRESS and action.dest not in ("help", "version"):
+            found.append((name, action))
+    return found
+
+
+def test_every_flag_with_a_default_shows_it_one_way():
+    """`bench --help` showed no default for --warmup, --iters, --windows, and commands spelled defaults four ways
+    (issue 39): every flag with a default shows `(default: VALUE)`, and no help says it otherwise."""
+    flags = command_flags(build_parser())
+    assert len({command for command, _ in flags}) == 11 and len(flags) > 80
+    unshown = [f"{command} {action.option_strings[0]}" for command, action in flags
+               if action.default not in (None, argparse.SUPPRESS) and not isinstance(action.default, bool)
+               and "(default: " not in action.help]
+    assert unshown == []
+    assert [f"{command} {action.option_strings[0]}" for command, action in flags if "default" in action.help
+            and action.help.count("default") != action.help.count("(default: ")] == []
 
 
 def test_every_help_prints_its_text_as_written():

@@ -340,13 +340,13 @@ def test_sbatch_gets_each_option_as_one_argument(tmp_path, monkeypatch):
     run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
     options = slurm_options(["comment=a b; c $(d) #e %a", "exclusive", "mail_type=END"])
     assert options == {"comment": "a b; c $(d) #e %a", "exclusive": None, "mail-type": "END"}
-    name, plan = job_plan([run], 0)
-    argv = sbatch_argv(1, options, tmp_path / "100%" / ".launch", name, 0)
+    name, plan = job_plan([run])
+    argv = sbatch_argv([run], options, tmp_path / "100%" / ".launch", name, 0)
     assert argv[:3] == ["sbatch", "--parsable", "--array=0-0"] and argv[-1] == name
     assert f"--output={tmp_path}/100%%/.launch/%A_%a.out" in argv and "--requeue" in argv
     assert "--comment=a b; c $(d) #e %a" in argv and "--exclusive" in argv and "--mail-type=END" in argv
     assert json.loads(plan)["tasks"] == [{"save": str(run.save), "command": run.command}]
-    assert job_plan([run], 0) == (name, plan)  # named after its content: a dry run names the same file
+    assert job_plan([run]) == (name, plan)  # named after its content: a dry run names the same file
 
 
 def job_fields(slurm: Slurm, job: str) -> dict[str, str]:
@@ -486,18 +486,32 @@ def test_a_run_on_several_gpus_is_one_torchrun_per_task(tmp_path, monkeypatch):
     from resbench.sweep.slurm import job_plan, sbatch_argv, slurm_options
 
     monkeypatch.chdir(tmp_path)
-    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
-    name, plan = job_plan([run], 4)
-    argv = sbatch_argv(1, slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", name, 4)
+    run = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"], processes=4)
+    name, plan = job_plan([run])
+    argv = sbatch_argv([run], slurm_options(["partition=gpu", "cpus_per_task=16"]), tmp_path / ".launch", name, 4)
     assert {"--gres=gpu:4", "--partition=gpu", "--cpus-per-task=16"} <= set(argv)
     [task] = json.loads(plan)["tasks"]
     assert " -P -m torch.distributed.run --standalone --nproc_per_node 4 -m resbench train " in shlex.join(task["command"])
     assert json.loads(plan)["workdir"] == str(tmp_path)
-    one_gpu = sbatch_argv(1, {}, tmp_path / ".launch", job_plan([run], 1)[0], 1)
+    single = plan_run(Path("runs"), ["--data_name", "Digits_x32", "--resnet_depth", "8"])
+    one_gpu = sbatch_argv([single], {}, tmp_path / ".launch", job_plan([single])[0], 1)
     assert [arg for arg in one_gpu if not arg.startswith(("--gres", "plan-"))] == \
         [arg for arg in argv if not arg.startswith(("--gres", "--partition", "--cpus-per-task", "plan-"))]
-    given = sbatch_argv(1, slurm_options(["gres=gpu:a100:4"]), tmp_path / ".launch", name, 4)
+    given = sbatch_argv([run], slurm_options(["gres=gpu:a100:4"]), tmp_path / ".launch", name, 4)
     assert "--gres=gpu:a100:4" in given and "--gres=gpu:4" not in given
+
+
+def test_a_ray_task_that_waits_for_an_earlier_attempt_says_so_and_trains(tmp_path, monkeypatch, capsys):
+    """No engine needed: the task's lock found held (a lost node's trainer still saving), it says whom it waits
+    for, then runs its command into the run folder's stdout.log."""
+    from resbench.sweep import ray_cluster
+
+    take_lock = ray_cluster.take_lock
+    monkeypatch.setattr(ray_cluster, "take_lock", lambda path, on_wait: (on_wait(), take_lock(path))[1])
+    code = ray_cluster.train_task([sys.executable, "-c", "print('trained')"], "runs/Digits_x32/run", str(tmp_path))
+    run = tmp_path / "runs" / "Digits_x32" / "run"
+    assert code == 0 and (run / "stdout.log").read_text() == "trained\n"
+    assert capsys.readouterr().err == f"waiting for {run}'s earlier attempt to stop\n"
 
 
 def test_ray_from_a_folder_whose_path_is_not_utf8_is_named_as_the_cause(tmp_path, monkeypatch):
@@ -515,3 +529,27 @@ def test_ray_from_a_folder_whose_path_is_not_utf8_is_named_as_the_cause(tmp_path
     with pytest.raises(ResbenchError, match=r"Ray cannot run a sweep from .*/runs\\udcff: the folder's path is not "
                                             "UTF-8; run it from another folder"):
         ray_cluster.run_on_ray([], None, 1, 0)
+
+
+def test_a_slurm_task_of_a_two_process_run_is_one_torchrun_and_finishes(slurm, tmp_path):
+    """`--gpus_per_run 2` with `--device cpu`: sbatch's command line (shown by --dry_run) asks for no GPU, and the
+    task's command in the plan it names is a torchrun of 2 CPU processes (gloo), run as the task's job step on the
+    single-node SLURM; the job script is the one constant text."""
+    from resbench.sweep.slurm import JOB_SCRIPT
+
+    write_grid(tmp_path, [1], 4)
+    argv = ["sweep", "--grid", "grid.toml", "--runs_dir", "runs", "--launcher", "slurm", "--gpus_per_run", "2"]
+    train = ["--", *TINY, "--device", "cpu"]
+    dry = resbench_in_process(*argv, "--dry_run", *train, cwd=tmp_path, env={**cli_env(), **slurm.env},
+                              check=True).stdout
+    sbatch, script = dry_run_submission(dry)
+    assert "--gres" not in sbatch and script == JOB_SCRIPT and "[2 processes (torchrun)]" in dry
+    resbench_in_process(*argv, *train, cwd=tmp_path, env={**cli_env(), **slurm.env}, check=True)
+    [plan] = (tmp_path / "runs" / ".launch").glob("plan-*.json")
+    assert sbatch.endswith(" " + plan.name)  # the plan the dry run named
+    [task] = json.loads(plan.read_text())["tasks"]
+    assert " -m torch.distributed.run --standalone --nproc_per_node 2 -m resbench train " in shlex.join(task["command"])
+    [run] = run_folders(tmp_path)
+    wait_for(lambda: (run / "summary.json").is_file(), LIMIT, "the two-process task")
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    wait_for(lambda: slurm.queue() == [], LIMIT, "the task to end")

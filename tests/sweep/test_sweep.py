@@ -3,6 +3,7 @@ import from the folder it runs in."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -31,10 +32,25 @@ def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, cli):
     assert len(runs) == 26 and {state for state, _ in runs} == {"new"}
     folders = [Path(folder) for _, folder in runs]
     assert folders[0] == tmp_path / "CIFAR10_x32" / "R20x1-b256-i2k-lr0.1-wd0.001-s42"
-    assert sum(f.name.endswith(("-fp16", "-bf16")) for f in folders) == 4
+    # The seed's fp16 rows are named as the GPUs that train them name them, on this CPU too (issue 39).
+    assert sum(f.name.endswith("-fp16") for f in folders) == 4 and not any(f.name.endswith("-bf16") for f in folders)
     assert [f.parent.name for f in folders].count("TinyImageNet200_x64") == 5
     assert "train --data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --optim_ni 2000" in proc.stdout
     assert list(tmp_path.iterdir()) == []  # a dry run creates nothing
+
+
+def test_a_cpu_run_of_a_mixed_precision_row_keeps_the_folder_it_was_named_before(tmp_path):
+    """`--mixed_precision true --device auto` trained on a CPU was named -bf16 (the precision it trained
+    in); named -fp16 now (the row it is), a folder of the old name is still found and resumed."""
+    from resbench.settings.config import TrainConfig, run_folder_of
+
+    cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, mixed_precision="true")
+    assert run_folder_of(cfg, tmp_path) == tmp_path / "Digits_x32" / "R8x1-b256-i48k-lr0.1-wd0.001-s42-fp16"
+    earlier = tmp_path / "Digits_x32" / "R8x1-b256-i48k-lr0.1-wd0.001-s42-bf16"
+    earlier.mkdir(parents=True)
+    assert run_folder_of(cfg, tmp_path) == (earlier if not torch.cuda.is_available() else earlier.with_name(
+        "R8x1-b256-i48k-lr0.1-wd0.001-s42-fp16"))
+    assert run_folder_of(dataclasses.replace(cfg, device="cpu"), tmp_path) == earlier  # bf16 as asked
 
 
 DIGITS_GRID = """\
@@ -346,3 +362,71 @@ def test_slurm_example_signals_the_job_steps():
 
 
 EVIL_MODULE = "import pathlib\npathlib.Path({marker!r}).touch()\nraise SystemExit('imported from the current folder')\n"
+
+
+# ---------------------------------------------------------------- runs on several devices
+
+def test_the_imagenet_grid_keeps_the_references_batchnorm_on_any_gpus_that_divide_its_devices(tmp_path, cli):
+    """Its six rows, on the reference's 2 (32 px) or 4 (64 px) GPUs: one process makes them up with --bn_groups 2
+    or 4, two processes with 1 or 2; four cannot split the 32 px rows' two. Planned for a cluster (Ray, SLURM),
+    so this machine's memory is not asked (a depth-50 64 px run at 1,024 per process needs about 32 GiB)."""
+    one = cli("sweep", "--grid", "imagenet", "--runs_dir", tmp_path, "--launcher", "ray", "--dry_run", check=True)
+    runs = [line for line in one.stdout.splitlines() if line.startswith("  new")]
+    assert [Path(line.split()[1]).parent.name for line in runs] == ["ImageNet1k_x32"] * 3 + ["ImageNet1k_x64"] * 3
+    assert [Path(line.split()[1]).name.split("-s42")[0] for line in runs[:1] + runs[3:4]] == [
+        "R18x1-b1024-i128k-lr0.4-wd0.0001", "R18x1-b1024-i128k-lr0.4-wd0.0001"]
+    assert runs[0].endswith("-bng2  [the reference's 2 GPUs as 1 process × 2 BatchNorm groups: 512 images per "
+                            "BatchNorm, as there]")
+    assert runs[5].endswith("-bng4  [the reference's 4 GPUs as 1 process × 4 BatchNorm groups: 256 images per "
+                            "BatchNorm, as there]")
+    assert "took the reference 34:10:48 on 2-4 GeForce RTX 3090 per run" in one.stdout  # imagenet-x.md: 34.2 hours
+    two = cli("sweep", "--grid", "imagenet", "--runs_dir", tmp_path, "--launcher", "slurm", "--gpus_per_run", "2",
+              "--dry_run", check=True).stdout
+    assert two.count("[the reference's 2 GPUs as 2 processes (torchrun): 512 images per BatchNorm, as there]") == 3
+    assert two.count("[the reference's 4 GPUs as 2 processes (torchrun) × 2 BatchNorm groups: 256 images per "
+                     "BatchNorm, as there]") == 3
+    assert " --gres=gpu:2 " in two  # sbatch's argv: each array task asks for its 2 GPUs (the plan: test_launchers)
+    four = cli("sweep", "--grid", "imagenet", "--runs_dir", tmp_path, "--launcher", "ray", "--gpus_per_run", "4",
+               "--dry_run")
+    assert four.returncode == 2 and four.stderr == (
+        "error: the ImageNet1k_x32 rows ran on 2 GPUs (512 images per BatchNorm); 4 processes per run cannot split "
+        "them so: use --gpus_per_run 1 or 2, or a grid file of your own\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_local_sweep_trains_each_run_as_a_torchrun_of_gpus_per_run_processes(tmp_path, cli):
+    """No GPU here: `--gpus_per_run 2 -- --device cpu` is a torchrun of 2 CPU processes (gloo) per run, each with
+    its share of the cores; torchrun's workers import nothing from the folder the sweep runs in."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]").replace("optim_ni = 10", "optim_ni = 2"))
+    proc = cli("sweep", "--grid", grid, "--runs_dir", tmp_path / "runs", "--gpus_per_run", "2", "--", "--compile",
+               "false", cwd=evil_folder(tmp_path), check=True)
+    [run] = (tmp_path / "runs" / "Digits_x32").iterdir()
+    assert f"[1/1] {run}: finished" in proc.stdout and "[2 processes (torchrun)]" in proc.stdout
+    assert list(tmp_path.glob("imported-*")) == []
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["config"]["threads"] == max(1, cpus.available_cores() // 2)
+
+
+def test_runs_at_once_get_disjoint_gpus_and_a_sweep_that_needs_more_is_refused(monkeypatch):
+    from resbench.errors import ResbenchError
+    from resbench.sweep import local
+
+    monkeypatch.setattr(local, "visible_gpus", lambda: ["3", "5", "6", "7", "9"])
+    slots = local.gpu_slots(jobs=2, gpus_per_run=2)
+    assert [slots.get(), slots.get()] == [["3", "5"], ["6", "7"]] and slots.empty()
+    with pytest.raises(ResbenchError, match="--jobs 3 runs of --gpus_per_run 2 need 6 GPUs, and this machine shows 5"):
+        local.gpu_slots(jobs=3, gpus_per_run=2)
+    assert local.gpu_slots(jobs=4, gpus_per_run=0) is None  # runs on the device their flags name
+    monkeypatch.setattr(local, "visible_gpus", lambda: [])
+    assert local.gpu_slots(jobs=4, gpus_per_run=2) is None  # no CUDA: CPU processes
+
+
+def test_a_rank_under_torchrun_stops_when_the_sweep_dies_though_torchrun_lives_on(monkeypatch):
+    from resbench.sweep import local
+
+    alive, sent = iter([True, True, False]), []
+    monkeypatch.setattr(local, "process_exists", lambda pid: next(alive))
+    monkeypatch.setattr(local.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    local.watch_sweep(100, interval=0)
+    assert sent == [(os.getpid(), signal.SIGTERM)]

@@ -17,13 +17,13 @@ from resbench.device import bnstats, memory
 from resbench.device.distributed import World
 from resbench.models.resnet import count_parameters, resnet
 from resbench.runs import checkpoint
-from resbench.settings.config import ConfigError, TrainConfig, default_run_name
+from resbench.settings.config import ConfigError, TrainConfig, default_run_name, learning_rate
 from resbench.train import meter
 from resbench.train import step as step_module
 from resbench.train.checks import validate_config
 from resbench.train.loop import Interrupted, train
 from resbench.train.lossscale import ConstantLossScale
-from resbench.train.step import learning_rate, train_step
+from resbench.train.step import train_step
 
 
 def test_schedule_warmup_then_cosine():
@@ -103,7 +103,7 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
         for p, d, b in zip(expected, decayed, bufs):
             b.mul_(0.9).add_(d * min(1.0, clip / norm))
             p.sub_(lr * b)
-        _, gnorm = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
+        _, gnorm, _ = train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, lr, cfg,
                               torch.autocast("cpu", enabled=False), measure_grad_norm=True)
         assert gnorm == pytest.approx(norm, rel=1e-5)  # the norm of g + wd·p, before clipping
         for (name, p), e in zip(model.named_parameters(), expected):
@@ -126,6 +126,9 @@ def test_gradient_clipping_clips_the_decayed_gradient_as_the_reference(fused):
     (dict(threads=10**12), "--threads must be from 1 to 4096"),
     (dict(optim_global_clipping=float("inf")), "--optim_global_clipping must be a positive finite number"),
     (dict(data_root="data\0x"), "--data_root holds a NUL character"),
+    (dict(bn_groups=0), "--bn_groups must be a positive integer"),
+    (dict(bn_groups=3), "--bn_groups 3 does not split 256 images evenly; use a divisor of 256"),
+    (dict(bn_groups=2, sync_bn=True), "--bn_groups .* and --sync_bn .* contradict each other"),
 ])
 def test_bad_settings_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -136,6 +139,7 @@ def test_default_run_name():
     assert default_run_name(TrainConfig()) == "R20x1-b256-i48k-lr0.1-wd0.001-s42"
     cfg = TrainConfig(resnet_depth=18, optim_ni=500, mixed_precision="bf16", device="cpu")
     assert default_run_name(cfg) == "R18x1-b256-i500-lr0.1-wd0.001-s42-bf16"
+    assert default_run_name(TrainConfig(bn_groups=2)) == "R20x1-b256-i48k-lr0.1-wd0.001-s42-bng2"
 
 
 SEED_COMMAND = ("--data_name CIFAR10_x32 --resnet_depth 20 --resnet_width 1 --batch_size 256 --optim_ni 48000 "
@@ -161,6 +165,8 @@ def test_seed_command_verbatim_writes_a_complete_run_folder(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iterations"] == 3 and summary["params"] == 272_464
     assert summary["precision"] == "fp32" and summary["config"]["optim_weight_decay"] == 0.001
+    official = {"train": 40_960, "val": 9_040, "test": 10_000}  # what table and compare check (issue 39)
+    assert summary["splits"] == json.loads((run / "config.json").read_text())["resolved"]["splits"] == official
     for key in ("best_val_acc", "tst_acc", "tst_nll", "best_iter", "wall_seconds", "images_per_sec", "epochs_per_min",
                 "device", "versions", "data_name", "depth", "width"):
         assert summary[key] is not None, key
@@ -183,6 +189,25 @@ def test_digits_demo_learns(tmp_path, run_cli, cli):
     again = cli("train", "--data_name", "Digits_x32", "--resnet_depth", "14", "--batch_size", "64",
                 "--optim_ni", "500", "--eval_every", "100", "--save", tmp_path / "run", check=True)
     assert "not retraining" in again.stderr
+
+
+def test_evaluation_lines_keep_their_columns_when_validation_does_not_improve(tmp_path, monkeypatch):
+    """The test columns are best.pt's on every line, labelled so, and the learning rate is the last step's,
+    named as in metrics.jsonl (issue 39: they vanished where validation did not improve, and the lr was an
+    unlabelled mean)."""
+    from resbench.train import loop
+
+    scored = iter([0.5, 0.4, 0.3, 0.35])  # validation, test; validation worse, test
+    monkeypatch.setattr(loop, "evaluate", lambda *args: {"acc": next(scored), "nll": 1.0})
+    train(TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=4, eval_every=2, device="cpu",
+                      save=str(tmp_path / "run")))
+    lines = [line for line in (tmp_path / "run" / "log.txt").read_text().splitlines() if line.startswith("[iter ")]
+    labels = [re.findall(r"(?:^|, )([a-z_]+/[a-z_0-9]+) ", line.partition("] ")[2]) for line in lines]
+    assert labels[0] == labels[1] == ["trn/loss", "trn/lr_at_eval", "trn/w_norm", "trn/g_norm", "val/acc", "val/nll",
+                                      "val/best_acc", "tst/acc", "tst/nll"]
+    for line in lines:
+        assert ", tst/acc 0.4000, tst/nll 1.0000 (best.pt, iteration 2), evaluation " in line
+    assert "trn/lr_at_eval 0.0000, " in lines[1]  # the cosine's end, where the window mean is not 0
 
 
 def test_tensorboard_scalars_follow_the_evaluations(tmp_path):

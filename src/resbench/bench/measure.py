@@ -30,11 +30,12 @@ from resbench.errors import ResbenchError
 from resbench.evaluate.metrics import EVAL_BATCH_SIZE, eval_batch_size, predict_logits
 from resbench.models import packed
 from resbench.models.resnet import resnet
+from resbench.results.reference import published_row
 from resbench.runs.reader import config_from_args
-from resbench.settings.config import ConfigError, TrainConfig, precision_for, resolve_device
+from resbench.settings.config import ConfigError, TrainConfig, learning_rate, precision_for, resolve_device
 from resbench.train.checks import validate_config
 from resbench.train.resume import RunState
-from resbench.train.step import StepStats, build_job, learning_rate
+from resbench.train.step import StepStats, build_job
 
 BENCH_POOL = 2_048  # generated training images; enough for several distinct batches
 SPREAD_LIMIT = 0.2  # (max - min) / median images/s over the windows beyond which the figure is shaky
@@ -55,6 +56,11 @@ def bench_config(given: dict[str, Any], compile_choice: str, device: str, optim_
     cfg = TrainConfig(**given, compile=compile_choice, device=device, optim_ni=optim_ni)
     validate_config(cfg)
     return cfg
+
+
+def will_compile(cfg: TrainConfig) -> bool:
+    """Whether the benchmark's step is compiled, as `train` would decide for the run it mirrors."""
+    return hotpath.use_compile(cfg.compile, resolve_device(cfg.device), cfg.optim_ni)
 
 
 def generated_batches(cfg: TrainConfig, device: torch.device) -> TrainBatches:
@@ -81,7 +87,7 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatc
     stats = StepStats(RunState(), device) if step_stats else None
 
     def step(i: int) -> torch.Tensor:
-        return job.step(i, learning_rate(i, cfg), stats)[0]
+        return job.step(i, stats)[0]
 
     return Trainer(f"resbench{' compiled' if job.compiled else ''}{'' if step_stats else ' without step statistics'}",
                    step)
@@ -258,7 +264,7 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "data_name": cfg.data_name, "depth": cfg.resnet_depth, "width": cfg.resnet_width,
-        "batch_size": cfg.batch_size, "precision": precision,
+        "batch_size": cfg.batch_size, "precision": precision, "bn_groups": cfg.bn_groups,
         "compile": hotpath.use_compile(cfg.compile, device, cfg.optim_ni),
         "compile_choice": hotpath.parse_compile(cfg.compile), "optim_ni": cfg.optim_ni,  # the run it mirrors
         "warmup": warmup, "iters": iters, "windows": windows,
@@ -329,7 +335,9 @@ def eval_images_per_sec(cfg: TrainConfig, device: torch.device, images: int = 2 
 
 
 def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[str, Any]:
-    """One grid row: training images/s after warm-up, evaluation images/s, and what a whole run costs.
+    """One grid row: training images/s after warm-up, evaluation images/s, and what a whole run costs,
+    beside what the reference's run of the row took on its GPUs (its published wall time, scaled to
+    the row's iterations and batch; None where it has no such row).
 
     The run's minutes are measured rates times known counts: `optim_ni` steps of `batch_size`
     images, plus every evaluation's validation and test images (the test split counted at every
@@ -339,10 +347,11 @@ def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[s
     spec = dataset_spec(cfg.data_name, cfg.data_root)
     record = run_bench(cfg, warmup, iters, windows, vs=False)
     eval_rate = eval_images_per_sec(cfg, device)
-    eval_images = evaluations_of(cfg) * (spec.num_val + spec.num_test)
+    eval_images = evaluations_of(cfg) * spec.images_per_evaluation
     train_minutes = cfg.optim_ni * cfg.batch_size / record["images_per_sec"] / 60
     eval_minutes = eval_images / eval_rate / 60
     setup_minutes = record["warmup_seconds"] / 60
+    reference = published_row(cfg.data_name, cfg.resnet_depth, cfg.resnet_width, record["precision"])
     return {
         "data_name": cfg.data_name, "depth": cfg.resnet_depth, "width": cfg.resnet_width,
         "precision": record["precision"], "compile": record["compile"], "batch_size": cfg.batch_size,
@@ -351,7 +360,9 @@ def bench_row(cfg: TrainConfig, warmup: int, iters: int, windows: int) -> dict[s
         "ms_per_step": record["ms_per_step"], "eval_images_per_sec": eval_rate,
         "warmup_seconds": record["warmup_seconds"], "peak_memory_mb": record["peak_memory_mb"],
         "train_minutes": train_minutes, "eval_minutes": eval_minutes,
-        "run_minutes": setup_minutes + train_minutes + eval_minutes,
+        "run_minutes": setup_minutes + train_minutes + eval_minutes, "bn_groups": cfg.bn_groups,
+        "reference_minutes": None if reference is None else reference.minutes_for(cfg.optim_ni, cfg.batch_size),
+        "reference_devices": None if reference is None else reference.devices,
     }
 
 
@@ -368,6 +379,7 @@ def run_grid(grid: str, device: str, compile_choice: str, warmup: int, iters: in
         result["rows"].append(bench_row(cfg, warmup, iters, windows))
         report(result["rows"][-1])
     result["total_minutes"] = sum(row["run_minutes"] for row in result["rows"])
+    result["reference_minutes"] = sum(row.get("reference_minutes") or 0.0 for row in result["rows"])
     return result
 
 

@@ -23,11 +23,15 @@ def human_size(n: int) -> str:
 
 
 def format_status(rows: list[dict]) -> str:
-    lines = [f"{'dataset':<21} {'status':<10} {'train':>7} {'test':>7} {'size':>9}  note"]
+    """`data list`'s table: images per split (train: the training split, without the validation split the
+    training file also holds), and a set whose sizes are not the official ones as `nonstandard`."""
+    lines = [f"{'dataset':<21} {'status':<11} {'train':>7} {'val':>6} {'test':>7} {'size':>9}  note"]
     for row in rows:
-        status = "complete" if row["complete"] else ("damaged" if row["present"] else "missing")
+        status = ("nonstandard" if row.get("nonstandard") else "complete" if row["complete"] else
+                  "damaged" if row["present"] else "missing")
         note = printable(row.get("note") or row["problem"] or "")
-        lines.append(f"{row['name']:<21} {status:<10} {row['train'] or '-':>7} {row['test'] or '-':>7} "
+        lines.append(f"{printable(row['name']):<21} {status:<11} {row.get('train') or '-':>7} "
+                     f"{row.get('val') or '-':>6} {row.get('test') or '-':>7} "
                      f"{human_size(row['bytes']) if row['present'] else '-':>9}  {note}".rstrip())
     return "\n".join(lines)
 
@@ -85,17 +89,19 @@ def add_import_parser(commands: argparse._SubParsersAction) -> argparse.Argument
                     "classes; uint8 NHWC or NCHW, grey allowed). Images are made RGB (alpha composited onto "
                     "black, 16-bit grey scaled) and resized to --image_size with PIL's BICUBIC filter. A "
                     "stratified, seeded validation split is held out of train (and a test split carved out "
-                    "first where SRC has none). Then: resbench train --data_name NAME --data_root DIR.")
+                    "first where SRC has none). It ends with the train command to run, its batch size, iterations "
+                    "and evaluation interval fitted to the set (the recipe's 300 epochs), and a warning where the "
+                    "validation or test split is too small for its figures to mean anything (under 100 images).")
     parser.add_argument("name", metavar="NAME", help="the dataset's name: letters, digits, _, - and . (not first)")
     parser.add_argument("src", metavar="SRC", help="an ImageFolder tree (a folder holding train/) or an .npz file")
-    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size (default 32)")
+    parser.add_argument("--image_size", type=int, choices=(32, 64), default=32, help="image size")
     parser.add_argument("--val_fraction", type=fraction, default=DEFAULT_VAL_FRACTION,
-                        help=f"share of the training images held out for validation (default {DEFAULT_VAL_FRACTION})")
+                        help="share of the training images held out for validation")
     parser.add_argument("--test_fraction", type=fraction, default=DEFAULT_TEST_FRACTION,
                         help="share of the training images carved out as the test split, where SRC has no test "
-                             f"split (default {DEFAULT_TEST_FRACTION})")
+                             "split")
     parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED,
-                        help=f"seed of the held-out splits, recorded in dataset.json (default {DEFAULT_SPLIT_SEED})")
+                        help="seed of the held-out splits, recorded in dataset.json")
     parser.add_argument("--skip_bad", action="store_true",
                         help="leave unreadable images out (counted in the summary) instead of stopping at the first")
     parser.add_argument("--workers", type=positive, default=None,
@@ -115,9 +121,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "download", help="download (or use a placed archive), verify and prepare a dataset",
         description="Prepare <data_root>/NAME/{train,test}_{images,labels}.npy (an evaluation set: its own "
                     "layout, see the README). An archive already in <data_root>/downloads/ under its official "
-                    "name is used without network access.")
+                    "name is used without network access. ImageNet1k_x32 and ImageNet1k_x64 (downsampled "
+                    "ImageNet) cannot be downloaded without an image-net.org account: place their official "
+                    "archives (npz or pickled variant) in <data_root>/downloads/ (the command says which when "
+                    "they are missing); they are checked (counts, shapes, labels) and their SHA-256 recorded in "
+                    "NAME/sources.json, since no checksum is published (docs/imagenet.md).")
     download_parser.add_argument("name", metavar="NAME", choices=[*DATASETS, "all"],
-                                 help=f"one of {', '.join(DATASETS)}, or all (the training datasets)")
+                                 help=f"one of {', '.join(DATASETS)}, or all (the training datasets that can be "
+                                      "downloaded: all but ImageNet's)")
     download_parser.add_argument("--mirror", metavar="URL_OR_DIR", default=None,
                                  help="fetch the official file names from this base URL or local folder")
     download_parser.add_argument("--no_verify", action="store_true",
@@ -129,5 +140,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     list_parser.set_defaults(func=run_list)
 
     for parser in (download_parser, import_parser, list_parser):
-        parser.add_argument("--data_root", default="./data", help="dataset folder (default: ./data)")
+        parser.add_argument("--data_root", default="./data", help="dataset folder")
     return data

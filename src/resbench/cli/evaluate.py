@@ -12,24 +12,29 @@ from resbench.console import log, printable, say
 from resbench.errors import ResbenchError
 from resbench.runs.schema import CORRUPTION_METRICS, OOD_METRICS, OOD_SCORES
 from resbench.settings.flags import RenamedFlag
+from resbench.weights.layout import EXPORTED, is_exported
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR) [--corruptions] [--ood [NAME ...]] [--write_eval]`"""
+    """`resbench eval (--ckpt CKPT_OR_RUN [...] | RUNS_DIR | EXPORTED) [--corruptions] [--ood [NAME ...]]
+    [--write_eval]`"""
     p = subparsers.add_parser(
         "eval", help="accuracy, NLL, ECE, Brier; corruptions, OOD detection, ensembles",
         description="Evaluate checkpoints (model settings from each run folder's config.json): accuracy, NLL, "
                     "ECE (15 bins), Brier score; with --corruptions the corrupted test split, with --ood OOD "
                     "detection; several --ckpt are scored as an ensemble (their probabilities averaged) beside "
-                    "each member. RUNS_DIR: every run folder below it, each saved to its eval.json.")
+                    "each member. RUNS_DIR: every run folder below it, each saved to its eval.json. Exported "
+                    "weights (`resbench export`'s folder, or a Hub id with huggingface_hub installed) are scored "
+                    "as a checkpoint is, in every mode; nothing is written beside them.")
     p.add_argument("runs_dir", nargs="?", type=Path, default=None, metavar="RUNS_DIR",
-                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as --write_eval)")
+                   help="evaluate every run folder below RUNS_DIR on its own and write its eval.json (as "
+                        "--write_eval); an exported folder: as --ckpt")
     p.add_argument("--ckpt", type=Path, nargs="+", default=None, metavar="CKPT_OR_RUN_DIR",
-                   help="best.pt, last.pt or a run folder (see --which); several: their ensemble")
+                   help="best.pt, last.pt, a run folder (see --which) or exported weights; several: their ensemble")
     p.add_argument("--which", choices=("best", "last"), default="best",
-                   help="checkpoint of a run folder: best (best validation accuracy, default) or last (final iterate)")
+                   help="checkpoint of a run folder: best (best validation accuracy) or last (final iterate)")
     p.add_argument("--data_root", default=None, help="dataset folder (default: the run's data_root)")
-    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate (default test)")
+    p.add_argument("--split", choices=["val", "test"], default="test", help="split to evaluate")
     p.add_argument("--temperature_scaling", action="store_true",
                    help="also report the metrics after fitting one temperature T on the validation NLL")
     p.add_argument("--corruptions", action="store_true",
@@ -43,13 +48,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="write the figures into the run folder as eval.json (eval_last.json for last.pt), "
                         "which `resbench table --columns` reads")
     p.add_argument("--eval_batch_size", type=int, default=None,  # None: metrics.eval_batch_size(device)
-                   help="images per inference batch (default 64 on a CPU, 1024 on a GPU)")
+                   help="images per inference batch (default: 64 on a CPU, 1024 on a GPU)")
     # Old spellings, which read as train's flags of the same names (a run folder, the training batch).
     p.add_argument("--save", action=RenamedFlag, new="--write_eval",
                    why=" (train's --save names a run folder; eval writes into the run's own)")
     p.add_argument("--batch_size", action=RenamedFlag, new="--eval_batch_size",
                    why=" (train's --batch_size is the training batch)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=run)
     return p
@@ -58,10 +63,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     if (args.runs_dir is None) == (args.ckpt is None):
         raise ResbenchError("give either RUNS_DIR (every run below it) or --ckpt CKPT_OR_RUN_DIR [...], not both")
+    if args.runs_dir is not None and is_exported(args.runs_dir):  # one model: its whole report
+        args.runs_dir, args.ckpt = None, [args.runs_dir]
     several = args.ckpt is not None and len(args.ckpt) > 1
     if several and (args.write_eval or args.temperature_scaling):
         raise ResbenchError(f"{'--write_eval' if args.write_eval else '--temperature_scaling'} is for one checkpoint, "
                             "not an ensemble; use --json to keep an ensemble's figures")
+    if args.write_eval and is_exported(args.ckpt[0]):
+        raise ResbenchError(f"--write_eval writes into a run folder; {args.ckpt[0]} is exported weights, kept as "
+                            "exported: use --json to keep the figures")
     if (args.write_eval or args.runs_dir is not None) and args.split != "test":
         raise ResbenchError("saved figures (--write_eval, RUNS_DIR) are the test split's; drop --split val")
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
@@ -147,7 +157,8 @@ def format_eval_report(report: dict) -> str:
     if "ensemble" in report:
         return format_ensemble_report(report)
     scaled = report.get("temperature_scaling")
-    lines = [f"{printable(report['ckpt'])} ({report['checkpoint']}.pt): {report['data_name']} {report['split']} split, "
+    which = "" if report["checkpoint"] == EXPORTED else f" ({report['checkpoint']}.pt)"
+    lines = [f"{printable(report['ckpt'])}{which}: {printable(report['data_name'])} {report['split']} split, "
              f"{report['n']} images"]
     lines.append(f"{'':6}{'T=1':>10}" + (f"{'T=%.3f' % scaled['temperature']:>10}" if scaled else ""))
     for name in ("acc", "nll", "ece", "brier"):
@@ -155,7 +166,17 @@ def format_eval_report(report: dict) -> str:
     if scaled:
         lines.append(f"val nll {scaled['val_nll_before']:.4f} -> {scaled['val_nll_after']:.4f} "
                      f"after temperature scaling")
-    return "\n".join(lines + format_sections(report, report["n"]))
+    return "\n".join(lines + val_is_test_lines(report) + format_sections(report, report["n"]))
+
+
+def val_is_test_lines(report: dict) -> list[str]:
+    """Where the set validates on its test set (ImageNet), the note that the val and test splits are one: a
+    temperature is then fitted on the images it is scored on."""
+    if not report.get("val_is_test"):
+        return []
+    fitted = "; the temperature was fitted on these same images" if "temperature_scaling" in report else ""
+    return [f"val = test: {report['data_name']}'s validation split is its test split (the official validation "
+            f"set){fitted}"]
 
 
 def format_ensemble_report(report: dict) -> str:
@@ -166,5 +187,6 @@ def format_ensemble_report(report: dict) -> str:
     lines.append(f"{'ensemble':<10}{summary_line(ensemble)}")
     lines.append(f"diversity: pairwise disagreement {report['diversity']['disagreement']:.4f}, "
                  f"mean KL between members {report['diversity']['kl']:.4f}")
+    lines += val_is_test_lines(report)
     sections = format_sections(ensemble, report["n"])
     return "\n".join(lines + (["", "the ensemble:", *sections[1:]] if sections else []))

@@ -13,14 +13,14 @@ import signal
 import sys
 import threading
 
-from resbench.cli import bench, compare, data, evaluate, plot, sweep, table, train
+from resbench.cli import bench, compare, data, evaluate, export, plot, sweep, table, train
 from resbench.console import printable
 from resbench.errors import ResbenchError
 from resbench.settings.flags import Parser
 from resbench.sweep.local import stop_with_parent
 from resbench.version import __version__
 
-COMMANDS = (train, data, evaluate, sweep, table, compare, plot, bench)
+COMMANDS = (train, data, evaluate, export, sweep, table, compare, plot, bench)
 
 DESCRIPTION = """\
 Residual-network baselines in PyTorch: CIFAR-10, CIFAR-100 and TinyImageNet-200 at 32x32 and
@@ -43,6 +43,8 @@ examples:
       which datasets are prepared, and how to get the others
   resbench data import MySet ./my_images && resbench train --data_name MySet
       the recipe on your own images (my_images/train/<class>/*.png, or an .npz)
+  resbench export runs/Digits_x32/R14x1-b64-i500-lr0.1-wd0.001-s42 exported/digits-r14
+      the run's weights, config.json and model card, to publish; resbench.load_model("exported/digits-r14")
 
 Every flag written with underscores also takes dashes (--data-name). `resbench COMMAND --help`
 lists a command's flags."""

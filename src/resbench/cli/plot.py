@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                           "(mean and band over seeds), ours − published with 95% intervals, and with "
                                           "--compare reference our curves over the reference's. Needs matplotlib.")
     p.add_argument("runs_dir", type=Path, help="folder searched recursively for run folders")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default RUNS_DIR/plots)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUNS_DIR/plots)")
     p.add_argument("--compare", choices=["reference"], default=None,
                    help="also draw our val_acc, trn_loss and w_norm over the reference's runs, one row per cell")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ from resbench.device import cpus
 from resbench.errors import ResbenchError
 from resbench.sweep.cluster import check_outputs
 from resbench.sweep.grid import READY_GRIDS, load_grid, with_seeds
-from resbench.sweep.local import execute_all
+from resbench.sweep.local import execute_all, gpu_slots
 from resbench.sweep.plan import data_to_prepare, describe_plan, plan_runs, time_estimate
 from resbench.sweep.ray_cluster import run_on_ray
 from resbench.sweep.slurm import (
@@ -35,7 +35,7 @@ def train_flags(remainder: list[str]) -> list[str]:
 
 # Flags that mean something to one launcher only: given to another, they would be ignored.
 LAUNCHER_OF_FLAG = {"--slurm": ("slurm",), "--stop_before_limit_s": ("slurm",), "--address": ("ray",),
-                    "--cpus_per_run": ("ray",), "--jobs": ("local",), "--gpus_per_run": ("slurm", "ray")}
+                    "--cpus_per_run": ("ray",), "--jobs": ("local",)}
 MAX_SIGNAL_SECONDS = 65535  # the most sbatch's --signal=SIG@TIME takes
 
 
@@ -54,46 +54,56 @@ def check_launcher_flags(args: argparse.Namespace) -> None:
                                 f"{args.launcher}")
 
 
+def processes_per_run(args: argparse.Namespace) -> int:
+    """The data-parallel processes of each run: one per GPU of --gpus_per_run, at least one."""
+    return max(args.gpus_per_run, 1)
+
+
 def threads_per_run(args: argparse.Namespace) -> int | None:
-    """The --threads each run gets unless its train flags set them: runs at once share the cores (local
-    --jobs N), a Ray task uses the CPUs it reserves; under SLURM, the trainer's default (its allocation)."""
+    """The --threads each process of a run gets unless its train flags set them: the processes at once share
+    the cores (local --jobs N, each run's --gpus_per_run processes), a Ray task's processes the CPUs it
+    reserves; under SLURM, the trainer's default (its allocation)."""
+    processes = processes_per_run(args)
     if args.launcher == "ray":
-        return args.cpus_per_run
-    return cpus.threads_per_job(args.jobs) if args.launcher == "local" and args.jobs > 1 else None
+        return max(1, args.cpus_per_run // processes)
+    at_once = args.jobs * processes
+    return cpus.threads_per_job(at_once) if args.launcher == "local" and at_once > 1 else None
 
 
 def run(args: argparse.Namespace) -> int:
     check_launcher_flags(args)
     options = slurm_options(args.slurm or [])
     source = f"{args.grid} grid" if args.grid in READY_GRIDS else f"grid {args.grid}"
-    threads = threads_per_run(args)
-    grid = with_seeds(load_grid(args.grid), args.seeds, source)
-    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads, check=not args.status)
+    threads, processes = threads_per_run(args), processes_per_run(args)
+    grid = with_seeds(load_grid(args.grid, processes), args.seeds, source)
+    runs = plan_runs(grid, args.runs_dir, train_flags(args.train_flags), source, threads, check=not args.status,
+                     processes=processes, here=args.launcher == "local")
     if args.status:
         say(status_report(runs))
         return 0
     todo = [run for run in runs if run.state != "finished"]
     check_outputs(todo)
+    slots = gpu_slots(args.jobs, args.gpus_per_run) if args.launcher == "local" and todo else None
     # The submission made (and so checked: every path and option) before anything is printed or submitted.
     submission = slurm_submission(todo, options, args) if args.launcher == "slurm" and todo else None
     say(describe_plan(runs, args.jobs, show_commands=args.dry_run, launcher=args.launcher))
     if args.launcher == "local" and threads is not None and todo:
         say(f"sweep: {args.jobs} runs at a time on {cpus.available_cores()} cores: --threads {threads} each "
             "(unless the train flags set --threads)")
-    if args.launcher == "local" and todo and (busy := cpus.busy_warning()):
-        say(busy)
     if args.dry_run and todo:
         print_dry_run(todo, submission, args.jobs)
     if args.dry_run or not todo:
         return 0
-    return launch(todo, submission, args)
+    if args.launcher == "local" and (busy := cpus.busy_warning(threads=todo[0].config.threads)):
+        say(busy)  # (not for a plan: the machine's load then is not the runs' load)
+    return launch(todo, submission, args, slots)
 
 
 def slurm_submission(todo: list, options: dict[str, str | None], args: argparse.Namespace) -> Submission:
     """sbatch's command line and the plan it names, for the runs `todo`."""
     launch = own_launch_folder(args.runs_dir, create=False)
-    name, plan = job_plan(todo, args.gpus_per_run)
-    argv = sbatch_argv(len(todo), options, launch, name, args.gpus_per_run, args.stop_before_limit_s)
+    name, plan = job_plan(todo)
+    argv = sbatch_argv(todo, options, launch, name, args.gpus_per_run, args.stop_before_limit_s)
     return Submission(argv, name, plan, launch)
 
 
@@ -105,8 +115,9 @@ def print_dry_run(todo: list, submission: Submission | None, jobs: int) -> None:
         say(describe_submission(submission.argv, submission.launch), end="")
 
 
-def launch(todo: list, submission: Submission | None, args: argparse.Namespace) -> int:
-    """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report."""
+def launch(todo: list, submission: Submission | None, args: argparse.Namespace, slots=None) -> int:
+    """Hand the unfinished runs to the launcher; for local and Ray, wait for them and report. `slots`: the
+    GPUs of the local runs at once (local.gpu_slots)."""
     if submission is not None:
         job = submit(todo, submission, args.runs_dir)
         say(f"sweep: submitted SLURM job array {job} ({len(todo)} tasks); its script, plan and output are in "
@@ -115,7 +126,7 @@ def launch(todo: list, submission: Submission | None, args: argparse.Namespace) 
     if args.launcher == "ray":
         failures = run_on_ray(todo, args.address, args.cpus_per_run, args.gpus_per_run)
     else:
-        failures = execute_all(todo, args.jobs)
+        failures = execute_all(todo, args.jobs, slots)
     say(f"sweep: {len(todo) - len(failures)} of {len(todo)} runs finished")
     for run, reason in failures:
         say(f"  failed: {printable(run.save)} ({printable(reason)})")
@@ -137,14 +148,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="run every grid point once per seed, e.g. --seeds 42 43 44 (table and compare then show "
                         "mean ± std and 95%% intervals)")
-    p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default ./runs)")
+    p.add_argument("--runs_dir", type=Path, default=Path("runs"), help="where run folders go (default: ./runs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at the same time on the one device, each with --threads cores/N")
     p.add_argument("--dry_run", action="store_true",
                    help="print the plan, the train commands, the datasets to download and a time estimate; "
                         "run nothing")
     p.add_argument("--launcher", choices=["local", "slurm", "ray"], default="local",
-                   help="local: subprocesses here (default); slurm: one sbatch job array, a task per run, requeued "
+                   help="local: subprocesses here; slurm: one sbatch job array, a task per run, requeued "
                         "when stopped; ray: one Ray task per run on a Ray cluster (--address) or a local one")
     p.add_argument("--slurm", action="append", metavar="KEY=VALUE",
                    help="an sbatch option for every task, one per flag, e.g. --slurm partition=gpu --slurm "
@@ -153,13 +164,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "signal, wait) are refused")
     p.add_argument("--stop_before_limit_s", type=int, default=STOP_BEFORE_LIMIT_S, metavar="SECONDS",
                    help="--launcher slurm: SIGTERM each run this long before its time limit, when it saves last.pt "
-                        f"and its task requeues itself (default {STOP_BEFORE_LIMIT_S}; SLURM sends it up to a "
+                        f"and its task requeues itself (default: {STOP_BEFORE_LIMIT_S}; SLURM sends it up to a "
                         "minute early)")
     p.add_argument("--address", default=None,
                    help="--launcher ray: the Ray cluster's address (HOST:PORT, ray://HOST:PORT or auto); "
                         "without it a local cluster is started")
     p.add_argument("--gpus_per_run", type=int, default=0,
-                   help="GPUs each run uses (slurm, ray); more than 1 trains the run data parallel under torchrun")
+                   help="GPUs each run trains on, one process each, data parallel under torchrun when more than 1 "
+                        "(with --device cpu among the train flags, as many CPU processes, gloo). local: the runs at "
+                        "once get disjoint GPUs; slurm: each array task asks for them (gres); ray: each task "
+                        "reserves them on one node. --grid imagenet keeps the reference's per-device BatchNorm "
+                        "(2 GPUs at 32 px, 4 at 64 px) whatever N divides them, with --bn_groups for the rest")
     p.add_argument("--cpus_per_run", type=int, default=1, help="--launcher ray: CPUs each run reserves (its --threads)")
     p.add_argument("--status", action="store_true",
                    help="the state of every run of the grid (finished, running, queued, stopped, failed, new), "

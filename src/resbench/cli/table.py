@@ -34,13 +34,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="write the published figure and our difference beside each of ours: "
                         "`ours (ref published, ours-published)`")
     p.add_argument("--selection", choices=[*SELECTIONS, "all"], default="val",
-                   help="which evaluation of each run: val = best validation accuracy (the recipe's, default), "
+                   help="which evaluation of each run: val = best validation accuracy (the recipe's), "
                         "last = the last evaluation, test = best test accuracy (optimistic), all = the three")
     p.add_argument("--select_by", choices=["val"], default=None,
                    help="per configuration, keep only the setting (e.g. weight decay) with the best mean "
                         "validation accuracy, and name it")
     p.add_argument("--columns", default=",".join(DEFAULT_COLUMNS),
-                   help="comma-separated figures: val/acc, tst/acc, tst/nll (summary.json; the default), ece, brier, "
+                   help="comma-separated figures: val/acc, tst/acc, tst/nll (summary.json), ece, brier, "
                         "c/acc, c/nll, c/ece, ood/auroc, ood/aupr_in, ood/aupr_out, ood/fpr95 (eval.json of best.pt, "
                         "written by `resbench eval RUNS_DIR` or `eval --write_eval`); ood/auroc@SVHN for one set, "
                         ":energy for a score. --selection changes the summary figures only")

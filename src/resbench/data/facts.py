@@ -38,6 +38,14 @@ class DatasetSpec:
     # The OOD sets `resbench eval --ood` uses when none are named: the usual pairs of the literature.
     natural_ood: tuple[str, ...] = ()
     imported: bool = False  # made by `resbench data import` (facts in dataset.json), not downloaded
+    # The reference's ImageNet rows (docs/reference/imagenet-x.md): the whole training file trains and the
+    # official validation set is both validation and test, since the reference selects its best checkpoint on it.
+    val_is_test: bool = False
+
+    @property
+    def images_per_evaluation(self) -> int:
+        """Images one evaluation scores: validation and test, or the test set once where it is both."""
+        return self.num_test if self.val_is_test else self.num_val + self.num_test
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -49,6 +57,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     ("SVHN", "TinyImageNet200_C")),
         DatasetSpec("TinyImageNet200_x64", 200, 64, 81_920, 18_080, 10_000, "TinyImageNet200_C",
                     ("TinyImageNet200_C",)),
+        DatasetSpec("ImageNet1k_x32", 1000, 32, 1_281_167, 50_000, 50_000, val_is_test=True),
+        DatasetSpec("ImageNet1k_x64", 1000, 64, 1_281_167, 50_000, 50_000, val_is_test=True),
         # Offline demo: scikit-learn's 1,797 bundled 8×8 digits, upsampled to 32×32 RGB.
         DatasetSpec("Digits_x32", 10, 32, 1_280, 217, 300, "Digits_C", ("Noise",)),
     )
@@ -58,6 +68,46 @@ DEMO_DATASET = "Digits_x32"
 # training file holds the training split first and the validation split after it).
 PREPARED_FILES = ("train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy")
 DEMO_TEST_SIZE = 300
+
+
+def split_sizes(spec: DatasetSpec, train_file: int, test_file: int) -> dict[str, int]:
+    """The sizes of a prepared set's splits from its files': the training file holds the training split
+    (its first `num_train` images), then the validation split; where validation is the test set
+    (`val_is_test`), the whole training file trains."""
+    if spec.val_is_test:
+        return {"train": train_file, "val": test_file, "test": test_file}
+    return {"train": min(train_file, spec.num_train), "val": max(train_file - spec.num_train, 0), "test": test_file}
+
+
+def size_problem(spec: DatasetSpec, sizes: dict[str, int]) -> str | None:
+    """How a built-in set's split sizes differ from the official ones, which its published figures are of,
+    or None; an imported set's sizes are its own."""
+    official = {"train": spec.num_train, "val": spec.num_val, "test": spec.num_test}
+    if spec.imported or sizes == official:
+        return None
+    return (f"{' / '.join(f'{sizes[s]:,}' for s in official)} train / validation / test images where the official "
+            f"{spec.name} has {' / '.join(f'{n:,}' for n in official.values())}")
+
+
+# Images a held-out split needs before its figures mean something: below 100, one image moves an accuracy
+# by more than a point, and best-validation selection picks noise (3 x 30 images leave 8 and 9).
+MIN_SPLIT_FOR_FIGURES = 100
+
+
+def resolution(images: int) -> str:
+    """`one image = 12.5 points`: how much one image moves an accuracy on a split of `images`."""
+    return f"one image = {100 / images:.3g} points"
+
+
+def coarse_splits_warning(sizes: dict[str, int]) -> str | None:
+    """One line where the validation or test split is too small for its figures to mean anything, or None."""
+    small = [f"{what} {sizes[split]:,} image{'s' * (sizes[split] != 1)} ({resolution(sizes[split])})"
+             for split, what in (("val", "validation"), ("test", "test")) if sizes[split] < MIN_SPLIT_FOR_FIGURES]
+    if not small:
+        return None
+    return (f"warning: {' and '.join(small)}: below {MIN_SPLIT_FOR_FIGURES} images a split's figures are mostly "
+            "noise (best-validation selection and test figures alike); import more images, or hold out more "
+            "(--val_fraction, --test_fraction)")
 
 
 def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> DatasetSpec:
@@ -73,6 +123,18 @@ def dataset_spec(name: str, data_root: str | os.PathLike | None = None) -> Datas
            f"(there is no {Path(data_root) / name / FACTS_FILE})"
            if data_root is not None and is_valid_name(name) else "")
     raise ValueError(f"unknown data_name {name!r}: choose one of {', '.join(DATASETS)}{own}")
+
+
+def validates_on_test(name: str) -> bool:
+    """Whether `name` validates on its test set (`DatasetSpec.val_is_test`): its val/acc is a test accuracy."""
+    return name in DATASETS and DATASETS[name].val_is_test
+
+
+def val_is_test_note(name: str) -> str:
+    """What `table` and `compare` say under a set that validates on its test set."""
+    return (f"val = test: {name} validates on its test set (the official validation set), as the reference does; "
+            "its val/acc is a test accuracy and its best checkpoint is chosen on the test set (test-set selection, "
+            "as `resbench table --selection test` names it)")
 
 
 # ---------------------------------------------------------------- imported datasets: dataset.json

@@ -224,7 +224,7 @@ def read_npz(path: Path, size: int) -> Source:
     labels checked before the images are read."""
     try:
         with zipfile.ZipFile(path) as archive:
-            check_zip_size(archive, path, NPZ_FIX)
+            check_zip_size(archive, path.stat().st_size, path.name, NPZ_FIX)
             members = {name[:-4]: name for name in archive.namelist() if name.endswith(".npy")}
             headers = {key: npy_header(archive, members[key], f"{path}: {key}")
                        for key in NPZ_MEMBERS if key in members}

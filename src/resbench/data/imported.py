@@ -32,11 +32,12 @@ from resbench.console import log, printable
 from resbench.data import facts
 from resbench.data.decode import RESIZE_NAME, available_cores, decoding_processes
 from resbench.data.facts import FACTS_FILE, PREPARED_FILES, ImportedFacts
-from resbench.data.fetch import prepare
+from resbench.data.fetch import prepare, store
 from resbench.data.import_sources import Source, read_source
 from resbench.data.recipes import RECIPES
 from resbench.errors import DataError
 from resbench.files import RANDOM_PART, read_bounded, remove_stale, unmark
+from resbench.settings.config import TrainConfig
 from resbench.version import __version__
 
 IMPORT_FILES = (*PREPARED_FILES, FACTS_FILE)  # the set an import writes, dataset.json last
@@ -204,7 +205,7 @@ def remove_stale_imports(root: Path, name: str) -> None:
     """Remove what a killed import of `name` left, each by its exact name and the mark it was made with:
     a temporary folder (`.<NAME>.tmp-XXXXXXXX`) and a replaced set (`.<NAME>.old-XXXXXXXX`). Call it under
     the import's lock."""
-    prepare.remove_stale_dataset_temporaries(root, name)
+    store.remove_stale_dataset_temporaries(root, name)
     remove_stale(root, re.compile(re.escape(f".{name}.old-") + RANDOM_PART), folders=True, owned=is_own_import)
 
 
@@ -237,8 +238,8 @@ def write_imported(request: ImportRequest, splits: ImportSplits, found: Imported
         with prepare.preparation_lock(root, f"{request.name}.import", [request.name]):
             remove_stale_imports(root, request.name)
             check_own_folder(root / request.name)
-            with prepare.write_errors_named(root, request.name):
-                new = prepare.write_temporary(root, request.name, files)
+            with store.write_errors_named(root, request.name):
+                new = store.write_temporary(root, request.name, files)
                 try:
                     unmark(new)
                     return replace_folder(root, request.name, new)
@@ -294,7 +295,34 @@ def summary_lines(request: ImportRequest, source: Source, found: ImportedFacts, 
                  f"{found.ignored_files:,} files that are no images")
     lines.append(f"ready in {printable(folder)} (facts in {FACTS_FILE}: mean {fmt(found.mean)}, std {fmt(found.std)} "
                  "of the training split; training normalises with the recipe's fixed mean/std, as for every set)")
-    lines.append(f"  train on it: resbench train --data_name {request.name} --data_root {printable(request.data_root)}")
+    if warning := facts.coarse_splits_warning({"val": found.num_val, "test": found.num_test}):
+        lines.append(warning)
+    return lines + next_command(request.name, request.data_root, found.num_train)
+
+
+# The recipe's length in epochs (48,000 iterations of 256 images on CIFAR's 40,960: 300) and evaluations (48).
+RECIPE_EPOCHS = TrainConfig.optim_ni * TrainConfig.batch_size // facts.DATASETS["CIFAR10_x32"].num_train
+RECIPE_EVALUATIONS = TrainConfig.optim_ni // TrainConfig.eval_every
+
+
+def fitted_settings(num_train: int) -> dict[str, int]:
+    """Batch size, iterations and evaluation interval of the recipe fitted to a training split: the recipe's
+    batch where an epoch still has 4 batches (else the largest power of two that gives it 4), its 300 epochs
+    up to its 48,000 iterations, and its 48 evaluations."""
+    batch = min(TrainConfig.batch_size, 2 ** max(0, (num_train // 4).bit_length() - 1))
+    iterations = min(TrainConfig.optim_ni, -(-RECIPE_EPOCHS * num_train // batch))
+    return {"batch_size": batch, "optim_ni": iterations, "eval_every": max(1, iterations // RECIPE_EVALUATIONS)}
+
+
+def next_command(name: str, data_root: str, num_train: int) -> list[str]:
+    """The train command to run next, fitted to the set (the recipe's defaults failed at once on a small
+    one: batch 256 of 73 images), and what was fitted."""
+    fitted = {key: value for key, value in fitted_settings(num_train).items() if value != getattr(TrainConfig, key)}
+    flags = "".join(f" --{key} {value}" for key, value in fitted.items())
+    lines = [f"  train on it: resbench train --data_name {name} --data_root {printable(data_root)}{flags}"]
+    if fitted:
+        lines.append(f"  (fitted to {num_train:,} training images: the recipe's {RECIPE_EPOCHS} epochs, at most "
+                     f"{TrainConfig.optim_ni:,} iterations, {RECIPE_EVALUATIONS} evaluations)")
     return lines
 
 
@@ -335,12 +363,12 @@ def imported_status(data_root: str | os.PathLike) -> list[dict]:
         try:
             found, (train_x, _, test_x, _) = same_folder(root / name, lambda: (
                 (read := facts.read_facts(name, root)), read_prepared(read.spec(name), root, mmap_mode="r")))
-            counts = {"train": len(train_x), "test": len(test_x)}
+            counts = facts.split_sizes(found.spec(name), len(train_x), len(test_x))
             note = facts_note(found)
         except ResbenchError as err:
             problem = str(err)
         rows.append({"name": name, "path": str(root / name), "present": True, "complete": problem is None,
-                     "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
+                     "problem": problem, **counts,
                      "bytes": prepare.disk_size(root / name), "note": note})
     return rows
 

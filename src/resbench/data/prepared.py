@@ -1,9 +1,11 @@
 """The prepared datasets: uint8 NHWC arrays in <data_root>/<name>/{train,test}_{images,labels}.npy,
 checked before use and loaded onto the training device as one tensor per split.
 
-Every split lives on the device whole, so that a batch is a slice and an augmentation is one gather
-(`data.batches`); each file's header is checked before its data is read, so that a damaged or
-foreign file costs one line, not the machine's memory.
+Every split can live on the device whole, so that a batch is a slice and an augmentation is one
+gather (`data.batches`); each file's header is checked before its data is read, so that a damaged or
+foreign file costs one line, not the machine's memory. The files are memory-mapped and copied to the
+device in chunks: a 15.7 GB training set reaches a GPU without a full copy in host memory. Whether
+the training images go to the device or stream from their file is `device.holding`'s choice.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from resbench.data.digits import digits_arrays
-from resbench.data.facts import DEMO_DATASET, PREPARED_FILES, DatasetSpec, dataset_spec
+from resbench.data.facts import DEMO_DATASET, PREPARED_FILES, DatasetSpec, dataset_spec, size_problem, split_sizes
 from resbench.errors import DataFileError, ResbenchError
 
 T = TypeVar("T")
@@ -34,6 +36,11 @@ class Splits:
     test_labels: torch.Tensor
     spec: DatasetSpec | None = None  # the facts the arrays were read with (an imported set's, of the same import)
 
+    def sizes(self) -> dict[str, int]:
+        """Images per split, as a run records them (summary.json's `splits`): what `table` and `compare`
+        check against the official sizes before setting published figures beside the run's."""
+        return {"train": len(self.train_labels), "val": len(self.val_labels), "test": len(self.test_labels)}
+
 
 def prepared_dir(name: str, data_root: str | Path) -> Path:
     return Path(data_root) / name
@@ -47,15 +54,33 @@ def missing_prepared_files(name: str, data_root: str | Path) -> list[Path]:
 
 
 def load_splits(name: str, data_root: str | Path, device: torch.device | str = "cpu") -> Splits:
-    """Load train/val/test of `name` onto `device`, with the recipe's split of the training file."""
-    spec, (train_x, train_y, test_x, test_y) = read_set(name, data_root)
+    """Train/val/test of `name`, with the recipe's split of the training file: labels and the
+    evaluation splits on `device`, the training images as a CPU tensor over their memory-mapped file
+    (nothing of them read yet: `device.holding` copies them to the device, or streams them); the facts
+    and the arrays all of one import (`read_set`).
+
+    Where validation is the test set (`DatasetSpec.val_is_test`), the two splits are one tensor.
+    """
+    # copy-on-write: writable arrays (torch warns of read-only ones) that are never written
+    spec, (train_x, train_y, test_x, test_y) = read_set(name, data_root, mmap_mode="c")
     n = spec.num_train
-    as_tensor = lambda a: to_tensor(a, device)  # noqa: E731
-    return Splits(
-        as_tensor(train_x[:n]), as_tensor(train_y[:n]).long(),
-        as_tensor(train_x[n:]), as_tensor(train_y[n:]).long(),
-        as_tensor(test_x), as_tensor(test_y).long(), spec,
-    )
+    test = to_tensor(test_x, device), to_tensor(test_y, device).long()
+    val = test if spec.val_is_test else (to_tensor(train_x[n:], device), to_tensor(train_y[n:], device).long())
+    return Splits(torch.from_numpy(train_x[:n]), to_tensor(train_y[:n], device).long(), *val, *test, spec)
+
+
+# Bytes copied to the device at a time: a chunk in host memory, not the whole file.
+CHUNK_BYTES = 64 * 2**20
+
+
+def nonstandard_sizes(name: str, data_root: str | Path) -> str | None:
+    """How the prepared built-in set `name` differs in size from the official one (`facts.size_problem`),
+    or None: where it does not, is imported, or is not prepared yet (train then fetches the official one)."""
+    spec = dataset_spec(name, data_root)
+    if spec.imported or name == DEMO_DATASET or missing_prepared_files(name, data_root):
+        return None
+    train_x, _, test_x, _ = read_prepared(spec, data_root, mmap_mode="r")
+    return size_problem(spec, split_sizes(spec, len(train_x), len(test_x)))
 
 
 def read_set(name: str, data_root: str | Path, mmap_mode: str | None = None) -> tuple[DatasetSpec, tuple]:
@@ -107,12 +132,18 @@ def is_still(fd: int, folder: Path) -> bool:
 
 
 def to_tensor(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """A contiguous tensor on `device`, in native byte order.
+    """A contiguous tensor on `device`, in native byte order, filled from `array` (memory-mapped or not)
+    CHUNK_BYTES at a time.
 
     torch.from_numpy refuses big-endian arrays (e.g. `>i8` labels written on another machine or by
     another tool); they are valid data, so they are converted instead of rejected.
     """
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))).to(device)
+    native = np.dtype(array.dtype).newbyteorder("=")
+    out = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, native)).dtype, device=device)
+    rows = max(1, CHUNK_BYTES // max(1, native.itemsize * math.prod(array.shape[1:])))
+    for start in range(0, len(array), rows):
+        out[start:start + rows].copy_(torch.from_numpy(np.ascontiguousarray(array[start:start + rows], dtype=native)))
+    return out
 
 
 def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | None = None) -> tuple[np.ndarray, ...]:
@@ -143,9 +174,14 @@ def read_prepared(spec: DatasetSpec, data_root: str | Path, mmap_mode: str | Non
 
 
 def check_train_count(path: Path, count: int, spec: DatasetSpec) -> None:
-    """The training file must hold more than `num_train` images, or the validation split is empty."""
+    """The training file must hold more than `num_train` images, or the validation split is empty; where
+    validation is the test set, exactly `num_train` (the whole file trains: another count is another set)."""
     n = spec.num_train
-    if count <= n:
+    if spec.val_is_test:
+        if count != n:
+            raise DataFileError(f"{path} holds {count:,} images; {spec.name} has {n:,} (its whole training set); "
+                                "prepare it again")
+    elif count <= n:
         raise DataFileError(
             f"{path} holds {count} images; {spec.name} needs more than {n} (the first {n} train, "
             "the rest validate); prepare it again"

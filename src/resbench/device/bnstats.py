@@ -33,12 +33,12 @@ def batchnorms(model: nn.Module) -> Iterator[tuple[str, nn.modules.batchnorm._Ba
 
 @torch.no_grad()
 def values_per_channel(model: nn.Module, image_size: int, batch_size: int, world: World,
-                       sync_bn: bool) -> dict[str, int]:
+                       sync_bn: bool, groups: int = 1) -> dict[str, int]:
     """N of each BatchNorm layer (by name): the images it normalises at once (this rank's share
-    of the batch, or the whole batch under SyncBatchNorm) times the layer's height × width, which
-    one inference-mode forward of a blank image reveals."""
+    of the batch, or one of its `groups` (`bngroups`), or the whole batch under SyncBatchNorm) times
+    the layer's height × width, which one inference-mode forward of a blank image reveals."""
     share = shard(batch_size, world)
-    images = batch_size if sync_bn else share.stop - share.start
+    images = batch_size if sync_bn else (share.stop - share.start) // groups
     pixels: dict[str, int] = {}
 
     def record(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:

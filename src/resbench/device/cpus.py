@@ -41,11 +41,14 @@ def load_average() -> float | None:
         return None
 
 
-def busy_warning(cores: int | None = None) -> str | None:
-    """A warning when the machine is already busier than its cores, else None."""
+def busy_warning(cores: int | None = None, threads: int | None = None) -> str | None:
+    """A warning when the machine is already busier than its cores, else None; its advice fits the run's
+    `threads` (None: torch's default, one per core): one thread is already the fewest."""
     load, cores = load_average(), cores or available_cores()
     if load is None or load <= cores:
         return None
+    advice = ("This run already uses 1 thread: fewer processes at once is what helps" if threads == 1 else
+              "Fewer threads can help: --threads 1, or `sweep --jobs N` (which splits the cores)")
     return (f"warning: this machine is busy (load average {load:.1f} on {cores} cores) before this starts: "
             "training will be slower than on an idle machine, up to many times when every process uses "
-            "every core. Fewer threads can help: --threads 1, or `sweep --jobs N` (which splits the cores)")
+            f"every core. {advice}")

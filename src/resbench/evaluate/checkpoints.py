@@ -21,6 +21,10 @@ from resbench.runs import schema
 from resbench.runs.checkpoint import load_checkpoint
 from resbench.runs.reader import is_run_folder, read_object
 from resbench.runs.schema import RunFolderError
+from resbench.settings.config import TrainConfig
+from resbench.weights import layout
+from resbench.weights.layout import EXPORTED
+from resbench.weights.load import load_model, model_folder, read_config
 
 
 def checkpoint_path(path: Path, which: str) -> Path:
@@ -95,6 +99,7 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_
     its number of ranks (one saved set of buffers per rank) and --sync_bn.
     """
     batch_size, sync_bn = config.get("batch_size"), config.get("sync_bn", False)
+    groups = config.get("bn_groups", 1)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise RunFolderError(f"{ckpt.parent / schema.CONFIG} lacks a valid batch_size, which last.pt's "
                               "BatchNorm statistics need; was it written by resbench train?")
@@ -103,7 +108,10 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_
         raise RunFolderError(f"{ckpt} holds rank_buffers that are not a list of each rank's statistics; "
                              "only load checkpoints written by resbench")
     world = World(world_size=max(1, len(rank_buffers)))
-    counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn))
+    if not isinstance(groups, int) or isinstance(groups, bool) or not 1 <= groups <= batch_size // world.world_size:
+        raise RunFolderError(f"{ckpt.parent / schema.CONFIG}: bn_groups {groups!r} does not split the batch "
+                             f"{batch_size} of {world.world_size} rank(s); was it written by resbench train?")
+    counts = bnstats.values_per_channel(model, image_size, batch_size, world, bool(sync_bn), groups)
     bnstats.convert([(module, counts[name]) for name, module in bnstats.batchnorms(model)], to_reference=True)
 
 
@@ -181,5 +189,33 @@ class Member:
 
 
 def load_member(ckpt: Path, config: dict, device: torch.device, spec: DatasetSpec) -> Member:
+    if config.get(EXPORTED):
+        return Member(ckpt, EXPORTED, config, load_exported_model(ckpt.parent, config, device, spec), spec)
     model, found = load_checkpoint_model(ckpt, config, device, spec)
     return Member(ckpt, found, config, model, spec)
+
+
+# ---------------------------------------------------------------- exported weights (`resbench export`)
+
+def checkpoint_and_config(path: Path, which: str, data_root: str | None) -> tuple[Path, dict]:
+    """The checkpoint file `path` names (a run folder's, a .pt file, exported weights) and the
+    settings that rebuild its network and find its dataset."""
+    if not layout.is_exported(path):
+        ckpt = checkpoint_path(path, which)
+        return ckpt, load_run_config(ckpt.parent, data_root)
+    if which != "best":
+        raise ResbenchError(f"{path} holds exported weights, the best-validation model's only; leave --which out")
+    folder = model_folder(path)
+    exported = read_config(folder)
+    settings = {key: exported[key] for key in (*schema.MODEL_SETTINGS, "num_classes", "image_size")}
+    return folder / layout.MODEL, {**settings, "data_root": data_root or TrainConfig.data_root, EXPORTED: True}
+
+
+def load_exported_model(folder: Path, config: dict, device: torch.device, spec: DatasetSpec) -> nn.Module:
+    """The exported network, if it scores `spec`'s dataset as found here (an imported set of the same
+    name may have other classes)."""
+    if (config["num_classes"], config["image_size"]) != (spec.num_classes, spec.image_size):
+        raise ResbenchError(f"{folder} holds a network for {config['num_classes']} classes of {config['image_size']} "
+                            f"pixels, but {spec.name} in {config['data_root']} has {spec.num_classes} of "
+                            f"{spec.image_size}; pass the --data_root it was trained from")
+    return load_model(folder, device)

@@ -15,16 +15,16 @@ import torch
 
 from resbench.console import log, printable
 from resbench.data import evalsets
-from resbench.data.facts import DATASETS, DatasetSpec, is_imported
+from resbench.data.facts import DATASETS, MIN_SPLIT_FOR_FIGURES, DatasetSpec, is_imported, resolution
 from resbench.data.fetch.prepare import is_complete, prepare_datasets
 from resbench.data.prepared import load_splits
 from resbench.data.recipes import RECIPES
 from resbench.errors import ResbenchError
 from resbench.evaluate.checkpoints import (
+    EXPORTED,
     Member,
-    checkpoint_path,
+    checkpoint_and_config,
     load_member,
-    load_run_config,
     run_data_root,
     run_dataset,
 )
@@ -101,13 +101,12 @@ class Members:
 
 
 def load_members(paths: list[Path], which: str, request: EvalRequest) -> Members:
-    """The checkpoints of `paths` (run folders or .pt files), refused unless they share a dataset."""
+    """The checkpoints of `paths` (run folders, .pt files, exported weights), refused unless they share a dataset."""
     try:
         device = resolve_device(request.device)
     except ValueError as exc:
         raise ResbenchError(str(exc)) from None
-    ckpts = [checkpoint_path(path, which) for path in paths]
-    configs = [load_run_config(ckpt.parent, request.data_root) for ckpt in ckpts]
+    ckpts, configs = map(list, zip(*(checkpoint_and_config(path, which, request.data_root) for path in paths)))
     data_name = configs[0]["data_name"]
     if other := [str(c) for c, config in zip(ckpts, configs) if config["data_name"] != data_name]:
         raise ResbenchError(f"an ensemble's members must share a dataset: {ckpts[0]} is {data_name}, "
@@ -125,6 +124,8 @@ def head_figures(loaded: Members, request: EvalRequest) -> tuple[list[dict], tor
     Computed in float32 whatever the runs' precision (checkpoints hold float32 weights), so an
     fp16/bf16 run's figures can differ from its summary.json in the third decimal.
     """
+    if request.temperature_scaling:
+        check_temperature_split(loaded.spec.num_val)
     corrupted, ood = shifted_sets(request, loaded.spec, loaded.data_root)
     prepare_missing([n for n in [corrupted, *ood] if n], loaded.data_root)
     data_name = loaded.spec.name
@@ -143,7 +144,8 @@ def head_figures(loaded: Members, request: EvalRequest) -> tuple[list[dict], tor
         id_logits = logits if request.split == "test" else score(splits.test_images, f"{data_name} test")
         for report, figures in zip(reports, ood_figures(score, ood, loaded.data_root, id_logits)):
             report["ood"] = figures
-    return reports, logits, {"data_name": data_name, "split": request.split, "n": len(labels)}
+    return reports, logits, {"data_name": data_name, "split": request.split, "n": len(labels),
+                             "val_is_test": loaded.spec.val_is_test}
 
 
 def evaluate_checkpoint(path: Path, which: str, request: EvalRequest) -> dict:
@@ -161,10 +163,24 @@ def evaluate_ensemble(paths: list[Path], which: str, request: EvalRequest) -> di
             "members": [{"ckpt": str(m.ckpt), "checkpoint": m.which, **r} for m, r in zip(loaded.members, reports)]}
 
 
+def check_temperature_split(num_val: int) -> None:
+    """Refuse a temperature fitted on too few validation images: it is noise, and can make the test NLL
+    worse (issue 39: fitted on 8 images, it tripled a run's test NLL without a word)."""
+    if num_val < MIN_SPLIT_FOR_FIGURES:
+        raise ResbenchError(f"--temperature_scaling: the validation split has {num_val} images ({resolution(num_val)} "
+                            f"of accuracy); a temperature fitted on fewer than {MIN_SPLIT_FOR_FIGURES} is noise and "
+                            "can make the test NLL worse. Leave the flag out, or import the set with more images")
+
+
 def temperature_scaled(logits: torch.Tensor, labels: torch.Tensor, split: str, splits: Any, score: Scorer) -> dict:
-    """The figures at the one temperature that minimises the validation NLL."""
+    """The figures at the one temperature that minimises the validation NLL; refused where the model
+    classifies every validation image right: the NLL then falls as T goes to 0, and no T is fitted."""
     val_logits, val_labels = (logits, labels) if split == "val" else (score(splits.val_images, "val")[0],
                                                                        splits.val_labels.cpu())
+    if bool((val_logits.argmax(dim=1) == val_labels).all()):
+        raise ResbenchError(f"--temperature_scaling: the model classifies all {len(val_labels)} validation images "
+                            "right, so the validation NLL only falls as the temperature goes to 0: there is no "
+                            "temperature to fit. Leave the flag out")
     temperature = fit_temperature(val_logits, val_labels)
     return {"temperature": temperature, "val_nll_before": nll(val_logits, val_labels),
             "val_nll_after": nll(val_logits, val_labels, temperature),
@@ -197,7 +213,8 @@ def evaluate_runs(runs_dir: Path, which: str, request: EvalRequest,
             log(f"warning: cannot evaluate {printable(folder)}: {printable(exc)}")
             failed += 1
             continue
-        save_report(report)
+        if report["checkpoint"] != EXPORTED:  # (exported weights: the figures are printed only)
+            save_report(report)
         reports.append(report)
         on_report(folder, report)
     return reports, failed

@@ -108,6 +108,8 @@ def packable(cfg: TrainConfig, precision: str) -> str | None:
         return "gradient clipping takes a global norm per run"
     if precision == "fp16":
         return "fp16 loss scaling skips steps per run"
+    if cfg.bn_groups != 1:
+        return "--bn_groups normalises groups of one run's batch, which the packed runs do not share"
     return None
 
 

@@ -141,10 +141,10 @@ class ResNet(nn.Module):
         x = (x - self.mean) / self.std
         x = self.stages(self.stem(x))
         features = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        # The head in float32 under any autocast, as the reference's: its Dense layer promotes the
-        # float16 features to its float32 weights and yields float32 logits.
+        # The head in its weights' precision (float32) under any autocast, as the reference's: its Dense
+        # layer promotes the float16 features to its float32 weights and yields float32 logits.
         with torch.autocast(x.device.type, enabled=False):
-            return self.fc(features.float())
+            return self.fc(features.to(self.fc.weight.dtype))
 
 
 def valid_depths() -> str:

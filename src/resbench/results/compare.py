@@ -13,32 +13,35 @@ initialisation, weight decay or schedule shows within minutes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from resbench.console import printable
+from resbench.data.facts import val_is_test_note, validates_on_test
 from resbench.results.noise import (
     ALPHA,
     CURVES,
     FINALS,
     MEASURES,
     POWER,
-    WARM_UP,
+    WINDOWS,
     Check,
     as_figure,
+    calibrated,
     detectable,
     final_check,
     noise_model,
     published_figure,
     reference_curve,
     runs_needed,
+    schedule_windows,
     window_label,
     window_mean,
 )
 from resbench.results.reference import (
-    REFERENCE_SETTINGS,
     ReferenceRun,
     dataset_sort_key,
     find_reference_run,
@@ -74,6 +77,11 @@ class Cell:
         return f"R{ref.depth}x{ref.width} wd {ref.weight_decay:g} {ref.precision}"
 
     @property
+    def windows(self) -> tuple[tuple[int, int], ...]:
+        """The curve windows of the reference's schedule (the 48k one's, or the ImageNet runs' 128k)."""
+        return schedule_windows(self.reference.optim_ni)
+
+    @property
     def reached(self) -> int:
         """The last evaluation every run of the cell has reached."""
         return min(last_iteration(run) for run in self.runs)
@@ -98,7 +106,7 @@ class Cell:
         if self.diverged():
             status = "diverged"
         elif failures:
-            status = "early warning" if failures[0].statistic.window == WARM_UP else "differs"
+            status = "early warning" if failures[0].statistic.window == self.windows[0] else "differs"
         elif unsure:
             status = "inconclusive"
         elif not self.tests:
@@ -107,7 +115,7 @@ class Cell:
             status = "consistent" if self.finished else "consistent so far"
         return {"status": status, "consistent": status in ("consistent", "consistent so far"),
                 "finished": self.finished, "reached": self.reached, "runs_finished": len(self.finished_runs),
-                "false_alarm_rate": ALPHA, "tests": len(self.tests),
+                "false_alarm_rate": ALPHA, "calibrated": calibrated(self.reference), "tests": len(self.tests),
                 "failures": [check_json(t) for t in failures], "inconclusive": [check_json(t) for t in unsure],
                 "power": self.power()}
 
@@ -126,13 +134,20 @@ class Cell:
         return power
 
     def verdict_text(self) -> str:
+        text = self.verdict_words()
+        if calibrated(self.reference):
+            return text
+        return (f"{text} [noise model of the CIFAR/TinyImageNet runs, not calibrated here: the reference has one fp16 "
+                "log of this cell, so the false-alarm rate is not known]")
+
+    def verdict_words(self) -> str:
         v = self.verdict()
         if v["status"] == "diverged":
             runs = ", ".join(f"{printable(run.path.name)} (after iteration {last_iteration(run)})"
                              for run in self.diverged())
             return f"DIFFERS: {len(self.diverged())} of {len(self.runs)} runs diverged: {runs}"
         if v["status"] == "no evaluation yet":
-            return "no evaluation yet (the first window ends at iteration 4000)"
+            return f"no evaluation yet (the first window ends at iteration {self.windows[0][1]})"
         failures = self.failures()
         if failures:
             first = failures[0]
@@ -140,7 +155,8 @@ class Cell:
                     f"fail; {ALPHA:.0%} false-alarm rate)")
             if v["status"] != "early warning":
                 return text
-            if any(t.statistic.measure.ours == "trn_w_norm" and t.statistic.window == WARM_UP for t in failures):
+            if any(t.statistic.measure.ours == "trn_w_norm" and t.statistic.window == self.windows[0]
+                   for t in failures):
                 return "EARLY WARNING, w_norm is off: look at the initialisation, weight decay and schedule. " + text
             return "EARLY WARNING, w_norm matches but the fit does not: look at the data, labels and loss. " + text
         if v["status"] == "inconclusive":
@@ -150,7 +166,7 @@ class Cell:
                     f"{describe(test)}; more runs, or a look at why they scatter")
         if v["status"] == "consistent so far":
             return (f"consistent so far: {len(self.tests)} tests up to iteration {v['reached']} of "
-                    f"{REFERENCE_SETTINGS['optim_ni']}; the final figures are judged at the end")
+                    f"{self.reference.optim_ni}; the final figures are judged at the end")
         return (f"consistent with the reference ({len(self.tests)} tests, {ALPHA:.0%} false-alarm rate); "
                 f"{self.power_text()}")
 
@@ -194,15 +210,19 @@ def curve_checks(cell: Cell) -> list[Check]:
     """Each curve window, with the runs (not diverged) that have completed it."""
     tests = []
     live = [run for run in cell.runs if run.status != "diverged"]
+    scaled = dict(zip(WINDOWS, cell.windows))  # the 48k schedule's window -> this schedule's
     for name in CURVES:
         measure = MEASURES[name]
         theirs = reference_curve(cell.reference, measure)
         curves = [(last_iteration(run), curve_values(run, name)) for run in live]  # once, not once per window
-        for window in measure.windows:
+        for calibration_window in measure.windows:
+            window = scaled[calibration_window]
             ours = [m for reached, curve in curves if reached >= window[1]
                     and (m := window_mean(curve, measure, window)) is not None]
             if ours:
-                statistic = noise_model()[f"{name} {window_label(window)}"]
+                statistic = noise_model()[f"{name} {window_label(calibration_window)}"]
+                if window != calibration_window:  # its noise as the same stretch of the seed's schedule
+                    statistic = dataclasses.replace(statistic, window=window)
                 tests.append(Check(statistic, tuple(ours), window_mean(theirs, measure, window)))
     return sorted(tests, key=lambda t: t.statistic.window)
 
@@ -218,11 +238,12 @@ def compare_cell(cell: Cell) -> Cell:
         if not ours:
             continue
         judged = bool(finished) and key in FINALS
-        theirs = (published_figure(cell.reference, key) if finished
-                  else cell.reference.best(up_to=cell.reached)[key])
+        so_far = None if finished else cell.reference.best(up_to=cell.reached)
+        theirs = published_figure(cell.reference, key) if finished else (so_far[key] if so_far else None)
         cell.finals[key] = {"ours": statistics.fmean(ours), "std": statistics.stdev(ours) if len(ours) > 1 else None,
                             "n": len(ours), "reference": theirs, "final": bool(finished),
-                            "at_iteration": None if finished else cell.reached}
+                            "at_iteration": None if finished else cell.reached,
+                            "reference_first_iteration": cell.reference.records[0]["iter"]}
         if judged:
             test = final_check(key, ours, cell.reference)
             cell.tests.append(test)
@@ -235,7 +256,8 @@ def match_runs(runs: list[Run]) -> tuple[list[Cell], list[tuple[Run, str]]]:
     cells: dict[tuple, Cell] = {}
     unmatched = []
     for run in runs:
-        found = find_reference_run(run.data_name, run.depth, run.width, run.precision, run.config)
+        found = (f"not the official {run.data_name}: {run.data_problem}" if run.data_problem else
+                 find_reference_run(run.data_name, run.depth, run.width, run.precision, run.config))
         if isinstance(found, str):
             unmatched.append((run, found))
         else:
@@ -253,6 +275,9 @@ def final_cell(final: dict[str, Any] | None) -> str:
     if final is None:
         return "n/a"
     ours = f"{final['ours']:.4f}" + (f" ± {final['std']:.4f}" if final["std"] is not None else "")
+    if final["reference"] is None:  # younger than the reference's first evaluation: nothing to set beside it
+        return (f"{ours} (no ref yet: its first evaluation is at iter {final['reference_first_iteration']}; "
+                "judged at the end)")
     difference = f"{final['ours'] - final['reference']:+.4f}".replace("-", "\u2212")
     theirs = f"{final['reference']:.4f}".rstrip("0")  # a published figure has 3 decimals, the log 4
     if not final["final"]:  # the best so far, beside the reference's best as far
@@ -282,7 +307,8 @@ def check_lines(cell: Cell) -> list[str]:
         rows.append([test.statistic.label, str(test.n), as_figure(measure, test.difference), tolerance,
                      p_value(test.p), f"{test.statistic.alpha:.3g}", test.decision])
     header = ["statistic", "n", "ours − ref", "tolerance", "p", "α", "decision"]
-    return markdown_table(header, rows, 1) if rows else ["(no window complete yet: the first ends at iteration 4000)"]
+    return markdown_table(header, rows, 1) if rows else [
+        f"(no window complete yet: the first ends at iteration {cell.windows[0][1]})"]
 
 
 def curve_lines(cell: Cell) -> list[str]:
@@ -305,6 +331,12 @@ def noise_note(cell: Cell) -> str:
     stages = sorted({last_iteration(run) for run in cell.runs})
     stage = "" if len(stages) == 1 else (f"; runs at different stages ({', '.join(map(str, stages))}): each window "
                                          "is judged with the runs that completed it, the finals with the finished ones")
+    if not calibrated(cell.reference):
+        return ("one decision for the cell, with the noise model of the CIFAR/TinyImageNet runs (their fp32/fp16 "
+                "pairs, each window as the same stretch of their 48k schedule), pooled with our runs' own spread: the "
+                "reference ran this cell once, in fp16 only, so nothing measures the noise of a 1,000-class run here "
+                "and the 5% false-alarm rate is not known; read the verdict as a screen, the curves as the "
+                f"check{stage}")
     return (f"one decision for the cell, {ALPHA:.0%} false alarms in all (Bonferroni over the tests); noise model "
             f"from the reference's fp32/fp16 pairs, pooled with our runs' own spread (docs/results.md){stage}")
 
@@ -317,7 +349,7 @@ def render_markdown(cells: list[Cell], unmatched: list[tuple[Run, str]], curves:
                  *(final_cell(cell.finals.get(m)) for m in SHOWN_FINALS), cell.verdict_text()]
                 for cell in cells if cell.reference.data_name == data_name]
         lines += markdown_table(["cell", "runs", "iter", "val/acc", "tst/acc", "tst/nll", "verdict"], rows, 1)
-        lines.append("")
+        lines += ["", val_is_test_note(data_name) + ".", ""] if validates_on_test(data_name) else [""]
         for cell in cells if curves else []:
             if cell.reference.data_name != data_name:
                 continue
@@ -335,6 +367,7 @@ def as_json(cells: list[Cell], unmatched: list[tuple[Run, str]]) -> dict[str, An
     return {
         "cells": [{"data_name": c.reference.data_name, "depth": c.reference.depth, "width": c.reference.width,
                    "weight_decay": c.reference.weight_decay, "precision": c.reference.precision,
+                   "val_is_test": validates_on_test(c.reference.data_name),
                    "runs": [str(run.path) for run in c.runs], "verdict": c.verdict(), "finals": c.finals,
                    "tests": [check_json(t) for t in c.tests]}
                   for c in cells],

@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
-from resbench.results.reference import ReferenceRun, reference_runs, table_reference
+from resbench.results.reference import ReferenceRun, seed_runs, table_reference
 from resbench.results.stats import t_cdf, t_quantile
 
 ALPHA = 0.05  # the false-alarm rate of a cell's verdict, all its tests together
@@ -34,6 +34,15 @@ POWER = 0.8  # "would have been detected": with this probability
 # iteration 4,800), then the cosine's high, middle, low and last stretch.
 WINDOWS = ((1_000, 4_000), (5_000, 12_000), (13_000, 24_000), (25_000, 36_000), (37_000, 48_000))
 WARM_UP = WINDOWS[0]
+SEED_ITERATIONS = 48_000
+EVALUATION_STEP = 1_000  # the reference evaluates every 1,000 iterations
+
+
+def schedule_windows(optim_ni: int) -> tuple[tuple[int, int], ...]:
+    """WINDOWS at the same fractions of a schedule of `optim_ni` iterations (the ImageNet runs' 128,000:
+    1k–10k, 11k–32k, 33k–64k, 65k–96k, 97k–128k), each ending on an evaluation, the first inside the warm-up."""
+    ends = [end * optim_ni // SEED_ITERATIONS // EVALUATION_STEP * EVALUATION_STEP for _, end in WINDOWS]
+    return tuple(zip([EVALUATION_STEP] + [end + EVALUATION_STEP for end in ends[:-1]], ends))
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,12 @@ def window_mean(values: dict[int, float], measure: Measure, window: tuple[int, i
     return statistics.fmean(on_scale(measure, v) for v in points)
 
 
+def calibrated(run: ReferenceRun) -> bool:
+    """Whether the noise model was measured on runs like this one: the seed's CIFAR and TinyImageNet runs.
+    The ImageNet cells have one fp16 log each and no same-recipe pair, so their verdicts borrow it."""
+    return run.key in seed_runs()
+
+
 def reference_curve(run: ReferenceRun, measure: Measure) -> dict[int, float]:
     return {r["iter"]: r[measure.theirs] for r in run.records if r[measure.theirs] is not None}
 
@@ -119,7 +134,7 @@ def reference_final(run: ReferenceRun, measure: Measure) -> float:
 
 def same_recipe_pairs() -> list[tuple[ReferenceRun, ReferenceRun]]:
     """The reference's cells it trained twice (fp32 and fp16): its only same-recipe replicates."""
-    runs = reference_runs()
+    runs = seed_runs()
     return [(run, runs[key[:4] + ("fp16",)]) for key, run in sorted(runs.items())
             if key[4] == "fp32" and key[:4] + ("fp16",) in runs]
 
@@ -141,7 +156,7 @@ def neighbour_scatter(measure: Measure, window: tuple[int, int]) -> float:
     difference (v[i−1] − 2v[i] + v[i+1])/√6 has the point noise's variance where the curve is straight;
     the mean of m independent points has 1/m of it."""
     residuals = []
-    for run in reference_runs().values():
+    for run in seed_runs().values():
         curve = reference_curve(run, measure)
         points = [on_scale(measure, curve[i]) for i in range(window[0] - 1000, window[1] + 1001, 1000) if i in curve]
         residuals += [(points[j - 1] - 2 * points[j] + points[j + 1]) / math.sqrt(6) for j in range(1, len(points) - 1)]

@@ -1,12 +1,13 @@
 """`resbench plot`: PNG figures of the runs below a folder, drawn to be read.
 
 Per dataset: `<data_name>_curves.png` (validation accuracy, the same zoomed on the last quarter,
-validation NLL, training loss and learning rate against iterations; one line per configuration,
-the mean and a ±std band where several seeds share it, a marker at each evaluation, the legend
-in a panel of its own), `<data_name>_vs_reference.png` (ours − published per configuration, with
-the 95% interval of our mean as error bar and n), and with `--compare reference`
-`<data_name>_curves_vs_reference.png` (our curves over the reference's: val_acc, trn_loss and
-w_norm, one row of panels per cell).
+test accuracy, validation NLL, training loss, weight norm and the learning-rate schedule against
+iterations; one line per configuration, the mean and a ±std band where several seeds share it, a
+marker at each evaluation, the legend in a panel of its own; a panel no run has figures for is left
+out), `<data_name>_vs_reference.png` (ours − published per configuration, with the 95% interval of
+our mean as error bar and n), and with `--compare reference` `<data_name>_curves_vs_reference.png`
+(our curves over the reference's: val_acc, trn_loss and w_norm, one row of panels per cell). Bands
+and error bars stop where the figure does (an accuracy at 0 and 1, a loss at 0: `figure_range`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from resbench.files import UnsafeFileError, open_own_file, own_folder
 from resbench.results.compare import Cell, match_runs
 from resbench.results.noise import published_figure
 from resbench.results.reference import dataset_sort_key, precision_sort_key, shape_sort_key
-from resbench.results.stats import spread
+from resbench.results.stats import figure_range, spread
 from resbench.results.table import (
     MINUS,
     SETTING_LABELS,
@@ -36,10 +37,12 @@ from resbench.results.table import (
     varying_settings,
 )
 from resbench.runs.reader import Run, find_run_folders, find_runs, runs_folder
+from resbench.settings.config import TrainConfig, learning_rate
 
 DPI = 100
 PLOTS_DIR = "plots"  # below RUNS_DIR, where the figures go by default
 ZOOM_FRACTION = 0.25  # the zoomed accuracy panel shows the last quarter of the iterations
+SCHEDULE_POINTS = 400  # steps at which a run's learning-rate schedule is drawn
 
 
 def pyplot():
@@ -114,8 +117,10 @@ def draw_curve(ax, runs: list[Run], key: str, label: str | None = None, **style:
         return []
     line, = ax.plot(iters, means, marker="o", markersize=3, linewidth=1.2, label=label, **style)
     if len(runs) > 1:
-        ax.fill_between(iters, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=line.get_color(), alpha=0.2, linewidth=0)
+        least, most = figure_range(key)  # an accuracy's band stops at 1, a loss's at 0
+        ax.fill_between(iters, [max(m - s, least) for m, s in zip(means, stds)],
+                        [min(m + s, most) for m, s in zip(means, stds)], color=line.get_color(), alpha=0.2,
+                        linewidth=0)
     return means
 
 
@@ -152,56 +157,99 @@ def setting_label(key: str, value: Any) -> str:
 
 # ---------------------------------------------------------------- the figures
 
-CURVE_PANELS = (("val_acc", "val/acc"), ("val_acc", "val/acc, last quarter"), ("val_nll", "val/nll"),
-                ("trn_loss", "trn/loss (log)"), ("trn_lr", "trn/lr (mean since the last evaluation)"))
+# (metrics.jsonl field, title, y axis): the curves' panels, each drawn where some run has its figures.
+CURVE_PANELS = (("val_acc", "val/acc", "validation accuracy"),
+                ("val_acc", "val/acc, last quarter", "validation accuracy"),
+                ("tst_acc_at_eval", "tst/acc", "test accuracy at each evaluation"),
+                ("val_nll", "val/nll", "validation NLL"),
+                ("trn_loss", "trn/loss (log)", "training loss (mean since the previous evaluation)"),
+                ("trn_w_norm", "w_norm", "weight norm, L2 of all parameters\n(mean since the previous evaluation)"),
+                ("trn_lr", "learning rate", "the schedule, from each run's settings"))
+PANEL_COLUMNS = 4
+
+
+def schedule(runs: list[Run]) -> tuple[list[int], list[float]]:
+    """The learning rate of every update up to the runs' last evaluation, drawn at iteration = updates
+    done: the trainer's own schedule from the settings (the records' trn_lr is a window mean, which
+    lags the warm-up and the cosine)."""
+    cfg = TrainConfig(optim_ni=int(runs[0].setting("optim_ni")), optim_lr=float(runs[0].setting("optim_lr")))
+    reached = max((int(r["iter"]) for run in runs for r in run.records), default=0)
+    peak = int(0.1 * cfg.optim_ni)  # the warm-up's end, drawn exactly
+    steps = sorted({*range(0, reached, max(1, reached // SCHEDULE_POINTS)), reached - 1,
+                    *([peak] if peak < reached else [])}) if reached else []
+    return [step + 1 for step in steps], [learning_rate(step, cfg) for step in steps]
+
+
+def panel_values(key: str, zoomed: bool, groups: list[tuple[str, list[Run]]], last: int) -> list[list[float]]:
+    """Per group, the figures a panel would draw: the zoomed panel's only in the last quarter, where a line
+    needs two evaluations (one marker alone made it look empty on short runs)."""
+    if key == "trn_lr":
+        return [schedule(members)[1] for _, members in groups]
+    curves = [mean_curve(members, key) for _, members in groups]
+    if not zoomed:
+        return [means for _, means, _ in curves]
+    late = [[v for i, v in zip(iters, means) if i >= (1 - ZOOM_FRACTION) * last] for iters, means, _ in curves]
+    return late if any(len(values) > 1 for values in late) else [[] for _ in late]
+
+
+def draw_panel(ax, key: str, zoomed: bool, groups: list[tuple[str, list[Run]]], last: int) -> None:
+    """One panel: a line per group, the y axis fitted to the figures (accuracies), log (the loss) or from 0."""
+    if key == "trn_lr":
+        for label, members in groups:
+            ax.plot(*schedule(members), linewidth=1.2, label=label)
+        ax.set_ylim(bottom=0)
+        return
+    for label, members in groups:
+        draw_curve(ax, members, key, label=label)
+    if key == "trn_loss":
+        ax.set_yscale("log")
+    elif zoomed:
+        ax.set_xlim((1 - ZOOM_FRACTION) * last - 0.02 * last, last * 1.02)
+        zoom(ax, [v for values in panel_values(key, True, groups, last) for v in values])
+    elif "acc" in key:
+        zoom(ax, [v for values in panel_values(key, False, groups, last) for v in values])
 
 
 def plot_curves(plt, data_name: str, runs: list[Run], path: Path) -> None:
-    """Five panels against iterations, one line per configuration; the sixth panel holds the legend."""
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    panels = axes.flat
+    """The panels of CURVE_PANELS that have figures, against iterations, one line per configuration; the
+    next panel holds the legend."""
     groups = curve_groups(runs)
     last = max((r["iter"] for run in runs for r in run.records), default=0)
-    zoomed: list[float] = []
-    all_acc: list[float] = []
-    for (key, title), ax in zip(CURVE_PANELS, panels):
-        for label, members in groups:
-            drawn = draw_curve(ax, members, key, label=label)
-            if title.endswith("last quarter"):
-                iters = mean_curve(members, key)[0]
-                zoomed += [v for i, v in zip(iters, drawn) if i >= (1 - ZOOM_FRACTION) * last]
-            elif key == "val_acc":
-                all_acc += drawn
-        ax.set(title=f"{shown_name(data_name)}: {title}", xlabel="iteration")
+    panels = []
+    for key, title, axis in CURVE_PANELS:
+        zoomed = title.endswith("last quarter")
+        if any(panel_values(key, zoomed, groups, last)):
+            panels.append((key, title, axis, zoomed))
+    rows = max(1, math.ceil((len(panels) + 1) / PANEL_COLUMNS))
+    fig, axes = plt.subplots(rows, PANEL_COLUMNS, figsize=(4.6 * PANEL_COLUMNS, 4.3 * rows), squeeze=False)
+    for (key, title, axis, zoomed), ax in zip(panels, axes.flat):
+        draw_panel(ax, key, zoomed, groups, last)
+        ax.set(title=f"{shown_name(data_name)}: {title}", xlabel="iteration", ylabel=axis)
         ax.grid(alpha=0.3)
-        if key == "trn_loss":
-            ax.set_yscale("log")
-        if title.endswith("last quarter"):
-            ax.set_xlim((1 - ZOOM_FRACTION) * last - 0.02 * last, last * 1.02)
-            zoom(ax, zoomed)
-        elif key == "val_acc":
-            zoom(ax, all_acc)
-    legend_ax = axes.flat[-1]
-    legend_ax.axis("off")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    legend_ax.legend(handles, labels, loc="upper left", fontsize="small", frameon=False,
-                     title="configuration (markers: evaluations)")
+    axes.flat[len(panels)].legend(handles, labels, loc="upper left", fontsize="small", frameon=False,
+                                  title="configuration (markers: evaluations)")
     save_figure(plt, fig, path)
 
 
-def difference_points(rows: list[Row], metric: str) -> tuple[list[float], list[float]]:
-    """ours − published per row, and the half-width of the 95% interval of our mean (0 for one run)."""
-    diffs, errors = [], []
+def difference_points(rows: list[Row], metric: str) -> tuple[list[float], list[float], list[float]]:
+    """ours − published per row, and how far the 95% interval of our mean reaches below and above it (0 for
+    one run; clipped to what the figure can be, so that an accuracy's bar stops at 1)."""
+    diffs, below, above = [], [], []
     for row in rows:
         values, ref = row.values(metric), row.reference_run()
         if not values or ref is None:
             diffs.append(float("nan"))
-            errors.append(0.0)
+            below.append(0.0)
+            above.append(0.0)
             continue
-        summary = spread(values)
+        summary = spread(values, bounds=figure_range(metric))
         diffs.append(summary.mean - published_figure(ref, metric))
-        errors.append(0.0 if summary.low is None else summary.high - summary.mean)
-    return diffs, errors
+        below.append(0.0 if summary.low is None else summary.mean - summary.low)
+        above.append(0.0 if summary.high is None else summary.high - summary.mean)
+    return diffs, below, above
 
 
 DIFFERENCE_PANELS = (("val_acc", "val/acc"), ("tst_acc", "tst/acc"), ("tst_nll", "tst/nll"))
@@ -215,10 +263,10 @@ def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(max(13, 1.3 * len(rows) * 3), 5))
     x = list(range(len(rows)))
     for ax, (metric, title) in zip(axes, DIFFERENCE_PANELS):
-        diffs, errors = difference_points(rows, metric)
+        diffs, below, above = difference_points(rows, metric)
         ax.axhline(0, color="grey", linewidth=1)
-        ax.errorbar(x, diffs, yerr=errors, fmt="o", capsize=4)
-        for i, (d, e) in enumerate(zip(diffs, errors)):
+        ax.errorbar(x, diffs, yerr=[below, above], fmt="o", capsize=4)
+        for i, (d, e) in enumerate(zip(diffs, above)):
             if d == d:  # not NaN
                 ax.annotate(f"{d:+.3f}".replace("-0.000", "+0.000").replace("-", MINUS), (i, d + e),
                             textcoords="offset points", xytext=(0, 4), ha="center", fontsize="small")
@@ -234,8 +282,9 @@ def plot_vs_reference(plt, rows: list[Row], path: Path) -> None:
     save_figure(plt, fig, path)
 
 
-REFERENCE_PANELS = (("val_acc", "val_acc", "val/acc"), ("trn_loss", "trn_loss", "trn/loss (log)"),
-                    ("trn_w_norm", "w_norm", "w_norm"))
+REFERENCE_PANELS = (("val_acc", "val_acc", "val/acc", "validation accuracy"),
+                    ("trn_loss", "trn_loss", "trn/loss (log)", "training loss (window mean)"),
+                    ("trn_w_norm", "w_norm", "w_norm", "weight norm (window mean)"))
 
 
 def plot_reference_curves(plt, data_name: str, cells: list[Cell], path: Path) -> None:
@@ -243,7 +292,7 @@ def plot_reference_curves(plt, data_name: str, cells: list[Cell], path: Path) ->
     fig, axes = plt.subplots(len(cells), 3, figsize=(15, 0.6 + 3.1 * len(cells)), squeeze=False, layout="constrained")
     for row, cell in zip(axes, cells):
         reached = cell.reached
-        for ax, (ours_key, their_key, title) in zip(row, REFERENCE_PANELS):
+        for ax, (ours_key, their_key, title, axis) in zip(row, REFERENCE_PANELS):
             theirs = [r for r in cell.reference.records if r[their_key] is not None]
             ours = draw_curve(ax, cell.runs, ours_key, label="ours (mean and ±std band over our runs)", color="C0")
             ax.plot([r["iter"] for r in theirs], [r[their_key] for r in theirs], marker="x", markersize=3,
@@ -253,7 +302,7 @@ def plot_reference_curves(plt, data_name: str, cells: list[Cell], path: Path) ->
             else:
                 zoom(ax, ours + [r[their_key] for r in theirs])
             ax.axvline(reached, color="grey", linewidth=0.8, linestyle=":")
-            ax.set(title=f"{cell.label}, n={len(cell.runs)}: {title}", xlabel="iteration")
+            ax.set(title=f"{cell.label}, n={len(cell.runs)}: {title}", xlabel="iteration", ylabel=axis)
             ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)

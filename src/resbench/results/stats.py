@@ -4,6 +4,13 @@ With 2 to 10 seeds the normal approximation understates the uncertainty badly (t
 for 2 runs, 4.30 for 3, against 1.96), so intervals use Student's t with n − 1 degrees of
 freedom. The quantile is computed here (regularised incomplete beta function, then bisection),
 so that the package needs no scipy.
+
+An interval is clipped to the values the figure can take (`figure_range`): with 2 runs the
+t-interval spans ±12.7 standard errors, and [0.239, 1.650] is no accuracy. Clipping keeps the
+interval's coverage (the true mean lies in the range anyway) and changes nothing where the
+interval fits. A Wilson interval is for a proportion of images, not the mean of a few seeds, and a
+percentile (bootstrap) interval needs more runs than a table row has; so the t-interval stays, and
+a row of n < 3 is flagged where it is shown (`SHAKY_BELOW`).
 """
 
 from __future__ import annotations
@@ -14,6 +21,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 CONFIDENCE = 0.95
+SHAKY_BELOW = 3  # runs: an interval of fewer is flagged (t₀.₉₇₅ of 1 degree of freedom is 12.7)
+UNBOUNDED = (-math.inf, math.inf)
+
+
+def figure_range(name: str) -> tuple[float, float]:
+    """What a figure can be, by its name (metrics.jsonl's `val_acc`, a table column's `c/ece`): an accuracy,
+    an ECE and an OOD rate or area in [0, 1], a Brier score in [0, 2], anything else (an NLL, a loss, a
+    norm, a learning rate) at least 0."""
+    if "brier" in name:
+        return 0.0, 2.0
+    if any(part in name for part in ("acc", "top5", "ece")) or name.startswith("ood/"):
+        return 0.0, 1.0
+    return 0.0, math.inf
 
 
 @dataclass(frozen=True)
@@ -27,8 +47,9 @@ class Spread:
     high: float | None
 
 
-def spread(values: list[float], confidence: float = CONFIDENCE) -> Spread:
-    """mean ± t(1 − α/2, n − 1)·s/√n for n ≥ 2 values."""
+def spread(values: list[float], confidence: float = CONFIDENCE,
+           bounds: tuple[float, float] = UNBOUNDED) -> Spread:
+    """mean ± t(1 − α/2, n − 1)·s/√n for n ≥ 2 values, clipped to `bounds` (`figure_range`)."""
     if not values:
         raise ValueError("no values")
     mean = statistics.fmean(values)
@@ -36,7 +57,7 @@ def spread(values: list[float], confidence: float = CONFIDENCE) -> Spread:
         return Spread(len(values), mean, None, None, None)
     std = statistics.stdev(values)
     half = t_quantile(0.5 + confidence / 2, len(values) - 1) * std / math.sqrt(len(values))
-    return Spread(len(values), mean, std, mean - half, mean + half)
+    return Spread(len(values), mean, std, max(mean - half, bounds[0]), min(mean + half, bounds[1]))
 
 
 @lru_cache(maxsize=4096)

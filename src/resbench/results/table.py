@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resbench.console import printable
+from resbench.data.facts import val_is_test_note, validates_on_test
 from resbench.results.columns import DEFAULT_COLUMNS, SUMMARY_COLUMNS, column_value
 from resbench.results.noise import FINALS, final_check, published_figure
 from resbench.results.reference import (
@@ -29,7 +30,7 @@ from resbench.results.reference import (
     shape_sort_key,
     table_reference,
 )
-from resbench.results.stats import spread
+from resbench.results.stats import CONFIDENCE, SHAKY_BELOW, figure_range, spread, t_quantile
 from resbench.runs.reader import Run
 from resbench.runs.schema import NUMBER
 from resbench.settings.flags import flag_value
@@ -43,11 +44,13 @@ SELECTIONS = {"val": "best val", "last": "last", "test": "best test"}
 # Column headers of the settings that tell rows apart, in this order; others after, by name.
 SETTING_LABELS = {"batch_size": "batch", "optim_ni": "iters", "optim_lr": "lr", "optim_momentum": "momentum",
                   "optim_weight_decay": "wd", "optim_label_smoothing": "smoothing", "optim_global_clipping": "clip",
-                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn"}
+                  "eval_every": "eval every", "deterministic": "deterministic", "sync_bn": "sync_bn",
+                  "bn_groups": "BN groups"}
 MINUS = "\u2212"
 MISSING = "n/a"  # a cell none of whose runs has the figure (every one diverged before its first evaluation)
-INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean] over the n runs (seeds) of a row; "
-                 "one run: its figure")
+INTERVAL_NOTE = ("mean ± sample std [95% Student-t interval of the mean, clipped to what the figure can be: "
+                 "[0, 1] for an accuracy, ≥ 0 for an NLL] over the n runs (seeds) of a row; one run: its figure")
+SHAKY = "†"  # marks the interval of a row of fewer than SHAKY_BELOW runs
 
 # ---------------------------------------------------------------- selection: which evaluation counts
 
@@ -117,8 +120,15 @@ class Row:
     def hours(self) -> float:
         return statistics.fmean(float(s["wall_seconds"]) for s in self.summaries) / 3600
 
+    @property
+    def data_problem(self) -> str | None:
+        """How its runs' built-in set differed from the official one (`Run.data_problem`), or None."""
+        return next((run.data_problem for run in self.runs if run.data_problem), None)
+
     def reference_run(self) -> ReferenceRun | None:
-        """The reference's run of this row, if it has the reference's settings."""
+        """The reference's run of this row, if it has the reference's settings and the official data."""
+        if self.data_problem:
+            return None
         found = find_reference_run(self.data_name, self.depth, self.width, self.precision,
                                    self.runs[0].summary.get("config") or {})
         return None if isinstance(found, str) else found
@@ -161,7 +171,7 @@ def group_rows(runs: list[Run | dict]) -> dict[str, list[Row]]:
         rows: dict[tuple, Row] = {}
         for run in by_dataset[data_name]:
             s, settings = run.summary, tuple((k, run.settings().get(k)) for k in varying)
-            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings))
+            key = (int(s["depth"]), int(s["width"]), s["precision"], comparable(settings), bool(run.data_problem))
             rows.setdefault(key, Row(data_name, key[0], key[1], key[2], settings)).runs.append(run)
         tables[data_name] = sorted(rows.values(), key=lambda r: (shape_sort_key(r.depth, r.width),
                                                                  settings_sort_key(r.settings),
@@ -183,14 +193,23 @@ def select_by_val(rows: list[Row]) -> list[Row]:
 
 # ---------------------------------------------------------------- formatting cells
 
-def format_stat(values: list[float]) -> str:
-    """`0.923` for one run, `0.923 ± 0.002 [0.918, 0.928]` (mean ± sample std [95% t-interval]) for several."""
+def format_stat(values: list[float], column: str = "") -> str:
+    """`0.923` for one run, `0.923 ± 0.002 [0.918, 0.928]` (mean ± sample std [95% t-interval, clipped to the
+    column's `figure_range`]) for several, marked † for fewer than SHAKY_BELOW."""
     if not values:
         return MISSING
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    summary = spread(values)
-    return f"{summary.mean:.3f} ± {summary.std:.3f} [{summary.low:.3f}, {summary.high:.3f}]"
+    summary = spread(values, bounds=figure_range(column))
+    shaky = SHAKY if len(values) < SHAKY_BELOW else ""
+    return f"{summary.mean:.3f} ± {summary.std:.3f} [{summary.low:.3f}, {summary.high:.3f}]{shaky}"
+
+
+def shaky_note() -> str:
+    """What † means, where a row has it."""
+    t = t_quantile(0.5 + CONFIDENCE / 2, SHAKY_BELOW - 2)
+    return (f"{SHAKY} n = {SHAKY_BELOW - 1}: the interval of {SHAKY_BELOW - 1} runs spans ±{t:.1f} standard errors "
+            f"(Student's t, {SHAKY_BELOW - 2} degree of freedom) and says little; {SHAKY_BELOW} runs or more narrow it")
 
 
 def format_difference(ours: float, published: float) -> str:
@@ -204,7 +223,7 @@ def metric_cell(row: Row, column: str, selection: str, ref: ReferenceRun | None)
     best validation accuracy: other selections say so), and under the recipe's selection `compare`'s mark:
     ✗ where its test of a final figure fails, ? where it cannot tell."""
     values = row.values(column, selection)
-    ours = format_stat(values)
+    ours = format_stat(values, column)
     if ref is None or column not in SUMMARY_COLUMNS:  # the reference publishes the seed's three figures only
         return ours
     metric = SUMMARY_COLUMNS[column]
@@ -240,13 +259,17 @@ def misc_cell(row: Row, show_precision: bool, ref: ReferenceRun | None, selectio
     if first and show_precision:
         hours = f"{row.hours():.1f} hrs"
         if ref is not None:
-            hours += f"; ref {table_reference(ref).wall_min / 60:.1f} hrs"
+            published = table_reference(ref)
+            hours += f"; ref {published.wall_min / 60:.1f} hrs" + (
+                f" on {published.devices} GPUs" if published.devices > 1 else "")
         parts.append(f"{row.precision} ({hours})")
     if first and len(row.runs) > 1:
         parts.append(f"n={len(row.runs)}")
     diverged = sum(s.get("status") == "diverged" for s in row.summaries)
     if first and diverged:
         parts.append(f"{diverged} diverged")
+    if first and row.data_problem:
+        parts.append("not the official data, no published figures")
     if first and row.chosen_from > 1:
         parts.append(f"best val/acc of {row.chosen_from} settings")
     if show_iterations:
@@ -314,11 +337,13 @@ def table_header(rows: list[Row], selection: str,
 
 def render_table(rows: list[Row], compare: bool = False, selection: str = "val",
                  columns: tuple[str, ...] = DEFAULT_COLUMNS) -> str:
-    """One `### <data_name>` section in the seed's markdown format."""
+    """One `### <data_name>` section in the seed's markdown format (and, under a set that validates on its
+    test set, a line saying so)."""
     cells = [line for i, row in enumerate(rows)
              for line in row_lines(row, rows[i - 1] if i else None, rows, selection, compare, columns)]
+    note = ["", val_is_test_note(rows[0].data_name) + "."] if validates_on_test(rows[0].data_name) else []
     heading = f"### {printable(rows[0].data_name)}"
-    return "\n".join([heading, *render_lines(*table_header(rows, selection, columns), cells)])
+    return "\n".join([heading, *render_lines(*table_header(rows, selection, columns), cells), *note])
 
 
 def render_tables(runs: list[Run | dict], compare: bool = False, selection: str = "val",
@@ -330,4 +355,6 @@ def render_tables(runs: list[Run | dict], compare: bool = False, selection: str 
     text = "\n\n".join(render_table(rows, compare, selection, columns) for rows in tables.values())
     if any(len(row.runs) > 1 for rows in tables.values() for row in rows):
         text += f"\n\n{INTERVAL_NOTE}."
+    if SHAKY in text:
+        text += f"\n{shaky_note()}."
     return text

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from resbench import files
-from resbench.console import printable, printable_lines, shown
+from resbench.console import count, printable, printable_lines, shown
 from resbench.runs import checkpoint, schema, writes
 from resbench.runs.reader import read_object
 from resbench.runs.schema import LAST_KEYS, RESOLVED_KEY, RunFolderError, asked_settings
@@ -36,9 +36,12 @@ SPLIT_OF_FIELD = {"best_val_acc": ("val", "best_acc"), "skipped_steps": ("trn", 
                   "loss_scale": ("trn", "loss_scale"), "epoch": ("trn", "epoch"),
                   **{field: ("time", field) for field in schema.TIME_FIELDS}}
 # The figures of an evaluation's log line and their formats, in the reference's order; present ones only.
-LOG_FIELDS = (("trn_loss", ".4f"), ("trn_lr", ".4f"), ("trn_w_norm", ".3f"), ("trn_g_norm", ".3f"),
+# The learning rate is the last step's (trn_lr, the mean over the steps since the previous evaluation,
+# stays in metrics.jsonl: on the warm-up and the cosine it lags the schedule).
+LOG_FIELDS = (("trn_loss", ".4f"), ("trn_lr_at_eval", ".4f"), ("trn_w_norm", ".3f"), ("trn_g_norm", ".3f"),
               ("val_acc", ".4f"), ("val_nll", ".4f"), ("val_top5", ".4f"), ("best_val_acc", ".4f"),
               ("tst_acc", ".4f"), ("tst_nll", ".4f"), ("tst_top5", ".4f"), ("loss_scale", ",.0f"))
+BEST_TEST_FIELDS = ("tst_acc", "tst_nll", "tst_top5")  # of the best-validation checkpoint, on every line
 
 
 def split_and_name(key: str) -> tuple[str, str]:
@@ -236,9 +239,17 @@ class RunFolder:
                  f"{printable(self.file(schema.SUMMARY))}")
 
     @staticmethod
-    def format_record(r: dict[str, Any]) -> str:
-        """An evaluation's log line: its figures named as in metrics.jsonl, with / for the first _."""
-        figures = [f"{log_label(key)} {r[key]:{spec}}" for key, spec in LOG_FIELDS if r.get(key) is not None]
+    def format_record(r: dict[str, Any], best: dict[str, Any]) -> str:
+        """An evaluation's log line: its figures named as in metrics.jsonl, with / for the first _.
+
+        The test figures are the best-validation checkpoint's (`best`: its BEST_TEST_FIELDS and
+        `iter`), on every line and labelled so: a line where validation did not improve keeps the
+        columns of one where it did, and a reader never takes them for this evaluation's."""
+        shown = {**r, **{key: best.get(key) for key in BEST_TEST_FIELDS}}
+        present = [(key, spec) for key, spec in LOG_FIELDS if shown.get(key) is not None]
+        last_test = next((key for key, _ in reversed(present) if key in BEST_TEST_FIELDS), None)
+        figures = [f"{log_label(key)} {shown[key]:{spec}}" + (f" (best.pt, iteration {best['iter']})"
+                                                              if key == last_test else "") for key, spec in present]
         line = f"[iter {r['iter']:>6}] " + ", ".join(figures)
         if r.get("skipped_steps"):
             line += f", {log_label('skipped_steps')} {r['skipped_steps']} (fp16 overflow)"
@@ -248,7 +259,7 @@ class RunFolder:
     def device_name(device: torch.device) -> str:
         if device.type == "cuda":
             return torch.cuda.get_device_name(device)
-        return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"cpu ({platform.processor() or platform.machine()}, {count(torch.get_num_threads(), 'thread')})"
 
     @staticmethod
     def versions() -> dict[str, str]:

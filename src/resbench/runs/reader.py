@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from resbench.console import log, printable
+from resbench.data.facts import DATASETS, SPLITS, size_problem
 from resbench.errors import ResbenchError, reason
 from resbench.files import read_bounded
 from resbench.runs import schema
@@ -24,6 +25,7 @@ from resbench.settings.config import (
     LEGACY_TYPES,
     PRECISION_OF_FLAG,
     RESUMABLE_CHANGES,
+    SETTING_DEFAULTS,
     ConfigError,
     TrainConfig,
     canonical,
@@ -43,8 +45,8 @@ MAX_METRICS_FILE = 64 << 20
 # Settings that never make two runs of one configuration different: the seed (what the runs of a
 # table row vary), paths and choices that do not change a number (settings.config.RESUMABLE_CHANGES), and
 # the configuration itself (dataset, depth, width, precision).
-NOT_ROW_SETTINGS = frozenset({"seed", "save", "data_root", "device", "compile", "tensorboard", "threads", "mirror",
-                              "data_name", "resnet_depth", "resnet_width", "mixed_precision"})
+NOT_ROW_SETTINGS = frozenset({"seed", *RESUMABLE_CHANGES, "data_name", "resnet_depth", "resnet_width",
+                              "mixed_precision"})
 
 
 def read_json(path: Path, what: str | None = None, fix: str = "") -> Any:
@@ -212,7 +214,20 @@ class Run:
 
     def settings(self) -> dict[str, Any]:
         """The run's settings that could make it a table row of its own."""
-        return {k: v for k, v in self.config.items() if k not in NOT_ROW_SETTINGS}
+        return {k: v for k, v in {**SETTING_DEFAULTS, **self.config}.items() if k not in NOT_ROW_SETTINGS}
+
+    @functools.cached_property
+    def data_problem(self) -> str | None:
+        """How the built-in set the run trained on differed from the official one (the split sizes it
+        recorded: summary.json's, or config.json's resolved `splits`), or None: as official, imported, or
+        recorded before runs recorded their sizes. Such a run is never set beside the published figures."""
+        sizes = (self.summary or {}).get("splits") or self.resolved.get("splits")
+        if self.data_name not in DATASETS or sizes is None:
+            return None
+        if not (isinstance(sizes, dict) and set(sizes) == set(SPLITS) and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in sizes.values())):
+            return f"its recorded split sizes are damaged ({shown_value(sizes)})"
+        return size_problem(DATASETS[self.data_name], sizes)
 
 
 def runs_folder(runs_dir: Path) -> Path:
@@ -288,6 +303,7 @@ def last_iteration(folder: Path) -> int:
 
 def check_same_config(saved: dict[str, Any], wanted: dict[str, Any], path: Path) -> None:
     """Refuse to continue or reuse a run folder whose saved settings differ in anything that changes a number."""
+    saved = {**SETTING_DEFAULTS, **saved}  # a setting added since the run started: the default it ran with
     differing = [f"{key}: saved {saved.get(key)!r}, now {wanted.get(key)!r}"
                  for key in sorted(set(saved) | set(wanted))
                  if key not in RESUMABLE_CHANGES and canonical(key, saved.get(key)) != canonical(key, wanted.get(key))]

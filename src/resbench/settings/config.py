@@ -10,9 +10,10 @@ config.json is one, in `runs.reader`.
 from __future__ import annotations
 
 import functools
+import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,15 +54,21 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: str = "auto"  # auto | true | false; auto: where the run repays the compile time
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the global batch
+    bn_groups: int = 1  # BatchNorm statistics over this many groups of each device's batch, as on as many devices
     deterministic: bool = False  # deterministic CUDA kernels (slower; changes the numbers slightly)
     tensorboard: bool = False  # also write the evaluation records as TensorBoard scalars
     threads: int | None = None  # CPU threads (torch.set_num_threads); None = torch's default
     mirror: str | None = None  # where to fetch a missing dataset's official archive from instead
+    data_placement: str = "auto"  # auto | device | stream: where the training images are held (device.holding)
+    allow_nonstandard: bool = False  # train on a built-in set whose split sizes are not the official ones
 
     @property
     def precision(self) -> str:
         return precision_for(self.mixed_precision, resolve_device(self.device))
 
+
+# Every setting's default: what a run folder saved before the setting existed ran with.
+SETTING_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(TrainConfig)}
 
 # Settings that change where and how a run computes, not what: a run may resume with them changed
 # (a sweep resumed with another --jobs gives its runs another --threads). Two of them change the
@@ -69,7 +76,8 @@ class TrainConfig:
 # weights 1.6e-5 apart (relative L2), eager against compiled 9.6e-6 (benchmarks/thread_rounding.py).
 # So a resumed run matches the uninterrupted one bit for bit only with the same threads and
 # compile; changed, it is the same recipe to rounding, and the log says so.
-RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror"}
+RESUMABLE_CHANGES = {"data_root", "save", "device", "compile", "tensorboard", "threads", "mirror", "data_placement",
+                     "allow_nonstandard"}
 ROUNDING_SETTINGS = ("threads", "compile")
 # Counts from a file or a flag are bounded before use: torch.set_num_threads takes a C int, and a run
 # of 10**30 iterations would start (its warm-up alone longer than any machine lives).
@@ -115,10 +123,35 @@ def precision_for(mixed_precision: str, device: torch.device) -> str:
     raise ValueError(f"--mixed_precision must be false, true, fp16 or bf16, got {mixed_precision!r}")
 
 
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """The recipe's schedule: linear warm-up from 0 over floor(0.1·ni) steps, then cosine to 0 over
+    floor(0.9·ni) steps. Here, with the settings, so that the trainer and `resbench plot` (which draws
+    a run's schedule from its config.json) use the one function.
+
+    `step` counts updates from 0, as optax does: the first update uses lr 0.
+    """
+    warmup, decay = int(0.1 * cfg.optim_ni), int(0.9 * cfg.optim_ni)
+    if step < warmup:
+        return cfg.optim_lr * step / warmup
+    progress = min(step - warmup, decay) / max(decay, 1)
+    return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 # ---------------------------------------------------------------- run folders
 
-def default_run_name(cfg: TrainConfig) -> str:
-    """A folder name that tells the settings apart, e.g. R20x1-b256-i48k-lr0.1-wd0.001-s42."""
+def named_precision(cfg: TrainConfig) -> str:
+    """The precision a run's folder name says: the one asked for, read without the device at hand, so
+    that a sweep planned on a CPU node names its folders as the GPU nodes that train them will.
+    `--mixed_precision true` is the seed's fp16 row, unless the device asked for is a CPU (bf16 there)."""
+    choice = canonical("mixed_precision", cfg.mixed_precision)
+    if choice == "true":
+        return "bf16" if cfg.device.lower().startswith("cpu") else "fp16"
+    return PRECISION_OF_FLAG.get(choice, choice)
+
+
+def default_run_name(cfg: TrainConfig, precision: str | None = None) -> str:
+    """A folder name that tells the settings apart, e.g. R20x1-b256-i48k-lr0.1-wd0.001-s42 (`precision`:
+    the one the name says, `named_precision` by default)."""
     ni = f"{cfg.optim_ni // 1000}k" if cfg.optim_ni % 1000 == 0 else str(cfg.optim_ni)
     name = (f"R{cfg.resnet_depth}x{cfg.resnet_width}-b{cfg.batch_size}-i{ni}-lr{cfg.optim_lr:g}"
             f"-wd{cfg.optim_weight_decay:g}-s{cfg.seed}")
@@ -128,8 +161,11 @@ def default_run_name(cfg: TrainConfig) -> str:
         name += f"-ls{cfg.optim_label_smoothing:g}"
     if cfg.optim_global_clipping is not None:
         name += f"-clip{cfg.optim_global_clipping:g}"
-    if cfg.precision != "fp32":
-        name += f"-{cfg.precision}"
+    precision = precision or named_precision(cfg)
+    if precision != "fp32":
+        name += f"-{precision}"
+    if cfg.bn_groups != 1:
+        name += f"-bng{cfg.bn_groups}"
     if cfg.deterministic:
         name += "-det"
     return name
@@ -138,8 +174,17 @@ def default_run_name(cfg: TrainConfig) -> str:
 DEFAULT_RUNS_DIR = Path("runs")
 
 
-def run_folder_of(cfg: TrainConfig) -> Path:
-    return Path(cfg.save) if cfg.save else DEFAULT_RUNS_DIR / cfg.data_name / default_run_name(cfg)
+def run_folder_of(cfg: TrainConfig, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
+    """--save, or <runs_dir>/<data_name>/<default_run_name>. A run named when names said the precision
+    trained in (`--mixed_precision true --device auto` on a CPU: -bf16, now -fp16) keeps its folder."""
+    if cfg.save:
+        return Path(cfg.save)
+    folder = Path(runs_dir) / cfg.data_name
+    named = folder / default_run_name(cfg)
+    if canonical("mixed_precision", cfg.mixed_precision) != "true" or cfg.device != "auto" or named.exists():
+        return named
+    earlier = folder / default_run_name(cfg, cfg.precision)
+    return earlier if earlier.exists() else named
 
 
 def named_folder_of(cfg: TrainConfig) -> Path:

@@ -32,15 +32,28 @@ def dashed(option: str) -> str | None:
     return "--" + option[2:].replace("_", "-")
 
 
+EXTRAS_OWNER = "_parser_of_unrecognized_arguments"  # a namespace attribute of `Parser`'s own, removed again
+
+
+def show_default(action: argparse.Action) -> None:
+    """End a flag's help with its default, `(default: 0.1)`, one spelling for every command, where it has
+    one to show and its help does not say it already (a switch is off; None means "see the help")."""
+    default = action.default
+    if (action.option_strings and action.help not in (None, argparse.SUPPRESS) and "(default" not in action.help
+            and default not in (None, argparse.SUPPRESS) and not isinstance(default, bool)):
+        action.help += f" (default: {flag_value(default)})".replace("%", "%%")
+
+
 class DashedAliases:
     """`add_argument` of a parser or argument group whose every `--flag_name` also answers to
     `--flag-name`: the alias is registered for parsing only, so that help, usage and error messages
-    name the flag as it was declared."""
+    name the flag as it was declared. Its help shows its default (`show_default`)."""
 
     def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
         aliases = [alias for alias in map(dashed, names) if alias and alias not in names]
         action = super().add_argument(*names, *aliases, **kwargs)  # type: ignore[misc]
         action.option_strings = [name for name in action.option_strings if name not in aliases]
+        show_default(action)
         return action
 
 
@@ -58,6 +71,22 @@ class Parser(DashedAliases, argparse.ArgumentParser):
         group = FlagGroup(self, *args, **kwargs)
         self._action_groups.append(group)
         return group
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        """argparse's, noting the deepest (sub)command parser that left arguments unrecognized: argparse
+        reports them from the top-level parser, whose help (`resbench --help`) lists no command's flags."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            vars(parsed).setdefault(EXTRAS_OWNER, self)  # a subcommand's parser returns first: it stays
+        return parsed, extras
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """Unrecognized arguments are refused by the command's own parser: `(see `resbench train --help`)`."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        owner = vars(parsed).pop(EXTRAS_OWNER, self)
+        if extras:
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         """A usage error is one line and a pointer to --help, not argparse's whole usage block first."""
@@ -93,8 +122,9 @@ def switch(on: Any) -> dict[str, Any]:
 
 
 FLAG_HELP = {
-    "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, Digits_x32 "
-                 "(offline demo), or one of your own made by `resbench data import NAME SRC`",
+    "data_name": "dataset: CIFAR10_x32, CIFAR100_x32, TinyImageNet200_x32, TinyImageNet200_x64, "
+                 "ImageNet1k_x32, ImageNet1k_x64, Digits_x32 (offline demo), or one of your own made by "
+                 "`resbench data import NAME SRC`",
     "resnet_depth": "6n+2 (20, 32, 44, 56, 110, ...) or 18, 34, 50, 101, 152",
     "resnet_width": "channel multiplier (of a Bottleneck's inner convolutions only, as the reference)",
     "batch_size": "global batch size",
@@ -107,13 +137,17 @@ FLAG_HELP = {
     "seed": "random seed (init, data order, augmentation)",
     "data_root": "folder holding <data_name>/{train,test}_{images,labels}.npy",
     "save": "run folder (default: runs/<data_name>/<settings>); an existing one is resumed",
-    "mixed_precision": "false | true (fp16 with loss scaling on CUDA, bf16 elsewhere) | fp16 | bf16",
+    "mixed_precision": "false | true (fp16 with the reference's constant loss scale 65,536 on CUDA, bf16 elsewhere) "
+                       "| fp16 | bf16",
     "eval_every": "iterations between evaluations (and one at the last iteration)",
     "device": "auto | cpu | cuda | cuda:N",
     "compile": "auto | true | false; --compile alone means true: torch.compile the training step "
                "(auto: only for runs long enough to repay the compile time)",
     "sync_bn": "data-parallel runs: BatchNorm statistics over the global batch instead of per rank (CUDA); "
                "a switch: --sync_bn, or --sync_bn true/false",
+    "bn_groups": "BatchNorm batch statistics over N equal groups of each device's batch, as N devices would compute "
+                 "them (a ghost batch norm: the reference's ImageNet rows ran on 2 and 4 GPUs, `--bn_groups 2`/`4` "
+                 "on one); running statistics are the groups' average, as the devices' before each evaluation",
     "tensorboard": "also write TensorBoard scalars to <save>/tensorboard (needs the tensorboard package); "
                    "a switch: --tensorboard, or --tensorboard true/false",
     "deterministic": "deterministic CUDA kernels, so a resumed GPU run matches bit for bit (slower); "
@@ -122,6 +156,12 @@ FLAG_HELP = {
                "or $OMP_NUM_THREADS. `sweep --jobs N` gives each run cores/N (default: auto)",
     "mirror": "fetch a missing dataset's official archive from this base URL or local folder, as "
               "`resbench data download --mirror` does (default: the official URL)",
+    "data_placement": "auto | device | stream: the training images held on the training device, or streamed "
+                      "to it from their memory-mapped file a few batches ahead (the same batches); auto: on the "
+                      "device where they fit beside training, as the run's first lines say",
+    "allow_nonstandard": "train on a built-in set (CIFAR10_x32, ...) whose split sizes are not the official ones, "
+                         "which train refuses otherwise: its figures are not the published table's, and table and "
+                         "compare set none beside them; a switch",
 }
 # Flags whose help already says their default.
 DEFAULT_IN_HELP = {"save", "threads", "mirror"}
@@ -197,13 +237,13 @@ def parse_toml(text: str) -> dict[str, Any]:
 
 # `resbench train --help` in groups, each setting once.
 FLAG_GROUPS = {
-    "dataset": ("data_name", "data_root", "mirror"),
+    "dataset": ("data_name", "data_root", "mirror", "allow_nonstandard"),
     "model": ("resnet_depth", "resnet_width"),
     "optimisation (the recipe)": ("batch_size", "optim_ni", "optim_lr", "optim_momentum", "optim_weight_decay",
                                   "optim_label_smoothing", "optim_global_clipping", "seed"),
     "evaluation and the run folder": ("eval_every", "save", "tensorboard"),
     "precision and speed (device, compile, threads)": ("mixed_precision", "device", "compile", "sync_bn",
-                                                       "deterministic", "threads"),
+                                                       "bn_groups", "deterministic", "threads", "data_placement"),
 }
 
 
@@ -214,7 +254,7 @@ def add_setting_flag(container: argparse._ActionsContainer, name: str, default: 
     (`--tensorboard` alone means true), as is `--compile`."""
     kind = flag_kind(name)
     field_default = TrainConfig.__dataclass_fields__[name].default
-    shown = "" if name in DEFAULT_IN_HELP else f" (default: {'off' if field_default is None else field_default})"
+    shown = "" if name in DEFAULT_IN_HELP else f" (default: {flag_value(field_default)})"
     on = True if kind is parse_bool else "true" if name == "compile" else None
     return container.add_argument(f"--{name}", type=kind, default=default, help=(help or FLAG_HELP[name]) + shown,
                                   **(switch(on) if on is not None else {}))

@@ -1,12 +1,10 @@
-"""What the cluster launchers share: a run's command on several GPUs, and the checks and the record
-before a run is handed to a scheduler (`slurm`, `ray_cluster`)."""
+"""What the cluster launchers share: the checks and the record before a run is handed to a scheduler
+(`slurm`, `ray_cluster`)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 from resbench.console import printable
 from resbench.errors import ResbenchError
@@ -20,10 +18,6 @@ LAUNCH_DIR = ".launch"  # below --runs_dir: the job scripts and the scheduler's 
 STOPPED_BY_SIGNAL = 130  # `resbench train`'s exit status once it has saved its state on a signal
 
 
-def launch_dir(runs_dir: Path) -> Path:
-    return Path(runs_dir).resolve() / LAUNCH_DIR
-
-
 def check_outputs(runs: list[PlannedRun]) -> None:
     """Refuse before anything starts where a level of a run's folder below --runs_dir is a link, or its
     stdout.log is a link, a hard link or not a file, which its launcher would refuse to write through once
@@ -35,14 +29,6 @@ def check_outputs(runs: list[PlannedRun]) -> None:
         except UnsafeFileError as exc:
             raise ResbenchError(f"{printable(exc.filename)}: {exc.strerror}; remove it, then start the sweep "
                                 "again") from None
-
-
-def distributed_command(run: PlannedRun, gpus_per_run: int) -> list[str]:
-    """The run's train command; on several GPUs under torchrun, one process per GPU (data parallel)."""
-    if gpus_per_run <= 1:
-        return run.command
-    return [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-            str(gpus_per_run), "-m", "resbench", *run.train_args]
 
 
 def mark_submitted(run: PlannedRun, launcher: str, job: str) -> None:

@@ -1,5 +1,6 @@
 """A sweep's grid: the ready ones (`seed`: the 26 rows of seed-results.md; `wd`: the reference's
-weight-decay sweep) or a TOML file of lists, each made the train flags of its runs.
+weight-decay sweep; `imagenet`: the six rows of imagenet-x.md) or a TOML file of lists, each made the
+train flags of its runs.
 
 A grid file is read as data: its keys are train settings or `precision`, each value is checked as
 its flag would check it, and the grid's size is known before anything is planned.
@@ -13,7 +14,7 @@ import math
 from pathlib import Path
 
 from resbench.errors import ResbenchError, reason
-from resbench.results.reference import reference_rows, reference_weight_decays
+from resbench.results.reference import imagenet_rows, reference_rows, reference_weight_decays
 from resbench.settings.config import PRECISION_FLAGS, TrainConfig
 from resbench.settings.flags import file_value, parse_toml, read_settings_text
 
@@ -23,7 +24,9 @@ GRID_AXES = ("data_name", "resnet_depth", "resnet_width", "precision", "seed",
              *(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data_name", "resnet_depth",
                                                                                  "resnet_width", "seed", "save")))
 READY_GRIDS = {"seed": "the 26 rows of seed-results.md",
-               "wd": "the reference's weight-decay sweep: the 26 rows at each weight decay it ran (104 runs)"}
+               "wd": "the reference's weight-decay sweep: the 26 rows at each weight decay it ran (104 runs)",
+               "imagenet": "the six ImageNet1k_x32/_x64 rows of imagenet-x.md, each with the reference's "
+                           "per-device BatchNorm (2 or 4 GPUs)"}
 # The most runs one sweep plans: every run is checked before the first starts, so a grid file of a
 # few lines whose product is 10**9 runs is refused from its axes' lengths, never enumerated.
 MAX_RUNS = 10_000
@@ -33,6 +36,25 @@ def seed_grid() -> list[list[str]]:
     """The 26 rows of seed-results.md, as train flags (trainer defaults give the seed's recipe)."""
     return [["--data_name", row.data_name, "--resnet_depth", str(row.depth), "--resnet_width", str(row.width),
              *PRECISION_FLAGS[row.precision]] for row in reference_rows()]
+
+
+def imagenet_grid(processes: int = 1) -> list[list[str]]:
+    """The six ImageNet rows as train flags, each run on `processes` devices (torchrun) with the BatchNorm
+    statistics of the reference's 2 (32 px) or 4 (64 px) GPUs: `--bn_groups` makes up the devices a run has
+    fewer of (one device: 2 or 4 groups), so that every BatchNorm normalises 512 or 256 images, as there."""
+    grid = []
+    for row in imagenet_rows():
+        if row.devices % processes:
+            divisors = " or ".join(str(n) for n in range(1, row.devices + 1) if row.devices % n == 0)
+            raise ResbenchError(f"the {row.data_name} rows ran on {row.devices} GPUs ({row.batch_size // row.devices} "
+                                f"images per BatchNorm); {processes} processes per run cannot split them so: use "
+                                f"--gpus_per_run {divisors}, or a grid file of your own")
+        groups = row.devices // processes
+        grid.append(["--data_name", row.data_name, "--resnet_depth", str(row.depth), "--resnet_width", str(row.width),
+                     *PRECISION_FLAGS[row.precision], "--batch_size", str(row.batch_size), "--optim_ni",
+                     str(row.optim_ni), "--optim_lr", f"{row.optim_lr:g}", "--optim_weight_decay",
+                     f"{row.weight_decay:g}", *(["--bn_groups", str(groups)] if groups > 1 else [])])
+    return grid
 
 
 def weight_decay_grid() -> list[list[str]]:
@@ -109,5 +131,8 @@ def axis_flags(point: dict) -> list[str]:
     return flags
 
 
-def load_grid(grid: str) -> list[list[str]]:
-    return {"seed": seed_grid, "wd": weight_decay_grid}.get(grid, lambda: toml_grid(Path(grid)))()
+def load_grid(grid: str, processes: int = 1) -> list[list[str]]:
+    """The grid's train flags; `processes`: the data-parallel processes each run gets (the imagenet grid's
+    --bn_groups depend on them)."""
+    ready = {"seed": seed_grid, "wd": weight_decay_grid, "imagenet": lambda: imagenet_grid(processes)}
+    return ready.get(grid, lambda: toml_grid(Path(grid)))()

@@ -10,6 +10,7 @@ would run).
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -18,13 +19,13 @@ from pathlib import Path
 from resbench.console import clock, printable
 from resbench.errors import ResbenchError
 from resbench.files import own_folder
-from resbench.results.reference import reference_lookup
+from resbench.results.reference import ReferenceRow, published_row
 from resbench.runs import schema
 from resbench.runs.reader import config_from_args, last_iteration, read_summary
 from resbench.runs.schema import RunFolderError
-from resbench.settings.config import TrainConfig, canonical, default_run_name
+from resbench.settings.config import TrainConfig, canonical, run_folder_of
 from resbench.settings.flags import parse_train_flags
-from resbench.train.checks import validate_config
+from resbench.train.checks import check_official_data, validate_config
 
 # The folder that holds this resbench package, first on a run's PYTHONPATH: every run imports the
 # resbench that planned it.
@@ -49,11 +50,13 @@ CHILD_PYTHON = child_python("resbench")
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One training run of the sweep: its folder, the train flags (without --save) and their settings."""
+    """One training run of the sweep: its folder, the train flags (without --save) and their settings,
+    and the data-parallel processes it trains with (one per GPU; `--device cpu`: CPU processes, gloo)."""
 
     save: Path
     flags: tuple[str, ...]
     config: TrainConfig = field(compare=False)
+    processes: int = 1
 
     @property
     def state(self) -> str:
@@ -68,7 +71,11 @@ class PlannedRun:
 
     @property
     def command(self) -> list[str]:
-        return [*CHILD_PYTHON, *self.train_args]
+        """`resbench train ...`; on several processes under torchrun, one node, a free port of its own."""
+        if self.processes == 1:
+            return [*CHILD_PYTHON, *self.train_args]
+        return [*child_python("torch.distributed.run"), "--standalone", "--nproc_per_node", str(self.processes),
+                "-m", "resbench", *self.train_args]
 
 
 def own_run_folder(save: Path, create: bool = True) -> Path:
@@ -78,9 +85,11 @@ def own_run_folder(save: Path, create: bool = True) -> Path:
     return own_folder(save.parents[1], Path(*save.parts[-2:]), create)
 
 
-def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check: bool = True) -> PlannedRun:
+def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check: bool = True,
+             processes: int = 1, here: bool = True) -> PlannedRun:
     """A train command in its folder <runs_dir>/<data_name>/<run name>, checked as `resbench train`
-    would check it; `--threads threads` is added unless the flags set the threads themselves.
+    would check it on `processes` processes (`here`: and on this machine's memory, where a local sweep
+    trains it); `--threads threads` is added unless the flags set the threads themselves.
 
     Checking at planning time makes a bad grid fail at once (and under --dry_run), not once per
     run after its folder was created.
@@ -93,8 +102,10 @@ def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check
         flags, args.threads = [*flags, "--threads", str(threads)], threads
     config = config_from_args(args)
     if check:  # (the device and memory checks load torch: `--status` reads folders and needs none of them)
-        validate_config(config)
-    return PlannedRun(Path(runs_dir) / config.data_name / default_run_name(config), tuple(flags), config)
+        validate_config(config, processes, check_memory=here)
+        check_official_data(config)
+    return PlannedRun(run_folder_of(dataclasses.replace(config, save=None), Path(runs_dir)), tuple(flags), config,
+                      processes)
 
 
 def check_runs_dir(runs_dir: Path) -> None:
@@ -105,7 +116,8 @@ def check_runs_dir(runs_dir: Path) -> None:
 
 
 def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], source: str,
-              threads: int | None = None, check: bool = True) -> list[PlannedRun]:
+              threads: int | None = None, check: bool = True, processes: int = 1,
+              here: bool = True) -> list[PlannedRun]:
     """Each grid point with its run folder; points that map to the same folder run once.
 
     A point that `resbench train` would refuse stops the plan with an error naming `source` and the point.
@@ -115,7 +127,7 @@ def plan_runs(grid: list[list[str]], runs_dir: Path, extra_flags: list[str], sou
     for number, point in enumerate(grid, 1):
         flags = (*point, *extra_flags)
         try:
-            run = plan_run(runs_dir, list(flags), threads, check)
+            run = plan_run(runs_dir, list(flags), threads, check, processes, here)
         except ResbenchError as exc:
             raise ResbenchError(f"{source}, run {number} of {len(grid)} ({shlex.join(flags)}): {exc}") from None
         runs.setdefault(run.save, run)
@@ -130,15 +142,29 @@ def describe_plan(runs: list[PlannedRun], jobs: int, show_commands: bool, launch
     how = {"local": f"{jobs} at a time", "slurm": "as one SLURM job array", "ray": "as Ray tasks"}[launcher]
     lines = [f"sweep: {len(runs)} runs: {counts}; {how}"]
     for run, state in zip(runs, states):
-        lines.append(f"  {'skip' if state == 'finished' else state:7} {printable(run.save)}")
+        lines.append(f"  {'skip' if state == 'finished' else state:7} {printable(run.save)}{devices_note(run)}")
         if show_commands and state != "finished":
             lines.append("          resbench " + printable(shlex.join(run.train_args)))
     return "\n".join(lines)
 
 
+def devices_note(run: PlannedRun) -> str:
+    """How a run's batch is spread where that is not one process with one BatchNorm batch, beside how the
+    reference spread it where it trained the row on several GPUs."""
+    cfg, row = run.config, reference_row(run)
+    spread = (f"{run.processes} processes (torchrun)" if run.processes > 1 else "1 process") + (
+        f" × {cfg.bn_groups} BatchNorm groups" if cfg.bn_groups > 1 else "")
+    ours = cfg.batch_size // (run.processes * cfg.bn_groups)
+    if row is not None and row.devices > 1:
+        theirs = row.batch_size // row.devices
+        return (f"  [the reference's {row.devices} GPUs as {spread}: {ours} images per BatchNorm, "
+                + ("as there]" if ours == theirs else f"there {theirs}]"))
+    return f"  [{spread}]" if run.processes > 1 or cfg.bn_groups > 1 else ""
+
+
 def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
     """One line per dataset the runs need that is not prepared yet: where it will come from."""
-    from resbench.data.fetch.prepare import DOWNLOADS_DIR
+    from resbench.data.fetch.prepare import archive_origin
     from resbench.data.prepared import missing_prepared_files
     from resbench.data.recipes import RECIPES
 
@@ -150,11 +176,8 @@ def data_to_prepare(runs: list[PlannedRun]) -> list[str]:
             lines.append(f"  {name}: not prepared in {printable(Path(root) / name)} and nothing to fetch it from: "
                          f"`resbench data import {name} SRC --data_root {printable(root)}` first")
             continue
-        source = RECIPES[name].source
-        placed = Path(root) / DOWNLOADS_DIR / source.filename
-        origin = (f"the archive already in {placed}" if placed.is_file() else
-                  f"{source.filename} from --mirror {mirror}" if mirror else source.url)
-        lines.append(f"  {name}: prepared in {Path(root) / name} by the first run that needs it, from "
+        origin = archive_origin(name, root, mirror)
+        lines.append(f"  {name}: prepared in {printable(Path(root) / name)} by the first run that needs it, from "
                      f"{printable(origin)}")
     return lines
 
@@ -164,29 +187,35 @@ def done_iterations(run: PlannedRun) -> int:
     return last_iteration(run.save)
 
 
-def reference_minutes(run: PlannedRun) -> float | None:
-    """What the run's remaining iterations took the reference on its GPU (its published wall time,
-    scaled by images to train); None for a configuration the reference did not run."""
+def reference_row(run: PlannedRun) -> ReferenceRow | None:
+    """The published row of the run's configuration (dataset, depth, width, precision), if any."""
     cfg = run.config
-    precision = "fp32" if canonical("mixed_precision", cfg.mixed_precision) == "fp32" else "fp16"
-    row = reference_lookup().get((cfg.data_name, cfg.resnet_depth, cfg.resnet_width, precision))
-    if row is None:
-        return None
-    return row.wall_min * (cfg.optim_ni - done_iterations(run)) * cfg.batch_size / (48_000 * 256)
+    return published_row(cfg.data_name, cfg.resnet_depth, cfg.resnet_width,
+                         canonical("mixed_precision", cfg.mixed_precision))
+
+
+def reference_minutes(run: PlannedRun) -> float | None:
+    """What the run's remaining iterations took the reference on its GPUs (its published wall time,
+    scaled by images to train); None for a configuration the reference did not run."""
+    row, cfg = reference_row(run), run.config
+    return None if row is None else row.minutes_for(cfg.optim_ni - done_iterations(run), cfg.batch_size)
 
 
 def time_estimate(runs: list[PlannedRun], jobs: int) -> str:
     """The reference's time for the same work, the one estimate that needs no measurement here."""
     minutes = [reference_minutes(run) for run in runs]
     known = [m for m in minutes if m is not None]
+    devices = sorted({row.devices for run in runs if (row := reference_row(run)) is not None})
     if not known:
         return ("time: the reference has no wall times for these configurations; measure this machine's speed "
                 "with `resbench bench --resnet_depth D --batch_size B` (images/s)")
     unknown = f" ({len(minutes) - len(known)} runs the reference did not make are not counted)" if len(known) < len(
         minutes) else ""
-    return (f"time: the same iterations took the reference {clock(sum(known) * 60)} on one GeForce RTX 3090 "
+    gpus = "one GeForce RTX 3090" if devices == [1] else f"{'-'.join(map(str, devices))} GeForce RTX 3090 per run"
+    return (f"time: the same iterations took the reference {clock(sum(known) * 60)} on {gpus} "
             f"(its published wall times, scaled to these runs){unknown}; a CPU takes many times longer, and "
-            f"--jobs {jobs} runs share one device. This machine's speed: `resbench bench --resnet_depth D` (images/s)")
+            f"--jobs {jobs} runs share one device. This machine's speed: `resbench bench --resnet_depth D` (images/s)"
+            + (", `resbench bench --grid imagenet` for the ImageNet rows" if devices != [1] else ""))
 
 
 def final_figures(run: PlannedRun) -> str:

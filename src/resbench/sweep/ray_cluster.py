@@ -16,11 +16,11 @@ import socket
 import subprocess
 from pathlib import Path
 
-from resbench.console import printable, say
+from resbench.console import log, printable, say
 from resbench.errors import ResbenchError
 from resbench.files import drop_lock_file, open_own_file, take_lock
 from resbench.runs import schema
-from resbench.sweep.cluster import STOPPED_BY_SIGNAL, distributed_command, mark_submitted
+from resbench.sweep.cluster import STOPPED_BY_SIGNAL, mark_submitted
 from resbench.sweep.local import child_env
 from resbench.sweep.plan import PlannedRun, final_figures, own_run_folder
 
@@ -42,9 +42,8 @@ def train_task(command: list[str], save: str, cwd: str) -> int:
                                                                "to stop"))
     drop_lock_file(folder / schema.LOCK, lock)
     os.close(lock)
-    env = {**child_env(), "PYTHONSAFEPATH": "1"}  # torchrun's workers too: nothing from the current folder
-    with open_own_file(folder / schema.STDOUT, append=True) as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+    with open_own_file(folder / schema.STDOUT, append=True) as output:
+        code = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT, env=child_env(), cwd=cwd).returncode
     if code == STOPPED_BY_SIGNAL and not (folder / schema.SUMMARY).exists():
         raise RunStopped(f"{folder} stopped by a signal with its state saved")
     return code
@@ -107,7 +106,7 @@ def run_on_ray(runs: list[PlannedRun], address: str | None, cpus_per_run: int, g
                                               retry_exceptions=[RunStopped], name="resbench-train")
         pending = {}
         for run in runs:
-            pending[task.remote(distributed_command(run, gpus_per_run), str(run.save), os.getcwd())] = run
+            pending[task.remote(run.command, str(run.save), os.getcwd())] = run
             mark_submitted(run, "ray", ray.get_runtime_context().get_job_id())
         say(f"sweep: {len(runs)} runs submitted to Ray ({plural(cpus_per_run, 'CPU')}, {plural(gpus_per_run, 'GPU')} "
             "each)")

@@ -37,7 +37,7 @@ from typing import NamedTuple
 from resbench.console import printable, say
 from resbench.errors import ResbenchError
 from resbench.files import UnsafeFileError, own_folder, replace_atomically
-from resbench.sweep.cluster import LAUNCH_DIR, distributed_command, mark_submitted
+from resbench.sweep.cluster import LAUNCH_DIR, mark_submitted
 from resbench.sweep.plan import PACKAGE_ROOT, PlannedRun, child_python
 
 STOP_BEFORE_LIMIT_S = 120  # SIGTERM to the job step this long before the time limit: time to save last.pt
@@ -145,23 +145,25 @@ def output_pattern(launch: Path) -> str:
     return text.replace("%", "%%") + "/" + SLURM_OUTPUT
 
 
-def job_plan(runs: list[PlannedRun], gpus_per_run: int) -> tuple[str, bytes]:
+def job_plan(runs: list[PlannedRun]) -> tuple[str, bytes]:
     """The plan's name and text: the folder the runs' paths are relative to, and each array task's run
-    folder and command (on several GPUs a torchrun command: the script stays the same). Named after its
-    content, so that a dry run names the same file."""
+    folder and command (a torchrun of its processes where a run has several: the script stays the same).
+    Named after its content, so that a dry run names the same file."""
     plan = {"format": PLAN_FORMAT, "workdir": os.getcwd(),
-            "tasks": [{"save": str(run.save), "command": distributed_command(run, gpus_per_run)} for run in runs]}
+            "tasks": [{"save": str(run.save), "command": run.command} for run in runs]}
     text = json.dumps(plan, indent=1).encode() + b"\n"
     return f"plan-{hashlib.sha256(text).hexdigest()[:16]}.json", text
 
 
-def sbatch_argv(count: int, options: dict[str, str | None], launch: Path, plan_name: str, gpus_per_run: int,
-                stop_before_limit_s: int = STOP_BEFORE_LIMIT_S) -> list[str]:
+def sbatch_argv(runs: list[PlannedRun], options: dict[str, str | None], launch: Path, plan_name: str,
+                gpus_per_run: int, stop_before_limit_s: int = STOP_BEFORE_LIMIT_S) -> list[str]:
     """sbatch's command line, run in `launch`: the sweep's options, the user's, then the job script and its
-    arguments (the resbench to import, and the task's command naming its plan)."""
-    asked = {"array": f"0-{count - 1}", "output": output_pattern(launch), "open-mode": "append",
+    arguments (the resbench to import, and the task's command naming its plan). Each task asks for
+    `gpus_per_run` GPUs, none where the runs train on the CPU (--gpus_per_run N CPU processes)."""
+    asked = {"array": f"0-{len(runs) - 1}", "output": output_pattern(launch), "open-mode": "append",
              "job-name": JOB_NAME, "signal": f"TERM@{stop_before_limit_s}", "requeue": None, **options}
-    if gpus_per_run and "gres" not in asked and "gpus" not in asked:
+    on_cpus = all(run.config.device == "cpu" for run in runs)
+    if gpus_per_run and not on_cpus and "gres" not in asked and "gpus" not in asked:
         asked["gres"] = f"gpu:{gpus_per_run}"
     flags = [f"--{key}" if value is None else f"--{key}={value}" for key, value in asked.items()]
     return ["sbatch", "--parsable", *flags, SCRIPT_NAME, str(PACKAGE_ROOT),

@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from resbench.console import log, printable
-from resbench.data.batches import TrainBatches
+from resbench.console import count, log, printable
 from resbench.data.facts import dataset_spec
 from resbench.data.fetch.prepare import prepare_dataset
-from resbench.data.prepared import load_splits, missing_prepared_files
-from resbench.device import bnstats, cpus, distributed, hotpath
+from resbench.data.prepared import missing_prepared_files
+from resbench.device import bnstats, cpus, distributed, holding, hotpath
 from resbench.evaluate.metrics import evaluate, reports_top5
 from resbench.runs import schema
 from resbench.runs.folder import RunFolder
@@ -47,11 +46,11 @@ from resbench.settings.config import (
     rounding_changes,
     run_folder_of,
 )
-from resbench.train.checks import validate_config
+from resbench.train.checks import check_official_data, validate_config
 from resbench.train.meter import Meter
 from resbench.train.progress import Progress
 from resbench.train.resume import RunState, checked_resume_point, restore_training_state, training_checkpoint
-from resbench.train.step import Job, StepStats, build_job, learning_rate, weight_norm
+from resbench.train.step import Job, StepStats, build_job, weight_norm
 from resbench.train.summary import final_summary, time_report
 
 # Iterations between logging points, where the loop folds the loss sums and (data-parallel) the ranks
@@ -70,7 +69,8 @@ class Interrupted(Exception):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
     validate_config(cfg)
-    busy = cpus.busy_warning()  # before this run adds to the load
+    check_official_data(cfg)
+    busy = cpus.busy_warning(threads=cfg.threads)  # before this run adds to the load
     cpus.use_threads(cfg.threads)
     configure_determinism(cfg.deterministic)
     device = resolve_device(cfg.device)
@@ -96,12 +96,11 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
         return already_finished(run, cfg)
     resume_from = checked_resume_point(run, cfg, device, precision)
     ensure_prepared(cfg, world, device)
-    splits = load_splits(cfg.data_name, cfg.data_root, device)
-    batches = TrainBatches(splits.train_images, splits.train_labels, cfg.batch_size, cfg.seed,
-                                world.rank, world.world_size)
-    job = build_job(cfg, batches, device, precision, world, run, splits)
+    data = holding.hold_data(cfg, device, world, precision)
+    job = build_job(cfg, data.batches, device, precision, world, run, data.splits)
     state = start_or_resume(job, resume_from)
     state.setup_seconds += time.perf_counter() - setup_start
+    run.log(data.statement)
     if busy:
         run.log(busy)
     for change in rounding_changes(resume_from["config"], dataclasses.asdict(cfg)) if resume_from else []:
@@ -113,6 +112,8 @@ def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world
     except TrainingDiverged:
         run.finish(final_summary(job, state, "diverged"))
         raise
+    finally:
+        data.batches.close()  # a streaming loader's prefetch thread
     summary = final_summary(job, state, "finished")
     run.log(time_report(summary))
     run.finish(summary)
@@ -130,9 +131,8 @@ def train_loop(job: Job, state: RunState) -> None:
     progress = Progress(cfg.optim_ni, state.step, cfg.batch_size, state.wall_seconds, shown=job.world.is_main)
     with StopSignals() as signals, contextlib.closing(progress):
         for step in range(state.step, cfg.optim_ni):
-            lr = learning_rate(step, cfg)
             is_eval = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.optim_ni
-            loss, grad_norm = job.step(step, lr, step_stats, measure_grad_norm=is_eval, skipped=meter.skipped)
+            loss, grad_norm, lr = job.step(step, step_stats, measure_grad_norm=is_eval)
             state.step = step + 1
             meter.add(loss, state, is_eval)
             asked = signals.received is not None or job.run.output_lost or progress.output_lost
@@ -159,6 +159,7 @@ def synchronise(job: Job, state: RunState, meter: Meter, asked: bool, is_eval: b
         return False
     if logging_point:
         meter.fold(state, job.world)
+        state.skipped_steps = job.scaler.skipped_updates()
         check_finite(state.loss_sum, "the training loss", state, job.run)
     stop = distributed.any_rank(asked, job.world, job.device)
     meter.lap(state)
@@ -181,7 +182,8 @@ def evaluate_and_save(job: Job, state: RunState, meter: Meter, step_stats: StepS
     state.loss_sum, state.loss_count = 0.0, 0
     job.run.append_metrics(record)
     save_last(job, state, meter, step_stats)
-    job.run.log(f"{job.run.format_record(record)}, evaluation {record['eval_s']:.1f} s, "
+    best = {"tst_acc": state.tst_acc, "tst_nll": state.tst_nll, "tst_top5": state.tst_top5, "iter": state.best_iter}
+    job.run.log(f"{job.run.format_record(record, best)}, evaluation {record['eval_s']:.1f} s, "
                 f"{progress.timing(state.step, state.wall_seconds)}")
     meter.restart(state)  # evaluation time is not training time
     progress.restart(state.step)
@@ -194,13 +196,16 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
 
     The test split is scored at every evaluation, for the selection modes of `resbench table`
     (last iteration, best test); those figures are kept under their own names and never decide
-    which model is kept.
+    which model is kept. Where validation is the test set (ImageNet, as the reference) the split is
+    scored once and its figures are both.
     """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    top5 = reports_top5(dataset_spec(job.cfg.data_name, job.cfg.data_root).num_classes)
+    spec = job.splits.spec or dataset_spec(job.cfg.data_name, job.cfg.data_root)  # (the facts read with the arrays)
+    top5 = reports_top5(spec.num_classes)
     val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
-    test = evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast, job.world, top5)
+    test = val if spec.val_is_test else evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast,
+                                                 job.world, top5)
     record = {
         "iter": state.step,
         "epoch": state.step / job.batches.steps_per_epoch,
@@ -240,25 +245,27 @@ def start_or_resume(job: Job, resume_from: dict[str, Any] | None) -> RunState:
         state = restore_training_state(resume_from, job.model, job.optimizer, job.scaler, job.world,
                                        job.run.file(schema.LAST))
         state.device_type, state.precision = job.device.type, job.precision
+        job.scaler.skipped = state.skipped_steps  # the schedule's lag goes on where it was
         job.run.rewrite_metrics(state.history)
     else:
         job.run.start(job.cfg, job.params, job.device, job.precision, resolved_settings(job))
     if job.cfg.tensorboard:
         job.run.open_tensorboard(state.step)
-    threads = f", {torch.get_num_threads()} threads" if job.device.type == "cpu" else ""
+    threads = f", {count(torch.get_num_threads(), 'thread')}" if job.device.type == "cpu" else ""
     job.run.log(f"{'resuming at' if state.step else 'starting at'} iteration {state.step} of {job.cfg.optim_ni} "
                 f"in {printable(job.run.path)}: {job.device} ({job.precision}{threads}), {step_kind(job)}, "
                 f"{job.params:,} trainable parameters")
     if job.scaler.enabled:
         job.run.log(f"fp16 loss scale {job.scaler.scale:,.0f}, constant as in the reference; an update whose "
-                    "gradients are not finite is skipped and counted")
+                    "gradients are not finite is skipped and counted, and delays the schedule by one step")
     return state
 
 
 def resolved_settings(job: Job) -> dict[str, Any]:
     """What the asked settings became on this machine: config.json keeps both, apart."""
     return {"save": str(job.run.path.resolve()), "data_root": str(Path(job.cfg.data_root).resolve()),
-            "device": str(job.device), "precision": job.precision, "compile": job.compiled}
+            "device": str(job.device), "precision": job.precision, "compile": job.compiled,
+            "splits": job.splits.sizes()}
 
 
 def step_kind(job: Job) -> str:
@@ -316,7 +323,7 @@ def save_last(job: Job, state: RunState, meter: Meter, step_stats: StepStats) ->
     start = time.perf_counter()
     state.loss_unlogged = meter.loss_sum.item()
     state.step_stats = step_stats.snapshot()
-    meter.fold_skipped(state)
+    state.skipped_steps = job.scaler.skipped_updates()
     check_finite(state.loss_sum + state.loss_unlogged, "the training loss", state, job.run)
     check_finite(weight_norm(job.model), "the weight norm", state, job.run)
     job.run.save_last(training_checkpoint(job.cfg, job.model, job.optimizer, job.scaler, state, job.world))

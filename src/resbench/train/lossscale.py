@@ -8,9 +8,14 @@ steps and then skip each update that overflows at the larger scale (10-24 per 48
 scale stays at 65,536; a step whose gradients hold an inf or NaN leaves weights and momentum as
 they were and is counted.
 
-No step waits for the device: the finiteness check writes a device flag that the fused SGD kernel
-reads (it skips the whole update, momentum included, when the flag is set), and the count of
-skipped steps is summed on the device.
+The count is the reference's schedule clock too: at a skipped step it keeps its optimiser's whole
+state, the step count its learning-rate schedule reads included, so its schedule lags by one
+iteration per skipped update (docs/reference/imagenet-x.md; about one step in a thousand at
+ImageNet scale, never on the CIFAR and TinyImageNet rows). The next step's learning rate therefore
+needs this step's verdict. No step waits for its own: the finiteness check writes a device flag
+that the fused SGD kernel reads (it skips the whole update, momentum included, when the flag is
+set), the flag is copied to the host behind the step, and the next step reads it only once its
+own forward and backward pass are queued (`skipped_updates`), so the device always has work.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ class ConstantLossScale:
         self._one = torch.ones((), device=device)
         self._found_inf = torch.zeros((), device=device)
         self._unscaled = False
+        self.skipped = 0  # updates skipped so far, as far as the host has read their flags
+        cuda = device.type == "cuda"
+        self._flag = torch.zeros((), pin_memory=cuda)  # the last step's flag, copied to the host behind it
+        self._flag_copied = torch.cuda.Event() if cuda else None
+        self._flag_unread = False
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.enabled else loss
@@ -44,9 +54,8 @@ class ConstantLossScale:
             self._check_and_unscale(optimizer, self._inv_scale)
             self._unscaled = True
 
-    def step(self, optimizer: torch.optim.Optimizer, skipped: torch.Tensor | None = None) -> None:
-        """The optimiser's update unless a gradient is not finite; adds 1 to the device counter
-        `skipped` when it is not."""
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimiser's update unless a gradient is not finite, which `skipped_updates` counts."""
         if not self.enabled:
             optimizer.step()
             return
@@ -63,10 +72,24 @@ class ConstantLossScale:
             self.unscale_(optimizer)
             if not self._found_inf.item():  # waits for the device: optimisers without a fused kernel only
                 optimizer.step()
-        if skipped is not None:
-            skipped += self._found_inf
+        self.skipped_updates()  # the previous step's flag, before this step's takes its place
+        self._flag.copy_(self._found_inf, non_blocking=True)
+        if self._flag_copied is not None:
+            self._flag_copied.record()
+        self._flag_unread = True
         self._found_inf.zero_()
         self._unscaled = False
+
+    def skipped_updates(self) -> int:
+        """The updates skipped by the steps taken so far. Waits for the last step's flag only, not for
+        the work queued after it: a step that asks once its forward and backward pass are queued keeps
+        the device busy while it waits."""
+        if self._flag_unread:
+            if self._flag_copied is not None:
+                self._flag_copied.synchronize()
+            self.skipped += int(self._flag.item())
+            self._flag_unread = False
+        return self.skipped
 
     def _check_and_unscale(self, optimizer: torch.optim.Optimizer, inv_scale: torch.Tensor) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -1,4 +1,4 @@
-"""The training loop's clock and device-side sums: which seconds are training (and of those, each
+"""The training loop's clock and device-side sum: which seconds are training (and of those, each
 session's warm-up) and which are the wall clock's, and the loss summed on the device between the
 points where the loop reads it."""
 
@@ -20,15 +20,13 @@ WARMUP_STEPS = 3
 class Meter:
     """What the loop accumulates between synchronisations with the device, and its clock.
 
-    The loss and the count of skipped fp16 updates are summed on the device, so a step never
-    waits for it; they are folded into the RunState at logging points only, so a resumed run
-    rounds its sums exactly as the uninterrupted one did.
+    The loss is summed on the device, so a step never waits for it; it is folded into the RunState
+    at logging points only, so a resumed run rounds its sums exactly as the uninterrupted one did.
     """
 
     def __init__(self, state: RunState, device: torch.device):
         self.device = device
         self.loss_sum = torch.full((), state.loss_unlogged, device=device)
-        self.skipped = torch.zeros((), device=device)
         hotpath.sync(device)
         self.session_start = self.interval_start = time.perf_counter()
         self.wall_at_session_start = state.wall_seconds
@@ -44,14 +42,9 @@ class Meter:
             self.lap(state, wait=True)
 
     def fold(self, state: RunState, world: distributed.World) -> None:
-        """Move the device sums into the state (averaging the loss over ranks)."""
+        """Move the device sum into the state (averaging the loss over ranks)."""
         state.loss_sum += distributed.all_reduce_sum(self.loss_sum, world).item() / world.world_size
         self.loss_sum.zero_()
-        self.fold_skipped(state)
-
-    def fold_skipped(self, state: RunState) -> None:
-        state.skipped_steps += int(self.skipped.item())
-        self.skipped.zero_()
 
     def lap(self, state: RunState, wait: bool = False) -> None:
         """Book the time since the last lap as training time, and as warm-up if the interval began in

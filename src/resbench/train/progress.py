@@ -59,7 +59,7 @@ class Progress:
             self.bar.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.4f}", img_s=f"{images_per_sec:.0f}")
             return
         line = (f"[iter {step:>6}/{self.total}] trn/loss {loss_mean:.4f} (mean since the last evaluation), "
-                f"trn/lr {lr:.4f}, {images_per_sec:,.0f} images/s, {self.timing(step)}")
+                f"trn/lr {lr:.4f} (this iteration's), {images_per_sec:,.0f} images/s, {self.timing(step)}")
         if not shown(lambda: print(line, file=sys.stderr, flush=True), sys.stderr):
             self.output_lost = True
 

@@ -6,7 +6,6 @@ train through these, so that the benchmark times the step a run takes.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,44 +15,34 @@ import torch.nn.functional as F
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import dataset_spec
 from resbench.data.prepared import Splits
-from resbench.device import bnstats, distributed, hotpath
+from resbench.device import bngroups, bnstats, distributed, hotpath
 from resbench.models.resnet import count_parameters, resnet
 from resbench.runs.folder import RunFolder
-from resbench.settings.config import TrainConfig
+from resbench.settings.config import TrainConfig, learning_rate
 from resbench.train.lossscale import ConstantLossScale
 from resbench.train.resume import RunState
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up from 0 over floor(0.1·ni) steps, then cosine to 0 over floor(0.9·ni) steps.
-
-    `step` counts updates from 0, as optax does: the first update uses lr 0.
-    """
-    warmup, decay = int(0.1 * cfg.optim_ni), int(0.9 * cfg.optim_ni)
-    if step < warmup:
-        return cfg.optim_lr * step / warmup
-    progress = min(step - warmup, decay) / max(decay, 1)
-    return cfg.optim_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,
-               images: torch.Tensor, labels: torch.Tensor, lr: float, cfg: TrainConfig,
+               images: torch.Tensor, labels: torch.Tensor, lr: float | Callable[[], float], cfg: TrainConfig,
                autocast: Any, measure_grad_norm: bool = False,
-               skipped: torch.Tensor | None = None,
-               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None]:
-    """One SGD update. Returns the (device) loss, and the gradient norm when asked for (with
-    clipping on, the norm of g + wd·p before clipping).
+               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None, float]:
+    """One SGD update. Returns the (device) loss, the gradient norm when asked for (with clipping
+    on, the norm of g + wd·p before clipping), and the learning rate taken.
 
-    With loss scaling on, adds 1 to the device counter `skipped` when the update is skipped.
-    `stats` accumulates the step's learning rate and weight and gradient norms (on the device).
+    `lr` may be a function, called once the forward and backward pass are queued: under fp16 the
+    schedule waits for the previous step's skip flag (`Job.learning_rate`), which the device has
+    written by then. `stats` accumulates the step's learning rate and weight and gradient norms
+    (on the device).
     """
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     with autocast:
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.optim_label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale_loss(loss).backward()
+    lr = lr() if callable(lr) else lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
     grad_norm = None
     if stats is not None:
         scaler.unscale_(optimizer)  # the norms of the true gradients (a no-op without loss scaling)
@@ -65,8 +54,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     elif measure_grad_norm:
         scaler.unscale_(optimizer)
         grad_norm = global_norm([p.grad for p in model.parameters() if p.grad is not None])
-    scaler.step(optimizer, skipped)
-    return loss.detach(), grad_norm
+    scaler.step(optimizer)
+    return loss.detach(), grad_norm, lr
 
 
 @dataclass
@@ -89,13 +78,19 @@ class Job:
     run: RunFolder | None = None  # where `resbench train` writes; none for `bench`
     splits: Splits | None = None  # the evaluation splits of `resbench train`
 
-    def step(self, step: int, lr: float, stats: StepStats | None = None, measure_grad_norm: bool = False,
-             skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None]:
-        """Training iteration `step` at learning rate `lr` (`learning_rate(step, cfg)`): its batch, one
-        `train_step`."""
+    def step(self, step: int, stats: StepStats | None = None,
+             measure_grad_norm: bool = False) -> tuple[torch.Tensor, float | None, float]:
+        """Training iteration `step`: its batch, one `train_step` at the schedule's learning rate.
+        Returns the loss, the gradient norm (if measured) and the learning rate taken."""
         images, labels = self.batches.batch(step)
-        return train_step(self.step_model, self.optimizer, self.scaler, images, labels, lr, self.cfg, self.autocast,
-                          measure_grad_norm=measure_grad_norm, skipped=skipped, stats=stats)
+        return train_step(self.step_model, self.optimizer, self.scaler, images, labels,
+                          lambda: self.learning_rate(step), self.cfg, self.autocast,
+                          measure_grad_norm=measure_grad_norm, stats=stats)
+
+    def learning_rate(self, step: int) -> float:
+        """The schedule at the reference's optimiser count: iteration `step` less the fp16 updates
+        skipped before it, since a skipped update leaves that count as it was (lossscale.py)."""
+        return learning_rate(step - self.scaler.skipped_updates(), self.cfg)
 
 
 def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, precision: str,
@@ -106,7 +101,7 @@ def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, pre
     spec = splits.spec if splits is not None and splits.spec else dataset_spec(cfg.data_name, cfg.data_root)
     torch.manual_seed(cfg.seed)
     model = resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
-    model = hotpath.prepare_model(model, device)
+    model = hotpath.prepare_model(bngroups.group_batchnorms(model, cfg.bn_groups), device)
     parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
     return Job(
@@ -116,7 +111,8 @@ def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, pre
         scaler=ConstantLossScale(device, enabled=precision == "fp16"),
         autocast=hotpath.autocast_for(precision, device), batches=batches,
         params=count_parameters(model),
-        bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn),
+        bn_values=bnstats.values_per_channel(model, spec.image_size, cfg.batch_size, world, cfg.sync_bn,
+                                             cfg.bn_groups),
         run=run, splits=splits,
     )
 

@@ -27,6 +27,7 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
         "best_val_acc": state.best_val_acc if state.best_val_acc >= 0 else None,
         "tst_acc": state.tst_acc,
         "tst_nll": state.tst_nll,
+        "val_is_test": spec.val_is_test,  # the test figures are the validation figures (ImageNet, as the reference)
         **({"val_top5": state.val_top5, "tst_top5": state.tst_top5}
            if reports_top5(spec.num_classes) else {}),
         "best_iter": state.best_iter,
@@ -41,6 +42,7 @@ def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
         "world_size": distributed.launched_world().world_size,
         "versions": job.run.versions(),
         "config": dataclasses.asdict(cfg),
+        "splits": job.splits.sizes(),  # images per split: a built-in set of other sizes gets no published figures
     }
 
 

@@ -69,8 +69,8 @@ def unpack_budget(archive_bytes: int) -> tuple[int, int]:
 DOWNLOAD_AGAIN = "delete it and download again"
 
 
-def _bomb_error(path: Path, what: str, fix: str = DOWNLOAD_AGAIN) -> DataError:
-    return DataError(f"refusing archive {path.name}: it would unpack to {what}, more than an archive of its size "
+def _bomb_error(name: str, what: str, fix: str = DOWNLOAD_AGAIN) -> DataError:
+    return DataError(f"refusing archive {name}: it would unpack to {what}, more than an archive of its size "
                      f"holds (a decompression bomb?); {fix}")
 
 
@@ -82,20 +82,21 @@ def _tar_infos(tar: tarfile.TarFile, path: Path) -> list[tarfile.TarInfo]:
     for count, info in enumerate(iter(tar.next, None), 1):
         unpacked += info.size if info.isfile() else 0
         if unpacked > max_bytes:
-            raise _bomb_error(path, f"more than {unpacked:,} bytes")
+            raise _bomb_error(path.name, f"more than {unpacked:,} bytes")
         if count > max_members:
-            raise _bomb_error(path, f"more than {max_members:,} members")
+            raise _bomb_error(path.name, f"more than {max_members:,} members")
     return tar.getmembers()
 
 
-def check_zip_size(archive: zipfile.ZipFile, path: Path, fix: str = DOWNLOAD_AGAIN) -> None:
+def check_zip_size(archive: zipfile.ZipFile, archive_bytes: int, name: str, fix: str = DOWNLOAD_AGAIN) -> None:
     """zipfile reads a member up to its declared size; the declared sizes are bounded here, before any
-    member is read (an .npz is a zip too)."""
-    max_bytes, max_members = unpack_budget(path.stat().st_size)
+    member is read (a zip of `archive_bytes` named `name`: a file, or a zip inside one, as an .npz member
+    is; an .npz is a zip too)."""
+    max_bytes, max_members = unpack_budget(archive_bytes)
     infos = archive.infolist()
     unpacked = sum(info.file_size for info in infos)
     if unpacked > max_bytes or len(infos) > max_members:
-        raise _bomb_error(path, f"{unpacked:,} bytes in {len(infos):,} members", fix)
+        raise _bomb_error(name, f"{unpacked:,} bytes in {len(infos):,} members", fix)
 
 
 def _tar_members(infos: list[tarfile.TarInfo]) -> list[_Member]:
@@ -136,7 +137,7 @@ class Archive:
                 self._handle: zipfile.ZipFile | tarfile.TarFile = zf
                 self._open: Callable[[str], IO[bytes]] = zf.open
                 with self._closed_on_error():
-                    check_zip_size(zf, self.path)
+                    check_zip_size(zf, self.path.stat().st_size, self.path.name)
                     members = _zip_members(zf)
             elif tarfile.is_tarfile(self.path):
                 tar = tarfile.open(self.path)
@@ -170,8 +171,12 @@ class Archive:
         """The content of regular-file member ``name``."""
         if name not in self._file_set:
             raise DataError(f"{self.path.name} has no file {name!r}; is it the right (complete) archive?")
-        with self._open(name) as f:
-            return f.read()
+        try:
+            with self._open(name) as f:
+                return f.read()
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:  # a bad CRC, a cut-off member
+            raise DataError(f"{self.path} is damaged: its member {name} cannot be read ({err}); delete it and "
+                            "download again") from None
 
     def close(self) -> None:
         self._handle.close()

@@ -52,7 +52,12 @@ class Source:
 
 def file_md5(path: Path) -> str:
     """Hex MD5 of a file, read in chunks (archives are hundreds of MB)."""
-    digest = hashlib.md5()
+    return file_digest(path, "md5")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest (`hashlib`'s algorithm name) of a file, read in chunks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)

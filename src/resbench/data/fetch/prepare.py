@@ -12,48 +12,36 @@ The tool deletes only what it wrote: preparing again into an existing ``<NAME>``
 its prepared files and leaves anything else there (a ``<NAME>`` or ``downloads`` that is a link is
 refused: it writes only into folders of its own); the temporary folders a killed preparation left
 are removed by the next one from the same archive (under its lock, so never those of a live
-process), by their exact name and the mark they were made with (`files.temporary_folder`);
-folders created by a preparation that fails are removed if empty.
+process), by their exact name and the mark they were made with (`fetch.store`); folders created by
+a preparation that fails are removed if empty.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
-
-import numpy as np
+from typing import Iterator, Sequence
 
 from resbench.console import log, printable
 from resbench.data.fetch.archive import remove_stale_scratch
-from resbench.data.fetch.download import Source, disk_advice, fetch_archive
+from resbench.data.fetch.download import download, fetch_archive
+from resbench.data.fetch.store import remove_stale_dataset_temporaries, write_dataset
 from resbench.data.recipes import RECIPES, Recipe
-from resbench.data.recipes.common import Splits
 from resbench.errors import DataError
-from resbench.files import (
-    RANDOM_PART,
-    UnsafeFileError,
-    drop_lock_file,
-    own_folder,
-    remove_stale,
-    take_lock,
-    temporary_folder,
-    unmark,
-)
+from resbench.files import UnsafeFileError, drop_lock_file, own_folder, take_lock
 
 DOWNLOADS_DIR = "downloads"
 DATASETS: tuple[str, ...] = tuple(RECIPES)
 
 
 def training_datasets() -> list[str]:
-    """What `resbench data download all` prepares: the training datasets (evaluation sets by name)."""
+    """What `resbench data download all` prepares: the training datasets that can be downloaded (evaluation
+    sets and the sets whose archives are placed by hand, ImageNet's, by name)."""
     from resbench.data import facts
 
-    return [name for name in RECIPES if name in facts.DATASETS]
+    return [name for name, recipe in RECIPES.items() if name in facts.DATASETS and not recipe.placed]
 
 
 def _check_name(name: str) -> str:
@@ -63,7 +51,8 @@ def _check_name(name: str) -> str:
 
 
 def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
-    """(problem or None, sample counts) of a prepared dataset: the trainer's (or eval's) own checks, memory-mapped."""
+    """(problem or None, images per split) of a prepared dataset: the trainer's (or eval's) own checks,
+    memory-mapped."""
     from resbench.data import evalsets, facts  # torch: loaded to check data, not for `resbench data --help`
     from resbench.data.prepared import read_prepared
     from resbench.errors import DataFileError
@@ -74,7 +63,7 @@ def _inspect(data_root: Path, name: str) -> tuple[str | None, dict[str, int]]:
         train_x, _, test_x, _ = read_prepared(facts.DATASETS[name], data_root, mmap_mode="r")
     except DataFileError as err:
         return str(err), {}
-    return None, {"train": len(train_x), "test": len(test_x)}
+    return None, facts.split_sizes(facts.DATASETS[name], len(train_x), len(test_x))
 
 
 def is_complete(data_root: str | os.PathLike, name: str) -> bool:
@@ -82,98 +71,14 @@ def is_complete(data_root: str | os.PathLike, name: str) -> bool:
     return _inspect(Path(data_root), _check_name(name))[0] is None
 
 
-def _temporary_prefix(name: str) -> str:
-    return f".{name}.tmp-"
-
-
-def write_temporary(parent: Path, name: str, splits: Splits | Mapping[str, bytes]) -> Path:
-    """The arrays (or, for a value of bytes, those bytes: an imported set's dataset.json) saved in their
-    order in a new marked temporary folder `.<name>.tmp-XXXXXXXX` of `parent` (`files.temporary_folder`);
-    nothing is left of it if that fails."""
-    tmp = temporary_folder(parent, _temporary_prefix(name))
-    try:
-        for filename, array in splits.items():  # one at a time: a LazySplits makes each array here
-            if isinstance(array, bytes):
-                (tmp / filename).write_bytes(array)
-            else:
-                np.save(tmp / filename, array, allow_pickle=False)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return tmp
-
-
-@contextmanager
-def write_errors_named(data_root: Path, name: str) -> Iterator[None]:
-    """An OSError while writing `name` is one DataError naming the set and the fix."""
-    try:
-        yield
-    except OSError as exc:
-        raise DataError(f"cannot write {name} in {data_root} ({printable(exc.strerror or exc)}); "
-                        f"{disk_advice(exc)}, then run again (nothing half-written was kept)") from None
-
-
-def write_dataset(data_root: Path, name: str, splits: Splits | Mapping[str, bytes]) -> Path:
-    """Save the arrays in a hidden temporary folder (`write_temporary`), then move them into place.
-
-    A new dataset folder is the temporary folder renamed (atomic). An existing one (an incomplete
-    or damaged earlier copy, maybe holding the user's own files) keeps everything but the prepared
-    files: their old copies are removed, then the new ones renamed in from a temporary folder inside
-    it, so an interruption leaves the dataset incomplete, never a mix that looks complete.
-    """
-    filenames = list(splits)
-    target = data_root / name
-    replacing = os.path.lexists(target)
-    if replacing:
-        _check_replaceable(target, filenames)
-    with write_errors_named(data_root, name):
-        tmp = write_temporary(target if replacing else data_root, name, splits)
-        try:
-            unmark(tmp)
-            if not replacing:
-                os.replace(tmp, target)
-                return target
-            for filename in filenames:
-                (target / filename).unlink(missing_ok=True)
-            for filename in filenames:
-                os.replace(tmp / filename, target / filename)
-            tmp.rmdir()
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
-
-
-def _check_replaceable(target: Path, filenames: list[str]) -> None:
-    """Refuse, naming it, an existing dataset path whose prepared files cannot simply be replaced; a link
-    among them (the tool writes only into folders of its own: `files.own_folder`)."""
-    if target.is_symlink():
-        raise DataError(f"{target} is a symbolic link, and resbench never writes through one; move it away, or "
-                        "prepare the set where it leads (--data_root that folder's parent)")
-    if not target.is_dir():
-        raise DataError(f"{target} is not a folder (a file or a broken link stands there); move it away and run again")
-    if folders := [f for f in filenames if (target / f).is_dir() and not (target / f).is_symlink()]:
-        raise DataError(f"{target} holds folders named {', '.join(folders)} where the prepared files go; "
-                        "move them away and run again")
-
-
-def _remove_stale_temporaries(root: Path, source: Source) -> None:
-    """Remove what killed preparations from `source` left: temporary dataset folders (in the data root
-    and in the dataset folders) and extraction folders. Called holding the archive's lock, under
+def _remove_stale_temporaries(root: Path, recipe: Recipe) -> None:
+    """Remove what killed preparations from `recipe`'s archive left: temporary dataset folders (in the data
+    root and in the dataset folders) and extraction folders. Called holding the archive's lock, under
     which all of them are made, so none of them belongs to a live process."""
-    for name in (name for name, recipe in RECIPES.items() if recipe.source.filename == source.filename):
+    for name in (name for name, other in RECIPES.items() if other.lock_name == recipe.lock_name):
         remove_stale_dataset_temporaries(root, name)
     if not os.path.islink(root / DOWNLOADS_DIR):
-        remove_stale_scratch(root / DOWNLOADS_DIR, source.filename)
-
-
-def remove_stale_dataset_temporaries(root: Path, name: str) -> None:
-    """Remove the temporary folders a killed `write_dataset` of `name` left, by their exact name and mark
-    (call it under the lock it writes under); never through a link planted as the set's folder."""
-    pattern = re.compile(re.escape(_temporary_prefix(name)) + RANDOM_PART)
-    remove_stale(root, pattern, folders=True)
-    if not os.path.islink(root / name):
-        remove_stale(root / name, pattern, folders=True)
+        remove_stale_scratch(root / DOWNLOADS_DIR, recipe.lock_name)
 
 
 def _root_error(root: Path, action: str, err: OSError) -> DataError:
@@ -252,16 +157,23 @@ def own_downloads(root: Path) -> Path:
 
 
 def _prepare_group(root: Path, recipe: Recipe, group: list[str], mirror: str | None, verify: bool) -> None:
-    """Fetch one archive (and those it needs) and write every dataset of ``group`` from a single decode."""
+    """Fetch one archive (and those it needs), or find the placed ones, and write every dataset of ``group``
+    from a single decode."""
     from resbench.data import evalsets
 
-    archive = fetch_archive(recipe.source, own_downloads(root), mirror, verify)
-    needed = []
-    for source in (RECIPES[name].source for name in recipe.needs):
-        with preparation_lock(root, source.filename, group):
-            needed.append(fetch_archive(source, own_downloads(root), mirror, verify))
-    log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
-    arrays = recipe.read(archive, sorted({evalsets.image_size(name) for name in group}), *needed)
+    sizes = sorted({evalsets.image_size(name) for name in group})
+    if recipe.placed:
+        archives = placed_archives(recipe, group[0], root, mirror)
+        log(f"preparing {', '.join(group)} from {', '.join(a.name for a in archives)}")
+        arrays = recipe.read(archives, sizes)
+    else:
+        archive = fetch_archive(recipe.source, own_downloads(root), mirror, verify)
+        needed = []
+        for source in (RECIPES[name].source for name in recipe.needs):
+            with preparation_lock(root, source.filename, group):
+                needed.append(fetch_archive(source, own_downloads(root), mirror, verify))
+        log(f"preparing {', '.join(group)} from {', '.join(a.name for a in [archive, *needed])}")
+        arrays = recipe.read(archive, sizes, *needed)
     for name in group:
         log(f"{name}: ready in {printable(write_dataset(root, name, arrays[evalsets.image_size(name)]))}")
 
@@ -281,8 +193,8 @@ def prepare_datasets(names: Sequence[str], data_root: str | os.PathLike, mirror:
         if todo:
             make_root(root)
         for recipe, group in todo.items():
-            with preparation_lock(root, recipe.source.filename, group):
-                _remove_stale_temporaries(root, recipe.source)
+            with preparation_lock(root, recipe.lock_name, group):
+                _remove_stale_temporaries(root, recipe)
                 left = _incomplete_by_recipe(root, group).get(recipe)
                 if left:
                     _prepare_group(root, recipe, left, mirror, verify)
@@ -299,6 +211,57 @@ def prepare_dataset(name: str, data_root: str | os.PathLike, mirror: str | None 
     return prepare_datasets([name], data_root, mirror, verify)[0]
 
 
+# ---------------------------------------------------------------- archives placed by hand (ImageNet's)
+
+def placed_archives(recipe: Recipe, name: str, root: Path, mirror: str | None) -> list[Path]:
+    """The archives of the first variant found whole in <root>/downloads/ or a --mirror folder (read where
+    they lie), or downloaded from a --mirror URL (its first variant); otherwise one line saying which files
+    to place where."""
+    downloads = root / DOWNLOADS_DIR
+    folders = [downloads] + ([Path(mirror).expanduser()] if mirror and "://" not in mirror else [])
+    for folder in folders:
+        for names in recipe.placed.variants.values():
+            if all((folder / n).is_file() for n in names):
+                for archive in names:
+                    log(f"using {printable(folder / archive)}")
+                return [folder / n for n in names]
+    if mirror and "://" in mirror:
+        names = next(iter(recipe.placed.variants.values()))
+        return [download(mirror.rstrip("/") + "/" + n, own_downloads(root) / n, None) if not (downloads / n).is_file()
+                else downloads / n for n in names]
+    raise DataError(placement(recipe, name, root))
+
+
+def placement(recipe: Recipe, name: str, root: Path) -> str:
+    """What to place where for `name` (one line): each variant's official file names, and what is there."""
+    downloads = root / DOWNLOADS_DIR
+    (_, names), *others = recipe.placed.variants.items()
+    also = "".join(f" (or the {variant} variant: {listed(files)})" for variant, files in others)
+    found = [n for files in recipe.placed.variants.values() for n in files if (downloads / n).is_file()]
+    there = f"; {downloads} holds {', '.join(found)} but not all of one variant" if found else ""
+    return (f"{name} cannot be downloaded without an account: get {listed(names)}{also} from "
+            f"{recipe.placed.where} and place them in {downloads.resolve()}, then run `resbench data download "
+            f"{name} --data_root {root}`{there}")
+
+
+def listed(names: Sequence[str]) -> str:
+    """`a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+def archive_origin(name: str, data_root: str | os.PathLike, mirror: str | None) -> str:
+    """Where preparing `name` takes its archive from, in words (a sweep's dry run says it)."""
+    recipe, downloads = RECIPES[name], Path(data_root) / DOWNLOADS_DIR
+    if recipe.placed:
+        if any(all((downloads / n).is_file() for n in names) for names in recipe.placed.variants.values()):
+            return f"the archives placed in {downloads}"
+        return f"--mirror {mirror}" if mirror else f"nothing yet: {placement(recipe, name, Path(data_root))}"
+    source = recipe.source
+    if (downloads / source.filename).is_file():
+        return f"the archive already in {downloads / source.filename}"
+    return f"{source.filename} from --mirror {mirror}" if mirror else source.url
+
+
 def disk_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
@@ -306,31 +269,47 @@ def disk_size(folder: Path) -> int:
 def _demo_status() -> dict:
     """The built-in demo dataset: usable wherever scikit-learn is installed; nothing is stored."""
     from resbench.data.digits import digits_8x8
-    from resbench.data.facts import DEMO_DATASET, DEMO_TEST_SIZE
+    from resbench.data.facts import DATASETS, DEMO_DATASET, DEMO_TEST_SIZE, split_sizes
     from resbench.errors import DataFileError
 
-    row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0, "train": None, "test": None}
+    row = {"name": DEMO_DATASET, "path": None, "present": False, "bytes": 0}
     try:
         images = len(digits_8x8()[1])
     except DataFileError as err:  # scikit-learn is not installed
         return {**row, "complete": False, "problem": str(err)}
-    return {**row, "complete": True, "problem": None, "train": images - DEMO_TEST_SIZE, "test": DEMO_TEST_SIZE,
+    return {**row, "complete": True, "problem": None, **split_sizes(DATASETS[DEMO_DATASET], images - DEMO_TEST_SIZE,
+                                                                    DEMO_TEST_SIZE),
             "note": "built in (scikit-learn's digits), nothing to download"}
 
 
 def dataset_status(data_root: str | os.PathLike) -> list[dict]:
-    """One dict per dataset: name, path, present, complete, problem, train/test counts, bytes, and
-    the fix when it is not usable; the demo dataset last."""
+    """One dict per dataset: name, path, present, complete, problem, nonstandard (how a training set's split
+    sizes differ from the official ones), images per split, bytes, and the fix when it is not usable or not
+    the official set; the demo dataset last."""
+    from resbench.data import facts
+
     rows, training = [], training_datasets()
     for name in DATASETS:
         folder = Path(data_root) / name
         problem, counts = _inspect(Path(data_root), name) if folder.is_dir() else ("not prepared", {})
         fix = (f"`resbench data download {name} --data_root {data_root}` (or `resbench "
                f"{'train' if name in training else 'eval'}` fetches it itself)")
+        if RECIPES[name].placed:
+            fix = placement(RECIPES[name], name, Path(data_root))
+        other = facts.size_problem(facts.DATASETS[name], counts) if problem is None and name in training else None
         rows.append({
             "name": name, "path": str(folder), "present": folder.is_dir(), "complete": problem is None,
-            "problem": problem, "train": counts.get("train"), "test": counts.get("test"),
-            "bytes": disk_size(folder),
-            "note": None if problem is None else f"{problem}; fix: {fix}" if folder.is_dir() else f"get it: {fix}",
+            "problem": problem, "nonstandard": other, "train": None, "val": None, "test": None, **counts,
+            "bytes": disk_size(folder), "note": status_note(problem, other, folder.is_dir(), fix),
         })
     return [*rows, _demo_status()]
+
+
+def status_note(problem: str | None, nonstandard: str | None, present: bool, fix: str) -> str | None:
+    """`data list`'s note on a dataset that is not usable, or not the official set: what is wrong, and the fix."""
+    if nonstandard:
+        return (f"not the official set: {nonstandard}; `resbench train` refuses it without --allow_nonstandard "
+                f"(the official one: move it away, then {fix})")
+    if problem:
+        return f"{problem}; fix: {fix}" if present else f"get it: {fix}"
+    return None

@@ -1,9 +1,10 @@
 """Dataset recipes: for each prepared dataset, the official archive it comes from and its reader.
 
-A recipe is all a new dataset needs: a `Source` (file name, URL, published MD5, size) and a reader that
-turns the verified archive into the prepared arrays. Downloading, verification, safe archive
-access, locking and the atomic write of the prepared folder are shared (`download`, `archive`,
-`fetch`). Image sizes and class counts are the trainer's, in `resbench.data.DATASETS`.
+A recipe is all a new dataset needs: a `Source` (file name, URL, published MD5, size), or the names of
+archives the user places by hand (`Placed`), and a reader that turns the verified archives into the
+prepared arrays. Downloading, verification, safe archive access, locking and the atomic write of the
+prepared folder are shared (`download`, `archive`, `fetch`). Image sizes and class counts are the
+trainer's, in `resbench.data.DATASETS`.
 
 Prepared layout (what the trainer reads, and what users of the reference already have)::
 
@@ -21,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from resbench.data.fetch.download import Source
-from resbench.data.recipes import cifar, cifar_c, svhn, tiny_c, tinyimagenet
-from resbench.data.recipes.common import Reader
+from resbench.data.recipes import cifar, cifar_c, imagenet, svhn, tiny_c, tinyimagenet
+from resbench.data.recipes.common import Placed, Reader
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,17 @@ class Recipe:
     """How one prepared dataset is made. Datasets sharing a recipe (both TinyImageNet sizes)
     are prepared from one download and one decode."""
 
-    source: Source
+    source: Source | None  # None: the archives are placed by hand (`placed`)
     read: Reader
     # The datasets whose archives the reader reads too, passed after the sizes (Tiny-ImageNet-C
     # numbers its classes by wnids.txt of the TinyImageNet archive).
     needs: tuple[str, ...] = ()
+    placed: Placed | None = None
+
+    @property
+    def lock_name(self) -> str:
+        """The archive whose name its preparations take turns under (`prepare.preparation_lock`)."""
+        return self.source.filename if self.source else next(iter(self.placed.variants.values()))[0]
 
 
 CIFAR10 = Recipe(
@@ -73,6 +80,9 @@ TINYIMAGENET_C = Recipe(
     tiny_c.read,
     needs=("TinyImageNet200_x64",),
 )
+# Downsampled ImageNet: no URL serves it, and image-net.org publishes no checksum of it (recipes/imagenet.py).
+IMAGENET32 = Recipe(None, imagenet.reader("ImageNet1k_x32"), placed=imagenet.placed(32))
+IMAGENET64 = Recipe(None, imagenet.reader("ImageNet1k_x64"), placed=imagenet.placed(64))
 # SVHN's test split; URL and MD5 as in torchvision's datasets.SVHN.split_list["test"].
 SVHN = Recipe(
     Source("test_32x32.mat", "http://ufldl.stanford.edu/housenumbers/test_32x32.mat",
@@ -87,6 +97,8 @@ RECIPES: dict[str, Recipe] = {
     "CIFAR100_x32": CIFAR100,
     "TinyImageNet200_x32": TINYIMAGENET,
     "TinyImageNet200_x64": TINYIMAGENET,
+    "ImageNet1k_x32": IMAGENET32,
+    "ImageNet1k_x64": IMAGENET64,
     "CIFAR10_C": CIFAR10_C,
     "CIFAR100_C": CIFAR100_C,
     "TinyImageNet200_C": TINYIMAGENET_C,

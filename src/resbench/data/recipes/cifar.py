@@ -94,16 +94,36 @@ class _CifarUnpickler(pickle.Unpickler):
         return self._bounded.get(allowed, allowed)
 
 
+# What a damaged or tampered batch raises while it is unpickled or its arrays are taken out.
+UNREADABLE = (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, MemoryError)
+
+
+def unreadable(what: str, err: BaseException) -> DataError:
+    return DataError(f"cannot read {what} ({str(err) or type(err).__name__}); is the archive genuine?")
+
+
+def unpickle_batch(content: bytes, what: str) -> Any:
+    """A pickled batch (CIFAR's, or the older variant of downsampled ImageNet's) rebuilt by the restricted
+    unpickler, which never runs code; DataError naming `what` for anything else."""
+    unpickler = _CifarUnpickler(io.BytesIO(content), limit=len(content))
+    try:
+        return unpickler.load()
+    except UNREADABLE as err:
+        raise unreadable(what, err) from None
+    finally:  # its bound constructors (in the memo too) make a cycle that would keep the batch until the GC ran
+        unpickler.memo.clear()
+        unpickler._bounded.clear()
+
+
 def load_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8 and labels (N,) int64 from one pickled CIFAR batch."""
+    what = f"CIFAR batch {path.name}"
+    batch = unpickle_batch(path.read_bytes(), what)  # no larger than the archive allows (`archive.Archive`)
     try:
-        content = path.read_bytes()  # no larger than the archive allows (`archive.Archive`)
-        batch = _CifarUnpickler(io.BytesIO(content), limit=len(content)).load()
         rows = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, MemoryError) as err:
-        raise DataError(f"cannot read CIFAR batch {path.name} ({str(err) or type(err).__name__}); "
-                        "is the archive genuine?") from None
+    except UNREADABLE as err:
+        raise unreadable(what, err) from None
     if rows.ndim != 2 or rows.shape[1] != 3072 or len(labels) != len(rows):
         raise DataError(f"CIFAR batch {path.name} has data of shape {rows.shape} and {len(labels)} labels")
     return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -12,11 +13,36 @@ from resbench.errors import DataError
 
 #: Arrays of one prepared dataset, keyed by file name (`resbench.data.PREPARED_FILES` for the
 #: training sets; a corrupted test set has one file per corruption). A mapping, so a reader of a
-#: multi-GB set can return a `LazySplits` that makes each array only when it is written.
-Splits = Mapping[str, np.ndarray]
+#: multi-GB set can return a `LazySplits` that makes each array only when it is written, and an
+#: array larger than memory can be a `StreamedArray` (bytes: a file written as they are).
+Splits = Mapping[str, Any]
 #: A reader turns one verified archive (and the archives its recipe `needs`) into the prepared
-#: arrays at each requested image size: ``read(archive, sizes, *needed)``.
+#: arrays at each requested image size: ``read(archive, sizes, *needed)``; the reader of archives
+#: placed by hand (`recipes.Placed`) gets the paths of the variant found: ``read(archives, sizes)``.
 Reader = Callable[..., dict[int, Splits]]
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: a Recipe is a dict key, and `variants` is a dict
+class Placed:
+    """Archives that no URL serves (downsampled ImageNet's need an image-net.org account): the user places
+    one variant's files, whole, in <data_root>/downloads/ (or a --mirror holds them)."""
+
+    variants: dict[str, tuple[str, ...]]  # variant -> the official names of its archives, in the reader's order
+    where: str  # where a person gets them
+
+
+@dataclass(frozen=True)
+class StreamedArray:
+    """An array too large to hold (ImageNet1k_x64's 15.7 GB of training images), written to its .npy piece by
+    piece as `pieces()` makes them: its header first, from the shape known ahead, then the rows in order.
+
+    `pieces()` checks its source as it goes and raises DataError where it holds other than `shape[0]` rows;
+    the writer checks the count again (`store.write_streamed`).
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    pieces: Callable[[], Iterator[np.ndarray]]
 
 
 class LazySplits(Mapping):
