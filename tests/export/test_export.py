@@ -211,3 +211,17 @@ def test_the_card_of_a_reference_cells_run_says_how_it_compares_and_what_it_is(t
         proc = cli("export", run, tmp_path / "out")  # the card quotes every setting in the command: data, never text
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "which no train flag takes" in proc.stderr
         (run / "config.json").write_text(json.dumps(config))
+
+
+def test_the_card_of_an_imagenet_run_says_its_validation_set_is_its_test_set(tmp_path, cli, monkeypatch):
+    """ImageNet validates on its test set (the official validation set): the card says the figures are test-selected,
+    and the model-index lists that set's figures once, as its validation split, not twice under two names."""
+    run = write_reference_run(tmp_path / "run", reference_runs()[("ImageNet1k_x32", 18, 1, 0.0001, "fp16")])
+    save_checkpoint(resnet(18, num_classes=1000).state_dict(), run / "best.pt")
+    monkeypatch.setattr(write, "pyplot", no_matplotlib)
+    cli("export", run, tmp_path / "out", check=True)
+    card = (tmp_path / "out" / layout.CARD).read_text()
+    assert "official validation set (evaluated every 1,000 iterations), which is also its test set" in card
+    assert "test figures are test-selected" in card
+    header = card.split("\n---\n", 1)[0]
+    assert header.count("split:") == 1 and "split: validation" in header and "name: \"tst/acc\"" in header

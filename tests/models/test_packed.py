@@ -166,7 +166,7 @@ def test_bench_grid_imagenet_projects_each_row_beside_the_references_wall_time(c
     assert [(row["reference_minutes"], row["reference_devices"]) for row in rows] == [
         (127.3, 2), (235.9, 2), (341.0, 2), (224.2, 4), (415.1, 4), (707.3, 4)]  # imagenet_results.tsv
     assert rows[0]["train_minutes"] == 128_000 * 1024 / 2048 / 60
-    assert rows[0]["eval_minutes"] == 128 * 100_000 / 10_000 / 60  # validation and test (the same set) each time
+    assert rows[0]["eval_minutes"] == 128 * 50_000 / 10_000 / 60  # validation = test: the one set, scored once
     table = cli("bench", "--grid", "imagenet", "--device", "cpu", check=True).stdout.splitlines()
     assert table[2].endswith("| 127.3 on 2 GPUs |") and table[7].endswith("| 707.3 on 4 GPUs |")
     assert table[-1].endswith("; the reference took 34.18 h of wall time for the 6 of them it ran, on 2-4 RTX 3090 "

@@ -126,7 +126,9 @@ IMAGENET_X32_BESIDE_THE_REFERENCE = """\
 |    -: |    -: |       -: |                       :-: |                       :-: |                       :-: | :-
 |    18 |     1 |  11.68 M | 0.546 (ref 0.546, +0.000) | 0.546 (ref 0.546, +0.000) | 2.103 (ref 2.103, +0.000) | fp16 (1.1 hrs; ref 2.1 hrs on 2 GPUs)
 |    34 |     1 |  21.79 M | 0.573 (ref 0.573, +0.000) | 0.573 (ref 0.573, +0.000) | 2.102 (ref 2.102, +0.000) | fp16 (2.0 hrs; ref 3.9 hrs on 2 GPUs)
-|    50 |     1 |  25.55 M | 0.613 (ref 0.613, +0.000) | 0.613 (ref 0.613, +0.000) | 1.946 (ref 1.946, +0.000) | fp16 (2.8 hrs; ref 5.7 hrs on 2 GPUs)"""
+|    50 |     1 |  25.55 M | 0.613 (ref 0.613, +0.000) | 0.613 (ref 0.613, +0.000) | 1.946 (ref 1.946, +0.000) | fp16 (2.8 hrs; ref 5.7 hrs on 2 GPUs)
+
+val = test: ImageNet1k_x32 validates on its test set (the official validation set), as the reference does; its val/acc is a test accuracy and its best checkpoint is chosen on the test set (test-set selection, as `resbench table --selection test` names it)."""
 
 
 def test_table_puts_the_published_imagenet_rows_beside_ours():

@@ -21,7 +21,7 @@ N, TEST = 40, 16  # batch 16: two full batches and one of 8 images padded with 8
 
 def test_a_run_validates_once_on_the_test_set_pads_the_epochs_last_batch_and_may_stream(tmp_path, monkeypatch):
     monkeypatch.setitem(DATASETS, "ImageNet1k_x32", dataclasses.replace(DATASETS["ImageNet1k_x32"], num_train=N,
-                                                                        num_test=TEST))
+                                                                        num_val=TEST, num_test=TEST))
     folder = tmp_path / "data" / "ImageNet1k_x32"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)

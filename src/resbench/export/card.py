@@ -46,11 +46,11 @@ def model_index(source: Source) -> list[str]:
     for split in ("validation", "test"):
         metrics = [(label, kind, source.figures[key]) for key, label, where, kind in FIGURES
                    if where == split and isinstance(source.figures[key], (int, float))]
-        if not metrics:
-            continue
+        if not metrics or (source.spec.val_is_test and split == "validation"):
+            continue  # where validation is the test set, its figures are the test figures: listed once
         lines += ["  - task:", "      type: image-classification", "      name: Image Classification",
                   "    dataset:", f"      name: {q(source.spec.name)}", f"      type: {q(source.spec.name)}",
-                  f"      split: {split}", "    metrics:"]
+                  f"      split: {'validation' if source.spec.val_is_test else split}", "    metrics:"]
         lines += [f"    - type: {kind}\n      name: {q(label)}\n      value: {value:.6g}"
                   for label, kind, value in metrics]
     return [*lines, "---"]
@@ -126,12 +126,19 @@ def training(source: Source) -> list[str]:
 def data(source: Source) -> list[str]:
     spec = source.spec
     origin = " (imported with `resbench data import`)" if spec.imported else ""
-    return ["## Data", "",
-            f"{spec.name}{origin}: {spec.num_classes} classes, {spec.image_size}×{spec.image_size} RGB. Trained on "
-            f"the first {spec.num_train:,} images of its prepared training file, with random crops ({PAD}-pixel "
-            f"padding) and horizontal flips; the checkpoint was selected on the {spec.num_val:,} images after them "
-            f"(validation, evaluated every {source.run.setting('eval_every'):,} iterations) and tested on the "
-            f"{spec.num_test:,} images of its test file.", ""]
+    every = f"evaluated every {source.run.setting('eval_every'):,} iterations"
+    if spec.val_is_test:
+        split = (f"Trained on all {spec.num_train:,} images of its training file, with random crops ({PAD}-pixel "
+                 f"padding) and horizontal flips; the checkpoint was selected on the {spec.num_test:,} images of the "
+                 f"official validation set ({every}), which is also its test set, as in the reference: its test "
+                 "figures are test-selected.")
+    else:
+        split = (f"Trained on the first {spec.num_train:,} images of its prepared training file, with random crops "
+                 f"({PAD}-pixel padding) and horizontal flips; the checkpoint was selected on the {spec.num_val:,} "
+                 f"images after them (validation, {every}) and tested on the {spec.num_test:,} images of its test "
+                 "file.")
+    return ["## Data", "", f"{spec.name}{origin}: {spec.num_classes} classes, {spec.image_size}×{spec.image_size} "
+            f"RGB. {split}", ""]
 
 
 def limits(source: Source) -> list[str]:
