@@ -31,8 +31,9 @@ from resbench.evaluate.metrics import EVAL_BATCH_SIZE, eval_batch_size, predict_
 from resbench.models import packed
 from resbench.models.resnet import resnet
 from resbench.results.reference import published_row
-from resbench.runs.reader import config_from_args
 from resbench.settings.config import ConfigError, TrainConfig, learning_rate, precision_for, resolve_device
+from resbench.settings.flags import given_flags, parse_train_flags
+from resbench.train.assemble import config_from
 from resbench.train.checks import validate_config
 from resbench.train.resume import RunState
 from resbench.train.step import StepStats, build_job
@@ -295,13 +296,12 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool,
 def grid_configs(grid: str, device: str, compile_choice: str) -> list[TrainConfig]:
     """Each distinct configuration of a sweep grid as `resbench sweep` would train it, checked as
     `train` checks it. Rows that differ only in their seed run at the same speed: timed once."""
-    from resbench.settings.flags import parse_train_flags  # sweep's grids; sweep does not import bench
-    from resbench.sweep.grid import load_grid
+    from resbench.sweep.grid import load_grid  # sweep's grids; sweep does not import bench
 
     configs: dict[tuple, TrainConfig] = {}
     for flags in load_grid(grid):
         try:
-            cfg = config_from_args(parse_train_flags(flags))
+            cfg = config_from(given_flags(parse_train_flags(flags)))
         except ResbenchError as exc:
             raise ConfigError(f"grid {grid}: {exc}") from None
         cfg = dataclasses.replace(cfg, device=device, compile=compile_choice, seed=TrainConfig.seed,

@@ -223,6 +223,14 @@ def has_json_type(value: Any, hint: Any, also: tuple[type, ...] = ()) -> bool:
     return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
 
 
+def flag_value(value: object) -> str:
+    """A value (from TOML, JSON or a TrainConfig) as the train flags spell it: booleans true/false,
+    None (a setting not used, e.g. no clipping) off."""
+    if value is None:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def shown_value(value: Any) -> str:
     """A value read from a file, short and printable, for an error message."""
     text = printable(repr(value))
