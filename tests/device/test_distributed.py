@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
 from resbench.data.batches import TrainBatches
-from resbench.data.facts import PREPARED_FILES
+from resbench.data.facts import DATASETS, PREPARED_FILES
 from resbench.data.prepared import missing_prepared_files
 from resbench.device import bngroups, distributed
 from resbench.models.resnet import resnet
@@ -106,7 +106,8 @@ def preparing_worker(rank: int, port: int, data_root: str) -> None:
             (folder / file).write_text("")
 
     train_module.prepare_dataset = slow_prepare
-    train_module.ensure_prepared(TrainConfig(data_name="CIFAR10_x32", data_root=data_root), world, torch.device("cpu"))
+    train_module.ensure_prepared(TrainConfig(data_name="CIFAR10_x32", data_root=data_root), DATASETS["CIFAR10_x32"],
+                                 world, torch.device("cpu"))
     assert calls == (["CIFAR10_x32"] if rank == 0 else []), calls
     assert not missing_prepared_files("CIFAR10_x32", data_root), f"rank {rank} went on before the data was there"
     distributed.shutdown(world)

@@ -13,6 +13,8 @@ import torch
 
 from conftest import LIMIT, REPO, cli_env, wait_until
 from resbench.cli.main import main
+from resbench.data import facts
+from resbench.data.facts import read_facts
 from resbench.device import bnstats, memory
 from resbench.device.distributed import World
 from resbench.models.resnet import count_parameters, resnet
@@ -485,3 +487,19 @@ def test_the_run_accounts_for_its_time_warm_up_apart_in_every_session(tmp_path, 
     assert 0 <= spent["other_s"] < 0.5  # progress and log lines only
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "= 6 warm-up iterations" in log and "6 steady iterations" in log and "3 evaluations" in log
+
+
+def test_a_run_reads_an_imported_sets_facts_twice_however_many_evaluations_it_makes(tmp_path, cli, monkeypatch):
+    """Once to check the settings before anything is written, once with the arrays (of the same import);
+    the model, the data's placement, every evaluation and the summary use those facts, passed down (the
+    checks, the size check, the loader and the summary each read dataset.json: four reads; issue 39)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "set.npz", x_train=rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8),
+             y_train=np.repeat(np.arange(3), 10))
+    cli("data", "import", "Set", tmp_path / "set.npz", "--data_root", tmp_path / "data", "--workers", "1", check=True)
+    reads = []
+    monkeypatch.setattr(facts, "read_facts", lambda *args: reads.append(args) or read_facts(*args))
+    cli("train", "--data_name", "Set", "--data_root", tmp_path / "data", "--resnet_depth", "8", "--batch_size", "8",
+        "--optim_ni", "3", "--eval_every", "1", "--threads", "1", "--device", "cpu", "--save", tmp_path / "run",
+        check=True)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3 and len(reads) == 2

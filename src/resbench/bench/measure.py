@@ -2,9 +2,8 @@
 
 The timed loop is the training loop's own hot path (TrainBatches augmentation, `train_step` with
 its per-step statistics, device-side loss accumulation, one synchronisation per window as at a
-logging point) on random
-uint8 images of the dataset's shape, so the figure is what `resbench train` gets between
-evaluations. The "fraction of peak" divides the model's counted FLOPs (FlopCounterMode over one
+logging point) on random uint8 images of the dataset's shape, so the figure is what `resbench train`
+gets between evaluations. The "fraction of peak" divides the model's counted FLOPs (FlopCounterMode over one
 forward and backward) by a matrix product timed in the same process, so both numbers share the
 machine's state (other processes, clocks, threads) rather than a datasheet.
 """
@@ -84,7 +83,8 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatc
                       step_stats: bool = True) -> Trainer:
     """The hot path `resbench train` runs, built by the same `build_job` (and, unless `step_stats`
     is off, with the per-step statistics the loop accumulates)."""
-    job = build_job(cfg, batches, device, precision_for(cfg.mixed_precision, device))
+    job = build_job(cfg, dataset_spec(cfg.data_name, cfg.data_root), batches, device,
+                    precision_for(cfg.mixed_precision, device))
     stats = StepStats(RunState(), device) if step_stats else None
 
     def step(i: int) -> torch.Tensor:

@@ -103,8 +103,7 @@ def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check
         flags, args.threads = [*flags, "--threads", str(threads)], threads
     config = config_from(given_flags(args))
     if check:  # (the device and memory checks load torch: `--status` reads folders and needs none of them)
-        validate_config(config, processes, check_memory=here)
-        check_official_data(config)
+        check_official_data(config, validate_config(config, processes, check_memory=here))
     return PlannedRun(run_folder_of(dataclasses.replace(config, save=None), Path(runs_dir)), tuple(flags), config,
                       processes)
 
