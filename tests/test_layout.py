@@ -136,6 +136,14 @@ def test_run_folders_and_results_read_settings_without_the_flag_module():
     assert users == []
 
 
+def test_the_networks_take_plain_values_not_a_runs_settings():
+    """models/ builds and packs networks for train, bench and load_model alike: what it needs of a run's
+    settings comes as arguments, so that it never depends on the trainer's TrainConfig."""
+    users = sorted(f"{module_name(path)} -> {imported}" for path in modules() if floor_of(module_name(path)) == "models"
+                   for imported in imports_in(path.read_text()) if floor_of(imported) == "settings")
+    assert users == []
+
+
 def test_modules_and_functions_stay_short():
     long_modules = [str(p.relative_to(PACKAGE)) for p in modules() if len(p.read_text().splitlines()) > 400]
     long_functions = [f"{p.relative_to(PACKAGE)}:{node.name}" for p in modules()

@@ -72,18 +72,18 @@ def test_each_packed_run_trains_as_it_would_alone():
         pairs = [b.batch(step) for b in batches]
         for model, optimizer, (x, y) in zip(alone, optimizers, pairs):
             train_step(model, optimizer, scaler, x, y, 0.1, CFG, contextlib.nullcontext())
-        packed.packed_step(net, packed_optimizer, [x for x, _ in pairs], [y for _, y in pairs], 0.1, CFG,
-                           contextlib.nullcontext())
+        packed.packed_step(net, packed_optimizer, [x for x, _ in pairs], [y for _, y in pairs], 0.1,
+                           CFG.optim_label_smoothing, contextlib.nullcontext())
     for model, state in zip(alone, packed.unpack(net, resnet(8), K)):
         for key, tensor in model.state_dict().items():
             torch.testing.assert_close(state[key], tensor, rtol=0, atol=2e-5, msg=key)
 
 
 def test_runs_that_decide_per_run_are_not_packed():
-    assert packed.packable(TrainConfig(optim_global_clipping=1.0), "fp32")
-    assert packed.packable(TrainConfig(), "fp16")
-    assert packed.packable(TrainConfig(bn_groups=2), "fp32")
-    assert packed.packable(TrainConfig(), "bf16") is None
+    assert packed.packable("fp32", global_clipping=1.0)
+    assert packed.packable("fp16")
+    assert packed.packable("fp32", bn_groups=2)
+    assert packed.packable("bf16") is None
 
 
 def test_bench_pack_reports_the_packed_runs_together(cli):

@@ -121,7 +121,7 @@ def packed_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches
     """`runs` seeds of the configuration packed into one network (packed.py): one step trains all of
     them, each on its own data order and augmentation. The `--pack` candidate for filling a GPU."""
     precision = precision_for(cfg.mixed_precision, device)
-    if reason := packed.packable(cfg, precision):
+    if reason := packed.packable(precision, cfg.optim_global_clipping, cfg.bn_groups):
         raise ConfigError(f"--pack: runs with these settings cannot be packed ({reason})")
     seeds = [cfg.seed + i for i in range(runs)]
     pool = [TrainBatches(batches.images, batches.labels, cfg.batch_size, seed) for seed in seeds]
@@ -134,7 +134,7 @@ def packed_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches
     def step(i: int) -> torch.Tensor:
         pairs = [b.batch(i) for b in pool]
         return packed.packed_step(step_model, optimizer, [x for x, _ in pairs], [y for _, y in pairs],
-                                  learning_rate(i, cfg), cfg, autocast)
+                                  learning_rate(i, cfg), cfg.optim_label_smoothing, autocast)
 
     return Trainer(f"{runs} runs packed", step, runs)
 
