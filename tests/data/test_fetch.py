@@ -1,4 +1,4 @@
-"""Offline tests of resbench.fetch: small archives in the official formats, served from 127.0.0.1."""
+"""Offline tests of resbench.data.fetch: small archives in the official formats, served from 127.0.0.1."""
 
 from __future__ import annotations
 

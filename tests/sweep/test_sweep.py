@@ -25,6 +25,14 @@ def plan_lines(stdout: str) -> list[tuple[str, str]]:
             line.split()[0] in ("new", "resume", "skip")]
 
 
+def test_sweep_help_names_every_ready_grid(cli):
+    """`--grid imagenet` was a grid sweep planned, but its help named only seed and wd (issue 39)."""
+    from resbench.sweep.grid import READY_GRIDS
+
+    help_text = " ".join(cli("sweep", "--help", check=True).stdout.split())
+    assert [name for name in READY_GRIDS if f"`{name}`: " not in help_text] == []
+
+
 def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, cli):
     proc = cli("sweep", "--grid", "seed", "--runs_dir", tmp_path, "--dry_run", "--", "--optim_ni", "2000",
                check=True)
