@@ -1,6 +1,6 @@
-"""The docs and the package's docstrings name only what exists: every file path (`device/bnstats.py`,
-`tests/test_layout.py`), every `resbench.module` and every `--flag` (issue 39 found five stale texts
-where modules had moved)."""
+"""The docs, benchmarks/RESULTS.md and the package's docstrings name only what exists: every file path
+(`device/bnstats.py`, `tests/test_layout.py`, a test `file.py::test_name`), every `resbench.module` and every
+`--flag` (issue 39 found stale texts where modules and tests had moved)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from resbench.cli.main import build_parser
 from resbench.sweep.slurm import SBATCH_OPTIONS
 
 DOCS = sorted((REPO / "docs").glob("*.md"))  # not docs/reference/: the reference's own texts, as published
-SOURCES = sorted((SRC / "resbench").rglob("*.py"))
+# The texts whose every file and module must exist: the docs, the benchmarks' record, the package's docstrings.
+TEXTS = [*DOCS, REPO / "benchmarks" / "RESULTS.md", *sorted((SRC / "resbench").rglob("*.py"))]
 PATH = re.compile(r"[\w./-]*\w\.py\b")
+TEST = re.compile(r"([\w./-]+\.py)::(\w+)")
 PACKAGES = sorted(path.name for path in (SRC / "resbench").iterdir() if (path / "__init__.py").is_file())
 # `resbench.device.bnstats`, or within the package `runs.reader` / `data.batches.TrainBatches`.
 MODULE = re.compile(rf"`((?:resbench|{'|'.join(PACKAGES)})(?:\.\w+)+)")
@@ -42,9 +44,11 @@ def exists(name: str, named_in: Path) -> bool:
 
 
 def test_every_file_a_doc_or_docstring_names_exists():
-    missing = [f"{path.relative_to(REPO)}: {name}" for path in DOCS + SOURCES for name in named_paths(path)
+    missing = [f"{path.relative_to(REPO)}: {name}" for path in TEXTS for name in named_paths(path)
                if name not in NOT_OURS and not exists(name, path)]
-    assert missing == []
+    tests = [f"{path.relative_to(REPO)}: {file}::{name}" for path in TEXTS for file, name in TEST.findall(path.read_text())
+             if not exists(file, path) or f"def {name}(" not in (REPO / file).read_text()]
+    assert missing + tests == []
 
 
 def is_module(dotted: str) -> bool:
@@ -59,7 +63,7 @@ def is_module(dotted: str) -> bool:
 
 
 def test_every_module_a_doc_or_docstring_names_exists():
-    missing = [f"{path.relative_to(REPO)}: {name}" for path in DOCS + SOURCES
+    missing = [f"{path.relative_to(REPO)}: {name}" for path in TEXTS
                for name in MODULE.findall(path.read_text()) if not is_module(name.removeprefix("resbench."))]
     assert missing == []
 
@@ -90,3 +94,16 @@ def test_every_flag_a_doc_names_exists():
     unknown = [f"{path.name}: {flag}" for path in DOCS for paragraph in path.read_text().split("\n\n")
                for flag in sorted(set(FLAG.findall(paragraph)) - ours - other_tools_flags(paragraph))]
     assert unknown == []
+
+
+def test_the_readmes_python_imports_name_what_the_package_has():
+    """The README's Python API is copied as written: each of its imports must resolve (and the model
+    builder it shows must be the function, not its module)."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    imports = [line for block in blocks for line in block.splitlines() if line.startswith(("from resbench", "import resbench"))]
+    assert imports
+    namespace: dict = {}
+    for line in imports:
+        exec(line, namespace)
+    assert callable(namespace["resnet"]) and callable(namespace["train"])

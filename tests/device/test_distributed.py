@@ -15,6 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
+from resbench.cli.main import main
 from resbench.data.batches import TrainBatches
 from resbench.data.facts import DATASETS, PREPARED_FILES
 from resbench.data.prepared import missing_prepared_files
@@ -270,3 +271,9 @@ def test_batch_must_split_evenly(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
         validate_config(TrainConfig(batch_size=256))
+
+
+def test_a_bad_torchrun_variable_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    code = main(["train", "--data_name", "Digits_x32", "--device", "cpu", "--save", str(tmp_path / "run")])
+    assert code == 2 and "environment variable WORLD_SIZE='abc' is not an integer" in capsys.readouterr().err

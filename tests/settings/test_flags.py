@@ -193,3 +193,33 @@ def test_every_help_prints_its_text_as_written():
     commands = parser._subparsers._group_actions[0].choices
     helps = [parser.format_help(), *(command.format_help() for command in commands.values())]
     assert [text for text in helps if "%%" in text or "%(" in text] == []
+
+
+def test_clipping_off_or_zero_means_no_clipping():
+    from resbench.settings.flags import optional_float
+    assert optional_float("off") is None and optional_float("0") is None and optional_float("0.0") is None
+    assert optional_float("1.5") == 1.5
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--optim_nii", "5"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --optim_nii" in capsys.readouterr().err
+
+
+def test_an_argparse_error_is_one_line_and_a_pointer_to_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--resnet_depth", "abc"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: argument --resnet_depth: invalid int value: 'abc' "
+                                       "(see `resbench train --help`)\n")
+
+
+def test_train_has_the_mirror_its_errors_advise(tmp_path, cli):
+    """A missing CIFAR-10, an unreachable official URL: the fix named works as a train flag."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    proc = cli("train", "--data_name", "CIFAR10_x32", "--data_root", tmp_path / "data", "--mirror", mirror,
+               "--optim_ni", "1")
+    assert proc.returncode == 2
+    assert f"cifar-10-python.tar.gz not found in mirror folder {mirror}" in proc.stderr
