@@ -22,6 +22,7 @@ import time
 import torch
 
 from resbench.bench.measure import generated_batches
+from resbench.data.facts import dataset_spec
 from resbench.device import hotpath
 from resbench.settings.config import TrainConfig
 from resbench.train.resume import RunState
@@ -31,7 +32,7 @@ from resbench.train.step import StepStats, build_job, learning_rate
 def variant(cfg: TrainConfig, precision: str, compiled: bool):
     device = torch.device("cpu")
     cfg = dataclasses.replace(cfg, compile="true" if compiled else "false")
-    job = build_job(cfg, generated_batches(cfg, device), device, precision)
+    job = build_job(cfg, dataset_spec(cfg.data_name, cfg.data_root), generated_batches(cfg, device), device, precision)
     stats = StepStats(RunState(), device)
     return lambda i: job.step(i, learning_rate(i, cfg), stats)[0]
 

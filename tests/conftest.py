@@ -1,4 +1,5 @@
-"""Shared test helpers: run the command line of *this* checkout in a subprocess."""
+"""Shared test helpers: run the command line of *this* checkout in a subprocess or in this process; the
+tiny run's settings, and the run folders several test files read (an unfinished run, a sweep's two runs)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,42 @@ def tiny(folder: Path, **changes: object) -> TrainConfig:
     settings = dict(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=6, eval_every=3,
                     device="cpu", save=str(folder))
     return TrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture
+def unfinished_run(tmp_path) -> TrainConfig:
+    """A run folder with a last.pt at the final iteration but no summary.json (as if killed at the end)."""
+    from resbench.train.loop import train
+
+    cfg = tiny(tmp_path / "run")
+    train(cfg)
+    (tmp_path / "run" / "summary.json").unlink()
+    return cfg
+
+
+# A sweep grid of two short runs of the demo set (seeds 1 and 2).
+DIGITS_GRID = """\
+data_name = ["Digits_x32"]
+resnet_depth = [8]
+seed = [1, 2]
+
+[flags]
+optim_ni = 10
+eval_every = 5
+batch_size = 32
+device = "cpu"
+"""
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory) -> Path:
+    """Two short real Digits_x32 runs (seeds 1 and 2) trained by a `--jobs 2` sweep; read, never changed, by the
+    tests of table, plot, eval and sweep, so that the sweep trains once in a session."""
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "grid.toml").write_text(DIGITS_GRID)
+    from resbench.cli.main import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["sweep", "--grid", str(root / "grid.toml"), "--runs_dir", str(root / "runs"), "--jobs", "2"]) == 0
+    assert "sweep: 2 of 2 runs finished" in out.getvalue()
+    return root / "runs"

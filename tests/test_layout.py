@@ -124,8 +124,24 @@ def test_the_exported_folders_file_names_are_spelled_in_weights_layout_only():
 
 def test_only_the_command_line_and_the_train_flags_use_argparse():
     users = {module_name(p) for p in modules() if "import argparse" in p.read_text()}
-    assert {name for name in users if not name.startswith("resbench.cli.")} <= {"resbench.settings.flags",
-                                                                                "resbench.runs.reader"}
+    assert {name for name in users if not name.startswith("resbench.cli.")} <= {"resbench.settings.flags"}
+
+
+def test_run_folders_and_results_read_settings_without_the_flag_module():
+    """A run folder's settings and a table's cells are plain values (settings.config); the flags' parser,
+    and a run's settings assembled from flags (train.assemble), are the commands' business."""
+    users = sorted(f"{module_name(path)} -> {imported}" for path in modules()
+                   if floor_of(module_name(path)) in ("runs", "results")
+                   for imported in imports_in(path.read_text()) if imported == "resbench.settings.flags")
+    assert users == []
+
+
+def test_the_networks_take_plain_values_not_a_runs_settings():
+    """models/ builds and packs networks for train, bench and load_model alike: what it needs of a run's
+    settings comes as arguments, so that it never depends on the trainer's TrainConfig."""
+    users = sorted(f"{module_name(path)} -> {imported}" for path in modules() if floor_of(module_name(path)) == "models"
+                   for imported in imports_in(path.read_text()) if floor_of(imported) == "settings")
+    assert users == []
 
 
 def test_modules_and_functions_stay_short():

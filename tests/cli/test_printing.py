@@ -3,9 +3,12 @@ folder of crafted names and files, sends no control byte to the terminal and for
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import resbench_in_process
+from resbench.cli.main import main
 
 # Terminal controls (OSC title, clear screen, CSI as C1, DEL, NEL, the line separator), a carriage return, and a
 # newline followed by a line that must never stand on its own.
@@ -104,3 +108,13 @@ def test_every_command_prints_crafted_names_and_files_as_data(crafted):
     assert "device: \\x1b]0;pwned" in card.read_text()
     for text in (exported.stdout, exported.stderr, card.read_text()):
         assert not CONTROL.search(text) and not re.search("^FORGED", text, re.MULTILINE), text[-2000:]
+
+
+def test_a_name_that_is_not_utf8_prints_escaped_on_a_strict_stdout(tmp_path, monkeypatch):
+    """PYTHONIOENCODING=utf-8 (or a UTF-8 locale) makes stdout strict: a folder name that is not
+    UTF-8 must not end the command with a UnicodeEncodeError."""
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", strict)
+    assert main(["data", "list", "--data_root", str(tmp_path / os.fsdecode(b"data\xff"))]) == 0
+    strict.flush()
+    assert b"data\\udcff" in strict.buffer.getvalue()

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -272,3 +274,11 @@ def test_a_built_in_set_of_other_sizes_is_flagged_refused_and_never_set_beside_t
     assert "(ref " not in table and table.rstrip().endswith("| not the official data, no published figures")
     compared = cli("compare", tmp_path / "runs", "--brief", check=True).stdout
     assert f"{run}: no reference run: not the official CIFAR10_x32: {sizes}" in compared
+
+
+def test_data_list_names_the_demo_and_the_fix(tmp_path, cli):
+    out = cli("data", "list", "--data_root", tmp_path, check=True).stdout
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    # train counts the training split, not the validation split the training file also holds (issue 39)
+    assert lines["Digits_x32"].split()[1:5] == ["complete", "1280", "217", "300"] and "built in" in lines["Digits_x32"]
+    assert f"`resbench data download CIFAR100_x32 --data_root {tmp_path}`" in lines["CIFAR100_x32"]

@@ -11,8 +11,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from archives import _jpeg, _place, _tar_gz, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
 from PIL import Image
-from test_fetch import _jpeg, _place, _tar_gz, _use_archive, closed_url, server, tiny  # noqa: F401 (fixtures)
 
 from resbench.data import evalsets
 from resbench.data.fetch.archive import Archive

@@ -1,6 +1,6 @@
 """Downsampled ImageNet from archives in the official formats (both variants, 10 training batches, labels
-1..1000), a few images each: the counts the reader expects are shrunk in `facts.DATASETS`, as test_fetch
-shrinks its specs."""
+1..1000), a few images each: the counts the reader expects are shrunk in `facts.DATASETS`, as the fetch
+tests shrink theirs (tests/data/archives.py)."""
 
 from __future__ import annotations
 

@@ -118,8 +118,8 @@ def test_a_tree_and_an_npz_of_the_same_images_import_and_train_to_the_same_figur
 def test_a_small_set_gets_a_command_that_fits_it_and_a_warning_that_its_figures_are_noise(tmp_path, capsys):
     """3 x 30 images: the printed command (batch 256) failed at once on 73 training images, nothing said that 8
     validation and 9 test images make noise of the figures, and eval fitted a temperature to 8 images (issue 39)."""
-    from resbench.runs.reader import config_from_args
-    from resbench.settings.flags import parse_train_flags
+    from resbench.settings.flags import given_flags, parse_train_flags
+    from resbench.train.assemble import config_from
     from resbench.train.checks import validate_config
 
     rng = np.random.default_rng(0)
@@ -133,7 +133,7 @@ def test_a_small_set_gets_a_command_that_fits_it_and_a_warning_that_its_figures_
     assert command == (f"resbench train --data_name Shapes --data_root {tmp_path / 'data'} --batch_size 16 "
                        "--optim_ni 1369 --eval_every 28")  # 300 epochs of 73 images, 48 evaluations
     flags = shlex.split(command)[2:]
-    validate_config(config_from_args(parse_train_flags(flags)))  # as printed, checked as train checks it
+    validate_config(config_from(given_flags(parse_train_flags(flags))))  # as printed, checked as train checks it
     run = tmp_path / "run"
     shortened = [*flags, "--resnet_depth", "8", "--optim_ni", "2", "--threads", "1", "--device", "cpu", "--save", run]
     assert main(["train", *map(str, shortened)]) == 0  # as printed, shortened (flags given later win)

@@ -15,8 +15,9 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import LIMIT, cli_env, gone, process_tree, wait_until
+from resbench.cli.main import main
 from resbench.data.batches import TrainBatches
-from resbench.data.facts import PREPARED_FILES
+from resbench.data.facts import DATASETS, PREPARED_FILES
 from resbench.data.prepared import missing_prepared_files
 from resbench.device import bngroups, distributed
 from resbench.models.resnet import resnet
@@ -106,7 +107,8 @@ def preparing_worker(rank: int, port: int, data_root: str) -> None:
             (folder / file).write_text("")
 
     train_module.prepare_dataset = slow_prepare
-    train_module.ensure_prepared(TrainConfig(data_name="CIFAR10_x32", data_root=data_root), world, torch.device("cpu"))
+    train_module.ensure_prepared(TrainConfig(data_name="CIFAR10_x32", data_root=data_root), DATASETS["CIFAR10_x32"],
+                                 world, torch.device("cpu"))
     assert calls == (["CIFAR10_x32"] if rank == 0 else []), calls
     assert not missing_prepared_files("CIFAR10_x32", data_root), f"rank {rank} went on before the data was there"
     distributed.shutdown(world)
@@ -269,3 +271,9 @@ def test_batch_must_split_evenly(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
         validate_config(TrainConfig(batch_size=256))
+
+
+def test_a_bad_torchrun_variable_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    code = main(["train", "--data_name", "Digits_x32", "--device", "cpu", "--save", str(tmp_path / "run")])
+    assert code == 2 and "environment variable WORLD_SIZE='abc' is not an integer" in capsys.readouterr().err

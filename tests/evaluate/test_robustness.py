@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from archives import _place, _use_archive, closed_url  # noqa: F401 (fixture)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 from test_evalsets import TWO, cifar_c_archive, svhn_mat, two_corruptions  # noqa: F401 (fixture)
-from test_fetch import _place, _use_archive, closed_url  # noqa: F401 (fixture)
-from test_results import numpy_metrics, numpy_probs
+from test_metrics import numpy_metrics, numpy_probs
 
 from conftest import fails_if_blocked
 from resbench.cli.evaluate import format_eval_report

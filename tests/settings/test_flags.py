@@ -13,9 +13,9 @@ import torch
 
 from conftest import fails_if_blocked, tiny
 from resbench.cli.main import build_parser, main
-from resbench.runs.reader import config_from_args
 from resbench.settings.config import ConfigError, TrainConfig
-from resbench.settings.flags import train_flag_parser
+from resbench.settings.flags import given_flags, train_flag_parser
+from resbench.train.assemble import config_from
 from resbench.train.loop import train
 
 
@@ -23,7 +23,7 @@ def test_threads_must_be_positive():
     with pytest.raises(ConfigError, match="--threads must be from 1 to 4096"):
         from resbench.train.checks import validate_config
         validate_config(TrainConfig(threads=0))
-    assert config_from_args(train_flag_parser().parse_args(["--threads", "auto"])).threads is None
+    assert config_from(given_flags(train_flag_parser().parse_args(["--threads", "auto"]))).threads is None
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -39,7 +39,7 @@ def test_threads_must_be_positive():
     (["--sync", "--resnet_d", "8"], {"sync_bn": True, "resnet_depth": 8}),  # abbreviations still work
 ])
 def test_train_flags_as_switches_and_dashed(argv, expected):
-    cfg = config_from_args(train_flag_parser().parse_args(argv))
+    cfg = config_from(given_flags(train_flag_parser().parse_args(argv)))
     assert {key: getattr(cfg, key) for key in expected} == expected
 
 
@@ -86,8 +86,8 @@ def test_save_help_shows_one_default():
 def test_a_toml_config_with_flags_over_it(tmp_path):
     (tmp_path / "run.toml").write_text('data_name = "Digits_x32"\nresnet_depth = 8\noptim_lr = 0.05\n'
                                        'tensorboard = true\ncompile = "false"\n')
-    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(tmp_path / "run.toml"),
-                                                           "--optim-lr", "0.2"]))
+    cfg = config_from(given_flags(train_flag_parser().parse_args(["--config", str(tmp_path / "run.toml"),
+                                                                  "--optim-lr", "0.2"])))
     assert (cfg.data_name, cfg.resnet_depth, cfg.optim_lr, cfg.tensorboard, cfg.compile) == (
         "Digits_x32", 8, 0.2, True, "false")
 
@@ -135,7 +135,7 @@ def test_a_run_is_repeated_from_its_config_json_alone(tmp_path):
     train(first)
     args = train_flag_parser().parse_args(["--config", str(tmp_path / "first" / "config.json"),
                                            "--save", str(tmp_path / "again")])
-    again = config_from_args(args)
+    again = config_from(given_flags(args))
     assert dataclasses.replace(again, save=first.save) == first
     train(again)
     summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "again")]
@@ -157,9 +157,9 @@ def test_a_config_file_cannot_unset_a_setting_that_needs_a_value(tmp_path, key):
     path = tmp_path / "settings.json"
     path.write_text(json.dumps({key: None}))
     with pytest.raises(ConfigError, match=f"{key} = None is not a valid --{key}"):
-        config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
+        config_from(given_flags(train_flag_parser().parse_args(["--config", str(path)])))
     path.write_text(json.dumps({"optim_global_clipping": None, "threads": None}))
-    cfg = config_from_args(train_flag_parser().parse_args(["--config", str(path)]))
+    cfg = config_from(given_flags(train_flag_parser().parse_args(["--config", str(path)])))
     assert (cfg.optim_global_clipping, cfg.threads) == (None, None)
 
 
@@ -193,3 +193,33 @@ def test_every_help_prints_its_text_as_written():
     commands = parser._subparsers._group_actions[0].choices
     helps = [parser.format_help(), *(command.format_help() for command in commands.values())]
     assert [text for text in helps if "%%" in text or "%(" in text] == []
+
+
+def test_clipping_off_or_zero_means_no_clipping():
+    from resbench.settings.flags import optional_float
+    assert optional_float("off") is None and optional_float("0") is None and optional_float("0.0") is None
+    assert optional_float("1.5") == 1.5
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--optim_nii", "5"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --optim_nii" in capsys.readouterr().err
+
+
+def test_an_argparse_error_is_one_line_and_a_pointer_to_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--resnet_depth", "abc"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: argument --resnet_depth: invalid int value: 'abc' "
+                                       "(see `resbench train --help`)\n")
+
+
+def test_train_has_the_mirror_its_errors_advise(tmp_path, cli):
+    """A missing CIFAR-10, an unreachable official URL: the fix named works as a train flag."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    proc = cli("train", "--data_name", "CIFAR10_x32", "--data_root", tmp_path / "data", "--mirror", mirror,
+               "--optim_ni", "1")
+    assert proc.returncode == 2
+    assert f"cifar-10-python.tar.gz not found in mirror folder {mirror}" in proc.stderr

@@ -13,8 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from hand_runs import assert_pngs
 
-from conftest import LIMIT, REPO, cli_env, fails_if_blocked, gone, process_tree, resbench_in_process, wait_until
+from conftest import (
+    DIGITS_GRID,
+    LIMIT,
+    REPO,
+    cli_env,
+    fails_if_blocked,
+    gone,
+    process_tree,
+    resbench_in_process,
+    wait_until,
+)
 from resbench.cli.main import main
 from resbench.device import cpus
 
@@ -23,6 +34,14 @@ def plan_lines(stdout: str) -> list[tuple[str, str]]:
     """(state, folder) for every run the sweep lists."""
     return [tuple(line.split()[:2]) for line in stdout.splitlines() if line.startswith("  ") and
             line.split()[0] in ("new", "resume", "skip")]
+
+
+def test_sweep_help_names_every_ready_grid(cli):
+    """`--grid imagenet` was a grid sweep planned, but its help named only seed and wd (issue 39)."""
+    from resbench.sweep.grid import READY_GRIDS
+
+    help_text = " ".join(cli("sweep", "--help", check=True).stdout.split())
+    assert [name for name in READY_GRIDS if f"`{name}`: " not in help_text] == []
 
 
 def test_sweep_seed_grid_dry_run_lists_26_runs(tmp_path, cli):
@@ -51,19 +70,6 @@ def test_a_cpu_run_of_a_mixed_precision_row_keeps_the_folder_it_was_named_before
     assert run_folder_of(cfg, tmp_path) == (earlier if not torch.cuda.is_available() else earlier.with_name(
         "R8x1-b256-i48k-lr0.1-wd0.001-s42-fp16"))
     assert run_folder_of(dataclasses.replace(cfg, device="cpu"), tmp_path) == earlier  # bf16 as asked
-
-
-DIGITS_GRID = """\
-data_name = ["Digits_x32"]
-resnet_depth = [8]
-seed = [1, 2]
-
-[flags]
-optim_ni = 10
-eval_every = 5
-batch_size = 32
-device = "cpu"
-"""
 
 
 # A run that is still training when it is stopped; eager, as the signals do not depend on the step
@@ -430,3 +436,29 @@ def test_a_rank_under_torchrun_stops_when_the_sweep_dies_though_torchrun_lives_o
     monkeypatch.setattr(local.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     local.watch_sweep(100, interval=0)
     assert sent == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_sweep_reports_a_diverged_run_and_table_and_plot_mark_it(tmp_path, cli):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(DIGITS_GRID.replace("seed = [1, 2]", "seed = [1]"))
+    runs = tmp_path / "runs"
+    proc = cli("sweep", "--grid", grid, "--runs_dir", runs, "--", "--optim_lr", "1e30")
+    assert proc.returncode == 1
+    run = runs / "Digits_x32" / "R8x1-b32-i10-lr1e+30-wd0.001-s1"
+    assert f"failed: {run} (exit status 1)" in proc.stdout
+    assert "the training loss became nan" in (run / "stdout.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["best_val_acc"] is None  # diverged before evaluating
+    table = cli("table", runs, check=True).stdout.splitlines()
+    assert table[-1].endswith("|     n/a |     n/a |     n/a | 1 diverged")
+    cli("plot", runs, "--out", tmp_path / "figs", check=True)
+    assert_pngs(list((tmp_path / "figs").iterdir()))
+
+
+def test_sweep_trains_the_grid_and_skips_it_the_second_time(digits_runs, cli):
+    runs = sorted((digits_runs / "Digits_x32").iterdir())
+    assert [r.name for r in runs] == ["R8x1-b32-i10-lr0.1-wd0.001-s1", "R8x1-b32-i10-lr0.1-wd0.001-s2"]
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        assert (run / "stdout.log").stat().st_size > 0
+    proc = cli("sweep", "--grid", digits_runs.parent / "grid.toml", "--runs_dir", digits_runs, check=True)
+    assert {state for state, _ in plan_lines(proc.stdout)} == {"skip"}

@@ -1,7 +1,7 @@
-"""A run on an ImageNet-format set (1000 classes, validation = test, a ragged epoch), shrunk as test_fetch
-shrinks its specs: the whole training file trains, each evaluation scores the one split once, the
-epoch's last batch is padded as the reference pads it, and the images streamed from their file train
-as the images held on the device do."""
+"""A run on an ImageNet-format set (1000 classes, validation = test, a ragged epoch), shrunk as the fetch
+tests shrink theirs (tests/data/archives.py): the whole training file trains, each evaluation scores the one
+split once, the epoch's last batch is padded as the reference pads it, and the images streamed from their file
+train as the images held on the device do."""
 
 from __future__ import annotations
 

@@ -1,3 +1,6 @@
+"""A run of the recipe (train/loop.py, step.py, checks.py, summary.py): the schedule, the SGD update and its
+clipping, settings refused, the seed's command, the log and TensorBoard, the run's time, divergence."""
+
 import json
 import math
 import os
@@ -6,22 +9,24 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import LIMIT, REPO, cli_env, wait_until
+from conftest import LIMIT, REPO, cli_env, tiny
 from resbench.cli.main import main
-from resbench.device import bnstats, memory
-from resbench.device.distributed import World
-from resbench.models.resnet import count_parameters, resnet
+from resbench.data import facts
+from resbench.data.facts import read_facts
+from resbench.models.resnet import resnet
 from resbench.runs import checkpoint
+from resbench.runs.folder import RunFolder
 from resbench.settings.config import ConfigError, TrainConfig, default_run_name, learning_rate
 from resbench.train import meter
 from resbench.train import step as step_module
 from resbench.train.checks import validate_config
-from resbench.train.loop import Interrupted, train
+from resbench.train.loop import Interrupted, TrainingDiverged, configure_determinism, train
 from resbench.train.lossscale import ConstantLossScale
 from resbench.train.step import train_step
 
@@ -238,220 +243,6 @@ def test_tensorboard_without_the_package_is_a_clear_error(monkeypatch):
         validate_config(TrainConfig(tensorboard=True))
 
 
-# What a machine can train, and a command line that fails in one line (issue 14).
-
-@pytest.mark.parametrize("depth, width, image_size", [(8, 3, 32), (14, 2, 64), (18, 1, 32), (50, 2, 32)])
-def test_the_memory_need_follows_the_built_network(depth, width, image_size):
-    params, outputs = memory.network_size(depth, width, 10, image_size)
-    model = resnet(depth, width, 10, image_size)
-    assert params == count_parameters(model)
-    counted = []
-    for module in model.modules():
-        if not list(module.children()):
-            module.register_forward_hook(lambda m, i, o: counted.append(o.numel()))
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, image_size, image_size))
-    assert outputs == sum(counted)
-
-
-def test_what_fits_is_decided_per_depth_against_the_device(monkeypatch):
-    monkeypatch.setattr(memory, "device_memory", lambda device: (8 * 2**30, "this machine has available"))
-    validate_config(TrainConfig(resnet_depth=8, resnet_width=16, device="cpu"))  # needs 1.6 GiB: fits
-    with pytest.raises(ConfigError, match=r"training --resnet_depth 152 --resnet_width 16 \([\d,]+ parameters, with "
-                                          r"gradients, momentum and the activations of 256 images per process\) needs "
-                                          r"at least [\d.]+ GiB, more than the 8.0 GiB this machine has available; "
-                                          r"use a smaller --resnet_width, --resnet_depth or --batch_size"):
-        validate_config(TrainConfig(resnet_depth=152, resnet_width=16, device="cpu"))
-    validate_config(TrainConfig(resnet_depth=152, resnet_width=1, batch_size=16, device="cpu"))
-
-
-def test_a_model_too_big_for_any_machine_is_one_line_at_once(capsys):
-    assert main(["train", "--resnet_depth", "152", "--resnet_width", "64", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    params, _ = memory.network_size(152, 64, 10, 32)  # 1.2e11 since Bottlenecks widen their inner convolutions only
-    assert f"({params:,} parameters" in err and re.search(r"needs at least 1\d{3}\.\d GiB, more than", err), err
-
-
-def test_an_absurd_depth_in_a_run_folder_is_refused_by_eval(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"data_name": "Digits_x32", "resnet_depth": 600_002,
-                                                      "resnet_width": 1}))
-    (tmp_path / "best.pt").write_bytes(b"")
-    assert main(["eval", "--ckpt", str(tmp_path / "best.pt"), "--device", "cpu"]) == 2
-    assert "resnet depth 600002 is out of range" in capsys.readouterr().err
-
-
-def test_an_argparse_error_is_one_line_and_a_pointer_to_help(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["train", "--resnet_depth", "abc"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err == ("error: argument --resnet_depth: invalid int value: 'abc' "
-                                       "(see `resbench train --help`)\n")
-
-
-INTERRUPTED_IMPORT = '''
-import importlib.abc, pathlib, sys, time
-
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch":
-            pathlib.Path({marker!r}).touch()
-            time.sleep({limit})
-        return None
-
-sys.meta_path.insert(0, Block())
-'''
-
-
-@pytest.mark.parametrize("entry", ["python -m", "console script", "seed script"])
-def test_ctrl_c_while_importing_is_one_line(tmp_path, entry):
-    """The import of torch is held (a sitecustomize that waits) until SIGINT arrives."""
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    marker = tmp_path / "importing"
-    (hooks / "sitecustomize.py").write_text(INTERRUPTED_IMPORT.format(marker=str(marker), limit=LIMIT))
-    env = cli_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env["PYTHONPATH"]])
-    start = {"python -m": [sys.executable, "-m", "resbench"],
-             "console script": [sys.executable, "-c", "import sys; from resbench.__main__ import run; sys.exit(run())"],
-             "seed script": [sys.executable, str(REPO / "scripts_cifar" / "SGDM.py")]}[entry]
-    # The seed script is `resbench train`: a run that imports torch once its flags are read.
-    args = ["--data_root", str(tmp_path / "data"), "--save", str(tmp_path / "run")] if entry == "seed script" \
-        else ["data", "list"]
-    proc = subprocess.Popen([*start, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    wait_until(marker.exists, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=LIMIT)
-    assert proc.returncode == 130 and err == "interrupted\n", err
-
-
-CLOSED_STREAMS = """
-import os, sys
-os.close(0); os.close(1)
-script = os.open(sys.argv[1], os.O_RDONLY)
-os.dup2(script, 2)  # stderr left on a file open for reading, as pyenv's shim does
-os.close(script)
-from resbench.__main__ import open_closed_standard_streams
-open_closed_standard_streams()
-print("to stderr", file=sys.stderr, flush=True); print("to stdout", flush=True)
-opened = os.open(sys.argv[1], os.O_RDONLY)
-assert opened > 2, opened
-assert all(os.path.samestat(os.fstat(fd), os.stat(os.devnull)) for fd in (0, 1, 2))
-"""
-
-
-def test_closed_standard_streams_become_dev_null(tmp_path):
-    """`resbench train ... <&- >&- 2>&-`: a print must not fail with EBADF mid-run, and no file the run
-    opens may take descriptor 0, 1 or 2 (where a library's message would land in it)."""
-    script = tmp_path / "script"
-    script.write_text("")
-    proc = subprocess.run([sys.executable, "-c", CLOSED_STREAMS, str(script)], env=cli_env(), timeout=LIMIT)
-    assert proc.returncode == 0 and script.read_text() == ""
-
-
-def test_a_deleted_current_folder_is_one_line_before_torch_is_imported(tmp_path):
-    """`cd dir; rmdir ../dir; resbench train ...` ended in oneMKL's "Cannot load libtorch_cpu.so"."""
-    gone = tmp_path / "gone"
-    gone.mkdir()
-    code = (f"import os, sys; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); "
-            "from resbench.__main__ import run; sys.exit(run(['train']))")
-    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=LIMIT)
-    assert (proc.returncode, proc.stderr) == (2, "error: the current folder cannot be used (No such file or "
-                                                 "directory: deleted?); cd into an existing folder and run the "
-                                                 "command again\n")
-
-
-def test_the_console_script_is_the_light_entry_point():
-    assert 'resbench = "resbench.__main__:run"' in (REPO / "pyproject.toml").read_text()
-
-
-class BiasedRunningVariance:
-    """Hooks that keep, beside each BatchNorm, the reference's running variance: an average (momentum
-    0.1, from 1) of the biased batch variances, and PyTorch's (the unbiased ones), for every step."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.biased: dict[str, torch.Tensor] = {}
-        self.unbiased: dict[str, torch.Tensor] = {}
-        self.steps: list[tuple[dict, dict]] = []
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.register_forward_pre_hook(lambda m, args, name=name: self.update(m, name, args[0]))
-
-    def update(self, module: torch.nn.Module, name: str, x: torch.Tensor) -> None:
-        if not module.training:
-            return
-        for store, unbiased in ((self.biased, False), (self.unbiased, True)):
-            variance = x.detach().double().var(dim=(0, 2, 3), unbiased=unbiased)
-            store[name] = 0.9 * store.get(name, torch.ones_like(variance)) + 0.1 * variance
-        if name == "stem.0.1":  # the first BatchNorm: a new step begins
-            self.steps.append(({}, {}))
-        self.steps[-1][0][name], self.steps[-1][1][name] = self.biased[name], self.unbiased[name]
-
-
-def test_reference_running_variance_averages_the_biased_batch_variances():
-    """With 2 images per batch the last stage has N = 2·8·8 = 128 values per channel: PyTorch's running
-    variance is up to 1/127 larger than the reference's."""
-    torch.manual_seed(0)
-    model = resnet(8)
-    tracked = BiasedRunningVariance(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
-    counts = bnstats.values_per_channel(model, 32, 2, World(), sync_bn=False)
-    assert counts["stem.0.1"] == 2 * 32 * 32 and counts["stages.2.0.conv2.1"] == 2 * 8 * 8
-    for step in range(5):
-        x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 10, (2,))
-        train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, 0.1, TrainConfig(),
-                   torch.autocast("cpu", enabled=False))
-    bns = dict(bnstats.batchnorms(model))
-    with bnstats.reference_running_variance(model, counts):
-        for name, module in bns.items():
-            torch.testing.assert_close(module.running_var.double(), tracked.biased[name], rtol=1e-6, atol=0)
-    for name, module in bns.items():  # back in PyTorch's own form, and training goes on from it
-        torch.testing.assert_close(module.running_var.double(), tracked.unbiased[name], rtol=1e-6, atol=0)
-    for step in range(2):
-        x, y = torch.rand(2, 3, 32, 32), torch.randint(0, 10, (2,))
-        train_step(model, optimizer, ConstantLossScale("cpu", enabled=False), x, y, 0.1, TrainConfig(),
-                   torch.autocast("cpu", enabled=False))
-    with bnstats.reference_running_variance(model, counts):
-        for name, module in bns.items():
-            torch.testing.assert_close(module.running_var.double(), tracked.biased[name], rtol=1e-6, atol=0)
-
-
-def test_values_per_channel_count_this_ranks_share_or_the_whole_batch():
-    model = resnet(20)
-    for world, sync_bn, images in ((World(0, 3), False, 85), (World(1, 3), False, 85), (World(2, 3), False, 86),
-                                   (World(1, 3), True, 256)):
-        counts = bnstats.values_per_channel(model, 32, 256, world, sync_bn)
-        assert counts["stem.0.1"] == images * 32 * 32 and counts["stages.2.2.conv2.1"] == images * 8 * 8
-
-
-def test_best_pt_holds_the_reference_running_variance_and_last_pt_pytorchs(tmp_path, monkeypatch):
-    """One evaluation, at the last step: best.pt and last.pt hold the same model, with the running
-    variances of the reference and of PyTorch. Their difference is compared, as PyTorch's own float32
-    batch variance of Digits' stem is off by ~4e-6 (relative), more than the 6e-5 factor at stake there."""
-    tracked: list[BiasedRunningVariance] = []
-    real_resnet = step_module.resnet
-
-    def tracked_resnet(*args, **kwargs):
-        model = real_resnet(*args, **kwargs)
-        tracked.append(BiasedRunningVariance(model))
-        return model
-
-    monkeypatch.setattr(step_module, "resnet", tracked_resnet)
-    cfg = TrainConfig(data_name="Digits_x32", resnet_depth=8, batch_size=16, optim_ni=3, eval_every=3,
-                      device="cpu", save=str(tmp_path / "run"))
-    assert train(cfg)["best_iter"] == 3
-    hooks = tracked[-1]  # the trained model; validate_config's memory estimate may build one first (cached)
-    best = checkpoint.load_checkpoint(tmp_path / "run" / "best.pt")
-    last = checkpoint.load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    assert len(hooks.steps) == 3
-    for name, biased in hooks.biased.items():
-        expected = hooks.unbiased[name] - biased  # up to ~1e-4 (stem, N = 16·32·32) or ~1e-3 (N = 16·8·8)
-        assert expected.max() > 1e-5  # far above the tolerance below
-        got = last[f"{name}.running_var"].double() - best[f"{name}.running_var"].double()
-        torch.testing.assert_close(got, expected, rtol=0, atol=3e-7)
-
-
 def test_the_run_accounts_for_its_time_warm_up_apart_in_every_session(tmp_path, monkeypatch):
     """summary.json's "time": the first WARMUP_STEPS steps of each session (where compilation happens;
     here a 1 s sleep stands for it) are booked apart from the steady steps, so steady_images_per_sec is
@@ -485,3 +276,106 @@ def test_the_run_accounts_for_its_time_warm_up_apart_in_every_session(tmp_path, 
     assert 0 <= spent["other_s"] < 0.5  # progress and log lines only
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "= 6 warm-up iterations" in log and "6 steady iterations" in log and "3 evaluations" in log
+
+
+def test_a_run_reads_an_imported_sets_facts_twice_however_many_evaluations_it_makes(tmp_path, cli, monkeypatch):
+    """Once to check the settings before anything is written, once with the arrays (of the same import);
+    the model, the data's placement, every evaluation and the summary use those facts, passed down (the
+    checks, the size check, the loader and the summary each read dataset.json: four reads; issue 39)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "set.npz", x_train=rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8),
+             y_train=np.repeat(np.arange(3), 10))
+    cli("data", "import", "Set", tmp_path / "set.npz", "--data_root", tmp_path / "data", "--workers", "1", check=True)
+    reads = []
+    monkeypatch.setattr(facts, "read_facts", lambda *args: reads.append(args) or read_facts(*args))
+    cli("train", "--data_name", "Set", "--data_root", tmp_path / "data", "--resnet_depth", "8", "--batch_size", "8",
+        "--optim_ni", "3", "--eval_every", "1", "--threads", "1", "--device", "cpu", "--save", tmp_path / "run",
+        check=True)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3 and len(reads) == 2
+
+
+def test_deterministic_mode_sets_every_switch(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        configure_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, benchmark
+
+
+def model_of(path: Path) -> dict:
+    saved = checkpoint.load_checkpoint(path)
+    return saved.get("model", saved)
+
+
+@pytest.mark.parametrize("poisoned_update, cause", [(5, "the training loss"), (6, "the weight norm")])
+def test_divergence_stops_clearly_and_keeps_the_good_checkpoints(tmp_path, monkeypatch, capsys,
+                                                                   poisoned_update, cause):
+    """Update 5 makes the loss NaN from step 6 on; update 6 (just before the evaluation at 6) only the
+    weights: either way the run stops, exit status 1, and last.pt/best.pt keep the finite state of 3."""
+    real_step, updates = train_step, []
+
+    def poisoning_step(model, *args, **kwargs):
+        result = real_step(model, *args, **kwargs)
+        updates.append(1)
+        if len(updates) == poisoned_update:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(math.nan)
+        return result
+
+    monkeypatch.setattr(step_module, "train_step", poisoning_step)
+    cfg = tiny(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match=f"{cause} became nan by iteration 6"):
+        train(cfg)
+    run = RunFolder(cfg.save)
+    assert checkpoint.load_checkpoint(run.file("last.pt"))["state"]["step"] == 3
+    for name in ("last.pt", "best.pt"):
+        assert all(t.isfinite().all() for t in model_of(run.file(name)).values()), name
+    assert run.summary()["status"] == "diverged"
+
+    (tmp_path / "run2").mkdir()
+    updates.clear()
+    code = main(["train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "16",
+                 "--optim_ni", "6", "--eval_every", "3", "--device", "cpu", "--save", str(tmp_path / "run2")])
+    err = capsys.readouterr().err
+    # Progress lines may come first on stderr (it is not a terminal here); the error is the last line.
+    assert code == 1 and err.splitlines()[-1].startswith(f"error: {cause} became nan") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_name", "MNIST"], "unknown data_name 'MNIST': choose one of CIFAR10_x32"),
+    (["--resnet_depth", "21"], "unsupported resnet depth 21: use"),
+    (["--resnet_width", "0"], "width must be a positive integer"),
+    (["--batch_size", "2000"], "larger than the training split"),
+    (["--optim_ni", "0"], "--optim_ni must be a positive integer"),
+    (["--save", "{tmp}/a-file"], "a file stands where a folder is needed"),
+    (["--resume", "{tmp}"], "it is not a run folder (no config.json)"),
+    (["--data_name", "CIFAR10_x32", "--data_root", "{tmp}/data"], "train_labels.npy has labels in [10, 10]"),
+    (["--device", "mps"], "--device mps is not supported"),
+    (["--seed", "99999999999999999999999"], "--seed must be an integer from 0 to 2**63 - 1"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
+    (tmp_path / "a-file").write_text("")
+    mislabelled = tmp_path / "data" / "CIFAR10_x32"  # a prepared dataset whose labels are out of range
+    mislabelled.mkdir(parents=True)
+    for split in ("train", "test"):
+        np.save(mislabelled / f"{split}_images.npy", np.zeros((5, 32, 32, 3), np.uint8))
+        np.save(mislabelled / f"{split}_labels.npy", np.full(5, 10))
+    base = ["--data_name", "Digits_x32", "--device", "cpu", "--save", str(tmp_path / "run")]
+    code = main(["train", *base, *(a.format(tmp=tmp_path) for a in args)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_a_gpu_index_beyond_the_machine_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    code = main(["train", "--data_name", "Digits_x32", "--device", "cuda:2", "--save", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "error: --device cuda:2 does not exist: this machine has 2 CUDA GPU(s), cuda:0 to cuda:1\n"

@@ -2,9 +2,8 @@
 
 The timed loop is the training loop's own hot path (TrainBatches augmentation, `train_step` with
 its per-step statistics, device-side loss accumulation, one synchronisation per window as at a
-logging point) on random
-uint8 images of the dataset's shape, so the figure is what `resbench train` gets between
-evaluations. The "fraction of peak" divides the model's counted FLOPs (FlopCounterMode over one
+logging point) on random uint8 images of the dataset's shape, so the figure is what `resbench train`
+gets between evaluations. The "fraction of peak" divides the model's counted FLOPs (FlopCounterMode over one
 forward and backward) by a matrix product timed in the same process, so both numbers share the
 machine's state (other processes, clocks, threads) rather than a datasheet.
 """
@@ -31,8 +30,9 @@ from resbench.evaluate.metrics import EVAL_BATCH_SIZE, eval_batch_size, predict_
 from resbench.models import packed
 from resbench.models.resnet import resnet
 from resbench.results.reference import published_row
-from resbench.runs.reader import config_from_args
 from resbench.settings.config import ConfigError, TrainConfig, learning_rate, precision_for, resolve_device
+from resbench.settings.flags import given_flags, parse_train_flags
+from resbench.train.assemble import config_from
 from resbench.train.checks import validate_config
 from resbench.train.resume import RunState
 from resbench.train.step import StepStats, build_job
@@ -83,7 +83,8 @@ def optimised_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatc
                       step_stats: bool = True) -> Trainer:
     """The hot path `resbench train` runs, built by the same `build_job` (and, unless `step_stats`
     is off, with the per-step statistics the loop accumulates)."""
-    job = build_job(cfg, batches, device, precision_for(cfg.mixed_precision, device))
+    job = build_job(cfg, dataset_spec(cfg.data_name, cfg.data_root), batches, device,
+                    precision_for(cfg.mixed_precision, device))
     stats = StepStats(RunState(), device) if step_stats else None
 
     def step(i: int) -> torch.Tensor:
@@ -120,7 +121,7 @@ def packed_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches
     """`runs` seeds of the configuration packed into one network (packed.py): one step trains all of
     them, each on its own data order and augmentation. The `--pack` candidate for filling a GPU."""
     precision = precision_for(cfg.mixed_precision, device)
-    if reason := packed.packable(cfg, precision):
+    if reason := packed.packable(precision, cfg.optim_global_clipping, cfg.bn_groups):
         raise ConfigError(f"--pack: runs with these settings cannot be packed ({reason})")
     seeds = [cfg.seed + i for i in range(runs)]
     pool = [TrainBatches(batches.images, batches.labels, cfg.batch_size, seed) for seed in seeds]
@@ -133,7 +134,7 @@ def packed_trainer(cfg: TrainConfig, device: torch.device, batches: TrainBatches
     def step(i: int) -> torch.Tensor:
         pairs = [b.batch(i) for b in pool]
         return packed.packed_step(step_model, optimizer, [x for x, _ in pairs], [y for _, y in pairs],
-                                  learning_rate(i, cfg), cfg, autocast)
+                                  learning_rate(i, cfg), cfg.optim_label_smoothing, autocast)
 
     return Trainer(f"{runs} runs packed", step, runs)
 
@@ -295,13 +296,12 @@ def run_bench(cfg: TrainConfig, warmup: int, iters: int, windows: int, vs: bool,
 def grid_configs(grid: str, device: str, compile_choice: str) -> list[TrainConfig]:
     """Each distinct configuration of a sweep grid as `resbench sweep` would train it, checked as
     `train` checks it. Rows that differ only in their seed run at the same speed: timed once."""
-    from resbench.settings.flags import parse_train_flags  # sweep's grids; sweep does not import bench
-    from resbench.sweep.grid import load_grid
+    from resbench.sweep.grid import load_grid  # sweep's grids; sweep does not import bench
 
     configs: dict[tuple, TrainConfig] = {}
     for flags in load_grid(grid):
         try:
-            cfg = config_from_args(parse_train_flags(flags))
+            cfg = config_from(given_flags(parse_train_flags(flags)))
         except ResbenchError as exc:
             raise ConfigError(f"grid {grid}: {exc}") from None
         cfg = dataclasses.replace(cfg, device=device, compile=compile_choice, seed=TrainConfig.seed,

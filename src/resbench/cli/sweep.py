@@ -140,11 +140,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Train every configuration of a grid, each in <runs_dir>/<data_name>/<run name>. "
                     "Train flags after `--` are passed to every run, e.g. `-- --optim_ni 2000`.")
     p.add_argument("--grid", default="seed",
-                   help="`seed`: the 26 published rows (docs/reference/seed-results.md, the tables this "
-                        "project reproduces); `wd`: the reference's weight-decay sweep, those rows at weight decay "
-                        "1e-4, 3e-4, 1e-3, 3e-3; or a TOML file with lists of data_name, precision "
-                        "(fp32/fp16/bf16) and any train setting (resnet_depth, seed, optim_lr, ...) and a [flags] "
-                        "table")
+                   help="; ".join(f"`{name}`: {what}" for name, what in READY_GRIDS.items()).replace("%", "%%")
+                        + "; or a TOML file with lists of data_name, precision (fp32/fp16/bf16) and any train "
+                          "setting (resnet_depth, seed, optim_lr, ...) and a [flags] table")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="run every grid point once per seed, e.g. --seeds 42 43 44 (table and compare then show "
                         "mean ± std and 95%% intervals)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from resbench.console import log, printable
-from resbench.runs.reader import config_from_args
-from resbench.settings.flags import add_train_flags
+from resbench.settings.flags import add_train_flags, given_flags
+from resbench.train.assemble import config_from
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from resbench.train.loop import Interrupted, TrainingDiverged, train
 
     try:
-        summary = train(config_from_args(args))
+        summary = train(config_from(given_flags(args)))
     except TrainingDiverged as exc:
         log(f"error: {printable(exc)}")
         return 1

@@ -169,7 +169,7 @@ def box_downsample(images: torch.Tensor) -> torch.Tensor:
 
     For a factor of 2 PIL's BOX filter is two passes, horizontal then vertical, each the mean of
     two neighbours rounded half up in integer arithmetic; this is that, on the device, for a
-    whole batch (tests/test_evalsets.py checks it against PIL).
+    whole batch (tests/data/test_evalsets.py checks it against PIL).
     """
     x = images.to(torch.int16)
     x = (x[:, :, 0::2] + x[:, :, 1::2] + 1) >> 1

@@ -149,7 +149,7 @@ MAX_FACTS_BYTES = 4 * 2**20  # 10,000 class names of 255 characters, and the res
 # A dataset's name is a folder under the data root and a run folder's name: data, never a path.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 SOURCE_KINDS = ("imagefolder", "npz")
-RESIZE_METHODS = ("PIL BICUBIC",)  # why this one: `data.imported.RESIZE`'s note
+RESIZE_METHODS = ("PIL BICUBIC",)  # why this one: `data.decode.RESIZE`'s note
 SPLITS = ("train", "val", "test")
 
 

@@ -34,7 +34,7 @@ class Splits:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    spec: DatasetSpec | None = None  # the facts the arrays were read with (an imported set's, of the same import)
+    spec: DatasetSpec  # the facts the arrays were read with (an imported set's, of the same import)
 
     def sizes(self) -> dict[str, int]:
         """Images per split, as a run records them (summary.json's `splits`): what `table` and `compare`
@@ -73,11 +73,10 @@ def load_splits(name: str, data_root: str | Path, device: torch.device | str = "
 CHUNK_BYTES = 64 * 2**20
 
 
-def nonstandard_sizes(name: str, data_root: str | Path) -> str | None:
-    """How the prepared built-in set `name` differs in size from the official one (`facts.size_problem`),
+def nonstandard_sizes(spec: DatasetSpec, data_root: str | Path) -> str | None:
+    """How the prepared built-in set of `spec` differs in size from the official one (`facts.size_problem`),
     or None: where it does not, is imported, or is not prepared yet (train then fetches the official one)."""
-    spec = dataset_spec(name, data_root)
-    if spec.imported or name == DEMO_DATASET or missing_prepared_files(name, data_root):
+    if spec.imported or spec.name == DEMO_DATASET or missing_prepared_files(spec.name, data_root):
         return None
     train_x, _, test_x, _ = read_prepared(spec, data_root, mmap_mode="r")
     return size_problem(spec, split_sizes(spec, len(train_x), len(test_x)))

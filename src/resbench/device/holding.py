@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import torch
 
 from resbench.data.batches import TrainBatches
-from resbench.data.facts import dataset_spec
 from resbench.data.prepared import Splits, load_splits, to_tensor
 from resbench.device import memory
 from resbench.device.distributed import World
@@ -49,7 +48,7 @@ def hold_data(cfg: TrainConfig, device: torch.device, world: World, precision: s
     if have is not None and device.type == "cpu":  # the processes of one machine share its memory
         have //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     splits = load_splits(cfg.data_name, cfg.data_root, device)
-    spec = splits.spec or dataset_spec(cfg.data_name, cfg.data_root)  # the facts the arrays were read with
+    spec = splits.spec  # the facts the arrays were read with
     train, held = nbytes(splits.train_images), eval_bytes(splits)
     step_need = STEP_NEED_FACTOR * memory.training_need(cfg.resnet_depth, cfg.resnet_width, spec.num_classes,
                                                         spec.image_size, cfg.batch_size // world.world_size, precision)

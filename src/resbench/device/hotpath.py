@@ -10,7 +10,7 @@
   so CUDA uses mode "reduce-overhead", which replays the compiled forward and backward as CUDA
   graphs: 3.8 ms/step.
 - Optimiser: the fused SGD kernel where this torch has one for the device (one kernel for all
-  parameters instead of a Python loop; same update, see tests/test_speed.py), else foreach.
+  parameters instead of a Python loop; same update, see tests/device/test_hotpath.py), else foreach.
 - Precision: autocast to fp16/bf16 for the mixed-precision rows: fp16 on CUDA, as the reference;
   bf16 on a CPU, where oneDNN runs bf16 convolutions on AMX/AVX-512-BF16 (depth 18 compiled: 2.96x
   the fp32 step on a 2-core Xeon with AMX) but fp16 weight gradients on its scalar reference kernel

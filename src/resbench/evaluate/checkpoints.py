@@ -95,7 +95,7 @@ def as_evaluated(model: nn.Module, saved: dict, config: dict, ckpt: Path, image_
     """Put last.pt's BatchNorm running variances into the form the trainer evaluates with.
 
     last.pt keeps PyTorch's form, in which training continues; the trainer's evaluations (and
-    best.pt) use the reference's (`resbench.bnstats`), which follows from the run's batch size,
+    best.pt) use the reference's (`resbench.device.bnstats`), which follows from the run's batch size,
     its number of ranks (one saved set of buffers per rank) and --sync_bn.
     """
     batch_size, sync_bn = config.get("batch_size"), config.get("sync_bn", False)

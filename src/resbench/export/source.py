@@ -23,8 +23,7 @@ from resbench.results.table import selected_figures
 from resbench.runs import schema
 from resbench.runs.reader import Run, read_run_folder, read_summary
 from resbench.runs.schema import RunFolderError
-from resbench.settings.config import TrainConfig, setting_types
-from resbench.settings.flags import flag_value
+from resbench.settings.config import TrainConfig, flag_value, setting_types
 from resbench.version import __version__
 from resbench.weights import layout
 

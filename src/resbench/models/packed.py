@@ -10,7 +10,8 @@ momentum is elementwise: each copy trains as it would alone, up to float roundin
 dense convolutions sum in other orders).
 
 What is not packed: gradient clipping and fp16 loss scaling decide per run (a global norm, a
-skipped step) and would need per-copy decisions; `packable` refuses them.
+skipped step) and would need per-copy decisions; `packable` refuses them. The few settings these
+functions read are plain arguments: models/ knows nothing of a trainer's settings.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from resbench.models.resnet import ResNet
-from resbench.settings.config import TrainConfig
 
 
 class PackedLinear(nn.Module):
@@ -96,31 +96,32 @@ def packed_input(images: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(images, dim=1).contiguous(memory_format=torch.channels_last)
 
 
-def packed_loss(logits: torch.Tensor, labels: list[torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+def packed_loss(logits: torch.Tensor, labels: list[torch.Tensor], label_smoothing: float = 0.0) -> torch.Tensor:
     """Sum over copies of each copy's mean cross-entropy: copy k's gradient is its own run's."""
-    return sum(F.cross_entropy(logits[:, i].float(), y, label_smoothing=cfg.optim_label_smoothing)
+    return sum(F.cross_entropy(logits[:, i].float(), y, label_smoothing=label_smoothing)
                for i, y in enumerate(labels))
 
 
-def packable(cfg: TrainConfig, precision: str) -> str | None:
-    """Why runs of these settings cannot be packed, or None."""
-    if cfg.optim_global_clipping is not None:
+def packable(precision: str, global_clipping: float | None = None, bn_groups: int = 1) -> str | None:
+    """Why runs of these settings (their precision, gradient clipping norm and BatchNorm groups) cannot
+    be packed, or None."""
+    if global_clipping is not None:
         return "gradient clipping takes a global norm per run"
     if precision == "fp16":
         return "fp16 loss scaling skips steps per run"
-    if cfg.bn_groups != 1:
+    if bn_groups != 1:
         return "--bn_groups normalises groups of one run's batch, which the packed runs do not share"
     return None
 
 
 def packed_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: list[torch.Tensor],
-                labels: list[torch.Tensor], lr: float, cfg: TrainConfig, autocast) -> torch.Tensor:
+                labels: list[torch.Tensor], lr: float, label_smoothing: float, autocast) -> torch.Tensor:
     """One SGD update of all K runs at once; returns the summed (device) loss."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
         logits = model(packed_input(images))
-    loss = packed_loss(logits, labels, cfg)
+    loss = packed_loss(logits, labels, label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -33,7 +33,7 @@ from resbench.results.reference import (
 from resbench.results.stats import CONFIDENCE, SHAKY_BELOW, figure_range, spread, t_quantile
 from resbench.runs.reader import Run
 from resbench.runs.schema import NUMBER
-from resbench.settings.flags import flag_value
+from resbench.settings.config import flag_value
 
 # The seed's columns around the figures (--columns; by default its val/acc, tst/acc and tst/nll).
 HEADER = ("Depth", "Width", "# Params", "misc")

@@ -169,7 +169,7 @@ def rng_states() -> dict[str, Any]:
     """torch's global generators (CPU, and every CUDA device), as tensors a weights-only load accepts.
 
     The training data and augmentation do not use them (they are a pure function of (seed, step),
-    see `data.TrainBatches`); saving them keeps anything else drawn from torch's global RNG exact.
+    see `data.batches.TrainBatches`); saving them keeps anything else drawn from torch's global RNG exact.
     """
     states: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

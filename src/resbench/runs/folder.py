@@ -26,7 +26,7 @@ from resbench.console import count, printable, printable_lines, shown
 from resbench.runs import checkpoint, schema, writes
 from resbench.runs.reader import read_object
 from resbench.runs.schema import LAST_KEYS, RESOLVED_KEY, RunFolderError, asked_settings
-from resbench.settings.flags import flag_value
+from resbench.settings.config import flag_value
 from resbench.version import __version__
 
 # metrics.jsonl names a figure <split>_<name>; log.txt writes <split>/<name>, TensorBoard <group>/<name>.

@@ -8,7 +8,6 @@ that summarise many runs skip such a folder with one warning line (`readable_run
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from resbench.settings.config import (
     PRECISION_OF_FLAG,
     RESUMABLE_CHANGES,
     SETTING_DEFAULTS,
-    ConfigError,
     TrainConfig,
     canonical,
     has_json_type,
@@ -34,7 +32,6 @@ from resbench.settings.config import (
     setting_types,
     shown_value,
 )
-from resbench.settings.flags import given_settings, read_settings_file, typed_settings
 
 T = TypeVar("T")
 # The most bytes read of a run folder's JSON file, and of its metrics.jsonl: the trainer writes a few
@@ -337,37 +334,17 @@ def check_setting_types(saved: dict[str, Any], path: Path, fix: str) -> None:
             raise RunFolderError(f"{path}: setting {key} is {shown_value(value)}, not {names}; {fix}")
 
 
-def config_file_settings(path: str | Path) -> dict[str, Any]:
-    """The settings of a `--config` file (TOML, or a run folder's config.json without the values it
-    recorded as resolved), each parsed as its flag would parse it."""
-    path = Path(path)
-    values = read_settings_file(path)
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path} is not a table of settings (name = value lines, or a JSON object)")
-    return typed_settings(schema.asked_settings(values), path)
-
-
-def config_from(given: dict[str, Any], config_file: str | None = None, resume: str | None = None) -> TrainConfig:
-    """The settings of a run: `given` over an optional --config file, or over RUN_DIR/config.json with
-    --resume (`resbench train`'s flags: `config_from_args`)."""
-    if config_file and resume:
-        raise ConfigError("--config and --resume cannot go together: a resumed run keeps the settings in its "
-                          "folder's config.json")
-    if not resume:
-        return TrainConfig(**{**(config_file_settings(config_file) if config_file else {}), **given})
+def resumed_settings(resume: str, save: str | None = None) -> dict[str, Any]:
+    """The settings saved in run folder `resume` (its config.json, checked) to resume it with; `save`, where
+    a flag gives it, must name the same folder."""
     if not is_run_folder(resume):
         raise RunFolderError(f"cannot resume {resume}: it is not a run folder (no config.json); "
                              "pass the --save folder of an earlier run")
     saved_path = Path(resume) / schema.CONFIG
     saved = read_json(saved_path, f"cannot resume {resume}: {saved_path}", "delete the folder to start over")
-    if given.get("save") not in (None, resume):
-        raise RunFolderError(f"--save {given['save']} and --resume {resume} name two folders; "
+    if save not in (None, resume):
+        raise RunFolderError(f"--save {save} and --resume {resume} name two folders; "
                              "a resumed run stays in its folder")
     saved = schema.asked_settings(saved) if isinstance(saved, dict) else saved
     check_saved_settings(saved, saved_path)
-    return TrainConfig(**{**saved, **given, "save": str(resume)})
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The settings of a run from `resbench train`'s parsed flags."""
-    return config_from(given_settings(args), getattr(args, "config", None), getattr(args, "resume", None))
+    return saved

@@ -2,9 +2,11 @@
 
 The floor every other package stands on: plain values with defaults, importing nothing of resbench
 but errors, so that `train`, `evaluate`, `bench`, `sweep`, `runs` and `cli` share one definition.
-The flag names are the reference's, the defaults are the seed's command, and `default_run_name`
-tells runs apart. Whether a run can run is checked above, in `train.checks`; whether a saved
-config.json is one, in `runs.reader`.
+The flag names are the reference's, the defaults are the seed's command, `default_run_name`
+tells runs apart, and `flag_value` spells a value as the flags do, for the run folder's log and the
+tables, which never parse flags. Whether a run can run is checked above, in `train.checks`; whether
+a saved config.json is one, in `runs.reader`; a run's settings from flags and files are assembled
+in `train.assemble`.
 """
 
 from __future__ import annotations
@@ -221,6 +223,14 @@ def has_json_type(value: Any, hint: Any, also: tuple[type, ...] = ()) -> bool:
     """Whether a value read from JSON (or a checkpoint) is of the field's type; a bool is no number."""
     allowed = json_types(hint) + also
     return isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+
+
+def flag_value(value: object) -> str:
+    """A value (from TOML, JSON or a TrainConfig) as the train flags spell it: booleans true/false,
+    None (a setting not used, e.g. no clipping) off."""
+    if value is None:
+        return "off"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def shown_value(value: Any) -> str:

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 from resbench.console import printable
 from resbench.errors import ResbenchError, reason
 from resbench.files import read_bounded
-from resbench.settings.config import ConfigError, TrainConfig, setting_types, shown_value
+from resbench.settings.config import ConfigError, TrainConfig, flag_value, setting_types, shown_value
 
 
 def dashed(option: str) -> str | None:
@@ -205,14 +205,6 @@ MAX_SETTINGS_FILE = 1 << 20
 SCALARS = (str, int, float, bool, type(None))
 
 
-def flag_value(value: object) -> str:
-    """A value (from TOML, JSON or a TrainConfig) as the train flags spell it: booleans true/false,
-    None (a setting not used, e.g. no clipping) off."""
-    if value is None:
-        return "off"
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def file_value(value: object) -> str:
     """`flag_value` of a value read from a settings or grid file; TypeError for anything but one value."""
     if not isinstance(value, SCALARS):
@@ -309,9 +301,21 @@ def typed_settings(values: dict[str, Any], path: Path) -> dict[str, Any]:
     return settings
 
 
-def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags (a flag left out is absent: only given flags change a resumed run)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+@dataclasses.dataclass(frozen=True)
+class GivenFlags:
+    """Train's parsed flags as plain values, for `train.assemble` to make a run's settings of: the settings
+    given as flags (a flag left out is absent: only given flags change a resumed run), and the --config
+    file or the --resume run folder that the others come from."""
+
+    settings: dict[str, Any]
+    config: str | None = None
+    resume: str | None = None
+
+
+def given_flags(args: argparse.Namespace) -> GivenFlags:
+    """The train flags of a parse (`add_train_flags`' parser, `parse_train_flags`) as plain values."""
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return GivenFlags(settings, getattr(args, "config", None), getattr(args, "resume", None))
 
 
 def parse_train_flags(flags: list[str]) -> argparse.Namespace:

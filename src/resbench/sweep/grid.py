@@ -23,10 +23,11 @@ from resbench.settings.flags import file_value, parse_toml, read_settings_text
 GRID_AXES = ("data_name", "resnet_depth", "resnet_width", "precision", "seed",
              *(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("data_name", "resnet_depth",
                                                                                  "resnet_width", "seed", "save")))
-READY_GRIDS = {"seed": "the 26 rows of seed-results.md",
-               "wd": "the reference's weight-decay sweep: the 26 rows at each weight decay it ran (104 runs)",
-               "imagenet": "the six ImageNet1k_x32/_x64 rows of imagenet-x.md, each with the reference's "
-                           "per-device BatchNorm (2 or 4 GPUs)"}
+READY_GRIDS = {"seed": "the 26 published rows of docs/reference/seed-results.md, the tables this project reproduces",
+               "wd": "the reference's weight-decay sweep: the 26 rows at each weight decay it ran, 1e-4, 3e-4, 1e-3 "
+                     "and 3e-3 (104 runs)",
+               "imagenet": "the six ImageNet1k_x32/_x64 rows of docs/reference/imagenet-x.md, each with the "
+                           "reference's per-device BatchNorm (2 or 4 GPUs)"}
 # The most runs one sweep plans: every run is checked before the first starts, so a grid file of a
 # few lines whose product is 10**9 runs is refused from its axes' lengths, never enumerated.
 MAX_RUNS = 10_000

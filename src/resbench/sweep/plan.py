@@ -21,10 +21,11 @@ from resbench.errors import ResbenchError
 from resbench.files import own_folder
 from resbench.results.reference import ReferenceRow, published_row
 from resbench.runs import schema
-from resbench.runs.reader import config_from_args, last_iteration, read_summary
+from resbench.runs.reader import last_iteration, read_summary
 from resbench.runs.schema import RunFolderError
 from resbench.settings.config import TrainConfig, canonical, run_folder_of
-from resbench.settings.flags import parse_train_flags
+from resbench.settings.flags import given_flags, parse_train_flags
+from resbench.train.assemble import config_from
 from resbench.train.checks import check_official_data, validate_config
 
 # The folder that holds this resbench package, first on a run's PYTHONPATH: every run imports the
@@ -100,10 +101,9 @@ def plan_run(runs_dir: Path, flags: list[str], threads: int | None = None, check
                             "<runs_dir>/<data_name>/<run name>; set --runs_dir instead")
     if threads is not None and not hasattr(args, "threads"):
         flags, args.threads = [*flags, "--threads", str(threads)], threads
-    config = config_from_args(args)
+    config = config_from(given_flags(args))
     if check:  # (the device and memory checks load torch: `--status` reads folders and needs none of them)
-        validate_config(config, processes, check_memory=here)
-        check_official_data(config)
+        check_official_data(config, validate_config(config, processes, check_memory=here))
     return PlannedRun(run_folder_of(dataclasses.replace(config, save=None), Path(runs_dir)), tuple(flags), config,
                       processes)
 

@@ -11,6 +11,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+from resbench.data.facts import DatasetSpec, dataset_spec
 from resbench.settings.config import (
     MAX_ITERATIONS,
     MAX_THREADS,
@@ -21,25 +22,28 @@ from resbench.settings.config import (
 )
 
 
-def validate_config(cfg: TrainConfig, processes: int | None = None, check_memory: bool = True) -> None:
-    """Reject impossible settings up front, each with one line naming the flag and the fix.
+def validate_config(cfg: TrainConfig, processes: int | None = None, check_memory: bool = True) -> DatasetSpec:
+    """Reject impossible settings up front, each with one line naming the flag and the fix. Returns the
+    dataset's facts they were checked against, so that a run reads an imported set's dataset.json once
+    for its checks.
 
     `processes`: the data-parallel processes it will train with (default: torchrun's world here);
     `check_memory`: whether this machine's memory is the one it will train in (not so for a sweep
     planned for a cluster)."""
     try:
-        check_settings(cfg, processes, check_memory)
+        return check_settings(cfg, processes, check_memory)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
-def check_official_data(cfg: TrainConfig) -> None:
+def check_official_data(cfg: TrainConfig, spec: DatasetSpec) -> None:
     """Refuse a built-in set whose split sizes are not the official ones (a hand-made CIFAR10_x32 of
-    41,000 / 200 images trained and was set beside the published figures), unless --allow_nonstandard."""
+    41,000 / 200 images trained and was set beside the published figures), unless --allow_nonstandard.
+    `spec`: the set's facts, as `validate_config` returns them."""
     from resbench.data.prepared import nonstandard_sizes
     from resbench.errors import DataError
 
-    if cfg.allow_nonstandard or not (problem := nonstandard_sizes(cfg.data_name, cfg.data_root)):
+    if cfg.allow_nonstandard or not (problem := nonstandard_sizes(spec, cfg.data_root)):
         return
     folder = Path(cfg.data_root) / cfg.data_name
     raise DataError(f"{folder} is not the official {cfg.data_name}: {problem}, so its figures would not be the "
@@ -48,8 +52,7 @@ def check_official_data(cfg: TrainConfig) -> None:
                     "or pass --allow_nonstandard to train on it anyway")
 
 
-def check_settings(cfg: TrainConfig, processes: int | None = None, check_memory: bool = True) -> None:
-    from resbench.data.facts import dataset_spec
+def check_settings(cfg: TrainConfig, processes: int | None = None, check_memory: bool = True) -> DatasetSpec:
     from resbench.device import distributed, holding, hotpath, memory
     from resbench.models.resnet import architecture
 
@@ -99,6 +102,7 @@ def check_settings(cfg: TrainConfig, processes: int | None = None, check_memory:
         raise ValueError(f"--threads must be from 1 to {MAX_THREADS} (or auto), got {cfg.threads}")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'resbench[tensorboard]'")
+    return spec
 
 
 def check_bn_groups(cfg: TrainConfig, world_size: int) -> None:

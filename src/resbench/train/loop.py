@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from resbench.console import count, log, printable
-from resbench.data.facts import dataset_spec
+from resbench.data.facts import DatasetSpec
 from resbench.data.fetch.prepare import prepare_dataset
 from resbench.data.prepared import missing_prepared_files
 from resbench.device import bnstats, cpus, distributed, holding, hotpath
@@ -68,8 +68,8 @@ class Interrupted(Exception):
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train one run to `optim_ni` iterations (resuming if its folder holds a checkpoint)."""
-    validate_config(cfg)
-    check_official_data(cfg)
+    spec = validate_config(cfg)  # the dataset's facts, read once here for the checks and the fetch
+    check_official_data(cfg, spec)
     busy = cpus.busy_warning(threads=cfg.threads)  # before this run adds to the load
     cpus.use_threads(cfg.threads)
     configure_determinism(cfg.deterministic)
@@ -79,25 +79,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         device = distributed.local_device(device, world)
         agree = lambda failed: distributed.any_rank(failed, world, device)  # noqa: E731
         with RunFolder(run_folder_of(cfg), writer=world.is_main, named=named_folder_of(cfg)).claimed(agree) as run:
-            return train_in_world(cfg, run, device, world, busy)
+            return train_in_world(cfg, spec, run, device, world, busy)
     finally:
         distributed.shutdown(world)
 
 
-def train_in_world(cfg: TrainConfig, run: RunFolder, device: torch.device, world: distributed.World,
-                   busy: str | None = None) -> dict[str, Any]:
+def train_in_world(cfg: TrainConfig, spec: DatasetSpec, run: RunFolder, device: torch.device,
+                   world: distributed.World, busy: str | None = None) -> dict[str, Any]:
     """Set up (or resume) the run in its claimed folder, train it, and write its summary.
 
-    `busy`: the warning that the machine was busy when the run started, for the log."""
+    `spec`: the dataset's facts the settings were checked against; from the data on, the run uses those
+    read with the arrays (`Splits.spec`, of the same import). `busy`: the warning that the machine was
+    busy when the run started, for the log."""
     setup_start = time.perf_counter()
     precision = precision_for(cfg.mixed_precision, device)
     hotpath.warn_if_slow_precision(precision, device)
     if run.is_done():
         return already_finished(run, cfg)
     resume_from = checked_resume_point(run, cfg, device, precision)
-    ensure_prepared(cfg, world, device)
+    ensure_prepared(cfg, spec, world, device)
     data = holding.hold_data(cfg, device, world, precision)
-    job = build_job(cfg, data.batches, device, precision, world, run, data.splits)
+    job = build_job(cfg, data.splits.spec, data.batches, device, precision, world, run, data.splits)
     state = start_or_resume(job, resume_from)
     state.setup_seconds += time.perf_counter() - setup_start
     run.log(data.statement)
@@ -201,11 +203,10 @@ def evaluation(job: Job, state: RunState, grad_norm: float | None, lr: float,
     """
     model = job.model
     distributed.average_bn_statistics(model, job.world)
-    spec = job.splits.spec or dataset_spec(job.cfg.data_name, job.cfg.data_root)  # (the facts read with the arrays)
-    top5 = reports_top5(spec.num_classes)
+    top5 = reports_top5(job.spec.num_classes)
     val = evaluate(model, job.splits.val_images, job.splits.val_labels, job.autocast, job.world, top5)
-    test = val if spec.val_is_test else evaluate(model, job.splits.test_images, job.splits.test_labels, job.autocast,
-                                                 job.world, top5)
+    test = val if job.spec.val_is_test else evaluate(model, job.splits.test_images, job.splits.test_labels,
+                                                     job.autocast, job.world, top5)
     record = {
         "iter": state.step,
         "epoch": state.step / job.batches.steps_per_epoch,
@@ -287,14 +288,14 @@ def already_finished(run: RunFolder, cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def ensure_prepared(cfg: TrainConfig, world: distributed.World, device: torch.device) -> None:
+def ensure_prepared(cfg: TrainConfig, spec: DatasetSpec, world: distributed.World, device: torch.device) -> None:
     """Fetch and prepare a missing dataset before training, as `resbench data download` would.
 
     Rank 0 prepares it while the others wait; ranks decide together, so a node that lacks the
     data (no shared file system) waits too and then fails with the usual "not prepared" error.
     """
     missing = (bool(missing_prepared_files(cfg.data_name, cfg.data_root))  # an imported set has no archive:
-               and not dataset_spec(cfg.data_name, cfg.data_root).imported)  # the loader names its fix
+               and not spec.imported)  # the loader names its fix
     if not distributed.any_rank(missing, world, device):
         return
     if world.is_main and missing:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from resbench.data.batches import TrainBatches
-from resbench.data.facts import dataset_spec
+from resbench.data.facts import DatasetSpec
 from resbench.data.prepared import Splits
 from resbench.device import bngroups, bnstats, distributed, hotpath
 from resbench.models.resnet import count_parameters, resnet
@@ -63,6 +63,7 @@ class Job:
     """What one run trains with, built once by `build_job`; the loop reads its parts by name."""
 
     cfg: TrainConfig
+    spec: DatasetSpec  # the dataset's facts: classes, image size, whether validation is the test set
     world: distributed.World
     device: torch.device
     precision: str
@@ -93,19 +94,18 @@ class Job:
         return learning_rate(step - self.scaler.skipped_updates(), self.cfg)
 
 
-def build_job(cfg: TrainConfig, batches: TrainBatches, device: torch.device, precision: str,
+def build_job(cfg: TrainConfig, spec: DatasetSpec, batches: TrainBatches, device: torch.device, precision: str,
               world: distributed.World = distributed.World(), run: RunFolder | None = None,
               splits: Splits | None = None) -> Job:
     """The model initialised from the seed, its optimiser, and the hot path's choices applied, to
-    train on `batches` (the caller's: a dataset's, or bench's generated images)."""
-    spec = splits.spec if splits is not None and splits.spec else dataset_spec(cfg.data_name, cfg.data_root)
+    train on `batches` (the caller's: a dataset's, or bench's generated images) of the set `spec` describes."""
     torch.manual_seed(cfg.seed)
     model = resnet(cfg.resnet_depth, cfg.resnet_width, spec.num_classes, spec.image_size)
     model = hotpath.prepare_model(bngroups.group_batchnorms(model, cfg.bn_groups), device)
     parallel_model = distributed.wrap(model, device, world, cfg.sync_bn)
     compiled = hotpath.use_compile(cfg.compile, device, cfg.optim_ni)
     return Job(
-        cfg=cfg, world=world, device=device, precision=precision, model=model, compiled=compiled,
+        cfg=cfg, spec=spec, world=world, device=device, precision=precision, model=model, compiled=compiled,
         step_model=hotpath.step_model_of(parallel_model, compiled, device),
         optimizer=hotpath.make_optimizer(model, cfg.optim_momentum, cfg.optim_weight_decay, device),
         scaler=ConstantLossScale(device, enabled=precision == "fp16"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from resbench.data.facts import dataset_spec
 from resbench.device import distributed
 from resbench.evaluate.metrics import reports_top5
 from resbench.train.resume import RunState
@@ -15,7 +14,7 @@ from resbench.train.step import Job
 def final_summary(job: Job, state: RunState, status: str) -> dict[str, Any]:
     """summary.json: the run's table figures (best validation and its test figures) and its cost."""
     cfg = job.cfg
-    spec = dataset_spec(cfg.data_name, cfg.data_root)
+    spec = job.spec
     spent = time_breakdown(state)
     return {
         "status": status,

@@ -1,6 +1,6 @@
 """Prepare the benchmark datasets, online or offline (the `resbench data` command is `cli.data`).
 
-For each dataset the recipe in `resbench.datasets` names its official archive and reader; this
+For each dataset the recipe in `resbench.data.recipes` names its official archive and reader; this
 module fetches the archive (`download.fetch_archive`: a placed archive needs no network), reads
 it, and writes ``<data_root>/<NAME>/{train,test}_{images,labels}.npy``. Preparation writes into
 ``<data_root>/.<NAME>.tmp-XXXX`` and renames the folder into place at the end, so an interrupted

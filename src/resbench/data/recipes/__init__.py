@@ -3,8 +3,8 @@
 A recipe is all a new dataset needs: a `Source` (file name, URL, published MD5, size), or the names of
 archives the user places by hand (`Placed`), and a reader that turns the verified archives into the
 prepared arrays. Downloading, verification, safe archive access, locking and the atomic write of the
-prepared folder are shared (`download`, `archive`, `fetch`). Image sizes and class counts are the
-trainer's, in `resbench.data.DATASETS`.
+prepared folder are shared (`resbench.data.fetch`). Image sizes and class counts are the trainer's, in
+`resbench.data.facts.DATASETS`.
 
 Prepared layout (what the trainer reads, and what users of the reference already have)::
 
@@ -14,7 +14,7 @@ Prepared layout (what the trainer reads, and what users of the reference already
     <data_root>/<NAME>/test_labels.npy
 
 The evaluation-only sets (corrupted test splits, SVHN) have their own layouts and checks, in
-`resbench.evalsets`. Where each published MD5 comes from is noted beside its source.
+`resbench.data.evalsets`. Where each published MD5 comes from is noted beside its source.
 """
 
 from __future__ import annotations

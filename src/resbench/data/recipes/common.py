@@ -11,7 +11,7 @@ import numpy as np
 
 from resbench.errors import DataError
 
-#: Arrays of one prepared dataset, keyed by file name (`resbench.data.PREPARED_FILES` for the
+#: Arrays of one prepared dataset, keyed by file name (`resbench.data.facts.PREPARED_FILES` for the
 #: training sets; a corrupted test set has one file per corruption). A mapping, so a reader of a
 #: multi-GB set can return a `LazySplits` that makes each array only when it is written, and an
 #: array larger than memory can be a `StreamedArray` (bytes: a file written as they are).

@@ -8,7 +8,7 @@ archive too. Within a severity the images are sorted by file name, and every cor
 severity must hold the same files with the same classes; the prepared layout is then the one
 of CIFAR-10-C: ``<corruption>.npy`` uint8 (50000, 64, 64, 3), severity after severity, and
 ``labels.npy``. One corruption is decoded at a time (614 MB); the x32 runs score these images
-downsampled exactly as TinyImageNet200_x32 was prepared (`resbench.evalsets.box_downsample`).
+downsampled exactly as TinyImageNet200_x32 was prepared (`resbench.data.evalsets.box_downsample`).
 """
 
 from __future__ import annotations
