@@ -12,7 +12,7 @@ from conftest import REPO, SRC
 from resbench.cli.main import build_parser
 from resbench.sweep.slurm import SBATCH_OPTIONS
 
-DOCS = sorted((REPO / "docs").glob("*.md"))  # not docs/reference/: the reference's own texts, as published
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # not docs/reference/: the reference's, as published
 # The texts whose every file and module must exist: the docs, the benchmarks' record, the package's docstrings.
 TEXTS = [*DOCS, REPO / "benchmarks" / "RESULTS.md", *sorted((SRC / "resbench").rglob("*.py"))]
 PATH = re.compile(r"[\w./-]*\w\.py\b")
@@ -79,13 +79,17 @@ def resbench_flags(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def other_tools_flags(paragraph: str) -> set[str]:
-    """The flags a paragraph may name of another tool: a benchmark script's it names, torchrun's, sbatch's."""
+    """The flags a paragraph may name of another tool: a benchmark script's it names, torchrun's, sbatch's, ray's."""
     scripts = re.findall(r"benchmarks/\w+\.py", paragraph)
     flags = {flag for script in scripts for flag in FLAG.findall((REPO / script).read_text())}
     if "torchrun" in paragraph:
         flags |= TORCHRUN_FLAGS
     if "sbatch" in paragraph or "SLURM" in paragraph:
         flags |= {f"--{option}" for option in SBATCH_OPTIONS}
+    if "pip install" in paragraph or "torch wheel" in paragraph:
+        flags |= {"--index-url"}
+    if "ray start" in paragraph:
+        flags |= {"--head", "--port", "--num-cpus", "--num-gpus"}
     return flags
 
 
