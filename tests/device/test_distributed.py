@@ -1,5 +1,6 @@
 """Data-parallel training on CPU: 2 gloo ranks on 127.0.0.1 against one process."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -245,20 +247,55 @@ def test_two_rank_run_stopped_between_evaluations_resumes_exactly(tmp_path, whol
     resume_and_compare(tmp_path / "stopped", whole_two_rank_run)
 
 
-def test_torchrun_on_two_cpu_processes_and_bn_groups_on_one_train_alike(tmp_path, cli):
-    """`torchrun --nproc_per_node 2 -m resbench train` (gloo) and `resbench train --bn_groups 2` in one process:
-    the same evaluation and weights, up to float32 rounding (over many steps the runs part as any two
-    roundings do, so two steps)."""
-    few = ["--optim_ni", "2", "--eval_every", "2", "--compile", "false"]
-    ranks = torchrun(tmp_path / "ranks", *few)
-    output = ranks.communicate(timeout=LIMIT)[0]
-    assert ranks.returncode == 0, output
-    cli("train", "--data_name", "Digits_x32", "--resnet_depth", "8", "--batch_size", "32", "--device", "cpu",
-        *few, "--bn_groups", "2", "--threads", "1", "--save", tmp_path / "groups", check=True)
+# An ImageNet1k_x32-format set shrunk as tests/train/test_imagenet_run.py shrinks it: 1,000 classes, validation =
+# test, and 48 training images, so that an epoch of batches of 32 ends in a batch padded with 16 zero images.
+IMAGENET_SIZES = dict(num_train=48, num_val=16, num_test=16)
+
+# What `-m resbench` is for the ranks, with the shrunk facts: torchrun's processes cannot see a monkeypatch.
+SHRUNK_RESBENCH = f"""\
+import dataclasses, sys
+from resbench.data.facts import DATASETS
+DATASETS["ImageNet1k_x32"] = dataclasses.replace(DATASETS["ImageNet1k_x32"], **{IMAGENET_SIZES!r})
+from resbench.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def tiny_imagenet(data_root: Path) -> None:
+    folder = data_root / "ImageNet1k_x32"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", IMAGENET_SIZES["num_train"]), ("test", IMAGENET_SIZES["num_test"])):
+        np.save(folder / f"{split}_images.npy", rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        np.save(folder / f"{split}_labels.npy", rng.integers(0, 1000, n))
+
+
+def test_torchrun_on_two_cpu_processes_and_bn_groups_on_one_train_alike(tmp_path, cli, monkeypatch):
+    """`torchrun --nproc_per_node 2 -m resbench train` (gloo) and `resbench train --bn_groups 2` in one process,
+    on an ImageNet-format set through an epoch's padded last batch: the same evaluation and weights, up to
+    float32 rounding (over many steps the runs part as any two roundings do, so three steps: a full batch,
+    the padded one that ends the epoch, and the next epoch's first)."""
+    monkeypatch.setitem(DATASETS, "ImageNet1k_x32", dataclasses.replace(DATASETS["ImageNet1k_x32"], **IMAGENET_SIZES))
+    tiny_imagenet(tmp_path / "data")
+    (tmp_path / "shrunk_resbench.py").write_text(SHRUNK_RESBENCH)
+    settings = ["--data_name", "ImageNet1k_x32", "--data_root", str(tmp_path / "data"), "--resnet_depth", "8",
+                "--batch_size", "32", "--optim_ni", "3", "--eval_every", "3", "--compile", "false", "--device", "cpu"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(tmp_path / "shrunk_resbench.py"), "train", *settings, "--save", str(tmp_path / "ranks")]
+    ranks = subprocess.run(command, env=cli_env() | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=LIMIT)
+    assert ranks.returncode == 0, ranks.stdout
+    cli("train", *settings, "--bn_groups", "2", "--threads", "1", "--save", tmp_path / "groups", check=True)
+
     (two,), (one,) = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
                       for run in ("ranks", "groups"))
+    assert two["epoch"] == one["epoch"] == 1.5  # 2 steps an epoch: the second step's batch was the padded one
     for key in ("trn_loss", "val_acc", "val_nll", "tst_acc_at_eval", "tst_nll_at_eval"):
-        assert one[key] == pytest.approx(two[key], rel=1e-6), key
+        assert one[key] == pytest.approx(two[key], rel=1e-5), key
+    (ranks_summary, groups_summary) = (json.loads((tmp_path / run / "summary.json").read_text())
+                                       for run in ("ranks", "groups"))
+    assert ranks_summary["world_size"] == 2 and groups_summary["world_size"] == 1
+    assert ranks_summary["val_is_test"] and groups_summary["val_is_test"]
     a, b = (torch.load(tmp_path / run / "last.pt", weights_only=True)["model"] for run in ("ranks", "groups"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6, msg=key)
