@@ -55,11 +55,12 @@ def shown(show: Callable[[], None], stream: IO[str]) -> bool:
 
 
 def progress(total: int | None, desc: str, initial: int = 0, unit: str = "B") -> tqdm:
-    """A progress bar on stderr, shown only when stderr is a terminal (logs stay clean)."""
+    """A progress bar on stderr, shown only when stderr is a terminal (logs stay clean); `desc` may name
+    a file or a set, so it follows the printing rule."""
     from tqdm import tqdm  # (imported here: the printing rule's users, --help among them, need no tqdm)
 
     return tqdm(
-        total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit == "B",
+        total=total, initial=initial, desc=printable(desc), unit=unit, unit_scale=unit == "B",
         unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr,
         disable=not sys.stderr.isatty(), leave=False,
     )

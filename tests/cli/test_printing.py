@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import resbench_in_process
 from resbench.cli.main import main
+from resbench.console import progress
 
 # Terminal controls (OSC title, clear screen, CSI as C1, DEL, NEL, the line separator), a carriage return, and a
 # newline followed by a line that must never stand on its own.
@@ -118,3 +119,19 @@ def test_a_name_that_is_not_utf8_prints_escaped_on_a_strict_stdout(tmp_path, mon
     assert main(["data", "list", "--data_root", str(tmp_path / os.fsdecode(b"data\xff"))]) == 0
     strict.flush()
     assert b"data\\udcff" in strict.buffer.getvalue()
+
+
+def test_a_progress_bar_on_a_terminal_shows_its_description_as_data(monkeypatch):
+    """The bars (downloads, decoding, evaluation sets) are drawn by tqdm only on a terminal, where the tests
+    above do not look: a description from a file or folder name must reach it escaped too."""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with progress(2, f"decoding {PAYLOAD}", unit="img") as bar:
+        bar.update(2)
+    drawn = sys.stderr.getvalue()
+    assert "decoding \\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\x7f\\x85\\u2028\\rX\\nFORGED" in drawn
+    assert "\x1b]0;pwned" not in drawn and "\nFORGED" not in drawn and "\x9b" not in drawn

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from resbench.console import printable, progress
+from resbench.console import progress
 from resbench.data.decode import Decoded, at_size, decode_files, readable_extensions
 from resbench.data.facts import MAX_CLASS_NAME, MAX_CLASSES, MAX_IMAGES
 from resbench.data.fetch.archive import check_zip_size
@@ -169,7 +169,7 @@ def read_tree(src: Path, size: int, skip_bad: bool, workers: int) -> Source:
                     ignored_files=listing.ignored_files, notes=listing.notes)
     images = np.empty((len(everything), size, size, 3), np.uint8)
     kept = np.zeros(len(everything), bool)
-    with progress(len(everything), f"decoding {printable(src)}", unit="img") as bar:
+    with progress(len(everything), f"decoding {src}", unit="img") as bar:
         decoded = decode_files([path for path, _ in everything], size, workers, bar.update)
         try:
             for i, result in enumerate(decoded):
