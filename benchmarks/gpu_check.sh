@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Everything to check on one lent CUDA GPU, in one go: about 5.5 minutes on an H200 (stages 1-6
-# took 53, 61, 42, 42, 65 and 36 s on 2026-11-26; a cold inductor cache makes the first runs slower).
+# What to check on one lent CUDA GPU, in one go. A session's device time is short (15 minutes in all,
+# 10 a command, the machine's start included), so the default stages (1-5 and 9) are the ones a closing
+# note needs, about 6 minutes on an H200 (stages 1-5 took 53, 61, 42, 42 and 65 s on 2026-11-26; 9 is
+# new and unmeasured, capped at 150 s; a cold inductor cache makes the first runs slower). Stages 6-8
+# are long: ask for them by name in a session of their own.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      # from anywhere; OUT_DIR defaults to /tmp/resbench_gpu_check
 #   STAGES=26 bash benchmarks/gpu_check.sh      # only stages 2 and 6
@@ -16,7 +19,10 @@
 # 7. `resbench bench --grid seed`: every row of the seed's table timed (compiled, evaluations
 #    counted), and the projected total for the table (issue 17's 2-GPU-hour target);
 # 8. filling the GPU with several depth-20 runs: K seeds packed into one network (`--pack K`)
-#    against K separate processes running at once (what `sweep --jobs K` does), without MPS.
+#    against K separate processes running at once (what `sweep --jobs K` does), without MPS;
+# 9. the ImageNet rows' paths (issue 38): batches streamed from a memory-mapped ImageNet1k_x32 file
+#    to the GPU against the fp16 step of ResNet-18 at the reference's 512 images per GPU, and
+#    `--bn_groups 2` on the GPU (one device computing BatchNorm as the reference's two).
 # Each stage has a time cap so one hang cannot eat the lease; results are also saved in OUT_DIR.
 set -u
 cd "$(dirname "$0")/.."
@@ -25,7 +31,7 @@ PY=${PYTHON:-python3}
 OUT=${1:-/tmp/resbench_gpu_check}
 WORK=$(mktemp -d)  # data and run folders: large, not worth copying back
 mkdir -p "$OUT"
-STAGES=${STAGES:-12345678}
+STAGES=${STAGES:-123459}
 stage() { echo; echo "== $* ($(date +%T))"; }
 want() { [[ $STAGES == *$1* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -128,6 +134,14 @@ for k in 2 4 8; do
     wait
     $PY -c "import json,sys; rs=[json.load(open(f)) for f in sys.argv[1:]]; print($k, 'processes at once |', round(sum(r['images_per_sec'] for r in rs)), 'images/s together (each', [round(r['images_per_sec']) for r in rs], ')')" "$OUT"/procs_${k}_*.json
 done
+fi
+
+if want 9; then
+stage "9. ImageNet1k_x32: streamed batches vs the fp16 step (R18, 512 a GPU), then --bn_groups 2"
+timeout 150 $PY benchmarks/streaming_throughput.py --device cuda --images 200000 --resnet_depth 18 \
+    --batch_size 512 --mixed_precision fp16 --warmup 5 --iters 20 --windows 3 2>&1 | tee "$OUT/streaming.log" | tail -n 5
+timeout 120 $PY -m resbench bench --device cuda --data_name ImageNet1k_x32 --resnet_depth 18 --batch_size 1024 \
+    --bn_groups 2 --mixed_precision fp16 --compile false --warmup 5 --iters 10 --windows 2 2>&1 | tail -n 6
 fi
 
 stage "done"
