@@ -152,6 +152,24 @@ def test_loss_scale_skips_are_counted_delay_the_schedule_and_survive_a_resume(tm
     assert checkpoint.load_checkpoint(run.file("last.pt"))["scaler"] == {"scale": 65_536.0}
 
 
+def test_logged_trn_lr_is_the_schedule_at_the_iteration_counter_as_the_reference_logs_it(tmp_path, monkeypatch):
+    """The reference logs `scheduler(state.step)`, the train state's step, which a skipped update advances (only the
+    optimiser's count, which the applied learning rate reads, stays): its ImageNet logs' trn/lr column is the window
+    mean of the schedule at the iteration counter, unlagged, though ~100 steps of each run were skipped
+    (imagenet-curves.tsv: e.g. 3.594e-01 at 12,000, where a lag of 8 would log 3.591e-01). metrics.jsonl's trn_lr is
+    that mean too; trn_lr_at_eval is the learning rate the last step applied, lagged."""
+    skipped, lrs = (1, 3), {}
+    overflow_at(monkeypatch, skipped, lrs)
+    cfg = tiny(tmp_path / "run")
+    train(cfg)
+    records = [json.loads(line) for line in RunFolder(cfg.save).file("metrics.jsonl").read_text().splitlines()]
+    windows = [range(0, 3), range(3, 6)]
+    assert [r["trn_lr"] for r in records] == pytest.approx(
+        [sum(learning_rate(t, cfg) for t in window) / len(window) for window in windows], rel=1e-12)
+    assert [r["trn_lr_at_eval"] for r in records] == [lrs[2], lrs[5]]
+    assert lrs[5] == learning_rate(5 - len(skipped), cfg) != learning_rate(5, cfg)
+
+
 def test_a_last_pt_with_the_former_dynamic_scaler_state_resumes(unfinished_run):
     last = Path(unfinished_run.save) / "last.pt"
     saved = checkpoint.load_checkpoint(last)

@@ -25,15 +25,17 @@ from resbench.train.resume import RunState
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: ConstantLossScale,
                images: torch.Tensor, labels: torch.Tensor, lr: float | Callable[[], float], cfg: TrainConfig,
-               autocast: Any, measure_grad_norm: bool = False,
-               stats: StepStats | None = None) -> tuple[torch.Tensor, float | None, float]:
+               autocast: Any, measure_grad_norm: bool = False, stats: StepStats | None = None,
+               logged_lr: float | None = None) -> tuple[torch.Tensor, float | None, float]:
     """One SGD update. Returns the (device) loss, the gradient norm when asked for (with clipping
     on, the norm of g + wd·p before clipping), and the learning rate taken.
 
     `lr` may be a function, called once the forward and backward pass are queued: under fp16 the
     schedule waits for the previous step's skip flag (`Job.learning_rate`), which the device has
     written by then. `stats` accumulates the step's learning rate and weight and gradient norms
-    (on the device).
+    (on the device); the learning rate it logs is `logged_lr` where given (the reference logs the
+    schedule at its iteration counter, which a skipped fp16 update does not hold back: `Job.step`),
+    else the one taken.
     """
     with autocast:
         logits = model(images)
@@ -46,7 +48,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
     grad_norm = None
     if stats is not None:
         scaler.unscale_(optimizer)  # the norms of the true gradients (a no-op without loss scaling)
-        stats.add([p for p in model.parameters() if p.grad is not None], cfg.optim_weight_decay, lr)
+        stats.add([p for p in model.parameters() if p.grad is not None], cfg.optim_weight_decay,
+                  lr if logged_lr is None else logged_lr)
     if cfg.optim_global_clipping is not None:
         scaler.unscale_(optimizer)
         norm = clip_decayed_gradients_(optimizer, cfg.optim_global_clipping)
@@ -82,11 +85,16 @@ class Job:
     def step(self, step: int, stats: StepStats | None = None,
              measure_grad_norm: bool = False) -> tuple[torch.Tensor, float | None, float]:
         """Training iteration `step`: its batch, one `train_step` at the schedule's learning rate.
-        Returns the loss, the gradient norm (if measured) and the learning rate taken."""
+        Returns the loss, the gradient norm (if measured) and the learning rate taken.
+
+        `stats` logs the schedule at `step` itself, as the reference logs `scheduler(state.step)`: its
+        train state's step counts every iteration, skipped or not, so its logged trn/lr never lags
+        (imagenet-curves.tsv), while the rate it applies, read from the optimiser's count, does."""
         images, labels = self.batches.batch(step)
         return train_step(self.step_model, self.optimizer, self.scaler, images, labels,
                           lambda: self.learning_rate(step), self.cfg, self.autocast,
-                          measure_grad_norm=measure_grad_norm, stats=stats)
+                          measure_grad_norm=measure_grad_norm, stats=stats,
+                          logged_lr=learning_rate(step, self.cfg))
 
     def learning_rate(self, step: int) -> float:
         """The schedule at the reference's optimiser count: iteration `step` less the fp16 updates
@@ -119,7 +127,8 @@ def build_job(cfg: TrainConfig, spec: DatasetSpec, batches: TrainBatches, device
 
 class StepStats:
     """The reference's training statistics (its `trn/*` log figures): the means, over the steps since
-    the last evaluation, of the learning rate, of the norm of the parameters each gradient is taken
+    the last evaluation, of the learning rate (the schedule at the iteration counter, unlagged by
+    skipped fp16 updates, as the reference logs it), of the norm of the parameters each gradient is taken
     at (w_norm), and of the norm of the gradient the optimiser applies, g + wd·p (g_norm; steps
     whose fp16 gradient overflowed are left out of it).
 
