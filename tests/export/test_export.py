@@ -225,3 +225,20 @@ def test_the_card_of_an_imagenet_run_says_its_validation_set_is_its_test_set(tmp
     assert "test figures are test-selected" in card
     header = card.split("\n---\n", 1)[0]
     assert header.count("split:") == 1 and "split: validation" in header and "name: \"tst/acc\"" in header
+
+
+def reference_run(folder: Path) -> Path:
+    run = write_reference_run(folder, reference_runs()[("CIFAR10_x32", 20, 1, 0.001, "fp32")])
+    save_checkpoint(resnet(20).state_dict(), run / "best.pt")
+    return run
+
+
+def test_a_sweeps_run_named_as_the_index_or_its_card_gets_a_folder_of_another_name(tmp_path, cli, monkeypatch):
+    """A run folder called README.md or index.json gets its own name, not the file the index is written to."""
+    for name in (layout.CARD, layout.INDEX):
+        reference_run(tmp_path / "runs" / name)
+    monkeypatch.setattr(write, "pyplot", no_matplotlib)
+    cli("export", "--sweep", tmp_path / "runs", tmp_path / "out", check=True)
+    assert json.loads((tmp_path / "out" / layout.INDEX).read_text())["exports"] == ["README.md-2", "index.json-2"]
+    assert write.own_sweep(tmp_path / "out")
+

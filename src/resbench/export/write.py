@@ -42,7 +42,8 @@ def export_sweep(runs_dir: Path, out_dir: Path, on_export: Callable[[str], None]
     README.md (the collection's table); the others are named in the index with the reason."""
     runs_dir = runs_folder(runs_dir)
     check_replaceable(Path(out_dir))
-    sources, skipped, taken = [], [], set()
+    sources, skipped = [], []
+    taken = set(layout.SWEEP_FILES)  # (a run folder named README.md or index.json)
     for folder in configured_folders(runs_dir):
         if layout.is_exported(folder):  # an earlier export kept below RUNS_DIR
             continue
