@@ -242,3 +242,13 @@ def test_a_sweeps_run_named_as_the_index_or_its_card_gets_a_folder_of_another_na
     assert json.loads((tmp_path / "out" / layout.INDEX).read_text())["exports"] == ["README.md-2", "index.json-2"]
     assert write.own_sweep(tmp_path / "out")
 
+
+@pytest.mark.parametrize("field, value", [("world_size", "2"), ("versions", [1, 2]), ("device", {"gpu": 1})])
+def test_a_summary_field_of_another_type_is_one_line(tmp_path, cli, field, value):
+    """The card quotes summary.json's device, process count and versions: of another type, a damaged file."""
+    run = reference_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, field: value}))
+    proc = cli("export", run, tmp_path / "out")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and f"lacks a valid {field}" in proc.stderr
+    assert not (tmp_path / "out").exists()
