@@ -237,12 +237,24 @@ def code_in_a_pickle(archives):
     archives["Imagenet32_val.zip"] = zip_bytes({"Imagenet32_val/val_data": pickle.dumps({"data": Payload()})})
 
 
+def shared_lists_in_a_pickle(archives):
+    """2^21 labels in a pickle of 200 bytes: nested lists, each held twice by the memo (numpy would visit and
+    allocate them all; 40 levels would never end)."""
+    nested: list = [1, 1]
+    for _ in range(20):
+        nested = [nested, nested]
+    archives["Imagenet32_val.zip"] = zip_bytes({"Imagenet32_val/val_data": pickle.dumps(
+        {"data": planar(np.zeros((VAL, 32, 32, 3), np.uint8)), "labels": nested})})
+
+
 @pytest.mark.parametrize("variant, damage, message", [
     ("npz", truncated_member, r"Imagenet32_train_npz\.zip: Imagenet32_train_npz/train_data_batch_2\.npz: data "
                               r"declares uint8 \(3, 3072\) \(9216 bytes\) but holds 9116 bytes"),
     ("npz", truncated_archive, r"Imagenet32_val_npz\.zip is neither a tar nor a zip archive"),
     ("npz", flipped_byte, r"Imagenet32_val_npz\.zip is damaged: its member Imagenet32_val_npz/val_data\.npz cannot"),
     ("pickled", code_in_a_pickle, r"cannot read Imagenet32_val\.zip: Imagenet32_val/val_data \(forbidden global"),
+    ("pickled", shared_lists_in_a_pickle, r"Imagenet32_val\.zip: Imagenet32_val/val_data: its labels is no array \(a "
+                                          r"list of other things than integers"),
 ])
 def test_a_damaged_archive_is_one_line_naming_it_with_nothing_left_behind(tmp_path, monkeypatch, variant, damage,
                                                                         message):
