@@ -252,3 +252,20 @@ def test_a_summary_field_of_another_type_is_one_line(tmp_path, cli, field, value
     proc = cli("export", run, tmp_path / "out")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and f"lacks a valid {field}" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", [".", "inner/.."])
+def test_an_out_dir_without_a_name_is_refused_at_once(tmp_path, cli, monkeypatch, target):
+    """The export is made beside OUT_DIR and renamed into place: `.` (an empty working folder) or `x/..` have no
+    place beside them, and the folder made inside them was then taken for files of another's."""
+    run = reference_run(tmp_path / "run")
+    (tmp_path / "here" / "inner").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here" / ("inner" if target == "." else ""))
+    proc = cli("export", run, target)
+    assert proc.returncode == 2 and proc.stderr == f"error: OUT_DIR {target} ends in no folder's name; name the " \
+                                                   "folder to write (resbench writes it beside, then renames it)\n"
+    assert every_entry(tmp_path / "here") == ["inner"]
+
+
+def every_entry(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))

@@ -148,7 +148,11 @@ def put_in_place(new: Path, out: Path) -> None:
 
 
 def check_replaceable(out: Path) -> None:
-    """Refuse an OUT_DIR that is not missing, an empty folder or an export of ours."""
+    """Refuse an OUT_DIR that is not missing, an empty folder or an export of ours, or that has no name
+    (`.`, `x/..`): the export is made beside it, which such a path has not."""
+    if out.name in ("", ".", ".."):
+        raise ResbenchError(f"OUT_DIR {out} ends in no folder's name; name the folder to write (resbench writes it "
+                            "beside, then renames it)")
     try:
         info = os.lstat(out)
     except FileNotFoundError:
