@@ -269,3 +269,16 @@ def test_an_out_dir_without_a_name_is_refused_at_once(tmp_path, cli, monkeypatch
 
 def every_entry(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_a_figure_that_is_not_finite_is_published_as_not_available(tmp_path, cli, monkeypatch):
+    """config.json stays JSON (no NaN, which strict parsers refuse) and the card's model-index lists numbers only."""
+    run = reference_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "tst_acc": float("inf"), "tst_nll": float("nan")}))
+    monkeypatch.setattr(write, "pyplot", no_matplotlib)
+    cli("export", run, tmp_path / "out", check=True)
+    config = json.loads((tmp_path / "out" / layout.CONFIG).read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert config["results"] == {"val_acc": summary["best_val_acc"], "tst_acc": None, "tst_nll": None}
+    header = yaml.safe_load((tmp_path / "out" / layout.CARD).read_text().split("---\n")[1])
+    assert [m["name"] for result in header["model-index"][0]["results"] for m in result["metrics"]] == ["val/acc"]
