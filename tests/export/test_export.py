@@ -282,3 +282,11 @@ def test_a_figure_that_is_not_finite_is_published_as_not_available(tmp_path, cli
     assert config["results"] == {"val_acc": summary["best_val_acc"], "tst_acc": None, "tst_nll": None}
     header = yaml.safe_load((tmp_path / "out" / layout.CARD).read_text().split("---\n")[1])
     assert [m["name"] for result in header["model-index"][0]["results"] for m in result["metrics"]] == ["val/acc"]
+
+
+def test_a_best_validation_figure_not_recorded_is_said_so(tmp_path, cli):
+    run = reference_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "best_val_acc": None}))
+    proc = cli("export", run, tmp_path / "out")
+    assert proc.returncode == 0 and "finished, best val/acc n/a at iteration" in proc.stderr, proc.stderr
