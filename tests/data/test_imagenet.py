@@ -206,18 +206,32 @@ def test_a_crafted_set_is_refused_in_one_line_with_nothing_left_behind(tmp_path,
     assert "\n" not in str(refused.value) and every_file(tmp_path) == before
 
 
-def truncated_member(archives):
-    """The data.npy of batch 2 cut short inside its .npz."""
-    data = io.BytesIO()
-    np.save(data, planar(np.zeros((3, 32, 32, 3), np.uint8)))
+def with_batch_2(archives, data_npy: bytes, labels_npy: bytes) -> None:
+    """The .npz of batch 2 replaced by one of these data.npy and labels.npy bytes."""
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as npz:
-        npz.writestr("data.npy", data.getvalue()[:-100])
-        npz.writestr("labels.npy", b"")
+        npz.writestr("data.npy", data_npy)
+        npz.writestr("labels.npy", labels_npy)
     with zipfile.ZipFile(io.BytesIO(archives["Imagenet32_train_npz.zip"])) as zf:
         members = {name: zf.read(name) for name in zf.namelist()}
     members["Imagenet32_train_npz/train_data_batch_2.npz"] = inner.getvalue()
     archives["Imagenet32_train_npz.zip"] = zip_bytes(members)
+
+
+def truncated_member(archives):
+    """The data.npy of batch 2 cut short inside its .npz."""
+    data = io.BytesIO()
+    np.save(data, planar(np.zeros((3, 32, 32, 3), np.uint8)))
+    with_batch_2(archives, data.getvalue()[:-100], b"")
+
+
+def declared_shape(shape: tuple, size: int):
+    """Batch 2's data.npy declaring `shape` over `size` bytes, the shape's product: of no array numpy can make."""
+    def damage(archives):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        with_batch_2(archives, header.getvalue() + bytes(size), b"")
+    return damage
 
 
 def truncated_archive(archives):
@@ -237,12 +251,26 @@ def code_in_a_pickle(archives):
     archives["Imagenet32_val.zip"] = zip_bytes({"Imagenet32_val/val_data": pickle.dumps({"data": Payload()})})
 
 
+def shared_lists_in_a_pickle(archives):
+    """2^21 labels in a pickle of 200 bytes: nested lists, each held twice by the memo (numpy would visit and
+    allocate them all; 40 levels would never end)."""
+    nested: list = [1, 1]
+    for _ in range(20):
+        nested = [nested, nested]
+    archives["Imagenet32_val.zip"] = zip_bytes({"Imagenet32_val/val_data": pickle.dumps(
+        {"data": planar(np.zeros((VAL, 32, 32, 3), np.uint8)), "labels": nested})})
+
+
 @pytest.mark.parametrize("variant, damage, message", [
     ("npz", truncated_member, r"Imagenet32_train_npz\.zip: Imagenet32_train_npz/train_data_batch_2\.npz: data "
                               r"declares uint8 \(3, 3072\) \(9216 bytes\) but holds 9116 bytes"),
+    ("npz", declared_shape((-2, -3072), 6144), r"batch_2\.npz: data declares the shape \(-2, -3072\), which no array"),
+    ("npz", declared_shape((0, 2**62, 2**62), 0), r"batch_2\.npz: data declares the shape \(0, 4611686018427387904, "),
     ("npz", truncated_archive, r"Imagenet32_val_npz\.zip is neither a tar nor a zip archive"),
     ("npz", flipped_byte, r"Imagenet32_val_npz\.zip is damaged: its member Imagenet32_val_npz/val_data\.npz cannot"),
     ("pickled", code_in_a_pickle, r"cannot read Imagenet32_val\.zip: Imagenet32_val/val_data \(forbidden global"),
+    ("pickled", shared_lists_in_a_pickle, r"Imagenet32_val\.zip: Imagenet32_val/val_data: its labels is no array \(a "
+                                          r"list of other things than integers"),
 ])
 def test_a_damaged_archive_is_one_line_naming_it_with_nothing_left_behind(tmp_path, monkeypatch, variant, damage,
                                                                         message):

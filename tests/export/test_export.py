@@ -225,3 +225,68 @@ def test_the_card_of_an_imagenet_run_says_its_validation_set_is_its_test_set(tmp
     assert "test figures are test-selected" in card
     header = card.split("\n---\n", 1)[0]
     assert header.count("split:") == 1 and "split: validation" in header and "name: \"tst/acc\"" in header
+
+
+def reference_run(folder: Path) -> Path:
+    run = write_reference_run(folder, reference_runs()[("CIFAR10_x32", 20, 1, 0.001, "fp32")])
+    save_checkpoint(resnet(20).state_dict(), run / "best.pt")
+    return run
+
+
+def test_a_sweeps_run_named_as_the_index_or_its_card_gets_a_folder_of_another_name(tmp_path, cli, monkeypatch):
+    """A run folder called README.md or index.json gets its own name, not the file the index is written to."""
+    for name in (layout.CARD, layout.INDEX):
+        reference_run(tmp_path / "runs" / name)
+    monkeypatch.setattr(write, "pyplot", no_matplotlib)
+    cli("export", "--sweep", tmp_path / "runs", tmp_path / "out", check=True)
+    assert json.loads((tmp_path / "out" / layout.INDEX).read_text())["exports"] == ["README.md-2", "index.json-2"]
+    assert write.own_sweep(tmp_path / "out")
+
+
+@pytest.mark.parametrize("field, value", [("world_size", "2"), ("versions", [1, 2]), ("device", {"gpu": 1})])
+def test_a_summary_field_of_another_type_is_one_line(tmp_path, cli, field, value):
+    """The card quotes summary.json's device, process count and versions: of another type, a damaged file."""
+    run = reference_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, field: value}))
+    proc = cli("export", run, tmp_path / "out")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and f"lacks a valid {field}" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", [".", "inner/.."])
+def test_an_out_dir_without_a_name_is_refused_at_once(tmp_path, cli, monkeypatch, target):
+    """The export is made beside OUT_DIR and renamed into place: `.` (an empty working folder) or `x/..` have no
+    place beside them, and the folder made inside them was then taken for files of another's."""
+    run = reference_run(tmp_path / "run")
+    (tmp_path / "here" / "inner").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "here" / ("inner" if target == "." else ""))
+    proc = cli("export", run, target)
+    assert proc.returncode == 2 and proc.stderr == f"error: OUT_DIR {target} ends in no folder's name; name the " \
+                                                   "folder to write (resbench writes it beside, then renames it)\n"
+    assert every_entry(tmp_path / "here") == ["inner"]
+
+
+def every_entry(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
+
+
+def test_a_figure_that_is_not_finite_is_published_as_not_available(tmp_path, cli, monkeypatch):
+    """config.json stays JSON (no NaN, which strict parsers refuse) and the card's model-index lists numbers only."""
+    run = reference_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "tst_acc": float("inf"), "tst_nll": float("nan")}))
+    monkeypatch.setattr(write, "pyplot", no_matplotlib)
+    cli("export", run, tmp_path / "out", check=True)
+    config = json.loads((tmp_path / "out" / layout.CONFIG).read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert config["results"] == {"val_acc": summary["best_val_acc"], "tst_acc": None, "tst_nll": None}
+    header = yaml.safe_load((tmp_path / "out" / layout.CARD).read_text().split("---\n")[1])
+    assert [m["name"] for result in header["model-index"][0]["results"] for m in result["metrics"]] == ["val/acc"]
+
+
+def test_a_best_validation_figure_not_recorded_is_said_so(tmp_path, cli):
+    run = reference_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "best_val_acc": None}))
+    proc = cli("export", run, tmp_path / "out")
+    assert proc.returncode == 0 and "finished, best val/acc n/a at iteration" in proc.stderr, proc.stderr

@@ -11,6 +11,7 @@ from resbench.weights.layout import CARD
 
 
 def run(args: argparse.Namespace) -> int:
+    from resbench.export.card import figure_text
     from resbench.export.write import export_run, export_sweep
 
     if args.sweep:
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"{len(sources)} run{'s' * (len(sources) != 1)} exported, index in {printable(args.out_dir / CARD)}")
     else:
         source = export_run(args.source, args.out_dir)
-        log(f"{source.name}: {source.status}, best val/acc {source.figures['val_acc']:.4f} at iteration "
+        log(f"{source.name}: {source.status}, best val/acc {figure_text(source.figures['val_acc'])} at iteration "
             f"{source.figures['iter']}; SHA-256 of the weights {source.sha256}")
     say(printable(args.out_dir))
     log(printable(f"publish it with huggingface_hub's command (resbench handles no token): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +97,15 @@ def check_flag_values(settings: dict[str, Any], path: Path) -> None:
 
 
 def best_figures(run: Run, summary: dict | None) -> dict[str, Any]:
-    """The figures of best.pt's evaluation: summary.json's where the run ended, else the best so far."""
+    """The figures of best.pt's evaluation: summary.json's where the run ended, else the best so far; a NaN
+    or infinite one as None (n/a): config.json would not be JSON (`NaN`) nor the card's model-index a number."""
     if summary is None:
-        return selected_figures(run.records or [], "val")
-    return {"val_acc": summary["best_val_acc"], "tst_acc": summary["tst_acc"], "tst_nll": summary["tst_nll"],
-            "iter": summary.get("best_iter")}
+        figures = selected_figures(run.records or [], "val")
+    else:
+        figures = {"val_acc": summary["best_val_acc"], "tst_acc": summary["tst_acc"], "tst_nll": summary["tst_nll"],
+                   "iter": summary.get("best_iter")}
+    return {key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in figures.items()}
 
 
 def safetensors_bytes(model: torch.nn.Module) -> bytes:

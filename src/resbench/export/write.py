@@ -42,7 +42,8 @@ def export_sweep(runs_dir: Path, out_dir: Path, on_export: Callable[[str], None]
     README.md (the collection's table); the others are named in the index with the reason."""
     runs_dir = runs_folder(runs_dir)
     check_replaceable(Path(out_dir))
-    sources, skipped, taken = [], [], set()
+    sources, skipped = [], []
+    taken = set(layout.SWEEP_FILES)  # (a run folder named README.md or index.json)
     for folder in configured_folders(runs_dir):
         if layout.is_exported(folder):  # an earlier export kept below RUNS_DIR
             continue
@@ -147,7 +148,11 @@ def put_in_place(new: Path, out: Path) -> None:
 
 
 def check_replaceable(out: Path) -> None:
-    """Refuse an OUT_DIR that is not missing, an empty folder or an export of ours."""
+    """Refuse an OUT_DIR that is not missing, an empty folder or an export of ours, or that has no name
+    (`.`, `x/..`): the export is made beside it, which such a path has not."""
+    if out.name in ("", ".", ".."):
+        raise ResbenchError(f"OUT_DIR {out} ends in no folder's name; name the folder to write (resbench writes it "
+                            "beside, then renames it)")
     try:
         info = os.lstat(out)
     except FileNotFoundError:

@@ -61,8 +61,9 @@ FIGURE = (*NUMBER, type(None))
 SUMMARY_FIELDS = {"data_name": str, "depth": int, "width": int, "precision": str, "params": NUMBER,
                   "wall_seconds": NUMBER, "config": (dict, type(None)),
                   "best_val_acc": FIGURE, "tst_acc": FIGURE, "tst_nll": FIGURE}
-# Fields an older summary.json may lack, but that readers index where it has them.
-OPTIONAL_SUMMARY_FIELDS = {"best_iter": int}
+# Fields an older summary.json may lack, but that readers index where it has them (export's card quotes
+# the device, the process count and the versions).
+OPTIONAL_SUMMARY_FIELDS = {"best_iter": int, "device": str, "world_size": int, "versions": dict}
 CONFIG_FIELDS = {"data_name": str}
 MODEL_SETTINGS = {"data_name": str, "resnet_depth": int, "resnet_width": int}  # what rebuilds a model
 RECORD_FIELDS = {"iter": NUMBER, "val_acc": NUMBER, "trn_loss": NUMBER}

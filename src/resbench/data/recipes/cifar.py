@@ -115,13 +115,23 @@ def unpickle_batch(content: bytes, what: str) -> Any:
         unpickler._bounded.clear()
 
 
+def batch_array(value: Any, dtype: Any = None) -> np.ndarray:
+    """`value` of an unpickled batch (an array, or a list of int labels) as an array; ValueError for a list
+    or tuple holding anything but ints, before numpy walks it: a pickle may hold one list many times over
+    (by its memo), so 200 bytes can describe nested lists of 2^60 elements, which np.asarray would visit
+    and allocate, whatever the bound on the constructors the unpickler calls."""
+    if isinstance(value, (list, tuple)) and not all(type(item) is int for item in value):
+        raise ValueError("a list of other things than integers, where a batch holds an array or integer labels")
+    return np.asarray(value, dtype)
+
+
 def load_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8 and labels (N,) int64 from one pickled CIFAR batch."""
     what = f"CIFAR batch {path.name}"
     batch = unpickle_batch(path.read_bytes(), what)  # no larger than the archive allows (`archive.Archive`)
     try:
-        rows = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
+        rows = batch_array(batch[b"data"], np.uint8)
+        labels = batch_array(batch[label_key], np.int64)
     except UNREADABLE as err:
         raise unreadable(what, err) from None
     if rows.ndim != 2 or rows.shape[1] != 3072 or len(labels) != len(rows):

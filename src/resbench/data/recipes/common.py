@@ -92,7 +92,10 @@ def npy_from_bytes(data: bytes, what: str) -> np.ndarray:
     if len(data) - stream.tell() != expected:
         raise DataError(f"{what} declares {dtype} {shape} ({expected} bytes) but holds "
                         f"{len(data) - stream.tell()} bytes; is the archive complete?")
-    return np.frombuffer(data, dtype=dtype, offset=stream.tell()).reshape(shape)
+    try:  # (the byte count matches shapes no array has: two negative dimensions, or 0 x 2^62 x 2^62)
+        return np.frombuffer(data, dtype=dtype, offset=stream.tell()).reshape(shape)
+    except ValueError:
+        raise DataError(f"{what} declares the shape {shape}, which no array has; is the archive genuine?") from None
 
 
 def severity_blocks(labels: np.ndarray, severities: int, what: str) -> int:

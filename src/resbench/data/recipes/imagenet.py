@@ -33,7 +33,7 @@ from resbench.console import log, progress
 from resbench.data import facts
 from resbench.data.fetch.archive import Archive, check_zip_size
 from resbench.data.fetch.download import file_digest
-from resbench.data.recipes.cifar import unpickle_batch
+from resbench.data.recipes.cifar import batch_array, unpickle_batch
 from resbench.data.recipes.common import (
     LazySplits,
     Placed,
@@ -179,7 +179,7 @@ def pickled_batch(content: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
         if value is None:
             raise DataError(f"{what} holds no {key}; is the archive genuine?")
         try:
-            arrays.append(np.asarray(value))
+            arrays.append(batch_array(value))
         except (TypeError, ValueError, OverflowError) as err:
             raise DataError(f"{what}: its {key} is no array ({err}); is the archive genuine?") from None
     return arrays[0], arrays[1]
