@@ -33,7 +33,9 @@ def test_what_fits_is_decided_per_depth_against_the_device(monkeypatch):
     with pytest.raises(ConfigError, match=r"training --resnet_depth 152 --resnet_width 16 \([\d,]+ parameters, with "
                                           r"gradients, momentum and the activations of 256 images per process\) needs "
                                           r"at least [\d.]+ GiB, more than the 8.0 GiB this machine has available; "
-                                          r"use a smaller --resnet_width, --resnet_depth or --batch_size"):
+                                          r"train it where there is more memory \(a GPU node; a sweep for a cluster, --launcher "
+                                          r"slurm\|ray, plans without this machine's\), or with a smaller --resnet_width, "
+                                          r"--resnet_depth or --batch_size \(another run than the recipe's\)"):
         validate_config(TrainConfig(resnet_depth=152, resnet_width=16, device="cpu"))
     validate_config(TrainConfig(resnet_depth=152, resnet_width=1, batch_size=16, device="cpu"))
 

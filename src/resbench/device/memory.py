@@ -107,7 +107,9 @@ def check_training_fits(depth: int, width: int, num_classes: int, image_size: in
     check_fits(training_need(depth, width, num_classes, image_size, batch, precision), device,
                f"training --resnet_depth {depth} --resnet_width {width} ({params:,} parameters, with gradients, "
                f"momentum and the activations of {batch} images per process)",
-               "use a smaller --resnet_width, --resnet_depth or --batch_size")
+               "train it where there is more memory (a GPU node; a sweep for a cluster, --launcher slurm|ray, plans "
+               "without this machine's), or with a smaller --resnet_width, --resnet_depth or --batch_size (another "
+               "run than the recipe's)")
 
 
 def check_inference_fits(depth: int, width: int, num_classes: int, image_size: int, device: torch.device) -> None:
