@@ -349,6 +349,27 @@ def test_sbatch_gets_each_option_as_one_argument(tmp_path, monkeypatch):
     assert job_plan([run]) == (name, plan)  # named after its content: a dry run names the same file
 
 
+def test_the_launch_folder_is_closed_to_others_writes_and_never_another_users(tmp_path, capsys):
+    """slurmstepd opens SLURM's own output `<job>_<task>.out` in .launch following links, and job ids are
+    predictable: whoever may add a name there could send a task's output into any file of the user's. A
+    .launch others may write in (made under umask 002 in a group's folder) is closed when the sweep submits
+    (a dry run only says so); one that another user owns is refused."""
+    from resbench.sweep.slurm import own_launch_folder
+
+    launch = tmp_path / "runs" / ".launch"
+    launch.mkdir(parents=True)
+    launch.chmod(0o777)
+    own_launch_folder(tmp_path / "runs", create=False)
+    assert launch.stat().st_mode & 0o777 == 0o777 and "writable by others; submitting makes it" in capsys.readouterr().out
+    assert own_launch_folder(tmp_path / "runs").resolve() == launch.resolve()
+    assert launch.stat().st_mode & 0o777 == 0o755
+    if os.geteuid() == 0:  # (CI runs as root: it can give the folder away)
+        os.chown(launch, 65534, 65534)
+        with pytest.raises(ResbenchError, match=r"\.launch belongs to another user \(uid 65534\), who could plant links "
+                                                r"where SLURM writes this sweep's output; use a --runs_dir of your own"):
+            own_launch_folder(tmp_path / "runs")
+
+
 def job_fields(slurm: Slurm, job: str) -> dict[str, str]:
     """`scontrol show job`'s fields of one job whose paths hold no space (`Key=Value` pairs)."""
     return dict(pair.split("=", 1) for pair in slurm.run("scontrol", "show", "job", job).split() if "=" in pair)

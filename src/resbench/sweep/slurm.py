@@ -194,12 +194,34 @@ class Submission(NamedTuple):
 
 def own_launch_folder(runs_dir: Path, create: bool = True) -> Path:
     """<runs_dir>/.launch, created if missing (unless not `create`: a dry run); a link or a file planted there
-    is refused before anything is printed or submitted (the script and SLURM's output would go where it leads)."""
+    is refused before anything is printed or submitted (the script and SLURM's output would go where it leads).
+
+    SLURM's own output (`SLURM_OUTPUT`) is opened there by slurmstepd, which follows links: whoever may add a
+    name to the folder could plant `<job>_<task>.out` as a link before the task starts, job ids being
+    predictable. So the folder is the user's and closed to others' writes (`close_to_others`)."""
     try:
-        return own_folder(Path(runs_dir).resolve(), LAUNCH_DIR, create)
+        folder = own_folder(Path(runs_dir).resolve(), LAUNCH_DIR, create)
     except UnsafeFileError as exc:
         raise ResbenchError(f"{printable(exc.filename)}: {exc.strerror}; the sweep writes its job scripts there: "
                             "remove it") from None
+    if folder.is_dir():
+        close_to_others(folder, tighten=create)
+    return folder
+
+
+def close_to_others(folder: Path, tighten: bool) -> None:
+    """Refuse `folder` where another user owns it; where others may write in it (a group-shared runs folder
+    made under umask 002), take that right away (`tighten`: not in a dry run, which changes nothing, but
+    says so)."""
+    info = os.lstat(folder)
+    if info.st_uid != os.geteuid():
+        raise ResbenchError(f"{printable(folder)} belongs to another user (uid {info.st_uid}), who could plant links "
+                            "where SLURM writes this sweep's output; use a --runs_dir of your own")
+    if info.st_mode & 0o022:
+        if not tighten:
+            say(f"sweep: {printable(folder)} is writable by others; submitting makes it writable by you alone")
+            return
+        os.chmod(folder, info.st_mode & 0o7755)
 
 
 def submit(runs: list[PlannedRun], submission: Submission, runs_dir: Path) -> str:
