@@ -33,8 +33,10 @@ REFERENCE_CITATION = """\
 }"""
 
 
-def figure_text(value: Any, digits: int = 4) -> str:
-    return "n/a" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
+def figure_text(value: Any) -> str:
+    """A figure as the card's tables print it; "n/a" where there is none (not recorded, or not finite:
+    `source.best_figures` made it None)."""
+    return "n/a" if not isinstance(value, (int, float)) else f"{value:.4f}"
 
 
 def model_index(source: Source) -> list[str]:
@@ -181,7 +183,7 @@ def index_card(sources: list[Source], skipped: list[tuple[str, str]]) -> str:
     models = f"{len(sources)} trained model{'s' * (len(sources) != 1)}"
     lines = ["# resbench exports", "", f"{models}, one folder each (weights, config.json, model card); load one with "
              "`resbench.load_model(FOLDER)`.", "",
-             *markdown_table(["model", "data", "network", "precision", "seed", "val/acc", "tst/acc", "tst/nll",
+             *markdown_table(["model", "data", "network", "precision", "seed", *(label for _, label, *_ in FIGURES),
                               "params", "SHA-256"], rows), "",
              "## Against the reference", "", render_markdown(cells, unmatched, curves=False).rstrip(), ""]
     if skipped:
