@@ -42,6 +42,26 @@ def export_sweep(runs_dir: Path, out_dir: Path, on_export: Callable[[str], None]
     README.md (the collection's table); the others are named in the index with the reason."""
     runs_dir = runs_folder(runs_dir)
     check_replaceable(Path(out_dir))
+    sources, skipped = sweep_sources(runs_dir, on_export)
+    if not sources:
+        raise ResbenchError(f"no finished run below {runs_dir} could be exported (summary.json with status finished)")
+
+    def fill(folder: Path) -> None:
+        for source in sources:
+            (folder / source.name).mkdir()
+            fill_export(folder / source.name, source)
+        write_file(folder / layout.INDEX, json_text({layout.INDEX_KEY: layout.FORMAT,
+                                                      "exports": [s.name for s in sources]}))
+        write_file(folder / layout.CARD, index_card(sources, skipped).encode())
+
+    write_folder(Path(out_dir), fill)
+    return sources
+
+
+def sweep_sources(runs_dir: Path, on_export: Callable[[str], None]) -> tuple[list[Source], list[tuple[str, str]]]:
+    """The finished runs below `runs_dir` that read as an export's source, each under the name of its folder
+    in the export (unique, and neither index.json nor README.md), and (name, why) of the others, which the
+    index lists."""
     sources, skipped = [], []
     taken = set(layout.SWEEP_FILES)  # (a run folder named README.md or index.json)
     for folder in configured_folders(runs_dir):
@@ -59,19 +79,7 @@ def export_sweep(runs_dir: Path, out_dir: Path, on_export: Callable[[str], None]
             skipped.append((name, printable(exc)[:300]))
         else:
             on_export(name)
-    if not sources:
-        raise ResbenchError(f"no finished run below {runs_dir} could be exported (summary.json with status finished)")
-
-    def fill(folder: Path) -> None:
-        for source in sources:
-            (folder / source.name).mkdir()
-            fill_export(folder / source.name, source)
-        write_file(folder / layout.INDEX, json_text({layout.INDEX_KEY: layout.FORMAT,
-                                                      "exports": [s.name for s in sources]}))
-        write_file(folder / layout.CARD, index_card(sources, skipped).encode())
-
-    write_folder(Path(out_dir), fill)
-    return sources
+    return sources, skipped
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -120,7 +128,7 @@ def write_folder(out: Path, fill: Callable[[Path], None]) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         new = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     except OSError as exc:
-        raise ResbenchError(f"cannot write {out} ({exc.strerror or exc}); name a folder you can write") from None
+        raise cannot_write(out, exc) from None
     try:
         fill(new)
         os.chmod(new, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the export from co-workers
@@ -142,9 +150,13 @@ def put_in_place(new: Path, out: Path) -> None:
     except OSError as exc:
         if old is not None:
             os.rename(old, out)
-        raise ResbenchError(f"cannot write {out} ({exc.strerror or exc}); name a folder you can write") from None
+        raise cannot_write(out, exc) from None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def cannot_write(out: Path, exc: OSError) -> ResbenchError:
+    return ResbenchError(f"cannot write {out} ({exc.strerror or exc}); name a folder you can write")
 
 
 def check_replaceable(out: Path) -> None:
