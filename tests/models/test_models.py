@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from resbench.data.facts import DATASETS
-from resbench.models.resnet import BasicBlock, Bottleneck, count_parameters, resnet
+from resbench.data.facts import DATASETS, IMPORT_SIZES
+from resbench.models.resnet import IMAGE_SIZES, BasicBlock, Bottleneck, count_parameters, resnet
 from resbench.results.reference import imagenet_rows, reference_rows
 
 
@@ -14,6 +14,12 @@ def test_parameter_count_matches_reference(row):
     with torch.device("meta"):  # shapes only: a count needs no initialised weights
         model = resnet(row.depth, row.width, spec.num_classes, spec.image_size)
     assert count_parameters(model) == row.params
+
+
+def test_the_image_sizes_data_imports_are_those_the_networks_take():
+    """Spelled on two floors side by side (data and models import neither the other): kept equal here."""
+    assert IMPORT_SIZES == IMAGE_SIZES
+    assert all(spec.image_size in IMAGE_SIZES for spec in DATASETS.values())
 
 
 def test_all_26_rows_are_checked():

@@ -23,6 +23,7 @@ IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 # width 1024 has 8e10 parameters); what fits is checked against the device (`limits`).
 MAX_DEPTH = 1202
 MAX_WIDTH = 1024
+IMAGE_SIZES = (32, 64)  # the inputs the networks are built for (data.facts.IMPORT_SIZES, a floor beside, says so too)
 
 IMAGENET_STYLE_DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -157,7 +158,7 @@ def resnet(depth: int, width: int = 1, num_classes: int = 10, image_size: int = 
     `image_size` is accepted for 32 and 64; the architecture is the same for both (the stem has no
     downsampling and the head pools globally), it only guards against unsupported inputs.
     """
-    if image_size not in (32, 64):
+    if image_size not in IMAGE_SIZES:
         raise ValueError(f"image_size must be 32 or 64, got {image_size}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")

@@ -25,7 +25,7 @@ from resbench.data.facts import MAX_CLASSES, is_valid_name
 from resbench.device.hotpath import prepare_model
 from resbench.device.memory import check_inference_fits
 from resbench.errors import ResbenchError
-from resbench.models.resnet import IMAGE_MEAN, IMAGE_STD, architecture, resnet
+from resbench.models.resnet import IMAGE_MEAN, IMAGE_SIZES, IMAGE_STD, architecture, resnet
 from resbench.runs.reader import read_object
 from resbench.version import __version__
 from resbench.weights import layout
@@ -111,7 +111,7 @@ def read_config(folder: Path) -> dict[str, Any]:
         architecture(config["resnet_depth"], config["resnet_width"])
     except ValueError as exc:
         raise ExportError(f"{path}: {exc}") from None
-    if not 1 <= config["num_classes"] <= MAX_CLASSES or config["image_size"] not in (32, 64):
+    if not 1 <= config["num_classes"] <= MAX_CLASSES or config["image_size"] not in IMAGE_SIZES:
         raise ExportError(f"{path}: num_classes {config['num_classes']} or image_size {config['image_size']} is out "
                           f"of range (1 to {MAX_CLASSES:,} classes of 32 or 64 pixels)")
     if not is_valid_name(config["data_name"]):
