@@ -74,7 +74,7 @@ SBATCH_OPTIONS = frozenset("""
     segment signal sockets-per-node spread-job switches test-only thread-spec threads-per-core time time-min
     tmp tres-bind tres-per-task uid usage use-min-nodes verbose version wait wait-all-nodes wckey wrap
     """.split())
-LOGS_REASON = (f"SLURM's own output goes to <runs_dir>/.launch/{SLURM_OUTPUT}, appended across requeues, and each "
+LOGS_REASON = (f"SLURM's own output goes to <runs_dir>/{LAUNCH_DIR}/{SLURM_OUTPUT}, appended across requeues, and each "
                "run's to its stdout.log")
 REQUEUE_REASON = "a task stopped by a signal requeues itself, to resume from last.pt"
 SUBMIT_REASON = "the sweep submits its own script, reads the job id sbatch answers and returns"
@@ -82,8 +82,8 @@ SUBMIT_REASON = "the sweep submits its own script, reads the job id sbatch answe
 OWNED_OPTIONS = {
     "array": "one array task per run folder that is not finished",
     "output": LOGS_REASON, "error": LOGS_REASON, "open-mode": LOGS_REASON,
-    "chdir": "each task starts in <runs_dir>/.launch, where it reads its run, and trains it in the folder the "
-             "sweep was started in",
+    "chdir": f"each task starts in <runs_dir>/{LAUNCH_DIR}, where it reads its run, and trains it in the folder "
+             "the sweep was started in",
     "job-name": f"its tasks are named {JOB_NAME}, which `squeue --name {JOB_NAME}` lists",
     "requeue": REQUEUE_REASON, "no-requeue": REQUEUE_REASON,
     "signal": f"SIGTERM {STOP_BEFORE_LIMIT_S} s before the time limit makes each run save last.pt; "
