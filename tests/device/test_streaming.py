@@ -71,6 +71,15 @@ def test_auto_streams_what_does_not_fit_and_says_so_before_training(tmp_path, mo
     assert "they do not fit beside training: 5.3 MiB of images and " in held.statement
 
 
+def test_the_processes_of_one_cpu_machine_share_its_memory_and_a_gpu_is_each_ones_own(monkeypatch):
+    monkeypatch.setattr(memory, "device_memory", lambda device: (6 << 30, "it has"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    assert holding.process_memory(torch.device("cpu")) == (2 << 30, "it has")
+    assert holding.process_memory(torch.device("cuda", 0)) == (6 << 30, "it has")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "")  # (set but empty: one process)
+    assert holding.process_memory(torch.device("cpu")) == (6 << 30, "it has")
+
+
 def test_training_images_the_device_cannot_hold_are_one_line(monkeypatch):
     def out_of_memory(array, device):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 14.65 GiB")

@@ -44,9 +44,7 @@ class HeldData:
 
 def hold_data(cfg: TrainConfig, device: torch.device, world: World, precision: str) -> HeldData:
     """Load the run's dataset and put its training images on the device or stream them (the module doc)."""
-    have, where = memory.device_memory(device)
-    if have is not None and device.type == "cpu":  # the processes of one machine share its memory
-        have //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    have, where = process_memory(device)
     splits = load_splits(cfg.data_name, cfg.data_root, device)
     spec = splits.spec  # the facts the arrays were read with
     train, held = nbytes(splits.train_images), eval_bytes(splits)
@@ -72,6 +70,15 @@ def hold_data(cfg: TrainConfig, device: torch.device, world: World, precision: s
                     f"data: {spec.name}'s {size(train)} of training images stream from their memory-mapped file "
                     f"to {device}, {AHEAD} batches ahead of the step ({buffers}; {why}); {size(held)} of "
                     f"evaluation images{validation} held on {device}")
+
+
+def process_memory(device: torch.device) -> tuple[int | None, str]:
+    """`memory.device_memory` as one process may count on it: on a CPU, the processes of one machine
+    (torchrun's LOCAL_WORLD_SIZE) each hold their own copy of the data in the memory they share."""
+    have, where = memory.device_memory(device)
+    if have is not None and device.type == "cpu":
+        have //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return have, where
 
 
 def images_on(images: torch.Tensor, device: torch.device) -> torch.Tensor:
