@@ -118,8 +118,9 @@ class Batches:
                                     "archives?")
                 self._labels.append(labels)
                 for start in range(0, len(rows), CHUNK_ROWS):
-                    yield nhwc(rows[start:start + CHUNK_ROWS], self.spec.image_size)
-                    bar.update(len(rows[start:start + CHUNK_ROWS]))
+                    chunk = rows[start:start + CHUNK_ROWS]
+                    yield nhwc(chunk, self.spec.image_size)
+                    bar.update(len(chunk))
         if held != self.count:
             files = ", ".join(dict.fromkeys(archive.path.name for archive, _ in self.members))
             raise DataError(f"{files}: the {self.split} batches hold {held:,} images, not {self.spec.name}'s "
