@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from resbench.console import log, printable
-from resbench.errors import ResbenchError
+from resbench.errors import ResbenchError, reason
 from resbench.export.card import card, index_card
 from resbench.export.source import Source, model_config, read_source
 from resbench.files import current_umask, open_own_file
@@ -156,7 +156,7 @@ def put_in_place(new: Path, out: Path) -> None:
 
 
 def cannot_write(out: Path, exc: OSError) -> ResbenchError:
-    return ResbenchError(f"cannot write {out} ({exc.strerror or exc}); name a folder you can write")
+    return ResbenchError(f"cannot write {out} ({reason(exc)}); name a folder you can write")
 
 
 def check_replaceable(out: Path) -> None:
@@ -170,7 +170,7 @@ def check_replaceable(out: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise ResbenchError(f"cannot write {out} ({exc.strerror or exc}); name another folder") from None
+        raise ResbenchError(f"cannot write {out} ({reason(exc)}); name another folder") from None
     if stat.S_ISLNK(info.st_mode):
         raise ResbenchError(f"{out} is a symbolic link, and resbench never writes through one; remove it, "
                             "or name another folder")

@@ -24,7 +24,7 @@ from resbench.console import printable
 from resbench.data.facts import MAX_CLASSES, is_valid_name
 from resbench.device.hotpath import prepare_model
 from resbench.device.memory import check_inference_fits
-from resbench.errors import ResbenchError
+from resbench.errors import ResbenchError, reason
 from resbench.models.resnet import IMAGE_MEAN, IMAGE_SIZES, IMAGE_STD, architecture, resnet
 from resbench.runs.reader import read_object
 from resbench.version import __version__
@@ -157,7 +157,7 @@ def check_size(path: Path, data_bytes: int) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO opens at once, and is refused below)
     except OSError as exc:
-        raise ExportError(f"cannot read {path} ({exc.strerror or exc})") from None
+        raise ExportError(f"cannot read {path} ({reason(exc)})") from None
     with contextlib.closing(os.fdopen(fd, "rb")) as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
