@@ -13,7 +13,6 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -30,7 +29,7 @@ class Gathered:
 
     step: int
     images: torch.Tensor
-    copied: Any = None
+    copied: torch.cuda.Event | None = None
 
 
 class StreamedBatches(TrainBatches):
@@ -79,7 +78,7 @@ class StreamedBatches(TrainBatches):
     def _prefetch(self, step: int, out: queue.Queue) -> None:
         """Gather step after step from `step` on, until stopped; an error is handed over to the step."""
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        copied: list[Any] = [None] * len(self._buffers)
+        copied: list[torch.cuda.Event | None] = [None] * len(self._buffers)
         epoch, perm = -1, None
         try:
             while not self._stop.is_set():
@@ -99,7 +98,7 @@ class StreamedBatches(TrainBatches):
         except BaseException as exc:  # noqa: BLE001 (the step raises it, where it can be reported)
             self._put(out, exc)
 
-    def _to_device(self, step: int, host: torch.Tensor, stream: Any) -> Gathered:
+    def _to_device(self, step: int, host: torch.Tensor, stream: torch.cuda.Stream | None) -> Gathered:
         if stream is None:
             return Gathered(step, host)  # used by its step before its buffer comes round again
         with torch.cuda.stream(stream):
@@ -108,7 +107,7 @@ class StreamedBatches(TrainBatches):
             copied.record(stream)
         return Gathered(step, images, copied)
 
-    def _put(self, out: queue.Queue, item: Any) -> bool:
+    def _put(self, out: queue.Queue, item: Gathered | BaseException) -> bool:
         """Hand `item` over, waiting for room; False if there was none for a while (try again), True once
         handed over or when the thread is to stop."""
         try:
