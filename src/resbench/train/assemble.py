@@ -4,7 +4,7 @@ over the config.json of the run folder that `--resume` names.
 Here, above settings/ and runs/, because it joins the two: the flags and a settings file are parsed by
 `settings.flags`, a run folder's saved settings are read and checked by `runs.reader`, and neither needs
 the other. `train`, `sweep` (a grid's rows) and `bench` assemble a run's settings here, so that they agree
-on every setting. Light (no torch, no argparse).
+on every setting. Light: it loads no torch (`settings.flags` brings argparse, nothing heavier).
 """
 
 from __future__ import annotations
