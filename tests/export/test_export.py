@@ -158,7 +158,9 @@ def test_a_sweep_exports_every_finished_run_with_an_index(runs, tmp_path, cli, m
         assert f" | {config['results']['tst_acc']:.4f} | " in row
         assert "The curves were not drawn: plots need matplotlib" in (out / name / layout.CARD).read_text()
         assert not (out / name / layout.CURVES).exists()
-    assert "- Digits_x32-stopped: running, not finished" in index and "no reference run" in index
+    # A folder without summary.json is stopped or still training: the folder alone cannot tell which.
+    assert "- Digits_x32-stopped: stopped or still training (no summary.json), not finished" in index
+    assert "no reference run" in index
     assert "4 runs exported" in proc.stderr
 
     two = tmp_path / "two"  # RUNS_DIR holding exports (two of them: the same code scores each)

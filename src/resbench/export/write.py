@@ -70,7 +70,9 @@ def sweep_sources(runs_dir: Path, on_export: Callable[[str], None]) -> tuple[lis
         name = unique_name(file_stem("-".join(folder.relative_to(runs_dir).parts) or runs_dir.name), taken)
         taken.add(name)
         if (status := status_of(folder)) != "finished":
-            skipped.append((name, f"{printable(status)[:40]}, not finished"))
+            # No summary.json reads as `running`, but from the folder alone a stopped run looks the same.
+            why = "stopped or still training (no summary.json)" if status == "running" else printable(status)[:40]
+            skipped.append((name, f"{why}, not finished"))
             continue
         try:
             sources.append(read_source(folder, name))
