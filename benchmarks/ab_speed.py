@@ -30,7 +30,7 @@ def bench(src: str, bench_args: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="the src/ folder of the tree to compare against")
     parser.add_argument("--after", required=True, help="the src/ folder of the changed tree")
     parser.add_argument("--rounds", type=int, default=2)

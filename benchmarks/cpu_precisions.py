@@ -38,7 +38,7 @@ def variant(cfg: TrainConfig, precision: str, compiled: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32 bf16 fp16")
     parser.add_argument("--compile", nargs="+", default=["true", "false"])

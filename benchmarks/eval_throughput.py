@@ -49,7 +49,7 @@ def write_fake_data(root: Path, per_severity: int, depth: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per_severity", type=int, default=1000, help="images per severity (CIFAR-10-C: 10,000)")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--device", default="auto")

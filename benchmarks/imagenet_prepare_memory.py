@@ -65,7 +65,7 @@ def prepare_in_child(root: Path, images: int, val: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000, help="training images (default 100,000)")
     parser.add_argument("--val", type=int, default=4_000, help="validation images (default 4,000: the official "
                                                                 "50,000 of 1,281,167, scaled)")

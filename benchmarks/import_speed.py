@@ -86,7 +86,7 @@ def time_imagefolder_style(tree: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2, help="alternated serial/parallel pairs")

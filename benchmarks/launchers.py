@@ -44,7 +44,7 @@ def timed(folder: Path, env: dict, runs: int, *args: str, poll: bool = False) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--optim_ni", type=int, default=200)
     args = parser.parse_args()

@@ -49,7 +49,7 @@ def resbench(src: str | None, args: list[str]) -> tuple[subprocess.CompletedProc
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", default=None, help="the src/ folder to run (default: the installed resbench)")
     parser.add_argument("--compile", nargs="+", default=["true", "false"])
     parser.add_argument("--iters", type=int, default=400, help="iterations of the train run")

@@ -104,7 +104,7 @@ def profile_step(depth: int, device: torch.device, steps: int, precision: str = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--mixed_precision", default="false", help="as train's: false | true | fp16 | bf16")

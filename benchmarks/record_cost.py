@@ -35,7 +35,7 @@ EVAL_EVERY = 1_000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data_name", default="CIFAR10_x32")
     parser.add_argument("--resnet_depth", type=int, default=20)

@@ -53,7 +53,7 @@ def sequential(name: str, step) -> Trainer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_name", default="ImageNet1k_x32")
     parser.add_argument("--images", type=int, default=50_000, help="images in the synthetic training file")
     parser.add_argument("--resnet_depth", type=int, default=18)

@@ -16,7 +16,7 @@ from resbench.train.checks import validate_config
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iters", type=int, default=5, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=3, help="timed windows")
     args = parser.parse_args()

@@ -148,6 +148,9 @@ def test_text_report_says_where_the_validation_split_is_the_test_split(evaluated
                                       **{k: report[k] for k in ("acc", "nll", "ece", "brier")}}}
     assert ("val = test: ImageNet1k_x32's validation split is its test split (the official validation set); the "
             "temperature was fitted on these same images") in format_eval_report(scaled).splitlines()
+    assert format_eval_report(scaled).splitlines()[1] == f"{'':6}{'T=1':>10}{'T=1.500':>10}"
+    scaled["temperature_scaling"]["temperature"] = 76308.643  # (fitted on a few images by an untrained model)
+    assert format_eval_report(scaled).splitlines()[1].split() == ["T=1", "T=76308.643"]
 
 
 def test_ensemble_matches_a_computation_by_hand(digits_runs, capsys):

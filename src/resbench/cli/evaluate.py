@@ -160,7 +160,8 @@ def format_eval_report(report: dict) -> str:
     which = "" if report["checkpoint"] == EXPORTED else f" ({report['checkpoint']}.pt)"
     lines = [f"{printable(report['ckpt'])}{which}: {printable(report['data_name'])} {report['split']} split, "
              f"{report['n']} images"]
-    lines.append(f"{'':6}{'T=1':>10}" + (f"{'T=%.3f' % scaled['temperature']:>10}" if scaled else ""))
+    heads = ["T=1", *([f"T={scaled['temperature']:.3f}"] if scaled else [])]
+    lines.append(f"{'':6}" + "".join(f" {head:>9}" for head in heads))  # (a space between, however long)
     for name in ("acc", "nll", "ece", "brier"):
         lines.append(f"{name:6}{report[name]:10.4f}" + (f"{scaled[name]:10.4f}" if scaled else ""))
     if scaled:
